@@ -1,0 +1,488 @@
+"""The artifact contract: every stage reads artifacts and writes exactly one.
+
+An artifact is a directory whose `artifact.json` manifest is written last. A stage writes its payload into
+`OUT.partial/`, writes the manifest there, then renames the directory to `OUT`: a crashed stage never leaves
+something that looks finished, and a re-run with the same fingerprint finds its partial work and resumes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from llmforge import __version__
+from llmforge.config import fingerprinted
+from llmforge.console import emit, log, summary_table
+from llmforge.errors import InputError
+
+SCHEMA = "llmforge.artifact/1"
+MANIFEST = "artifact.json"
+STAGING_SUFFIX = ".partial"
+STAGING_MARK = "staging.json"
+# Resume state lives in these folders of an artifact; they are kept but not hashed into `files`.
+UNHASHED_DIRS = ("checkpoints", "logs")
+
+# Who makes each kind, for error messages that tell the user which command to run.
+MADE_BY = {
+    "documents": "`llmforge crawl-filter` or `llmforge dedup`",
+    "tokenizer": "`llmforge tokenize train`",
+    "tokens": "`llmforge tokenize encode`",
+    "model": "`llmforge pretrain`, `sft`, `dpo` or `grpo`",
+    "adapter": "`llmforge sft`, `dpo` or `grpo` with --lora",
+    "eval-report": "`llmforge eval`",
+    "quantized-model": "`llmforge quantize`",
+}
+
+LIBRARIES = (
+    "torch", "transformers", "tokenizers", "datatrove", "deepspeed", "trl", "peft",
+    "lm_eval", "vllm", "llmcompressor", "torchao", "accelerate",
+)  # fmt: skip
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_hash(value: Any) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading artifacts
+
+
+@dataclass
+class Artifact:
+    """A finished artifact on disk: its directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.manifest.get("stats", {})
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.manifest.get("extra", {})
+
+    def ref(self) -> InputRef:
+        return InputRef(path=self.path, kind=self.kind, fingerprint=self.fingerprint, stage=self.stage)
+
+    def verify(self) -> list[str]:
+        """Files whose size or sha256 no longer match the manifest (empty when intact)."""
+        problems = []
+        for entry in self.manifest.get("files", []):
+            file = self.path / entry["path"]
+            if not file.is_file():
+                problems.append(f"{entry['path']}: missing")
+            elif file.stat().st_size != entry["bytes"]:
+                problems.append(
+                    f"{entry['path']}: {file.stat().st_size} bytes, manifest says {entry['bytes']}"
+                )
+            elif sha256_file(file) != entry["sha256"]:
+                problems.append(f"{entry['path']}: sha256 differs from the manifest")
+        return problems
+
+    def parents(self) -> list[tuple[dict[str, Any], Artifact | None]]:
+        """Each input entry with its artifact when it can be found (relative path first, so trees can move)."""
+        found = []
+        for entry in self.manifest.get("inputs", []):
+            parent = None
+            if entry.get("kind") not in (None, "raw", "hub"):
+                for candidate in _candidates(self.path, entry):
+                    if (candidate / MANIFEST).is_file():
+                        parent = Artifact.open(candidate)
+                        break
+            found.append((entry, parent))
+        return found
+
+    def ancestors(self) -> Iterable[Artifact]:
+        """Every artifact reachable through lineage, nearest first, each once."""
+        seen, queue = {self.fingerprint}, [self]
+        while queue:
+            current = queue.pop(0)
+            for _, parent in current.parents():
+                if parent is not None and parent.fingerprint not in seen:
+                    seen.add(parent.fingerprint)
+                    queue.append(parent)
+                    yield parent
+
+    @classmethod
+    def open(cls, path: str | Path) -> Artifact:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            staging = staging_path(path)
+            if staging.exists():
+                raise InputError(f"{path}: not an llmforge artifact yet: an unfinished run is in {staging}; "
+                                 "re-run its stage to resume")  # fmt: skip
+            if not path.exists():
+                raise InputError(f"{path}: no such file or directory")
+            raise InputError(f"{path}: not an llmforge artifact, it has no {MANIFEST}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{manifest_path}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or not str(manifest.get("schema", "")).startswith(
+            "llmforge.artifact/"
+        ):
+            raise InputError(f"{manifest_path}: not an llmforge manifest (no 'schema: llmforge.artifact/N')")
+        if manifest["schema"] != SCHEMA:
+            raise InputError(
+                f"{manifest_path}: schema {manifest['schema']} is not supported (this is {SCHEMA})"
+            )
+        return cls(path=path, manifest=manifest)
+
+
+def _candidates(base: Path, entry: dict[str, Any]) -> list[Path]:
+    candidates = []
+    if entry.get("relpath"):
+        candidates.append((base / entry["relpath"]).resolve())
+    candidates.append(Path(entry["path"]))
+    return candidates
+
+
+def describe_kind(kind: str) -> str:
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind} artifact"
+
+
+def open_artifact(path: str | Path, stage: str, expect: Iterable[str]) -> Artifact:
+    """Open an input artifact and check its kind: "pretrain needs a tokens artifact made by ...; X is a ..."."""
+    expect = tuple(expect)
+    artifact = Artifact.open(path)
+    if artifact.kind not in expect:
+        wanted = " or ".join(describe_kind(k) for k in expect)
+        makers = " / ".join(MADE_BY.get(k, k) for k in expect)
+        raise InputError(
+            f"{stage} needs {wanted} made by {makers}; {path} is {describe_kind(artifact.kind)} "
+            f"(made by `llmforge {artifact.stage}`)"
+        )
+    return artifact
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs: artifacts, or raw files that start a lineage
+
+
+@dataclass
+class InputRef:
+    """One input of a stage, as recorded in the manifest's `inputs`."""
+
+    path: Path | str
+    kind: str  # an artifact kind, "raw" for files outside llmforge, "hub" for a model hub id
+    fingerprint: str
+    stage: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self, out: Path) -> dict[str, Any]:
+        entry: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "fingerprint": self.fingerprint}
+        if self.kind not in ("raw", "hub"):
+            entry["path"] = str(Path(self.path).resolve())
+            entry["relpath"] = os.path.relpath(Path(self.path).resolve(), Path(out).resolve())
+        if self.stage:
+            entry["stage"] = self.stage
+        entry.update(self.detail)
+        return entry
+
+
+def expand_paths(patterns: Iterable[str | Path]) -> list[str]:
+    """Local files from paths, globs and directories (recursively); other fsspec URLs pass through untouched."""
+    found: list[str] = []
+    for pattern in patterns:
+        text = str(pattern)
+        if "://" in text and not text.startswith("file://"):
+            found.append(text)
+            continue
+        text = text.removeprefix("file://")
+        matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        if not matches:
+            raise InputError(f"{text}: no file matches this pattern")
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                found.extend(
+                    str(p) for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")
+                )
+            elif path.is_file():
+                found.append(str(path))
+            else:
+                raise InputError(f"{match}: no such file or directory")
+    return found
+
+
+def raw_input(pattern: str | Path, files: list[str] | None = None) -> InputRef:
+    """A raw input (files outside llmforge) fingerprinted by content, so lineage ends at the exact bytes."""
+    files = files if files is not None else expand_paths([pattern])
+    digest = hashlib.sha256()
+    total = 0
+    for name in files:
+        if "://" in name:
+            import fsspec
+
+            info = fsspec.filesystem(name.split("://")[0]).info(name)
+            digest.update(f"{name}:{info.get('size')}:{info.get('ETag') or info.get('mtime')}".encode())
+            total += int(info.get("size") or 0)
+            continue
+        digest.update(os.path.basename(name).encode() + b"\0" + sha256_file(Path(name)).encode())
+        total += os.path.getsize(name)
+    detail = {"files": len(files), "bytes": total}
+    return InputRef(path=str(pattern), kind="raw", fingerprint=digest.hexdigest(), detail=detail)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing artifacts
+
+
+@dataclass
+class StageContext:
+    """What a stage's body gets: its config, inputs and the staging directory to fill."""
+
+    stage: str
+    kind: str
+    config: BaseModel
+    inputs: list[InputRef]
+    out: Path  # where the artifact will be once finished
+    work: Path  # the staging directory: write the payload here
+    fingerprint: str
+    resumed: bool  # the staging directory held partial work of this same fingerprint
+    stats: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # stage-specific manifest fields (tokenizer, base model...)
+
+
+def fingerprint_of(stage: str, config: BaseModel, inputs: list[InputRef]) -> str:
+    return canonical_hash(
+        {
+            "schema": SCHEMA,
+            "stage": stage,
+            "config": fingerprinted(config),
+            "inputs": [i.fingerprint for i in inputs],
+        }
+    )
+
+
+def staging_path(out: Path) -> Path:
+    return Path(str(out) + STAGING_SUFFIX)
+
+
+def _what_changed(old: dict[str, Any], stage: str, config: BaseModel, inputs: list[InputRef]) -> str:
+    changes = []
+    if old.get("stage") != stage:
+        changes.append(f"it was made by `llmforge {old.get('stage')}`, not `{stage}`")
+    before = {k: v for k, v in _flat(old.get("config", {}))}
+    after = {k: v for k, v in _flat(fingerprinted(config))}
+    for key in sorted(set(before) | set(after)):
+        if key in before and key in after and before[key] == after[key]:
+            continue
+        # a runtime field present in the old manifest but not fingerprinted now is not a change
+        if key not in after and key in _runtime_keys(config):
+            continue
+        changes.append(f"config.{key}: {before.get(key, '(unset)')!r} -> {after.get(key, '(unset)')!r}")
+    old_inputs = [i.get("fingerprint") for i in old.get("inputs", [])]
+    new_inputs = [i.fingerprint for i in inputs]
+    if old_inputs != new_inputs:
+        if len(old_inputs) != len(new_inputs):
+            changes.append(f"{len(old_inputs)} inputs before, {len(new_inputs)} now")
+        for old_entry, new in zip(old.get("inputs", []), inputs, strict=False):
+            if old_entry.get("fingerprint") != new.fingerprint:
+                changes.append(f"input {new.path} changed (fingerprint {old_entry.get('fingerprint', '')[:12]} -> "
+                               f"{new.fingerprint[:12]})")  # fmt: skip
+    return "; ".join(changes) or "fingerprint differs"
+
+
+def _runtime_keys(config: BaseModel) -> set[str]:
+    full = {k for k, _ in _flat(config.model_dump(mode="json"))}
+    return full - {k for k, _ in _flat(fingerprinted(config))}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def list_files(root: Path) -> list[dict[str, Any]]:
+    entries = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or rel.parts[0] in UNHASHED_DIRS or rel.name in (MANIFEST, STAGING_MARK):
+            continue
+        entries.append({"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    return entries
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "llmforge": __version__}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def device_description() -> str:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{count}x {torch.cuda.get_device_name(0)}"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"{out}: cannot create the output's parent directory ({exc.strerror or exc})"
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: output directory {parent} is not writable")
+
+
+def run_stage(
+    stage: str,
+    kind: str,
+    config: BaseModel,
+    inputs: list[InputRef],
+    out: str | Path,
+    body: Callable[[StageContext], None],
+    force: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Run a stage under the artifact contract and print the output path on stdout.
+
+    - a complete artifact with the same fingerprint in `out`: nothing to do, exit 0;
+    - a different artifact (or other files) in `out`: refused, naming what changed, unless `force`;
+    - partial work of the same fingerprint in `out.partial`: handed to the body as `resumed=True`;
+    - the body fills `ctx.work`; the manifest is written last and the directory renamed into place.
+    """
+    out = Path(out)
+    fingerprint = fingerprint_of(stage, config, inputs)
+    staging = staging_path(out)
+
+    if (out / MANIFEST).is_file():
+        existing = Artifact.open(out)
+        if existing.fingerprint == fingerprint:
+            log(f"[green]up to date:[/] {out} ({kind}, fingerprint {fingerprint[:12]})")
+            emit(out)
+            return out
+        if not force:
+            changed = _what_changed(existing.manifest, stage, config, inputs)
+            raise InputError(
+                f"{out} holds a different {existing.kind} artifact ({changed}); use --force to replace it"
+            )
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise InputError(
+            f"{out} exists and is not an llmforge artifact; choose another output or use --force"
+        )
+
+    _check_writable(out)
+    resumed = False
+    mark = staging / STAGING_MARK
+    if staging.exists():
+        previous = json.loads(mark.read_text()) if mark.is_file() else {}
+        if previous.get("fingerprint") == fingerprint:
+            resumed = True
+            log(f"[cyan]resuming[/] the interrupted run in {staging}")
+        elif force:
+            shutil.rmtree(staging)
+        else:
+            raise InputError(
+                f"{staging} holds an interrupted run with other settings or inputs "
+                f"(started {previous.get('started', 'at an unknown time')}); use --force to discard it"
+            )
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            mark.write_text(json.dumps({"fingerprint": fingerprint, "stage": stage, "started": _now()}))
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write the output ({exc.strerror or exc})") from None
+
+    started = _now()
+    clock = time.perf_counter()
+    ctx = StageContext(stage=stage, kind=kind, config=config, inputs=inputs, out=out, work=staging,
+                       fingerprint=fingerprint, resumed=resumed)  # fmt: skip
+    body(ctx)
+
+    manifest = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "stage": stage,
+        "llmforge_version": __version__,
+        "fingerprint": fingerprint,
+        "inputs": [i.entry(out) for i in inputs],
+        "config": config.model_dump(mode="json"),
+        "provenance": {
+            "argv": sys.argv,
+            "started": started,
+            "finished": _now(),
+            "seconds": round(time.perf_counter() - clock, 3),
+            "host": socket.gethostname(),
+            "device": device_description(),
+            "versions": library_versions(),
+        },
+        "stats": ctx.stats,
+        "extra": ctx.extra,
+        "files": list_files(staging),
+    }
+    (staging / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    os.replace(staging / (MANIFEST + ".tmp"), staging / MANIFEST)
+    mark.unlink(missing_ok=True)
+
+    if out.exists():  # --force over an old artifact: swap it out, then delete it
+        old = Path(str(out) + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+    summary_table(title or f"{stage}: {out}", ctx.stats)
+    emit(out)
+    return out

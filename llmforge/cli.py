@@ -1,0 +1,207 @@
+"""The `llmforge` command: one thin subcommand per stage, plus helpers to inspect artifacts.
+
+Stage modules define their own `command` function (typer signature, no heavy imports at module level) and this
+file only registers them, so `llmforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmforge import __version__
+from llmforge.console import console, error, format_value
+from llmforge.errors import InputError, LLMForgeError
+
+app = typer.Typer(
+    name="llmforge",
+    help="From a raw web crawl to a served language model. Each stage reads artifacts and writes one; "
+    "stdout carries only the output path, so stages compose in the shell and in Make.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def handle_errors(func):
+    """One clear line and the right exit code instead of a traceback (LLMFORGE_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LLMForgeError as exc:
+            if os.environ.get("LLMFORGE_DEBUG"):
+                raise
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted; re-run the same command to resume")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # the work failed: say what, keep the partial state for a resume
+            if os.environ.get("LLMFORGE_DEBUG"):
+                raise
+            error(f"{type(exc).__name__}: {exc} (LLMFORGE_DEBUG=1 shows the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"llmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    online: Annotated[
+        bool, typer.Option("--online", help="Allow downloads from the Hugging Face Hub (offline by default).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    if not online:
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(name, "1")
+    os.environ["LLMFORGE_ONLINE"] = "1" if online else "0"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages. Each module exposes `command` (the typer function) and `Config` (its typed settings).
+
+STAGES: dict[str, str] = {
+    # name on the command line -> module in llmforge.stages
+}
+
+
+def _register_stages() -> None:
+    import importlib
+
+    for name, module_name in STAGES.items():
+        module = importlib.import_module(f"llmforge.stages.{module_name}")
+        if isinstance(module.command, typer.Typer):  # stages with modes (tokenize train / encode)
+            app.add_typer(module.command, name=name)
+        else:
+            doc = (module.__doc__ or "").strip().split("\n\n")[0]
+            app.command(name, help=doc, no_args_is_help=True)(handle_errors(module.command))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+@app.command(no_args_is_help=True)
+@handle_errors
+def show(
+    artifact: Annotated[Path, typer.Argument(help="An artifact directory.")],
+    verify: Annotated[bool, typer.Option(help="Re-hash every file and compare with the manifest.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the raw manifest on stdout.")] = False,
+) -> None:
+    """Summarise an artifact's manifest: kind, stage, fingerprint, inputs, config and stats."""
+    from rich.table import Table
+
+    from llmforge.artifacts import Artifact
+    from llmforge.console import flatten
+
+    art = Artifact.open(artifact)
+    if json_:
+        import json
+
+        print(json.dumps(art.manifest, indent=2))
+        return
+    m = art.manifest
+    prov = m.get("provenance", {})
+    table = Table(title=str(artifact), show_header=False, title_justify="left")
+    table.add_column(style="cyan")
+    table.add_column()
+    table.add_row("kind", art.kind)
+    table.add_row("stage", f"llmforge {art.stage} (v{m.get('llmforge_version')})")
+    table.add_row("fingerprint", art.fingerprint)
+    table.add_row("made", f"{prov.get('finished', '?')} on {prov.get('host', '?')}, {prov.get('device', '?')}, "
+                  f"{prov.get('seconds', '?')} s")  # fmt: skip
+    for entry in m.get("inputs", []):
+        table.add_row("input", f"{entry['path']} ({entry['kind']}, {entry['fingerprint'][:12]})")
+    for key, value in flatten(m.get("config", {}), "config."):
+        table.add_row(key, format_value(value))
+    for key, value in flatten(m.get("stats", {}), "stats."):
+        table.add_row(key, format_value(value))
+    files = m.get("files", [])
+    table.add_row("files", f"{len(files)} files, {format_value(sum(f['bytes'] for f in files))} bytes")
+    console.print(table)
+    if verify:
+        problems = art.verify()
+        for problem in problems:
+            error(f"{artifact}/{problem}")
+        if problems:
+            raise InputError(f"{artifact}: {len(problems)} file(s) do not match the manifest")
+        console.print(f"[green]verified[/] {len(files)} files")
+
+
+@app.command(no_args_is_help=True)
+@handle_errors
+def lineage(artifact: Annotated[Path, typer.Argument(help="An artifact directory.")]) -> None:
+    """Print the tree of an artifact's parents, back to the raw inputs."""
+    from rich.tree import Tree
+
+    from llmforge.artifacts import Artifact
+
+    def label(art: Artifact) -> str:
+        return f"[bold]{art.kind}[/] {art.path} [dim]({art.stage}, {art.fingerprint[:12]})[/]"
+
+    def grow(tree: Tree, art: Artifact, depth: int) -> None:
+        for entry, parent in art.parents():
+            if parent is not None and depth < 50:
+                grow(tree.add(label(parent)), parent, depth + 1)
+            elif entry["kind"] in ("raw", "hub"):
+                detail = f", {entry['files']} files, {entry['bytes']:,} bytes" if "files" in entry else ""
+                tree.add(
+                    f"[bold]{entry['kind']}[/] {entry['path']} [dim]({entry['fingerprint'][:12]}{detail})[/]"
+                )
+            else:
+                tree.add(
+                    f"[red]missing[/] {entry['kind']} {entry['path']} [dim]({entry['fingerprint'][:12]})[/]"
+                )
+
+    root = Artifact.open(artifact)
+    tree = Tree(label(root))
+    grow(tree, root, 0)
+    console.print(tree)
+
+
+@app.command(no_args_is_help=True)
+@handle_errors
+def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup.")]) -> None:
+    """Print a stage's default config as commented YAML (a starting point for --config)."""
+    import importlib
+
+    from llmforge.config import defaults_yaml
+
+    if stage not in STAGES:
+        raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    module = importlib.import_module(f"llmforge.stages.{STAGES[stage]}")
+    configs = getattr(module, "CONFIGS", {stage: module.Config})
+    for name, config in configs.items():
+        if len(configs) > 1:
+            print(f"# --- {name} ---")
+        print(defaults_yaml(config))
+
+
+_register_stages()
+
+
+def main() -> None:
+    app(prog_name="llmforge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared data pieces: documents, token shards, the tokenizer."""

@@ -1,0 +1,183 @@
+"""Model artifacts <-> transformers: find what a path holds, load it, save a trained model as an artifact payload.
+
+A model input can be a model, adapter or quantized-model artifact, a plain local Hugging Face directory, or (with
+`llmforge --online`) a hub id. Adapters resolve to their base model through the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge.artifacts import MANIFEST, Artifact, InputRef, describe_kind, sha256_file
+from llmforge.data.tokenizer import tokenizer_fingerprint
+from llmforge.errors import InputError
+
+MODEL_KINDS = ("model", "adapter", "quantized-model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from and how to load it."""
+
+    path: str  # local directory or hub id
+    kind: str  # model | adapter | quantized-model | hf-dir | hub
+    fingerprint: str
+    artifact: Artifact | None = None
+    base: ModelSource | None = None  # adapters: the model they apply to
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "adapter" or (
+            self.kind == "hf-dir" and (Path(self.path) / "adapter_config.json").is_file()
+        )
+
+    def ref(self) -> InputRef:
+        kind = {"hf-dir": "raw"}.get(self.kind, self.kind)
+        stage = self.artifact.stage if self.artifact else None
+        return InputRef(path=self.path, kind=kind, fingerprint=self.fingerprint, stage=stage)
+
+    @property
+    def tokenizer_fingerprint(self) -> str | None:
+        if self.artifact is not None and "tokenizer_fingerprint" in self.artifact.extra:
+            return self.artifact.extra["tokenizer_fingerprint"]
+        if self.kind != "hub" and (Path(self.path) / "tokenizer.json").is_file():
+            return tokenizer_fingerprint(self.path)
+        return None
+
+
+def hash_directory(path: Path) -> str:
+    """Content fingerprint of a plain directory (a Hugging Face model not made by llmforge)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
+    """What a model argument points at; errors say what was expected."""
+    text = str(path_or_id)
+    path = Path(text)
+    if (path / MANIFEST).is_file():
+        artifact = Artifact.open(path)
+        if artifact.kind not in MODEL_KINDS:
+            raise InputError(
+                f"{stage} needs a model, adapter or quantized-model artifact; {path} is "
+                f"{describe_kind(artifact.kind)} (made by `llmforge {artifact.stage}`)"
+            )
+        source = ModelSource(
+            path=str(path), kind=artifact.kind, fingerprint=artifact.fingerprint, artifact=artifact
+        )
+        if artifact.kind == "adapter":
+            source.base = _adapter_base(artifact, stage)
+        return source
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            base_id = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
+            source.base = resolve_model(base_id, stage)
+            return source
+        if not (path / "config.json").is_file():
+            raise InputError(
+                f"{path}: neither an llmforge artifact nor a Hugging Face model (no config.json)"
+            )
+        return ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
+    if path.exists():
+        raise InputError(f"{path}: a model must be a directory")
+    if os.environ.get("LLMFORGE_ONLINE") != "1" or text.startswith((".", "/")) or text.count("/") != 1:
+        raise InputError(f"{text}: no such model directory (hub ids like org/name need `llmforge --online`)")
+    return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(f"hub:{text}".encode()).hexdigest())
+
+
+def _adapter_base(adapter: Artifact, stage: str) -> ModelSource:
+    base = adapter.extra.get("base_model")
+    if not base:
+        raise InputError(f"{adapter.path}: adapter manifest does not name its base model")
+    for candidate in (
+        (adapter.path / base["relpath"]).resolve() if base.get("relpath") else None,
+        base["path"],
+    ):
+        if candidate is not None and Path(candidate).exists():
+            source = resolve_model(candidate, stage)
+            if source.fingerprint != base["fingerprint"]:
+                raise InputError(
+                    f"{adapter.path}: its base model {candidate} has changed since the adapter was trained "
+                    f"(fingerprint {base['fingerprint'][:12]} -> {source.fingerprint[:12]})"
+                )
+            return source
+    if base.get("kind") == "hub":
+        return resolve_model(base["path"], stage)
+    raise InputError(f"{adapter.path}: its base model {base['path']} is missing")
+
+
+def base_model_entry(source: ModelSource, out: Path) -> dict[str, Any]:
+    """What an adapter artifact records about its base (manifest `extra.base_model`)."""
+    entry = {"path": str(Path(source.path).resolve()) if source.kind != "hub" else source.path,
+             "kind": source.kind, "fingerprint": source.fingerprint}  # fmt: skip
+    if source.kind != "hub":
+        entry["relpath"] = os.path.relpath(Path(source.path).resolve(), Path(out).resolve())
+    return entry
+
+
+def tokenizer_dir(source: ModelSource) -> str:
+    """Adapters carry their tokenizer too; fall back to the base when an outside adapter does not."""
+    if source.kind != "hub" and (Path(source.path) / "tokenizer.json").is_file():
+        return source.path
+    if source.base is not None:
+        return tokenizer_dir(source.base)
+    return source.path
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir(source))
+
+
+def load_model(source: ModelSource, dtype: Any = "auto", device: str | None = None, merge: bool = False,
+               trainable_adapter: bool = False):  # fmt: skip
+    """A transformers causal LM for `source`; adapters are applied on their base (and merged if `merge`)."""
+    from transformers import AutoModelForCausalLM
+
+    if source.is_adapter:
+        from peft import PeftModel
+
+        base = load_model(source.base, dtype=dtype, device=device)
+        model = PeftModel.from_pretrained(base, source.path, is_trainable=trainable_adapter)
+        return model.merge_and_unload() if merge else model
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    except OSError as exc:
+        raise InputError(f"{source.path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    if device:
+        model.to(device)
+    return model
+
+
+def save_model_payload(model, tokenizer, directory: Path, generation: dict[str, Any] | None = None) -> None:
+    """Write a Hugging Face directory: config, safetensors, tokenizer with chat template, generation config."""
+    from transformers import GenerationConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if not hasattr(model, "peft_config"):
+        stop_ids = [tokenizer.eos_token_id]
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end not in stop_ids:
+            stop_ids.append(im_end)
+        settings = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": stop_ids,
+                    "pad_token_id": tokenizer.pad_token_id, "do_sample": True, "temperature": 0.7,
+                    "top_p": 0.9, "max_new_tokens": 256}  # fmt: skip
+        settings.update(generation or {})
+        GenerationConfig(**settings).save_pretrained(directory)

@@ -1,0 +1,43 @@
+"""Options every stage command shares, and a helper that documents a flag from its config field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+
+from llmforge.config import field_info
+
+Output = Annotated[Path, typer.Option("--output", "-o", help="Output artifact directory.")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML file of settings (see `llmforge defaults STAGE`).")
+]
+Sets = Annotated[
+    list[str] | None, typer.Option("--set", help="Override one setting: key=value (dotted keys; repeatable).")
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Replace a different artifact (or discard other partial work).")
+]
+
+
+def flag(config: type[BaseModel], key: str, *names: str, **kwargs: Any) -> Any:
+    """A typer option for config field `key` whose help shows the field's description and default.
+
+    Flags default to None ("not given") so that a YAML file's value is kept unless the flag is used.
+    """
+    info = field_info(config, key)
+    default = info.get_default(call_default_factory=True)
+    if isinstance(default, list | tuple):
+        default = ",".join(str(v) for v in default) or "none"
+    names = names or ("--" + key.split(".")[-1].replace("_", "-"),)
+    help_text = f"{info.description or ''} [default: {default}; config key {key}]".strip()
+    return typer.Option(*names, help=help_text, show_default=False, **kwargs)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """'en,de' -> ['en', 'de']; None stays None (flag not given)."""
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -1,0 +1,1 @@
+"""One module per subcommand. Each exposes `Config` (typed settings), `run(...)` and `command` (the CLI)."""

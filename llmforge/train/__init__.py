@@ -1,0 +1,1 @@
+"""Training loops and DeepSpeed plumbing shared by pretrain and post-training."""

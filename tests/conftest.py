@@ -1,0 +1,26 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+# Tests never reach a model hub, and torch stays on the two cores the CI machine has.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from helpers import tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer (vocab 512, our specials and chat template) trained for this session."""
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tok")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A model artifact with a random ~1M-parameter Llama. Read-only: copy it before changing anything."""
+    return tiny_model_artifact(tmp_path_factory.mktemp("model") / "tiny", tiny_tokenizer_dir)

@@ -1,0 +1,105 @@
+"""Test building blocks: text to train on, a tiny tokenizer and a tiny random Llama, made on the spot.
+
+Nothing here is downloaded; every model and tokenizer a test uses is created by the test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from llmforge.artifacts import InputRef, run_stage
+from llmforge.config import StageConfig
+
+WORDS = (
+    "the model learns from data and every token counts while the tokenizer splits text into pieces "
+    "a corpus of web pages holds navigation menus boilerplate and the useful article in between "
+    "training runs on many machines with optimizer state sharded across devices for memory "
+    "what is the sum of two numbers answer with the result only please think step by step"
+).split()
+
+
+def sentences(count: int, seed: int = 0) -> list[str]:
+    """Plausible English-like text with numbers, for tokenizer training and toy corpora."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]
+        if rng.random() < 0.3:
+            words.insert(rng.randrange(len(words)), str(rng.randint(0, 9999)))
+        out.append(" ".join(words).capitalize() + ".")
+    return out
+
+
+def chat_texts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        texts.append(f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n"
+                     f"<think>{a} plus {b}</think>{a + b}<|im_end|>\n")  # fmt: skip
+    return texts
+
+
+def train_tiny_tokenizer(directory: Path, vocab_size: int = 512) -> Path:
+    from llmforge.data.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(sentences(2000) + chat_texts(500), vocab_size=vocab_size)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+class RandomInit(StageConfig):
+    """Fixture config: a randomly initialised tiny model, standing in for a pretrained one."""
+
+    preset: str = "tiny"
+    seed: int = 0
+    max_position_embeddings: int = 512
+
+
+def tiny_model_artifact(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A model artifact (HF directory + manifest) holding a random ~1M-parameter Llama and our tokenizer."""
+    from llmforge.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import save_model_payload
+
+    config = RandomInit(seed=seed)
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    def body(ctx):
+        model_config = build_config(config.preset, len(tokenizer), special_ids_of(tokenizer),
+                                    max_position_embeddings=config.max_position_embeddings)  # fmt: skip
+        model = build_model(model_config, seed=config.seed)
+        save_model_payload(model, tokenizer, ctx.work)
+        ctx.stats["parameters"] = sum(p.numel() for p in model.parameters())
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+
+    tokenizer_ref = InputRef(
+        path=str(tokenizer_dir), kind="raw", fingerprint=tokenizer_fingerprint(tokenizer_dir)
+    )
+    return run_stage("pretrain", "model", config, [tokenizer_ref], out, body)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
+    return path
+
+
+def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None, check: bool = True,
+             timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run the CLI the way a user does: a subprocess, text output, exit code checked unless check=False."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "llmforge", *map(str, args)], capture_output=True, text=True,
+                            cwd=cwd, env=full_env, timeout=timeout)  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"llmforge {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"
+        )
+    return result
