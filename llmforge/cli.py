@@ -6,7 +6,6 @@ file only registers them, so `llmforge --help` stays fast.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ import typer
 
 from llmforge import __version__
 from llmforge.console import console, error, format_value
-from llmforge.errors import InputError, LLMForgeError
+from llmforge.errors import InputError
+from llmforge.options import handle_errors
 
 app = typer.Typer(
     name="llmforge",
@@ -27,32 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
-
-def handle_errors(func):
-    """One clear line and the right exit code instead of a traceback (LLMFORGE_DEBUG=1 shows the traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except LLMForgeError as exc:
-            if os.environ.get("LLMFORGE_DEBUG"):
-                raise
-            error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            error("interrupted; re-run the same command to resume")
-            raise typer.Exit(130) from None
-        except typer.Exit:
-            raise
-        except Exception as exc:  # the work failed: say what, keep the partial state for a resume
-            if os.environ.get("LLMFORGE_DEBUG"):
-                raise
-            error(f"{type(exc).__name__}: {exc} (LLMFORGE_DEBUG=1 shows the traceback)")
-            raise typer.Exit(1) from None
-
-    return wrapper
 
 
 def version_callback(value: bool) -> None:

@@ -1,7 +1,9 @@
-"""Options every stage command shares, and a helper that documents a flag from its config field."""
+"""What every stage command shares: common options, flags documented from config fields, error handling."""
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +11,8 @@ import typer
 from pydantic import BaseModel
 
 from llmforge.config import field_info
+from llmforge.console import error
+from llmforge.errors import LLMForgeError
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output artifact directory.")]
 ConfigFile = Annotated[
@@ -41,3 +45,29 @@ def split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def handle_errors(func):
+    """One clear line and the right exit code instead of a traceback (LLMFORGE_DEBUG=1 shows the traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LLMForgeError as exc:
+            if os.environ.get("LLMFORGE_DEBUG"):
+                raise
+            error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted; re-run the same command to resume")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # the work failed: say what, keep the partial state for a resume
+            if os.environ.get("LLMFORGE_DEBUG"):
+                raise
+            error(f"{type(exc).__name__}: {exc} (LLMFORGE_DEBUG=1 shows the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -103,3 +103,55 @@ def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None
             f"llmforge {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+class Imported(StageConfig):
+    """Fixture config: texts written straight into an artifact, standing in for an upstream stage."""
+
+    source: str = "test"
+
+
+def documents_artifact(out: Path, texts: list[str], stage: str = "crawl-filter") -> Path:
+    """A documents artifact (datatrove JSONL layout) holding `texts`, for tests of the stages downstream."""
+    import gzip
+
+    from llmforge.artifacts import canonical_hash
+
+    def body(ctx):
+        (ctx.work / "data").mkdir(exist_ok=True)
+        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt") as handle:
+            for number, text in enumerate(texts):
+                handle.write(json.dumps({"text": text, "id": f"doc-{number}", "metadata": {}}) + "\n")
+        ctx.stats["documents"] = len(texts)
+
+    ref = InputRef(path="(test texts)", kind="raw", fingerprint=canonical_hash(texts))
+    return run_stage(stage, "documents", Imported(), [ref], out, body)
+
+
+def tokens_artifact(out: Path, tokenizer_dir: Path, texts: list[str], val_fraction: float = 0.1) -> Path:
+    """A tokens artifact (shards + index + tokenizer copy) encoding `texts` with the given tokenizer."""
+    import shutil
+
+    from llmforge.artifacts import canonical_hash
+    from llmforge.data.shards import ShardWriter, dtype_for_vocab, write_index
+    from llmforge.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from llmforge.model.llama import special_ids_of
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+
+    def body(ctx):
+        shutil.copytree(tokenizer_dir, ctx.work / "tokenizer", dirs_exist_ok=True)
+        dtype = dtype_for_vocab(len(tokenizer))
+        n_val = max(1, int(len(texts) * val_fraction))
+        splits = {}
+        for split, part in (("train", texts[n_val:]), ("val", texts[:n_val])):
+            writer = ShardWriter(ctx.work, split, dtype, tokenizer.eos_token_id, shard_tokens=50_000)
+            for text in part:
+                writer.add(tokenizer(text)["input_ids"])
+            splits[split] = writer.close()
+        index = write_index(ctx.work, dtype, len(tokenizer), special_ids_of(tokenizer), splits)
+        ctx.stats["tokens"] = index["splits"]["train"]["tokens"]
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer_dir)
+
+    ref = InputRef(path="(test texts)", kind="raw", fingerprint=canonical_hash(texts))
+    return run_stage("tokenize", "tokens", Imported(), [ref], out, body)

@@ -13,12 +13,17 @@ def test_model_artifact_loads_and_generates(tiny_model):
     assert source.kind == "model" and source.tokenizer_fingerprint
     tokenizer = load_tokenizer(source)
     model = load_model(source)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<|im_start|>assistant\n")
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 4
-    assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert model.generation_config.eos_token_id == [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
 
 
 def test_plain_hf_directory_and_bad_paths(tiny_model, tmp_path):
