@@ -55,6 +55,7 @@ def main_options(
 
 STAGES: dict[str, str] = {
     # name on the command line -> module in llmforge.stages
+    "tokenize": "tokenize",
 }
 
 
@@ -163,7 +164,7 @@ def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup
     if stage not in STAGES:
         raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     module = importlib.import_module(f"llmforge.stages.{STAGES[stage]}")
-    configs = getattr(module, "CONFIGS", {stage: module.Config})
+    configs = getattr(module, "CONFIGS", None) or {stage: module.Config}
     for name, config in configs.items():
         if len(configs) > 1:
             print(f"# --- {name} ---")

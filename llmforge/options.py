@@ -36,7 +36,8 @@ def flag(config: type[BaseModel], key: str, *names: str, **kwargs: Any) -> Any:
     if isinstance(default, list | tuple):
         default = ",".join(str(v) for v in default) or "none"
     names = names or ("--" + key.split(".")[-1].replace("_", "-"),)
-    help_text = f"{info.description or ''} [default: {default}; config key {key}]".strip()
+    # parentheses, not brackets: typer's rich markup would swallow "[default: ...]" as a style tag
+    help_text = f"{info.description or ''} (default: {default}; config key {key})".strip()
     return typer.Option(*names, help=help_text, show_default=False, **kwargs)
 
 

@@ -155,3 +155,25 @@ def tokens_artifact(out: Path, tokenizer_dir: Path, texts: list[str], val_fracti
 
     ref = InputRef(path="(test texts)", kind="raw", fingerprint=canonical_hash(texts))
     return run_stage("tokenize", "tokens", Imported(), [ref], out, body)
+
+
+def documents_artifact_from_records(out: Path, records: list[dict], stage: str = "crawl-filter") -> Path:
+    """Like documents_artifact, but each record brings its own metadata: {"text": ..., "metadata": {...}}."""
+    import gzip
+
+    from llmforge.artifacts import canonical_hash
+
+    def body(ctx):
+        (ctx.work / "data").mkdir(exist_ok=True)
+        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt") as handle:
+            for number, record in enumerate(records):
+                document = {
+                    "text": record["text"],
+                    "id": f"doc-{number}",
+                    "metadata": record.get("metadata", {}),
+                }
+                handle.write(json.dumps(document) + "\n")
+        ctx.stats["documents"] = len(records)
+
+    ref = InputRef(path="(test records)", kind="raw", fingerprint=canonical_hash(records))
+    return run_stage(stage, "documents", Imported(), [ref], out, body)

@@ -57,11 +57,30 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_bpe(vocab_size: int, texts: Iterable[str], min_frequency: int = 2):
-    """Train a byte-level BPE `tokenizers.Tokenizer` on `texts` (an iterator; streamed, not held in memory)."""
+ALGORITHMS = ("bpe", "unigram")
+
+
+def build_tokenizer(vocab_size: int, texts: Iterable[str], min_frequency: int = 2, algorithm: str = "bpe"):
+    """Train a `tokenizers.Tokenizer` on `texts` (an iterator; streamed, not held in memory).
+
+    Both algorithms see the same byte-level alphabet (every byte is a symbol, so nothing is ever unknown), the
+    same pre-tokenization and the same reserved tokens: "bpe" merges frequent pairs (GPT/Llama style), "unigram"
+    prunes a large seed vocabulary by likelihood (SentencePiece style).
+    """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tokenizer = Tokenizer(models.BPE(byte_fallback=False))  # byte-level: every byte is in the alphabet
+    special = [AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS + TAG_TOKENS]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if algorithm == "bpe":
+        tokenizer = Tokenizer(models.BPE(byte_fallback=False))  # byte-level: every byte is in the alphabet
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special,
+                                      initial_alphabet=alphabet, show_progress=False)  # fmt: skip
+    elif algorithm == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=special, initial_alphabet=alphabet,
+                                          show_progress=False)  # fmt: skip
+    else:
+        raise ValueError(f"unknown tokenizer algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
@@ -69,18 +88,15 @@ def build_bpe(vocab_size: int, texts: Iterable[str], min_frequency: int = 2):
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    special = [AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS + TAG_TOKENS]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     # The trainer reserves ids for the tags but marks them special; unmark them so decoding keeps them.
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     return tokenizer
+
+
+def build_bpe(vocab_size: int, texts: Iterable[str], min_frequency: int = 2):
+    """Train a byte-level BPE `tokenizers.Tokenizer` on `texts`."""
+    return build_tokenizer(vocab_size, texts, min_frequency, algorithm="bpe")
 
 
 def wrap(tokenizer_object, model_max_length: int = 2048):
@@ -99,8 +115,8 @@ def wrap(tokenizer_object, model_max_length: int = 2048):
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
-    return wrap(build_bpe(vocab_size, texts, min_frequency))
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, algorithm: str = "bpe"):
+    return wrap(build_tokenizer(vocab_size, texts, min_frequency, algorithm))
 
 
 def minimum_vocab_size() -> int:
@@ -125,3 +141,14 @@ def tokenizer_fingerprint(path: str | Path) -> str:
     if template.is_file():
         digest.update(template.read_bytes())
     return digest.hexdigest()
+
+
+def fertility(tokenizer_object, texts: list[str]) -> dict[str, float | int]:
+    """How well a `tokenizers.Tokenizer` compresses `texts`: UTF-8 bytes per token (higher is better) and tokens
+    per whitespace-separated word (lower is better; a language the tokenizer knows badly costs more per word)."""
+    tokens = sum(len(e.ids) for e in tokenizer_object.encode_batch(texts, add_special_tokens=False))
+    text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    words = sum(len(t.split()) for t in texts)
+    return {"documents": len(texts), "bytes": text_bytes, "tokens": tokens,
+            "bytes_per_token": round(text_bytes / max(tokens, 1), 4),
+            "tokens_per_word": round(tokens / max(words, 1), 4)}  # fmt: skip
