@@ -1,6 +1,7 @@
 """tokenize train / encode: a tokenizer trained on text made here, shards read back, mixtures measured."""
 
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -274,6 +275,10 @@ def test_encode_reuses_a_models_tokenizer_and_refuses_another(
     assert Counter(train) + Counter(val) == Counter(direct(tokenizer, corpus["web"][1]))
     with pytest.raises(InputError, match=f"{bpe}: not the tokenizer of {tiny_model} .* drop --tokenizer"):
         tokenize.encode([web], tmp_path / "other", tokenizer=bpe, model=tiny_model)
+    plain = tmp_path / "hf"  # a Hugging Face directory made elsewhere
+    shutil.copytree(tiny_model, plain, ignore=shutil.ignore_patterns("artifact.json"))
+    out = tokenize.encode([web], tmp_path / "from-dir", model=plain, config=EncodeConfig(workers=1))
+    assert Artifact.open(out).extra["tokenizer_fingerprint"] == model_fingerprint
 
 
 # ---------------------------------------------------------------------------------------------------------------

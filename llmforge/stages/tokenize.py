@@ -81,7 +81,7 @@ class EncodeConfig(StageConfig):
     )
     workers: int = runtime_field(0, ge=0, description="Processes encoding in parallel; 0 = one per CPU core")
     chunk_chars: int = runtime_field(
-        8_000_000,
+        2_000_000,
         gt=0,
         description="Characters of text per encoding task; an interrupted run keeps finished tasks",
     )
@@ -226,7 +226,7 @@ def _train(ctx, sources: list[Source], config: TrainConfig) -> None:
         for name in sizes
     }
     if not held_out:
-        log("no held-out documents (every input has a single document); fertility not measured")
+        log("no held-out documents; fertility not measured")
         return
     ctx.stats["held_out"] = _fertility_row(fertility(tokenizer, [text for text, _ in held_out]))
     languages = sorted({language for _, language in held_out if language})

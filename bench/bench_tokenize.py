@@ -1,0 +1,183 @@
+"""Encoding throughput: `llmforge tokenize encode` against `tokenizers` encode_batch on the same text.
+
+Also trains the tokenizer both ways, and builds a tiktoken Encoding from the same merges and regex as a reference.
+The corpus is real text found on this machine: the Python standard library's sources (code) and the
+README/licence/docs files of installed packages (prose), one document per file.
+
+    .venv/bin/python bench/bench_tokenize.py [--mb 40] [--vocab 8192] [--workers 0]
+
+Prints one table; the figures go to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import site
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from llmforge.artifacts import InputRef, canonical_hash, run_stage
+from llmforge.config import StageConfig
+from llmforge.stages import tokenize
+
+
+class BenchCorpus(StageConfig):
+    """Files read from this machine, written as a documents artifact."""
+
+    kind: str = "bench"
+
+
+def collect(roots: list[Path], suffixes: tuple[str, ...], limit: int) -> list[str]:
+    texts, size = [], 0
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.suffix not in suffixes or not path.is_file():
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                texts.append(text)
+                size += len(text.encode())
+                if size >= limit:
+                    return texts
+    return texts
+
+
+def documents_artifact(out: Path, texts: list[str]) -> Path:
+    def body(ctx):
+        (ctx.work / "data").mkdir()
+        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt", compresslevel=1) as handle:
+            for number, text in enumerate(texts):
+                handle.write(json.dumps({"text": text, "id": str(number), "metadata": {}}) + "\n")
+
+    ref = InputRef(path="(bench texts)", kind="raw", fingerprint=canonical_hash([len(texts), texts[:3]]))
+    return run_stage("crawl-filter", "documents", BenchCorpus(), [ref], out, body)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def tiktoken_encoding(tokenizer_json: Path):
+    """A tiktoken Encoding with our BPE's ranks (token id = merge rank) and our pre-tokenization regex."""
+    import tiktoken
+
+    from llmforge.data.tokenizer import CONTROL_TOKENS, SPLIT_PATTERN, TAG_TOKENS
+
+    model = json.loads(tokenizer_json.read_text())
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    added = {entry["content"]: entry["id"] for entry in model["added_tokens"]}
+    ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["model"]["vocab"].items()
+             if token not in added}  # fmt: skip
+    special = {token: added[token] for token in CONTROL_TOKENS + TAG_TOKENS}
+    return tiktoken.Encoding(
+        "llmforge-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special
+    )
+
+
+def timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=40, help="megabytes of text to encode")
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--workers", type=int, default=0, help="0 = every core")
+    parser.add_argument("--repeat", type=int, default=3, help="encoding runs per method, best kept")
+    args = parser.parse_args()
+    cores = tokenize.cpu_count()
+    workers = args.workers or cores
+    limit = int(args.mb * 1e6)
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    prose = collect([Path(p) for p in site.getsitepackages()], (".md", ".rst", ".txt"), limit // 5)
+    code = collect([stdlib], (".py",), limit - sum(len(t.encode()) for t in prose))
+    texts = prose + code
+    size = sum(len(t.encode()) for t in texts)
+    print(f"corpus: {len(texts):,} documents, {size / 1e6:.1f} MB ({len(prose):,} prose, {len(code):,} code); "
+          f"{cores} cores, {workers} workers", file=sys.stderr)  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        docs = documents_artifact(root / "docs", texts)
+
+        # Training: llmforge (two passes over the artifact, sampling, saving) vs the bare trainer on the same texts.
+        from llmforge.data.tokenizer import EOS, build_tokenizer
+
+        config = tokenize.TrainConfig(vocab_size=args.vocab, held_out_bytes=0)
+        tok, train_llmforge = timed(tokenize.train, [str(docs)], root / "tok", config)
+        _, train_plain = timed(build_tokenizer, args.vocab, iter(texts))
+
+        # Encoding, all with the tokenizer the stage wrote; each method runs `repeat` times, interleaved, best kept
+        # (other work on the machine only ever slows a run down).
+        from tokenizers import Tokenizer
+
+        from llmforge.data.shards import TokenShards
+
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+        plain = Tokenizer.from_file(str(tok / "tokenizer.json"))
+        encoding = tiktoken_encoding(tok / "tokenizer.json")
+        encode_config = tokenize.EncodeConfig(workers=workers, val_fraction=0)
+        sources, _ = tokenize.open_sources([str(docs)], {}, "bench")
+        best = {"stage": [], "phase": [], "plain": [], "tiktoken": []}
+        for run in range(args.repeat):
+            out, seconds = timed(tokenize.encode, [str(docs)], root / f"tokens-{run}", tokenizer=tok,
+                                 config=encode_config)  # fmt: skip
+            best["stage"].append(seconds)
+            _, seconds = timed(tokenize.encode_sources, sources, plain.to_str(), "uint16", plain.token_to_id(EOS),
+                               root / f"chunks-{run}", encode_config)  # fmt: skip
+            best["phase"].append(seconds)
+            encodings, seconds = timed(plain.encode_batch, texts)
+            best["plain"].append(seconds)
+            tiktoken_ids, seconds = timed(encoding.encode_ordinary_batch, texts, num_threads=workers)
+            best["tiktoken"].append(seconds)
+        plain_ids = [e.ids for e in encodings]
+        tokens = sum(map(len, plain_ids))
+        assert TokenShards(out).num_tokens("train") == tokens + len(texts)  # the same ids, plus one EOS each
+        same = sum(a == b for a, b in zip(tiktoken_ids, plain_ids, strict=True)) / len(texts)
+        seconds = {name: min(times) for name, times in best.items()}
+
+    rows = [
+        (
+            "train BPE: llmforge tokenize train",
+            size / train_llmforge / 1e6,
+            "MB/s",
+            train_plain / train_llmforge,
+        ),
+        ("train BPE: tokenizers BpeTrainer, texts in memory", size / train_plain / 1e6, "MB/s", 1.0),
+    ]
+    for name, what in (("stage", "llmforge tokenize encode, whole stage"),
+                       ("phase", "llmforge encoding phase (read, encode, write chunks)"),
+                       ("plain", "tokenizers encode_batch, texts in memory"),
+                       ("tiktoken", f"tiktoken from the same merges ({same:.1%} of documents identical)")):  # fmt: skip
+        rows.append(
+            (f"encode: {what}", tokens / seconds[name] / 1e6, "M tokens/s", seconds["plain"] / seconds[name])
+        )
+    print(f"\n{'what':<72} {'rate':>8}  {'unit':<11} {'vs tokenizers':>13}")
+    for what, rate, unit, ratio in rows:
+        print(f"{what:<72} {rate:>8.2f}  {unit:<11} {ratio:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
