@@ -56,6 +56,8 @@ def main_options(
 STAGES: dict[str, str] = {
     # name on the command line -> module in llmforge.stages
     "tokenize": "tokenize",
+    "quantize": "quantize",
+    "serve": "serve",
 }
 
 
@@ -169,6 +171,25 @@ def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup
         if len(configs) > 1:
             print(f"# --- {name} ---")
         print(defaults_yaml(config))
+
+
+@app.command()
+@handle_errors
+def chat(
+    model: Annotated[str | None, typer.Argument(help="A model, adapter or quantized-model artifact.")] = None,
+    url: Annotated[str | None, typer.Option(help="Base URL of a running server instead, e.g. http://127.0.0.1:8000/v1.")] = None,
+    served: Annotated[str | None, typer.Option("--model", help="With --url: the served model name (default: the first).")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LLMFORGE_API_KEY", help="With --url: the server's API key.")] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens per answer at most (default: the generation config's).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default: the generation config's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible answers.")] = None,
+) -> None:  # fmt: skip
+    """Chat in the terminal with a model artifact or a running server; answers stream to stdout (/reset, /exit)."""
+    from llmforge.serving.chat import Settings, repl
+
+    settings = Settings(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    repl(model, url, served, api_key, system, settings)
 
 
 _register_stages()

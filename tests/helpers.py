@@ -177,3 +177,39 @@ def documents_artifact_from_records(out: Path, records: list[dict], stage: str =
 
     ref = InputRef(path="(test records)", kind="raw", fingerprint=canonical_hash(records))
     return run_stage(stage, "documents", Imported(), [ref], out, body)
+
+
+class RandomAdapter(StageConfig):
+    """Fixture config: a LoRA adapter with random (non-zero) weights, standing in for a fine-tuned one."""
+
+    rank: int = 8
+    seed: int = 0
+
+
+def random_adapter_artifact(out: Path, base: Path, seed: int = 0, rank: int = 8) -> Path:
+    """An adapter artifact (peft dir + tokenizer + manifest naming its base) whose LoRA weights are random, so
+    it changes the base model's outputs."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmforge.data.tokenizer import tokenizer_fingerprint
+    from llmforge.model.loading import TOKENIZER_FILES, base_model_entry, load_model, resolve_model
+
+    config = RandomAdapter(rank=rank, seed=seed)
+    source = resolve_model(base, "sft")
+
+    def body(ctx):
+        torch.manual_seed(config.seed)
+        lora = LoraConfig(r=config.rank, lora_alpha=2 * config.rank, init_lora_weights=False,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+        model = get_peft_model(load_model(source), lora)
+        model.save_pretrained(ctx.work)
+        for name in TOKENIZER_FILES:
+            if (Path(base) / name).is_file():
+                shutil.copy2(Path(base) / name, ctx.work / name)
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+        ctx.extra["base_model"] = base_model_entry(source, ctx.out)
+
+    return run_stage("sft", "adapter", config, [source.ref()], out, body)

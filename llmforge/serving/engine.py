@@ -1,0 +1,352 @@
+"""The embedded server's generation engine: continuous batching over a transformers model on CPU.
+
+One background thread owns the model. Every iteration it prefills the requests that arrived since the last one
+(left-padded into one forward pass), merges them into the running batch's KV cache, and then advances every
+running sequence by one token in a single batched forward. Each sequence samples with its own temperature,
+top_p and seeded generator, and stops on its own (EOS, stop strings, max_tokens, the context length, or a
+cancellation when its client went away); finished rows leave the batch at once, so a long answer never holds
+back the others. Rows are left-padded; every row carries explicit position ids, so padding never shifts RoPE.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmforge.console import log
+
+# peft's name for "no adapter" in a mixed-adapter batch
+BASE_ADAPTER = "__base__"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+
+
+@dataclass
+class Event:
+    """What a request's consumer receives: text deltas, then one final event with the finish reason."""
+
+    text: str = ""
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_event: Callable[[Event], None]  # called from the engine thread
+    adapter: str | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # engine-side state
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of `text` already delivered
+    generator: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Engine:
+    """Continuous batching for one transformers causal LM (optionally a peft model holding several adapters)."""
+
+    def __init__(self, model, tokenizer, eos_token_ids: list[int], max_model_len: int, max_batch_size: int = 16,
+                 log_batches: bool = False):  # fmt: skip
+        import torch
+
+        self.model, self.tokenizer = model, tokenizer
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
+        self.log_batches = log_batches
+        self.is_peft = hasattr(model, "peft_config")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
+        self.stats: dict[str, Any] = {"requests": 0, "finished": 0, "cancelled": 0, "prompt_tokens": 0,
+                                      "completion_tokens": 0, "prefills": 0, "decode_steps": 0,
+                                      "max_batch_size": 0, "batch_sizes": Counter()}  # fmt: skip
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="llmforge-engine", daemon=True)
+        # the running batch
+        self._rows: list[GenerationRequest] = []
+        self._cache = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._positions = torch.zeros(0, dtype=torch.long)
+        self._next = torch.zeros(0, dtype=torch.long)  # each row's last token, fed at the next step
+        self._mergeable = True
+
+    # -- public API (any thread) ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.waiting.put(None)  # wake the loop
+        self._thread.join(timeout=30)
+
+    def submit(self, request: GenerationRequest) -> None:
+        if len(request.prompt_ids) + 1 > self.max_model_len:
+            raise ValueError(
+                f"prompt of {len(request.prompt_ids)} tokens leaves no room in {self.max_model_len}"
+            )
+        self.stats["requests"] += 1
+        self.waiting.put(request)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = dict(self.stats)
+        stats["batch_sizes"] = {str(k): v for k, v in sorted(self.stats["batch_sizes"].items())}
+        stats["running"] = len(self._rows)
+        stats["waiting"] = self.waiting.qsize()
+        return stats
+
+    # -- the loop (engine thread) ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                newcomers = self._admit()
+                if self._stop.is_set():
+                    break
+                try:
+                    if newcomers:
+                        self._prefill(newcomers)
+                    if self._rows:
+                        self._decode_step()
+                except Exception as exc:  # a failing forward must not leave clients hanging
+                    log(f"[red]generation failed:[/] {type(exc).__name__}: {exc}")
+                    for row in self._rows + newcomers:
+                        if not row.cancelled.is_set():
+                            row.on_event(Event(finish_reason="error", error=f"{type(exc).__name__}: {exc}"))
+                    self._select([])
+        for row in self._rows:
+            row.on_event(Event(finish_reason="cancelled", error="the server is shutting down"))
+
+    def _admit(self) -> list[GenerationRequest]:
+        """Requests to start now: block while idle, otherwise take what is waiting, up to the free slots."""
+        room = self.max_batch_size - len(self._rows)
+        if not self._mergeable and self._rows:
+            room = 0  # this cache type cannot take rows mid-flight: new requests wait for the batch to end
+        taken: list[GenerationRequest] = []
+        while len(taken) < room:
+            try:
+                request = self.waiting.get(block=not self._rows and not taken)
+            except queue.Empty:
+                break
+            if request is None:
+                break
+            if request.cancelled.is_set():
+                self._finish_cancelled(request)
+                continue
+            taken.append(request)
+        return taken
+
+    def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
+        kwargs = {"adapter_names": adapters} if self.is_peft and set(adapters) != {BASE_ADAPTER} else {}
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                          use_cache=True, **kwargs)  # fmt: skip
+
+    def _prefill(self, requests: list[GenerationRequest]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        length = max(len(r.prompt_ids) for r in requests)
+        ids = torch.full((len(requests), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), length), dtype=torch.long)
+        for i, request in enumerate(requests):
+            ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
+            mask[i, length - len(request.prompt_ids) :] = 1
+            request.generator = torch.Generator().manual_seed(
+                request.params.seed if request.params.seed is not None else torch.seed()
+            )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(
+            ids, mask, positions, cache, [r.adapter or BASE_ADAPTER for r in requests]
+        ).logits
+        self.stats["prefills"] += 1
+        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in requests)
+        self._merge(requests, cache, mask, mask.sum(-1))
+        if self.log_batches:
+            log(f"[dim]batch: {len(requests)} new request(s) prefilled, {len(self._rows)} running[/]")
+        tokens = self._sample(logits[:, -1, :], requests)
+        self._after_sampling(requests, tokens, first=len(self._rows) - len(requests))
+
+    def _decode_step(self) -> None:
+        import torch
+
+        mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long)], dim=1)
+        logits = self._forward(self._next[:, None], mask, self._positions[:, None], self._cache,
+                               [r.adapter or BASE_ADAPTER for r in self._rows]).logits  # fmt: skip
+        self._mask = mask
+        self._positions = self._positions + 1
+        batch = len(self._rows)
+        self.stats["decode_steps"] += 1
+        self.stats["batch_sizes"][batch] += 1
+        self.stats["max_batch_size"] = max(self.stats["max_batch_size"], batch)
+        self._after_sampling(self._rows, self._sample(logits[:, -1, :], self._rows), first=0)
+
+    def _sample(self, logits, requests: list[GenerationRequest]) -> list[int]:
+        import torch
+
+        logits = logits.float()
+        tokens = []
+        for row, request in zip(logits, requests, strict=True):
+            params = request.params
+            if params.ignore_eos or len(request.output_ids) < params.min_tokens:
+                row = row.clone()
+                row[list(self.eos_token_ids)] = float("-inf")
+            if params.temperature == 0:
+                tokens.append(int(row.argmax()))
+                continue
+            probs = torch.softmax(row / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
+                drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+                sorted_probs[drop] = 0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            tokens.append(int(torch.multinomial(probs, 1, generator=request.generator)))
+        return tokens
+
+    def _after_sampling(self, requests: list[GenerationRequest], tokens: list[int], first: int) -> None:
+        """Append each row's token, deliver new text, and drop the rows that finished."""
+        finished = set()
+        for offset, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+            index = first + offset
+            reason = self._advance(request, token, int(self._positions[index]) + 1)
+            if reason is not None:
+                finished.add(index)
+                self._finish(request, reason)
+            self._next[index] = token
+        for index, request in enumerate(self._rows):
+            if index not in finished and request.cancelled.is_set():
+                finished.add(index)
+                self._finish_cancelled(request)
+        if finished:
+            self._select([i for i in range(len(self._rows)) if i not in finished])
+
+    def _advance(self, request: GenerationRequest, token: int, length: int) -> str | None:
+        """Add one token to a request; returns its finish reason once it is done."""
+        request.output_ids.append(token)
+        params = request.params
+        if token in self.eos_token_ids and not params.ignore_eos:
+            return self._deliver(request, "stop")
+        text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
+        request.text = text
+        for stop in params.stop:
+            at = text.find(stop, max(0, request.sent - len(stop)))
+            if at != -1:
+                request.text = text[:at]
+                return self._deliver(request, "stop")
+        if len(request.output_ids) >= params.max_tokens or length >= self.max_model_len:
+            return self._deliver(request, "length")
+        self._deliver(request, None)
+        return None
+
+    def _deliver(self, request: GenerationRequest, reason: str | None) -> str | None:
+        """Send the text not yet sent; while running, hold back what may be the start of a stop string or a
+        half-decoded UTF-8 character."""
+        text = request.text
+        end = len(text)
+        if reason is None:
+            hold = 1 if text.endswith("\ufffd") else 0
+            for stop in request.params.stop:
+                for k in range(min(len(stop) - 1, len(text)), hold, -1):
+                    if text.endswith(stop[:k]):
+                        hold = k
+                        break
+            end -= hold
+        if end > request.sent:
+            request.on_event(Event(text=text[request.sent : end]))
+            request.sent = end
+        return reason
+
+    def _finish(self, request: GenerationRequest, reason: str) -> None:
+        self.stats["finished"] += 1
+        self.stats["completion_tokens"] += len(request.output_ids)
+        request.on_event(Event(finish_reason=reason, prompt_tokens=len(request.prompt_ids),
+                               completion_tokens=len(request.output_ids)))  # fmt: skip
+
+    def _finish_cancelled(self, request: GenerationRequest) -> None:
+        self.stats["cancelled"] += 1
+        self.stats["completion_tokens"] += len(request.output_ids)
+        self.stats.setdefault("cancelled_at_tokens", []).append(len(request.output_ids))
+        request.on_event(Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids),
+                               completion_tokens=len(request.output_ids)))  # fmt: skip
+
+    # -- batch bookkeeping ----------------------------------------------------------------------------------
+    def _merge(self, requests, cache, mask, positions) -> None:
+        """Append prefilled rows to the running batch: left-pad the shorter cache, concatenate along the batch."""
+        import torch
+
+        next_tokens = torch.zeros(len(requests), dtype=torch.long)
+        if not self._rows:
+            self._rows, self._cache, self._mask = list(requests), cache, mask
+            self._positions, self._next = positions.clone(), next_tokens
+            self._mergeable = all(_is_plain_layer(layer) for layer in cache.layers)
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            for name in ("keys", "values"):
+                a, b = getattr(old, name), getattr(new, name)
+                setattr(old, name, torch.cat([_left_pad(a, width, -2), _left_pad(b, width, -2)], dim=0))
+        self._mask = torch.cat([_left_pad(self._mask, width, -1), _left_pad(mask, width, -1)], dim=0)
+        self._positions = torch.cat([self._positions, positions])
+        self._next = torch.cat([self._next, next_tokens])
+        self._rows.extend(requests)
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only these rows, and drop cache columns that are padding for every remaining row."""
+        import torch
+
+        if not keep:
+            self._rows, self._cache = [], None
+            self._mask = torch.zeros((0, 0), dtype=torch.long)
+            self._positions = self._next = torch.zeros(0, dtype=torch.long)
+            return
+        index = torch.tensor(keep)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._positions, self._next = self._mask[index], self._positions[index], self._next[index]
+        self._cache.batch_select_indices(index)
+        used = self._mask.any(0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start and self._mergeable:
+            self._mask = self._mask[:, start:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+
+
+def _is_plain_layer(layer) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    return type(layer) is DynamicLayer
+
+
+def _left_pad(tensor, width: int, dim: int):
+    import torch.nn.functional as F
+
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    pad = [0, 0] * (-dim - 1) + [missing, 0]  # F.pad counts dimensions from the last one
+    return F.pad(tensor, pad)

@@ -1,0 +1,128 @@
+"""What a server serves: the model artifact, or an adapter on its base, plus more adapters selectable by name.
+
+Every served name maps to an artifact with a fingerprint, so an answer can be traced back through lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge.errors import InputError
+from llmforge.model.loading import ModelSource, resolve_model
+
+STAGE = "serve"
+
+
+@dataclass
+class ServedModel:
+    name: str  # what clients put in "model"
+    source: ModelSource
+    adapter: str | None = None  # the peft adapter answering for this name; None = the base model
+
+    @property
+    def fingerprint(self) -> str:
+        return self.source.fingerprint
+
+    def card(self) -> dict[str, Any]:
+        """The /v1/models entry: OpenAI's fields plus where the model comes from."""
+        entry = {"id": self.name, "object": "model", "created": 0, "owned_by": "llmforge",
+                 "fingerprint": self.fingerprint, "kind": self.source.kind, "artifact": str(self.source.path)}  # fmt: skip
+        if self.adapter is not None:
+            entry["parent"] = None
+            entry["base_fingerprint"] = self.source.base.fingerprint if self.source.base else None
+        return entry
+
+
+@dataclass
+class ServingPlan:
+    base: ModelSource  # the weights loaded once
+    models: list[ServedModel]
+
+    @property
+    def base_model(self) -> ServedModel:
+        return next(m for m in self.models if m.adapter is None)
+
+    @property
+    def adapters(self) -> list[ServedModel]:
+        return [m for m in self.models if m.adapter is not None]
+
+    def by_name(self) -> dict[str, ServedModel]:
+        return {m.name: m for m in self.models}
+
+
+def default_name(source: ModelSource) -> str:
+    return source.path if source.kind == "hub" else Path(source.path).resolve().name
+
+
+def parse_adapters(specs: list[str]) -> dict[str, str]:
+    """`name=PATH` pairs from `--adapter` (a bare PATH is named after its directory)."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).resolve().name, spec
+        if not name or not path:
+            raise InputError(f"--adapter {spec!r}: expected NAME=PATH")
+        if name in adapters:
+            raise InputError(f"--adapter {spec!r}: the name {name!r} is given twice")
+        adapters[name] = path
+    return adapters
+
+
+def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -> ServingPlan:
+    """Resolve the model argument and the extra adapters; check that every adapter fits the served base."""
+    source = resolve_model(model, STAGE)
+    if source.is_adapter:  # the adapter first: it is what was asked for; its base is served beside it
+        base = source.base
+        name = served_name or default_name(source)
+        models = [ServedModel(name, source, adapter=name), ServedModel(default_name(base), base)]
+    else:
+        base = source
+        models = [ServedModel(served_name or default_name(source), source)]
+    for name, path in adapters.items():
+        adapter = resolve_model(path, STAGE)
+        if not adapter.is_adapter:
+            raise InputError(f"--adapter {name}={path}: not an adapter ({adapter.kind}); serve it on its own")
+        if adapter.base.fingerprint != base.fingerprint:
+            raise InputError(
+                f"--adapter {name}={path}: trained on {adapter.base.path} (fingerprint "
+                f"{adapter.base.fingerprint[:12]}), not on the served base {base.path} ({base.fingerprint[:12]})"
+            )
+        models.append(ServedModel(name, adapter, adapter=name))
+    names = [m.name for m in models]
+    for name in names:
+        if names.count(name) > 1:
+            raise InputError(f"two served models would be called {name!r}; rename one with NAME=PATH")
+    expected = base.tokenizer_fingerprint
+    for served in models:
+        found = served.source.tokenizer_fingerprint
+        if expected and found and found != expected:
+            raise InputError(
+                f"{served.source.path}: its tokenizer differs from the base model's ({base.path})"
+            )
+    return ServingPlan(base=base, models=models)
+
+
+def adapter_rank(source: ModelSource) -> int:
+    config = json.loads((Path(source.path) / "adapter_config.json").read_text())
+    return int(config.get("r", 8))
+
+
+def load(serving: ServingPlan, dtype: str = "auto"):
+    """The base model with every adapter attached under its served name (peft multi-adapter)."""
+    from llmforge.model.loading import load_model, load_tokenizer
+
+    model = load_model(serving.base, dtype=dtype)
+    adapters = serving.adapters
+    if adapters:
+        from peft import PeftModel
+
+        first, *others = adapters
+        model = PeftModel.from_pretrained(model, first.source.path, adapter_name=first.adapter)
+        for served in others:
+            model.load_adapter(served.source.path, adapter_name=served.adapter)
+    model.eval()
+    return model, load_tokenizer(serving.base)

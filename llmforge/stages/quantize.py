@@ -1,0 +1,248 @@
+"""Quantize a model (LoRA adapters are merged first) and report what it cost: size and held-out perplexity.
+
+Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4, GPTQ calibrated on `--data`, or round-to-nearest with
+`--algorithm rtn`) and `w8a8` (INT8 weights and dynamic per-token INT8 activations), written by llm-compressor as
+compressed-tensors checkpoints, the format vLLM serves; `torchao-int8` (weight-only) and `torchao-int8-dynamic`
+(dynamic activations), torchao checkpoints that transformers, and so the embedded CPU server, run directly.
+The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config.
+`--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
+measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import Field
+
+from llmforge.config import StageConfig, load_config
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Output, Sets, flag
+
+STAGE = "quantize"
+
+Method = Literal["w8a16", "w4a16", "w8a8", "torchao-int8", "torchao-int8-dynamic"]
+LLM_COMPRESSOR_SCHEMES = {"w8a16": "W8A16", "w4a16": "W4A16", "w8a8": "W8A8"}
+BITS = {"w8a16": 8, "w4a16": 4, "w8a8": 8, "torchao-int8": 8, "torchao-int8-dynamic": 8}
+# Perplexity drift the seeds accept: INT8 loses under 1%, INT4 1-5%.
+BUDGET_PCT = {8: 1.0, 4: 5.0}
+# Documents artifacts: every HELD_OUT_EVERY-th document is held out for perplexity, the rest calibrate.
+HELD_OUT_EVERY = 10
+
+
+class Config(StageConfig):
+    method: Method = Field(
+        "w4a16",
+        description="w8a16 / w4a16 / w8a8: llm-compressor, compressed-tensors (vLLM); torchao-int8 / "
+        "torchao-int8-dynamic: torchao, runs on CPU in transformers and the embedded server",
+    )
+    algorithm: Literal["gptq", "rtn"] = Field(
+        "gptq",
+        description="llm-compressor methods: gptq calibrates on --data; rtn rounds to nearest, no calibration "
+        "(torchao methods always round to nearest)",
+    )
+    ignore: list[str] = Field(
+        default_factory=lambda: ["lm_head"], description="Modules kept in full precision (names or re:regex)"
+    )
+    calibration_samples: int = Field(512, gt=0, description="GPTQ: calibration windows drawn from --data")
+    seq_len: int = Field(
+        2048, gt=1, description="Tokens per calibration and perplexity window (capped at the model's context)"
+    )
+    eval_tokens: int = Field(
+        65536, gt=1, description="Held-out tokens the perplexity before and after is measured on"
+    )
+    budget_pct: float | None = Field(
+        None, gt=0, description="Accepted perplexity increase in percent; none = 1 for 8-bit, 5 for 4-bit"
+    )
+
+
+@dataclass
+class Texts:
+    """Token windows for calibration and for the held-out perplexity."""
+
+    calibration: list[list[int]]
+    held_out: list[list[int]]
+
+
+def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None,
+        force: bool = False) -> Path:  # fmt: skip
+    """Quantize `model` with calibration/evaluation text from `data`; returns the quantized-model artifact."""
+    from llmforge.artifacts import open_artifact, run_stage
+    from llmforge.model.loading import load_tokenizer, resolve_model
+
+    config = config or Config()
+    if config.method in LLM_COMPRESSOR_SCHEMES and importlib.util.find_spec("llmcompressor") is None:
+        raise InputError(f"method {config.method} needs llm-compressor: pip install 'llmforge[quantize]' (in an "
+                         "environment without vllm: they pin different compressed-tensors)")  # fmt: skip
+    source = resolve_model(model, STAGE)
+    if source.kind == "quantized-model":
+        raise InputError(f"{model}: already quantized ({source.artifact.extra.get('method')}); quantize the "
+                         "model it was made from")  # fmt: skip
+    dataset = open_artifact(data, STAGE, ["tokens", "documents"])
+    expected = source.tokenizer_fingerprint
+    found = dataset.extra.get("tokenizer_fingerprint")
+    if dataset.kind == "tokens" and expected and found != expected:
+        raise InputError(f"{data}: encoded with another tokenizer than {model}'s (tokenizer fingerprint "
+                         f"{str(found)[:12]} vs {expected[:12]}); encode the text with `--model {model}`")  # fmt: skip
+    tokenizer = load_tokenizer(source)
+    texts = _texts(dataset, tokenizer, config, _context(source))
+    inputs = [source.ref(), dataset.ref()]
+    return run_stage(STAGE, "quantized-model", config, inputs, out,
+                     lambda ctx: _quantize(ctx, source, texts, config), force=force)  # fmt: skip
+
+
+def _context(source) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source.base.path if source.is_adapter else source.path)
+    return int(getattr(config, "max_position_embeddings", 2048))
+
+
+def _texts(dataset, tokenizer, config: Config, context: int) -> Texts:
+    """Calibration windows from the training text, perplexity windows from held-out text, never overlapping."""
+    from llmforge.model.perplexity import windows
+
+    seq_len = min(config.seq_len, context)
+    if dataset.kind == "tokens":
+        from llmforge.data.shards import TokenShards
+
+        shards = TokenShards(dataset.path)
+        if not shards.num_tokens("val"):
+            raise InputError(f"{dataset.path}: no held-out 'val' tokens to measure perplexity on; re-encode "
+                             "with --val-fraction above 0, or pass a documents artifact")  # fmt: skip
+        calibration_docs, held_out_docs = shards.documents("train"), shards.documents("val")
+    else:
+        from llmforge.data.documents import iter_texts
+
+        def split(held_out: bool):
+            for index, text in enumerate(iter_texts(dataset)):
+                if (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out:
+                    yield tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+
+        calibration_docs, held_out_docs = split(False), split(True)
+    held_out = windows(held_out_docs, seq_len, config.eval_tokens)
+    if not held_out:
+        raise InputError(f"{dataset.path}: too little held-out text to measure perplexity on")
+    calibration = []
+    if config.method in LLM_COMPRESSOR_SCHEMES and config.algorithm == "gptq":
+        calibration = windows(calibration_docs, seq_len, config.calibration_samples * seq_len)
+        if not calibration:
+            raise InputError(f"{dataset.path}: no calibration text outside the held-out part")
+    return Texts(calibration=calibration, held_out=held_out)
+
+
+def weights_bytes(directory: Path) -> int:
+    return sum(
+        f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in Path(directory).glob(pattern)
+    )
+
+
+def _quantize(ctx, source, texts: Texts, config: Config) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.console import log, warn
+    from llmforge.model.loading import TOKENIZER_FILES, base_model_entry, load_model, tokenizer_dir
+    from llmforge.model.perplexity import perplexity
+
+    log(f"loading {source.path}" + (" and merging the adapter into its base" if source.is_adapter else ""))
+    model = load_model(source, merge=True).eval()
+    unquantized_dir = Path(source.path)
+    if source.is_adapter or source.kind == "hub":  # a directory of the merged weights, to measure and reload
+        unquantized_dir = ctx.work / "checkpoints" / "merged"
+        model.save_pretrained(unquantized_dir, safe_serialization=True)
+    log(f"perplexity before, on {sum(len(w) for w in texts.held_out):,} held-out tokens")
+    before = perplexity(model, texts.held_out)
+
+    if config.method in LLM_COMPRESSOR_SCHEMES:
+        _llm_compressor(model, texts, config, ctx.work)
+    else:
+        del model
+        _torchao(unquantized_dir, config.method, ctx.work)
+    for name in TOKENIZER_FILES:  # copied, not re-saved, so the tokenizer fingerprint stays the same
+        if (Path(tokenizer_dir(source)) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
+
+    log("reloading the quantized checkpoint with transformers to measure it")
+    quantized = AutoModelForCausalLM.from_pretrained(ctx.work).eval()
+    after = perplexity(quantized, texts.held_out)
+    bits = BITS[config.method]
+    budget = config.budget_pct if config.budget_pct is not None else BUDGET_PCT[bits]
+    delta = 100.0 * (after - before) / before
+    size_before, size_after = weights_bytes(unquantized_dir), weights_bytes(ctx.work)
+    ctx.stats.update({
+        "method": config.method,
+        "algorithm": "gptq" if texts.calibration else "rtn",
+        "calibration_windows": len(texts.calibration),
+        "bytes_before": size_before,
+        "bytes_after": size_after,
+        "compression": round(size_before / size_after, 3),
+        "eval_tokens": sum(len(w) for w in texts.held_out),
+        "perplexity_before": round(before, 4),
+        "perplexity_after": round(after, 4),
+        "perplexity_delta_pct": round(delta, 3),
+        "budget_pct": budget,
+        "within_budget": delta <= budget,
+    })  # fmt: skip
+    if delta > budget:
+        warn(f"perplexity rose {delta:.2f}% ({before:.3f} -> {after:.3f}), beyond the {budget}% budget for "
+             f"{bits}-bit; try --algorithm gptq, more calibration samples, or fewer bits quantized")  # fmt: skip
+    from llmforge.data.tokenizer import tokenizer_fingerprint
+
+    ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+    ctx.extra["method"] = config.method
+    ctx.extra["format"] = "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao"
+    ctx.extra["base_model"] = base_model_entry(source, ctx.out)
+
+
+def _llm_compressor(model, texts: Texts, config: Config, work: Path) -> None:
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    scheme = LLM_COMPRESSOR_SCHEMES[config.method]
+    if texts.calibration:
+        from datasets import Dataset
+
+        dataset = Dataset.from_dict({"input_ids": texts.calibration,
+                                     "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
+        recipe = GPTQModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
+        oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
+                max_seq_length=max(len(w) for w in texts.calibration))  # fmt: skip
+    else:
+        oneshot(
+            model=model, recipe=QuantizationModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
+        )
+    model.save_pretrained(work, save_compressed=True)
+
+
+def _torchao(unquantized_dir: Path, method: str, work: Path) -> None:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    scheme = Int8WeightOnlyConfig() if method == "torchao-int8" else Int8DynamicActivationInt8WeightConfig()
+    model = AutoModelForCausalLM.from_pretrained(unquantized_dir, quantization_config=TorchAoConfig(scheme))
+    model.save_pretrained(work, safe_serialization=True)
+
+
+def command(
+    model: Annotated[str, typer.Argument(help="A model or adapter artifact (or Hugging Face directory).")],
+    data: Annotated[
+        str, typer.Option("--data", help="Tokens or documents artifact: calibration and held-out text.")
+    ],
+    out: Output,
+    method: Annotated[str | None, flag(Config, "method")] = None,
+    algorithm: Annotated[str | None, flag(Config, "algorithm")] = None,
+    calibration_samples: Annotated[int | None, flag(Config, "calibration_samples")] = None,
+    seq_len: Annotated[int | None, flag(Config, "seq_len")] = None,
+    eval_tokens: Annotated[int | None, flag(Config, "eval_tokens")] = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+) -> None:
+    flags = {"method": method, "algorithm": algorithm, "calibration_samples": calibration_samples,
+             "seq_len": seq_len, "eval_tokens": eval_tokens}  # fmt: skip
+    run(model, data, out, load_config(Config, config_file, sets, flags), force=force)

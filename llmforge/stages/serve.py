@@ -1,0 +1,99 @@
+"""Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API.
+
+/v1/chat/completions (with SSE streaming), /v1/completions, /v1/models and /health, using the artifact's own
+chat template and generation config. vLLM serves it when installed with a GPU; otherwise an embedded CPU server
+(transformers, continuous batching) does. Once the server listens, its base URL (`http://HOST:PORT/v1`) is the
+one line on stdout, so `url=$(llmforge serve M --port 0 | head -1)` captures it. Unlike the other stages it
+writes no artifact; it runs until SIGTERM or Ctrl-C, finishing the requests in flight.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import Field
+
+from llmforge.config import StageConfig, load_config
+from llmforge.options import ConfigFile, Sets, flag
+
+STAGE = "serve"
+
+
+class Config(StageConfig):
+    backend: Literal["auto", "embedded", "vllm"] = Field(
+        "auto", description="auto: vLLM when installed with a GPU, else the embedded CPU server"
+    )
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on; 0 picks a free one")
+    api_key: str | None = Field(
+        None, description="Bearer token every /v1 request must send (also read from LLMFORGE_API_KEY)"
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients put in 'model'; none = the artifact's directory name"
+    )
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="More LoRA adapters on the same base, NAME=PATH, selected by 'model'",
+    )
+    dtype: str = Field("auto", description="Weights dtype: auto (as stored), float32, bfloat16, float16")
+    max_model_len: int | None = Field(
+        None, gt=0, description="Context length (prompt + answer); none = the model's own"
+    )
+    max_batch_size: int = Field(16, gt=0, description="Sequences generated together at most; more wait")
+    threads: int = Field(0, ge=0, description="Embedded: torch CPU threads; 0 = torch's default")
+    graceful_timeout: float = Field(
+        30.0, ge=0, description="Seconds requests in flight get to finish after SIGTERM"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level (info logs every request)"
+    )
+    tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs to shard the model across")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache"
+    )
+
+
+def run(model: str | Path, config: Config | None = None) -> None:
+    """Serve until stopped. Bad inputs (not a model, an adapter on another base) fail before anything loads."""
+    from llmforge.model.loading import resolve_model
+    from llmforge.serving import models as serving_models
+    from llmforge.serving import vllm_backend
+
+    config = config or Config()
+    serving = serving_models.plan(
+        model, config.served_model_name, serving_models.parse_adapters(config.adapters)
+    )
+    fingerprint = resolve_model(model, STAGE).fingerprint
+    backend = config.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_backend.available() else "embedded"
+    if backend == "vllm":
+        vllm_backend.serve(serving, config, fingerprint)
+    else:
+        from llmforge.serving import embedded
+
+        embedded.serve(serving, config, fingerprint)
+
+
+def command(
+    model: Annotated[
+        str, typer.Argument(help="A model, adapter or quantized-model artifact (or HF directory).")
+    ],
+    host: Annotated[str | None, flag(Config, "host")] = None,
+    port: Annotated[int | None, flag(Config, "port")] = None,
+    api_key: Annotated[str | None, flag(Config, "api_key", envvar="LLMFORGE_API_KEY")] = None,
+    backend: Annotated[str | None, flag(Config, "backend")] = None,
+    served_model_name: Annotated[str | None, flag(Config, "served_model_name")] = None,
+    adapter: Annotated[list[str] | None, flag(Config, "adapters", "--adapter")] = None,
+    max_model_len: Annotated[int | None, flag(Config, "max_model_len")] = None,
+    max_batch_size: Annotated[int | None, flag(Config, "max_batch_size")] = None,
+    tensor_parallel_size: Annotated[int | None, flag(Config, "tensor_parallel_size")] = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+) -> None:
+    flags = {"host": host, "port": port, "api_key": api_key, "backend": backend,
+             "served_model_name": served_model_name, "adapters": adapter, "max_model_len": max_model_len,
+             "max_batch_size": max_batch_size, "tensor_parallel_size": tensor_parallel_size}  # fmt: skip
+    run(model, load_config(Config, config_file, sets, flags))
