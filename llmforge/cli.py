@@ -56,6 +56,9 @@ def main_options(
 STAGES: dict[str, str] = {
     # name on the command line -> module in llmforge.stages
     "tokenize": "tokenize",
+    "sft": "sft",
+    "dpo": "dpo",
+    "grpo": "grpo",
     "quantize": "quantize",
     "serve": "serve",
 }

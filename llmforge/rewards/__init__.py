@@ -1,1 +1,109 @@
-"""Verifiable rewards for GRPO."""
+"""Verifiable rewards for GRPO, combinable with weights: `--reward math:1.0 --reward format:0.2`.
+
+Every reward is a TRL reward function: `f(prompts, completions, **columns) -> list[float]`, one score per
+completion, where `columns` are the dataset's other fields (`answer`, `tests`, `schema`...) repeated per completion.
+A user reward is named `package.module:function` or `path/to/file.py:function`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmforge.errors import InputError
+
+# name -> (module, function, dataset columns it reads)
+BUILTIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "math": ("llmforge.rewards.math_answer", "math_reward", ("answer",)),
+    "exact": ("llmforge.rewards.text", "exact_reward", ("answer",)),
+    "format": ("llmforge.rewards.text", "format_reward", ()),
+    "json": ("llmforge.rewards.text", "json_reward", ()),
+    "code": ("llmforge.rewards.sandbox", "code_reward", ("tests",)),
+}
+_WEIGHT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    name: str  # a built-in name, module:function or file.py:function
+    weight: float = 1.0
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN
+
+    @property
+    def label(self) -> str:
+        """The name TRL logs it under (rewards/<label>/mean)."""
+        return self.name if self.builtin else self.name.rsplit(":", 1)[-1]
+
+
+def parse_spec(text: str) -> RewardSpec:
+    """`math`, `math:0.5`, `pkg.mod:fn`, `pkg.mod:fn:0.5`, `rewards.py:fn:2` -> name and weight."""
+    head, sep, tail = text.strip().rpartition(":")
+    if sep and _WEIGHT.match(tail):
+        name, weight = head, float(tail)
+    else:
+        name, weight = text.strip(), 1.0
+    if not name:
+        raise InputError(f"--reward {text!r}: no reward named (built-in: {', '.join(BUILTIN)})")
+    if name not in BUILTIN and ":" not in name:
+        raise InputError(f"--reward {text!r}: unknown reward {name!r}; built-in rewards are {', '.join(BUILTIN)}, "
+                         "or give your own as module:function or path/to/file.py:function")  # fmt: skip
+    return RewardSpec(name=name, weight=weight)
+
+
+def required_columns(spec: RewardSpec) -> tuple[str, ...]:
+    return BUILTIN[spec.name][2] if spec.builtin else ()
+
+
+def load_reward(spec: RewardSpec, **options) -> Callable:
+    """The reward function for `spec`; `options` are keyword arguments for the built-in that accepts them."""
+    if spec.builtin:
+        module_name, function_name, _ = BUILTIN[spec.name]
+        function = getattr(importlib.import_module(module_name), function_name)
+        if options:
+            function = functools.partial(function, **options)
+    else:
+        function = _user_function(spec.name)
+
+    def reward(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    reward.__name__ = spec.label  # TRL logs rewards/<__name__>/mean and /std
+    return reward
+
+
+def _user_function(name: str) -> Callable:
+    location, _, function_name = name.rpartition(":")
+    if location.endswith(".py") or "/" in location:
+        path = Path(location)
+        if not path.is_file():
+            raise InputError(f"--reward {name}: no such file {path}")
+        module_name = f"llmforge_user_reward_{abs(hash(str(path.resolve())))}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise InputError(
+                    f"--reward {name}: {path} fails to import ({type(exc).__name__}: {exc})"
+                ) from None
+            sys.modules[module_name] = module
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as exc:
+            raise InputError(f"--reward {name}: cannot import {location} ({exc})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise InputError(f"--reward {name}: {location} has no function {function_name!r}")
+    return function

@@ -1,0 +1,167 @@
+"""Preference optimisation: align a model to chosen-over-rejected answers (DPO and the losses TRL offers beside it).
+
+Records are `prompt`/`chosen`/`rejected` (strings, or chat messages rendered with the model's chat template); for
+`--loss kto` also unpaired `prompt`/`completion`/`label` (true = good). The reference is the input model, frozen
+(under LoRA: the base with the new adapter switched off, or a frozen copy of a continued adapter). `--loss` picks:
+DPOTrainer's sigmoid (DPO), ipo, hinge, robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired,
+apo_zero, apo_down, discopop, sigmoid_norm; kto (KTOTrainer); orpo and simpo (TRL 1.16 keeps ORPOTrainer and
+CPOTrainer, which implements SimPO, in trl.experimental: reference-free, and their API may change).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from llmforge.config import load_config
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.train.posttrain import (
+    PostTrainConfig,
+    Records,
+    Stage,
+    check_answer,
+    check_prompt,
+    common_flags,
+    common_values,
+    data_argument,
+    final_value,
+    model_argument,
+    run_posttrain,
+    start_end,
+)
+
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # fmt: skip
+Loss = Literal[
+    "sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sigmoid_norm", "kto", "orpo", "simpo",
+]  # fmt: skip
+
+
+class Config(PostTrainConfig):
+    loss: Loss = Field(
+        "sigmoid",
+        description="Preference loss: sigmoid (DPO), ipo, hinge, robust... (DPOTrainer), kto (unpaired labels "
+        "allowed), orpo, simpo (reference-free, trl.experimental)",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="How far the policy may move from the reference (IPO: tau; ORPO: lambda)"
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO / EXO label smoothing")
+
+
+def validator(config: Config):
+    def validate(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if "prompt" not in record:
+            raise ValueError(
+                "needs a 'prompt' (with 'chosen' and 'rejected', or for kto 'completion' and 'label')"
+            )
+        prompt = check_prompt(record["prompt"])
+        chat = isinstance(prompt, list)
+        if "chosen" in record or "rejected" in record:
+            for name in ("chosen", "rejected"):
+                if name not in record:
+                    raise ValueError(f"has '{'rejected' if name == 'chosen' else 'chosen'}' but no '{name}'")
+            chosen = check_answer(record["chosen"], "chosen", chat)
+            rejected = check_answer(record["rejected"], "rejected", chat)
+            if chosen == rejected:
+                raise ValueError("'chosen' and 'rejected' are identical: the pair expresses no preference")
+            return "paired", {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if "completion" in record:
+            if config.loss != "kto":
+                raise ValueError(f"an unpaired (completion/label) record; --loss {config.loss} needs 'chosen' and "
+                                 "'rejected' pairs, only --loss kto learns from unpaired labels")  # fmt: skip
+            if not isinstance(record.get("label"), bool):
+                raise ValueError("'label' must be true (a good completion) or false (a bad one)")
+            completion = check_answer(record["completion"], "completion", chat)
+            return "unpaired", {"prompt": prompt, "completion": completion, "label": record["label"]}
+        raise ValueError("needs 'chosen' and 'rejected' (or, for kto, 'completion' and 'label')")
+
+    return validate
+
+
+def check(records: Records, tokenizer, config: Config) -> None:
+    if records.shape == "unpaired" and len({r["label"] for r in records.items}) < 2:
+        raise InputError("kto needs both good (label true) and bad (label false) completions; "
+                         f"every label in the dataset is {records.items[0]['label']}")  # fmt: skip
+
+
+def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
+    common = dict(model=model, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+                  callbacks=callbacks)  # fmt: skip
+    if config.loss == "kto":
+        from trl import KTOConfig, KTOTrainer
+        from trl.data_utils import unpair_preference_dataset
+
+        if shape == "paired":  # each pair gives one good and one bad completion
+            common["train_dataset"] = unpair_preference_dataset(dataset)
+        args = KTOConfig(**arguments, beta=config.beta, max_length=config.max_length)
+        return KTOTrainer(args=args, **common)
+    if config.loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        args = ORPOConfig(**arguments, beta=config.beta, max_length=config.max_length)
+        return ORPOTrainer(args=args, **common)
+    if config.loss == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = CPOConfig(**arguments, loss_type="simpo", cpo_alpha=0.0, beta=config.beta,
+                         simpo_gamma=config.simpo_gamma, max_length=config.max_length)  # fmt: skip
+        return CPOTrainer(args=args, **common)
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(**arguments, beta=config.beta, loss_type=[config.loss], label_smoothing=config.label_smoothing,
+                     max_length=config.max_length)  # fmt: skip
+    return DPOTrainer(args=args, **common)
+
+
+def summarize(history: list[dict]) -> dict[str, Any]:
+    """Preference accuracy and reward margins at the start and the end of training (KTO has no accuracy)."""
+    return {**start_end(history, "loss"), **start_end(history, "rewards/accuracies", "accuracy"),
+            **start_end(history, "rewards/margins", "margin"), **final_value(history, "rewards/chosen"),
+            **final_value(history, "rewards/rejected")}  # fmt: skip
+
+
+STAGE = Stage(name="dpo", module="dpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
+              default_rates=(1e-6, 5e-6), check=check)  # fmt: skip
+
+
+def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None, force: bool = False,
+        callbacks: list | None = None) -> Path:  # fmt: skip
+    """Align `model` to the preferences in `data`; returns the model (or adapter) artifact's path."""
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+
+
+F = common_flags(Config)
+
+
+def command(
+    model: Annotated[str, model_argument()],
+    data: Annotated[str, data_argument()],
+    output: Output,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+    loss: Annotated[str | None, flag(Config, "loss")] = None,
+    beta: Annotated[float | None, flag(Config, "beta")] = None,
+    lora: F.lora = None,
+    qlora: F.qlora = None,
+    merge: F.merge = None,
+    rank: F.rank = None,
+    epochs: F.epochs = None,
+    max_steps: F.max_steps = None,
+    learning_rate: F.learning_rate = None,
+    batch_size: F.batch_size = None,
+    max_length: F.max_length = None,
+    zero: F.zero = None,
+    offload: F.offload = None,
+    nproc: F.nproc = None,
+) -> None:
+    """Preference optimisation (DPO, IPO, KTO, ORPO, SimPO...), full or LoRA/QLoRA, DeepSpeed-ready."""
+    values = locals()
+    config = load_config(Config, config_file, sets, {**common_values(values), "loss": loss, "beta": beta})
+    run(model, data, output, config, force=force)

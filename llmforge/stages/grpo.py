@@ -1,0 +1,235 @@
+"""Reinforcement learning with verifiable rewards (GRPO): sample a group of answers per prompt, score them with
+rewards that check the answer, and push the policy towards the better half of each group.
+
+Records hold a `prompt` (string or chat messages) and what the rewards check: `answer` (math, exact), `tests`
+(code), `schema` (json, optional); other fields reach user rewards as keyword arguments. Rewards combine with
+weights: `--reward math:1.0 --reward format:0.2`, or your own as `module:function` / `file.py:function`.
+Generation runs on transformers (CPU or GPU); `--use-vllm` hands it to vLLM on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from llmforge.config import load_config, runtime_field
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.train.posttrain import (
+    PostTrainConfig,
+    Records,
+    Stage,
+    check_prompt,
+    common_flags,
+    common_values,
+    data_argument,
+    final_value,
+    model_argument,
+    run_posttrain,
+    series,
+    start_end,
+)
+
+
+class Config(PostTrainConfig):
+    rewards: list[str] = Field(
+        default_factory=lambda: ["math:1.0", "format:0.2"],
+        description="Rewards as NAME[:WEIGHT]: math, exact, format, json, code, or module:function / "
+        "file.py:function",
+    )
+    num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the group)")
+    kl_beta: float = Field(
+        0.04, ge=0, description="KL penalty towards the input model; 0 = no reference model"
+    )
+    clip_epsilon: float = Field(0.2, gt=0, description="PPO-style clipping of the policy ratio")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts")
+    max_completion_length: int = Field(256, ge=1, description="Tokens per sampled completion at most")
+    code_timeout_s: float = Field(
+        5.0, gt=0, description="code reward: wall-clock (and CPU) seconds per program"
+    )
+    code_memory_mb: int = Field(512, ge=64, description="code reward: memory (address space) per program")
+    use_vllm: bool = runtime_field(False, description="Generate with vLLM (GPU only; vllm extra installed)")
+    vllm_mode: Literal["colocate", "server"] = runtime_field(
+        "colocate", description="vLLM in the training process (colocate) or a `trl vllm-serve` server"
+    )
+
+    @model_validator(mode="after")
+    def _groups_fit(self):
+        completions = self.batch_size * self.gradient_accumulation * self.nproc
+        if completions % self.num_generations:
+            raise ValueError(f"batch_size x gradient_accumulation x nproc ({completions} completions per step) "
+                             f"must be a multiple of num_generations ({self.num_generations})")  # fmt: skip
+        return self
+
+
+def _specs(config: Config):
+    from llmforge.rewards import parse_spec
+
+    return [parse_spec(text) for text in config.rewards]
+
+
+def validator(config: Config):
+    from llmforge.rewards import required_columns
+
+    needed = {column: spec.name for spec in _specs(config) for column in required_columns(spec)}
+    uses_json = any(spec.name == "json" for spec in _specs(config))
+
+    def validate(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if "prompt" not in record:
+            raise ValueError("needs a 'prompt' (a string or chat messages)")
+        normalised = {**record, "prompt": check_prompt(record["prompt"])}
+        for column, reward in needed.items():
+            if record.get(column) in (None, ""):
+                raise ValueError(f"needs '{column}' for the {reward} reward")
+        if "answer" in record and record["answer"] is not None:
+            normalised["answer"] = str(record["answer"])
+        if "tests" in record:
+            tests = record["tests"]
+            if not (
+                isinstance(tests, str) or (isinstance(tests, list) and all(isinstance(t, str) for t in tests))
+            ):
+                raise ValueError("'tests' must be Python test code: a string or a list of strings")
+        if uses_json and record.get("schema") not in (None, ""):
+            normalised["schema"] = _checked_schema(record["schema"])
+        shape = "chat prompts" if isinstance(normalised["prompt"], list) else "text prompts"
+        return shape, normalised
+
+    return validate
+
+
+def _checked_schema(schema: Any) -> str:
+    import jsonschema
+
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'schema' is not valid JSON ({exc.msg})") from None
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"'schema' is not a valid JSON Schema ({exc.message})") from None
+    return json.dumps(schema)  # one Arrow type whatever each schema looks like
+
+
+def check(records: Records, tokenizer, config: Config) -> None:
+    """User rewards import, and every prompt leaves room for a full completion within max_length."""
+    import torch
+
+    from llmforge.rewards import load_reward
+
+    if config.use_vllm and not torch.cuda.is_available():
+        raise InputError("--use-vllm needs a CUDA GPU and the vllm extra; without them generation runs on "
+                         "transformers (leave --use-vllm off)")  # fmt: skip
+    for spec in _specs(config):
+        load_reward(spec)
+    room = config.max_length - config.max_completion_length
+    for record, location in zip(records.items, records.locations, strict=True):
+        prompt = record["prompt"]
+        if isinstance(prompt, list):
+            ids = tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+            )
+            length = len(ids["input_ids"])
+        else:
+            length = len(tokenizer(prompt)["input_ids"])
+        if length > room:
+            raise InputError(f"{location}: the prompt takes {length} tokens; with max_completion_length "
+                             f"{config.max_completion_length} it leaves max_length ({config.max_length})")  # fmt: skip
+
+
+def reward_functions(config: Config):
+    from llmforge.rewards import load_reward
+    from llmforge.rewards.sandbox import Limits
+
+    functions = []
+    for spec in _specs(config):
+        options = {}
+        if spec.name == "code":
+            options["limits"] = Limits(timeout_s=config.code_timeout_s, memory_mb=config.code_memory_mb)
+        functions.append(load_reward(spec, **options))
+    return functions
+
+
+def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        **arguments,
+        num_generations=config.num_generations,
+        beta=config.kl_beta,
+        epsilon=config.clip_epsilon,
+        temperature=config.temperature,
+        max_completion_length=config.max_completion_length,
+        reward_weights=[spec.weight for spec in _specs(config)],
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+    )
+    return GRPOTrainer(model=model, reward_funcs=reward_functions(config), args=args, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+
+
+def summarize(history: list[dict]) -> dict[str, Any]:
+    """Mean reward (weighted sum) and each reward's mean and spread, KL and completion length."""
+    stats = {**start_end(history, "reward"), **final_value(history, "reward_std")}
+    names = sorted({key.split("/")[1] for entry in history for key in entry if key.startswith("rewards/")})
+    for name in names:
+        stats.update(start_end(history, f"rewards/{name}/mean", f"reward_{name}"))
+        stats.update(final_value(history, f"rewards/{name}/std", f"reward_{name}_std"))
+    stats.update(final_value(history, "kl"))
+    lengths = series(history, "completions/mean_length")
+    if lengths:
+        stats["completion_length_mean"] = round(sum(lengths) / len(lengths), 3)
+    return stats
+
+
+STAGE = Stage(name="grpo", module="grpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
+              default_rates=(1e-6, 1e-5), check=check)  # fmt: skip
+
+
+def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None, force: bool = False,
+        callbacks: list | None = None) -> Path:  # fmt: skip
+    """Improve `model` with verifiable rewards on the prompts in `data`; returns the artifact's path."""
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+
+
+F = common_flags(Config)
+
+
+def command(
+    model: Annotated[str, model_argument()],
+    data: Annotated[str, data_argument()],
+    output: Output,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+    reward: Annotated[list[str] | None, flag(Config, "rewards", "--reward")] = None,
+    num_generations: Annotated[int | None, flag(Config, "num_generations")] = None,
+    kl_beta: Annotated[float | None, flag(Config, "kl_beta")] = None,
+    clip_epsilon: Annotated[float | None, flag(Config, "clip_epsilon")] = None,
+    temperature: Annotated[float | None, flag(Config, "temperature")] = None,
+    max_completion_length: Annotated[int | None, flag(Config, "max_completion_length")] = None,
+    use_vllm: Annotated[bool | None, flag(Config, "use_vllm")] = None,
+    lora: F.lora = None,
+    qlora: F.qlora = None,
+    merge: F.merge = None,
+    rank: F.rank = None,
+    epochs: F.epochs = None,
+    max_steps: F.max_steps = None,
+    learning_rate: F.learning_rate = None,
+    batch_size: F.batch_size = None,
+    max_length: F.max_length = None,
+    zero: F.zero = None,
+    offload: F.offload = None,
+    nproc: F.nproc = None,
+) -> None:
+    """GRPO with verifiable rewards (math, exact, format, json, sandboxed code, your own), full or LoRA/QLoRA."""
+    values = locals()
+    flags = {**common_values(values), "rewards": reward, "num_generations": num_generations, "kl_beta": kl_beta,
+             "clip_epsilon": clip_epsilon, "temperature": temperature,
+             "max_completion_length": max_completion_length, "use_vllm": use_vllm}  # fmt: skip
+    config = load_config(Config, config_file, sets, flags)
+    run(model, data, output, config, force=force)

@@ -1,0 +1,186 @@
+"""Supervised fine-tuning: teach a base model the assistant's manners on chat, prompt/completion or plain text.
+
+Chats are rendered with the chat template the model's tokenizer carries (the one serving will use) and the loss
+falls on the assistant's tokens only; prompt/completion records train on the completion only. Full fine-tuning, or
+LoRA / QLoRA with `--lora` / `--qlora` (an adapter artifact; `--merge` folds it into a full model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from llmforge.config import load_config
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.train.posttrain import (
+    PostTrainConfig,
+    Records,
+    Stage,
+    check_answer,
+    check_assistant_masks,
+    check_messages,
+    check_prompt,
+    check_text,
+    common_flags,
+    common_values,
+    data_argument,
+    final_value,
+    model_argument,
+    run_posttrain,
+    start_end,
+)
+
+CHAT_SHAPES = ("messages", "prompt-completion chat")
+
+
+class Config(PostTrainConfig):
+    epochs: float = Field(2.0, gt=0, description="Passes over the dataset (1-3 avoids overfitting)")
+    packing: bool = Field(False, description="Pack several records into each max_length sequence")
+    assistant_only_loss: bool = Field(
+        True, description="Chat records: loss on the assistant's tokens only (needs {% generation %} markers)"
+    )
+    completion_only_loss: bool = Field(
+        True, description="prompt/completion records: loss on the completion only"
+    )
+
+
+def validator(config: Config):
+    def validate(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if "messages" in record:
+            normalised = {"messages": check_messages(record["messages"])}
+            tools = record.get("tools")
+            if tools is not None:
+                if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                    raise ValueError("'tools' must be a list of tool (function) descriptions")
+                normalised["tools"] = json.dumps(tools)  # one Arrow type whatever the tool schemas look like
+            return "messages", normalised
+        if "prompt" in record or "completion" in record:
+            missing = "completion" if "prompt" in record else "prompt"
+            if missing not in record:
+                raise ValueError(
+                    f"has '{'prompt' if missing == 'completion' else 'completion'}' but no '{missing}'"
+                )
+            prompt = check_prompt(record["prompt"])
+            chat = isinstance(prompt, list)
+            completion = check_answer(record["completion"], "completion", chat)
+            return ("prompt-completion chat" if chat else "prompt-completion"), {
+                "prompt": prompt,
+                "completion": completion,
+            }
+        if "text" in record:
+            return "text", {"text": check_text(record["text"], "text")}
+        raise ValueError(
+            "needs 'messages' (a chat), 'prompt' and 'completion', or 'text'; "
+            f"found {', '.join(sorted(record)) or 'no fields'}"
+        )
+
+    return validate
+
+
+def check(records: Records, tokenizer, config: Config) -> None:
+    """What only the tokenizer can tell: the loss mask of every record is not empty."""
+    if records.shape in CHAT_SHAPES and config.assistant_only_loss:
+        check_assistant_masks(records, tokenizer, config.max_length)
+    elif records.shape == "prompt-completion" and config.completion_only_loss:
+        for record, location in zip(records.items, records.locations, strict=True):
+            if len(tokenizer(record["prompt"])["input_ids"]) >= config.max_length:
+                raise InputError(
+                    f"{location}: the prompt alone fills max_length ({config.max_length} tokens); "
+                    "the loss mask of its completion is empty"
+                )
+
+
+def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **arguments,
+        max_length=config.max_length,
+        packing=config.packing,
+        # bfd packing needs FlashAttention to keep packed records apart; without it, wrap into fixed blocks
+        packing_strategy="bfd" if _flash_attention() else "wrapped",
+        assistant_only_loss=config.assistant_only_loss and shape in CHAT_SHAPES,
+        completion_only_loss=config.completion_only_loss if shape.startswith("prompt-completion") else None,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+
+
+def _flash_attention() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def summarize(history: list[dict]) -> dict[str, Any]:
+    return {
+        **start_end(history, "loss"),
+        **final_value(history, "mean_token_accuracy", "token_accuracy"),
+        **final_value(history, "num_tokens", "tokens_trained"),
+    }
+
+
+STAGE = Stage(
+    name="sft",
+    module="sft",
+    validate=validator,
+    make_trainer=make_trainer,
+    summarize=summarize,
+    default_rates=(2e-5, 2e-4),
+    check=check,
+)
+
+
+def run(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: Config | None = None,
+    force: bool = False,
+    callbacks: list | None = None,
+) -> Path:
+    """Fine-tune `model` on `data`; returns the model (or adapter) artifact's path."""
+
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+
+
+F = common_flags(Config)
+
+
+def command(
+    model: Annotated[str, model_argument()],
+    data: Annotated[str, data_argument()],
+    output: Output,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+    lora: F.lora = None,
+    qlora: F.qlora = None,
+    merge: F.merge = None,
+    rank: F.rank = None,
+    epochs: F.epochs = None,
+    max_steps: F.max_steps = None,
+    learning_rate: F.learning_rate = None,
+    batch_size: F.batch_size = None,
+    max_length: F.max_length = None,
+    packing: Annotated[bool | None, flag(Config, "packing")] = None,
+    zero: F.zero = None,
+    offload: F.offload = None,
+    nproc: F.nproc = None,
+) -> None:
+    """Supervised fine-tuning (chat, prompt/completion or text), full or LoRA/QLoRA, DeepSpeed-ready."""
+    values = locals()
+    config = load_config(Config, config_file, sets, {**common_values(values), "packing": packing})
+    run(model, data, output, config, force=force)
