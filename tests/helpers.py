@@ -213,3 +213,41 @@ def random_adapter_artifact(out: Path, base: Path, seed: int = 0, rank: int = 8)
         ctx.extra["base_model"] = base_model_entry(source, ctx.out)
 
     return run_stage("sft", "adapter", config, [source.ref()], out, body)
+
+
+def chat_records(count: int, seed: int = 0) -> list[dict]:
+    """Chats for SFT: a system turn, arithmetic questions, short assistant answers, some multi-turn."""
+    rng = random.Random(seed)
+    records = []
+    for number in range(count):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        messages = [{"role": "system", "content": "Answer with the number only."},
+                    {"role": "user", "content": f"What is {a} + {b}?"},
+                    {"role": "assistant", "content": str(a + b)}]  # fmt: skip
+        if number % 3 == 0:
+            messages += [{"role": "user", "content": "And doubled?"},
+                         {"role": "assistant", "content": str(2 * (a + b))}]  # fmt: skip
+        records.append({"messages": messages})
+    return records
+
+
+def preference_records(count: int, seed: int = 0) -> list[dict]:
+    """Trivially separable preferences: the chosen answer is the number, the rejected one is noise."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        a = rng.randint(0, 50)
+        records.append({"prompt": [{"role": "user", "content": f"Repeat {a}."}], "chosen": str(a),
+                        "rejected": "the model learns from data"})  # fmt: skip
+    return records
+
+
+def grpo_records(count: int, seed: int = 0) -> list[dict]:
+    """Prompts with reference answers for the math and exact rewards."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        records.append({"prompt": [{"role": "user", "content": f"What is {a} + {b}? Think, then answer."}],
+                        "answer": str(a + b)})  # fmt: skip
+    return records

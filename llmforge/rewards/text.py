@@ -31,9 +31,10 @@ def exact_reward(completions, answer, **_) -> list[float]:
 def format_score(text: str) -> float:
     """1.0 for `<think>...</think>` then `<answer>...</answer>` and nothing else; otherwise 0.2 per tag that
     appears exactly once (at most 0.8), so a policy far from the format still gets a gradient towards it."""
-    if STRICT_FORMAT.match(text):
+    once = sum(text.count(tag) == 1 for tag in FORMAT_TAGS)
+    if once == len(FORMAT_TAGS) and STRICT_FORMAT.match(text):
         return 1.0
-    return 0.2 * sum(text.count(tag) == 1 for tag in FORMAT_TAGS)
+    return 0.2 * once
 
 
 def format_reward(completions, **_) -> list[float]:

@@ -338,10 +338,10 @@ def check_answer(value: Any, field_name: str, conversational: bool) -> str | lis
     if conversational:
         if isinstance(value, str):  # a plain answer to a chat prompt is the assistant's turn
             value = [{"role": "assistant", "content": value}]
-        messages = check_messages(value, field_name)
+        messages = check_messages(value, field_name, need_assistant=False)
         if any(m["role"] != "assistant" for m in messages):
             raise ValueError(f"'{field_name}' may only hold assistant turns (the prompt holds the rest)")
-        return messages
+        return check_messages(messages, field_name)
     if isinstance(value, list):
         raise ValueError(
             f"'{field_name}' is a message list but the prompt is a string; use one form for both"

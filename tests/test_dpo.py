@@ -1,0 +1,81 @@
+import pytest
+from helpers import chat_records, preference_records, write_jsonl
+from test_sft import StopAtStep
+
+from llmforge.artifacts import Artifact
+from llmforge.stages import dpo, sft
+from llmforge.train.posttrain import LoraSettings, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def preferences(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("dpo-data") / "pairs.jsonl", preference_records(16))
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory, tiny_model):
+    """A LoRA adapter from a short SFT run: what a user chains into dpo."""
+    root = tmp_path_factory.mktemp("sft-adapter")
+    data = write_jsonl(root / "chat.jsonl", chat_records(8))
+    config = sft.Config(
+        batch_size=4, max_length=96, max_steps=1, learning_rate=1e-3, lora=LoraSettings(enabled=True)
+    )
+    return sft.run(tiny_model, data, root / "adapter", config)
+
+
+def small(**settings) -> dpo.Config:
+    return dpo.Config(
+        **{"batch_size": 4, "max_length": 64, "learning_rate": 5e-4, "warmup_ratio": 0.0, **settings}
+    )
+
+
+def test_dpo_preference_accuracy_rises_on_a_separable_set(tmp_path, tiny_model, preferences):
+    from transformers import AutoModelForCausalLM
+
+    out = dpo.run(tiny_model, preferences, tmp_path / "dpo", small(max_steps=6))
+    artifact = Artifact.open(out)
+    stats = artifact.stats
+    assert artifact.kind == "model" and stats["steps"] == 6 and stats["trainable_share"] == 1.0
+    # the policy starts as its reference: every reward is 0 and no pair is ranked right yet
+    assert stats["accuracy_start"] == 0.0 and stats["margin_start"] == 0.0
+    assert stats["accuracy_end"] == 1.0 and stats["margin_end"] > 0
+    assert stats["rewards_chosen"] > stats["rewards_rejected"]
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "rewards/margins" in r]
+    assert len(logged) == 6
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_dpo_lora_continues_an_sft_adapter_and_resumes(tmp_path, tiny_model, sft_adapter, preferences):
+    from transformers import AutoModelForCausalLM
+
+    config = small(max_steps=2, save_steps=1, lora=LoraSettings(enabled=True))
+    with pytest.raises(KeyboardInterrupt):
+        dpo.run(sft_adapter, preferences, tmp_path / "dpo", config, callbacks=[StopAtStep(2)])
+    out = dpo.run(sft_adapter, preferences, tmp_path / "dpo", config)
+    artifact = Artifact.open(out)
+    assert artifact.kind == "adapter"
+    assert (artifact.stats["resumed_from_step"], artifact.stats["steps"]) == (1, 2)
+    # the same adapter kept training: its base is still the SFT adapter's base, the adapter is the parent
+    assert artifact.extra["base_model"]["fingerprint"] == Artifact.open(tiny_model).fingerprint
+    assert artifact.manifest["inputs"][0]["fingerprint"] == Artifact.open(sft_adapter).fingerprint
+    assert artifact.stats["trainable_parameters"] == Artifact.open(sft_adapter).stats["trainable_parameters"]
+    assert not (out / "ref").exists()  # TRL's frozen reference copy is not part of the adapter
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert list(model.peft_config) == ["default"]
+
+
+@pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
+def test_dpo_loss_variants(tmp_path, tiny_model, preferences, loss):
+    data = preferences
+    if loss == "kto":  # unpaired thumbs-up / thumbs-down data
+        rows = read_jsonl(preferences)[:8]
+        unpaired = [{"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in rows[:4]]
+        unpaired += [{"prompt": r["prompt"], "completion": r["rejected"], "label": False} for r in rows[4:]]
+        data = write_jsonl(tmp_path / "kto.jsonl", unpaired)
+    config = small(max_steps=1, loss=loss, lora=LoraSettings(enabled=True))
+    artifact = Artifact.open(dpo.run(tiny_model, data, tmp_path / loss, config))
+    assert artifact.kind == "adapter" and artifact.stats["steps"] == 1 and artifact.config["loss"] == loss
+    if loss == "kto":  # unpaired: no accuracy, and margins only for batches holding both labels
+        assert artifact.stats["shape"] == "unpaired" and "loss_end" in artifact.stats
+    else:
+        assert "accuracy_end" in artifact.stats and "margin_end" in artifact.stats

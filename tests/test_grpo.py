@@ -1,0 +1,63 @@
+import pytest
+from helpers import grpo_records, write_jsonl
+from test_sft import StopAtStep
+
+from llmforge.artifacts import Artifact
+from llmforge.stages import grpo
+from llmforge.train.posttrain import LoraSettings, read_jsonl
+
+DIGITS_REWARD = '''
+def digits(completions, **columns):
+    """Share of the completion's characters that are digits: dense, and learnable by a random tiny model."""
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
+'''
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("grpo-data") / "prompts.jsonl", grpo_records(16))
+
+
+def test_grpo_mean_reward_rises(tmp_path, tiny_model, prompts):
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "my_rewards.py").write_text(DIGITS_REWARD)
+    config = grpo.Config(rewards=[f"{tmp_path / 'my_rewards.py'}:digits"], batch_size=8, num_generations=8,
+                         max_completion_length=8, max_length=64, learning_rate=1e-2, lr_scheduler="constant",
+                         warmup_ratio=0.0, kl_beta=0.0, max_steps=12, seed=0)  # fmt: skip
+    out = grpo.run(tiny_model, prompts, tmp_path / "grpo", config)
+    artifact = Artifact.open(out)
+    stats = artifact.stats
+    assert artifact.kind == "model" and stats["steps"] == 12 and stats["trainable_share"] == 1.0
+    assert stats["reward_digits_end"] > stats["reward_digits_start"] + 0.1
+    assert stats["reward_end"] == pytest.approx(stats["reward_digits_end"])  # one reward of weight 1
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_grpo_lora_with_builtin_rewards_resumes(tmp_path, tiny_model, prompts):
+    from transformers import AutoModelForCausalLM
+
+    config = grpo.Config(rewards=["math:1.0", "format:0.2"], batch_size=8, num_generations=4, max_completion_length=8,
+                         max_length=64, learning_rate=1e-3, max_steps=2, save_steps=1,
+                         lora=LoraSettings(enabled=True))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        grpo.run(tiny_model, prompts, tmp_path / "grpo", config, callbacks=[StopAtStep(2)])
+    out = grpo.run(tiny_model, prompts, tmp_path / "grpo", config)
+    artifact = Artifact.open(out)
+    assert artifact.kind == "adapter"
+    assert (artifact.stats["resumed_from_step"], artifact.stats["steps"]) == (1, 2)
+    for key in ("reward_math_end", "reward_math_std", "reward_format_end", "reward_format_std", "kl",
+                "completion_length_mean"):  # fmt: skip
+        assert key in artifact.stats, key
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert {
+        "rewards/math/mean",
+        "rewards/math/std",
+        "rewards/format/mean",
+        "kl",
+        "completions/mean_length",
+    } <= set(logged[-1])
+    assert 0 < artifact.stats["completion_length_mean"] <= 8
+    AutoModelForCausalLM.from_pretrained(out)
