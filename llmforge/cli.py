@@ -55,6 +55,8 @@ def main_options(
 
 STAGES: dict[str, str] = {
     # name on the command line -> module in llmforge.stages
+    "crawl-filter": "crawl_filter",
+    "dedup": "dedup",
     "tokenize": "tokenize",
     "sft": "sft",
     "dpo": "dpo",

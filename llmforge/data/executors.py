@@ -1,0 +1,280 @@
+"""Running datatrove pipelines for a stage: the local multi-process executor, Slurm or Ray, resumable.
+
+A stage describes its work as `Step`s (a name, a function that builds the pipeline, a task count). Pipelines are
+built by functions, never at import time: datatrove's local workers start through forkserver and would re-run
+module-level code. Every step logs into its own folder under the artifact's `logs/` (unhashed, kept across an
+interrupted run): datatrove marks each finished task there and skips it when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from llmforge.config import StageConfig
+from llmforge.errors import InputError, LLMForgeError
+
+
+class SlurmSettings(StageConfig):
+    partition: str | None = Field(
+        None, description="Slurm partition to submit to (required with --executor slurm)"
+    )
+    time: str = Field("24:00:00", description="Time limit of each Slurm task")
+    cpus_per_task: int = Field(1, ge=1, description="CPUs per Slurm task")
+    mem_per_cpu_gb: float = Field(2, gt=0, description="Memory per CPU in GB")
+    qos: str = Field("normal", description="Slurm QOS")
+    env_command: str | None = Field(
+        None,
+        description="Shell command that activates the Python environment on the nodes; default: source this "
+        "environment's bin/activate (a filesystem shared with the nodes is assumed)",
+    )
+    sbatch_args: dict[str, str] = Field(
+        default_factory=dict, description="Extra #SBATCH options, e.g. {account: x}"
+    )
+    poll_seconds: float = Field(30, gt=0, description="How often to check the jobs' progress")
+
+
+class RaySettings(StageConfig):
+    address: str | None = Field(
+        None, description="Ray cluster address; none: the running cluster (ray.init())"
+    )
+    cpus_per_task: int = Field(1, ge=1, description="CPUs per Ray task")
+    mem_per_cpu_gb: float = Field(2, gt=0, description="Memory per CPU in GB")
+
+
+class ExecutorSettings(StageConfig):
+    kind: Literal["local", "slurm", "ray"] = Field(
+        "local", description="local: processes on this machine; slurm / ray: the same pipeline on a cluster"
+    )
+    workers: int = Field(
+        0, ge=0, description="Tasks running at once; 0 = one per CPU core (local) or no limit (slurm, ray)"
+    )
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm settings")
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray settings")
+
+
+@dataclass
+class Step:
+    """One datatrove pipeline of a stage, run over `tasks` tasks."""
+
+    name: str
+    build: Callable[[], list]
+    tasks: int
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _quiet_console_logger() -> None:
+    """datatrove logs each task at INFO on stderr; the full log stays in each step's logs/ folder."""
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def _local_executor_class():
+    from datatrove.executor import LocalPipelineExecutor
+
+    class QuietLocalExecutor(LocalPipelineExecutor):
+        """datatrove echoes the log of local rank 0 on stderr, under our progress bar; run every task as if it
+        were another rank (errors still reach the console) and keep the console logger at WARNING after it."""
+
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            try:
+                return super()._run_for_rank(rank, local_rank + 1, node_rank)
+            finally:
+                _quiet_console_logger()
+
+    return QuietLocalExecutor
+
+
+def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> list[Any]:
+    """One datatrove executor per step, each logging in logs/<step>; on Slurm and Ray each depends on the one
+    before (the cluster runs them in order)."""
+    executors: list[Any] = []
+    for step in steps:
+        common = {"pipeline": step.build(), "tasks": step.tasks, "logging_dir": str(logs / step.name)}
+        if settings.kind == "local":
+            workers = min(settings.workers or cpu_count(), step.tasks)
+            executor = _local_executor_class()(**common, workers=workers)
+        elif settings.kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            slurm = settings.slurm
+            if not slurm.partition:
+                raise InputError("--executor slurm needs a partition: --set executor.slurm.partition=NAME")
+            activate = Path(sys.prefix) / "bin" / "activate"
+            executor = SlurmPipelineExecutor(
+                **common, time=slurm.time, partition=slurm.partition, cpus_per_task=slurm.cpus_per_task,
+                mem_per_cpu_gb=slurm.mem_per_cpu_gb, workers=settings.workers or -1, qos=slurm.qos,
+                job_name=f"{job_name}-{step.name}", sbatch_args=dict(slurm.sbatch_args),
+                env_command=slurm.env_command or (f"source {activate}" if activate.is_file() else None),
+                depends=executors[-1] if executors else None,
+            )  # fmt: skip
+        else:
+            from datatrove.executor.ray import RayPipelineExecutor
+
+            executor = RayPipelineExecutor(
+                **common, workers=settings.workers or -1, cpus_per_task=settings.ray.cpus_per_task,
+                mem_per_cpu_gb=settings.ray.mem_per_cpu_gb, depends=executors[-1] if executors else None,
+            )  # fmt: skip
+        executors.append(executor)
+    return executors
+
+
+def completed_tasks(logging_dir: Path) -> int:
+    folder = Path(logging_dir) / "completions"
+    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+
+
+def run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> None:
+    """Run the steps in order (resuming finished tasks) with a progress bar per step; raises if a task failed."""
+    from llmforge.console import log
+
+    _quiet_console_logger()
+    if settings.kind == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise InputError("--executor ray needs the ray package (pip install 'ray[default]')")
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=settings.ray.address)
+    executors = build_executors(steps, settings, logs, job_name)
+    for step in steps:
+        done = completed_tasks(logs / step.name)
+        if done:
+            log(f"[cyan]resuming[/] {job_name} {step.name}: {done}/{step.tasks} tasks already done, "
+                "datatrove skips them")  # fmt: skip
+    if settings.kind == "slurm":
+        executors[-1].run()  # submits every step, chained by dependencies
+        for step, executor in zip(steps, executors, strict=True):
+            _wait_for_slurm(step, executor, logs / step.name, settings.slurm.poll_seconds)
+        return
+    for step, executor in zip(steps, executors, strict=True):
+        with TaskProgress(step, logs / step.name), _without_tqdm():
+            try:
+                executor.run()
+            except Exception as exc:
+                raise LLMForgeError(f"{job_name} {step.name} failed: {type(exc).__name__}: {exc}; the task logs are "
+                                    f"in {logs / step.name / 'logs'}; re-run the same command to resume") from exc  # fmt: skip
+        if completed_tasks(logs / step.name) < step.tasks:
+            raise LLMForgeError(f"{job_name} {step.name}: {step.tasks - completed_tasks(logs / step.name)} tasks did "
+                                f"not finish; see {logs / step.name / 'logs'}")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _without_tqdm():
+    """datatrove's steps draw tqdm bars that would tear through ours: workers start with TQDM_DISABLE set, and
+    tasks run in this process get tqdm switched off until the step ends."""
+    from functools import partialmethod
+
+    from tqdm import tqdm
+
+    os.environ["TQDM_DISABLE"] = "1"
+    original = tqdm.__init__
+    tqdm.__init__ = partialmethod(original, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.__init__ = original
+        os.environ.pop("TQDM_DISABLE", None)
+
+
+class TaskProgress:
+    """A progress bar of finished tasks, polled from datatrove's completion marks while the step runs."""
+
+    def __init__(self, step: Step, logging_dir: Path, poll: float = 0.5):
+        self.step, self.logging_dir, self.poll = step, logging_dir, poll
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        from llmforge.console import progress
+
+        self.bar = progress()
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.step.name, total=self.step.tasks,
+                                      completed=completed_tasks(self.logging_dir), unit="tasks")  # fmt: skip
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.stop.wait(self.poll):
+            self.bar.update(self.task, completed=completed_tasks(self.logging_dir))
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.bar.update(self.task, completed=completed_tasks(self.logging_dir))
+        self.bar.__exit__(*exc)
+
+
+def _slurm_job_alive(job_id: Any) -> bool:
+    """Whether Slurm still knows the job (pending or running); True when squeue cannot tell."""
+    if job_id in (None, -1) or shutil.which("squeue") is None:
+        return True
+    result = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True)
+    return result.returncode != 0 or bool(result.stdout.strip())
+
+
+def _wait_for_slurm(step: Step, executor: Any, logging_dir: Path, poll: float) -> None:
+    from llmforge.console import log
+
+    log(f"waiting for Slurm job {executor.job_id} ({step.name}, {step.tasks} tasks); Ctrl-C stops waiting, the "
+        "jobs go on, and the same command later collects the result")  # fmt: skip
+    with TaskProgress(step, logging_dir, poll=poll):
+        while completed_tasks(logging_dir) < step.tasks:
+            if not _slurm_job_alive(executor.job_id):
+                raise LLMForgeError(f"Slurm job {executor.job_id} ({step.name}) ended with "
+                                    f"{step.tasks - completed_tasks(logging_dir)} tasks unfinished; see "
+                                    f"{logging_dir / 'slurm_logs'}; re-run the same command to resubmit them")  # fmt: skip
+            time.sleep(poll)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def step_stats(logging_dir: Path) -> list[dict[str, float]]:
+    """Per pipeline block, datatrove's counters summed over every task of the step (finished in this run or an
+    earlier, interrupted one): [{"total": 10, "forwarded": 8, "dropped": 2, "dropped_reason": 2, ...}, ...]."""
+    from datatrove.utils.stats import PipelineStats
+
+    merged = PipelineStats()
+    for file in sorted((Path(logging_dir) / "stats").glob("*.json")):
+        merged += PipelineStats.from_json(json.loads(file.read_text()))
+    return [{key: _total(value) for key, value in block.stats.items()} for block in merged.stats]
+
+
+def _total(value) -> float:
+    """A counter as datatrove saves it: a MetricStats, its dict form, or a bare number."""
+    if isinstance(value, dict):
+        return value.get("total", 0)
+    return getattr(value, "total", value)
+
+
+def filter_counts(counters: dict[str, float]) -> dict[str, Any]:
+    """in / out / removed (and why) for a filter-like block, from its datatrove counters."""
+    total = int(counters.get("total", 0))
+    kept = int(counters.get("forwarded", 0))
+    row: dict[str, Any] = {"in": total, "out": kept, "removed": total - kept}
+    reasons = {k.removeprefix("dropped_"): int(v) for k, v in counters.items() if k.startswith("dropped_")}
+    if reasons:
+        row["reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return row

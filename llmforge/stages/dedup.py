@@ -1,0 +1,471 @@
+"""Remove duplicate and benchmark-contaminated documents: exact dedup, MinHash-LSH near-dup dedup, n-gram
+decontamination.
+
+Inputs are documents artifacts (from crawl-filter) or raw JSONL / Parquet / text corpora, deduplicated together.
+Everything runs as datatrove pipelines: its exact-dedup stages (content hash), its four MinHash stages (signatures,
+LSH buckets, clusters, filter), and a decontamination filter that drops every document sharing an n-gram (13 words
+by default) with an item of the benchmark files given to `--decontaminate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import Field
+
+from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.data.executors import ExecutorSettings
+from llmforge.data.sources import InputSettings
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Output, Sets, flag
+
+STAGE = "dedup"
+CURVE = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+class MinhashSettings(StageConfig):
+    enabled: bool = Field(True, description="Near-duplicate removal with MinHash LSH (datatrove's 4 stages)")
+    ngram: int = Field(5, ge=1, description="Shingle size in words (datatrove and FineWeb: 5)")
+    buckets: int = Field(14, ge=1, description="LSH bands b (datatrove and FineWeb: 14)")
+    hashes_per_bucket: int = Field(
+        8, ge=1, description="Rows per band r (datatrove and FineWeb: 8); b x r hashes"
+    )
+    seed: int = Field(1, description="Seed of the hash permutations")
+    threshold: float = runtime_field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Target Jaccard similarity (seed: ~0.8). Reported, not enforced: LSH makes a pair a candidate "
+        "with probability 1-(1-s^r)^b (0.92 at 0.8 for 14x8); the stage prints that curve and warns when the "
+        "target is caught less than 90% of the time",
+    )
+
+
+class DecontaminationSettings(StageConfig):
+    ngram: int = Field(
+        13, ge=1, description="A document sharing one word n-gram this long with an item is dropped"
+    )
+    fields: list[str] = Field(
+        default_factory=list,
+        description="Benchmark fields to index (question, answer, ...); empty = every text field and list of texts",
+    )
+    id_field: str = Field(
+        "id",
+        description="Benchmark field naming an item in the report; items without it are named by position",
+    )
+
+
+class Config(StageConfig):
+    input: InputSettings = Field(default_factory=InputSettings, description="How raw corpus files are read")
+    exact: bool = Field(True, description="Remove exact copies (same text, by content hash) first")
+    minhash: MinhashSettings = Field(default_factory=MinhashSettings, description="Near-duplicates")
+    decontamination: DecontaminationSettings = Field(
+        default_factory=DecontaminationSettings,
+        description="Benchmark decontamination (--decontaminate FILE)",
+    )
+    removed_sample: int = Field(
+        100,
+        ge=-1,
+        description="Removed documents kept per filter and task in OUT/removed/ (-1: all, 0: none)",
+    )
+    executor: ExecutorSettings = runtime_field(
+        ExecutorSettings(), description="Where the pipelines run (does not change the output)"
+    )
+
+
+def candidate_probability(similarity: float, buckets: int, rows: int) -> float:
+    """Chance that LSH with `buckets` bands of `rows` hashes compares two documents of this Jaccard similarity."""
+    return 1 - (1 - similarity**rows) ** buckets
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+class Corpus:
+    """The documents to deduplicate: documents artifacts and raw files, and their lineage entries."""
+
+    def __init__(self, inputs: list[str], settings: InputSettings):
+        from llmforge.artifacts import MANIFEST, open_artifact
+        from llmforge.data.documents import document_files
+        from llmforge.data.sources import resolve_raw_inputs
+
+        self.artifact_files: list[str] = []
+        self.refs = []
+        raw_arguments = []
+        for argument in inputs:
+            if (Path(argument) / MANIFEST).is_file() or Path(str(argument) + ".partial").exists():
+                artifact = open_artifact(argument, STAGE, ["documents"])
+                self.artifact_files += [str(f) for f in document_files(artifact)]
+                self.refs.append(artifact.ref())
+            else:
+                raw_arguments.append(argument)
+        self.raw = resolve_raw_inputs(raw_arguments, settings, STAGE, allowed=("jsonl", "parquet", "text"))
+        self.refs += self.raw.refs
+        self.settings = settings
+        if not self.artifact_files and not self.raw.files:
+            raise InputError(f"{', '.join(map(str, inputs))}: no documents to deduplicate")
+
+    def groups(self) -> list[tuple[str, list[str], InputSettings]]:
+        from llmforge.data.sources import reader_groups
+
+        groups = [("jsonl", self.artifact_files, InputSettings())] if self.artifact_files else []
+        return groups + [(fmt, paths, self.settings) for fmt, paths in reader_groups(self.raw.files)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmarks
+
+
+class Benchmarks:
+    """Benchmark files (JSONL of questions and answers) as an n-gram index; item numbers are global."""
+
+    def __init__(self, paths: list[str], settings: DecontaminationSettings):
+        from llmforge.artifacts import raw_input, sha256_file
+
+        self.settings = settings
+        self.files: list[dict] = []
+        self.item_names: list[tuple[int, object]] = []  # global item number -> (file number, item id)
+        self.refs = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise InputError(f"--decontaminate {path}: no such file")
+            ref = raw_input(path)
+            ref.detail["role"] = "benchmark"
+            self.refs.append(ref)
+            self.files.append({"path": str(Path(path).resolve()), "sha256": sha256_file(Path(path)), "items": 0,
+                               "short_items": 0})  # fmt: skip
+        self.items_text: list[str] = []
+        for number, path in enumerate(paths):
+            for position, item in enumerate(self._read(path)):
+                self.item_names.append((number, item.get(settings.id_field, position)))
+                self.items_text.append(self._text(item))
+                self.files[number]["items"] += 1
+
+    def _read(self, path: str):
+        import gzip
+
+        import orjson
+
+        from llmforge.errors import where
+
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
+                if not isinstance(item, dict):
+                    raise InputError(f"{where(path, number)}: a benchmark item must be a JSON object")
+                missing = [f for f in self.settings.fields if f not in item]
+                if missing:
+                    raise InputError(f"{where(path, number)}: no field {', '.join(missing)} (fields: "
+                                     f"{', '.join(sorted(item))}); see decontamination.fields")  # fmt: skip
+                yield item
+
+    def _text(self, item: dict) -> str:
+        """The item's text fields in order, joined: n-grams spanning question and answer are indexed too."""
+        fields = self.settings.fields or [k for k in item if k != self.settings.id_field]
+        parts = []
+        for name in fields:
+            value = item.get(name)
+            values = value if isinstance(value, list) else [value]
+            parts += [v for v in values if isinstance(v, str)]
+        return "\n".join(parts)
+
+    def write_index(self, path: Path) -> None:
+        """Sorted n-gram hashes and the item each comes from, for the Decontaminate block."""
+        import numpy as np
+
+        from llmforge.data.blocks import ngram_hashes
+
+        hashes, items = [], []
+        for number, text in enumerate(self.items_text):
+            grams = np.unique(ngram_hashes(text, self.settings.ngram))
+            if not len(grams):
+                self.files[self.item_names[number][0]]["short_items"] += 1
+            hashes.append(grams)
+            items.append(np.full(len(grams), number, dtype=np.int64))
+        hashes_array = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+        items_array = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+        order = np.argsort(hashes_array, kind="stable")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            np.savez(handle, hashes=hashes_array[order], items=items_array[order])
+
+    def report(self, hit: set[int], removed: int) -> dict:
+        """extra["decontamination"], the record eval's contamination check reads."""
+        benchmarks = []
+        for number, file in enumerate(self.files):
+            ids = [name for n, (f, name) in enumerate(self.item_names) if f == number and n in hit]
+            benchmarks.append({"path": file["path"], "sha256": file["sha256"], "items": file["items"],
+                               "items_hit": ids})  # fmt: skip
+        return {"ngram": self.settings.ngram, "benchmarks": benchmarks, "documents_removed": removed}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipelines
+
+
+def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) -> list:
+    """The datatrove steps, in order: [exact signatures, exact duplicates], [MinHash signatures, buckets,
+    clusters], then the filter that writes the output. Every pipeline reads the inputs the same way and applies the
+    earlier filters first, so document positions agree between a step's signatures and the final filter."""
+    from llmforge.data.executors import Step
+
+    groups = corpus.groups()
+    tasks = max(len(paths) for _, paths, _ in groups)
+    checkpoints = work / "checkpoints"
+    minhash = config.minhash
+
+    def readers() -> list:
+        from llmforge.data.sources import make_reader
+
+        return [make_reader(fmt, paths, checkpoints / "inputs" / f"{number:02d}-{fmt}.txt", settings)
+                for number, (fmt, paths, settings) in enumerate(groups)]  # fmt: skip
+
+    def removed(name: str, final: bool):
+        from llmforge.data.blocks import SampleWriter
+
+        if final and config.removed_sample:
+            return SampleWriter(str(work / "removed" / name), config.removed_sample)
+        return None
+
+    def exact_config():
+        from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+
+        from llmforge.data.blocks import document_text
+
+        return ExactDedupConfig(content_getter=document_text)
+
+    def minhash_config():
+        from datatrove.pipeline.dedup.minhash import MinhashConfig
+
+        return MinhashConfig(n_grams=minhash.ngram, num_buckets=minhash.buckets,
+                             hashes_per_bucket=minhash.hashes_per_bucket, seed=minhash.seed)  # fmt: skip
+
+    def filters(final: bool, through: str) -> list:
+        """The filters every later pipeline re-applies, up to (not including) `through`."""
+        from datatrove.pipeline.dedup import ExactDedupFilter, MinhashDedupFilter
+
+        from llmforge.data.blocks import Decontaminate
+
+        blocks = []
+        if index is not None:
+            blocks.append(
+                Decontaminate(str(index), config.decontamination.ngram, removed("decontamination", final))
+            )
+        if through == "exact":
+            return blocks
+        if config.exact:
+            blocks.append(ExactDedupFilter(str(checkpoints / "exact" / "duplicates"), exact_config(),
+                                           removed("exact", final)))  # fmt: skip
+        if through == "minhash":
+            return blocks
+        if minhash.enabled:
+            blocks.append(MinhashDedupFilter(str(checkpoints / "minhash" / "remove"),
+                                             exclusion_writer=removed("minhash", final)))  # fmt: skip
+        return blocks
+
+    steps = []
+    if config.exact:
+
+        def exact_signatures() -> list:
+            from datatrove.pipeline.dedup import ExactDedupSignature
+
+            return readers() + filters(False, "exact") + [
+                ExactDedupSignature(str(checkpoints / "exact" / "signatures"), exact_config())]  # fmt: skip
+
+        def exact_duplicates() -> list:
+            from datatrove.pipeline.dedup import ExactFindDedups
+
+            return [ExactFindDedups(str(checkpoints / "exact" / "signatures"),
+                                    str(checkpoints / "exact" / "duplicates"), exact_config())]  # fmt: skip
+
+        steps += [
+            Step("exact-signatures", exact_signatures, tasks),
+            Step("exact-duplicates", exact_duplicates, 1),
+        ]
+    if minhash.enabled:
+
+        def minhash_signatures() -> list:
+            from datatrove.pipeline.dedup import MinhashDedupSignature
+
+            return readers() + filters(False, "minhash") + [
+                MinhashDedupSignature(str(checkpoints / "minhash" / "signatures"), minhash_config())]  # fmt: skip
+
+        def minhash_buckets() -> list:
+            from datatrove.pipeline.dedup import MinhashDedupBuckets
+
+            return [MinhashDedupBuckets(str(checkpoints / "minhash" / "signatures"),
+                                        str(checkpoints / "minhash" / "buckets"), config=minhash_config())]  # fmt: skip
+
+        def minhash_clusters() -> list:
+            from datatrove.pipeline.dedup import MinhashDedupCluster
+
+            return [MinhashDedupCluster(str(checkpoints / "minhash" / "buckets"),
+                                        str(checkpoints / "minhash" / "remove"), config=minhash_config(),
+                                        save_cluster_id=True)]  # fmt: skip
+
+        steps += [Step("minhash-signatures", minhash_signatures, tasks),
+                  Step("minhash-buckets", minhash_buckets, minhash.buckets),
+                  Step("minhash-clusters", minhash_clusters, 1)]  # fmt: skip
+
+    def final() -> list:
+        from datatrove.pipeline.writers import JsonlWriter
+
+        return (
+            readers()
+            + filters(True, "all")
+            + [JsonlWriter(str(work / "data"), output_filename="${rank}.jsonl.gz")]
+        )
+
+    steps.append(Step("filter", final, tasks))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(inputs: list[str], out: str | Path, decontaminate: list[str] | None = None, config: Config | None = None,
+        force: bool = False) -> Path:  # fmt: skip
+    """Deduplicate (and decontaminate) documents into a documents artifact; returns its path."""
+    from llmforge.artifacts import run_stage
+
+    config = config or Config()
+    if not inputs:
+        raise InputError(f"{STAGE} needs at least one documents artifact or corpus file")
+    if not (config.exact or config.minhash.enabled or decontaminate):
+        raise InputError(
+            f"{STAGE} has nothing to do: exact and minhash are off and no --decontaminate file is given"
+        )
+    corpus = Corpus([str(i) for i in inputs], config.input)
+    benchmarks = Benchmarks([str(p) for p in decontaminate or []], config.decontamination)
+    refs = corpus.refs + benchmarks.refs
+    return run_stage(STAGE, "documents", config, refs, out, lambda ctx: _dedup(ctx, corpus, benchmarks, config),
+                     force=force)  # fmt: skip
+
+
+def print_candidate_curve(minhash: MinhashSettings) -> None:
+    from rich.table import Table
+
+    from llmforge.console import console, log, warn
+
+    b, r = minhash.buckets, minhash.hashes_per_bucket
+    at_threshold = candidate_probability(minhash.threshold, b, r)
+    log(f"MinHash LSH: {b} buckets x {r} hashes, {minhash.ngram}-word shingles: a pair with Jaccard "
+        f"{minhash.threshold} is compared with probability 1-(1-s^{r})^{b} = {at_threshold:.3f}; the curve is "
+        f"steepest near {(1 / b) ** (1 / r):.2f}")  # fmt: skip
+    table = Table("Jaccard", "P(candidate)", title="LSH candidate probability", title_justify="left")
+    for similarity in sorted({*CURVE, minhash.threshold}):
+        mark = " <- target" if similarity == minhash.threshold else ""
+        table.add_row(f"{similarity:.2f}", f"{candidate_probability(similarity, b, r):.3f}{mark}")
+    console.print(table)
+    if at_threshold < 0.9:
+        warn(f"only {at_threshold:.0%} of pairs at Jaccard {minhash.threshold} become candidates; use more "
+             "buckets or fewer hashes per bucket to catch them")  # fmt: skip
+
+
+def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
+    import shutil
+
+    from llmforge.console import log
+    from llmforge.data.executors import filter_counts, run_steps, step_stats
+
+    index = None
+    if benchmarks.files:
+        index = ctx.work / "checkpoints" / "benchmarks.npz"
+        benchmarks.write_index(index)
+        log(f"decontamination: {sum(f['items'] for f in benchmarks.files)} benchmark items from "
+            f"{len(benchmarks.files)} file(s), {config.decontamination.ngram}-grams")  # fmt: skip
+    if config.minhash.enabled:
+        print_candidate_curve(config.minhash)
+
+    steps = build_steps(corpus, config, ctx.work, index)
+    run_steps(steps, config.executor, ctx.work / "logs", STAGE)
+
+    logs = ctx.work / "logs"
+    final = step_stats(logs / "filter")
+    labels = ["read"] * len(corpus.groups())
+    labels += (
+        ["decontamination"] * bool(index) + ["exact"] * config.exact + ["minhash"] * config.minhash.enabled
+    )
+    counters = list(zip(labels + ["write"], final, strict=True))
+    read = sum(int(c.get("documents", 0)) for name, c in counters if name == "read")
+    stats: dict = {"input": {"documents": read}}
+    if corpus.raw.files:
+        stats["input"]["raw_files"] = len(corpus.raw.files)
+    if corpus.artifact_files:
+        stats["input"]["artifact_files"] = len(corpus.artifact_files)
+    hit: set[int] = set()
+    for name, counter in counters[len(corpus.groups()) : -1]:
+        row = filter_counts(counter)
+        row.pop("reasons", None)
+        if name == "decontamination":
+            hit = {int(k.removeprefix("item_")) for k in counter if k.startswith("item_")}
+            row["items_hit"] = len(hit)
+        if name == "minhash":
+            clusters = step_stats(logs / "minhash-clusters")[0]
+            buckets = step_stats(logs / "minhash-buckets")[0]
+            row["clusters"] = int(clusters.get("clusters", 0))
+            row["candidate_pairs"] = int(buckets.get("total_matches", 0))
+            row["p_candidate_at_threshold"] = round(
+                candidate_probability(config.minhash.threshold, config.minhash.buckets,
+                                      config.minhash.hashes_per_bucket), 4)  # fmt: skip
+        stats[name] = row
+    written = int(counters[-1][1].get("total", 0))
+    stats["documents"] = written
+    stats["removed"] = read - written
+    ctx.stats.update(stats)
+    removed_by_decontamination = stats.get("decontamination", {}).get("removed", 0)
+    ctx.extra["decontamination"] = benchmarks.report(hit, removed_by_decontamination)
+    for file in ctx.extra["decontamination"]["benchmarks"]:
+        if file["items_hit"]:
+            shown = ", ".join(map(str, file["items_hit"][:10])) + (
+                " ..." if len(file["items_hit"]) > 10 else ""
+            )
+            log(f"[yellow]contaminated:[/] {len(file['items_hit'])} of {file['items']} items of {file['path']} "
+                f"found in the corpus ({shown})")  # fmt: skip
+    shutil.rmtree(ctx.work / "checkpoints", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def command(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="Documents artifacts (from crawl-filter) or JSONL / Parquet / text corpora."),
+    ],
+    output: Output,
+    decontaminate: Annotated[
+        list[str] | None,
+        typer.Option("--decontaminate", help="A benchmark JSONL file to decontaminate against (repeatable)."),
+    ] = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+    ngram: Annotated[int | None, flag(Config, "minhash.ngram", "--shingle")] = None,
+    buckets: Annotated[int | None, flag(Config, "minhash.buckets")] = None,
+    hashes_per_bucket: Annotated[int | None, flag(Config, "minhash.hashes_per_bucket")] = None,
+    threshold: Annotated[float | None, flag(Config, "minhash.threshold")] = None,
+    decontamination_ngram: Annotated[
+        int | None, flag(Config, "decontamination.ngram", "--decontamination-ngram")
+    ] = None,
+    text_field: Annotated[str | None, flag(Config, "input.text_field")] = None,
+    workers: Annotated[int | None, flag(Config, "executor.workers")] = None,
+    executor: Annotated[str | None, flag(Config, "executor.kind", "--executor")] = None,
+) -> None:
+    """Remove exact and near-duplicate documents (MinHash LSH) and benchmark-contaminated ones (13-gram overlap)."""
+    flags = {"minhash.ngram": ngram, "minhash.buckets": buckets, "minhash.hashes_per_bucket": hashes_per_bucket,
+             "minhash.threshold": threshold, "decontamination.ngram": decontamination_ngram,
+             "input.text_field": text_field, "executor.workers": workers, "executor.kind": executor}  # fmt: skip
+    config = load_config(Config, config_file, sets, flags)
+    run(inputs, output, decontaminate, config, force=force)
