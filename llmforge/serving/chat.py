@@ -15,6 +15,7 @@ from typing import Any
 
 from llmforge.console import console, log
 from llmforge.errors import InputError, LLMForgeError
+from llmforge.serving.engine import prefer_passive_openmp
 
 HELP = "/reset forgets the conversation, /exit leaves"
 
@@ -120,6 +121,7 @@ def repl(model: str | None, url: str | None, model_name: str | None, api_key: st
          settings: Settings) -> None:  # fmt: skip
     if (model is None) == (url is None):
         raise InputError("chat needs a model artifact or --url of a running server (one of the two)")
+    prefer_passive_openmp()
     backend = ServerChat(url, model_name, api_key) if url else LocalChat(model)
     first = [{"role": "system", "content": system}] if system else []
     messages = list(first)

@@ -7,6 +7,7 @@ that is taken fails at once, and `--port 0` picks a free one.
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Any
 
@@ -93,5 +94,10 @@ def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
             timeout_graceful_shutdown=config.graceful_timeout,
         )
     )
+    # uvicorn drains the requests in flight on SIGTERM/SIGINT, then re-raises the signal into the handlers it
+    # found: these make that a clean exit (status 0) after a graceful shutdown
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: received.append(number))
     server.run(sockets=[sock])
-    log("server stopped")
+    log("server stopped" + (f" ({signal.Signals(received[0]).name})" if received else ""))

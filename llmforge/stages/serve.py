@@ -60,7 +60,9 @@ def run(model: str | Path, config: Config | None = None) -> None:
     from llmforge.model.loading import resolve_model
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
+    from llmforge.serving.engine import prefer_passive_openmp
 
+    prefer_passive_openmp()
     config = config or Config()
     serving = serving_models.plan(
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)

@@ -1,0 +1,336 @@
+"""`llmforge serve` for real: a subprocess on a free loopback port, talked to with the official openai client."""
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import llmforge, random_adapter_artifact
+
+# one worker runs this module's tests in file order: they share one server, and the last one stops it
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+
+KEY = "sk-test-key"
+CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    @property
+    def root(self) -> str:
+        return self.url.removesuffix("/v1")
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.root}/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+
+def start_server(model, *args, log_dir: Path) -> Server:
+    """`llmforge serve MODEL --port 0 ...`; its first stdout line is the URL, printed once it listens."""
+    log = log_dir / "server.log"
+    process = subprocess.Popen([sys.executable, "-m", "llmforge", "serve", str(model), "--port", "0", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)  # fmt: skip
+    ready, _, _ = select.select([process.stdout], [], [], 180)
+    url = process.stdout.readline().strip() if ready else ""
+    if not url.startswith("http://127.0.0.1:"):
+        process.kill()
+        raise AssertionError(f"the server did not start: {url!r}\n{log.read_text()[-3000:]}")
+    return Server(process, url, log)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    served = start_server(tiny_model, "--api-key", KEY, "--max-batch-size", "8",
+                          log_dir=tmp_path_factory.mktemp("serve"))  # fmt: skip
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+
+
+def manifest(artifact) -> dict:
+    return json.loads((Path(artifact) / "artifact.json").read_text())
+
+
+def test_models_health_fingerprint_and_api_key(server, client, tiny_model):
+    from openai import AuthenticationError, OpenAI
+
+    fingerprint = manifest(tiny_model)["fingerprint"]
+    (model,) = client.models.list().data
+    assert model.id == "tiny" and model.owned_by == "llmforge"
+    assert model.fingerprint == fingerprint and model.artifact == str(tiny_model)
+    health = httpx.get(f"{server.root}/health")  # no key needed to check liveness
+    assert health.status_code == 200 and health.headers["x-llmforge-fingerprint"] == fingerprint
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        refused = httpx.get(f"{server.url}/models", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
+
+
+def test_chat_uses_the_artifact_template_and_generation_config(client, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=CHAT,
+                                                           extra_body={"ignore_eos": True})  # fmt: skip
+    answer = raw.parse()
+    assert raw.headers["x-llmforge-fingerprint"] == manifest(tiny_model)["fingerprint"]
+    assert answer.system_fingerprint == manifest(tiny_model)["fingerprint"]
+    assert answer.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    # no max_tokens: the generation config's max_new_tokens (256) applies
+    assert answer.usage.completion_tokens == 256 and answer.choices[0].finish_reason == "length"
+    assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content
+
+
+def test_streaming_gives_the_same_answer_as_a_plain_request(client):
+    settings = {"model": "tiny", "messages": CHAT, "max_tokens": 16, "seed": 3, "temperature": 1.0}
+    plain = client.chat.completions.create(**settings)
+    chunks = list(
+        client.chat.completions.create(**settings, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_completions_single_list_and_streaming(client):
+    one = client.completions.create(model="tiny", prompt="the model learns", max_tokens=6, temperature=0,
+                                    extra_body={"ignore_eos": True})  # fmt: skip
+    assert one.object == "text_completion" and one.usage.completion_tokens == 6
+    many = client.completions.create(model="tiny", prompt=["a corpus of", "the model learns"], max_tokens=6,
+                                     temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+    assert [c.index for c in many.choices] == [0, 1] and many.usage.completion_tokens == 12
+    assert many.choices[1].text == one.choices[0].text  # greedy: the same prompt gives the same text
+    streamed = client.completions.create(model="tiny", prompt="the model learns", max_tokens=6, temperature=0,
+                                         stream=True, extra_body={"ignore_eos": True})  # fmt: skip
+    assert "".join(c.choices[0].text for c in streamed) == one.choices[0].text
+
+
+def test_seed_max_tokens_and_stop_sequences(client):
+    def ask(**extra):
+        settings = {"model": "tiny", "messages": CHAT, "temperature": 1.0, "top_p": 0.95, "max_tokens": 24,
+                    "extra_body": {"ignore_eos": True}}  # fmt: skip
+        return client.chat.completions.create(**{**settings, **extra})
+
+    first, again, other = ask(seed=11), ask(seed=11), ask(seed=12)
+    text = first.choices[0].message.content
+    assert again.choices[0].message.content == text and other.choices[0].message.content != text
+    assert first.usage.completion_tokens == 24 and first.choices[0].finish_reason == "length"
+    short = ask(seed=11, max_tokens=5)
+    assert short.usage.completion_tokens == 5 and text.startswith(short.choices[0].message.content)
+
+    at = next(i for i in range(3, len(text) - 2) if text[i : i + 2].isascii() and text[i : i + 2].strip())
+    stop = text[at : at + 2]
+    expected = text[: text.index(stop)]
+    stopped = ask(seed=11, stop=["\x00not there", stop])
+    assert stopped.choices[0].message.content == expected and stopped.choices[0].finish_reason == "stop"
+    chunks = ask(seed=11, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+
+
+def test_concurrent_requests_are_answered_correctly_and_batched(server, client):
+    prompts = [f"question {i}: what is {i} + {i}?" for i in range(8)]
+
+    def ask(prompt):
+        return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=24, temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+
+    alone = [ask(p).choices[0].message.content for p in prompts[:2]]
+    before = server.stats()
+    answers = [None] * len(prompts)
+
+    def worker(index):
+        answers[index] = ask(prompts[index])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    after = server.stats()
+    assert all(a is not None and a.usage.completion_tokens == 24 for a in answers)
+    assert [a.choices[0].message.content for a in answers[:2]] == alone  # batching does not change answers
+    steps = after["decode_steps"] - before["decode_steps"]
+    assert after["completion_tokens"] - before["completion_tokens"] == 8 * 24
+    assert after["max_batch_size"] > 1 and steps < 8 * 23  # several sequences per forward pass
+    assert "running" in server.log.read_text() and "batch:" in server.log.read_text()
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    chat = f"{server.url}/chat/completions"
+    good = {"model": "tiny", "messages": CHAT, "max_tokens": 2}
+    cases = [
+        (b"{not json", 400, "invalid_json", None),
+        ({**good, "model": "nope"}, 404, "model_not_found", "model"),
+        ({**good, "max_tokens": -1}, 400, "invalid_value", "max_tokens"),
+        ({**good, "messages": [{"role": "user", "content": "word " * 600}]}, 400, "context_length_exceeded", "messages"),
+        ({**good, "max_tokens": 600}, 400, "context_length_exceeded", "max_tokens"),
+        ({**good, "n": 2}, 400, "unsupported_parameter", "n"),
+        ({**good, "logprobs": True}, 400, "unsupported_parameter", "logprobs"),
+        ({**good, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported_parameter", "tools"),
+        ({**good, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "invalid_value", "messages.0.role"),
+        ({"model": "tiny", "prompt": "hi", "echo": True}, 400, "unsupported_parameter", "echo"),
+    ]  # fmt: skip
+    for body, status, code, param in cases:
+        url = f"{server.url}/completions" if isinstance(body, dict) and "prompt" in body else chat
+        sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+        response = httpx.post(url, headers={**headers, "content-type": "application/json"}, **sent)
+        assert response.status_code == status, (body, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+        assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
+    assert httpx.post(chat, headers=headers, json=good).status_code == 200
+
+
+def test_client_disconnect_cancels_generation(server):
+    before = server.stats()
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 480, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.url}/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:  # fmt: skip
+        lines = response.iter_lines()
+        assert next(lines).startswith("data:")  # the role chunk
+        assert next(line for line in lines if line.startswith("data:"))  # first tokens arrived: it is running
+    deadline = time.time() + 30
+    while (stats := server.stats())["cancelled"] == before["cancelled"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert stats["cancelled"] == before["cancelled"] + 1
+    assert stats["cancelled_at_tokens"][-1] < 480 and stats["running"] == 0
+
+
+def test_chat_repl_against_the_server(server):
+    result = subprocess.run([sys.executable, "-m", "llmforge", "chat", "--url", server.url, "--max-tokens", "5",
+                             "--seed", "1", "--temperature", "0"], input="hello\n/reset\nhello\n/exit\nnever sent\n",
+                            capture_output=True, text=True, timeout=120, env={"LLMFORGE_API_KEY": KEY,
+                                                                                "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == second and first  # /reset forgot the first exchange: the same prompt, the same answer
+    assert "conversation reset" in result.stderr
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits(server, client):
+    answer = {}
+
+    def long_request():
+        answer["value"] = client.completions.create(model="tiny", prompt="the model", max_tokens=300,
+                                                    extra_body={"ignore_eos": True})  # fmt: skip
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    deadline = time.time() + 30
+    while server.stats()["running"] == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=120)
+    assert server.process.wait(timeout=60) == 0
+    assert answer["value"].usage.completion_tokens == 300  # finished, not cut off
+    assert "server stopped" in server.log.read_text()
+
+
+def test_adapters_are_served_by_name_on_their_base(tiny_model, tmp_path):
+    import torch
+
+    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
+
+    first = random_adapter_artifact(tmp_path / "first", tiny_model, seed=1)
+    second = random_adapter_artifact(tmp_path / "second", tiny_model, seed=2)
+    tokenizer = load_tokenizer(resolve_model(tiny_model, "serve"))
+    prompt = "the model learns from"
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    expected = {}
+    for name, path in (("first", first), ("tiny", tiny_model), ("second", second)):
+        model = load_model(resolve_model(path, "serve"))
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert len(set(expected.values())) == 3  # each adapter changes the answer
+
+    served = start_server(first, "--adapter", f"second={second}", log_dir=tmp_path)
+    try:
+        from openai import OpenAI
+
+        client = OpenAI(base_url=served.url, api_key="unused", max_retries=0)
+        cards = {m.id: m for m in client.models.list().data}
+        assert list(cards) == ["first", "tiny", "second"]
+        assert cards["first"].fingerprint == manifest(first)["fingerprint"]
+        assert cards["tiny"].fingerprint == manifest(tiny_model)["fingerprint"]
+        answers = {}
+
+        def ask(name):
+            answers[name] = client.completions.with_raw_response.create(
+                model=name, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+
+        threads = [threading.Thread(target=ask, args=(name,)) for name in expected]  # one mixed-adapter batch
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert {name: a.parse().choices[0].text for name, a in answers.items()} == expected
+        assert answers["second"].headers["x-llmforge-fingerprint"] == manifest(second)["fingerprint"]
+    finally:
+        served.stop()
+
+
+def test_bad_serve_inputs_exit_2_before_loading(tiny_model, tmp_path):
+    adapter = random_adapter_artifact(tmp_path / "adapter", tiny_model)
+    other_base = tmp_path / "other"
+    from helpers import tiny_model_artifact
+
+    tiny_model_artifact(other_base, Path(tiny_model), seed=5)
+    foreign = random_adapter_artifact(tmp_path / "foreign", other_base)
+    cases = [
+        ((tmp_path / "missing",), "no such model directory"),
+        ((tiny_model, "--adapter", f"x={tiny_model}"), "not an adapter"),
+        ((adapter, "--adapter", f"foreign={foreign}"), "not on the served base"),
+        ((tiny_model, "--backend", "vllm"), "needs vLLM and a CUDA GPU"),
+    ]
+    for args, message in cases:
+        result = llmforge("serve", *args, "--port", "0", check=False, timeout=120)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert result.stdout == ""
+
+
+def test_vllm_command_line_passes_the_settings_through(tiny_model, tmp_path):
+    from llmforge.serving import models, vllm_backend
+    from llmforge.stages.serve import Config
+
+    first = random_adapter_artifact(tmp_path / "first", tiny_model, seed=1, rank=4)
+    second = random_adapter_artifact(tmp_path / "second", tiny_model, seed=2, rank=16)
+    plan = models.plan(first, None, {"second": str(second)})
+    config = Config(tensor_parallel_size=2, max_model_len=256, api_key="k", port=9000)
+    argv = vllm_backend.command(plan, config, 9000)
+    assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    options = " ".join(argv[3:])
+    assert f"--model {tiny_model} --served-model-name tiny --host 127.0.0.1 --port 9000" in options
+    assert "--tensor-parallel-size 2" in options and "--max-model-len 256" in options
+    assert "--api-key k" in options and "--generation-config auto" in options
+    assert "--middleware llmforge.serving.vllm_backend.fingerprint_header" in options
+    assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
+                            f"second={second}")  # fmt: skip

@@ -1,0 +1,155 @@
+"""The embedded server's engine: continuous batching gives exactly what one-at-a-time generation gives."""
+
+import queue
+import time
+
+import pytest
+
+from llmforge.serving.engine import Engine, GenerationRequest, SamplingParams
+
+PROMPTS = [
+    "the model learns",
+    "a corpus of web pages holds navigation menus and",
+    "what is",
+    "training runs on many machines with optimizer state",
+]
+
+
+@pytest.fixture(scope="module")
+def peaky(tiny_tokenizer_dir):
+    """A random tiny Llama with large weights: its greedy choices depend on the context, unlike a near-uniform
+    one, so a wrong position or a misaligned cache row changes the output."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, special_ids_of
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), max_position_embeddings=128)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval(), tokenizer
+
+
+def generate_alone(model, tokenizer, prompt, max_new_tokens):
+    import torch
+
+    ids = tokenizer(prompt)["input_ids"]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return out[0, len(ids) :].tolist()
+
+
+def run(engine, tokenizer, prompts, params, stagger=0.0):
+    """Submit requests (optionally a little apart, so they join a running batch) and collect their outputs."""
+    pending = []
+    for prompt, p in zip(prompts, params, strict=True):
+        events = queue.Queue()
+        request = GenerationRequest(tokenizer(prompt)["input_ids"], p, on_event=events.put)
+        engine.submit(request)
+        pending.append((request, events))
+        time.sleep(stagger)
+    return [(request, *collect(events)) for request, events in pending]
+
+
+def collect(events):
+    """The text of a request's deltas and its final event."""
+    text = ""
+    while (event := events.get(timeout=60)).finish_reason is None:
+        text += event.text
+    return text + event.text, event
+
+
+def test_batched_greedy_equals_generate_alone_and_rows_join_mid_flight(peaky):
+    model, tokenizer = peaky
+    lengths = [4, 12, 12, 12]
+    expected = [generate_alone(model, tokenizer, p, n) for p, n in zip(PROMPTS, lengths, strict=True)]
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=3)
+    # queued before the engine starts: three are prefilled together; the fourth waits for the first to finish
+    # and joins the two still running, with a cache of another length
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
+    pending = [(request := GenerationRequest(tokenizer(p)["input_ids"], sp, on_event=(events := queue.Queue()).put),
+                events) for p, sp in zip(PROMPTS, params, strict=True)]  # fmt: skip
+    for request, _ in pending:
+        engine.submit(request)
+    engine.start()
+    try:
+        finals = [collect(events) for _, events in pending]
+    finally:
+        engine.stop()
+    assert [r.output_ids for r, _ in pending] == expected
+    assert [f.finish_reason for _, f in finals] == ["length"] * 4
+    assert [f.completion_tokens for _, f in finals] == lengths
+    stats = engine.snapshot()
+    assert stats["prefills"] == 2 and stats["max_batch_size"] == 3  # never more than the limit
+    assert stats["finished"] == 4 and stats["completion_tokens"] == 40
+    # 40 tokens in 2 prefills + 14 decode steps (11 of them three rows wide, 3 for the last row alone)
+    assert stats["decode_steps"] == 14 and stats["batch_sizes"] == {"1": 3, "3": 11}
+
+
+def test_seeded_sampling_does_not_depend_on_batch_companions(peaky):
+    model, tokenizer = peaky
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=8)
+    engine.start()
+    try:
+        sampled = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True)
+        (alone, _, _), = run(engine, tokenizer, [PROMPTS[0]], [sampled])  # fmt: skip
+        params = [sampled] + [SamplingParams(max_tokens=10, temperature=1.0, seed=i) for i in range(3)]
+        crowd = run(engine, tokenizer, PROMPTS, params)
+        other_seed = run(
+            engine, tokenizer, [PROMPTS[0]], [SamplingParams(max_tokens=10, temperature=1.0, seed=8)]
+        )
+    finally:
+        engine.stop()
+    assert crowd[0][0].output_ids == alone.output_ids
+    assert other_seed[0][0].output_ids != alone.output_ids
+
+
+def test_stop_strings_and_cancellation(peaky):
+    model, tokenizer = peaky
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=4)
+    engine.start()
+    try:
+        free = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+        (_, full_text, _), = run(engine, tokenizer, [PROMPTS[1]], [free])  # fmt: skip
+        stop = next(full_text[i : i + 2] for i in range(4, len(full_text) - 2)
+                    if full_text[i : i + 2].isascii() and full_text[i : i + 2].strip())  # fmt: skip
+        stopped = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, stop=["\x00never", stop])
+        (_, text, final), = run(engine, tokenizer, [PROMPTS[1]], [stopped])  # fmt: skip
+        assert final.finish_reason == "stop" and text == full_text[: full_text.index(stop)]
+
+        # cancel from the consumer's side after the third delta: the engine drops the row at its next step
+        events, seen, at = queue.Queue(), [], []
+
+        def consume(event):
+            seen.append(event)
+            events.put(event)
+            if len(seen) == 3:
+                at.append(len(long.output_ids))
+                long.cancel()
+
+        long = GenerationRequest(tokenizer(PROMPTS[2])["input_ids"],
+                                 SamplingParams(max_tokens=100, temperature=0, ignore_eos=True), on_event=consume)  # fmt: skip
+        engine.submit(long)
+        while (event := events.get(timeout=60)).finish_reason is None:
+            pass
+        assert event.finish_reason == "cancelled" and event.completion_tokens == at[0] < 100
+        assert engine.snapshot()["cancelled"] == 1 and engine.snapshot()["running"] == 0
+    finally:
+        engine.stop()
+
+
+def test_min_tokens_holds_back_the_end_of_sequence(peaky):
+    model, tokenizer = peaky
+    first = generate_alone(model, tokenizer, PROMPTS[0], 1)[0]
+    engine = Engine(model, tokenizer, [first], max_model_len=128)  # the greedy first token ends the sequence
+    engine.start()
+    try:
+        plain, held = run(engine, tokenizer, [PROMPTS[0]] * 2, [SamplingParams(max_tokens=10, temperature=0),
+                                                                 SamplingParams(max_tokens=10, temperature=0,
+                                                                                min_tokens=4)])  # fmt: skip
+    finally:
+        engine.stop()
+    assert plain[2].finish_reason == "stop" and plain[2].completion_tokens == 1 and plain[1] == ""
+    assert len(held[0].output_ids) >= 5 and first not in held[0].output_ids[:4]
