@@ -58,6 +58,7 @@ STAGES: dict[str, str] = {
     "crawl-filter": "crawl_filter",
     "dedup": "dedup",
     "tokenize": "tokenize",
+    "pretrain": "pretrain",
     "sft": "sft",
     "dpo": "dpo",
     "grpo": "grpo",

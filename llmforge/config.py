@@ -49,6 +49,8 @@ def _strip_runtime(model: type[BaseModel], data: dict[str, Any]) -> dict[str, An
         annotation = field.annotation if field is not None else None
         if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
             value = _strip_runtime(annotation, value)
+            if not value:  # a section of runtime settings only: nothing in it shapes the output
+                continue
         result[name] = value
     return result
 

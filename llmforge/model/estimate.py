@@ -1,0 +1,365 @@
+"""Back-of-the-envelope numbers for a training run, before spending anything on it.
+
+Parameters from the model's shape; training FLOPs 6·N·D (forward 2·N·D plus backward 4·N·D); compute-optimal data
+20 tokens per parameter (Chinchilla, Hoffmann et al. 2022); memory of weights, gradients and Adam states per device
+for each ZeRO stage (Rajbhandari et al. 2020); KV-cache size for inference; GPU-hours and cost at a given MFU.
+
+Sizes are decimal (1 GB = 1e9 bytes), the unit of the papers and of GPU spec sheets. Pure arithmetic, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge.errors import InputError
+
+CHINCHILLA_TOKENS_PER_PARAM = 20
+GB = 1e9
+
+# Bytes per parameter for (weights, gradients, optimizer states) when training with Adam.
+# mixed (bf16/fp16): 2-byte weights and grads, fp32 master copy + two moments = 12; fp32: 4 + 4 + 8 (two moments).
+# bf16-autocast keeps fp32 weights (torch autocast casts per op), so it costs what fp32 does.
+TRAINING_BYTES: dict[str, tuple[int, int, int]] = {
+    "bf16": (2, 2, 12),
+    "fp16": (2, 2, 12),
+    "bf16-autocast": (4, 4, 8),
+    "fp32": (4, 4, 8),
+}
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
+
+# Dense (no sparsity) peak tensor-core TFLOP/s in bf16, from the vendors' spec sheets. Matched against the
+# device name as torch reports it; the first key found in the name wins, so longer names come first.
+PEAK_BF16_TFLOPS: dict[str, float] = {
+    "GB200": 2500.0,
+    "B200": 2250.0,
+    "H200": 989.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,  # SXM
+    "H800": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,  # fp16: V100 has no bf16
+    "MI300X": 1307.0,
+    "MI250X": 383.0,
+}
+
+
+def device_peak_flops(name: str) -> float | None:
+    """The bf16 dense peak FLOP/s of a GPU named like torch.cuda.get_device_name() says, or None if unknown."""
+    for key, tflops in PEAK_BF16_TFLOPS.items():
+        if key.lower() in name.lower():
+            return tflops * 1e12
+    return None
+
+
+@dataclass
+class ModelShape:
+    """The dimensions that decide parameters, FLOPs and KV-cache size of a Llama-style decoder."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    tie_embeddings: bool = True
+    head_dim: int | None = None
+    qk_norm: bool = False  # Qwen3: RMSNorm on queries and keys
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> ModelShape:
+        heads = config["num_attention_heads"]
+        return cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads,
+            intermediate_size=config["intermediate_size"],
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            qk_norm=config.get("model_type") == "qwen3",
+        )
+
+    @classmethod
+    def from_preset(cls, preset: str, vocab_size: int, **overrides: Any) -> ModelShape:
+        from llmforge.model.llama import PRESETS
+
+        if preset not in PRESETS:
+            raise InputError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
+        dims = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(
+            vocab_size=vocab_size,
+            hidden_size=dims["hidden_size"],
+            num_layers=dims["num_hidden_layers"],
+            num_heads=dims["num_attention_heads"],
+            num_kv_heads=dims["num_key_value_heads"],
+            intermediate_size=dims["intermediate_size"],
+            tie_embeddings=dims["tie_word_embeddings"],
+            qk_norm=bool(overrides.get("qk_norm")),
+        )
+
+    @classmethod
+    def from_directory(cls, path: str | Path) -> ModelShape:
+        """A Hugging Face model directory (or llmforge model artifact): its config.json."""
+        config_path = Path(path) / "config.json"
+        try:
+            config = json.loads(config_path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: not a Hugging Face model directory (no config.json)") from None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{config_path}: not valid JSON ({exc.msg})") from None
+        try:
+            return cls.from_hf_config(config)
+        except KeyError as exc:
+            raise InputError(
+                f"{config_path}: no {exc.args[0]}; not a decoder config llmforge can size"
+            ) from None
+
+    @property
+    def attention_width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    def layer_parameters(self) -> int:
+        kv_width = self.num_kv_heads * self.head_dim
+        attention = (
+            self.hidden_size * self.attention_width * 2 + self.hidden_size * kv_width * 2
+        )  # q, o, k, v
+        mlp = 3 * self.hidden_size * self.intermediate_size  # SwiGLU: gate, up, down
+        norms = 2 * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
+        return attention + mlp + norms
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def parameters(self) -> int:
+        head = 0 if self.tie_embeddings else self.embedding_parameters()
+        return (
+            self.embedding_parameters() + head + self.num_layers * self.layer_parameters() + self.hidden_size
+        )
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 x every weight a token is multiplied by (all layers and the output
+        projection; the input embedding is a lookup), plus attention scores and mixing over the context:
+        12 x layers x attention width x context (PaLM, Chowdhery et al. 2022, appendix B)."""
+        matmul_weights = self.num_layers * self.layer_parameters() + self.embedding_parameters()
+        return 6.0 * matmul_weights + 12.0 * self.num_layers * self.attention_width * seq_len
+
+    def kv_cache_bytes(self, seq_len: int, batch: int = 1, bytes_per_value: float = 2) -> float:
+        """Keys and values of every layer for `batch` sequences of `seq_len` tokens."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * seq_len * batch * bytes_per_value
+
+    def activation_bytes(self, seq_len: int, micro_batch: int, checkpointing: bool = False) -> float:
+        """Approximate activation memory of one micro-batch in 16-bit with a fused (flash/SDPA) attention kernel:
+        about 34 bytes x hidden per token per layer (Korthikanti et al. 2022, without the quadratic term); with
+        activation checkpointing only each layer's input (2 bytes x hidden) plus one layer being recomputed."""
+        per_layer = 34 * self.hidden_size * seq_len * micro_batch
+        logits = 6 * self.vocab_size * seq_len * micro_batch  # bf16 logits and their fp32 copy for the loss
+        if checkpointing:
+            return self.num_layers * 2 * self.hidden_size * seq_len * micro_batch + per_layer + logits
+        return self.num_layers * per_layer + logits
+
+
+def training_memory(params: float, zero: int, devices: int, precision: str = "bf16",
+                    offload: str | None = None) -> dict[str, float]:  # fmt: skip
+    """Bytes per device for weights, gradients and optimizer states under ZeRO stage `zero` over `devices`.
+
+    ZeRO-1 shards the optimizer states, ZeRO-2 also the gradients, ZeRO-3 also the weights. Offload moves the
+    optimizer states (and with ZeRO-3 the weights) to CPU memory: they are reported under `cpu_*`.
+    """
+    if precision not in TRAINING_BYTES:
+        raise InputError(f"precision {precision!r}: one of {', '.join(TRAINING_BYTES)}")
+    if zero not in (0, 1, 2, 3):
+        raise InputError(f"ZeRO stage {zero}: one of 0, 1, 2, 3")
+    weight_b, grad_b, optim_b = TRAINING_BYTES[precision]
+    weights = params * weight_b / (devices if zero >= 3 else 1)
+    grads = params * grad_b / (devices if zero >= 2 else 1)
+    optimizer = params * optim_b / (devices if zero >= 1 else 1)
+    memory = {"weights": weights, "gradients": grads, "optimizer": optimizer}
+    cpu = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
+    if offload == "cpu" and zero >= 1:
+        cpu["optimizer"], memory["optimizer"] = memory["optimizer"], 0.0
+        if zero == 3:
+            cpu["weights"], memory["weights"] = memory["weights"], 0.0
+    memory["total"] = memory["weights"] + memory["gradients"] + memory["optimizer"]
+    memory.update({f"cpu_{k}": v for k, v in cpu.items() if v})
+    return memory
+
+
+def training_flops(params: float, tokens: float) -> float:
+    return 6.0 * params * tokens
+
+
+def chinchilla_tokens(params: float) -> float:
+    return CHINCHILLA_TOKENS_PER_PARAM * params
+
+
+def gpu_hours(flops: float, peak_flops: float, mfu: float) -> float:
+    return flops / (peak_flops * mfu) / 3600.0
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str | float | int, what: str = "count") -> float:
+    """'7B' -> 7e9, '140b' -> 1.4e11, '1.5e12' -> 1.5e12, '350M' -> 3.5e8."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise InputError(f"{what} {text!r}: expected a number like 7B, 350M, 1.5e12")
+    return float(match.group(1)) * _SUFFIXES.get(match.group(2).lower(), 1.0)
+
+
+@dataclass
+class Estimate:
+    """Everything `llmforge estimate` and the pretrain plan report, in plain numbers."""
+
+    parameters: float
+    tokens: float
+    chinchilla_tokens: float
+    tokens_per_parameter: float
+    training_flops: float
+    precision: str
+    devices: int
+    zero: int
+    offload: str | None
+    memory_per_device: dict[int, dict[str, float]]  # ZeRO stage -> bytes
+    weights_bytes: dict[str, float]  # inference weights by format
+    flops_per_token: float | None = None
+    kv_cache_bytes: float | None = None
+    activation_bytes: float | None = None
+    seq_len: int | None = None
+    peak_flops: float | None = None
+    mfu: float | None = None
+    gpu_hours: float | None = None
+    price_per_gpu_hour: float | None = None
+    cost: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["memory_per_device"] = {str(k): v for k, v in self.memory_per_device.items()}
+        return data
+
+
+def estimate(params: float | None = None, shape: ModelShape | None = None, tokens: float | None = None,
+             devices: int = 1, zero: int = 0, precision: str = "bf16", offload: str | None = None,
+             seq_len: int = 2048, micro_batch: int = 1, checkpointing: bool = False, gpu: str | None = None,
+             peak_tflops: float | None = None, mfu: float = 0.4, price_per_gpu_hour: float | None = None,
+             kv_batch: int = 1) -> Estimate:  # fmt: skip
+    """The numbers for a model of `params` parameters (or of `shape`) trained on `tokens` tokens
+    (default: the Chinchilla-optimal 20 per parameter)."""
+    if params is None:
+        if shape is None:
+            raise InputError(
+                "estimate needs a parameter count, a preset, explicit dimensions or a model directory"
+            )
+        params = float(shape.parameters())
+    if devices < 1:
+        raise InputError(f"devices {devices}: must be at least 1")
+    if not 0 < mfu <= 1:
+        raise InputError(f"MFU {mfu}: must be a fraction in (0, 1]")
+    optimal = chinchilla_tokens(params)
+    tokens = optimal if tokens is None else tokens
+    flops = training_flops(params, tokens)
+    peak = peak_tflops * 1e12 if peak_tflops else (device_peak_flops(gpu) if gpu else None)
+    if gpu and peak is None:
+        known = ", ".join(PEAK_BF16_TFLOPS)
+        raise InputError(f"GPU {gpu!r}: peak FLOP/s unknown (known: {known}); give --peak-tflops")
+    hours = gpu_hours(flops, peak, mfu) if peak else None
+    result = Estimate(
+        parameters=params,
+        tokens=tokens,
+        chinchilla_tokens=optimal,
+        tokens_per_parameter=tokens / params,
+        training_flops=flops,
+        precision=precision,
+        devices=devices,
+        zero=zero,
+        offload=offload,
+        memory_per_device={
+            stage: training_memory(params, stage, devices, precision, offload) for stage in range(4)
+        },
+        weights_bytes={fmt: params * size for fmt, size in WEIGHT_BYTES.items()},
+        seq_len=seq_len,
+        peak_flops=peak,
+        mfu=mfu if peak else None,
+        gpu_hours=hours,
+        price_per_gpu_hour=price_per_gpu_hour,
+        cost=hours * price_per_gpu_hour if hours is not None and price_per_gpu_hour is not None else None,
+    )
+    if shape is not None:
+        result.flops_per_token = shape.flops_per_token(seq_len)
+        result.kv_cache_bytes = shape.kv_cache_bytes(seq_len, kv_batch)
+        result.activation_bytes = shape.activation_bytes(seq_len, micro_batch, checkpointing)
+    return result
+
+
+def human_bytes(value: float) -> str:
+    for limit, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if value >= limit:
+            return f"{value / limit:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def human_count(value: float) -> str:
+    for limit, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:.3g}{unit}"
+    return f"{value:.3g}"
+
+
+def report_rows(result: Estimate) -> list[tuple[str, str]]:
+    """The estimate as (what, value) rows for a table."""
+    rows = [
+        ("parameters", human_count(result.parameters)),
+        ("training tokens", human_count(result.tokens)),
+        ("Chinchilla-optimal tokens (20/param)", human_count(result.chinchilla_tokens)),
+        ("tokens per parameter", f"{result.tokens_per_parameter:.3g} (Chinchilla ~20)"),
+        ("training FLOPs (6ND)", f"{result.training_flops:.3g}"),
+    ]
+    if result.flops_per_token:
+        rows.append(
+            (f"FLOPs per token (seq {result.seq_len}, with attention)", f"{result.flops_per_token:.3g}")
+        )
+    offload = f", offload {result.offload}" if result.offload and result.offload != "none" else ""
+    for stage, memory in result.memory_per_device.items():
+        marker = " <" if stage == result.zero else ""
+        detail = ", ".join(f"{k} {human_bytes(memory[k])}" for k in ("weights", "gradients", "optimizer"))
+        cpu = sum(v for k, v in memory.items() if k.startswith("cpu_"))
+        cpu_text = f"; CPU {human_bytes(cpu)}" if cpu else ""
+        rows.append((
+            f"ZeRO-{stage} per device ({result.devices} x, {result.precision}{offload}){marker}",
+            f"{human_bytes(memory['total'])} ({detail}{cpu_text})",
+        ))  # fmt: skip
+    if result.activation_bytes is not None:
+        rows.append(("activations per micro-batch (approx.)", human_bytes(result.activation_bytes)))
+    rows.append(
+        ("weights for inference", ", ".join(f"{k} {human_bytes(v)}" for k, v in result.weights_bytes.items()))
+    )
+    if result.kv_cache_bytes is not None:
+        rows.append(
+            (f"KV cache (bf16, {result.seq_len} tokens, per sequence)", human_bytes(result.kv_cache_bytes))
+        )
+    if result.gpu_hours is not None:
+        rows.append((f"GPU-hours at {result.mfu:.0%} MFU of {result.peak_flops / 1e12:.0f} TFLOP/s",
+                     f"{result.gpu_hours:,.0f} ({result.gpu_hours / result.devices:,.1f} h on {result.devices})"))  # fmt: skip
+    if result.cost is not None:
+        rows.append((f"cost at {result.price_per_gpu_hour:g}/GPU-hour", f"{result.cost:,.0f}"))
+    return rows

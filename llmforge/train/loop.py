@@ -1,0 +1,502 @@
+"""The pretraining loop: one DeepSpeed engine per process, the same code on one CPU process or many GPUs.
+
+`llmforge pretrain` writes a RunSpec to OUT.partial/checkpoints/plan.json and calls `train()` in its own process
+(one process) or starts `python -m llmforge.train.worker plan.json` under torchrun / the deepspeed launcher
+(several). Every process builds the model, joins the process group (NCCL on GPUs, gloo on CPU) and trains its share
+of each batch; ZeRO shards optimizer states, gradients and weights between them as configured.
+
+Stability: a non-finite loss or gradient norm, or a loss above `spike_factor` x the mean of the last
+`spike_window` steps, rewinds the run to the last complete checkpoint (or to the initial weights when there is none
+yet), marks the offending batch as skipped and trains on. Every process reaches the same decision because the
+loss is all-reduced first.
+
+Fault injection for tests (read here and nowhere else): LLMFORGE_INJECT_LOSS="5:nan,9:100" multiplies the loss of
+global batch 5 by NaN and of batch 9 by 100, as a corrupted batch would.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmforge.errors import LLMForgeError
+from llmforge.train import checkpoint as ckpt
+from llmforge.train.data import PackedWindows
+from llmforge.train.schedule import Schedule
+
+INJECT_ENV = "LLMFORGE_INJECT_LOSS"
+
+
+@dataclass
+class RunSpec:
+    """Everything a training process needs, as plain JSON (the workers read it from plan.json)."""
+
+    tokens_dir: str
+    work_dir: str
+    model_config: dict[str, Any]  # transformers config.to_dict()
+    seq_len: int
+    micro_batch_size: int
+    gradient_accumulation: int
+    world_size: int
+    steps: int
+    seed: int
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    schedule: dict[str, Any]  # Schedule fields
+    deepspeed: dict[str, Any]
+    attention: str  # sdpa | flash_attention_2 | eager
+    document_masking: bool
+    activation_checkpointing: bool
+    compile: bool
+    flops_per_token: float
+    checkpoint_every: int
+    keep_checkpoints: int
+    val_every: int
+    val_batches: int
+    log_every: int
+    spike_factor: float
+    spike_window: int
+    max_rewinds: int
+    stop_after: int | None = None
+    peak_flops: float | None = None
+    monitors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.seq_len * self.micro_batch_size * self.gradient_accumulation * self.world_size
+
+    @property
+    def checkpoints(self) -> Path:
+        return Path(self.work_dir) / "checkpoints"
+
+    def save(self, path: Path) -> None:
+        ckpt.write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+class StoppedEarly(LLMForgeError):
+    """The run stopped where it was asked to (stop_after); its resume state is saved, the artifact unfinished."""
+
+
+class Rewind(Exception):
+    """The current batch must not be trained on: go back to the last good checkpoint and skip it."""
+
+    def __init__(self, batch: int, step: int, reason: str):
+        super().__init__(reason)
+        self.batch, self.step, self.reason = batch, step, reason
+
+
+@dataclass
+class Position:
+    step: int = 0  # optimizer steps done
+    next_batch: int = 0  # the data position: the next global batch to train on
+    recent_losses: list[float] = field(default_factory=list)
+
+
+def injected_losses() -> dict[int, float]:
+    text = os.environ.get(INJECT_ENV, "").strip()
+    factors = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        batch, _, factor = item.partition(":")
+        factors[int(batch)] = float(factor)
+    return factors
+
+
+def train(spec: RunSpec) -> dict[str, Any]:
+    """Train (or resume) the run described by `spec`; rank 0 writes the Hugging Face model into the work dir and
+    returns the result (also written to checkpoints/result.json)."""
+    from llmforge.train.deepspeed import init_distributed
+
+    init_distributed()
+    import warnings
+
+    import torch.distributed as dist
+
+    # DeepSpeed calls collectives that torch renamed; the warning would repeat on every step of every process.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
+
+    if dist.get_world_size() != spec.world_size:
+        raise LLMForgeError(
+            f"{dist.get_world_size()} processes joined, the plan was made for {spec.world_size}; "
+            "start the run through `llmforge pretrain` with the same --nproc / --hostfile"
+        )
+    return Trainer(spec, dist.get_rank()).run()
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, rank: int):
+        import torch
+
+        from llmforge.train.metrics import Reporter
+
+        self.spec, self.rank, self.world = spec, rank, spec.world_size
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+                                   else "cpu")  # fmt: skip
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.train_data = PackedWindows(
+            spec.tokens_dir, "train", spec.seq_len, spec.seed, spec.document_masking
+        )
+        self.val_data = self._validation_windows()
+        self.schedule = Schedule(**spec.schedule)
+        self.skipped = ckpt.load_skipped(spec.checkpoints)
+        self.injected = injected_losses()
+        self.reporter = Reporter(Path(spec.work_dir) / "metrics.jsonl", rank == 0, spec.steps, spec.batch_tokens,
+                                 spec.flops_per_token, spec.peak_flops, self.world)  # fmt: skip
+        self.vocab_size = spec.model_config["vocab_size"]
+        self.flatten = spec.document_masking and spec.attention == "flash_attention_2"
+        self.started = time.perf_counter()
+
+    def _validation_windows(self) -> PackedWindows | None:
+        from llmforge.data.shards import TokenShards
+
+        if self.spec.val_every <= 0 or TokenShards(self.spec.tokens_dir).num_tokens("val") == 0:
+            return None
+        windows = PackedWindows(self.spec.tokens_dir, "val", self.spec.seq_len, self.spec.seed,
+                                self.spec.document_masking)  # fmt: skip
+        return windows if len(windows) >= self.world else None
+
+    # -- the engine -------------------------------------------------------------------------------------------
+
+    def build_engine(self):
+        import deepspeed
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        spec = self.spec
+        config = AutoConfig.for_model(**spec.model_config)
+        config._attn_implementation = spec.attention
+        torch.manual_seed(spec.seed)
+        if self.build_sharded():
+            # transformers builds the model directly into ZeRO-3 shards (never whole in one process) while this
+            # object is alive; its initial weights then differ from an unsharded build with the same seed.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._zero3_config = HfDeepSpeedConfig(spec.deepspeed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if spec.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        optimizer = self._optimizer(model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=spec.deepspeed)  # fmt: skip
+        if spec.compile:
+            engine.compile()
+        engine.train()
+        return engine
+
+    def build_sharded(self) -> bool:
+        """ZeRO-3 shards a whole model at initialisation, so every stage starts from the same weights; only a
+        model too big for every process of a node to hold in CPU memory is built directly into shards."""
+        import psutil
+
+        from llmforge.model.estimate import ModelShape
+
+        if self.spec.deepspeed.get("zero_optimization", {}).get("stage", 0) != 3:
+            return False
+        per_node = (
+            int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+            * ModelShape.from_hf_config(self.spec.model_config).parameters()
+            * 4
+        )
+        return per_node > 0.5 * psutil.virtual_memory().available
+
+    def _optimizer(self, model):
+        """AdamW; no weight decay on norms, biases and embeddings (1-D tensors and lookup tables), as in
+        Megatron-LM and OLMo: decaying them only shrinks scales the model needs."""
+        import torch
+
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            shape = getattr(
+                param, "ds_shape", param.shape
+            )  # ZeRO-3 shards are flat; ds_shape is the real one
+            (no_decay if len(shape) < 2 or "embed" in name else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.spec.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+        kwargs = dict(lr=self.spec.lr, betas=tuple(self.spec.betas), eps=self.spec.eps)
+        offload = self.spec.deepspeed.get("zero_optimization", {}).get("offload_optimizer", {}).get("device")
+        if self.device.type == "cuda" and offload == "cpu":
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+        return torch.optim.AdamW(groups, fused=self.device.type == "cuda" and offload is None, **kwargs)
+
+    def destroy(self, engine) -> None:
+        import torch
+
+        engine.destroy()
+        self._zero3_config = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+
+    def restore(self, engine) -> Position:
+        import torch
+
+        found = ckpt.latest(self.spec.checkpoints)
+        if found is None:
+            return Position()
+        path, info = found
+        engine.load_checkpoint(str(self.spec.checkpoints), tag=path.name, load_optimizer_states=True,
+                               load_lr_scheduler_states=True)  # fmt: skip
+        rng = path / f"rng-rank{self.rank}.pt"
+        if rng.is_file():
+            ckpt.set_rng_state(torch.load(rng, weights_only=False))
+        return Position(step=info["step"], next_batch=info["next_batch"], recent_losses=info["recent_losses"])
+
+    def save(self, engine, position: Position) -> None:
+        import torch
+        import torch.distributed as dist
+
+        name = ckpt.tag(position.step)
+        engine.save_checkpoint(str(self.spec.checkpoints), tag=name, save_latest=False)
+        torch.save(ckpt.rng_state(), self.spec.checkpoints / name / f"rng-rank{self.rank}.pt")
+        dist.barrier()
+        if self.rank == 0:
+            info = {**asdict(position), "world_size": self.world,
+                    "zero": self.spec.deepspeed.get("zero_optimization", {}).get("stage", 0)}  # fmt: skip
+            ckpt.write_json(self.spec.checkpoints / name / ckpt.COMPLETE, info)
+            ckpt.prune(self.spec.checkpoints, self.spec.keep_checkpoints)
+        dist.barrier()
+
+    # -- the run ----------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        rewinds = 0
+        status = "finished"
+        with self.reporter:
+            while True:
+                engine = self.build_engine()
+                position = self.restore(engine)
+                if position.step:
+                    self.reporter.resume_at(position.step)
+                    self.reporter.event(f"resumed from the checkpoint at step {position.step}", event="resume",
+                                        step=position.step, batch=position.next_batch)  # fmt: skip
+                try:
+                    status = self.loop(engine, position)
+                    break
+                except Rewind as rewind:
+                    rewinds += 1
+                    self.skipped.add(rewind.batch)
+                    if self.rank == 0:
+                        ckpt.save_skipped(self.spec.checkpoints, self.skipped)
+                    last = ckpt.latest(self.spec.checkpoints)
+                    target = f"the checkpoint at step {last[1]['step']}" if last else "the initial weights"
+                    self.reporter.event(
+                        f"step {rewind.step}: {rewind.reason}; rewinding to {target} and skipping batch {rewind.batch}",
+                        event="rewind", step=rewind.step, batch=rewind.batch, reason=rewind.reason,
+                    )  # fmt: skip
+                    self.destroy(engine)
+                    if rewinds > self.spec.max_rewinds:
+                        raise LLMForgeError(
+                            f"training diverged: {rewinds} rewinds (stability.max_rewinds = {self.spec.max_rewinds}); "
+                            "lower the learning rate or inspect the skipped batches in checkpoints/skipped.json"
+                        ) from None
+            if status == "finished":
+                self.save_model(engine)
+            self.destroy(engine)
+        result = {"status": status, "rewinds": rewinds, "skipped_batches": sorted(self.skipped),
+                  "seconds": round(time.perf_counter() - self.started, 3)}  # fmt: skip
+        if self.rank == 0:
+            ckpt.write_json(self.spec.checkpoints / "result.json", result)
+        return result
+
+    def loop(self, engine, position: Position) -> str:
+        import torch
+
+        spec = self.spec
+        recent = deque(position.recent_losses, maxlen=spec.spike_window)
+        steps_this_run = 0
+        measured: list[float] = []
+        while position.step < spec.steps:
+            if spec.stop_after is not None and position.step >= spec.stop_after:
+                if (
+                    not ckpt.latest(spec.checkpoints)
+                    or ckpt.latest(spec.checkpoints)[1]["step"] != position.step
+                ):
+                    self.save(engine, position)
+                self.reporter.event(f"stopped after step {position.step} as asked (stop_after); re-run to resume",
+                                    event="stop", step=position.step)  # fmt: skip
+                return "stopped"
+            batch = position.next_batch
+            while batch in self.skipped:
+                batch += 1
+            lr = engine.get_lr()[0]  # the rate this step's update uses
+            started = time.perf_counter()
+            loss, grad_norm = self.train_step(engine, batch, position.step, recent)
+            seconds = time.perf_counter() - started
+            position.step += 1
+            position.next_batch = batch + 1
+            recent.append(loss)
+            position.recent_losses = list(recent)
+            steps_this_run += 1
+            last = position.step == spec.steps
+            self.reporter.step(position.step, batch, loss, lr, grad_norm, seconds,
+                               log_now=position.step % spec.log_every == 0 or last or position.step == 1)  # fmt: skip
+            if 2 <= steps_this_run <= 4:  # the first step pays for warm-up (allocations, compilation)
+                measured.append(seconds)
+                if steps_this_run == 4:
+                    self._report_estimate(sum(measured) / len(measured), position.step)
+            if self.val_data is not None and (position.step % spec.val_every == 0 or last):
+                self.reporter.validation(position.step, self.validate(engine))
+            if spec.checkpoint_every > 0 and position.step % spec.checkpoint_every == 0 and not last:
+                self.save(engine, position)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return "finished"
+
+    def train_step(self, engine, batch: int, step: int, recent: deque) -> tuple[float, float | None]:
+        """Forward and backward over this process's micro-batches of global batch `batch`, then one update."""
+        import torch.distributed as dist
+
+        spec = self.spec
+        losses = []
+        grad_norm = None
+        for micro_step in range(spec.gradient_accumulation):
+            loss = self.loss(engine, self._tensors(self.train_data.micro_batch(
+                batch, micro_step, self.rank, spec.micro_batch_size, spec.gradient_accumulation, self.world)))  # fmt: skip
+            if batch in self.injected:
+                loss = loss * self.injected[batch]
+            shared = loss.detach().clone()
+            dist.all_reduce(shared)
+            losses.append(shared.item() / self.world)
+            if not math.isfinite(losses[-1]):
+                raise Rewind(batch, step + 1, f"loss is {losses[-1]}")
+            if micro_step == spec.gradient_accumulation - 1:
+                step_loss = sum(losses) / len(losses)
+                if (spec.spike_factor > 0 and len(recent) == recent.maxlen
+                        and step_loss > spec.spike_factor * (sum(recent) / len(recent))):  # fmt: skip
+                    raise Rewind(batch, step + 1, f"loss spike: {step_loss:.4f} > {spec.spike_factor:g} x the "
+                                                  f"mean {sum(recent) / len(recent):.4f} of the last {len(recent)} steps")  # fmt: skip
+            engine.backward(loss)
+            if micro_step == spec.gradient_accumulation - 1 and not engine.zero_optimization():
+                grad_norm = self._grad_norm(engine)  # ZeRO-0 does not keep the norm it clips with
+            engine.step()
+        if engine.zero_optimization():
+            grad_norm = engine.get_global_grad_norm()
+            grad_norm = float(grad_norm) if grad_norm is not None else None
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            raise Rewind(batch, step + 1, f"gradient norm is {grad_norm}")
+        return sum(losses) / len(losses), grad_norm
+
+    def _grad_norm(self, engine) -> float:
+        import torch
+
+        norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+    def _tensors(self, batch):
+        import torch
+
+        if self.flatten:
+            batch = batch.flattened()
+        return tuple(
+            torch.from_numpy(a).to(self.device) for a in (batch.input_ids, batch.targets, batch.position_ids)
+        )
+
+    def loss(self, engine, tensors, reduction: str = "mean"):
+        import torch.nn.functional as F
+
+        input_ids, targets, position_ids = tensors
+        logits = engine(input_ids=input_ids, position_ids=position_ids).logits
+        return F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction
+        )
+
+    def validate(self, engine) -> float:
+        """Mean loss over the first windows of the validation split, dealt evenly to all processes (ZeRO-3 needs
+        every process to run the same number of forward passes)."""
+        import torch
+        import torch.distributed as dist
+
+        spec = self.spec
+        per_rank = min(spec.val_batches * spec.micro_batch_size, len(self.val_data) // self.world)
+        indices = self.val_data.in_order(per_rank * self.world, self.rank, self.world)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        engine.eval()
+        with torch.no_grad():
+            for first in range(0, len(indices), spec.micro_batch_size):
+                batch = self.val_data.gather(indices[first : first + spec.micro_batch_size])
+                tensors = self._tensors(batch)
+                total[0] += self.loss(engine, tensors, reduction="sum").double()
+                total[1] += tensors[1].numel()
+        engine.train()
+        dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _report_estimate(self, seconds_per_step: float, step: int) -> None:
+        if self.rank != 0:
+            return
+        from llmforge.console import log
+
+        remaining = (self.spec.steps - step) * seconds_per_step
+        log(f"measured {self.spec.batch_tokens / seconds_per_step:,.0f} tokens/s over steps {step - 2}-{step}: "
+            f"about {_duration(remaining)} to go for {self.spec.steps - step:,} more steps")  # fmt: skip
+
+    # -- the result -------------------------------------------------------------------------------------------
+
+    def save_model(self, engine) -> None:
+        """Rank 0 writes the trained weights as a Hugging Face directory (tokenizer and chat template included)
+        at the root of the work dir. ZeRO-3 shards are gathered first (every process takes part)."""
+        import torch.distributed as dist
+
+        if engine.zero_optimization_partition_weights():
+            state = engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = engine.module.state_dict() if self.rank == 0 else None
+        if self.rank == 0:
+            save_hf_model(self.spec, state)
+        dist.barrier()
+
+
+def save_hf_model(spec: RunSpec, state: dict[str, Any]) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+    from transformers.utils.logging import disable_progress_bar
+
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.loading import save_model_payload
+
+    unset_hf_deepspeed_config()  # a whole model this time, not ZeRO-3 shards
+    disable_progress_bar()  # the run's own progress display is on the terminal
+    config = AutoConfig.for_model(**spec.model_config)
+    config.use_cache = True
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise LLMForgeError(
+            f"the trained weights do not fit the model: missing {missing}, unexpected {unexpected}"
+        )
+    model.tie_weights()
+    tokenizer = load_tokenizer(Path(spec.tokens_dir) / "tokenizer")
+    save_model_payload(model, tokenizer, Path(spec.work_dir))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

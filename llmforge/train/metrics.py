@@ -1,0 +1,160 @@
+"""What a training run reports: a JSONL log (always), DeepSpeed's monitors (TensorBoard, W&B, CSV; when
+installed and asked for), a line on stderr every few steps and a live progress bar with tokens/s and ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from llmforge.console import human, log, progress
+
+
+def monitor_config(logs: Path, tensorboard: bool, wandb_project: str | None, csv: bool) -> dict[str, Any]:
+    """DeepSpeed monitor sections (written by rank 0 through engine.monitor); TensorBoard and W&B only when
+    their packages are installed, so a plain install never fails for lack of them."""
+    import importlib.util
+
+    sections: dict[str, Any] = {}
+    if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        sections["tensorboard"] = {"enabled": True, "output_path": str(logs), "job_name": "tensorboard"}
+    if wandb_project and importlib.util.find_spec("wandb") is not None:
+        sections["wandb"] = {"enabled": True, "project": wandb_project}
+    if csv:
+        sections["csv_monitor"] = {"enabled": True, "output_path": str(logs), "job_name": "csv"}
+    return sections
+
+
+def memory_gb() -> float:
+    """Peak GPU memory allocated by this process since the last call, or its resident CPU memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 1e9
+        torch.cuda.reset_peak_memory_stats()
+        return round(peak, 3)
+    import psutil
+
+    return round(psutil.Process(os.getpid()).memory_info().rss / 1e9, 3)
+
+
+class Reporter:
+    """Rank 0's view of the run. Other ranks get a Reporter with `active=False` that does nothing."""
+
+    def __init__(self, path: Path, active: bool, total_steps: int, batch_tokens: int, flops_per_token: float,
+                 peak_flops: float | None, world_size: int):  # fmt: skip
+        self.path, self.active = path, active
+        self.total_steps, self.batch_tokens = total_steps, batch_tokens
+        self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.monitor = None
+        self._bar = None
+        self._task = None
+        self._interval: list[tuple[float, float]] = []  # (loss, seconds) of the steps since the last line
+
+    def __enter__(self) -> Reporter:
+        if self.active:
+            self._bar = progress()
+            self._bar.__enter__()
+            self._task = self._bar.add_task(
+                "training", total=self.total_steps * self.batch_tokens, unit="tokens"
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+            self._bar = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.monitor is not None and self.monitor.enabled and "step" in record:
+            events = [(f"train/{k}", v, record["step"]) for k, v in record.items()
+                      if k not in ("step", "time", "batch", "event") and isinstance(v, int | float)]  # fmt: skip
+            self.monitor.write_events(events)
+
+    def event(self, message: str, **fields: Any) -> None:
+        """Something a reader of the log must know about (resume, rewind, skipped batch)."""
+        if self.active:
+            log(f"[yellow]{message}[/]")
+            self.write({"event": fields.pop("event"), **fields, "message": message})
+
+    def resume_at(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step * self.batch_tokens)
+
+    def step(self, step: int, batch: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
+             log_now: bool) -> None:  # fmt: skip
+        if not self.active:
+            return
+        self._interval.append((loss, seconds))
+        self._bar.update(self._task, completed=step * self.batch_tokens,
+                         description=f"step {step}/{self.total_steps} loss {loss:.4f}")  # fmt: skip
+        if not log_now:
+            return
+        elapsed = sum(s for _, s in self._interval)
+        tokens_per_s = len(self._interval) * self.batch_tokens / max(elapsed, 1e-9)
+        flops_per_s = tokens_per_s * self.flops_per_token
+        mfu = flops_per_s / (self.peak_flops * self.world_size) if self.peak_flops else None
+        record = {
+            "step": step,
+            "batch": batch,
+            "tokens": step * self.batch_tokens,
+            "loss": round(loss, 6),
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else round(grad_norm, 6),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "flops_per_s": round(flops_per_s, 1),
+            "mfu": None if mfu is None else round(mfu, 4),
+            "memory_gb": memory_gb(),
+        }
+        self.write(record)
+        self._interval = []
+        norm = "n/a" if grad_norm is None or not math.isfinite(grad_norm) else f"{grad_norm:.3f}"
+        mfu_text = f"{mfu:.1%}" if mfu is not None else f"n/a ({human(flops_per_s)}FLOP/s)"
+        log(f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.3g}  grad norm {norm}  "
+            f"{human(tokens_per_s)} tokens/s  MFU {mfu_text}  memory {record['memory_gb']} GB")  # fmt: skip
+
+    def validation(self, step: int, loss: float) -> None:
+        if self.active:
+            self.write({"step": step, "val_loss": round(loss, 6)})
+            log(f"step {step}/{self.total_steps}  [bold]val loss {loss:.4f}[/]")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers for the manifest; a step logged twice (replayed after a rewind or resume) counts once,
+    with its latest value."""
+    losses: dict[int, float] = {}
+    val: dict[int, float] = {}
+    speeds = []
+    for record in records:
+        if "loss" in record:
+            losses[record["step"]] = record["loss"]
+            speeds.append(record)
+        if "val_loss" in record:
+            val[record["step"]] = record["val_loss"]
+    summary: dict[str, Any] = {}
+    if losses:
+        summary["loss_first"] = losses[min(losses)]
+        summary["loss_final"] = losses[max(losses)]
+    if val:
+        summary["val_loss_first"] = val[min(val)]
+        summary["val_loss_final"] = val[max(val)]
+    if speeds:
+        summary["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in speeds) / len(speeds), 1)
+        mfus = [r["mfu"] for r in speeds if r.get("mfu") is not None]
+        summary["mfu"] = round(sum(mfus) / len(mfus), 4) if mfus else None
+        summary["peak_memory_gb"] = max(r["memory_gb"] for r in speeds)
+    return summary

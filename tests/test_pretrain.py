@@ -1,0 +1,262 @@
+"""pretrain: a ~1M-parameter Llama trained in this process on shards made here; resume, rewind, bad input."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from helpers import documents_artifact, sentences, tokens_artifact
+
+from llmforge.artifacts import Artifact
+from llmforge.data.tokenizer import tokenizer_fingerprint
+from llmforge.errors import InputError
+from llmforge.stages.pretrain import Config, run
+from llmforge.train.data import Batch, PackedWindows, document_positions
+from llmforge.train.loop import StoppedEarly
+from llmforge.train.metrics import read_metrics
+from llmforge.train.schedule import Schedule
+
+STEPS = 20
+# 8 windows of 32 tokens per step: accumulation 2 in one process, 1 in each of two.
+SETTINGS = {
+    "model": {"preset": "tiny"},
+    "seq_len": 32,
+    "batch_tokens": 256,
+    "micro_batch_size": 4,
+    "train_tokens": 256 * STEPS,
+    "optim": {"lr": 3e-3, "warmup_steps": 2},
+    "checkpoint": {"every": 5},
+    "eval": {"every": 10, "batches": 2},
+    "logging": {"every": 1},
+    "stability": {"spike_window": 5},
+}
+
+
+def config(**changes) -> Config:
+    data = json.loads(json.dumps(SETTINGS))
+    for key, value in changes.items():
+        node = data
+        *parents, last = key.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return Config.model_validate(data)
+
+
+def losses(out) -> dict[int, float]:
+    """Loss per step, the latest record of a step winning (a replayed step is logged again)."""
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, tiny_tokenizer_dir):
+    return tokens_artifact(tmp_path_factory.mktemp("tokens") / "tokens", tiny_tokenizer_dir, sentences(1500))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tokens):
+    return run(tokens, tmp_path_factory.mktemp("pretrain") / "model", config())
+
+
+def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    artifact = Artifact.open(pretrained)
+    assert artifact.kind == "model" and artifact.stage == "pretrain"
+    stats = artifact.stats
+    assert stats["steps"] == STEPS and stats["tokens"] == 256 * STEPS and stats["parameters"] == 853_120
+    assert stats["loss_first"] > math.log(512) - 0.3  # a random model starts near uniform over 512 tokens
+    assert stats["loss_final"] < stats["loss_first"] - 1.0
+    assert stats["val_loss_final"] < stats["loss_first"] - 1.0
+    assert artifact.extra["tokenizer_fingerprint"] == tokenizer_fingerprint(tokens / "tokenizer")
+    assert artifact.extra["tokenizer_fingerprint"] == Artifact.open(tokens).extra["tokenizer_fingerprint"]
+    assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [Artifact.open(tokens).fingerprint]
+    assert artifact.verify() == []
+
+    records = read_metrics(pretrained / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
+    assert set(steps[0]) >= {"loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu", "memory_gb"}
+    assert steps[0]["mfu"] is None and steps[0]["flops_per_s"] > 0  # CPU: no known peak, achieved FLOP/s only
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
+    assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
+
+    # resume state stays, unhashed: the last `keep` checkpoints (DeepSpeed files + our markers)
+    kept = sorted(p.name for p in (pretrained / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000010", "step-00000015"]
+    assert not any(f["path"].startswith("checkpoints/") for f in artifact.manifest["files"])
+
+    model = AutoModelForCausalLM.from_pretrained(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    assert model.config.vocab_size == len(tokenizer) and model.config.tie_word_embeddings
+    prompt = tokenizer("the model learns", return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == prompt["input_ids"].shape[1] + 8
+    # the saved weights are the trained ones: their loss on training text is the trained loss, not the initial
+    text = tokenizer(" ".join(sentences(40, seed=7)), return_tensors="pt")["input_ids"][:, :256]
+    with torch.no_grad():
+        assert model(text, labels=text).loss.item() < stats["loss_first"] - 1.0
+
+
+def test_rerun_is_up_to_date(pretrained, tokens, capsys):
+    before = (pretrained / "artifact.json").read_text()
+    assert run(tokens, pretrained, config()) == pretrained
+    assert (pretrained / "artifact.json").read_text() == before
+    assert "up to date" in capsys.readouterr().err
+
+
+def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained):
+    out = tmp_path / "model"
+    with pytest.raises(StoppedEarly, match="stopped at step 7"):
+        run(tokens, out, config(stop_after=7))
+    staging = tmp_path / "model.partial"
+    assert not out.exists()
+    assert sorted(p.name for p in (staging / "checkpoints").glob("step-*")) == [
+        "step-00000005",
+        "step-00000007",
+    ]
+    with pytest.raises(InputError, match="ZeRO-0, this run has 1 with ZeRO-2"):
+        run(tokens, out, config(distributed__zero=2))  # ZeRO shards do not load into another layout
+    run(tokens, out, config())
+    resumed = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "resume"]
+    assert [r["step"] for r in resumed] == [7]
+    reference, continued = losses(pretrained), losses(out)
+    assert sorted(continued) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert continued[step] == pytest.approx(reference[step], abs=1e-4), step
+
+
+def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, monkeypatch):
+    monkeypatch.setenv("LLMFORGE_INJECT_LOSS", "12:nan,16:100")
+    out = run(tokens, tmp_path / "model", config())
+    records = read_metrics(out / "metrics.jsonl")
+    rewinds = [r for r in records if r.get("event") == "rewind"]
+    assert [(r["step"], r["batch"]) for r in rewinds] == [(13, 12), (16, 16)]
+    assert "loss is nan" in rewinds[0]["reason"] and "loss spike" in rewinds[1]["reason"]
+    stats = Artifact.open(out).stats
+    assert stats["rewinds"] == 2 and stats["skipped_batches"] == [12, 16] and stats["steps"] == STEPS
+    assert json.loads((out / "checkpoints" / "skipped.json").read_text()) == {"batches": [12, 16]}
+    # the steps replayed from the step-10 checkpoint match the clean run; the batch after the skip differs
+    reference, rewound = losses(pretrained), losses(out)
+    assert rewound[11] == pytest.approx(reference[11], abs=1e-4)
+    assert rewound[12] == pytest.approx(reference[12], abs=1e-4)
+    assert rewound[13] != pytest.approx(reference[13], abs=1e-4)
+    assert all(math.isfinite(v) for v in rewound.values()) and stats["loss_final"] < stats["loss_first"] - 1.0
+
+
+def test_activation_checkpointing_and_bf16_autocast_train_the_same_model(tmp_path, tokens, pretrained):
+    reference = losses(pretrained)
+    with pytest.raises(StoppedEarly):
+        run(tokens, tmp_path / "ckpt", config(activation_checkpointing=True, stop_after=3))
+    recomputed = losses(tmp_path / "ckpt.partial")
+    assert [recomputed[s] for s in (1, 2, 3)] == pytest.approx([reference[s] for s in (1, 2, 3)], abs=1e-5)
+    with pytest.raises(StoppedEarly):
+        run(tokens, tmp_path / "bf16", config(precision="bf16", stop_after=3))
+    autocast = losses(tmp_path / "bf16.partial")
+    assert [autocast[s] for s in (1, 2, 3)] == pytest.approx([reference[s] for s in (1, 2, 3)], abs=0.05)
+    assert autocast[1] != reference[1]  # bf16 matmuls really ran
+
+
+def test_bad_inputs_are_one_clear_error(tmp_path, tokens, pretrained, tiny_tokenizer_dir):
+    documents = documents_artifact(tmp_path / "docs", ["some text"])
+    with pytest.raises(
+        InputError, match="pretrain needs a tokens artifact made by `llmforge tokenize encode`"
+    ):
+        run(documents, tmp_path / "a", config())
+    with pytest.raises(
+        InputError, match="model.vocab_size 1000 does not match the tokenizer's vocabulary of 512"
+    ):
+        run(tokens, tmp_path / "b", config(model__vocab_size=1000))
+    with pytest.raises(InputError, match=r"batch_tokens 300 is not a multiple of .* = 32 x 4 x 1 = 128"):
+        run(tokens, tmp_path / "c", config(batch_tokens=300))
+    with pytest.raises(
+        InputError, match=r"holds a different model artifact \(config.optim.lr: 0.003 -> 0.001"
+    ):
+        run(tokens, pretrained, config(optim__lr=1e-3))
+    with pytest.raises(InputError, match="less than one batch"):
+        run(tokens, tmp_path / "d", config(batch_tokens=2**20, micro_batch_size=8))
+    # a tokenizer swapped under the shards is caught before training
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tokens, swapped)
+    with open(swapped / "tokenizer" / "tokenizer.json", "a") as handle:
+        handle.write("\n")
+    with pytest.raises(InputError, match="tokenizer fingerprint differs"):
+        run(swapped, tmp_path / "e", config())
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
+    assert run(tokens, tmp_path / "model", config(distributed__zero=3), dry_run=True) is None
+    err = capsys.readouterr().err
+    for expected in ("pretraining plan", "853k", "tokens per parameter", "Chinchilla", "6ND", "ZeRO-3",
+                     "memory per device", "accumulation 2"):  # fmt: skip
+        assert expected in err, expected
+    assert not (tmp_path / "model").exists() and not (tmp_path / "model.partial").exists()
+
+
+# -- pieces ---------------------------------------------------------------------------------------------------
+
+
+def test_document_positions_restart_at_every_document():
+    ends = np.array([3, 5, 12, 20], dtype=np.uint64)  # documents [0,3) [3,5) [5,12) [12,20)
+    assert document_positions(ends, 0, 8).tolist() == [0, 1, 2, 0, 1, 0, 1, 2]
+    assert document_positions(ends, 4, 8).tolist() == [0, 0, 1, 2, 3, 4, 5, 6]  # window starts mid-document
+    assert document_positions(ends, 12, 8).tolist() == list(range(8))
+
+
+def test_packed_documents_do_not_see_each_other(tiny_tokenizer_dir):
+    """With restarting positions, a document's logits inside a packed row equal its logits alone (SDPA's
+    block-diagonal mask), and flattening the rows (FlashAttention's varlen layout) changes nothing."""
+    import torch
+
+    from llmforge.model.llama import build_config, build_model
+
+    model = build_model(build_config("tiny", 512, {}, max_position_embeddings=64), seed=1).eval()
+    model.config.use_cache = (
+        False  # as in training: transformers reads packing from positions only without a cache
+    )
+    first, second = torch.randint(0, 512, (1, 5)), torch.randint(0, 512, (1, 11))
+    packed = torch.cat([first, second], dim=1)
+    positions = torch.tensor([list(range(5)) + list(range(11))])
+    with torch.no_grad():
+        alone = model(second).logits[0]
+        masked = model(packed, position_ids=positions).logits[0, 5:]
+        leaky = model(packed).logits[0, 5:]
+        rows = Batch(torch.cat([packed, packed.flip(1)]).numpy(), np.zeros((2, 16), dtype=np.int64),
+                     torch.cat([positions, positions]).numpy())  # fmt: skip
+        flat = rows.flattened()
+        by_row = model(
+            torch.from_numpy(rows.input_ids), position_ids=torch.from_numpy(rows.position_ids)
+        ).logits
+        flattened = model(
+            torch.from_numpy(flat.input_ids), position_ids=torch.from_numpy(flat.position_ids)
+        ).logits
+    assert torch.allclose(masked, alone, atol=1e-5)
+    assert not torch.allclose(leaky, alone, atol=1e-3)
+    assert torch.allclose(flattened.view(2, 16, -1), by_row, atol=1e-5)
+
+
+def test_windows_are_addressed_by_batch_number(tokens):
+    windows = PackedWindows(tokens, "train", seq_len=32, seed=3)
+    batch = windows.micro_batch(7, 1, 0, micro_batch_size=4, accumulation=2, world_size=1)
+    # two processes split the same global batch between them
+    halves = [windows.micro_batch(7, 0, rank, 4, 1, 2) for rank in (0, 1)]
+    assert np.array_equal(batch.input_ids, halves[1].input_ids)
+    assert np.array_equal(batch.targets[:, :-1], batch.input_ids[:, 1:])
+    assert batch.input_ids.shape == (4, 32) and batch.position_ids.max() < 32
+    # the order goes on past the end of an epoch, reshuffled
+    epoch = len(windows)
+    assert sorted(windows.windows_of_batch(0, epoch).tolist()) == list(range(epoch))
+    assert not np.array_equal(windows.windows_of_batch(1, epoch), windows.windows_of_batch(0, epoch))
+
+
+def test_schedules():
+    cosine = Schedule("cosine", total_steps=101, warmup_steps=10)
+    assert [cosine(s) for s in (0, 9)] == pytest.approx([0.1, 1.0])
+    assert cosine(55) == pytest.approx(0.55) and cosine(100) == pytest.approx(0.1)
+    wsd = Schedule("wsd", total_steps=100, warmup_steps=10, decay_fraction=0.2)
+    assert [wsd(s) for s in (9, 50, 79)] == [1.0, 1.0, 1.0]
+    assert wsd(89) == pytest.approx(0.55) and wsd(99) == pytest.approx(0.1)
+    assert Schedule("constant", total_steps=100, warmup_steps=4)(50) == 1.0
