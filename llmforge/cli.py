@@ -161,6 +161,57 @@ def lineage(artifact: Annotated[Path, typer.Argument(help="An artifact directory
     console.print(tree)
 
 
+@app.command()
+@handle_errors
+def estimate(
+    model: Annotated[str | None, typer.Argument(help="A preset (tiny ... 7b), a model artifact or a Hugging Face model directory.")] = None,
+    params: Annotated[str | None, typer.Option(help="A parameter count instead of a model, e.g. 7B.")] = None,
+    vocab: Annotated[int, typer.Option(help="Vocabulary of a preset or explicit dimensions.")] = 32000,
+    hidden: Annotated[int | None, typer.Option(help="Explicit width (overrides the model's).")] = None,
+    layers: Annotated[int | None, typer.Option(help="Explicit layer count.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Explicit attention heads.")] = None,
+    kv_heads: Annotated[int | None, typer.Option(help="Explicit key/value heads (default: heads).")] = None,
+    intermediate: Annotated[int | None, typer.Option(help="Explicit SwiGLU width.")] = None,
+    tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Shared input/output embeddings.")] = None,
+    tokens: Annotated[str | None, typer.Option(help="Training tokens, e.g. 300B (default: Chinchilla, 20 per parameter).")] = None,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs/token, activations and KV cache.")] = 2048,
+    gpus: Annotated[int, typer.Option(help="Devices the training is spread over.")] = 1,
+    zero: Annotated[int, typer.Option(help="The ZeRO stage you plan to use (all four are shown).")] = 0,
+    precision: Annotated[str, typer.Option(help="bf16 (mixed, 16 bytes/param with Adam), fp16, bf16-autocast or fp32.")] = "bf16",
+    offload: Annotated[str | None, typer.Option(help="cpu: optimizer states (ZeRO-3: weights too) in CPU memory.")] = None,
+    micro_batch: Annotated[int, typer.Option(help="Sequences per device per pass, for activations.")] = 1,
+    checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing, for activations.")] = False,
+    gpu: Annotated[str | None, typer.Option(help="GPU model for its peak FLOP/s, e.g. H100, A100.")] = None,
+    peak_tflops: Annotated[float | None, typer.Option(help="Peak TFLOP/s per device instead of --gpu.")] = None,
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation to expect.")] = 0.4,
+    price: Annotated[float | None, typer.Option(help="Price per GPU-hour, for the cost.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON on stdout.")] = False,
+) -> None:  # fmt: skip
+    """Parameters, memory per device by ZeRO stage, FLOPs (6ND), Chinchilla tokens, KV cache, GPU-hours and cost."""
+    import json
+
+    from rich.table import Table
+
+    from llmforge.model import estimate as math
+
+    shape = math.resolve_shape(model, vocab, hidden, layers, heads, kv_heads, intermediate, tied)
+    count = math.parse_count(params, "--params") if params is not None else None
+    result = math.estimate(params=count, shape=shape, tokens=math.parse_count(tokens, "--tokens") if tokens else None,
+                           devices=gpus, zero=zero, precision=precision, offload=offload, seq_len=seq_len,
+                           micro_batch=micro_batch, checkpointing=checkpointing, gpu=gpu, peak_tflops=peak_tflops,
+                           mfu=mfu, price_per_gpu_hour=price)  # fmt: skip
+    if json_:
+        print(json.dumps(result.as_dict(), indent=2))
+        return
+    title = f"estimate: {model or params or 'explicit dimensions'}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="cyan")
+    table.add_column()
+    for what, value in math.report_rows(result):
+        table.add_row(what, value)
+    console.print(table)
+
+
 @app.command(no_args_is_help=True)
 @handle_errors
 def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup.")]) -> None:

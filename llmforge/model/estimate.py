@@ -363,3 +363,47 @@ def report_rows(result: Estimate) -> list[tuple[str, str]]:
     if result.cost is not None:
         rows.append((f"cost at {result.price_per_gpu_hour:g}/GPU-hour", f"{result.cost:,.0f}"))
     return rows
+
+
+def resolve_shape(model: str | None, vocab_size: int = 32000, hidden_size: int | None = None,
+                  num_layers: int | None = None, num_heads: int | None = None, num_kv_heads: int | None = None,
+                  intermediate_size: int | None = None, tie_embeddings: bool | None = None,
+                  qk_norm: bool = False) -> ModelShape | None:  # fmt: skip
+    """The shape named by `model` (a preset, a model artifact or a Hugging Face directory) with explicit
+    dimensions overriding it, or built from explicit dimensions alone; None when nothing describes a shape."""
+    from llmforge.model.llama import PRESETS
+
+    dims = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
+            "num_key_value_heads": num_kv_heads, "intermediate_size": intermediate_size,
+            "tie_word_embeddings": tie_embeddings}  # fmt: skip
+    given = {k: v for k, v in dims.items() if v is not None}
+    if model is not None and Path(model).is_dir():
+        shape = ModelShape.from_directory(model)
+        if given:
+            base = _hf_dims(shape)
+            if "hidden_size" in given or "num_attention_heads" in given:
+                base.pop("head_dim")
+            shape = ModelShape.from_hf_config({**base, **given})
+        return shape
+    if model is not None:
+        if model not in PRESETS:
+            raise InputError(f"{model}: neither a preset ({', '.join(PRESETS)}) nor a model directory")
+        return ModelShape.from_preset(model, vocab_size, **given, qk_norm=qk_norm)
+    if not given:
+        return None
+    required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [key for key in required if key not in given]
+    if missing:
+        raise InputError(f"explicit dimensions need {', '.join(required)}; missing {', '.join(missing)}")
+    return ModelShape(vocab_size=vocab_size, hidden_size=given["hidden_size"], num_layers=given["num_hidden_layers"],
+                      num_heads=given["num_attention_heads"],
+                      num_kv_heads=given.get("num_key_value_heads", given["num_attention_heads"]),
+                      intermediate_size=given["intermediate_size"],
+                      tie_embeddings=given.get("tie_word_embeddings", False), qk_norm=qk_norm)  # fmt: skip
+
+
+def _hf_dims(shape: ModelShape) -> dict[str, Any]:
+    return {"vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers,
+            "num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_kv_heads,
+            "intermediate_size": shape.intermediate_size, "tie_word_embeddings": shape.tie_embeddings,
+            "head_dim": shape.head_dim, "model_type": "qwen3" if shape.qk_norm else "llama"}  # fmt: skip

@@ -1,0 +1,103 @@
+"""llmforge estimate: golden numbers from the seeds and from published model shapes."""
+
+import json
+
+import pytest
+from helpers import llmforge
+
+from llmforge.errors import InputError
+from llmforge.model.estimate import (
+    ModelShape,
+    device_peak_flops,
+    estimate,
+    parse_count,
+    resolve_shape,
+    training_memory,
+)
+
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
+                 intermediate_size=11008, tie_embeddings=False)  # fmt: skip
+
+
+def test_seven_billion_parameters_need_112_gb_or_14_per_gpu_over_eight():
+    result = estimate(params=7e9, devices=8, zero=3)
+    assert result.memory_per_device[0]["total"] == pytest.approx(
+        112e9
+    )  # 16 bytes/param, mixed-precision Adam
+    assert result.memory_per_device[3]["total"] == pytest.approx(14e9)  # fully sharded over 8
+    assert result.memory_per_device[1]["total"] == pytest.approx(7e9 * (2 + 2) + 7e9 * 12 / 8)
+    assert result.memory_per_device[2]["total"] == pytest.approx(7e9 * 2 + 7e9 * (2 + 12) / 8)
+    assert result.chinchilla_tokens == pytest.approx(140e9) and result.tokens_per_parameter == pytest.approx(
+        20
+    )
+    assert result.training_flops == pytest.approx(6 * 7e9 * 140e9)
+
+
+def test_seventy_billion_in_fp32_is_280_gb_of_weights():
+    assert estimate(params=70e9, precision="fp32").weights_bytes["fp32"] == pytest.approx(280e9)
+    assert training_memory(70e9, zero=0, devices=1, precision="fp32")["weights"] == pytest.approx(280e9)
+    assert training_memory(70e9, zero=0, devices=1, precision="fp32")["optimizer"] == pytest.approx(560e9)
+
+
+def test_offload_moves_optimizer_states_and_zero3_weights_to_cpu():
+    zero2 = training_memory(7e9, zero=2, devices=8, precision="bf16", offload="cpu")
+    assert zero2["optimizer"] == 0 and zero2["cpu_optimizer"] == pytest.approx(7e9 * 12 / 8)
+    zero3 = training_memory(7e9, zero=3, devices=8, precision="bf16", offload="cpu")
+    assert zero3["total"] == pytest.approx(7e9 * 2 / 8) and zero3["cpu_weights"] == pytest.approx(7e9 * 2 / 8)
+
+
+def test_shapes_count_parameters_kv_cache_and_flops_like_the_published_models():
+    llama2 = ModelShape(**LLAMA2_7B)
+    assert llama2.parameters() == 6_738_415_616  # Llama-2-7b-hf
+    assert llama2.kv_cache_bytes(4096) == 2 * 32 * 32 * 128 * 4096 * 2  # 0.5 MB per token in bf16
+    assert llama2.flops_per_token(4096) == pytest.approx(
+        6 * (llama2.parameters() - 32000 * 4096) + 12 * 32 * 4096 * 4096
+    )
+    gqa = ModelShape(**{**LLAMA2_7B, "num_kv_heads": 8})
+    assert gqa.kv_cache_bytes(4096) == llama2.kv_cache_bytes(4096) / 4
+
+
+def test_gpu_hours_and_cost():
+    result = estimate(params=7e9, gpu="NVIDIA H100 80GB HBM3", mfu=0.4, price_per_gpu_hour=2.0)
+    hours = 6 * 7e9 * 140e9 / (989e12 * 0.4) / 3600
+    assert result.gpu_hours == pytest.approx(hours) and result.cost == pytest.approx(2 * hours)
+    assert (
+        device_peak_flops("NVIDIA H100 PCIe") == 756e12
+        and device_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    )
+    assert device_peak_flops("some CPU") is None
+    with pytest.raises(InputError, match="peak FLOP/s unknown"):
+        estimate(params=1e9, gpu="Voodoo2")
+
+
+def test_shapes_from_presets_dimensions_and_model_directories(tiny_model):
+    assert resolve_shape("tiny", vocab_size=512).parameters() == 853_120
+    assert resolve_shape(
+        None, hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=11008
+    ).parameters() == (6_738_415_616)
+    assert resolve_shape(str(tiny_model)).parameters() == 853_120
+    assert resolve_shape(str(tiny_model), num_layers=8).num_layers == 8
+    assert resolve_shape(None) is None
+    with pytest.raises(InputError, match="neither a preset"):
+        resolve_shape("huge")
+    with pytest.raises(InputError, match="missing num_attention_heads, intermediate_size"):
+        resolve_shape(None, hidden_size=64, num_layers=2)
+    assert parse_count("7B") == 7e9 and parse_count("350m") == 350e6 and parse_count("1.5e12") == 1.5e12
+    with pytest.raises(InputError, match="expected a number like 7B"):
+        parse_count("lots")
+
+
+def test_estimate_command(tmp_path):
+    result = llmforge("estimate", "--params", "7B", "--gpus", "8", "--zero", "3", "--json")
+    numbers = json.loads(result.stdout)
+    assert (
+        numbers["memory_per_device"]["0"]["total"] == 112e9
+        and numbers["memory_per_device"]["3"]["total"] == 14e9
+    )
+    assert numbers["chinchilla_tokens"] == 140e9
+    table = llmforge("estimate", "--params", "70B", "--precision", "fp32", "--gpu", "A100", "--price", "1.5")
+    assert table.stdout == ""
+    assert "fp32 280 GB" in table.stderr and "ZeRO-0 per device (1 x, fp32) <" in table.stderr
+    assert "cost at 1.5/GPU-hour" in table.stderr
+    bad = llmforge("estimate", "--params", "many", check=False)
+    assert bad.returncode == 2 and "expected a number like 7B" in bad.stderr
