@@ -96,6 +96,13 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
                      lambda ctx: _quantize(ctx, source, texts, config), force=force)  # fmt: skip
 
 
+def _quantize(ctx, source, texts: Texts, config: Config) -> None:
+    from llmforge.console import stdout_to_stderr
+
+    with stdout_to_stderr():  # llm-compressor and DeepSpeed (pulled in by accelerate) log to stdout
+        _measure_and_quantize(ctx, source, texts, config)
+
+
 def _context(source) -> int:
     from transformers import AutoConfig
 
@@ -142,7 +149,7 @@ def weights_bytes(directory: Path) -> int:
     )
 
 
-def _quantize(ctx, source, texts: Texts, config: Config) -> None:
+def _measure_and_quantize(ctx, source, texts: Texts, config: Config) -> None:
     from transformers import AutoModelForCausalLM
 
     from llmforge.console import log, warn

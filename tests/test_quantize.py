@@ -1,0 +1,181 @@
+"""`llmforge quantize`: checkpoints that reload in transformers close to the original, with measured drift."""
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import documents_artifact, llmforge, random_adapter_artifact, sentences, tokens_artifact
+
+from llmforge.errors import InputError
+from llmforge.stages import quantize
+
+SMALL = {"calibration_samples": 4, "seq_len": 64, "eval_tokens": 512}
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_tokenizer_dir, tmp_path_factory):
+    return tokens_artifact(tmp_path_factory.mktemp("q") / "tokens", tiny_tokenizer_dir, sentences(300, seed=5),
+                           val_fraction=0.2)  # fmt: skip
+
+
+def manifest(path) -> dict:
+    return json.loads((Path(path) / "artifact.json").read_text())
+
+
+def similarity(reference_dir, quantized_dir) -> float:
+    """Cosine similarity of the two models' logits on the same tokens (1.0 = the same predictions)."""
+    import torch
+
+    from llmforge.model.loading import load_model, resolve_model
+
+    ids = torch.tensor([list(range(3, 40))])
+    with torch.inference_mode():
+        a, b = (
+            load_model(resolve_model(d, "eval")).eval()(ids).logits.flatten()
+            for d in (reference_dir, quantized_dir)
+        )
+    return float(torch.cosine_similarity(a, b, dim=0))
+
+
+def held_out_perplexity(model_dir, tokens_dir, seq_len, eval_tokens) -> float:
+    """Perplexity computed the plain transformers way (labels=), on the held-out windows the stage uses."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.data.shards import TokenShards
+
+    stream = [int(t) for doc in TokenShards(tokens_dir).documents("val") for t in doc]
+    windows = [stream[i : i + seq_len] for i in range(0, eval_tokens, seq_len)]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        losses = [float(model(torch.tensor([w]), labels=torch.tensor([w])).loss) for w in windows]
+    return math.exp(sum(losses) / len(losses))
+
+
+def test_gptq_w4a16_merges_the_adapter_and_reports_size_and_perplexity(tiny_model, tokens, tmp_path, capsys):
+    adapter = random_adapter_artifact(tmp_path / "adapter", tiny_model, seed=3)
+    # a budget this tight is breached: the stage warns and records it, and still delivers the checkpoint
+    out = quantize.run(
+        adapter, tokens, tmp_path / "q4", quantize.Config(method="w4a16", budget_pct=1e-6, **SMALL)
+    )
+    m = manifest(out)
+    assert m["kind"] == "quantized-model" and m["stage"] == "quantize"
+    assert m["extra"]["method"] == "w4a16" and m["extra"]["format"] == "compressed-tensors"
+    assert m["extra"]["base_model"]["fingerprint"] == manifest(adapter)["fingerprint"]
+    assert m["extra"]["tokenizer_fingerprint"] == manifest(tiny_model)["extra"]["tokenizer_fingerprint"]
+    assert [i["kind"] for i in m["inputs"]] == ["adapter", "tokens"]
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors"
+    assert config["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    assert (out / "chat_template.jinja").read_bytes() == (
+        Path(tiny_model) / "chat_template.jinja"
+    ).read_bytes()
+
+    stats = m["stats"]
+    assert stats["algorithm"] == "gptq" and stats["calibration_windows"] == 4
+    assert stats["bytes_after"] == sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert (
+        stats["bytes_before"] == (Path(tiny_model) / "model.safetensors").stat().st_size
+    )  # the merged weights
+    assert stats["compression"] > 3 and stats["eval_tokens"] == 512
+    # the perplexities in the manifest are what plain transformers measures on the same held-out text
+    merged = tmp_path / "adapter-merged"
+    from llmforge.model.loading import load_model, resolve_model
+
+    load_model(resolve_model(adapter, "eval"), merge=True).save_pretrained(merged)
+    assert stats["perplexity_before"] == pytest.approx(held_out_perplexity(merged, tokens, 64, 512), rel=1e-4)
+    assert stats["perplexity_after"] == pytest.approx(held_out_perplexity(out, tokens, 64, 512), rel=1e-4)
+    delta = 100 * (stats["perplexity_after"] - stats["perplexity_before"]) / stats["perplexity_before"]
+    assert stats["perplexity_delta_pct"] == pytest.approx(delta, abs=2e-3)
+    assert delta > 1e-6 and stats["budget_pct"] == 1e-6 and stats["within_budget"] is False
+    assert "beyond the 1e-06% budget for 4-bit" in capsys.readouterr().err
+
+    assert 0.9 < similarity(merged, out) < 0.9999  # 4-bit: close, not equal
+
+
+@pytest.mark.parametrize("method", ["w8a16", "w8a8", "torchao-int8", "torchao-int8-dynamic"])
+def test_round_to_nearest_methods_reload_close_to_the_original(method, tiny_model, tokens, tmp_path):
+    out = quantize.run(
+        tiny_model, tokens, tmp_path / method, quantize.Config(method=method, algorithm="rtn", **SMALL)
+    )
+    stats = manifest(out)["stats"]
+    assert stats["algorithm"] == "rtn" and stats["calibration_windows"] == 0
+    assert stats["budget_pct"] == 1.0 and abs(stats["perplexity_delta_pct"]) < 1.0 and stats["within_budget"]
+    assert 2.5 < stats["compression"] < 4  # int8 weights (scales and the full-precision embedding stay)
+    assert similarity(tiny_model, out) > 0.999
+
+
+def test_the_embedded_server_engine_runs_a_torchao_checkpoint(tiny_model, tokens, tmp_path):
+    import queue
+
+    import torch
+
+    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
+    from llmforge.serving.engine import Engine, GenerationRequest, SamplingParams
+
+    out = quantize.run(tiny_model, tokens, tmp_path / "ao", quantize.Config(method="torchao-int8", **SMALL))
+    source = resolve_model(out, "serve")
+    model, tokenizer = load_model(source).eval(), load_tokenizer(source)
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+    ids = tokenizer("the model learns")["input_ids"]
+    expected = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=None,
+                              pad_token_id=tokenizer.pad_token_id)[0, len(ids) :].tolist()  # fmt: skip
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=512)
+    engine.start()
+    try:
+        events = queue.Queue()
+        request = GenerationRequest(
+            ids, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True), events.put
+        )
+        engine.submit(request)
+        while events.get(timeout=60).finish_reason is None:
+            pass
+    finally:
+        engine.stop()
+    assert request.output_ids == expected
+
+
+@pytest.mark.slow
+def test_cli_with_documents_data_is_idempotent(tiny_model, tmp_path):
+    docs = documents_artifact(tmp_path / "docs", sentences(200, seed=9))
+    out = tmp_path / "q"
+    args = ["quantize", tiny_model, "--data", docs, "-o", out, "--method", "torchao-int8-dynamic",
+            "--seq-len", "64", "--eval-tokens", "512"]  # fmt: skip
+    result = llmforge(*args)
+    assert result.stdout == f"{out}\n"  # nothing but the path, whatever the libraries log
+    m = manifest(out)
+    assert [i["kind"] for i in m["inputs"]] == ["model", "documents"]
+    assert (
+        m["stats"]["eval_tokens"] == 320
+    )  # every 10th document is held out: 20 short ones, five 64-token windows
+    assert m["stats"]["budget_pct"] == 1.0 and "perplexity_delta_pct" in result.stderr  # the table on screen
+    again = llmforge(*args)
+    assert again.stdout == f"{out}\n" and "up to date" in again.stderr
+
+
+def test_bad_inputs_are_refused_before_any_work(tiny_model, tokens, tmp_path, tiny_tokenizer_dir):
+    from helpers import train_tiny_tokenizer
+
+    with pytest.raises(InputError, match="needs a model, adapter or quantized-model artifact"):
+        quantize.run(tokens, tokens, tmp_path / "x")
+    with pytest.raises(InputError, match="needs a tokens artifact or a documents artifact"):
+        quantize.run(tiny_model, tiny_model, tmp_path / "x")
+    other_tokenizer = train_tiny_tokenizer(tmp_path / "tok", vocab_size=400)
+    foreign = tokens_artifact(tmp_path / "foreign", other_tokenizer, sentences(50))
+    with pytest.raises(InputError, match="encoded with another tokenizer"):
+        quantize.run(tiny_model, foreign, tmp_path / "x")
+    no_val = tokens_artifact(tmp_path / "noval", tiny_tokenizer_dir, sentences(50), val_fraction=0.0)
+    import shutil
+
+    shutil.rmtree(no_val / "val")
+    index = json.loads((no_val / "shards.json").read_text())
+    index["splits"].pop("val")
+    (no_val / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="no held-out 'val' tokens"):
+        quantize.run(tiny_model, no_val, tmp_path / "x")
+    done = quantize.run(tiny_model, tokens, tmp_path / "q", quantize.Config(method="torchao-int8", **SMALL))
+    with pytest.raises(InputError, match="already quantized"):
+        quantize.run(done, tokens, tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
