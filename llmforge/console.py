@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,21 @@ def error(message: str) -> None:
 def emit(path: Any) -> None:
     """The one line on stdout: the output artifact's path, so `$(llmforge dedup ...)` composes."""
     print(str(path), file=sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to stdout (file descriptor 1) to stderr for the duration: some libraries log to
+    stdout (llm-compressor's loguru sink, DeepSpeed's logger), which would break `$(llmforge ...)`."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class RateColumn(ProgressColumn):
