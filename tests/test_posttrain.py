@@ -7,7 +7,7 @@ from helpers import chat_records, documents_artifact_from_records, llmforge, wri
 
 from llmforge.errors import InputError
 from llmforge.stages import dpo, grpo, sft
-from llmforge.train.posttrain import LoraSettings, read_records
+from llmforge.train.posttrain import LoraSettings, dataset_ref, read_records
 
 
 def test_lora_defaults_follow_the_recipe():
@@ -101,7 +101,7 @@ def test_parquet_and_documents_inputs(tmp_path):
     )
     records = read_records(documents, "sft", sft.validator(sft.Config()))
     assert records.shape == "text" and [r["text"] for r in records.items] == ["one document", "two"]
-    assert records.ref.kind == "documents"
+    assert dataset_ref(documents, "sft").kind == "documents"
 
 
 def test_empty_assistant_mask_is_refused_before_training(tmp_path, tiny_model):

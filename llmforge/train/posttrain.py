@@ -12,6 +12,7 @@ is merged into its base first and every weight is trained.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -192,11 +193,10 @@ def common_values(values: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Records:
-    """Validated, normalised records of one dataset, with their source for the manifest."""
+    """Validated, normalised records of one dataset."""
 
     items: list[dict[str, Any]]
     shape: str
-    ref: InputRef
     locations: list[str]  # file:line of each record, for errors found later (chat template masks)
 
 
@@ -238,6 +238,21 @@ def _documents_rows(artifact: Artifact) -> Iterator[tuple[str, Any]]:
             yield location, document
 
 
+def dataset_files(path: str) -> list[str]:
+    files = [f for f in expand_paths([path]) if f.endswith(DATA_SUFFIXES)]
+    if not files:
+        raise InputError(f"{path}: no dataset files (.jsonl, .json, .parquet) and not a documents artifact")
+    return files
+
+
+def dataset_ref(path: str | Path, stage: str) -> InputRef:
+    """The dataset's lineage entry (content fingerprint), without reading its records."""
+    path = str(path)
+    if (Path(path) / MANIFEST).is_file():
+        return open_artifact(path, stage, ["documents"]).ref()
+    return raw_input(path, dataset_files(path))
+
+
 def read_records(path: str | Path, stage: str, validate: Validator) -> Records:
     """Read a JSONL / Parquet file (or a folder or glob of them) or a documents artifact, checking every record.
 
@@ -245,15 +260,9 @@ def read_records(path: str | Path, stage: str, validate: Validator) -> Records:
     """
     path = str(path)
     if (Path(path) / MANIFEST).is_file():
-        artifact = open_artifact(path, stage, ["documents"])
-        rows, ref = _documents_rows(artifact), artifact.ref()
+        rows = _documents_rows(open_artifact(path, stage, ["documents"]))
     else:
-        files = [f for f in expand_paths([path]) if f.endswith(DATA_SUFFIXES)]
-        if not files:
-            raise InputError(
-                f"{path}: no dataset files (.jsonl, .json, .parquet) and not a documents artifact"
-            )
-        ref = raw_input(path, files)
+        files = dataset_files(path)
         rows = (row for file in files for row in (_parquet_rows(file) if file.endswith(".parquet")
                                                   else _jsonl_lines(file)))  # fmt: skip
     items, locations, shape, first_location = [], [], None, None
@@ -273,7 +282,7 @@ def read_records(path: str | Path, stage: str, validate: Validator) -> Records:
         locations.append(location)
     if not items:
         raise InputError(f"{path}: holds no records; there is nothing to {stage}")
-    return Records(items=items, shape=shape, ref=ref, locations=locations)
+    return Records(items=items, shape=shape, locations=locations)
 
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -431,44 +440,62 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
 
     config = resolve_learning_rate(config, *stage.default_rates)
     source = open_model(model, stage.name)
-    if config.lora.qlora and (reason := qlora_unavailable()):
-        raise InputError(reason)
-    if config.lora.merge and source.is_adapter and not config.lora.enabled:
-        raise InputError("--merge merges the adapter this stage trains; it needs --lora")
-    if callbacks and uses_launcher(config):
-        raise InputError(
-            "extra callbacks run in-process only; they cannot be combined with --nproc or --zero"
-        )
-    if config.zero is not None:
-        from llmforge.train.deepspeed import deepspeed_config
-
-        deepspeed_config(config.zero, config.offload)  # refuses impossible combinations before any work
-    records = read_records(data, stage.name, stage.validate(config))
-    tokenizer = load_tokenizer(source)
-    if stage.check is not None:
-        stage.check(records, tokenizer, config)
-    log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
-        f"{describe_method(config, source)}")  # fmt: skip
     kind = output_kind(config)
+    inputs = [source.ref(), dataset_ref(data, stage.name)]
+    if up_to_date(out, stage.name, config, inputs):  # nothing to validate or load: run_stage says so
+        return run_stage(stage.name, kind, config, inputs, out, lambda ctx: None, force=force)
+    # stdout carries only the output path: libraries that print or log to stdout (DeepSpeed's logger, TRL) are
+    # sent to stderr while they run; run_stage prints the path after the body.
+    with contextlib.redirect_stdout(sys.stderr):
+        if config.lora.qlora and (reason := qlora_unavailable()):
+            raise InputError(reason)
+        if config.lora.merge and source.is_adapter and not config.lora.enabled:
+            raise InputError("--merge merges the adapter this stage trains; it needs --lora")
+        if callbacks and uses_launcher(config):
+            raise InputError(
+                "extra callbacks run in-process only; they cannot be combined with --nproc or --zero"
+            )
+        if config.zero is not None:
+            from llmforge.train.deepspeed import deepspeed_config
 
-    def body(ctx) -> None:
-        logs = ctx.work / LOGS
-        logs.mkdir(exist_ok=True)
-        _write_jsonl(logs / "dataset.jsonl", records.items)
-        job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"), model=str(source.path),
-                  data=str(logs / "dataset.jsonl"), work=str(ctx.work), shape=records.shape)  # fmt: skip
-        (logs / "job.json").write_text(json.dumps(asdict(job), indent=2))
-        if uses_launcher(config):
-            launch_workers(logs / "job.json", config)
-        else:
-            train_job(job, callbacks=callbacks)
-        result = json.loads((logs / "result.json").read_text())
-        write_payload(ctx, source, config, kind)
-        history = result.pop("log_history")
-        ctx.stats.update({"records": len(records.items), "shape": records.shape, **result,
-                          **stage.summarize(history)})  # fmt: skip
+            deepspeed_config(config.zero, config.offload)  # refuses impossible combinations before any work
+        records = read_records(data, stage.name, stage.validate(config))
+        tokenizer = load_tokenizer(source)
+        if stage.check is not None:
+            stage.check(records, tokenizer, config)
+        log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
+            f"{describe_method(config, source)}")  # fmt: skip
 
-    return run_stage(stage.name, kind, config, [source.ref(), records.ref], out, body, force=force)
+        def body(ctx) -> None:
+            with contextlib.redirect_stdout(sys.stderr):
+                train_and_write(ctx)
+
+        def train_and_write(ctx) -> None:
+            logs = ctx.work / LOGS
+            logs.mkdir(exist_ok=True)
+            _write_jsonl(logs / "dataset.jsonl", records.items)
+            job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"), model=str(source.path),
+                      data=str(logs / "dataset.jsonl"), work=str(ctx.work), shape=records.shape)  # fmt: skip
+            (logs / "job.json").write_text(json.dumps(asdict(job), indent=2))
+            if uses_launcher(config):
+                launch_workers(logs / "job.json", config)
+            else:
+                train_job(job, callbacks=callbacks)
+            result = json.loads((logs / "result.json").read_text())
+            write_payload(ctx, source, config, kind)
+            history = result.pop("log_history")
+            ctx.stats.update({"records": len(records.items), "shape": records.shape, **result,
+                              **stage.summarize(history)})  # fmt: skip
+
+    return run_stage(stage.name, kind, config, inputs, out, body, force=force)
+
+
+def up_to_date(out: str | Path, stage: str, config: PostTrainConfig, inputs: list[InputRef]) -> bool:
+    from llmforge.artifacts import fingerprint_of
+
+    return (Path(out) / MANIFEST).is_file() and Artifact.open(out).fingerprint == fingerprint_of(
+        stage, config, inputs
+    )
 
 
 def describe_method(config: PostTrainConfig, source) -> str:
@@ -501,7 +528,7 @@ def launch_workers(job_path: Path, config: PostTrainConfig) -> None:
                "-m", "llmforge.train.posttrain", str(job_path)]  # fmt: skip
     log(f"launching {config.nproc} training process(es)" + (f" with DeepSpeed ZeRO-{config.zero}"
         + (" + CPU offload" if config.offload == "cpu" else "") if config.zero is not None else ""))  # fmt: skip
-    completed = subprocess.run(command, env=env)
+    completed = subprocess.run(command, env=env, stdout=sys.stderr.fileno())  # workers log to stderr too
     if completed.returncode != 0:
         raise LLMForgeError(f"training workers failed (exit {completed.returncode}, see the log above); "
                             "re-run the same command to resume from the last checkpoint")  # fmt: skip
