@@ -11,7 +11,7 @@ import signal
 import socket
 from typing import Any
 
-from llmforge.console import emit, log
+from llmforge.console import emit, log, stdout_to_stderr
 from llmforge.errors import InputError
 from llmforge.serving.models import ServingPlan, load
 from llmforge.serving.openai_api import Defaults, ServerState, build_app
@@ -71,7 +71,8 @@ def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     log(f"loading {serving.base.path} ({serving.base.kind}) for the embedded CPU server")
-    model, tokenizer = load(serving, dtype=config.dtype)
+    with stdout_to_stderr():  # stdout is for the URL alone; some libraries log there while loading
+        model, tokenizer = load(serving, dtype=config.dtype)
     defaults, eos_ids = generation_defaults(model)
     context = model.config.max_position_embeddings
     max_model_len = min(config.max_model_len or context, context)
