@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import shutil
 
 import pytest
@@ -301,3 +302,34 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
     assert isinstance(ray[0], RayPipelineExecutor) and ray[1].depends is ray[0]
     assert (ray[0].tasks, ray[0].cpus_per_task, ray[0].workers) == (3, 4, 3)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+def test_waiting_for_slurm_jobs(tmp_path, monkeypatch):
+    """The command waits for the cluster's completion marks, and stops when Slurm no longer knows the job."""
+    import threading
+    from types import SimpleNamespace
+
+    from llmforge.data.executors import Step, _wait_for_slurm
+    from llmforge.errors import LLMForgeError
+
+    logs = tmp_path / "logs" / "filter"
+    step, executor = Step("filter", list, 3), SimpleNamespace(job_id="4242")
+    squeue = tmp_path / "bin" / "squeue"
+    squeue.parent.mkdir()
+    squeue.write_text('#!/bin/sh\n[ -f "$(dirname "$0")/running" ] && echo "4242_0 cpu crawl R"\nexit 0\n')
+    squeue.chmod(0o755)
+    (squeue.parent / "running").touch()
+    monkeypatch.setenv("PATH", f"{squeue.parent}:{os.environ['PATH']}")
+
+    def finish_tasks():
+        for rank in range(3):
+            (logs / "completions").mkdir(parents=True, exist_ok=True)
+            (logs / "completions" / f"{rank:05d}").touch()
+
+    threading.Timer(0.2, finish_tasks).start()
+    _wait_for_slurm(step, executor, logs, poll=0.05)  # returns once the 3 tasks are marked complete
+
+    (logs / "completions" / "00002").unlink()
+    (squeue.parent / "running").unlink()  # the job ended with a task unfinished
+    with pytest.raises(LLMForgeError, match="Slurm job 4242 .filter. ended with 1 tasks unfinished"):
+        _wait_for_slurm(step, executor, logs, poll=0.05)

@@ -1,0 +1,150 @@
+"""Our datatrove blocks on their own: PII patterns, offline language ID (py3langid and a user's fastText model),
+per-language quality rules, the bundled URL blocklist, n-gram decontamination."""
+
+import struct
+
+import numpy as np
+import pytest
+from datatrove.data import Document
+from warc_factory import prose
+
+from llmforge.data import blocks
+
+
+def doc(text: str, **metadata) -> Document:
+    return Document(text=text, id="x", metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    "text, redacted",
+    [
+        ("mail jane.doe@mail-example.org now", "mail <EMAIL> now"),
+        ("call +1 (555) 123-4567.", "call <PHONE_NUMBER>."),
+        ("call 555-123-4567 or 030 1234 5678 or +49 30 12345678", "call <PHONE_NUMBER> or <PHONE_NUMBER> or <PHONE_NUMBER>"),
+        ("card 4111 1111 1111 1111 and 5500-0000-0000-0004", "card <CREDIT_CARD> and <CREDIT_CARD>"),
+        ("host 8.8.8.8 and 2a00:1450:4001:81b::200e.", "host <IP_ADDRESS> and <IP_ADDRESS>."),
+        # not PII: failed Luhn check, private addresses, times, dates, years, plain numbers, version strings
+        ("card 4111 1111 1111 1112", None),
+        ("lan 192.168.1.20, 10.0.0.1, fe80::1 and ::1", None),
+        ("at 12:30:45 on 2023-10-12 or 12.10.2023", None),
+        ("from 1990 2000 2010 to 100 200 300", None),
+        ("version 3.11.7 costs 1,234,567 dollars", None),
+    ],
+)  # fmt: skip
+def test_pii_patterns(text, redacted):
+    scanner = blocks.PIIScanner(list(blocks.PII_KINDS))
+    assert scanner.redact(text)[0] == (redacted or text)
+
+
+def test_pii_counts_and_policies():
+    scanner = blocks.PIIScanner(["email", "phone"])
+    text = "a@b-mail.com, c@d-mail.com, +1 555 123 4567 and 8.8.8.8"
+    assert scanner.redact(text) == ("<EMAIL>, <EMAIL>, <PHONE_NUMBER> and 8.8.8.8", {"email": 2, "phone": 1})
+    assert (
+        blocks.PIIScanner(["ip"], public_ips_only=False).redact("lan 192.168.1.20")[0] == "lan <IP_ADDRESS>"
+    )
+    assert blocks.luhn_valid("79927398713") and not blocks.luhn_valid("79927398710")
+    assert blocks.PIIFilter(["email"]).filter(doc("x@y-mail.com")) == (False, "contains_email")
+    assert blocks.PIIFilter(["email"]).filter(doc("no address here")) is True
+    with pytest.raises(ValueError, match="unknown PII kinds"):
+        blocks.PIIScanner(["ssn"])
+
+
+def test_py3langid_labels_and_filters_languages():
+    texts = {language: " ".join(prose(3, language)) for language in ("en", "de", "fr", "es")}
+    language_id = blocks.Py3LangIdFilter(["en", "de"], min_confidence=0.65)
+    documents = {language: doc(text) for language, text in texts.items()}
+    results = {language: language_id.filter(d) for language, d in documents.items()}
+    assert results == {"en": True, "de": True, "fr": (False, "language_fr"), "es": (False, "language_es")}
+    assert {lang: d.metadata["language"] for lang, d in documents.items()} == {l: l for l in texts}  # noqa: E741
+    assert all(d.metadata["language_score"] > 0.9 for d in documents.values())
+    # a few words of three languages: no language is likely enough
+    mixed = doc("Hello world. Hallo Welt. Bonjour le monde.")
+    assert language_id.filter(mixed) == (False, "low_confidence") and mixed.metadata["language_score"] < 0.65
+    # no languages given: every language is kept, and labelled
+    assert blocks.Py3LangIdFilter([], 0.65).filter(doc(texts["fr"])) is True
+
+
+def write_fasttext_model(path, words_by_label: dict[str, list[str]]) -> None:
+    """A real fastText supervised model file (format 12) with set weights: each word votes for its label.
+
+    fastText's own training fails on this machine ("Encountered NaN"), so the test writes the weights directly;
+    loading and prediction are fastText's C++ code, through datatrove's LanguageFilter.
+    """
+    labels = list(words_by_label)
+    words = [w for ws in words_by_label.values() for w in ws]
+    dim = len(labels)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<ii", 793712314, 12))  # magic, version
+        # dim ws epoch minCount neg wordNgrams loss(softmax) model(supervised) bucket minn maxn lrUpdateRate, t
+        f.write(struct.pack("<12i", dim, 5, 1, 1, 5, 1, 3, 3, 0, 0, 0, 100) + struct.pack("<d", 1e-4))
+        f.write(struct.pack("<iiiqq", len(words) + len(labels), len(words), len(labels), len(words), -1))
+        for word in words:
+            f.write(word.encode() + b"\0" + struct.pack("<qb", 1, 0))
+        for label in labels:
+            f.write(f"__label__{label}".encode() + b"\0" + struct.pack("<qb", 1, 1))
+        vectors = np.zeros((len(words), dim), dtype=np.float32)
+        vectors[np.arange(len(words)), [labels.index(l) for l, ws in words_by_label.items() for _ in ws]] = 1  # noqa: E741
+        f.write(struct.pack("<?", False) + struct.pack("<qq", *vectors.shape) + vectors.tobytes())
+        output = np.eye(len(labels), dim, dtype=np.float32) * 8
+        f.write(struct.pack("<?", False) + struct.pack("<qq", *output.shape) + output.tobytes())
+
+
+def test_user_supplied_fasttext_model_through_datatrove(tmp_path):
+    model = tmp_path / "lid.bin"
+    write_fasttext_model(
+        model, {"en": ["the", "and", "river"], "de": ["der", "und", "fluss"], "fr": ["le", "et"]}
+    )
+    language_filter = blocks.fasttext_language_filter(str(model), ["en", "de"], 0.65)
+    assert type(language_filter).__name__ == "LanguageFilter"  # datatrove's own block
+    english, german, french = doc("the river and the river"), doc("der fluss und der fluss"), doc("le et le")
+    assert language_filter.filter(english) and language_filter.filter(german)
+    assert not language_filter.filter(french)
+    assert (english.metadata["language"], german.metadata["language"], french.metadata["language"]) == (
+        "en",
+        "de",
+        "fr",
+    )
+    assert english.metadata["language_score"] > 0.99
+
+
+def test_quality_rules_judge_each_language_with_its_own_words():
+    from functools import partial
+
+    from llmforge.stages.crawl_filter import GopherQualitySettings, _gopher_quality
+
+    settings = GopherQualitySettings().model_dump(exclude={"enabled"})
+    german = doc("\n\n".join(prose(1, "de", paragraphs=3)), language="de")
+    english_rules = _gopher_quality(settings, "en")
+    assert english_rules.filter(german) == (
+        False,
+        "gopher_enough_stop_words",
+    )  # no "the", "and", ... in German
+    per_language = blocks.PerLanguage("gopher_quality", partial(_gopher_quality, settings))
+    assert per_language.filter(german) is True
+    assert per_language.filter(doc("\n\n".join(prose(1, paragraphs=3)), language="en")) is True
+    assert set(per_language.filters) == {"de", "en"}
+    assert blocks.stop_words("en") is None and "und" in blocks.stop_words("de")
+
+
+@pytest.mark.slow
+def test_bundled_url_blocklist_works_offline():
+    url_filter = blocks.OfflineURLFilter()  # datatrove's bundled lists, tldextract's bundled suffix list
+    assert url_filter.filter(doc("x", url="https://www.pornhub.com/view")) == (False, "domain")
+    assert url_filter.filter(doc("x", url="https://www.wikipedia.org/wiki/River")) is True
+    assert url_filter.filter(doc("no url at all")) is True
+
+
+def test_decontamination_hits_normalised_ngrams(tmp_path):
+    question = "Which river flows through the old town before it reaches the harbour near the northern bridge"
+    hashes = np.unique(blocks.ngram_hashes(question, 13))
+    np.savez(tmp_path / "index.npz", hashes=np.sort(hashes), items=np.zeros(len(hashes), dtype=np.int64))
+    decontaminate = blocks.Decontaminate(str(tmp_path / "index.npz"), 13)
+    # case, punctuation and spacing do not hide an overlap
+    hit = doc(
+        "Quiz time!  WHICH river flows through the old town, before it reaches the harbour... near the bridge?"
+    )
+    assert decontaminate.filter(hit) == (False, "contaminated") and hit.metadata["contaminated_items"] == [0]
+    assert (
+        decontaminate.filter(doc("Which river flows through the old town before it reaches the sea")) is True
+    )

@@ -1,0 +1,168 @@
+"""dedup on planted corpora: exact copies, near-duplicates of known Jaccard similarity, contaminated documents."""
+
+import json
+
+import pytest
+from helpers import documents_artifact, write_jsonl
+from warc_factory import near_duplicate, prose
+
+from llmforge.artifacts import Artifact
+from llmforge.data.documents import iter_documents
+from llmforge.errors import InputError
+from llmforge.stages import dedup
+
+BENCHMARK = [
+    {"id": "geo-1", "question": "Which river flows through the old town before it reaches the harbour near the "
+     "northern bridge?", "answer": "The narrow river that the farmers call the silver road"},
+    {"id": "geo-2", "question": "What did the council build next to the museum after the great storm of the last "
+     "winter?", "answer": "A wooden bridge"},
+    {"id": "geo-3", "question": "Who painted the famous orchestra in the quiet theatre?", "answer": "The curious "
+     "painter from the village on the island who studied the forest for many long years"},
+    {"id": "geo-4", "question": "How many students visited the library on the first day of the spring festival "
+     "in the city?", "answer": "Three hundred"},
+]  # fmt: skip
+
+
+def shingles(text: str) -> set:
+    """The 5-word shingles datatrove's MinHash hashes, to know each planted pair's true Jaccard similarity."""
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    return set(MinhashDedupSignature("/tmp", None).get_shingles(text).ravel().tolist())
+
+
+def jaccard(a: str, b: str) -> float:
+    sa, sb = shingles(a), shingles(b)
+    return len(sa & sb) / len(sa | sb)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """60 distinct documents; 20 planted near-duplicates at Jaccard >= 0.8, 10 related pages at < 0.5, 5 exact
+    copies, and 4 pages quoting the benchmark: a whole question; the end of a question and its answer (neither
+    13 words long alone); a long answer; 12 words of a question (kept)."""
+    root = tmp_path_factory.mktemp("dedup")
+    base = {f"doc-{i}": "\n\n".join(prose(100 + i)) for i in range(60)}
+    records = dict(base)
+    near, far = {}, {}
+    for i in range(20):
+        copy = near_duplicate(base[f"doc-{i}"], edits=0.005 + 0.0007 * i, seed=i)
+        near[f"near-{i}"] = (f"doc-{i}", jaccard(base[f"doc-{i}"], copy))
+        records[f"near-{i}"] = copy
+    for i in range(20, 30):
+        copy = near_duplicate(base[f"doc-{i}"], edits=0.12, seed=i)
+        far[f"far-{i}"] = (f"doc-{i}", jaccard(base[f"doc-{i}"], copy))
+        records[f"far-{i}"] = copy
+    for i in range(30, 35):
+        records[f"copy-{i}"] = base[f"doc-{i}"]
+    quote = BENCHMARK
+    quiz_text = ["\n\n".join(prose(900 + i)) for i in range(4)]
+    records["quiz-question"] = f"{quiz_text[0]}\n\nQuiz: {quote[0]['question']}"
+    records["quiz-answer-span"] = (
+        f"{quiz_text[1]}\n\nIt was near the museum after the great storm of the last winter? {quote[1]['answer']}."
+    )
+    records["quiz-answer"] = f"{quiz_text[2]}\n\nIt was {quote[2]['answer'].lower()}."
+    records["quiz-twelve-words"] = f"{quiz_text[3]}\n\nHow many students visited the library on the first day of the"  # fmt: skip
+    corpus = write_jsonl(root / "corpus.jsonl", [{"text": t, "id": i} for i, t in records.items()])
+    benchmark = write_jsonl(root / "quiz.jsonl", BENCHMARK)
+    out = dedup.run([str(corpus)], root / "dedup", [str(benchmark)], dedup.Config(executor={"workers": 1}))
+    return Artifact.open(out), records, near, far
+
+
+def test_near_duplicates_at_the_default_threshold(planted):
+    artifact, records, near, far = planted
+    assert min(j for _, j in near.values()) >= 0.8 and max(j for _, j in far.values()) < 0.5
+    kept = {d["id"] for d in iter_documents(artifact)}
+    removed_near = {i for i in records if i not in kept and not i.startswith(("copy-", "quiz-"))}
+    caught = [
+        pair for pair, (original, _) in near.items() if (pair in removed_near) != (original in removed_near)
+    ]
+    false = [i for i in removed_near if not (i in near or (i.startswith("doc-") and f"near-{i[4:]}" in near))]
+    recall, precision = len(caught) / len(near), 1 - len(false) / max(len(removed_near), 1)
+    assert (precision, recall) == (1.0, 1.0)  # 14x8 LSH compares pairs at J >= 0.8 with probability >= 0.92
+    assert all(f"far-{i}" in kept and f"doc-{i}" in kept for i in range(20, 30))
+    minhash = artifact.stats["minhash"]
+    assert (minhash["removed"], minhash["clusters"]) == (20, 20)
+    assert minhash["p_candidate_at_threshold"] == pytest.approx(0.9235, abs=1e-4)
+
+
+def test_exact_copies_are_removed_first(planted):
+    artifact, records, _, _ = planted
+    kept = {d["id"] for d in iter_documents(artifact)}
+    assert all(f"doc-{i}" in kept and f"copy-{i}" not in kept for i in range(30, 35))
+    stats = artifact.stats
+    assert stats["exact"] == {"in": len(records) - 3, "out": len(records) - 8, "removed": 5}
+    assert stats["input"]["documents"] == len(records)
+    assert stats["documents"] == len(records) - 3 - 5 - 20 and stats["removed"] == 28
+    removed_exact = [json.loads(line)["id"] for line in _lines(artifact, "exact")]
+    assert sorted(removed_exact) == [f"copy-{i}" for i in range(30, 35)]
+
+
+def test_contaminated_documents_are_dropped_and_reported(planted):
+    artifact, _, _, _ = planted
+    kept = {d["id"] for d in iter_documents(artifact)}
+    assert {"quiz-question", "quiz-answer-span", "quiz-answer"}.isdisjoint(
+        kept
+    ) and "quiz-twelve-words" in kept
+    report = artifact.extra["decontamination"]
+    assert report["ngram"] == 13 and report["documents_removed"] == 3
+    (benchmark,) = report["benchmarks"]
+    assert benchmark["items"] == 4 and benchmark["items_hit"] == ["geo-1", "geo-2", "geo-3"]
+    assert benchmark["path"].endswith("quiz.jsonl") and len(benchmark["sha256"]) == 64
+    assert artifact.stats["decontamination"] == {"in": 99, "out": 96, "removed": 3, "items_hit": 3}
+    removed = {
+        json.loads(line)["id"]: json.loads(line)["metadata"] for line in _lines(artifact, "decontamination")
+    }
+    assert removed["quiz-answer-span"]["contaminated_items"] == [1]
+    roles = [entry.get("role") for entry in artifact.manifest["inputs"]]
+    assert roles == [None, "benchmark"]  # the benchmark file is part of the lineage and the fingerprint
+
+
+def _lines(artifact, name):
+    import gzip
+
+    for file in sorted((artifact.path / "removed" / name).glob("*.jsonl.gz")):
+        yield from gzip.open(file, "rt")
+
+
+def test_documents_artifacts_and_parquet_corpora_together(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["\n\n".join(prose(500 + i)) for i in range(4)]
+    crawled = documents_artifact(tmp_path / "crawled", texts[:3])
+    pq.write_table(pa.table({"content": [texts[0], texts[3]], "id": ["p0", "p1"]}), tmp_path / "more.parquet")
+    config = dedup.Config.model_validate({"minhash": {"enabled": False}, "input": {"text_field": "content"}})
+    artifact = Artifact.open(
+        dedup.run([str(crawled), str(tmp_path / "more.parquet")], tmp_path / "out", config=config)
+    )
+    assert sorted(d["text"] for d in iter_documents(artifact)) == sorted(
+        texts
+    )  # one copy of texts[0] is gone
+    assert [(e["kind"], e.get("stage")) for e in artifact.manifest["inputs"]] == [
+        ("documents", "crawl-filter"),
+        ("raw", None),
+    ]
+    assert artifact.stats["exact"]["removed"] == 1 and "minhash" not in artifact.stats
+    assert artifact.extra["decontamination"] == {"ngram": 13, "benchmarks": [], "documents_removed": 0}
+
+
+def test_bad_inputs(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one document"}])
+    bad = write_jsonl(tmp_path / "bench.jsonl", [{"question": "q", "answer": "a"}, "not json"])
+    with pytest.raises(InputError, match=rf"^{bad}:2: not valid JSON"):
+        dedup.run([str(corpus)], tmp_path / "out", [str(bad)])
+    with pytest.raises(InputError, match="no such file"):
+        dedup.run([str(corpus)], tmp_path / "out", [str(tmp_path / "missing.jsonl")])
+    with pytest.raises(InputError, match="has nothing to do"):
+        dedup.run(
+            [str(corpus)], tmp_path / "out", config=dedup.Config(exact=False, minhash={"enabled": False})
+        )
+    (tmp_path / "a.warc").write_bytes(b"")
+    with pytest.raises(InputError, match="run `llmforge crawl-filter` on WARC files first"):
+        dedup.run([str(tmp_path / "a.warc")], tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_candidate_probability_curve():
+    assert dedup.candidate_probability(0.8, 14, 8) == pytest.approx(1 - (1 - 0.8**8) ** 14)
+    assert dedup.candidate_probability(0.5, 14, 8) < 0.06 < 0.99 < dedup.candidate_probability(0.9, 14, 8)
