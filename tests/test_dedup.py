@@ -108,7 +108,13 @@ def test_contaminated_documents_are_dropped_and_reported(planted):
     (benchmark,) = report["benchmarks"]
     assert benchmark["items"] == 4 and benchmark["items_hit"] == ["geo-1", "geo-2", "geo-3"]
     assert benchmark["path"].endswith("quiz.jsonl") and len(benchmark["sha256"]) == 64
-    assert artifact.stats["decontamination"] == {"in": 99, "out": 96, "removed": 3, "items_hit": 3}
+    assert artifact.stats["decontamination"] == {
+        "in": 99,
+        "out": 96,
+        "removed": 3,
+        "items_hit": 3,
+        "items_too_short": 0,
+    }
     removed = {
         json.loads(line)["id"]: json.loads(line)["metadata"] for line in _lines(artifact, "decontamination")
     }

@@ -410,6 +410,8 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
         if name == "decontamination":
             hit = {int(k.removeprefix("item_")) for k in counter if k.startswith("item_")}
             row["items_hit"] = len(hit)
+            # items with fewer words than one n-gram cannot be found
+            row["items_too_short"] = sum(f["short_items"] for f in benchmarks.files)
         if name == "minhash":
             clusters = step_stats(logs / "minhash-clusters")[0]
             buckets = step_stats(logs / "minhash-buckets")[0]
