@@ -62,6 +62,7 @@ STAGES: dict[str, str] = {
     "sft": "sft",
     "dpo": "dpo",
     "grpo": "grpo",
+    "eval": "eval",
     "quantize": "quantize",
     "serve": "serve",
 }

@@ -1,0 +1,559 @@
+"""Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare reports side by side.
+
+`llmforge eval MODEL... -o OUT` evaluates model, adapter and quantized-model artifacts (or Hugging Face directories)
+with lm-eval's Hugging Face backend (its vLLM backend on a GPU where vllm is installed) and writes an eval-report
+artifact: lm-eval's full results (scores with standard errors, n-shot, task versions, hashes and configs) in
+OUT/results.json, the headline scores in the manifest, and a contamination check read from the model's lineage.
+`llmforge eval --compare REPORT...` prints existing reports side by side without evaluating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from pydantic import Field
+
+from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.errors import InputError
+from llmforge.options import ConfigFile, Force, Sets, flag, split_list
+
+STAGE = "eval"
+KIND = "eval-report"
+BUNDLED_TAG = "llmforge"  # the tag of the bundled tasks in llmforge/resources/tasks
+PERPLEXITY_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+class ContaminationSettings(StageConfig):
+    enabled: bool = Field(
+        True,
+        description="Read the model's lineage: was each task in a dedup artifact's decontamination set, and do its "
+        "items share n-grams with the training documents",
+    )
+    ngram: int = Field(
+        13, ge=1, description="Words per n-gram of the overlap check (13, as dedup's decontamination)"
+    )
+
+
+class Config(StageConfig):
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval task, group or tag names (globs too), task YAML files or task directories (as "
+        "paths: ./dir/); empty = the bundled tasks (tag llmforge), or none when --perplexity is given",
+    )
+    include: list[str] = Field(
+        default_factory=list,
+        description="More directories of task YAMLs to look task names up in (lm-eval's include_path)",
+    )
+    perplexity: list[str] = Field(
+        default_factory=list,
+        description="Measure perplexity and bits per byte on: a tokens artifact (its val split), a documents "
+        "artifact, or text files (.txt: one document per file; .jsonl: a 'text' per line)",
+    )
+    perplexity_documents: int = Field(
+        1000, ge=1, description="Documents per perplexity source at most (the first ones)"
+    )
+    num_fewshot: int | None = Field(
+        None,
+        ge=0,
+        description="Few-shot examples per prompt; none = each task's default (0 for bundled tasks)",
+    )
+    limit: int | float | None = Field(
+        None,
+        gt=0,
+        description="Items per task: a count, or a fraction below 1 (quick checks only: not comparable scores)",
+    )
+    chat_template: bool | None = Field(
+        None,
+        description="Render prompts with the tokenizer's chat template; none = exactly when the tokenizer has one",
+    )
+    system_instruction: str | None = Field(None, description="System message put before every prompt")
+    fewshot_as_multiturn: bool = Field(
+        True, description="With the chat template: few-shot examples as separate user/assistant turns"
+    )
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="lm-eval backend: hf (transformers), vllm (GPU), auto = vllm when installed and a GPU is seen",
+    )
+    dtype: str = Field("auto", description="Weights dtype while evaluating (auto = the checkpoint's)")
+    max_length: int | None = Field(None, gt=0, description="Context length in tokens; none = the model's")
+    bootstrap_iters: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples for the stderr of non-mean metrics such as perplexity (lm-eval's CLI: "
+        "100000, minutes on a CPU; 0 = none)",
+    )
+    seed: int = Field(1234, description="Seed of lm-eval's python, numpy, torch and few-shot sampling")
+    log_samples: bool = Field(
+        False, description="Also keep every prompt, reply and score in OUT/samples/TASK.jsonl"
+    )
+    contamination: ContaminationSettings = Field(
+        default_factory=ContaminationSettings, description="The lineage contamination check"
+    )
+    batch_size: int | Literal["auto"] = runtime_field(
+        16, description="Requests per forward pass; 'auto' lets lm-eval find the largest that fits"
+    )
+    device: str | None = runtime_field(None, description="cpu, cuda, cuda:1, ...; none = cuda when available")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def open_models(models: list[str]) -> list:
+    """Resolve every model argument and check it can be loaded, before any task or model is loaded."""
+    from llmforge.artifacts import MANIFEST, Artifact
+    from llmforge.model.loading import resolve_model
+
+    if not models:
+        raise InputError("eval needs at least one model (or --compare with eval reports)")
+    sources = []
+    for model in models:
+        if (Path(model) / MANIFEST).is_file() and Artifact.open(model).kind == KIND:
+            raise InputError(f"{model} is an eval report, not a model: compare reports with "
+                             f"`llmforge eval --compare {model} ...`")  # fmt: skip
+        source = resolve_model(model, STAGE)
+        check_loadable(source)
+        sources.append(source)
+    return sources
+
+
+def check_loadable(source) -> None:
+    """Cheap checks that catch a broken model before anything is loaded: its config.json (adapters: their
+    adapter_config.json) parses, and every safetensors header is whole (a truncated file fails here)."""
+    from safetensors import SafetensorError, safe_open
+
+    for part in [source, source.base] if source.is_adapter else [source]:
+        if part.kind == "hub":
+            continue
+        directory = Path(part.path)
+        config = directory / ("adapter_config.json" if part.is_adapter else "config.json")
+        try:
+            settings = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"{config}: the model's configuration cannot be read ({_first_line(exc)})"
+            ) from None
+        if not isinstance(settings, dict) or not ("model_type" in settings or "peft_type" in settings):
+            raise InputError(f"{config}: not a Hugging Face model configuration (no model_type)")
+        for weights in sorted(directory.glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), "numpy"):  # reads the header only
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise InputError(f"{weights}: the weights cannot be read, the file is truncated or corrupt "
+                                 f"({_first_line(exc)})") from None  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_backend(choice: str) -> str:
+    import importlib.util
+
+    import torch
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if choice == "vllm":
+        if not has_vllm:
+            raise InputError("--backend vllm: vllm is not installed (pip install 'llmforge[vllm]', GPU only)")
+        if not torch.cuda.is_available():
+            raise InputError("--backend vllm needs a GPU and none is visible; use --backend hf")
+        return "vllm"
+    if choice == "auto" and has_vllm and torch.cuda.is_available():
+        return "vllm"
+    return "hf"
+
+
+def model_arguments(source, backend: str, config: Config) -> dict[str, Any]:
+    """lm-eval model_args: the model path, its own tokenizer, and an adapter on its base (peft / vLLM LoRA)."""
+    from llmforge.model.loading import tokenizer_dir
+
+    base = source.base if source.is_adapter else source
+    arguments: dict[str, Any] = {
+        "pretrained": base.path,
+        "tokenizer": tokenizer_dir(source),
+        "dtype": config.dtype,
+    }
+    if backend == "vllm":
+        arguments.update(max_model_len=config.max_length, seed=config.seed)
+        if source.is_adapter:
+            rank = json.loads((Path(source.path) / "adapter_config.json").read_text()).get("r", 16)
+            arguments.update(lora_local_path=source.path, max_lora_rank=rank)
+    else:
+        arguments["max_length"] = config.max_length
+        if source.is_adapter:
+            arguments["peft"] = source.path
+    return {key: value for key, value in arguments.items() if value is not None}
+
+
+def build_lm(source, backend: str, config: Config):
+    """The lm-eval LM for a model; a model that does not load is bad input, named in one line."""
+    import torch
+    from lm_eval.api.registry import get_model
+
+    arguments = model_arguments(source, backend, config)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        lm = get_model(backend).create_from_arg_obj(
+            arguments, {"batch_size": config.batch_size, "device": device}
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{source.path}: cannot load the model ({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
+    generation = getattr(getattr(lm, "model", None), "generation_config", None)
+    if generation is not None:
+        # Our checkpoints (and many on the hub) carry max_new_tokens, which transformers lets override the
+        # max_length lm-eval computes from each task's max_gen_toks: every reply would run to 256 tokens.
+        generation.max_new_tokens = None
+    return lm, arguments
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Perplexity sources become lm-eval loglikelihood_rolling tasks over a JSONL of their documents
+
+
+def perplexity_tasks(paths: list[str], max_documents: int, scratch: Path) -> tuple[list[dict], list]:
+    """One inline lm-eval task per source (word/byte perplexity, bits per byte) and the input refs."""
+    from llmforge.artifacts import MANIFEST, expand_paths, open_artifact, raw_input
+    from llmforge.evaluation.tasks import load_jsonl_splits
+
+    configs, refs, names = [], [], set()
+    for path in paths:
+        if (Path(path) / MANIFEST).is_file():
+            artifact = open_artifact(path, "eval --perplexity", ["tokens", "documents"])
+            texts = _artifact_texts(artifact, max_documents)
+            ref = artifact.ref()
+        else:
+            files = expand_paths([path])
+            texts = _file_texts(files, max_documents)
+            ref = raw_input(path, files)
+        if not texts:
+            raise InputError(f"{path}: no documents to measure perplexity on")
+        ref.detail["role"] = "perplexity"
+        refs.append(ref)
+        name = "perplexity_" + (re.sub(r"\W+", "_", Path(path).resolve().name).strip("_") or "text")
+        while name in names:
+            name += "_"
+        names.add(name)
+        data = scratch / f"{name}.jsonl"
+        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        configs.append({"task": name, "custom_dataset": load_jsonl_splits,
+                        "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
+                        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "text",
+                        "metric_list": [{"metric": m} for m in PERPLEXITY_METRICS], "metadata": {"version": 1.0}})  # fmt: skip
+    return configs, refs
+
+
+def _artifact_texts(artifact, max_documents: int) -> list[str]:
+    from itertools import islice
+
+    from llmforge.data.documents import iter_texts
+
+    if artifact.kind == "documents":
+        return list(islice(iter_texts(artifact), max_documents))
+    from llmforge.data.shards import TokenShards
+    from llmforge.data.tokenizer import load_tokenizer
+
+    shards = TokenShards(artifact.path)
+    if not shards.num_tokens("val"):
+        raise InputError(
+            f"{artifact.path}: its held-out 'val' split is empty; encode with --val-fraction > 0"
+        )
+    tokenizer = load_tokenizer(shards.tokenizer_path)
+    eos = shards.special_ids.get("eos")
+    texts = []
+    for ids in islice(shards.documents("val"), max_documents):
+        ids = ids[:-1] if len(ids) and int(ids[-1]) == eos else ids  # the EOS the encoder appended
+        texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=False))
+    return texts
+
+
+def _file_texts(files: list[str], max_documents: int) -> list[str]:
+    from llmforge.evaluation.tasks import read_jsonl
+
+    texts = []
+    for name in files:
+        if name.endswith(".jsonl"):
+            for number, record in enumerate(read_jsonl(name), 1):
+                if not isinstance(record.get("text"), str):
+                    raise InputError(f"{name}: record {number} has no string 'text' field")
+                texts.append(record["text"])
+        else:
+            try:
+                texts.append(Path(name).read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise InputError(f"{name}: not UTF-8 text") from None
+    return texts[:max_documents]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(models: list[str], out: str | Path, config: Config | None = None, force: bool = False) -> Path:
+    """Evaluate models into an eval-report artifact; returns its path."""
+    import tempfile
+
+    from llmforge.artifacts import run_stage
+    from llmforge.evaluation.tasks import select_tasks
+
+    config = config or Config()
+    if not os.environ.get("LLMFORGE_DEBUG"):  # lm-eval's info and warnings drown our log; errors still show
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    sources = open_models(models)
+    backend = resolve_backend(config.backend)
+    with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as scratch:
+        inline, perplexity_refs = perplexity_tasks(
+            config.perplexity, config.perplexity_documents, Path(scratch)
+        )
+        default = [] if config.perplexity else [BUNDLED_TAG]
+        taskset = select_tasks(config.tasks or default, config.include, inline)
+        loaded = taskset.load()  # every task is built (its data read) now, before any model is loaded
+        tasks = taskset.leaf_tasks(loaded)
+        inputs = []
+        for label, source in zip(models, sources, strict=True):
+            ref = source.ref()
+            ref.detail.update(role="model", label=label)
+            inputs.append(ref)
+        inputs += task_inputs(taskset, tasks) + perplexity_refs
+        body = _Evaluation(models, sources, backend, taskset, loaded, tasks, config)
+        return run_stage(STAGE, KIND, config, inputs, out, body, force=force)
+
+
+def task_inputs(taskset, tasks: dict[str, Any]) -> list:
+    """Local task files as raw inputs (one per directory), so editing a task's data makes a new report."""
+    from llmforge.artifacts import raw_input
+
+    by_directory: dict[Path, list[str]] = {}
+    for name in tasks:
+        for path in taskset.task_files(name):
+            by_directory.setdefault(path.parent, []).append(str(path))
+    refs = []
+    for directory, files in sorted(by_directory.items()):
+        ref = raw_input(directory, sorted(set(files)))
+        ref.detail["role"] = "tasks"
+        refs.append(ref)
+    return refs
+
+
+class _Evaluation:
+    """The body run under run_stage: each model in turn, results kept per model so a re-run resumes."""
+
+    def __init__(self, labels, sources, backend, taskset, loaded, tasks, config: Config):
+        self.labels, self.sources, self.backend = labels, sources, backend
+        self.taskset, self.loaded, self.tasks, self.config = taskset, loaded, tasks, config
+        # the contamination check covers benchmarks, not our perplexity sources (held-out text)
+        inline = {entry["task"] for entry in taskset.entries if isinstance(entry, dict)}
+        self.benchmarks = {name: task for name, task in tasks.items() if name not in inline}
+
+    def __call__(self, ctx) -> None:
+        import shutil
+
+        from llmforge.console import console, log
+        from llmforge.evaluation.report import ModelResults, comparison_table, results_table
+
+        done = ctx.work / "checkpoints"
+        done.mkdir(exist_ok=True)
+        evaluated = []
+        for number, (label, source) in enumerate(zip(self.labels, self.sources, strict=True)):
+            saved = done / f"model-{number}.json"
+            if saved.is_file():
+                log(f"[cyan]resuming:[/] {label} was evaluated before the interruption")
+                results = json.loads(saved.read_text())
+            else:
+                results = self.evaluate(ctx, number, label, source)
+                _write_json(saved, results)
+            evaluated.append(ModelResults(label=label, results=results))
+            console.print(results_table(evaluated[-1]))
+        if len(evaluated) > 1:
+            console.print(comparison_table(evaluated, title="eval: side by side (Δ against the first model)"))
+        for model in evaluated:
+            show_contamination(model)
+
+        payload = evaluated[0].results if len(evaluated) == 1 else {"models": [m.results for m in evaluated]}
+        _write_json(ctx.work / "results.json", payload)
+        shutil.rmtree(done)
+        if len(evaluated) == 1:
+            ctx.stats.update(self.summary(evaluated[0].results))
+        else:
+            ctx.stats["models"] = {m.label: self.summary(m.results) for m in evaluated}
+
+    def evaluate(self, ctx, number: int, label: str, source) -> dict[str, Any]:
+        import gc
+        from dataclasses import asdict
+
+        import torch
+        from lm_eval import simple_evaluate
+        from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
+        from lm_eval.utils import handle_non_serializable, hash_string
+
+        from llmforge.console import log
+
+        config = self.config
+        contamination = None
+        if config.contamination.enabled:
+            from llmforge.evaluation.contamination import check
+
+            files = {name: self.taskset.task_files(name) for name in self.benchmarks}
+            contamination = check(source, self.benchmarks, files, config.contamination.ngram)
+        log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
+        lm, arguments = build_lm(source, self.backend, config)
+        has_template = bool(lm.chat_template(True))
+        use_template = has_template if config.chat_template is None else config.chat_template
+        if use_template and not has_template:
+            raise InputError(
+                f"{source.path}: --chat-template asked for, but its tokenizer has no chat template"
+            )
+        tracker = GeneralConfigTracker()
+        top = self.loaded if number == 0 else self.taskset.load()
+        results = simple_evaluate(
+            model=lm,
+            tasks=top,
+            task_manager=self.taskset.local,
+            num_fewshot=config.num_fewshot,
+            limit=config.limit,
+            bootstrap_iters=config.bootstrap_iters,
+            log_samples=True,  # lm-eval's task hashes are computed from the samples
+            system_instruction=config.system_instruction,
+            apply_chat_template=use_template,
+            fewshot_as_multiturn=use_template and config.fewshot_as_multiturn,
+            random_seed=config.seed,
+            numpy_random_seed=config.seed,
+            torch_random_seed=config.seed,
+            fewshot_random_seed=config.seed,
+        )
+        # What lm-eval's own CLI adds when it saves results (EvaluationTracker.save_results_aggregated).
+        samples = results.pop("samples", {})
+        results["task_hashes"] = {
+            task: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in rows))
+            for task, rows in samples.items()
+        }
+        tracker.log_experiment_args(model_source=self.backend, model_args=arguments,
+                                    system_instruction=config.system_instruction,
+                                    chat_template=lm.chat_template(True) if use_template else None,
+                                    fewshot_as_multiturn=use_template and config.fewshot_as_multiturn)  # fmt: skip
+        tracker.log_end_time()
+        results.update(asdict(tracker))
+        results["config"].update(model=self.backend, model_args=arguments)
+        results["llmforge"] = {"model": label, "path": str(source.path), "kind": source.kind,
+                               "fingerprint": source.fingerprint, "backend": self.backend,
+                               "chat_template": use_template, "contamination": contamination}  # fmt: skip
+        if config.log_samples:
+            folder = ctx.work / "samples" / str(number) if len(self.labels) > 1 else ctx.work / "samples"
+            folder.mkdir(parents=True, exist_ok=True)
+            for task, rows in samples.items():
+                text = "".join(
+                    json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows
+                )
+                (folder / f"{task}.jsonl").write_text(text)
+        del lm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return json.loads(json.dumps(results, default=handle_non_serializable))
+
+    def summary(self, results: dict[str, Any]) -> dict[str, Any]:
+        from llmforge.evaluation.report import headline
+
+        meta = results["llmforge"]
+        summary: dict[str, Any] = {"backend": meta["backend"], "chat_template": meta["chat_template"],
+                                   "scores": headline(results)}  # fmt: skip
+        contamination = meta.get("contamination") or {}
+        for task, found in contamination.get("tasks", {}).items():
+            checks = {}
+            if contamination["dedup"]:
+                checks["in_decontamination_set"] = found["in_decontamination_set"]
+            if contamination["training_documents"]:
+                checks["items_overlapping"] = found["items_overlapping"]
+            if checks:
+                summary.setdefault("contamination", {})[task] = checks
+        return summary
+
+
+def show_contamination(model) -> None:
+    from llmforge.console import log, warn
+    from llmforge.evaluation.report import contamination_lines
+
+    for line in contamination_lines(model):
+        if "contamination:" in line:
+            warn(line)
+        else:
+            log(line)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing reports
+
+
+def compare(reports: list[str]) -> list:
+    """Print eval reports side by side (deltas against the first model); returns the models compared."""
+    from llmforge.console import console
+    from llmforge.evaluation.report import comparison_table, model_results
+
+    if not reports:
+        raise InputError("--compare needs eval-report artifacts (made by `llmforge eval`)")
+    models = [model for report in reports for model in model_results(report)]
+    console.print(comparison_table(models, title="eval: side by side (Δ against the first model)"))
+    for model in models:
+        show_contamination(model)
+    return models
+
+
+def command(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Model, adapter or quantized-model artifacts, or Hugging Face directories (with --compare: eval "
+            "reports).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Output eval-report directory.")] = None,
+    compare_reports: Annotated[
+        bool,
+        typer.Option("--compare", help="Print existing eval reports side by side instead of evaluating."),
+    ] = False,
+    tasks: Annotated[str | None, flag(Config, "tasks")] = None,
+    include: Annotated[str | None, flag(Config, "include")] = None,
+    perplexity: Annotated[list[str] | None, flag(Config, "perplexity")] = None,
+    limit: Annotated[float | None, flag(Config, "limit")] = None,
+    num_fewshot: Annotated[int | None, flag(Config, "num_fewshot")] = None,
+    chat_template: Annotated[
+        bool | None, flag(Config, "chat_template", "--chat-template/--no-chat-template")
+    ] = None,
+    backend: Annotated[str | None, flag(Config, "backend")] = None,
+    batch_size: Annotated[str | None, flag(Config, "batch_size")] = None,
+    device: Annotated[str | None, flag(Config, "device")] = None,
+    log_samples: Annotated[bool | None, flag(Config, "log_samples", "--log-samples")] = None,
+    config_file: ConfigFile = None,
+    sets: Sets = None,
+    force: Force = False,
+) -> None:
+    if compare_reports:
+        compare(models or [])
+        return
+    if out is None:
+        raise InputError("eval needs an output directory: -o OUT (or --compare to compare existing reports)")
+    flags = {"tasks": split_list(tasks), "include": split_list(include), "perplexity": perplexity,
+             "limit": int(limit) if limit is not None and limit >= 1 else limit, "num_fewshot": num_fewshot,
+             "chat_template": chat_template, "backend": backend, "batch_size": batch_size, "device": device,
+             "log_samples": log_samples}  # fmt: skip
+    config = load_config(Config, config_file, sets, flags)
+    run(models or [], out, config, force=force)

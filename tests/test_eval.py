@@ -1,0 +1,409 @@
+"""llmforge eval: lm-eval's own numbers on the bundled tasks, perplexity, comparisons, contamination, bad input.
+
+Every evaluation here is real (lm-eval's Hugging Face backend on a tiny random Llama); the reference numbers come
+from calling lm_eval.simple_evaluate directly on the same model and tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import Imported, documents_artifact, sentences, tiny_model_artifact, tokens_artifact, write_jsonl
+
+from llmforge.artifacts import Artifact, run_stage
+from llmforge.errors import InputError
+from llmforge.evaluation import report
+from llmforge.evaluation.arithmetic import problems
+from llmforge.evaluation.tasks import ARITHMETIC_DATA, TASKS_DIR
+from llmforge.stages import eval as eval_stage
+
+pytestmark = pytest.mark.xdist_group("eval")  # one worker: the reports below are shared by several tests
+
+BUNDLED = ["llmforge_arith", "llmforge_arith_mc", "llmforge_arith_reasoning"]
+LIMIT = 8  # generation on a random model runs to max_gen_toks: keep the generative tasks short
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two pytest workers share two cores: one torch thread each avoids oversubscription (10x slower here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def direct(model_args: dict, tasks: list[str], **kwargs) -> dict:
+    """lm-eval called the way its docs show, on the bundled task directory: the reference numbers.
+
+    The one change: the model's generation_config.max_new_tokens (256 in our checkpoints) is cleared, as eval does,
+    so that both honour each task's max_gen_toks instead of transformers letting the checkpoint override it."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(device="cpu", batch_size=16, **model_args)
+    lm.model.generation_config.max_new_tokens = None
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, **kwargs)
+
+
+def same_scores(ours: dict, theirs: dict) -> None:
+    assert ours["results"].keys() == theirs["results"].keys()
+    for task, metrics in theirs["results"].items():
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                assert ours["results"][task][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (task, key)
+            else:
+                assert ours["results"][task][key] == value, (task, key)
+
+
+@pytest.fixture(scope="module")
+def bundled_report(tiny_model, tmp_path_factory) -> Path:
+    config = eval_stage.Config(limit=LIMIT, log_samples=True)
+    return eval_stage.run([str(tiny_model)], tmp_path_factory.mktemp("eval") / "report", config)
+
+
+def test_bundled_tasks_give_lm_evals_own_numbers(bundled_report, tiny_model):
+    results = json.loads((bundled_report / "results.json").read_text())
+    reference = direct({"pretrained": str(tiny_model)}, BUNDLED, limit=LIMIT, apply_chat_template=True,
+                       fewshot_as_multiturn=True)  # fmt: skip
+    same_scores(results, reference)
+    # lm-eval's full record: versions, n-shot, configs, hashes, chat template
+    assert results["versions"] == {task: 1.0 for task in BUNDLED}
+    assert results["n-shot"] == {task: 0 for task in BUNDLED}
+    assert results["n-samples"]["llmforge_arith"] == {"original": 30, "effective": LIMIT}
+    assert set(results["configs"]) == set(BUNDLED) and set(results["task_hashes"]) == set(BUNDLED)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in results["task_hashes"].values())
+    assert results["chat_template_sha"] and "<|im_start|>" in results["chat_template"]
+    assert results["llmforge"]["chat_template"] is True and results["llmforge"]["backend"] == "hf"
+    # samples only on request: one line per item and filter, the same replies as lm-eval's own run
+    for task in BUNDLED:
+        lines = (bundled_report / "samples" / f"{task}.jsonl").read_text().splitlines()
+        ours = [[s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]] for s in map(json.loads, lines)]
+        theirs = [
+            (s["doc_id"], s["filter"], s["resps"], s["filtered_resps"]) for s in reference["samples"][task]
+        ]
+        assert ours == json.loads(json.dumps(theirs)) and len(ours) == LIMIT * (
+            2 if task == "llmforge_arith" else 1
+        )
+    manifest = Artifact.open(bundled_report)
+    assert manifest.kind == "eval-report"
+    again = eval_stage.run(
+        [str(tiny_model)], bundled_report, eval_stage.Config(limit=LIMIT, log_samples=True)
+    )
+    assert (
+        again == bundled_report and Artifact.open(bundled_report).manifest == manifest.manifest
+    )  # up to date
+    assert manifest.stats["scores"] == report.headline(results)
+    assert manifest.stats["scores"]["llmforge_arith_mc"]["acc,none"] == round(
+        results["results"]["llmforge_arith_mc"]["acc,none"], 4
+    )
+    roles = [entry.get("role") for entry in manifest.manifest["inputs"]]
+    assert roles == ["model", "tasks"]
+    assert manifest.manifest["inputs"][0]["fingerprint"] == Artifact.open(tiny_model).fingerprint
+
+
+def test_bundled_task_data_is_the_generators_held_out_split(tmp_path):
+    from llmforge.evaluation.arithmetic import write_jsonl as write_problems
+
+    assert write_problems(tmp_path / "eval.jsonl").read_text() == ARITHMETIC_DATA.read_text()
+    held_out, train = problems("eval"), problems("train")
+    assert len(held_out) == 30 and len(train) == 70 and not {p.id for p in held_out} & {p.id for p in train}
+    for line in ARITHMETIC_DATA.read_text().splitlines():
+        item = json.loads(line)
+        a, b = map(int, re.fullmatch(r"What is (\d) \+ (\d)\?", item["question"]).groups())
+        assert item["choices"][item["label"]] == item["answer"] == str(a + b)
+
+
+def test_reasoning_task_scores_like_grpo_rewards():
+    from llmforge.evaluation.tasks import score_reasoning
+
+    doc = {"answer": "7"}
+    assert score_reasoning(doc, ["<think>3 plus 4 is 7</think>7"]) == {"format": 1.0, "exact_match": 1.0}
+    assert score_reasoning(doc, ["<think>3 plus 4</think> 8"]) == {"format": 1.0, "exact_match": 0.0}
+    assert score_reasoning(doc, ["7"]) == {"format": 0.0, "exact_match": 0.0}
+    assert score_reasoning(doc, ["<think>unfinished"]) == {"format": 0.0, "exact_match": 0.0}
+
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory, tiny_tokenizer_dir) -> list[Path]:
+    root = tmp_path_factory.mktemp("random")
+    return [tiny_model_artifact(root / f"seed{seed}", tiny_tokenizer_dir, seed=seed) for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def random_report(random_models, tmp_path_factory) -> Path:
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"])
+    return eval_stage.run([str(m) for m in random_models], tmp_path_factory.mktemp("eval") / "random", config)
+
+
+def test_random_models_score_chance_on_multiple_choice(random_report, random_models):
+    models = report.model_results(random_report)
+    assert [m.label for m in models] == [str(m) for m in random_models]
+    correct = sum(m.results["results"]["llmforge_arith_mc"]["acc,none"] * 30 for m in models)
+    # 90 four-way choices: a model that knows nothing is right 22.5 times on average; 99% of the time 11..34
+    assert 11 <= round(correct) <= 34
+    stats = Artifact.open(random_report).stats["models"]
+    assert list(stats) == [str(m) for m in random_models]
+
+
+def test_compare_table_shows_deltas_against_the_first(bundled_report, random_report, capsys):
+    from rich.console import Console
+
+    first = report.model_results(bundled_report)[0]
+    others = report.model_results(random_report)
+    rows = report.comparison([first, *others])
+    by_key = {(r.task, r.metric, r.filter): r for r in rows}
+    acc = by_key[("llmforge_arith_mc", "acc", "none")]
+    values = [first.results["results"]["llmforge_arith_mc"]["acc,none"]]
+    values += [m.results["results"]["llmforge_arith_mc"]["acc,none"] for m in others]
+    assert acc.values == values
+    assert acc.deltas == [0.0] + [v - values[0] for v in values[1:]]
+    assert acc.higher_is_better is True
+    generation = by_key[("llmforge_arith", "exact_match", "strict-match")]
+    assert generation.values[1:] == [None, None, None] and generation.deltas[1:] == [None, None, None]
+
+    console = Console(record=True, width=400, file=io.StringIO())
+    console.print(report.comparison_table([first, *others]))
+    text = console.export_text()
+    line = next(line for line in text.splitlines() if "llmforge_arith_mc" in line)
+    assert f"{values[0]:.4f}" in line and f"{values[1]:.4f} ({values[1] - values[0]:+.4f})" in line
+    assert "—" in next(line for line in text.splitlines() if "strict-match" in line)
+
+    eval_stage.compare([str(bundled_report), str(random_report)])  # the CLI's --compare: four columns
+    assert capsys.readouterr().out == ""  # no artifact: nothing on stdout
+
+
+def test_perplexity_matches_a_direct_computation(tiny_model, tiny_tokenizer_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = sentences(40, seed=7)
+    tokens = tokens_artifact(tmp_path / "tokens", tiny_tokenizer_dir, texts, val_fraction=0.2)
+    text_file = write_jsonl(tmp_path / "held_out.jsonl", [{"text": t} for t in texts[30:]])
+    config = eval_stage.Config(perplexity=[str(tokens), str(text_file)], bootstrap_iters=0)
+    out = eval_stage.run([str(tiny_model)], tmp_path / "report", config)
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"perplexity_tokens", "perplexity_held_out_jsonl"}
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+
+    def expected(docs: list[str]) -> dict[str, float]:
+        loglikelihood = 0.0
+        with torch.no_grad():
+            for doc in docs:  # BOS, then the document: lm-eval's rolling window for a short document
+                ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer(doc)["input_ids"]]])
+                logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+                loglikelihood += logprobs.gather(1, ids[0, 1:, None]).sum().item()
+        words = sum(len(re.split(r"\s+", d)) for d in docs)
+        size = sum(len(d.encode()) for d in docs)
+        return {"word_perplexity,none": math.exp(-loglikelihood / words),
+                "byte_perplexity,none": math.exp(-loglikelihood / size),
+                "bits_per_byte,none": -loglikelihood / size / math.log(2)}  # fmt: skip
+
+    for task, docs in (("perplexity_tokens", texts[:8]), ("perplexity_held_out_jsonl", texts[30:])):
+        for key, value in expected(docs).items():
+            assert results[task][key] == pytest.approx(value, rel=1e-4), (task, key)
+
+
+def adapter_artifact(out: Path, base: Path) -> Path:
+    """A LoRA adapter artifact on `base` with random (non-zero) LoRA weights, as sft --lora writes one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmforge.model.loading import base_model_entry, resolve_model
+
+    source = resolve_model(base, "test")
+
+    def body(ctx):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))  # fmt: skip
+        model.save_pretrained(ctx.work)
+        AutoTokenizer.from_pretrained(base).save_pretrained(ctx.work)
+        ctx.extra["base_model"] = base_model_entry(source, ctx.out)
+
+    return run_stage("sft", "adapter", Imported(source="adapter"), [source.ref()], out, body)
+
+
+def test_adapter_and_quantized_model_match_lm_eval(tiny_model, tmp_path):
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TorchAoConfig
+
+    adapter = adapter_artifact(tmp_path / "adapter", tiny_model)
+
+    def quantize(ctx):
+        model = AutoModelForCausalLM.from_pretrained(
+            tiny_model, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())
+        )
+        model.save_pretrained(ctx.work, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(ctx.work)
+
+    ref = Artifact.open(tiny_model).ref()
+    quantized = run_stage(
+        "quantize", "quantized-model", Imported(source="int8"), [ref], tmp_path / "int8", quantize
+    )
+
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"])
+    out = eval_stage.run([str(tiny_model), str(adapter), str(quantized)], tmp_path / "report", config)
+    base, lora, int8 = [m.results for m in report.model_results(out)]
+    kwargs = {"apply_chat_template": True, "fewshot_as_multiturn": True}
+    same_scores(
+        lora, direct({"pretrained": str(tiny_model), "peft": str(adapter)}, ["llmforge_arith_mc"], **kwargs)
+    )
+    same_scores(int8, direct({"pretrained": str(quantized)}, ["llmforge_arith_mc"], **kwargs))
+    assert lora["config"]["model_args"]["peft"] == str(adapter)
+    assert lora["results"] != base["results"]  # the adapter was applied
+    assert [m["kind"] for m in (base["llmforge"], lora["llmforge"], int8["llmforge"])] == [
+        "model", "adapter", "quantized-model"]  # fmt: skip
+
+
+def test_no_chat_template_is_applied_and_recorded(tiny_model, tmp_path):
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"], chat_template=False)
+    out = eval_stage.run([str(tiny_model)], tmp_path / "report", config)
+    results = json.loads((out / "results.json").read_text())
+    assert results["llmforge"]["chat_template"] is False and results["chat_template"] is None
+    same_scores(results, direct({"pretrained": str(tiny_model)}, ["llmforge_arith_mc"]))
+
+
+def user_task(directory: Path, items: list[dict], name: str = "my_quiz") -> Path:
+    """A task directory the way lm-eval documents local data: YAML + JSONL."""
+    data = write_jsonl(directory / "items.jsonl", items)
+    (directory / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 2.0\n"
+    )
+    return directory
+
+
+LONG_ITEMS = [
+    {"id": f"q{n}", "question": f"Which word ends the well known saying that starts with {' '.join(words)}",
+     "choices": ["data", "tokens"], "label": 0}
+    for n, words in enumerate(
+        [["every", "token", "counts", "while", "the", "model", "learns"], ["navigation", "menus", "and", "boilerplate",
+         "surround", "the", "useful", "article"], ["optimizer", "state", "is", "sharded", "across", "many", "devices"]]
+    )
+]  # fmt: skip
+
+
+def lineage_model(out: Path, tiny_model: Path, parents: list[Artifact]) -> Path:
+    """A model artifact trained (here: copied) from `parents`, so that lineage reaches them."""
+
+    def body(ctx):
+        for file in tiny_model.iterdir():
+            if file.name != "artifact.json":
+                shutil.copy2(file, ctx.work / file.name)
+
+    return run_stage("pretrain", "model", Imported(source="copy"), [p.ref() for p in parents], out, body)
+
+
+def test_contamination_check_reads_the_lineage(tiny_model, tmp_path):
+    from llmforge.stages import dedup
+
+    planted = LONG_ITEMS[1]["question"] + " data"  # one quiz item, word for word, in the training text
+    crawl = documents_artifact(tmp_path / "crawl", sentences(40) + [f"Intro. {planted}. Outro."])
+    deduped = dedup.run([str(crawl)], tmp_path / "dedup", decontaminate=[str(ARITHMETIC_DATA)],
+                        config=dedup.Config(exact=False, minhash={"enabled": False}))  # fmt: skip
+    model = lineage_model(tmp_path / "model", tiny_model, [Artifact.open(deduped)])
+    quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
+
+    config = eval_stage.Config(tasks=["llmforge_arith_mc", f"{quiz}/"])
+    out = eval_stage.run([str(model)], tmp_path / "report", config)
+    found = json.loads((out / "results.json").read_text())["llmforge"]["contamination"]
+    assert found["dedup"] == [str(deduped)] and found["training_documents"] == [str(deduped)]
+    arithmetic, mine = found["tasks"]["llmforge_arith_mc"], found["tasks"]["my_quiz"]
+    assert arithmetic["in_decontamination_set"] is True
+    assert arithmetic["decontaminated_by"] == [{"dedup": str(deduped), "benchmark": str(ARITHMETIC_DATA),
+                                                "items": 30, "items_hit": 0}]  # fmt: skip
+    assert arithmetic["items_checked"] == 0  # "What is 3 + 4?" has no 13-gram: dedup cannot see it either
+    assert mine["in_decontamination_set"] is False
+    assert (mine["items"], mine["items_checked"], mine["items_overlapping"]) == (3, 3, 1)
+    assert mine["overlapping_ids"] == ["q1"]
+    stats = Artifact.open(out).stats["contamination"]
+    assert stats["my_quiz"] == {"in_decontamination_set": False, "items_overlapping": 1}
+
+
+def test_standard_task_from_the_local_datasets_cache(tiny_model, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError, match=r"task lambada_openai: its dataset EleutherAI/lambada_openai \(default\) "
+                                         r"is not in .* llmforge runs offline"):  # fmt: skip
+        eval_stage.run([str(tiny_model)], tmp_path / "missing", eval_stage.Config(tasks=["lambada_openai"]))
+
+    cache_dataset(tmp_path / "cache", "EleutherAI/lambada_openai", "default", "test",
+                  [{"text": text} for text in sentences(6)])  # fmt: skip
+    out = eval_stage.run([str(tiny_model)], tmp_path / "report", eval_stage.Config(tasks=["lambada_openai"]))
+    results = json.loads((out / "results.json").read_text())
+    assert results["n-samples"]["lambada_openai"]["effective"] == 6
+    assert 0 <= results["results"]["lambada_openai"]["acc,none"] <= 1
+
+
+def cache_dataset(cache: Path, repo: str, config: str, split: str, rows: list[dict]) -> None:
+    """Put `rows` where `datasets` finds hub dataset `repo` offline after one download (its cache layout)."""
+    import tempfile
+
+    import datasets
+
+    with tempfile.TemporaryDirectory() as scratch:
+        source = write_jsonl(Path(scratch) / f"{split}.jsonl", rows)
+        builder = datasets.load_dataset_builder("json", data_files={split: str(source)},
+                                                cache_dir=str(Path(scratch) / "build"))  # fmt: skip
+        builder.download_and_prepare()
+        prepared = Path(builder.cache_dir)
+        name = repo.split("/")[-1]
+        target = cache / repo.replace("/", "___") / config / prepared.parts[-2] / prepared.parts[-1]
+        target.mkdir(parents=True)
+        info = json.loads((prepared / "dataset_info.json").read_text())
+        info.update(config_name=config, dataset_name=name, builder_name=name)
+        for entry in info["splits"].values():
+            entry["dataset_name"] = name
+        (target / "dataset_info.json").write_text(json.dumps(info))
+        for arrow in prepared.glob("json-*.arrow"):
+            shutil.copy(arrow, target / arrow.name.replace("json-", f"{name}-"))
+
+
+def test_unknown_task_names_close_matches(tiny_model, tmp_path):
+    with pytest.raises(InputError, match=r"unknown task 'llmforge_arithm'.*did you mean llmforge_arith"):
+        eval_stage.run([str(tiny_model)], tmp_path / "out", eval_stage.Config(tasks=["llmforge_arithm"]))
+    with pytest.raises(InputError, match=r"unknown task 'hellaswagg' \(not bundled, .* lm-eval's [\d,]+ tasks\); "
+                                         r"did you mean hellaswag"):  # fmt: skip
+        eval_stage.run([str(tiny_model)], tmp_path / "out", eval_stage.Config(tasks=["hellaswagg"]))
+    assert not (tmp_path / "out.partial").exists()  # refused before any work
+
+
+def test_user_task_directory_and_file(tiny_model, tmp_path):
+    quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
+    by_directory = eval_stage.run([str(tiny_model)], tmp_path / "a", eval_stage.Config(tasks=[f"{quiz}/"]))
+    by_file = eval_stage.run(
+        [str(tiny_model)], tmp_path / "b", eval_stage.Config(tasks=[str(quiz / "my_quiz.yaml")])
+    )
+    by_name = eval_stage.run(
+        [str(tiny_model)], tmp_path / "c", eval_stage.Config(tasks=["my_quiz"], include=[str(quiz)])
+    )
+    assert json.loads((by_name / "results.json").read_text())["results"]["my_quiz"]["acc,none"] in (
+        0,
+        1 / 3,
+        2 / 3,
+        1,
+    )
+    first = json.loads((by_directory / "results.json").read_text())
+    second = json.loads((by_file / "results.json").read_text())
+    third = json.loads((by_name / "results.json").read_text())
+    assert first["results"] == second["results"] == third["results"] and first["versions"] == {"my_quiz": 2.0}
+    for report_dir in (
+        by_directory,
+        by_file,
+        by_name,
+    ):  # editing the task's YAML or data makes another report
+        inputs = Artifact.open(report_dir).manifest["inputs"]
+        assert [i["role"] for i in inputs] == ["model", "tasks"] and inputs[1]["files"] == 2  # YAML + JSONL
