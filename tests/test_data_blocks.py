@@ -148,3 +148,34 @@ def test_decontamination_hits_normalised_ngrams(tmp_path):
     assert (
         decontaminate.filter(doc("Which river flows through the old town before it reaches the sea")) is True
     )
+
+
+def test_every_filter_can_be_switched_and_tuned(tmp_path):
+    from llmforge.stages.crawl_filter import Config, build_pipeline
+
+    groups = [("jsonl", [str(tmp_path / "a.jsonl")])]
+    _, names = build_pipeline(groups, Config(), tmp_path)
+    assert names == ["read_jsonl", "url_filter", "language", "gopher_repetition", "gopher_quality", "c4_quality",
+                     "fineweb_quality", "pii", "write"]  # fmt: skip
+    off = {"enabled": False}
+    config = Config.model_validate({"url_filter": off, "gopher_repetition": off, "gopher_quality": off, "c4": off,
+                                    "fineweb": off, "pii": {"mode": "off"}})  # fmt: skip
+    assert build_pipeline(groups, config, tmp_path)[1] == ["read_jsonl", "language", "write"]
+
+    # mC4's paragraph rule, off by default, with its thresholds from the config
+    config = Config.model_validate(
+        {"c4": {"paragraphs": True, "min_paragraphs": 2, "min_paragraph_length": 40}}
+    )
+    pipeline, names = build_pipeline(groups, config, tmp_path)
+    paragraphs = pipeline[names.index("c4_paragraphs")]
+    assert names.index("c4_paragraphs") == names.index("c4_quality") + 1
+    assert (
+        paragraphs.filter(
+            doc("A line that is long enough to count here.\nAnd so is this line here, long enough to count.")
+        )
+        is True
+    )
+    assert paragraphs.filter(doc("A line that is long enough to count here.\nshort")) == (
+        False,
+        "< 2 paragraphs",
+    )

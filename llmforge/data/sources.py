@@ -292,7 +292,7 @@ def _root_and_relative(paths: list[str]) -> tuple[str, list[str]]:
     from fsspec.core import url_to_fs
 
     fs, _ = url_to_fs(paths[0])
-    stripped = [fs._strip_protocol(p) for p in paths]
+    stripped = [url_to_fs(p)[1] for p in paths]
     root = os.path.commonpath([os.path.dirname(p) for p in stripped])
     return fs.unstrip_protocol(root), [os.path.relpath(p, root) for p in stripped]
 
