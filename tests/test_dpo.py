@@ -67,6 +67,9 @@ def test_dpo_lora_continues_an_sft_adapter_and_resumes(tmp_path, tiny_model, sft
 @pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
 def test_dpo_loss_variants(tmp_path, tiny_model, preferences, loss):
     data = preferences
+    if loss == "ipo":  # plain-text records (no chat template)
+        rows = [{"prompt": f"Repeat {n}:", "chosen": f" {n}", "rejected": " the data"} for n in range(8)]
+        data = write_jsonl(tmp_path / "text.jsonl", rows)
     if loss == "kto":  # unpaired thumbs-up / thumbs-down data
         rows = read_jsonl(preferences)[:8]
         unpaired = [{"prompt": r["prompt"], "completion": r["chosen"], "label": True} for r in rows[:4]]

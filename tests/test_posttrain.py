@@ -96,6 +96,10 @@ def test_parquet_and_documents_inputs(tmp_path):
         InputError, match=r"data.parquet \(record 2\): 'completion' must be a non-empty string"
     ):
         read_records(tmp_path / "data.parquet", "sft", sft.validator(sft.Config()))
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"text": "first"}, {"text": 7}], indent=2))
+    with pytest.raises(InputError, match=r"array.json \(record 2\): 'text' must be a non-empty string"):
+        read_records(array, "sft", sft.validator(sft.Config()))
     documents = documents_artifact_from_records(
         tmp_path / "docs", [{"text": "one document"}, {"text": "two"}]
     )

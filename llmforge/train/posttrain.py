@@ -215,6 +215,23 @@ def _jsonl_lines(file: str) -> Iterator[tuple[str, Any]]:
                 raise InputError(f"{where(file, number)}: not valid JSON ({exc.msg})") from None
 
 
+def _json_rows(file: str) -> Iterator[tuple[str, Any]]:
+    """A .json file: JSON lines, or one JSON array of records."""
+    opener = gzip.open if file.endswith(".gz") else open
+    with opener(file, "rt", encoding="utf-8") as handle:
+        head = handle.read(1024).lstrip()
+    if not head.startswith("["):
+        yield from _jsonl_lines(file)
+        return
+    with opener(file, "rt", encoding="utf-8") as handle:
+        try:
+            records = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where(file, exc.lineno)}: not valid JSON ({exc.msg})") from None
+    for number, record in enumerate(records, 1):
+        yield where(file, record=str(number)), record
+
+
 def _parquet_rows(file: str) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
@@ -236,6 +253,14 @@ def _documents_rows(artifact: Artifact) -> Iterator[tuple[str, Any]]:
             ):  # a document's metadata can carry the other fields (prompt, answer...)
                 document = {**(document.get("metadata") or {}), "text": document.get("text")}
             yield location, document
+
+
+def _file_rows(file: str) -> Iterator[tuple[str, Any]]:
+    if file.endswith(".parquet"):
+        return _parquet_rows(file)
+    if file.endswith((".json", ".json.gz")):
+        return _json_rows(file)
+    return _jsonl_lines(file)
 
 
 def dataset_files(path: str) -> list[str]:
@@ -263,8 +288,7 @@ def read_records(path: str | Path, stage: str, validate: Validator) -> Records:
         rows = _documents_rows(open_artifact(path, stage, ["documents"]))
     else:
         files = dataset_files(path)
-        rows = (row for file in files for row in (_parquet_rows(file) if file.endswith(".parquet")
-                                                  else _jsonl_lines(file)))  # fmt: skip
+        rows = (row for file in files for row in _file_rows(file))
     items, locations, shape, first_location = [], [], None, None
     for location, record in rows:
         if not isinstance(record, dict):
