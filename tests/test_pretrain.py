@@ -33,6 +33,17 @@ SETTINGS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread, and the suite runs two test workers on two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def config(**changes) -> Config:
     data = json.loads(json.dumps(SETTINGS))
     for key, value in changes.items():
@@ -146,8 +157,12 @@ def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, m
     assert all(math.isfinite(v) for v in rewound.values()) and stats["loss_final"] < stats["loss_first"] - 1.0
 
 
-def test_activation_checkpointing_and_bf16_autocast_train_the_same_model(tmp_path, tokens, pretrained):
+def test_checkpointing_compile_and_bf16_autocast_train_the_same_model(tmp_path, tokens, pretrained):
     reference = losses(pretrained)
+    with pytest.raises(StoppedEarly):  # aot_eager: the graph capture of torch.compile without code generation
+        run(tokens, tmp_path / "compiled", config(compile=True, compile_backend="aot_eager", stop_after=2))
+    compiled = losses(tmp_path / "compiled.partial")
+    assert [compiled[s] for s in (1, 2)] == pytest.approx([reference[s] for s in (1, 2)], abs=1e-5)
     with pytest.raises(StoppedEarly):
         run(tokens, tmp_path / "ckpt", config(activation_checkpointing=True, stop_after=3))
     recomputed = losses(tmp_path / "ckpt.partial")
@@ -260,3 +275,61 @@ def test_schedules():
     assert [wsd(s) for s in (9, 50, 79)] == [1.0, 1.0, 1.0]
     assert wsd(89) == pytest.approx(0.55) and wsd(99) == pytest.approx(0.1)
     assert Schedule("constant", total_steps=100, warmup_steps=4)(50) == 1.0
+
+
+def test_launch_commands_for_one_node_and_a_hostfile(tmp_path):
+    import sys
+
+    from llmforge.train.launch import launch_command, read_hostfile, world_size
+
+    plan = tmp_path / "plan.json"
+    assert launch_command(plan, 4, None, 29500) == [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "4",
+        "--master-addr", "127.0.0.1", "--master-port", "29500", "-m", "llmforge.train.worker", str(plan),
+    ]  # fmt: skip
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two nodes of 8 GPUs\nnode-a slots=8\nnode-b slots=8  # second\n\n")
+    assert read_hostfile(hostfile) == [("node-a", 8), ("node-b", 8)]
+    assert world_size(1, hostfile) == 16 and world_size(4, hostfile) == 8 and world_size(3, None) == 3
+    assert launch_command(plan, 1, hostfile, 29500) == [
+        sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), "--master_port", "29500",
+        "--no_local_rank", "--module", "llmforge.train.worker", str(plan),
+    ]  # fmt: skip
+    assert launch_command(plan, 4, hostfile, 29500)[3:7] == ["--hostfile", str(hostfile), "--num_gpus", "4"]
+    hostfile.write_text("node-a 8\n")
+    with pytest.raises(InputError, match=r"hostfile:1: expected 'HOST slots=N'"):
+        read_hostfile(hostfile)
+
+
+def test_deepspeed_settings_from_flags_or_a_json_file(tmp_path, tokens):
+    from llmforge.stages.pretrain import plan_run
+
+    plan = plan_run(tokens, config(distributed__zero=2, distributed__offload="cpu"))
+    section = plan["deepspeed"]["zero_optimization"]
+    assert section["stage"] == 2 and section["offload_optimizer"]["device"] == "cpu"
+    assert (
+        plan["deepspeed"]["gradient_accumulation_steps"] == 2
+        and plan["deepspeed"]["gradient_clipping"] == 1.0
+    )
+    with pytest.raises(InputError, match="--offload cpu needs ZeRO stage 1, 2 or 3"):
+        plan_run(tokens, config(distributed__offload="cpu"))
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"stage": 3, "overlap_comm": True},
+                                "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}))  # fmt: skip
+    plan = plan_run(tokens, config(distributed__deepspeed=str(user)))
+    assert plan["deepspeed"]["zero_optimization"] == {"stage": 3, "overlap_comm": True}
+    assert (
+        plan["deepspeed"]["train_micro_batch_size_per_gpu"] == 4
+        and plan["deepspeed"]["gradient_clipping"] == 1.0
+    )
+    assert plan["estimate"].zero == 3
+    user.write_text(json.dumps({"gradient_accumulation_steps": 8}))
+    with pytest.raises(InputError, match="gradient_accumulation_steps is 8 but llmforge's settings give 2"):
+        plan_run(tokens, config(distributed__deepspeed=str(user)))
+    user.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
+    with pytest.raises(InputError, match="remove the 'optimizer' section"):
+        plan_run(tokens, config(distributed__deepspeed=str(user)))
+    user.write_text("{not json")
+    with pytest.raises(InputError, match=r"ds.json:1: not valid JSON"):
+        plan_run(tokens, config(distributed__deepspeed=str(user)))

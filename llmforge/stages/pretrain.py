@@ -168,6 +168,10 @@ class Config(StageConfig):
         False, description="Recompute activations in backward to save memory"
     )
     compile: bool = runtime_field(False, description="torch.compile the model")
+    compile_backend: str = runtime_field(
+        "inductor",
+        description="torch.compile backend (inductor; aot_eager skips code generation, for debugging)",
+    )
     seed: int = Field(0, description="Seed for the initial weights and the data order")
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="DeepSpeed and processes"
@@ -445,6 +449,7 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
         document_masking=config.document_masking,
         activation_checkpointing=config.activation_checkpointing,
         compile=config.compile,
+        compile_backend=config.compile_backend,
         flops_per_token=plan["estimate"].flops_per_token,
         checkpoint_every=config.checkpoint.every,
         keep_checkpoints=config.checkpoint.keep,

@@ -52,11 +52,9 @@ def world_size(nproc: int, hostfile: str | Path | None) -> int:
 
 def launch_command(plan: Path, nproc: int, hostfile: str | Path | None, port: int) -> list[str]:
     if hostfile is not None:
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile),
-                   "--master_port", str(port), "--no_local_rank", "--module"]  # fmt: skip
-        if nproc > 1:
-            command[4:4] = ["--num_gpus", str(nproc)]
-        return [*command, WORKER, str(plan)]
+        gpus = ["--num_gpus", str(nproc)] if nproc > 1 else []
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), *gpus,
+                "--master_port", str(port), "--no_local_rank", "--module", WORKER, str(plan)]  # fmt: skip
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
             "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", WORKER, str(plan)]  # fmt: skip
 

@@ -57,6 +57,7 @@ class RunSpec:
     document_masking: bool
     activation_checkpointing: bool
     compile: bool
+    compile_backend: str
     flops_per_token: float
     checkpoint_every: int
     keep_checkpoints: int
@@ -196,7 +197,7 @@ class Trainer:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=spec.deepspeed)  # fmt: skip
         if spec.compile:
-            engine.compile()
+            engine.compile(backend=spec.compile_backend)
         engine.train()
         return engine
 
