@@ -123,14 +123,37 @@ def test_bundled_task_data_is_the_generators_held_out_split(tmp_path):
         assert item["choices"][item["label"]] == item["answer"] == str(a + b)
 
 
-def test_reasoning_task_scores_like_grpo_rewards():
-    from llmforge.evaluation.tasks import score_reasoning
+def test_reasoning_task_scores_with_grpos_rewards():
+    from llmforge.evaluation.tasks import score_with_rewards
 
     doc = {"answer": "7"}
-    assert score_reasoning(doc, ["<think>3 plus 4 is 7</think>7"]) == {"format": 1.0, "exact_match": 1.0}
-    assert score_reasoning(doc, ["<think>3 plus 4</think> 8"]) == {"format": 1.0, "exact_match": 0.0}
-    assert score_reasoning(doc, ["7"]) == {"format": 0.0, "exact_match": 0.0}
-    assert score_reasoning(doc, ["<think>unfinished"]) == {"format": 0.0, "exact_match": 0.0}
+    trained = problems("eval")[0].completion(reasoning=True)
+    assert re.fullmatch(r"<think>.+</think><answer>\d+</answer>", trained)
+    assert score_with_rewards({"answer": problems("eval")[0].answer}, [trained]) == {
+        "format": 1.0,
+        "math": 1.0,
+    }
+    assert score_with_rewards(doc, ["<think>3 plus 4</think><answer>8</answer>"]) == {
+        "format": 1.0,
+        "math": 0.0,
+    }
+    assert score_with_rewards(doc, ["7"]) == {"format": 0.0, "math": 0.0}  # right, but not in the format
+    assert score_with_rewards(doc, ["<think>3 plus 4</think>7"]) == {
+        "format": 0.4,
+        "math": 0.0,
+    }  # partial credit
+
+
+def test_strict_match_accepts_the_formats_training_uses():
+    from lm_eval.filters.extraction import RegexFilter
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    config = load_yaml(TASKS_DIR / "llmforge" / "arithmetic.yaml", resolve_func=False)
+    assert config["filter_list"][0]["name"] == "strict-match"
+    strict = RegexFilter(regex_pattern=config["filter_list"][0]["filter"][0]["regex_pattern"])
+    replies = ["7", " 7 ", "<think>3 plus 4 is 7</think>7", "<think>3 plus 4 is 7</think><answer>7</answer>",
+               "The answer is 7", "7 apples", "<think>7</think>"]  # fmt: skip
+    assert strict.apply([[r] for r in replies], [{}] * len(replies)) == [["7"]] * 4 + [["[invalid]"]] * 3
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +201,9 @@ def test_compare_table_shows_deltas_against_the_first(bundled_report, random_rep
     assert f"{values[0]:.4f}" in line and f"{values[1]:.4f} ({values[1] - values[0]:+.4f})" in line
     assert "—" in next(line for line in text.splitlines() if "strict-match" in line)
 
+    assert report.comparability_warnings([first, *others]) == [
+        "llmforge_arith_mc: evaluated on different numbers of items (8, 30)"
+    ]
     eval_stage.compare([str(bundled_report), str(random_report)])  # the CLI's --compare: four columns
     assert capsys.readouterr().out == ""  # no artifact: nothing on stdout
 
@@ -407,3 +433,26 @@ def test_user_task_directory_and_file(tiny_model, tmp_path):
     ):  # editing the task's YAML or data makes another report
         inputs = Artifact.open(report_dir).manifest["inputs"]
         assert [i["role"] for i in inputs] == ["model", "tasks"] and inputs[1]["files"] == 2  # YAML + JSONL
+
+
+def test_an_interrupted_multi_model_run_resumes(tiny_model, tmp_path, capsys):
+    # the second model's tokenizer loses its chat template: asking for one stops the run at that model
+    second = tmp_path / "second"
+    shutil.copytree(tiny_model, second)
+    template = (second / "chat_template.jinja").read_text()
+    (second / "chat_template.jinja").unlink()
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"], limit=4, chat_template=True)
+    models = [str(tiny_model), str(second)]
+    with pytest.raises(
+        InputError, match=r"second: --chat-template asked for, but its tokenizer has no chat template"
+    ):
+        eval_stage.run(models, tmp_path / "report", config)
+    assert (tmp_path / "report.partial" / "checkpoints" / "model-0.json").is_file()
+
+    (second / "chat_template.jinja").write_text(template)  # fixed: the same command resumes
+    capsys.readouterr()
+    out = eval_stage.run(models, tmp_path / "report", config)
+    assert f"resuming: {tiny_model} was evaluated before the interruption" in capsys.readouterr().err
+    first, again = report.model_results(out)
+    assert first.results["results"] == again.results["results"]  # the same weights, scored the same
+    assert not (out / "checkpoints").exists()

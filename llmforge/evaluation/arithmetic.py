@@ -41,9 +41,10 @@ class Problem:
         return str(self.a + self.b)
 
     def completion(self, reasoning: bool = False) -> str:
-        """The assistant's reply: the bare answer, or a short thought in <think> tags first (GRPO's format)."""
+        """The assistant's reply: the bare answer, or a short thought and the answer in the tags GRPO's `format`
+        and `math` rewards look for (llmforge.rewards)."""
         if reasoning:
-            return f"<think>{self.a} plus {self.b} is {self.answer}</think>{self.answer}"
+            return f"<think>{self.a} plus {self.b} is {self.answer}</think><answer>{self.answer}</answer>"
         return self.answer
 
     def messages(self, reasoning: bool = False) -> list[dict[str, str]]:

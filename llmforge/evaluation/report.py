@@ -173,6 +173,25 @@ def comparison_table(models: list[ModelResults], title: str = "eval: side by sid
     return table
 
 
+def comparability_warnings(models: list[ModelResults]) -> list[str]:
+    """Tasks whose version, few-shot count or item count differ between the models: their scores do not compare."""
+    warnings = []
+    for field, what in (("versions", "version"), ("n-shot", "n-shot")):
+        seen: dict[str, set[str]] = {}
+        for model in models:
+            for task, value in model.results.get(field, {}).items():
+                seen.setdefault(task, set()).add(str(value))
+        warnings += [f"{task}: {what} differs between the models ({', '.join(sorted(values))}); its scores do not "
+                     "compare" for task, values in seen.items() if len(values) > 1]  # fmt: skip
+    items: dict[str, set[int]] = {}
+    for model in models:
+        for task, counts in model.results.get("n-samples", {}).items():
+            items.setdefault(task, set()).add(counts.get("effective"))
+    warnings += [f"{task}: evaluated on different numbers of items ({', '.join(map(str, sorted(counts)))})"
+                 for task, counts in items.items() if len(counts) > 1]  # fmt: skip
+    return warnings
+
+
 def _signed(delta: float, higher_is_better: bool | None) -> str:
     text = f"{delta:+.4f}"
     if delta == 0 or higher_is_better is None:

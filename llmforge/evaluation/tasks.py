@@ -16,7 +16,6 @@ import difflib
 import functools
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,6 @@ from llmforge.errors import InputError, where
 TASKS_DIR = Path(__file__).resolve().parent.parent / "resources" / "tasks"
 ARITHMETIC_DATA = TASKS_DIR / "llmforge" / "arithmetic.jsonl"
 BUNDLED_LOADER = "load_jsonl_splits"
-
-# A GRPO-style reply: a thought in <think> tags, then the answer (what llmforge.rewards' format reward asks for).
-REASONED_REPLY = re.compile(r"^\s*<think>(.*?)</think>\s*(\S.*?)\s*$", re.DOTALL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -67,11 +63,14 @@ def load_jsonl_splits(data_files: dict[str, str | list[str]], **_metadata: Any):
     return DatasetDict(splits)
 
 
-def score_reasoning(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """lm-eval `process_results` for GRPO-style replies: format (thought then answer) and the format-gated answer."""
-    reply = REASONED_REPLY.match(results[0])
-    return {"format": float(reply is not None),
-            "exact_match": float(reply is not None and reply.group(2) == str(doc["answer"]))}  # fmt: skip
+def score_with_rewards(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """lm-eval `process_results` scoring a reply with GRPO's own rewards (llmforge.rewards): `format` (<think> then
+    <answer> tags; partial credit per tag) and `math` (the answer in the tags equals the item's answer)."""
+    from llmforge.rewards.math_answer import math_reward
+    from llmforge.rewards.text import format_reward
+
+    return {"format": format_reward(completions=results[:1])[0],
+            "math": math_reward(completions=results[:1], answer=[doc["answer"]])[0]}  # fmt: skip
 
 
 def _leaves(item) -> list:

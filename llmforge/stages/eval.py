@@ -504,13 +504,15 @@ def _write_json(path: Path, data: Any) -> None:
 
 def compare(reports: list[str]) -> list:
     """Print eval reports side by side (deltas against the first model); returns the models compared."""
-    from llmforge.console import console
-    from llmforge.evaluation.report import comparison_table, model_results
+    from llmforge.console import console, warn
+    from llmforge.evaluation.report import comparability_warnings, comparison_table, model_results
 
     if not reports:
         raise InputError("--compare needs eval-report artifacts (made by `llmforge eval`)")
     models = [model for report in reports for model in model_results(report)]
     console.print(comparison_table(models, title="eval: side by side (Δ against the first model)"))
+    for line in comparability_warnings(models):
+        warn(line)
     for model in models:
         show_contamination(model)
     return models
