@@ -248,11 +248,13 @@ def main() -> None:
     base_rate = args.max_tokens * len(few) / sum(base_whole)
     print(f"| unquantized (float32) | {base_bytes:,} | - | {base_rate:.0f} | "
           f"{rows[-1][1]['tokens_per_s']:.0f} |")  # fmt: skip
+    # the small preset's down_proj has 704 input columns, not a multiple of w8a16's groups of 128: kept in float
+    extra = {"w8a16": ["--set", 'ignore=[lm_head, "re:.*down_proj"]']}
     for method in ("torchao-int8", "torchao-int8-dynamic", "w8a16"):
         out = work / f"q-{method}"
         subprocess.run([sys.executable, "-m", "llmforge", "quantize", str(model_dir), "--data", str(docs), "-o",
                         str(out), "--method", method, "--algorithm", "rtn", "--seq-len", "256",
-                        "--eval-tokens", "16384"], check=True, capture_output=True)  # fmt: skip
+                        "--eval-tokens", "16384", *extra.get(method, [])], check=True, capture_output=True)  # fmt: skip
         stats = json.loads((out / "artifact.json").read_text())["stats"]
         _, q_whole = service_times(out, few, args.max_tokens)
         process, url = start(out, "--max-batch-size", "16")

@@ -179,3 +179,21 @@ def test_bad_inputs_are_refused_before_any_work(tiny_model, tokens, tmp_path, ti
     with pytest.raises(InputError, match="already quantized"):
         quantize.run(done, tokens, tmp_path / "x")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_a_shape_the_scheme_cannot_group_is_a_clear_input_error(tiny_tokenizer_dir, tokens, tmp_path):
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import save_model_payload
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), intermediate_size=200)
+    save_model_payload(build_model(config), tokenizer, tmp_path / "odd")  # down_proj has 200 input columns
+    with pytest.raises(InputError, match=r"w4a16 .* 4 layer\(s\) do not divide: model.layers.0.mlp.down_proj "
+                                         r"\(columns=200, group_size=128\).*adding re:.\*down_proj"):  # fmt: skip
+        quantize.run(
+            tmp_path / "odd",
+            tokens,
+            tmp_path / "x",
+            quantize.Config(method="w4a16", algorithm="rtn", **SMALL),
+        )

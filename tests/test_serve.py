@@ -14,8 +14,8 @@ import httpx
 import pytest
 from helpers import llmforge, random_adapter_artifact
 
-# one worker runs this module's tests in file order: they share one server, and the last one stops it
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+# the tests share one server per worker (module fixture); the SIGTERM test stops a server of its own
+pytestmark = pytest.mark.slow
 
 KEY = "sk-test-key"
 CHAT = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -54,9 +54,18 @@ def start_server(model, *args, log_dir: Path) -> Server:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    served = start_server(tiny_model, "--api-key", KEY, "--max-batch-size", "8",
-                          log_dir=tmp_path_factory.mktemp("serve"))  # fmt: skip
+def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """Two LoRA adapters with random weights on the tiny model."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: random_adapter_artifact(root / name, tiny_model, seed=seed, rank=rank)
+            for name, seed, rank in (("first", 1, 4), ("second", 2, 16))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(adapters, tmp_path_factory):
+    """One server for the module: the adapter `first` on its base `tiny`, plus `second` on the same base."""
+    served = start_server(adapters["first"], "--adapter", f"second={adapters['second']}", "--api-key", KEY,
+                          "--max-batch-size", "8", log_dir=tmp_path_factory.mktemp("serve"))  # fmt: skip
     yield served
     served.stop()
 
@@ -72,15 +81,17 @@ def manifest(artifact) -> dict:
     return json.loads((Path(artifact) / "artifact.json").read_text())
 
 
-def test_models_health_fingerprint_and_api_key(server, client, tiny_model):
+def test_models_health_fingerprint_and_api_key(server, client, tiny_model, adapters):
     from openai import AuthenticationError, OpenAI
 
-    fingerprint = manifest(tiny_model)["fingerprint"]
-    (model,) = client.models.list().data
-    assert model.id == "tiny" and model.owned_by == "llmforge"
-    assert model.fingerprint == fingerprint and model.artifact == str(tiny_model)
+    cards = {m.id: m for m in client.models.list().data}
+    assert list(cards) == ["first", "tiny", "second"]  # the served adapter, its base, the extra adapter
+    for name, path in (("first", adapters["first"]), ("tiny", tiny_model), ("second", adapters["second"])):
+        assert cards[name].fingerprint == manifest(path)["fingerprint"] and cards[name].artifact == str(path)
+        assert cards[name].owned_by == "llmforge"
     health = httpx.get(f"{server.root}/health")  # no key needed to check liveness
-    assert health.status_code == 200 and health.headers["x-llmforge-fingerprint"] == fingerprint
+    assert health.status_code == 200
+    assert health.headers["x-llmforge-fingerprint"] == manifest(adapters["first"])["fingerprint"]
 
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         refused = httpx.get(f"{server.url}/models", headers=headers)
@@ -236,7 +247,42 @@ def test_chat_repl_against_the_server(server):
     assert "conversation reset" in result.stderr
 
 
-def test_sigterm_lets_requests_in_flight_finish_then_exits(server, client):
+def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_model, adapters):
+    import torch
+
+    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(tiny_model, "serve"))
+    prompt = "the model learns from"
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    expected = {}
+    for name, path in (("first", adapters["first"]), ("tiny", tiny_model), ("second", adapters["second"])):
+        model = load_model(resolve_model(path, "serve"))
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert len(set(expected.values())) == 3  # each adapter changes the answer
+    answers = {}
+
+    def ask(name):
+        answers[name] = client.completions.with_raw_response.create(
+            model=name, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+
+    threads = [threading.Thread(target=ask, args=(name,)) for name in expected]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert {name: a.parse().choices[0].text for name, a in answers.items()} == expected
+    assert answers["second"].headers["x-llmforge-fingerprint"] == manifest(adapters["second"])["fingerprint"]
+    assert answers["tiny"].headers["x-llmforge-fingerprint"] == manifest(tiny_model)["fingerprint"]
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits(tiny_model, tmp_path):
+    from openai import OpenAI
+
+    # a server of its own: the shared one may be serving other tests on this worker
+    server = start_server(tiny_model, log_dir=tmp_path)
+    client = OpenAI(base_url=server.url, api_key="unused", max_retries=0)
     answer = {}
 
     def long_request():
@@ -245,84 +291,42 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits(server, client):
 
     thread = threading.Thread(target=long_request)
     thread.start()
-    deadline = time.time() + 30
-    while server.stats()["running"] == 0 and time.time() < deadline:
+    deadline = time.time() + 60
+    while httpx.get(f"{server.root}/stats").json()["running"] == 0 and time.time() < deadline:
         time.sleep(0.01)
     server.process.send_signal(signal.SIGTERM)
     thread.join(timeout=120)
     assert server.process.wait(timeout=60) == 0
     assert answer["value"].usage.completion_tokens == 300  # finished, not cut off
-    assert "server stopped" in server.log.read_text()
+    assert "server stopped (SIGTERM)" in server.log.read_text()
 
 
-def test_adapters_are_served_by_name_on_their_base(tiny_model, tmp_path):
-    import torch
-
-    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
-
-    first = random_adapter_artifact(tmp_path / "first", tiny_model, seed=1)
-    second = random_adapter_artifact(tmp_path / "second", tiny_model, seed=2)
-    tokenizer = load_tokenizer(resolve_model(tiny_model, "serve"))
-    prompt = "the model learns from"
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    expected = {}
-    for name, path in (("first", first), ("tiny", tiny_model), ("second", second)):
-        model = load_model(resolve_model(path, "serve"))
-        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    assert len(set(expected.values())) == 3  # each adapter changes the answer
-
-    served = start_server(first, "--adapter", f"second={second}", log_dir=tmp_path)
-    try:
-        from openai import OpenAI
-
-        client = OpenAI(base_url=served.url, api_key="unused", max_retries=0)
-        cards = {m.id: m for m in client.models.list().data}
-        assert list(cards) == ["first", "tiny", "second"]
-        assert cards["first"].fingerprint == manifest(first)["fingerprint"]
-        assert cards["tiny"].fingerprint == manifest(tiny_model)["fingerprint"]
-        answers = {}
-
-        def ask(name):
-            answers[name] = client.completions.with_raw_response.create(
-                model=name, prompt=prompt, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
-
-        threads = [threading.Thread(target=ask, args=(name,)) for name in expected]  # one mixed-adapter batch
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
-        assert {name: a.parse().choices[0].text for name, a in answers.items()} == expected
-        assert answers["second"].headers["x-llmforge-fingerprint"] == manifest(second)["fingerprint"]
-    finally:
-        served.stop()
-
-
-def test_bad_serve_inputs_exit_2_before_loading(tiny_model, tmp_path):
-    adapter = random_adapter_artifact(tmp_path / "adapter", tiny_model)
-    other_base = tmp_path / "other"
+def test_bad_serve_inputs_are_refused_before_loading(tiny_model, adapters, tmp_path):
     from helpers import tiny_model_artifact
 
-    tiny_model_artifact(other_base, Path(tiny_model), seed=5)
+    from llmforge.errors import InputError
+    from llmforge.stages import serve
+
+    other_base = tiny_model_artifact(tmp_path / "other", Path(tiny_model), seed=5)
     foreign = random_adapter_artifact(tmp_path / "foreign", other_base)
     cases = [
-        ((tmp_path / "missing",), "no such model directory"),
-        ((tiny_model, "--adapter", f"x={tiny_model}"), "not an adapter"),
-        ((adapter, "--adapter", f"foreign={foreign}"), "not on the served base"),
-        ((tiny_model, "--backend", "vllm"), "needs vLLM and a CUDA GPU"),
+        (tmp_path / "missing", [], "no such model directory"),
+        (tiny_model, [f"x={tiny_model}"], "not an adapter"),
+        (adapters["first"], [f"foreign={foreign}"], "not on the served base"),
+        (tiny_model, [f"tiny={adapters['first']}"], "two served models would be called 'tiny'"),
     ]
-    for args, message in cases:
-        result = llmforge("serve", *args, "--port", "0", check=False, timeout=120)
-        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
-        assert result.stdout == ""
+    for model, extra, message in cases:
+        with pytest.raises(InputError, match=message):
+            serve.run(model, serve.Config(adapters=extra, port=0))
+    result = llmforge("serve", tiny_model, "--backend", "vllm", "--port", "0", check=False, timeout=120)
+    assert result.returncode == 2 and "needs vLLM and a CUDA GPU" in result.stderr and result.stdout == ""
 
 
-def test_vllm_command_line_passes_the_settings_through(tiny_model, tmp_path):
+def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
     from llmforge.serving import models, vllm_backend
     from llmforge.stages.serve import Config
 
-    first = random_adapter_artifact(tmp_path / "first", tiny_model, seed=1, rank=4)
-    second = random_adapter_artifact(tmp_path / "second", tiny_model, seed=2, rank=16)
+    first, second = adapters["first"], adapters["second"]
     plan = models.plan(first, None, {"second": str(second)})
     config = Config(tensor_parallel_size=2, max_model_len=256, api_key="k", port=9000)
     argv = vllm_backend.command(plan, config, 9000)

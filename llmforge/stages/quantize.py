@@ -211,18 +211,28 @@ def _llm_compressor(model, texts: Texts, config: Config, work: Path) -> None:
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
     scheme = LLM_COMPRESSOR_SCHEMES[config.method]
-    if texts.calibration:
-        from datasets import Dataset
+    try:
+        if texts.calibration:
+            from datasets import Dataset
 
-        dataset = Dataset.from_dict({"input_ids": texts.calibration,
-                                     "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
-        recipe = GPTQModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
-        oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
-                max_seq_length=max(len(w) for w in texts.calibration))  # fmt: skip
-    else:
-        oneshot(
-            model=model, recipe=QuantizationModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
-        )
+            dataset = Dataset.from_dict({"input_ids": texts.calibration,
+                                         "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
+            recipe = GPTQModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
+            oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
+                    max_seq_length=max(len(w) for w in texts.calibration))  # fmt: skip
+        else:
+            recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
+            oneshot(model=model, recipe=recipe)
+    except ValueError as exc:  # the model's shape does not suit the scheme: a bad combination, not a crash
+        if "group_size" not in str(exc):
+            raise
+        layers = [line.strip(" -") for line in str(exc).splitlines() if "group_size=" in line]
+        kind = layers[0].split(" ")[0].split(".")[-1]
+        raise InputError(
+            f"{config.method} quantizes weights in groups of input columns, and {len(layers)} layer(s) do not "
+            f"divide: {layers[0]}{', ...' if len(layers) > 1 else ''}; keep them in full precision by adding "
+            f"re:.*{kind} to the ignore setting (next to lm_head), or use w8a8 or torchao-int8"
+        ) from None
     model.save_pretrained(work, save_compressed=True)
 
 
