@@ -134,8 +134,8 @@ class PerLanguage(BaseFilter):
     def __init__(
         self, name: str, make: Callable[[str], BaseFilter], exclusion_writer: JsonlWriter | None = None
     ):
+        self.name = name  # before datatrove names the block's stats after it
         super().__init__(exclusion_writer)
-        self.name = name
         self.make = make
         self.filters: dict[str, BaseFilter] = {}
 

@@ -56,7 +56,6 @@ class RawInputs:
     files: list[InputFile]
     refs: list[InputRef]
     records: int = 0  # records in the local files (WARC records, JSONL lines, rows, files)
-    documents: int = 0  # of those, the ones with text that datatrove's readers turn into documents
     remote_files: int = 0
     by_format: dict[str, int] = field(default_factory=dict)
 
@@ -110,7 +109,6 @@ def resolve_raw_inputs(arguments: Iterable[str], settings: InputSettings, stage:
                 raise InputError(f"{file.path}: {stage} reads {', '.join(allowed)} files, not {file.format}"
                                  + ("; run `llmforge crawl-filter` on WARC files first" if file.format == "warc" else ""))  # fmt: skip
         files.extend(typed)
-        refs.append(raw_input(argument, names))
 
     result = RawInputs(files=files, refs=refs)
     local = [f for f in files if not f.remote]
@@ -121,10 +119,9 @@ def resolve_raw_inputs(arguments: Iterable[str], settings: InputSettings, stage:
         for file in local:
             records, documents = check_file(file, settings)
             result.records += records
-            result.documents += documents
             per_argument[file.argument] = per_argument.get(file.argument, 0) + documents
             bar.advance(task, os.path.getsize(file.path))
-    for argument in {f.argument for f in local}:
+    for argument in dict.fromkeys(f.argument for f in local):
         if per_argument.get(argument, 0) == 0 and not any(f.remote for f in files if f.argument == argument):
             raise InputError(
                 f"{argument}: holds no documents (no record with text); there is nothing to {stage}"
@@ -133,6 +130,8 @@ def resolve_raw_inputs(arguments: Iterable[str], settings: InputSettings, stage:
         result.by_format[file.format] = result.by_format.get(file.format, 0) + 1
     if result.remote_files:
         log(f"{result.remote_files} remote file(s) go to datatrove's readers unchecked")
+    for argument in dict.fromkeys(f.argument for f in files):  # fingerprints last: bad input fails fast
+        refs.append(raw_input(argument, [f.path for f in files if f.argument == argument]))
     return result
 
 
