@@ -31,8 +31,7 @@ class ServedModel:
         entry = {"id": self.name, "object": "model", "created": 0, "owned_by": "llmforge",
                  "fingerprint": self.fingerprint, "kind": self.source.kind, "artifact": str(self.source.path)}  # fmt: skip
         if self.adapter is not None:
-            entry["parent"] = None
-            entry["base_fingerprint"] = self.source.base.fingerprint if self.source.base else None
+            entry["base_fingerprint"] = self.source.base.fingerprint
         return entry
 
 
