@@ -247,6 +247,17 @@ def test_chat_repl_against_the_server(server):
     assert "conversation reset" in result.stderr
 
 
+def test_chat_repl_on_an_artifact_in_process(tiny_model):
+    run = subprocess.run([sys.executable, "-m", "llmforge", "chat", str(tiny_model), "--max-tokens", "5",
+                          "--temperature", "0"], input="hi there\n/reset\nhi there\n", capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.splitlines()
+    assert first == second and first
+    neither = llmforge("chat", check=False)
+    assert neither.returncode == 2 and "needs a model artifact or --url" in neither.stderr
+
+
 def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_model, adapters):
     import torch
 
