@@ -1,0 +1,231 @@
+"""Training throughput: `llmforge pretrain` against a minimal plain-PyTorch loop on the same model and data, and
+DeepSpeed ZeRO 0 vs 2 vs 3 on two processes (memory and speed).
+
+The data is real text found on this machine (docstrings of the Python standard library), encoded with a BPE
+tokenizer trained on it. Both sides train the same randomly initialised Llama on the same packed windows in the
+same order, with AdamW, the same schedule and gradient clipping; the plain loop has no DeepSpeed, no checkpoints,
+no metrics log. On a GPU the MFU of both is printed too (peak from llmforge.model.estimate's table).
+
+    .venv/bin/python bench/bench_pretrain.py [--preset small] [--steps 30] [--zero-preset 125m] [--threads 1]
+
+Prints tables; the figures go to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import pkgutil
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from llmforge.artifacts import InputRef, canonical_hash, run_stage
+from llmforge.config import StageConfig
+
+
+class BenchTokens(StageConfig):
+    """Standard-library docstrings encoded into shards."""
+
+    kind: str = "bench"
+
+
+def stdlib_texts(limit_bytes: int) -> list[str]:
+    texts, size = [], 0
+    for module in sorted(
+        m.name for m in pkgutil.iter_modules() if not m.name.startswith(("_", "test", "idle"))
+    ):
+        try:
+            imported = __import__(module)
+        except Exception:  # noqa: BLE001 (some modules need a display, a database...)
+            continue
+        for _, value in inspect.getmembers(imported):
+            doc = inspect.getdoc(value) if callable(value) else None
+            if doc and len(doc) > 200:
+                texts.append(doc)
+                size += len(doc)
+        if size >= limit_bytes:
+            break
+    return list(dict.fromkeys(texts))
+
+
+def tokens_artifact(root: Path, vocab_size: int, megabytes: float) -> Path:
+    from llmforge.data.shards import ShardWriter, dtype_for_vocab, write_index
+    from llmforge.data.tokenizer import tokenizer_fingerprint, train_tokenizer
+    from llmforge.model.llama import special_ids_of
+
+    texts = stdlib_texts(int(megabytes * 1e6))
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+
+    def body(ctx):
+        tokenizer.save_pretrained(ctx.work / "tokenizer")
+        dtype = dtype_for_vocab(len(tokenizer))
+        splits = {}
+        for split, part in (("train", texts[len(texts) // 50 :]), ("val", texts[: len(texts) // 50])):
+            writer = ShardWriter(ctx.work, split, dtype, tokenizer.eos_token_id)
+            for ids in tokenizer(part)["input_ids"]:
+                writer.add(ids)
+            splits[split] = writer.close()
+        index = write_index(ctx.work, dtype, len(tokenizer), special_ids_of(tokenizer), splits)
+        ctx.stats["tokens"] = index["splits"]["train"]["tokens"]
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work / "tokenizer")
+
+    ref = InputRef(path="(stdlib docstrings)", kind="raw", fingerprint=canonical_hash(texts))
+    return run_stage("tokenize", "tokens", BenchTokens(), [ref], root / "tokens", body)
+
+
+def settings(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, processes: int = 1,
+             **extra) -> dict:  # fmt: skip
+    batch = seq_len * micro * accumulation * processes
+    return {"model": {"preset": preset}, "seq_len": seq_len, "micro_batch_size": micro, "batch_tokens": batch,
+            "train_tokens": batch * steps, "optim": {"lr": 1e-3, "warmup_steps": 2},
+            "checkpoint": {"every": 0}, "eval": {"every": 0}, "logging": {"every": 1, "tensorboard": False},
+            **extra}  # fmt: skip
+
+
+def steady(values: list[float]) -> float:
+    """Median after the first 3 steps (allocations, warm-up)."""
+    return statistics.median(values[3:] if len(values) > 5 else values)
+
+
+def llmforge_run(tokens: Path, out: Path, config: dict) -> dict:
+    from llmforge.artifacts import Artifact
+    from llmforge.stages.pretrain import Config, run
+    from llmforge.train.metrics import read_metrics
+
+    shutil.rmtree(out, ignore_errors=True)  # a finished artifact with the same settings would be "up to date"
+    started = time.perf_counter()
+    run(tokens, out, Config.model_validate(config))
+    seconds = time.perf_counter() - started
+    records = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    stats = Artifact.open(out).stats
+    return {"tokens_per_s": steady([r["tokens_per_s"] for r in records]), "wall_s": seconds,
+            "memory_gb": max(r["memory_gb"] for r in records), "loss_final": stats["loss_final"],
+            "mfu": steady([r["mfu"] for r in records]) if records[0]["mfu"] is not None else None}  # fmt: skip
+
+
+def plain_run(tokens: Path, out: Path, config: dict) -> dict:
+    """The minimal loop a researcher would write: model, AdamW, schedule, clip, accumulate, save."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from llmforge.model.estimate import ModelShape, device_peak_flops
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.train.data import PackedWindows
+    from llmforge.train.schedule import Schedule
+
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(tokens / "tokenizer")
+    seq_len, micro = config["seq_len"], config["micro_batch_size"]
+    accumulation = config["batch_tokens"] // (seq_len * micro)
+    steps = config["train_tokens"] // config["batch_tokens"]
+    model_config = build_config(config["model"]["preset"], len(tokenizer), special_ids_of(tokenizer),
+                                max_position_embeddings=seq_len)  # fmt: skip
+    model_config.use_cache = False
+    model = build_model(model_config, seed=0).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                                  fused=device == "cuda")  # fmt: skip
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule("cosine", steps, 2))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    data = PackedWindows(tokens, "train", seq_len, seed=0)
+    rates = []
+    for step in range(steps):
+        clock = time.perf_counter()
+        losses = []
+        for micro_step in range(accumulation):
+            batch = data.micro_batch(step, micro_step, 0, micro, accumulation, 1)
+            ids, targets, positions = (torch.from_numpy(a).to(device) for a in
+                                       (batch.input_ids, batch.targets, batch.position_ids))  # fmt: skip
+            with autocast:
+                logits = model(input_ids=ids, position_ids=positions).logits
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)) / accumulation
+            loss.backward()
+            losses.append(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        final = torch.stack(losses).sum().item()  # synchronises, like llmforge's logging
+        rates.append(config["batch_tokens"] / (time.perf_counter() - clock))
+    model.save_pretrained(out)
+    seconds = time.perf_counter() - started
+    tokens_per_s = steady(rates)
+    peak = device_peak_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
+    flops = ModelShape.from_hf_config(model_config.to_dict()).flops_per_token(seq_len) * tokens_per_s
+    return {"tokens_per_s": tokens_per_s, "wall_s": seconds, "loss_final": final,
+            "mfu": flops / peak if peak else None}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", help="model for llmforge vs plain PyTorch")
+    parser.add_argument("--zero-preset", default="125m", help="model for the ZeRO 0/2/3 comparison")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--zero-steps", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--micro", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the single-process runs")
+    parser.add_argument("--megabytes", type=float, default=3.0, help="text to train on")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    root = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
+    tokens = tokens_artifact(root, vocab_size=8192, megabytes=args.megabytes)
+    print(f"data: {json.loads((tokens / 'artifact.json').read_text())['stats']['tokens']:,} training tokens of "
+          f"stdlib docstrings; device: {'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}"
+          f", {args.threads} thread(s)", file=sys.stderr)  # fmt: skip
+
+    rows = []
+    config = settings(args.preset, args.seq_len, args.micro, 2, args.steps)
+    for _ in range(2):  # interleaved, best of two: the machine is shared
+        rows.append(
+            ("llmforge pretrain (ZeRO-0, 1 process)", llmforge_run(tokens, root / "llmforge", config))
+        )
+        rows.append(("plain PyTorch loop", plain_run(tokens, root / "plain", config)))
+    best = {}
+    for name, result in rows:
+        if name not in best or result["tokens_per_s"] > best[name]["tokens_per_s"]:
+            best[name] = result
+    plain = best["plain PyTorch loop"]["tokens_per_s"]
+    print(
+        f"\n{args.preset} model, seq {args.seq_len}, micro-batch {args.micro} x 2 accumulation, {args.steps} steps"
+    )
+    print(
+        "| what | tokens/s (steady) | vs plain | MFU | whole run (s) | final loss |\n|---|---|---|---|---|---|"
+    )
+    for name, result in best.items():
+        mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a (CPU)"
+        print(f"| {name} | {result['tokens_per_s']:,.0f} | {result['tokens_per_s'] / plain:.2f}x | {mfu} | "
+              f"{result['wall_s']:.1f} | {result['loss_final']:.3f} |")  # fmt: skip
+
+    print(
+        f"\n{args.zero_preset} model on 2 processes, seq {args.seq_len}, micro-batch {args.micro}, {args.zero_steps} steps"
+    )
+    print("| ZeRO | tokens/s (steady) | resident memory, rank 0 (GB) | rank 0's checkpoint shard (GB) "
+          "| weights + grads + Adam per process, estimated (GB) | final loss |\n|---|---|---|---|---|---|")  # fmt: skip
+    from llmforge.model.estimate import ModelShape, training_memory
+
+    for zero in (0, 2, 3):
+        config = settings(args.zero_preset, args.seq_len, args.micro, 1, args.zero_steps, processes=2,
+                          distributed={"zero": zero, "nproc": 2}, checkpoint={"every": args.zero_steps // 2})  # fmt: skip
+        out = root / f"zero{zero}"
+        result = llmforge_run(tokens, out, config)
+        # what rank 0 holds of the model and optimizer states, as DeepSpeed writes it (rank 1 writes the rest)
+        shard = sum(f.stat().st_size for f in (out / "checkpoints").glob("step-*/*.pt")
+                    if "rank_1" not in f.name and "rank1" not in f.name)  # fmt: skip
+        hf = json.loads((out / "config.json").read_text())
+        states = training_memory(ModelShape.from_hf_config(hf).parameters(), zero, 2, "fp32")["total"] / 1e9
+        print(f"| {zero} | {result['tokens_per_s']:,.0f} | {result['memory_gb']:.2f} | {shard / 1e9:.2f} | "
+              f"{states:.2f} | {result['loss_final']:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
