@@ -28,7 +28,7 @@ SETTINGS = {
     "optim": {"lr": 3e-3, "warmup_steps": 2},
     "checkpoint": {"every": 5},
     "eval": {"every": 10, "batches": 2},
-    "logging": {"every": 1},
+    "logging": {"every": 1, "csv": True},
     "stability": {"spike_window": 5},
 }
 
@@ -94,6 +94,9 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
     assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
 
+    # DeepSpeed's monitors get the same numbers (CSV here; TensorBoard and W&B when installed)
+    csv = (pretrained / "logs" / "csv" / "train_loss.csv").read_text().splitlines()
+    assert len(csv) == STEPS + 1 and float(csv[-1].split(",")[1]) == pytest.approx(steps[-1]["loss"])
     # resume state stays, unhashed: the last `keep` checkpoints (DeepSpeed files + our markers)
     kept = sorted(p.name for p in (pretrained / "checkpoints").glob("step-*"))
     assert kept == ["step-00000010", "step-00000015"]

@@ -286,6 +286,7 @@ class Trainer:
         with self.reporter:
             while True:
                 engine = self.build_engine()
+                self.reporter.monitor = engine.monitor  # TensorBoard / W&B / CSV, as configured
                 position = self.restore(engine)
                 if position.step:
                     self.reporter.resume_at(position.step)
