@@ -152,6 +152,31 @@ def test_documents_artifacts_and_parquet_corpora_together(tmp_path):
     assert artifact.extra["decontamination"] == {"ngram": 13, "benchmarks": [], "documents_removed": 0}
 
 
+def test_short_arithmetic_items_with_numbers_kept(tmp_path):
+    """Arithmetic items are 4 words once punctuation goes, and datatrove folds numbers to 0: only 4-grams with the
+    numbers kept tell "What is 6 + 7?" from "What is 2 + 3?"."""
+    page = "\n\n".join(prose(700))
+    texts = {
+        "leak": f"{page}\n\nWhat is 6 + 7? The interpreter prints 13.",
+        "other": f"{page} What is 2 + 3? Five.",
+    }
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t, "id": i} for i, t in texts.items()])
+    items = write_jsonl(
+        tmp_path / "arith.jsonl", [{"id": "add-6-7", "question": "What is 6 + 7?", "answer": "13"}]
+    )
+    settings = {"minhash": {"enabled": False}, "exact": False, "executor": {"workers": 1},
+                "decontamination": {"ngram": 4, "fields": ["question"]}}  # fmt: skip
+    folded = Artifact.open(
+        dedup.run([str(corpus)], tmp_path / "folded", [str(items)], dedup.Config.model_validate(settings))
+    )
+    assert folded.stats["decontamination"]["removed"] == 2  # "what is 0 0" is in both pages
+    settings["decontamination"]["keep_numbers"] = True
+    kept = Artifact.open(
+        dedup.run([str(corpus)], tmp_path / "kept", [str(items)], dedup.Config.model_validate(settings))
+    )
+    assert [d["id"] for d in iter_documents(kept)] == ["other"]
+
+
 def test_bad_inputs(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one document"}])
     bad = write_jsonl(tmp_path / "bench.jsonl", [{"question": "q", "answer": "a"}, "not json"])

@@ -6,6 +6,7 @@ PipelineStep, so the pipelines that use them run on any datatrove executor (loca
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import ipaddress
 import re
@@ -346,9 +347,11 @@ DECONT_NORM = TextNormConfig()
 DECONT_HASH = HashConfig()
 
 
-def ngram_hashes(text: str, n: int, language: str = "en") -> np.ndarray:
-    """Hashes of the word n-grams of `text`, normalised the way datatrove's n-gram decontamination does it."""
-    words = load_word_tokenizer(language).word_tokenize(simplify_text(text, DECONT_NORM))
+def ngram_hashes(text: str, n: int, language: str = "en", keep_numbers: bool = False) -> np.ndarray:
+    """Hashes of the word n-grams of `text`, normalised the way datatrove's n-gram decontamination does it (with
+    `keep_numbers`, numbers stay as written instead of all becoming 0)."""
+    norm = dataclasses.replace(DECONT_NORM, norm_numbers=False) if keep_numbers else DECONT_NORM
+    words = load_word_tokenizer(language).word_tokenize(simplify_text(text, norm))
     hash_func = create_hash_func(DECONT_HASH)
     return np.fromiter((hash_func(" ".join(gram)) for gram in ngrams(words, n)), dtype=np.uint64)
 
@@ -363,17 +366,18 @@ class Decontaminate(BaseFilter):
 
     name = "🦠 Decontamination"
 
-    def __init__(self, index_path: str, n: int, exclusion_writer: JsonlWriter | None = None):
+    def __init__(self, index_path: str, n: int, exclusion_writer: JsonlWriter | None = None,
+                 keep_numbers: bool = False):  # fmt: skip
         super().__init__(exclusion_writer)
         self.index_path = index_path
-        self.n = n
+        self.n, self.keep_numbers = n, keep_numbers
         self._hashes = self._items = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._hashes is None:
             with np.load(self.index_path) as index:
                 self._hashes, self._items = index["hashes"], index["items"]
-        hashes = np.unique(ngram_hashes(doc.text, self.n))
+        hashes = np.unique(ngram_hashes(doc.text, self.n, keep_numbers=self.keep_numbers))
         left = np.searchsorted(self._hashes, hashes, side="left")
         right = np.searchsorted(self._hashes, hashes, side="right")
         hit = right > left

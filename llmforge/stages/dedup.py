@@ -55,6 +55,11 @@ class DecontaminationSettings(StageConfig):
         "id",
         description="Benchmark field naming an item in the report; items without it are named by position",
     )
+    keep_numbers: bool = Field(
+        False,
+        description="Match numbers as written (datatrove folds every number to 0, so a quoted benchmark matches "
+        "whatever its figures; for arithmetic items the numbers are the content, and short ones need this)",
+    )
 
 
 class Config(StageConfig):
@@ -186,7 +191,9 @@ class Benchmarks:
 
         hashes, items = [], []
         for number, text in enumerate(self.items_text):
-            grams = np.unique(ngram_hashes(text, self.settings.ngram))
+            grams = np.unique(
+                ngram_hashes(text, self.settings.ngram, keep_numbers=self.settings.keep_numbers)
+            )
             if not len(grams):
                 self.files[self.item_names[number][0]]["short_items"] += 1
             hashes.append(grams)
@@ -258,7 +265,12 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
         blocks = []
         if index is not None:
             blocks.append(
-                Decontaminate(str(index), config.decontamination.ngram, removed("decontamination", final))
+                Decontaminate(
+                    str(index),
+                    config.decontamination.ngram,
+                    removed("decontamination", final),
+                    keep_numbers=config.decontamination.keep_numbers,
+                )
             )
         if through == "exact":
             return blocks
