@@ -162,6 +162,38 @@ def lineage(artifact: Annotated[Path, typer.Argument(help="An artifact directory
     console.print(tree)
 
 
+@app.command(no_args_is_help=True)
+@handle_errors
+def card(
+    artifact: Annotated[Path, typer.Argument(help="A documents, tokenizer, tokens, model, adapter or quantized-model artifact.")],
+    eval_: Annotated[list[Path] | None, typer.Option("--eval", help="An eval report of this model or one before it in its chain (repeatable; default: the reports next to it).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the card to this file and print its path (default: the card on stdout).")] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="A license id for the model card's front matter (omitted unless given).")] = None,
+) -> None:  # fmt: skip
+    """Write a Markdown data card or model card from lineage: data, filters, dedup, training, eval scores."""
+    from llmforge.artifacts import MANIFEST
+    from llmforge.card import make_card
+
+    text = make_card(artifact, eval_, license_)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    if output.is_dir():
+        raise InputError(f"{output}: a directory; -o takes the card's file name")
+    # artifacts do not change once their manifest is written
+    if (output.resolve().parent / MANIFEST).is_file():
+        raise InputError(f"{output}: inside the artifact {output.resolve().parent}, which must not change; "
+                         "write the card elsewhere")  # fmt: skip
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(output.name + ".tmp")
+        partial.write_text(text)
+        os.replace(partial, output)
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write the card ({exc.strerror or exc})") from None
+    print(output)
+
+
 @app.command()
 @handle_errors
 def estimate(

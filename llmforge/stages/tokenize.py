@@ -371,6 +371,7 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     ctx.stats["tokens"] = index["splits"]["train"]["tokens"]
     ctx.stats["documents"] = index["splits"]["train"]["documents"]
     ctx.stats["val_tokens"] = index["splits"]["val"]["tokens"]
+    ctx.stats["val_documents"] = index["splits"]["val"]["documents"]
     ctx.stats["dtype"] = dtype
     ctx.stats["shards"] = len(splits["train"]) + len(splits["val"])
     ctx.stats["sources"] = mixed
