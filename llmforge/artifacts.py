@@ -119,6 +119,21 @@ class Artifact:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
         return problems
 
+    def check_sizes(self, wanted: Callable[[str], bool]) -> None:
+        """Cheap integrity check before reading: each manifest file that `wanted(relative path)` selects must be
+        present with its recorded size (a stat, no hashing); the first mismatch is an InputError naming the file.
+        Stages check the payload they read (shards, weights); `llmforge show --verify` re-hashes everything."""
+        for entry in self.manifest.get("files", []):
+            if not wanted(entry["path"]):
+                continue
+            file = self.path / entry["path"]
+            if not file.is_file():
+                raise InputError(f"{file}: missing; {self.path / MANIFEST} lists it")
+            size = file.stat().st_size
+            if size != entry["bytes"]:
+                raise InputError(f"{file}: {size:,} bytes, {MANIFEST} says {entry['bytes']:,}; the file is truncated "
+                                 f"or corrupt (`llmforge show --verify {self.path}` checks every file)")  # fmt: skip
+
     def parents(self) -> list[tuple[dict[str, Any], Artifact | None]]:
         """Each input entry with its artifact when it can be found (relative path first, so trees can move)."""
         found = []
@@ -423,6 +438,11 @@ def run_stage(
         )
 
     _check_writable(out)
+    if _finished(staging, fingerprint):  # killed after the manifest was written, before the rename
+        log(f"[cyan]finishing[/] the interrupted run in {staging}: its work was complete")
+        _move_into_place(staging, out)
+        emit(out)
+        return out
     resumed = False
     mark = staging / STAGING_MARK
     if staging.exists():
@@ -474,7 +494,23 @@ def run_stage(
     (staging / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(staging / (MANIFEST + ".tmp"), staging / MANIFEST)
     mark.unlink(missing_ok=True)
+    _move_into_place(staging, out)
 
+    summary_table(title or f"{stage}: {out}", ctx.stats)
+    emit(out)
+    return out
+
+
+def _finished(staging: Path, fingerprint: str) -> bool:
+    """The staging directory holds a complete artifact of this fingerprint (its manifest is written last)."""
+    try:
+        return json.loads((staging / MANIFEST).read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    (staging / STAGING_MARK).unlink(missing_ok=True)
     if out.exists():  # --force over an old artifact: swap it out, then delete it
         old = Path(str(out) + f".old-{os.getpid()}")
         os.replace(out, old)
@@ -482,7 +518,3 @@ def run_stage(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, out)
-
-    summary_table(title or f"{stage}: {out}", ctx.stats)
-    emit(out)
-    return out

@@ -92,12 +92,22 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
+# Set in this test process by in-process training (a world of one, whose store listens on MASTER_PORT while the
+# process lives); a CLI subprocess that inherited them would try to listen on the same port and fail.
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def cli_env(env: dict | None = None) -> dict:
+    """The environment a CLI subprocess gets: this one, without rendezvous variables, quiet warnings."""
+    inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    return {**inherited, "PYTHONWARNINGS": "ignore", **(env or {})}
+
+
 def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None, check: bool = True,
              timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the CLI the way a user does: a subprocess, text output, exit code checked unless check=False."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     result = subprocess.run([sys.executable, "-m", "llmforge", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, env=full_env, timeout=timeout)  # fmt: skip
+                            cwd=cwd, env=cli_env(env), timeout=timeout)  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(
             f"llmforge {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"

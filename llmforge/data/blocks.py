@@ -18,6 +18,7 @@ from datatrove.pipeline.filters import LanguageFilter, URLFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.formatters.pii import PIIFormatter, public_ip_validator
+from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig, create_hash_func
@@ -43,6 +44,39 @@ class TextFileReader(BaseDiskReader):
                 )
         if document:
             yield document
+
+
+class StrictJsonlReader(JsonlReader):
+    """datatrove's JsonlReader, except that damage stops the task with an error naming the file and line:
+    datatrove skips a line that is not JSON, and stops reading a file at a decoding error, with only a warning,
+    so a corrupt shard would silently lose documents."""
+
+    def read_file(self, filepath: str) -> DocumentsPipeline:
+        import gzip
+        import zlib
+
+        import orjson
+
+        from llmforge.errors import InputError, where
+
+        path = self.data_folder.resolve_paths(filepath)
+        number = 0
+        try:
+            with self.data_folder.open(filepath, "r", compression=self.compression) as handle:
+                for number, line in enumerate(handle, 1):  # noqa: B007 (read in the except below)
+                    if not line.strip():
+                        continue
+                    with self.track_time():
+                        try:
+                            data = orjson.loads(line)
+                        except orjson.JSONDecodeError as exc:
+                            raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
+                        document = self.get_document_from_dict(data, filepath, number - 1)
+                    if document:
+                        yield document
+        except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as exc:
+            after = f" after line {number}" if number else ""
+            raise InputError(f"{path}: corrupt or truncated{after} ({exc})") from None
 
 
 class SampleWriter(JsonlWriter):

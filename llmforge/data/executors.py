@@ -86,6 +86,14 @@ def _quiet_console_logger() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
+def _no_traceback_for_input_errors(record: dict) -> None:
+    """datatrove logs a failed task's exception with a long traceback; bad input (a corrupt shard) needs only
+    its message, which names the file, so the traceback is dropped for InputError."""
+    exception = record["exception"]
+    if exception is not None and exception.type is not None and issubclass(exception.type, InputError):
+        record["exception"] = None
+
+
 def _local_executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
@@ -94,6 +102,9 @@ def _local_executor_class():
         were another rank (errors still reach the console) and keep the console logger at WARNING after it."""
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            from loguru import logger
+
+            logger.configure(patcher=_no_traceback_for_input_errors)  # in each worker process too
             try:
                 return super()._run_for_rank(rank, local_rank + 1, node_rank)
             finally:
@@ -170,6 +181,8 @@ def run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_nam
         with TaskProgress(step, logs / step.name), _without_tqdm():
             try:
                 executor.run()
+            except InputError:  # a task met bad input (a corrupt shard): its own message names the file
+                raise
             except Exception as exc:
                 raise LLMForgeError(f"{job_name} {step.name} failed: {type(exc).__name__}: {exc}; the task logs are "
                                     f"in {logs / step.name / 'logs'}; re-run the same command to resume") from exc  # fmt: skip

@@ -165,9 +165,14 @@ class TokenShards:
         return loaded
 
     def documents(self, split: str = "train"):
-        """Yield each document's token ids (EOS included), shard by shard."""
+        """Yield each document's token ids (EOS included), shard by shard; ids are range-checked as they are read
+        (a flipped byte in a .bin of the right size otherwise decodes silently to other text)."""
         for shard in self.shards(split):
             start = 0
-            for end in shard.ends:
-                yield np.asarray(shard.tokens[start : int(end)])
+            for number, end in enumerate(shard.ends):
+                ids = np.asarray(shard.tokens[start : int(end)])
+                if len(ids) and int(ids.max()) >= self.vocab_size:
+                    raise InputError(f"{shard.path}: token id {int(ids.max())} >= vocab size {self.vocab_size} in "
+                                     f"document {number} (tokens {start}-{int(end)}); the shard is corrupt")  # fmt: skip
+                yield ids
                 start = int(end)

@@ -307,9 +307,9 @@ def reader_groups(files: list[InputFile]) -> list[tuple[Format, list[str]]]:
 
 def make_reader(fmt: Format, paths: list[str], list_file: Path, settings: InputSettings):
     """A datatrove reader over exactly these files (a paths file, so tasks shard them by position)."""
-    from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
+    from datatrove.pipeline.readers import ParquetReader, WarcReader
 
-    from llmforge.data.blocks import TextFileReader
+    from llmforge.data.blocks import StrictJsonlReader, TextFileReader
 
     root, relative = _root_and_relative(paths)
     list_file.parent.mkdir(parents=True, exist_ok=True)
@@ -318,7 +318,7 @@ def make_reader(fmt: Format, paths: list[str], list_file: Path, settings: InputS
     if fmt == "warc":
         return WarcReader(**common)
     if fmt == "jsonl":
-        return JsonlReader(**common, text_key=settings.text_field, id_key=settings.id_field)
+        return StrictJsonlReader(**common, text_key=settings.text_field, id_key=settings.id_field)
     if fmt == "parquet":
         return ParquetReader(**common, text_key=settings.text_field, id_key=settings.id_field)
     return TextFileReader(**common)

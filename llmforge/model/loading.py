@@ -18,6 +18,7 @@ from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
 
 MODEL_KINDS = ("model", "adapter", "quantized-model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -78,6 +79,7 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         source = ModelSource(
             path=str(path), kind=artifact.kind, fingerprint=artifact.fingerprint, artifact=artifact
         )
+        check_weights(source)
         if artifact.kind == "adapter":
             source.base = _adapter_base(artifact, stage)
         return source
@@ -85,18 +87,40 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         if (path / "adapter_config.json").is_file():
             base_id = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
             source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
+            check_weights(source)
             source.base = resolve_model(base_id, stage)
             return source
         if not (path / "config.json").is_file():
             raise InputError(
                 f"{path}: neither an llmforge artifact nor a Hugging Face model (no config.json)"
             )
-        return ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
+        source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
+        check_weights(source)
+        return source
     if path.exists():
         raise InputError(f"{path}: a model must be a directory")
     if os.environ.get("LLMFORGE_ONLINE") != "1" or text.startswith((".", "/")) or text.count("/") != 1:
         raise InputError(f"{text}: no such model directory (hub ids like org/name need `llmforge --online`)")
     return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(f"hub:{text}".encode()).hexdigest())
+
+
+def check_weights(source: ModelSource) -> None:
+    """Cheap checks of a model's weight files before anything loads them: every safetensors header parses and
+    fits its file (safe_open reads the header only), and an artifact's weight files have the sizes its manifest
+    records. A flipped byte inside the tensor data passes both; `llmforge show --verify` re-hashes every file."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(source.path)
+    for weights in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "numpy"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"{weights}: the weights cannot be read, the file is truncated or corrupt "
+                             f"({detail})") from None  # fmt: skip
+    if source.artifact is not None:
+        source.artifact.check_sizes(lambda name: name.endswith(WEIGHT_SUFFIXES))
 
 
 def _adapter_base(adapter: Artifact, stage: str) -> ModelSource:
@@ -155,10 +179,13 @@ def load_model(source: ModelSource, dtype: Any = "auto", device: str | None = No
         base = load_model(source.base, dtype=dtype, device=device)
         model = PeftModel.from_pretrained(base, source.path, is_trainable=trainable_adapter)
         return model.merge_and_unload() if merge else model
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
-    except OSError as exc:
-        raise InputError(f"{source.path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    except (OSError, SafetensorError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{source.path}: cannot load the model ({detail})") from None
     if device:
         model.to(device)
     return model

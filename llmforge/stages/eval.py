@@ -270,6 +270,7 @@ def _artifact_texts(artifact, max_documents: int) -> list[str]:
         raise InputError(
             f"{artifact.path}: its held-out 'val' split is empty; encode with --val-fraction > 0"
         )
+    shards.shards("val", check_ids=True)  # a damaged shard is named before the tokenizer is even loaded
     tokenizer = load_tokenizer(shards.tokenizer_path)
     eos = shards.special_ids.get("eos")
     texts = []

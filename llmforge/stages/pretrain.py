@@ -205,11 +205,12 @@ def _tokens_input(path: str | Path):
     if recorded and recorded != tokenizer_fingerprint(shards.tokenizer_path):
         raise InputError(f"{shards.tokenizer_path}: changed since `llmforge {artifact.stage}` wrote it "
                          "(tokenizer fingerprint differs from the manifest)")  # fmt: skip
+    for split in shards.split_names():  # sizes, offsets and id range of every shard, before any training
+        shards.shards(split, check_ids=True)
     tokenizer = load_tokenizer(shards.tokenizer_path)
     if len(tokenizer) != shards.vocab_size:
         raise InputError(f"{artifact.path}/shards.json: vocab_size {shards.vocab_size} but its tokenizer has "
                          f"{len(tokenizer)} tokens")  # fmt: skip
-    shards.shards("train", check_ids=True)
     return artifact, shards, tokenizer
 
 
@@ -477,15 +478,18 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
                            "re-run the same command without it to resume")  # fmt: skip
 
     numbers = plan["estimate"]
+    records = read_metrics(ctx.work / "metrics.jsonl")
+    resumes = [r["step"] for r in records if r.get("event") == "resume"]
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
     ctx.stats.update({
         "parameters": int(numbers.parameters),
         "tokens": spec.steps * spec.batch_tokens,
         "tokens_per_parameter": round(numbers.tokens_per_parameter, 3),
         "steps": spec.steps,
+        "resumed_from_step": resumes[-1] if resumes else 0,  # the checkpoint the last invocation started from
         "batch_tokens": spec.batch_tokens,
         "training_flops": numbers.training_flops,
-        **summarize(read_metrics(ctx.work / "metrics.jsonl")),
+        **summarize(records),
         "rewinds": result["rewinds"],
         "skipped_batches": result["skipped_batches"],
         "processes": plan["world"],

@@ -204,26 +204,28 @@ Validator = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
 def _jsonl_lines(file: str) -> Iterator[tuple[str, Any]]:
-    opener = gzip.open if file.endswith(".gz") else open
-    with opener(file, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield where(file, number), json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where(file, number)}: not valid JSON ({exc.msg})") from None
+    from llmforge.data.documents import read_lines
+
+    for number, line in read_lines(Path(file)):  # a damaged .gz is named with the last line read
+        if not line.strip():
+            continue
+        try:
+            yield where(file, number), json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{where(file, number)}: not valid JSON ({exc.msg})") from None
 
 
 def _json_rows(file: str) -> Iterator[tuple[str, Any]]:
     """A .json file: JSON lines, or one JSON array of records."""
+    from llmforge.data.documents import damage_named
+
     opener = gzip.open if file.endswith(".gz") else open
-    with opener(file, "rt", encoding="utf-8") as handle:
+    with damage_named(Path(file), [0]), opener(file, "rt", encoding="utf-8") as handle:
         head = handle.read(1024).lstrip()
     if not head.startswith("["):
         yield from _jsonl_lines(file)
         return
-    with opener(file, "rt", encoding="utf-8") as handle:
+    with damage_named(Path(file), [0]), opener(file, "rt", encoding="utf-8") as handle:
         try:
             records = json.load(handle)
         except json.JSONDecodeError as exc:
@@ -497,6 +499,7 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
         def train_and_write(ctx) -> None:
             logs = ctx.work / LOGS
             logs.mkdir(exist_ok=True)
+            discard_unfinished_checkpoints(ctx.work / CHECKPOINTS)
             _write_jsonl(logs / "dataset.jsonl", records.items)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"), model=str(source.path),
                       data=str(logs / "dataset.jsonl"), work=str(ctx.work), shape=records.shape)  # fmt: skip
@@ -702,6 +705,40 @@ def parameter_counts(model) -> tuple[int, int]:
     return trainable, total
 
 
+def _checkpoint_dirs(checkpoints: Path) -> list[tuple[int, Path]]:
+    """The Trainer's checkpoint-N directories, by step."""
+    found = []
+    for path in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else []:
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    return sorted(found)
+
+
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: without a readable one, the checkpoint was cut short."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def last_checkpoint(checkpoints: Path) -> tuple[str | None, int]:
+    """(path, step) of the newest complete checkpoint, or (None, 0). transformers' get_last_checkpoint takes the
+    newest directory even when a kill cut its writing short, and resuming from it then fails for good."""
+    complete = [(step, path) for step, path in _checkpoint_dirs(checkpoints) if _complete(path)]
+    return (str(complete[-1][1]), complete[-1][0]) if complete else (None, 0)
+
+
+def discard_unfinished_checkpoints(checkpoints: Path) -> None:
+    """Remove checkpoints a kill interrupted mid-write (user process, before any worker starts)."""
+    for _, path in _checkpoint_dirs(checkpoints):
+        if not _complete(path):
+            log(f"discarding {path.name}: the run was interrupted while writing it")
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
@@ -714,7 +751,6 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     import datasets
     import transformers
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     from llmforge.model.loading import load_tokenizer
 
@@ -735,8 +771,7 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     model, peft_config = load_policy(source, config)
     dataset = datasets.Dataset.from_list(read_jsonl(job.data))
     checkpoints = work / CHECKPOINTS
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    resumed_step = int(last.rsplit("-", 1)[1]) if last else 0
+    last, resumed_step = last_checkpoint(checkpoints)
     display = LiveMetrics(work / METRICS, stage.name, resumed_step)
     trainer = stage.make_trainer(config=config, model=model, tokenizer=tokenizer, dataset=dataset,
                                  peft_config=peft_config, arguments=arguments,

@@ -1,0 +1,321 @@
+"""Faults across the pipeline, driven as a user meets them (subprocesses, files on disk).
+
+- kill -9 a training stage midway (pretrain, sft, dpo, grpo; and tokenize encode), then run the same command
+  again: it resumes from its last complete checkpoint, throws away a checkpoint the kill cut short, and finishes
+  with the steps of an uninterrupted run and an artifact that verifies;
+- damage one shard of an input (truncated, bytes flipped, a broken line): the stage that reads it names the file
+  in one line and exits 2, before any work where a cheap check can tell.
+
+The crawl-filter kill test lives in tests/e2e/test_data_stages.py (datatrove task completions).
+"""
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import (
+    Imported,
+    chat_records,
+    cli_env,
+    grpo_records,
+    llmforge,
+    preference_records,
+    sentences,
+    tokens_artifact,
+    write_jsonl,
+)
+
+from llmforge.artifacts import Artifact, InputRef, canonical_hash, run_stage
+from llmforge.train.metrics import read_metrics
+
+# Two test workers share two cores: one torch thread per subprocess keeps them from thrashing.
+ENV = {"OMP_NUM_THREADS": "1"}
+STEPS = 16  # a checkpoint every 2 steps: the kill lands after the first one, with most of the run still to go
+EVERY = 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("fault-data")
+    return {
+        "tokens": tokens_artifact(root / "tokens", tiny_tokenizer_dir, sentences(400)),
+        "chat": write_jsonl(root / "chat.jsonl", chat_records(24)),
+        "pairs": write_jsonl(root / "pairs.jsonl", preference_records(16)),
+        "prompts": write_jsonl(root / "prompts.jsonl", grpo_records(16)),
+    }
+
+
+def documents(out, shards: list[list[str]]):
+    """A documents artifact with one data/NNNNN.jsonl.gz per list of raw lines (a line may be broken JSON)."""
+
+    def body(ctx):
+        (ctx.work / "data").mkdir()
+        for number, lines in enumerate(shards):
+            with gzip.open(ctx.work / "data" / f"{number:05d}.jsonl.gz", "wt") as handle:
+                handle.writelines(line + "\n" for line in lines)
+
+    ref = InputRef(path="(test lines)", kind="raw", fingerprint=canonical_hash(shards))
+    return run_stage("crawl-filter", "documents", Imported(), [ref], out, body)
+
+
+def document_lines(count: int, seed: int) -> list[str]:
+    return [json.dumps({"text": text, "id": f"{seed}-{n}", "metadata": {}}) for n, text in
+            enumerate(sentences(count, seed=seed))]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kill -9 and resume
+
+
+def pretrain_step(checkpoints) -> int:
+    """Step of the newest checkpoint with its complete.json (written last), 0 if none."""
+    done = [json.loads((p / "complete.json").read_text())["step"] for p in checkpoints.glob("step-*")
+            if (p / "complete.json").is_file()]  # fmt: skip
+    return max(done, default=0)
+
+
+def posttrain_step(checkpoints) -> int:
+    """Step of the newest checkpoint whose trainer_state.json (written last) parses, 0 if none."""
+    done = []
+    for path in checkpoints.glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        done.append(int(path.name.split("-")[1]))
+    return max(done, default=0)
+
+
+def kill_when(command: list, out, ready, log) -> None:
+    """Run the command and SIGKILL its whole process group as soon as `ready(OUT.partial/checkpoints)`."""
+    checkpoints = out.parent / (out.name + ".partial") / "checkpoints"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.DEVNULL,
+                                   stderr=stderr, env=cli_env(ENV),
+                                   start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if checkpoints.is_dir() and ready(checkpoints):
+                    break
+                time.sleep(0.01)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, f"not killed midway:\n{log.read_text()[-3000:]}"
+    assert not (out / "artifact.json").exists()  # nothing that looks finished
+
+
+TRAINING = {
+    "pretrain": lambda d, model: ["pretrain", d["tokens"], "--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256",
+                                  "--micro-batch-size", "8", "--train-tokens", 256 * STEPS, "--checkpoint-every", EVERY,
+                                  "--set", "eval.every=0", "--set", "logging.every=1"],
+    "sft": lambda d, model: ["sft", model, d["chat"], "--batch-size", "4", "--max-length", "64", "--max-steps", STEPS,
+                             "--set", f"save_steps={EVERY}"],
+    "dpo": lambda d, model: ["dpo", model, d["pairs"], "--lora", "--batch-size", "4", "--max-length", "64",
+                             "--max-steps", STEPS, "--set", f"save_steps={EVERY}"],
+    "grpo": lambda d, model: ["grpo", model, d["prompts"], "--reward", "math:1.0", "--num-generations", "4",
+                              "--max-completion-length", "8", "--batch-size", "4", "--max-length", "64",
+                              "--max-steps", STEPS, "--set", f"save_steps={EVERY}"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("stage", list(TRAINING))
+def test_kill_9_midway_then_the_same_command_resumes(stage, data, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    command = [*TRAINING[stage](data, tiny_model), "-o", out]
+    pretrain = stage == "pretrain"
+    newest_step = pretrain_step if pretrain else posttrain_step
+    kill_when(command, out, newest_step, tmp_path / "killed.log")
+    checkpoints = tmp_path / "out.partial" / "checkpoints"
+    step = newest_step(checkpoints)  # the newest complete checkpoint once the process is dead
+    assert 0 < step < STEPS
+
+    # and a newer checkpoint the kill cut short while it was being written: never resumed from
+    newest = sorted(checkpoints.glob("step-*" if pretrain else "checkpoint-*"))[-1]
+    cut = checkpoints / (f"step-{step + 1:08d}" if pretrain else f"checkpoint-{step + 1}")
+    shutil.copytree(newest, cut)
+    for marker in ("complete.json", "trainer_state.json"):
+        (cut / marker).unlink(missing_ok=True)
+    for weights in [*cut.glob("*.pt"), *cut.glob("*.safetensors")]:
+        weights.write_bytes(weights.read_bytes()[:100])
+
+    resumed = llmforge(*command, env=ENV)
+    assert resumed.stdout == f"{out}\n" and "resuming the interrupted run" in resumed.stderr
+    artifact = Artifact.open(out)
+    assert artifact.stats["resumed_from_step"] == step
+    if pretrain:
+        assert f"resumed from the checkpoint at step {step}" in resumed.stderr
+        logged = sorted({r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r})
+    else:
+        assert f"resuming from checkpoint-{step} (step {step})" in resumed.stderr
+        assert f"discarding checkpoint-{step + 1}: the run was interrupted while writing it" in resumed.stderr
+        logged = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]  # each step once
+    assert artifact.stats["steps"] == STEPS and logged == list(range(1, STEPS + 1))  # as an uninterrupted run
+    assert artifact.verify() == [] and not (tmp_path / "out.partial").exists()
+    assert artifact.kind == ("adapter" if stage == "dpo" else "model")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_kill_9_during_tokenize_encode_keeps_the_finished_chunks(tmp_path, tiny_model):
+    from llmforge.stages import tokenize
+
+    docs = documents(tmp_path / "docs", [document_lines(3000, seed=1), document_lines(3000, seed=2)])
+    settings = tmp_path / "encode.yaml"
+    settings.write_text("workers: 1\nchunk_chars: 300\n")  # ~1,500 small chunks, each one a resume unit
+    out = tmp_path / "tokens"
+    command = ["tokenize", "encode", docs, "--model", tiny_model, "-o", out, "--config", settings]
+
+    def chunks_done(checkpoints) -> int:
+        return sum(1 for _ in checkpoints.glob("encoded-*/*/*.bin"))  # .bin is renamed into place last
+
+    kill_when(command, out, lambda checkpoints: chunks_done(checkpoints) >= 3, tmp_path / "killed.log")
+    done = chunks_done(tmp_path / "tokens.partial" / "checkpoints")
+    resumed = llmforge(*command, env=ENV)
+    assert resumed.stdout == f"{out}\n" and "resuming the interrupted run" in resumed.stderr
+    artifact = Artifact.open(out)
+    assert artifact.stats["encoded_chunks_reused"] == done and f"re-used {done} encoded" in resumed.stderr
+    reference = tokenize.encode([str(docs)], tmp_path / "reference", model=tiny_model,
+                                config=tokenize.EncodeConfig(workers=1, chunk_chars=300))  # fmt: skip
+    # the same shards, byte for byte, as an uninterrupted run
+    assert artifact.manifest["files"] == Artifact.open(reference).manifest["files"]
+    assert artifact.verify() == []
+
+
+def test_a_run_killed_between_its_manifest_and_the_rename_is_finished_not_redone(tmp_path):
+    """The manifest is written inside OUT.partial, then the directory is renamed to OUT; a kill in between leaves
+    a complete artifact in OUT.partial. The same command moves it into place without running the body again."""
+    calls = []
+
+    def body(ctx):
+        calls.append(ctx.resumed)
+        (ctx.work / "payload.txt").write_text("done")
+
+    ref = InputRef(path="(test)", kind="raw", fingerprint=canonical_hash("x"))
+    out = run_stage("crawl-filter", "documents", Imported(), [ref], tmp_path / "out", body)
+    os.replace(out, tmp_path / "out.partial")  # the state a kill before the rename leaves
+    assert run_stage("crawl-filter", "documents", Imported(), [ref], out, body) == out
+    assert calls == [False] and Artifact.open(out).verify() == [] and not (tmp_path / "out.partial").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged inputs: named, exit 2, one line
+
+
+def fails(*args) -> str:
+    """The single error line of a command that must exit 2 without a traceback."""
+    result = llmforge(*args, check=False, env=ENV)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stdout == ""
+    return errors[0]
+
+
+def flip(path, offset: int, replacement: bytes) -> None:
+    """Overwrite bytes in place: the file keeps its size, so only a content check can tell."""
+    content = bytearray(path.read_bytes())
+    content[offset : offset + len(replacement)] = replacement
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_damaged_token_shard_is_named_by_the_stages_that_read_it(data, tiny_model, tmp_path):
+    pretrain = ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch-size", "8"]
+    # truncated: its size no longer matches shards.json
+    cut = tmp_path / "cut"
+    shutil.copytree(data["tokens"], cut)
+    shard = cut / "val" / "00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    expected = f"{shard}: {shard.stat().st_size} bytes, shards.json says {shard.stat().st_size + 10}; the shard is truncated"
+    assert expected in fails("pretrain", cut, "-o", tmp_path / "a", *pretrain)  # before any training
+    assert expected in fails("eval", tiny_model, "--perplexity", cut, "-o", tmp_path / "b")
+
+    # bytes flipped, size kept: a token id beyond the vocabulary
+    flipped = tmp_path / "flipped"
+    shutil.copytree(data["tokens"], flipped)
+    shard = flipped / "val" / "00000.bin"
+    flip(shard, 40, b"\xff\xff")
+    expected = f"{shard}: token id 65535 >= vocab size 512; corrupt"
+    assert expected in fails("pretrain", flipped, "-o", tmp_path / "c", *pretrain)
+    assert expected in fails("eval", tiny_model, "--perplexity", flipped, "-o", tmp_path / "d")
+    # ids that stay in the vocabulary only the full check finds: llmforge show --verify re-hashes every file
+    verify = llmforge("show", "--verify", flipped, check=False)
+    assert verify.returncode == 2 and "val/00000.bin: sha256 differs from the manifest" in verify.stderr
+    assert not any((tmp_path / name).exists() or (tmp_path / f"{name}.partial").exists() for name in "abcd")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_damaged_document_shard_is_named_by_the_stages_that_read_it(tmp_path, tiny_model):
+    from llmforge.data.documents import count_documents, iter_documents
+    from llmforge.errors import InputError
+
+    good = documents(tmp_path / "good", [document_lines(120, seed=1), document_lines(120, seed=2)])
+
+    def damaged(name, change):
+        copy = tmp_path / name
+        shutil.copytree(good, copy)
+        change(copy / "data" / "00001.jsonl.gz")
+        return copy, copy / "data" / "00001.jsonl.gz"
+
+    def encode(artifact, n) -> str:
+        return fails("tokenize", "encode", artifact, "--model", tiny_model, "-o", tmp_path / f"t{n}")
+
+    def dedup(artifact, n) -> str:  # datatrove reads the shards, in a pool of two worker processes
+        return fails("dedup", artifact, "--workers", "2", "-o", tmp_path / f"d{n}")
+
+    # cut short: the size check against the manifest names it before any work
+    cut, shard = damaged("cut", lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]))
+    for line in (encode(cut, 1), dedup(cut, 1)):
+        assert f"{shard}: {shard.stat().st_size:,} bytes, artifact.json says" in line, line
+
+    # bytes flipped in the compressed stream, size kept: the reader names the file (deflate fails, or what it
+    # inflates is not JSON); tokenize's readers in process, datatrove's through dedup
+    flipped, shard = damaged("flipped", lambda f: flip(f, f.stat().st_size // 2, b"\x00" * 16))
+    for read in (count_documents, lambda artifact: list(iter_documents(artifact))):
+        with pytest.raises(InputError, match=rf"^{shard}(:\d+)?: (corrupt or truncated|not valid JSON)"):
+            read(Artifact.open(flipped))
+    line = dedup(flipped, 2)
+    assert line.startswith(f"error: {shard}") and ("corrupt or truncated" in line or "not valid JSON" in line)
+
+    # a broken line in a shard whose manifest agrees (a writer's bug): file and line
+    lines = document_lines(30, seed=3)
+    lines[6] = lines[6][:-5]
+    broken = documents(tmp_path / "broken", [document_lines(30, seed=4), lines])
+    for line in (encode(broken, 3), dedup(broken, 3)):
+        assert f"{broken / 'data' / '00001.jsonl.gz'}:7: not valid JSON" in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_damaged_model_weights_are_named_by_every_stage_that_loads_them(damage, data, tiny_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        flip(weights, 20, b"#" * 8)  # inside the JSON header
+    expected = f"{weights}: the weights cannot be read, the file is truncated or corrupt"
+    for command in (["sft", model, data["chat"], "-o", tmp_path / "sft"],
+                    ["eval", model, "-o", tmp_path / "eval"],
+                    ["quantize", model, "--data", data["tokens"], "-o", tmp_path / "quantized"],
+                    ["serve", model, "--port", "0"]):  # fmt: skip
+        assert expected in fails(*command), command
