@@ -30,15 +30,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 demo: $(STAMP)
-	$(MAKE) -C recipes/tiny LLMFORGE=$(CURDIR)/$(BIN)/llmforge PYTHON=$(CURDIR)/$(BIN)/python
+	$(MAKE) -C recipes/tiny -j2 LLMFORGE=$(CURDIR)/$(BIN)/llmforge PYTHON=$(CURDIR)/$(BIN)/python
 
 lint: $(STAMP)
-	$(BIN)/ruff check llmforge tests bench
-	$(BIN)/ruff format --check llmforge tests bench
+	$(BIN)/ruff check llmforge tests bench recipes
+	$(BIN)/ruff format --check llmforge tests bench recipes
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix llmforge tests bench
-	$(BIN)/ruff format llmforge tests bench
+	$(BIN)/ruff check --fix llmforge tests bench recipes
+	$(BIN)/ruff format llmforge tests bench recipes
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -60,7 +60,8 @@ def item_id(doc: dict, position: int) -> Any:
     return doc.get("id", position) if isinstance(doc, dict) else position
 
 
-def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngram: int) -> dict[str, Any]:
+def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngram: int,
+          keep_numbers: bool = False) -> dict[str, Any]:  # fmt: skip
     """The contamination section of a report for one model: per task, decontamination and n-gram overlap."""
     artifacts = lineage(source)
     dedups = [a for a in artifacts if a.stage == "dedup" and "decontamination" in a.extra]
@@ -72,7 +73,7 @@ def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngra
         return report
     items = {name: [(item_id(doc, i), item_text(task, doc)) for i, doc in enumerate(task.eval_docs)]
              for name, task in tasks.items()}  # fmt: skip
-    overlapping = _overlap(items, documents, ngram) if documents else {}
+    overlapping = _overlap(items, documents, ngram, keep_numbers) if documents else {}
     for name in tasks:
         hashes = {sha256_file(path) for path in data_files.get(name, []) if path.is_file()}
         decontaminated = [
@@ -91,7 +92,9 @@ def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngra
     return report
 
 
-def _overlap(items: dict[str, list[tuple[Any, str]]], documents: list[Artifact], ngram: int):
+def _overlap(
+    items: dict[str, list[tuple[Any, str]]], documents: list[Artifact], ngram: int, keep_numbers: bool
+):
     """{task: (ids of items sharing an n-gram with a training document, items long enough to check)}."""
     import numpy as np
 
@@ -103,7 +106,7 @@ def _overlap(items: dict[str, list[tuple[Any, str]]], documents: list[Artifact],
     hashes, numbers = [], []
     checked = dict.fromkeys(items, 0)
     for number, (name, text) in enumerate((n, t) for n, task_items in items.items() for _, t in task_items):
-        grams = np.unique(ngram_hashes(text, ngram))
+        grams = np.unique(ngram_hashes(text, ngram, keep_numbers=keep_numbers))
         checked[name] += bool(len(grams))
         hashes.append(grams)
         numbers.append(np.full(len(grams), number, dtype=np.int64))
@@ -119,7 +122,7 @@ def _overlap(items: dict[str, list[tuple[Any, str]]], documents: list[Artifact],
                                 unit="docs")  # fmt: skip
             for artifact in documents:
                 for text in iter_texts(artifact):
-                    grams = np.unique(ngram_hashes(text, ngram))
+                    grams = np.unique(ngram_hashes(text, ngram, keep_numbers=keep_numbers))
                     left, right = (
                         np.searchsorted(index, grams, "left"),
                         np.searchsorted(index, grams, "right"),

@@ -38,6 +38,10 @@ class ContaminationSettings(StageConfig):
     ngram: int = Field(
         13, ge=1, description="Words per n-gram of the overlap check (13, as dedup's decontamination)"
     )
+    keep_numbers: bool = Field(
+        False,
+        description="Match numbers as written (as dedup's decontamination.keep_numbers) instead of as 0",
+    )
 
 
 class Config(StageConfig):
@@ -407,7 +411,13 @@ class _Evaluation:
             from llmforge.evaluation.contamination import check
 
             files = {name: self.taskset.task_files(name) for name in self.benchmarks}
-            contamination = check(source, self.benchmarks, files, config.contamination.ngram)
+            contamination = check(
+                source,
+                self.benchmarks,
+                files,
+                config.contamination.ngram,
+                keep_numbers=config.contamination.keep_numbers,
+            )
         log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
         lm, arguments = build_lm(source, self.backend, config)
         has_template = bool(lm.chat_template(True))

@@ -1,0 +1,55 @@
+"""Post-training data for the tiny recipe: single-digit addition, the skill the bundled eval tasks measure.
+
+Made from the 70 training problems of llmforge.evaluation.arithmetic (the 30 held-out ones are the eval tasks' and
+never appear here), in the chat format the tasks ask in ("What is 6 + 7?"). SFT and DPO see 40 of them; GRPO sees
+all 70, so reinforcement has prompts the model has never been shown an answer to (where its sampled answers are
+sometimes right, sometimes wrong: the signal GRPO needs), as in real recipes where RL prompts go beyond SFT data.
+
+- sft.jsonl: a user question and the assistant's reply, the sum alone ("13"), as the `llmforge_arith` task scores it;
+- dpo.jsonl: the same prompt, the right reply chosen over one whose sum is off by one;
+- grpo.jsonl: the prompt and the answer the `exact` reward checks.
+
+Usage: python make_tasks.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from llmforge.evaluation.arithmetic import Problem, problems
+
+SFT_PROBLEMS = 40
+
+
+def wrong_reply(problem: Problem) -> str:
+    """The reply of a model that is off by one, the mistake a small model makes."""
+    total = problem.a + problem.b
+    return str(total + 1 if total < 18 else total - 1)
+
+
+def write(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    train = problems("train")
+    shown = train[:SFT_PROBLEMS]
+    write(out / "sft.jsonl", [{"messages": p.messages()} for p in shown])
+    write(out / "dpo.jsonl", [{"prompt": [{"role": "user", "content": p.question}],
+                               "chosen": [{"role": "assistant", "content": p.completion()}],
+                               "rejected": [{"role": "assistant", "content": wrong_reply(p)}]}
+                              for p in shown])  # fmt: skip
+    write(out / "grpo.jsonl", [{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer}
+                               for p in train])  # fmt: skip
+    print(
+        f"{out}: {len(shown)} problems in sft.jsonl and dpo.jsonl, {len(train)} in grpo.jsonl",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
