@@ -1,3 +1,4 @@
 from llmforge.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
