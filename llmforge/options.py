@@ -24,6 +24,9 @@ Sets = Annotated[
 Force = Annotated[
     bool, typer.Option("--force", help="Replace a different artifact (or discard other partial work).")
 ]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Check the inputs and settings and print the plan; train nothing.")
+]
 
 
 def flag(config: type[BaseModel], key: str, *names: str, **kwargs: Any) -> Any:

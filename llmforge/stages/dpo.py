@@ -17,7 +17,7 @@ from pydantic import Field
 
 from llmforge.config import load_config
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
@@ -126,14 +126,21 @@ def summarize(history: list[dict]) -> dict[str, Any]:
             **final_value(history, "rewards/rejected")}  # fmt: skip
 
 
+def describe(config: Config) -> list[tuple[str, str]]:
+    reference = "none (reference-free)" if config.loss in ("orpo", "simpo") else "the input model, frozen"
+    return [("objective", f"{config.loss}, beta {config.beta:g}"), ("reference", reference)]
+
+
 STAGE = Stage(name="dpo", module="dpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
-              default_rates=(1e-6, 5e-6), check=check)  # fmt: skip
+              default_rates=(1e-6, 5e-6), check=check, describe=describe)  # fmt: skip
 
 
 def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None, force: bool = False,
-        callbacks: list | None = None) -> Path:  # fmt: skip
-    """Align `model` to the preferences in `data`; returns the model (or adapter) artifact's path."""
-    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+        callbacks: list | None = None, dry_run: bool = False) -> Path | None:  # fmt: skip
+    """Align `model` to the preferences in `data`; returns the model (or adapter) artifact's path (None for a
+    dry run)."""
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks,
+                         dry_run=dry_run)  # fmt: skip
 
 
 F = common_flags(Config)
@@ -160,8 +167,9 @@ def command(
     zero: F.zero = None,
     offload: F.offload = None,
     nproc: F.nproc = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Preference optimisation (DPO, IPO, KTO, ORPO, SimPO...), full or LoRA/QLoRA, DeepSpeed-ready."""
     values = locals()
     config = load_config(Config, config_file, sets, {**common_values(values), "loss": loss, "beta": beta})
-    run(model, data, output, config, force=force)
+    run(model, data, output, config, force=force, dry_run=dry_run)

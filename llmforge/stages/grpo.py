@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from llmforge.config import load_config, runtime_field
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
@@ -117,6 +117,8 @@ def _checked_schema(schema: Any) -> str:
 
 def check(records: Records, tokenizer, config: Config) -> None:
     """User rewards import, and every prompt leaves room for a full completion within max_length."""
+    import importlib.util
+
     import torch
 
     from llmforge.rewards import load_reward
@@ -124,6 +126,9 @@ def check(records: Records, tokenizer, config: Config) -> None:
     if config.use_vllm and not torch.cuda.is_available():
         raise InputError("--use-vllm needs a CUDA GPU and the vllm extra; without them generation runs on "
                          "transformers (leave --use-vllm off)")  # fmt: skip
+    if config.use_vllm and importlib.util.find_spec("vllm") is None:  # TRL would fail later, after loading
+        raise InputError("--use-vllm needs vLLM, which is not installed here (llmforge's vllm extra); leave "
+                         "--use-vllm off to generate with transformers")  # fmt: skip
     for spec in _specs(config):
         load_reward(spec)
     room = config.max_length - config.max_completion_length
@@ -186,14 +191,24 @@ def summarize(history: list[dict]) -> dict[str, Any]:
     return stats
 
 
+def describe(config: Config) -> list[tuple[str, str]]:
+    generation = f"vLLM ({config.vllm_mode})" if config.use_vllm else "transformers generate"
+    return [("rewards", ", ".join(config.rewards)),
+            ("rollouts", f"groups of {config.num_generations}, up to {config.max_completion_length} tokens, "
+                         f"temperature {config.temperature:g}, with {generation}"),
+            ("objective", f"KL beta {config.kl_beta:g}, clip epsilon {config.clip_epsilon:g}")]  # fmt: skip
+
+
 STAGE = Stage(name="grpo", module="grpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
-              default_rates=(1e-6, 1e-5), check=check)  # fmt: skip
+              default_rates=(1e-6, 1e-5), check=check, describe=describe)  # fmt: skip
 
 
 def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None, force: bool = False,
-        callbacks: list | None = None) -> Path:  # fmt: skip
-    """Improve `model` with verifiable rewards on the prompts in `data`; returns the artifact's path."""
-    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+        callbacks: list | None = None, dry_run: bool = False) -> Path | None:  # fmt: skip
+    """Improve `model` with verifiable rewards on the prompts in `data`; returns the artifact's path (None for a
+    dry run)."""
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks,
+                         dry_run=dry_run)  # fmt: skip
 
 
 F = common_flags(Config)
@@ -225,6 +240,7 @@ def command(
     zero: F.zero = None,
     offload: F.offload = None,
     nproc: F.nproc = None,
+    dry_run: DryRun = False,
 ) -> None:
     """GRPO with verifiable rewards (math, exact, format, json, sandboxed code, your own), full or LoRA/QLoRA."""
     values = locals()
@@ -232,4 +248,4 @@ def command(
              "clip_epsilon": clip_epsilon, "temperature": temperature,
              "max_completion_length": max_completion_length, "use_vllm": use_vllm}  # fmt: skip
     config = load_config(Config, config_file, sets, flags)
-    run(model, data, output, config, force=force)
+    run(model, data, output, config, force=force, dry_run=dry_run)

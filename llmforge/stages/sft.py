@@ -15,7 +15,7 @@ from pydantic import Field
 
 from llmforge.config import load_config
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
@@ -132,6 +132,15 @@ def summarize(history: list[dict]) -> dict[str, Any]:
     }
 
 
+def describe(config: Config) -> list[tuple[str, str]]:
+    loss = "assistant tokens (chats), completions (prompt/completion)"
+    if not (config.assistant_only_loss and config.completion_only_loss):
+        loss = "every token" if not (config.assistant_only_loss or config.completion_only_loss) else (
+            "assistant tokens (chats), every token otherwise" if config.assistant_only_loss
+            else "completions (prompt/completion), every token otherwise")  # fmt: skip
+    return [("loss on", loss), ("packing", "on" if config.packing else "off")]
+
+
 STAGE = Stage(
     name="sft",
     module="sft",
@@ -140,6 +149,7 @@ STAGE = Stage(
     summarize=summarize,
     default_rates=(2e-5, 2e-4),
     check=check,
+    describe=describe,
 )
 
 
@@ -150,10 +160,12 @@ def run(
     config: Config | None = None,
     force: bool = False,
     callbacks: list | None = None,
-) -> Path:
-    """Fine-tune `model` on `data`; returns the model (or adapter) artifact's path."""
+    dry_run: bool = False,
+) -> Path | None:
+    """Fine-tune `model` on `data`; returns the model (or adapter) artifact's path (None for a dry run)."""
 
-    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks)
+    return run_posttrain(STAGE, config or Config(), model, data, out, force=force, callbacks=callbacks,
+                         dry_run=dry_run)  # fmt: skip
 
 
 F = common_flags(Config)
@@ -179,8 +191,9 @@ def command(
     zero: F.zero = None,
     offload: F.offload = None,
     nproc: F.nproc = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Supervised fine-tuning (chat, prompt/completion or text), full or LoRA/QLoRA, DeepSpeed-ready."""
     values = locals()
     config = load_config(Config, config_file, sets, {**common_values(values), "packing": packing})
-    run(model, data, output, config, force=force)
+    run(model, data, output, config, force=force, dry_run=dry_run)

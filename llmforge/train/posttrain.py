@@ -427,6 +427,7 @@ class Stage:
     summarize: Callable[[list[dict]], dict[str, Any]]
     default_rates: tuple[float, float]  # learning rate: full fine-tuning, LoRA
     check: Callable[[Records, Any, PostTrainConfig], None] | None = None  # extra checks needing the tokenizer
+    describe: Callable[[PostTrainConfig], list[tuple[str, str]]] | None = None  # the stage's rows in the plan
 
 
 @dataclass
@@ -460,15 +461,16 @@ def open_model(path: str | Path, stage: str):
 
 
 def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data: str | Path, out: str | Path,
-                  force: bool = False, callbacks: list | None = None) -> Path:  # fmt: skip
-    """Validate, train, write the artifact. `callbacks` are extra TrainerCallbacks (in-process runs only)."""
+                  force: bool = False, callbacks: list | None = None, dry_run: bool = False) -> Path | None:  # fmt: skip
+    """Validate, train, write the artifact. `callbacks` are extra TrainerCallbacks (in-process runs only).
+    `dry_run` validates everything and prints the plan, then stops (nothing loaded or written; returns None)."""
     from llmforge.model.loading import load_tokenizer
 
     config = resolve_learning_rate(config, *stage.default_rates)
     source = open_model(model, stage.name)
     kind = output_kind(config)
     inputs = [source.ref(), dataset_ref(data, stage.name)]
-    if up_to_date(out, stage.name, config, inputs):  # nothing to validate or load: run_stage says so
+    if not dry_run and up_to_date(out, stage.name, config, inputs):  # nothing to validate or load
         return run_stage(stage.name, kind, config, inputs, out, lambda ctx: None, force=force)
     # stdout carries only the output path: libraries that print or log to stdout (DeepSpeed's logger, TRL) are
     # sent to stderr while they run; run_stage prints the path after the body.
@@ -491,6 +493,9 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             stage.check(records, tokenizer, config)
         log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
             f"{describe_method(config, source)}")  # fmt: skip
+        if dry_run:
+            print_plan(stage, config, source, records, kind)
+            return None
 
         def body(ctx) -> None:
             with contextlib.redirect_stdout(sys.stderr):
@@ -515,6 +520,86 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
                               **stage.summarize(history)})  # fmt: skip
 
     return run_stage(stage.name, kind, config, inputs, out, body, force=force)
+
+
+def safetensors_shapes(directory: str | Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from the headers of a directory's *.safetensors files (no weights are read)."""
+    import struct
+
+    shapes = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        shapes.update({name: info["shape"] for name, info in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def lora_parameters(shapes: dict[str, list[int]], rank: int, targets: str | list[str]) -> int:
+    """Parameters LoRA adds: rank x (in + out) per targeted linear layer; all-linear is every 2-D weight of
+    the decoder layers (peft leaves the output head alone)."""
+    total = 0
+    for name, shape in shapes.items():
+        if len(shape) != 2 or not name.endswith(".weight") or ".layers." not in name:
+            continue
+        module = name.removesuffix(".weight").rsplit(".", 1)[-1]
+        if targets == "all-linear" or module in targets:
+            total += rank * (shape[0] + shape[1])
+    return total
+
+
+def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, kind: str) -> None:
+    """What `--dry-run` prints: the model, the method, the data, the steps, the batch and where it runs."""
+    import math
+
+    import torch
+    from rich.table import Table
+
+    from llmforge.console import console
+    from llmforge.model.estimate import human_count
+
+    base = source.base if source.is_adapter else source
+    shapes = safetensors_shapes(base.path) if base.kind != "hub" else {}
+    parameters = sum(math.prod(shape) for shape in shapes.values())
+    architecture = "?"
+    if base.kind != "hub" and (Path(base.path) / "config.json").is_file():
+        architecture = ",".join(
+            json.loads((Path(base.path) / "config.json").read_text()).get("architectures") or ["?"]
+        )
+    table = Table(title=f"{stage.name} plan", show_header=False, title_justify="left")
+    table.add_column(style="cyan")
+    table.add_column()
+    table.add_row("model", f"{source.path} ({source.kind}{', base ' + base.path if source.is_adapter else ''}): "
+                  f"{architecture}, {human_count(parameters) if parameters else '?'} parameters")  # fmt: skip
+    method = describe_method(config, source)
+    if config.lora.enabled and not source.is_adapter and shapes:
+        added = lora_parameters(shapes, config.lora.rank, config.lora.target_modules)
+        method += f"; about {human_count(added)} trainable ({100 * added / max(parameters, 1):.2g}%)"
+    elif config.lora.enabled and source.is_adapter:
+        added = sum(math.prod(shape) for shape in safetensors_shapes(source.path).values())
+        method += f"; {human_count(added)} trainable" if added else ""
+    table.add_row("method", method + (", 4-bit NF4 base" if config.lora.qlora else ""))
+    table.add_row("output", {"adapter": "an adapter artifact (peft directory on the base)",
+                             "model": "a merged full model" if config.lora.merge else "a full model"}[kind])  # fmt: skip
+    table.add_row("data", f"{len(records.items):,} {records.shape} records")
+    # the per-device batch counts sequences; GRPO's counts completions, num_generations of them per prompt
+    samples = len(records.items) * getattr(config, "num_generations", 1)
+    per_step = config.batch_size * config.gradient_accumulation * config.nproc
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * samples / per_step)
+    table.add_row("batch", f"{per_step} = {config.batch_size} per device x accumulation "
+                  f"{config.gradient_accumulation} x {config.nproc} processes, max_length {config.max_length}")  # fmt: skip
+    table.add_row("steps", f"{steps:,}" + (" (max_steps)" if config.max_steps > 0 else f" ({config.epochs:g} epoch{'' if config.epochs == 1 else 's'})")
+                  + f", lr {config.learning_rate:g} ({config.lr_scheduler}, warmup {config.warmup_ratio:g})")  # fmt: skip
+    gpus = torch.cuda.device_count()
+    precision = "bf16" if gpus and torch.cuda.is_bf16_supported() else "fp32"
+    where = f"{gpus} GPU(s) visible" if gpus else "CPU (no GPU visible here)"
+    engine = (f"DeepSpeed ZeRO-{config.zero}" + (" + CPU offload" if config.offload == "cpu" else "")
+              if config.zero is not None else "no DeepSpeed")  # fmt: skip
+    launch = f"{config.nproc} processes under torchrun" if uses_launcher(config) else "in this process"
+    table.add_row("runs", f"{precision}, {engine}, {launch}; {where}")
+    for name, value in stage.describe(config) if stage.describe else []:
+        table.add_row(name, value)
+    console.print(table)
 
 
 def up_to_date(out: str | Path, stage: str, config: PostTrainConfig, inputs: list[InputRef]) -> bool:
