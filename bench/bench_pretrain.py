@@ -7,6 +7,7 @@ same order, with AdamW, the same schedule and gradient clipping; the plain loop 
 no metrics log. On a GPU the MFU of both is printed too (peak from llmforge.model.estimate's table).
 
     .venv/bin/python bench/bench_pretrain.py [--preset small] [--steps 30] [--zero-preset 125m] [--threads 1]
+    python bench/bench_pretrain.py --tokens TOKENS --preset 125m --seq-len 2048 --micro 16 --zero-nproc 1  # one GPU
 
 Prints tables; the figures go to bench/RESULTS.md.
 """
@@ -121,6 +122,8 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
 
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     tokenizer = AutoTokenizer.from_pretrained(tokens / "tokenizer")
     seq_len, micro = config["seq_len"], config["micro_batch_size"]
     accumulation = config["batch_tokens"] // (seq_len * micro)
@@ -153,12 +156,17 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
         final = torch.stack(losses).sum().item()  # synchronises, like llmforge's logging
         rates.append(config["batch_tokens"] / (time.perf_counter() - clock))
+    memory = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None
     model.save_pretrained(out)
     seconds = time.perf_counter() - started
     tokens_per_s = steady(rates)
     peak = device_peak_flops(torch.cuda.get_device_name(0)) if device == "cuda" else None
     flops = ModelShape.from_hf_config(model_config.to_dict()).flops_per_token(seq_len) * tokens_per_s
-    return {"tokens_per_s": tokens_per_s, "wall_s": seconds, "loss_final": final,
+    del model, optimizer
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return {"tokens_per_s": tokens_per_s, "wall_s": seconds, "loss_final": final, "memory_gb": memory,
             "mfu": flops / peak if peak else None}  # fmt: skip
 
 
@@ -172,16 +180,21 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the single-process runs")
     parser.add_argument("--megabytes", type=float, default=3.0, help="text to train on")
+    parser.add_argument(
+        "--tokens", type=Path, help="an existing tokens artifact instead of stdlib docstrings"
+    )
+    parser.add_argument("--zero-nproc", type=int, default=2, help="processes in the ZeRO comparison (GPUs)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
-    tokens = tokens_artifact(root, vocab_size=8192, megabytes=args.megabytes)
+    tokens = args.tokens or tokens_artifact(root, vocab_size=8192, megabytes=args.megabytes)
     print(f"data: {json.loads((tokens / 'artifact.json').read_text())['stats']['tokens']:,} training tokens of "
-          f"stdlib docstrings; device: {'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}"
-          f", {args.threads} thread(s)", file=sys.stderr)  # fmt: skip
+          f"{tokens if args.tokens else 'stdlib docstrings'}; device: "
+          f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, "
+          f"{args.threads} thread(s)", file=sys.stderr)  # fmt: skip
 
     rows = []
     config = settings(args.preset, args.seq_len, args.micro, 2, args.steps)
@@ -198,31 +211,36 @@ def main() -> None:
     print(
         f"\n{args.preset} model, seq {args.seq_len}, micro-batch {args.micro} x 2 accumulation, {args.steps} steps"
     )
-    print(
-        "| what | tokens/s (steady) | vs plain | MFU | whole run (s) | final loss |\n|---|---|---|---|---|---|"
-    )
+    print("| what | tokens/s (steady) | vs plain | MFU | peak memory (GB) | whole run (s) | final loss |\n"
+          "|---|---|---|---|---|---|---|")  # fmt: skip
     for name, result in best.items():
         mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a (CPU)"
+        memory = f"{result['memory_gb']:.2f}" if result.get("memory_gb") is not None else "n/a"
         print(f"| {name} | {result['tokens_per_s']:,.0f} | {result['tokens_per_s'] / plain:.2f}x | {mfu} | "
-              f"{result['wall_s']:.1f} | {result['loss_final']:.3f} |")  # fmt: skip
+              f"{memory} | {result['wall_s']:.1f} | {result['loss_final']:.3f} |")  # fmt: skip
 
-    print(
-        f"\n{args.zero_preset} model on 2 processes, seq {args.seq_len}, micro-batch {args.micro}, {args.zero_steps} steps"
-    )
-    print("| ZeRO | tokens/s (steady) | resident memory, rank 0 (GB) | rank 0's checkpoint shard (GB) "
+    if args.zero_steps <= 0:
+        return
+    nproc = args.zero_nproc
+    print(f"\n{args.zero_preset} model on {nproc} process(es), seq {args.seq_len}, micro-batch {args.micro}, "
+          f"{args.zero_steps} steps")  # fmt: skip
+    memory = "peak GPU memory" if torch.cuda.is_available() else "resident memory"
+    print(f"| ZeRO | tokens/s (steady) | {memory}, rank 0 (GB) | rank 0's checkpoint shard (GB) "
           "| weights + grads + Adam per process, estimated (GB) | final loss |\n|---|---|---|---|---|---|")  # fmt: skip
     from llmforge.model.estimate import ModelShape, training_memory
 
     for zero in (0, 2, 3):
-        config = settings(args.zero_preset, args.seq_len, args.micro, 1, args.zero_steps, processes=2,
-                          distributed={"zero": zero, "nproc": 2}, checkpoint={"every": args.zero_steps // 2})  # fmt: skip
+        config = settings(args.zero_preset, args.seq_len, args.micro, 1, args.zero_steps, processes=nproc,
+                          distributed={"zero": zero, "nproc": nproc}, checkpoint={"every": args.zero_steps // 2})  # fmt: skip
         out = root / f"zero{zero}"
         result = llmforge_run(tokens, out, config)
         # what rank 0 holds of the model and optimizer states, as DeepSpeed writes it (rank 1 writes the rest)
         shard = sum(f.stat().st_size for f in (out / "checkpoints").glob("step-*/*.pt")
                     if "rank_1" not in f.name and "rank1" not in f.name)  # fmt: skip
         hf = json.loads((out / "config.json").read_text())
-        states = training_memory(ModelShape.from_hf_config(hf).parameters(), zero, 2, "fp32")["total"] / 1e9
+        states = (
+            training_memory(ModelShape.from_hf_config(hf).parameters(), zero, nproc, "fp32")["total"] / 1e9
+        )
         print(f"| {zero} | {result['tokens_per_s']:,.0f} | {result['memory_gb']:.2f} | {shard / 1e9:.2f} | "
               f"{states:.2f} | {result['loss_final']:.3f} |")  # fmt: skip
 
