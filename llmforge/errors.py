@@ -1,5 +1,8 @@
 """Errors that end a command. The CLI turns them into one line on stderr and an exit code."""
 
+from collections.abc import Iterator
+from typing import Any
+
 
 class LLMForgeError(Exception):
     """The work failed (exit 1)."""
@@ -11,6 +14,21 @@ class InputError(LLMForgeError):
     """Bad usage, bad input or an incompatible artifact (exit 2). Say which file, which record, what is wrong."""
 
     exit_code = 2
+
+
+def json_lines(lines, path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of `lines` ((number, text) pairs of a JSONL file at `path`); a
+    line that does not parse stops the command, named by file and line."""
+    import orjson
+
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
+        yield number, value
 
 
 def where(path, line: int | None = None, record: str | None = None) -> str:

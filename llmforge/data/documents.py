@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.artifacts import Artifact
-from llmforge.errors import InputError, where
+from llmforge.errors import InputError, json_lines, where
 
 DATA_DIR = "data"
 
@@ -49,13 +48,7 @@ def read_lines(file: Path) -> Iterator[tuple[int, str]]:
 def iter_documents(artifact: Artifact) -> Iterator[dict]:
     """Every document of a documents artifact, in file order."""
     for file in document_files(artifact):
-        for number, line in read_lines(file):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where(file, number)}: not valid JSON ({exc.msg})") from None
+        for number, record in json_lines(read_lines(file), file):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise InputError(f"{where(file, number)}: a document needs a string 'text' field")
             yield record

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from llmforge.artifacts import InputRef, expand_paths, raw_input
 from llmforge.config import StageConfig
-from llmforge.errors import InputError, where
+from llmforge.errors import InputError, json_lines, where
 
 Format = Literal["warc", "jsonl", "parquet", "text"]
 SUFFIXES: dict[str, Format] = {
@@ -213,18 +213,11 @@ def _open_lines(path: str):
 
 
 def check_jsonl(path: str, settings: InputSettings) -> tuple[int, int]:
-    import orjson
 
     key = settings.text_field
     records = documents = 0
     with _open_lines(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
+        for number, record in json_lines(enumerate(handle, 1), path):
             if not isinstance(record, dict):
                 raise InputError(f"{where(path, number)}: not a JSON object (a {type(record).__name__})")
             if key not in record:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmforge.errors import InputError, where
+from llmforge.errors import InputError, json_lines, where
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "resources" / "tasks"
 ARITHMETIC_DATA = TASKS_DIR / "llmforge" / "arithmetic.jsonl"
@@ -38,13 +37,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         raise InputError(f"{path}: task data file not found")
     records = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{where(path, number)}: not valid JSON ({exc.msg})") from None
+        for number, record in json_lines(enumerate(handle, 1), path):
             if not isinstance(record, dict):
                 raise InputError(f"{where(path, number)}: a task item must be a JSON object")
             records.append(record)

@@ -152,19 +152,11 @@ class Benchmarks:
     def _read(self, path: str):
         import gzip
 
-        import orjson
-
-        from llmforge.errors import where
+        from llmforge.errors import json_lines, where
 
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
+            for number, item in json_lines(enumerate(handle, 1), path):
                 if not isinstance(item, dict):
                     raise InputError(f"{where(path, number)}: a benchmark item must be a JSON object")
                 missing = [f for f in self.settings.fields if f not in item]

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from llmforge.artifacts import MANIFEST, Artifact, InputRef, expand_paths, open_artifact, raw_input, run_stage
 from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
-from llmforge.errors import InputError, LLMForgeError, where
+from llmforge.errors import InputError, LLMForgeError, json_lines, where
 
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"  # unhashed: job file, normalised dataset, worker result
@@ -206,13 +206,9 @@ Validator = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 def _jsonl_lines(file: str) -> Iterator[tuple[str, Any]]:
     from llmforge.data.documents import read_lines
 
-    for number, line in read_lines(Path(file)):  # a damaged .gz is named with the last line read
-        if not line.strip():
-            continue
-        try:
-            yield where(file, number), json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where(file, number)}: not valid JSON ({exc.msg})") from None
+    # a damaged .gz is named with the last line read
+    for number, record in json_lines(read_lines(Path(file)), file):
+        yield where(file, number), record
 
 
 def _json_rows(file: str) -> Iterator[tuple[str, Any]]:
