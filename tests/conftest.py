@@ -24,3 +24,15 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 def tiny_model(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     """A model artifact with a random ~1M-parameter Llama. Read-only: copy it before changing anything."""
     return tiny_model_artifact(tmp_path_factory.mktemp("model") / "tiny", tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train fastest on one thread, and the suite runs two test workers on two cores (modules that
+    train in-process use it: `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -14,15 +14,7 @@ from llmforge.errors import InputError
 QUESTION = "Which river flows through the old town before it reaches the harbour near the northern bridge?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and the suite runs two test workers on two cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

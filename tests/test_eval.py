@@ -23,21 +23,11 @@ from llmforge.evaluation.arithmetic import problems
 from llmforge.evaluation.tasks import ARITHMETIC_DATA, TASKS_DIR
 from llmforge.stages import eval as eval_stage
 
-pytestmark = pytest.mark.xdist_group("eval")  # one worker: the reports below are shared by several tests
+# one worker: the reports below are shared by several tests; one torch thread (two workers share two cores)
+pytestmark = [pytest.mark.xdist_group("eval"), pytest.mark.usefixtures("one_thread")]
 
 BUNDLED = ["llmforge_arith", "llmforge_arith_mc", "llmforge_arith_reasoning"]
 LIMIT = 8  # generation on a random model runs to max_gen_toks: keep the generative tasks short
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two pytest workers share two cores: one torch thread each avoids oversubscription (10x slower here)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def direct(model_args: dict, tasks: list[str], **kwargs) -> dict:

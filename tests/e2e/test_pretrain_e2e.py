@@ -14,15 +14,7 @@ FLAGS = ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micr
          "--set", "logging.every=1", "--set", "checkpoint.every=5", "--set", "optim.warmup_steps=2"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and the suite runs two test workers on two cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def losses(out) -> list[float]:
