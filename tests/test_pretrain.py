@@ -152,6 +152,18 @@ def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, m
     assert all(math.isfinite(v) for v in rewound.values()) and stats["loss_final"] < stats["loss_first"] - 1.0
 
 
+def test_processes_per_node_under_torchrun_or_the_deepspeed_launcher(monkeypatch):
+    from llmforge.train.loop import local_processes
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_SIZE", raising=False)
+    assert local_processes() == 1
+    monkeypatch.setenv("LOCAL_SIZE", "8")  # deepspeed.launcher.launch (--hostfile)
+    assert local_processes() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun (--nproc)
+    assert local_processes() == 4
+
+
 def test_checkpointing_compile_and_bf16_autocast_train_the_same_model(tmp_path, tokens, pretrained):
     reference = losses(pretrained)
     with pytest.raises(StoppedEarly):  # aot_eager: the graph capture of torch.compile without code generation

@@ -106,6 +106,11 @@ class Position:
     recent_losses: list[float] = field(default_factory=list)
 
 
+def local_processes() -> int:
+    """Training processes on this node: torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
 def injected_losses() -> dict[int, float]:
     text = os.environ.get(INJECT_ENV, "").strip()
     factors = {}
@@ -210,11 +215,7 @@ class Trainer:
 
         if self.spec.deepspeed.get("zero_optimization", {}).get("stage", 0) != 3:
             return False
-        per_node = (
-            int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-            * ModelShape.from_hf_config(self.spec.model_config).parameters()
-            * 4
-        )
+        per_node = local_processes() * ModelShape.from_hf_config(self.spec.model_config).parameters() * 4
         return per_node > 0.5 * psutil.virtual_memory().available
 
     def _optimizer(self, model):
