@@ -290,12 +290,30 @@ def empty(tmp_path_factory):
     return documents_artifact(tmp_path_factory.mktemp("empty") / "docs", [])
 
 
+@pytest.fixture(scope="module")
+def blank(tmp_path_factory):  # documents, but no text: encoded, nothing but EOS tokens
+    return documents_artifact(tmp_path_factory.mktemp("blank") / "docs", ["", "  \n\t", ""])
+
+
+@pytest.fixture(scope="module")
+def edited(bpe, tmp_path_factory):  # a tokenizer artifact whose tokenizer.json was changed after training
+    copy = tmp_path_factory.mktemp("edited") / "tok"
+    shutil.copytree(bpe, copy)
+    with open(copy / "tokenizer.json", "a") as handle:
+        handle.write("\n")
+    return copy
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["train", "{empty}", "-o", "{out}"], "{empty}: holds no documents; there is nothing to train"),
         (["encode", "{web}", "--tokenizer", "{bpe}", "-o", "{out}"] + ["{empty}"],
          "{empty}: holds no documents; there is nothing to encode"),
+        (["train", "{blank}", "-o", "{out}"],
+         "{blank}: its 3 documents hold no text (all empty or whitespace); there is nothing to train"),
+        (["encode", "web={web}:0.7", "blank={blank}:0.3", "--tokenizer", "{bpe}", "-o", "{out}"],
+         "{blank}: its 3 documents hold no text (all empty or whitespace); there is nothing to encode"),
         (["train", "{web}", "-o", "{out}", "--vocab-size", "100"],
          "vocab_size 100 is too small: the 256 byte symbols and 11 special tokens alone need 267"),
         (["encode", "web={web}:0.7x", "--tokenizer", "{bpe}", "-o", "{out}"],
@@ -304,10 +322,13 @@ def empty(tmp_path_factory):
          "tokenize encode needs a tokenizer artifact made by `llmforge tokenize train`; {web} is a documents "
          "artifact (made by `llmforge crawl-filter`)"),
         (["encode", "{web}", "-o", "{out}"], "tokenize encode needs --tokenizer (made by"),
+        (["encode", "{web}", "--tokenizer", "{edited}", "-o", "{out}"],
+         "{edited}/tokenizer.json: changed since `llmforge tokenize train` wrote it"),
     ],
 )  # fmt: skip
-def test_bad_input_is_one_clear_line_and_exit_2(args, message, corpus, bpe, empty, tmp_path):
-    values = {"empty": empty, "web": corpus["web"][0], "bpe": bpe, "out": tmp_path / "out"}
+def test_bad_input_is_one_clear_line_and_exit_2(args, message, corpus, bpe, empty, blank, edited, tmp_path):
+    values = {"empty": empty, "blank": blank, "edited": edited, "web": corpus["web"][0], "bpe": bpe,
+              "out": tmp_path / "out"}  # fmt: skip
     result = llmforge("tokenize", *[a.format(**values) for a in args], check=False)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""

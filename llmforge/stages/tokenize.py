@@ -110,9 +110,11 @@ class Source:
 def open_sources(
     specs: list[str], configured: dict[str, float], stage: str
 ) -> tuple[list[Source], dict[str, float]]:
-    """Parse `NAME=DIR:WEIGHT` specs, check every input is a non-empty documents artifact, resolve the weights."""
+    """Parse `NAME=DIR:WEIGHT` specs, check every input is a documents artifact with some text, resolve the
+    weights. An input whose documents are all blank is refused like an empty one: encoded, it would be nothing but
+    EOS tokens, repeated to fill its weight."""
     from llmforge.artifacts import open_artifact
-    from llmforge.data.documents import iter_documents
+    from llmforge.data.documents import iter_texts
     from llmforge.data.mixture import parse_source, resolve_weights
 
     if not specs:
@@ -120,13 +122,20 @@ def open_sources(
     parsed = [parse_source(spec) for spec in specs]
     weights = resolve_weights(parsed, configured)
     sources = []
+    verb = stage.split()[-1]
     for spec in parsed:
         artifact = open_artifact(spec.path, stage, ["documents"])
-        documents = iter_documents(artifact)
-        first = next(documents, None)
-        documents.close()
-        if first is None:
-            raise InputError(f"{spec.path}: holds no documents; there is nothing to {stage.split()[-1]}")
+        count, texts = 0, iter_texts(artifact)
+        for text in texts:  # stops at the first document with text: one read for any real corpus
+            count += 1
+            if text.strip():
+                break
+        else:
+            if count == 0:
+                raise InputError(f"{spec.path}: holds no documents; there is nothing to {verb}")
+            raise InputError(f"{spec.path}: its {count:,} documents hold no text (all empty or whitespace); "
+                             f"there is nothing to {verb}")  # fmt: skip
+        texts.close()
         sources.append(Source(spec.name, artifact))
     return sources, weights
 
