@@ -110,10 +110,11 @@ def test_rerun_is_up_to_date(pretrained, tokens, capsys):
     before = (pretrained / "artifact.json").read_text()
     assert run(tokens, pretrained, config()) == pretrained
     assert (pretrained / "artifact.json").read_text() == before
-    assert "up to date" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "up to date" in err and "pretraining plan" not in err  # nothing to do: no plan either
 
 
-def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained):
+def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained, capsys):
     out = tmp_path / "model"
     with pytest.raises(StoppedEarly, match="stopped at step 7"):
         run(tokens, out, config(stop_after=7))
@@ -123,8 +124,10 @@ def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained
         "step-00000005",
         "step-00000007",
     ]
+    capsys.readouterr()
     with pytest.raises(InputError, match="ZeRO-0, this run has 1 with ZeRO-2"):
         run(tokens, out, config(distributed__zero=2))  # ZeRO shards do not load into another layout
+    assert "pretraining plan" not in capsys.readouterr().err  # refused before the plan: one line
     run(tokens, out, config())
     resumed = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "resume"]
     assert [r["step"] for r in resumed] == [7]
@@ -181,7 +184,7 @@ def test_checkpointing_compile_and_bf16_autocast_train_the_same_model(tmp_path, 
     assert autocast[1] != reference[1]  # bf16 matmuls really ran
 
 
-def test_bad_inputs_are_one_clear_error(tmp_path, tokens, pretrained, tiny_tokenizer_dir):
+def test_bad_inputs_are_one_clear_error(tmp_path, tokens, pretrained, tiny_tokenizer_dir, capsys):
     documents = documents_artifact(tmp_path / "docs", ["some text"])
     with pytest.raises(
         InputError, match="pretrain needs a tokens artifact made by `llmforge tokenize encode`"
@@ -193,10 +196,12 @@ def test_bad_inputs_are_one_clear_error(tmp_path, tokens, pretrained, tiny_token
         run(tokens, tmp_path / "b", config(model__vocab_size=1000))
     with pytest.raises(InputError, match=r"batch_tokens 300 is not a multiple of .* = 32 x 4 x 1 = 128"):
         run(tokens, tmp_path / "c", config(batch_tokens=300))
+    capsys.readouterr()
     with pytest.raises(
         InputError, match=r"holds a different model artifact \(config.optim.lr: 0.003 -> 0.001"
     ):
         run(tokens, pretrained, config(optim__lr=1e-3))
+    assert "pretraining plan" not in capsys.readouterr().err  # the error is the only line
     with pytest.raises(InputError, match="less than one batch"):
         run(tokens, tmp_path / "d", config(batch_tokens=2**20, micro_batch_size=8))
     # a tokenizer swapped under the shards is caught before training

@@ -394,9 +394,11 @@ def run(tokens: str | Path, out: str | Path, config: Config | None = None, force
 
     config = config or Config()
     plan = plan_run(tokens, config)
-    print_plan(plan, config)
     if dry_run:
+        print_plan(plan, config)
         return None
+    # The plan is printed once the output is known to be usable (inside the stage body): a refused output is
+    # one line, and an up-to-date one prints nothing but its path.
     return run_stage(STAGE, "model", config, [plan["artifact"].ref()], out,
                      lambda ctx: _train(ctx, config, plan), force=force)  # fmt: skip
 
@@ -419,6 +421,7 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
             f"{found[0]}: written by {found[1]['world_size']} processes with ZeRO-{found[1]['zero']}, this run has "
             f"{plan['world']} with ZeRO-{zero}; resume with the same --nproc/--hostfile and --zero, or --force"
         )
+    print_plan(plan, config)
     logs = ctx.work / "logs"
     monitors = monitor_config(
         logs, config.logging.tensorboard, config.logging.wandb_project, config.logging.csv
