@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -94,9 +95,13 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert kept == ["step-00000010", "step-00000015"]
     assert not any(f["path"].startswith("checkpoints/") for f in artifact.manifest["files"])
 
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "generation_config.json"):  # fmt: skip
+        assert (pretrained / name).is_file(), name
     model = AutoModelForCausalLM.from_pretrained(pretrained)
     tokenizer = AutoTokenizer.from_pretrained(pretrained)
     assert model.config.vocab_size == len(tokenizer) and model.config.tie_word_embeddings
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     prompt = tokenizer("the model learns", return_tensors="pt")
     generated = model.generate(**prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert generated.shape[1] == prompt["input_ids"].shape[1] + 8
@@ -118,6 +123,9 @@ def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained
     out = tmp_path / "model"
     with pytest.raises(StoppedEarly, match="stopped at step 7"):
         run(tokens, out, config(stop_after=7))
+    # the time estimate from the measured first steps (step 1 pays for warm-up, steps 2-4 are timed)
+    assert re.search(r"measured [\d,]+ tokens/s over steps 2-4: about .+ to go for 16 more steps",
+                     capsys.readouterr().err)  # fmt: skip
     staging = tmp_path / "model.partial"
     assert not out.exists()
     assert sorted(p.name for p in (staging / "checkpoints").glob("step-*")) == [
@@ -153,6 +161,30 @@ def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, m
     assert rewound[12] == pytest.approx(reference[12], abs=1e-4)
     assert rewound[13] != pytest.approx(reference[13], abs=1e-4)
     assert all(math.isfinite(v) for v in rewound.values()) and stats["loss_final"] < stats["loss_first"] - 1.0
+
+
+def test_qwen3_with_qk_norm_rope_theta_wsd_schedule_and_the_last_checkpoint_kept(tmp_path, tokens):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    settings = config(model__arch="qwen3", model__rope_theta=500000.0, optim__schedule="wsd",
+                      train_tokens=256 * 10, checkpoint__every=3, checkpoint__keep=1, eval__every=0)  # fmt: skip
+    out = run(tokens, tmp_path / "qwen3", settings)
+    stats = Artifact.open(out).stats
+    assert stats["loss_final"] < stats["loss_first"] - 0.5
+    # WSD over 10 steps: 2 warmup, flat at the peak, linear decay to 10% over the last 20% (2 steps)
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert lrs == pytest.approx([3e-3 * m for m in (0.5, 1, 1, 1, 1, 1, 1, 1, 0.55, 0.1)])
+    # checkpoints at steps 3, 6 and 9, only the newest kept (checkpoint.keep = 1)
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-00000009"]
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    assert model.config.rope_parameters["rope_theta"] == 500000.0
+    norms = model.model.layers[0].self_attn
+    assert norms.q_norm.weight.shape == norms.k_norm.weight.shape == (32,)  # QK-norm over each head's 32 dims
+    assert not torch.equal(norms.q_norm.weight, torch.ones(32))  # and trained
+    assert stats["parameters"] == sum(p.numel() for p in model.parameters())  # the plan counted them too
 
 
 def test_processes_per_node_under_torchrun_or_the_deepspeed_launcher(monkeypatch):
@@ -233,14 +265,15 @@ def test_document_positions_restart_at_every_document():
     assert document_positions(ends, 12, 8).tolist() == list(range(8))
 
 
-def test_packed_documents_do_not_see_each_other(tiny_tokenizer_dir):
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_packed_documents_do_not_see_each_other(arch):
     """With restarting positions, a document's logits inside a packed row equal its logits alone (SDPA's
     block-diagonal mask), and flattening the rows (FlashAttention's varlen layout) changes nothing."""
     import torch
 
     from llmforge.model.llama import build_config, build_model
 
-    model = build_model(build_config("tiny", 512, {}, max_position_embeddings=64), seed=1).eval()
+    model = build_model(build_config("tiny", 512, {}, arch=arch, max_position_embeddings=64), seed=1).eval()
     model.config.use_cache = (
         False  # as in training: transformers reads packing from positions only without a cache
     )
