@@ -148,7 +148,7 @@ def test_special_and_tag_tokens_are_single_ids(trained):
     assert tokenizer.decode(ids, skip_special_tokens=True) == "assistant\n<think>x</think>y"  # tags are kept
 
 
-def test_fertility_is_reported_per_language(tmp_path):
+def test_fertility_is_reported_per_language(tmp_path, capsys):
     german = "Die Katze schläft auf dem warmen Fensterbrett."
     records = [{"text": text, "metadata": {"language": "en"}} for text in web_documents(40)]
     records += [{"text": german, "metadata": {"language": "de"}} for _ in range(20)]
@@ -164,6 +164,11 @@ def test_fertility_is_reported_per_language(tmp_path):
     )
     assert stats["held_out_by_language"]["de"]["bytes_per_token"] == round(len(german.encode()) / tokens, 4)
     assert stats["held_out_by_language"]["de"]["tokens_per_word"] == round(tokens / 7, 4)
+    screen = capsys.readouterr().err  # on screen as well, one line per language
+    for language in ("en", "de"):
+        row = stats["held_out_by_language"][language]
+        assert (f"  {language}: {row['bytes_per_token']} bytes/token, {row['tokens_per_word']} tokens/word "
+                f"({row['documents']} documents)") in screen  # fmt: skip
 
 
 def test_vocabulary_smaller_than_bytes_and_specials_is_refused(corpus, tmp_path):

@@ -244,8 +244,12 @@ def _train(ctx, sources: list[Source], config: TrainConfig) -> None:
             language: _fertility_row(fertility(tokenizer, [t for t, lang in held_out if lang == language]))
             for language in languages
         }
-    log(f"held-out fertility: {ctx.stats['held_out']['bytes_per_token']} bytes/token, "
-        f"{ctx.stats['held_out']['tokens_per_word']} tokens/word")  # fmt: skip
+    # On screen per language too: the summary table stops at 40 rows, which many sources and languages pass.
+    for label, row in [("held-out fertility", ctx.stats["held_out"])] + [
+        (f"  {language}", row) for language, row in ctx.stats.get("held_out_by_language", {}).items()
+    ]:
+        log(f"{label}: {row['bytes_per_token']} bytes/token, {row['tokens_per_word']} tokens/word "
+            f"({row['documents']:,} documents)")  # fmt: skip
 
 
 def _fertility_row(measured: dict) -> dict:
