@@ -225,6 +225,18 @@ def test_truncated_warc(tmp_path, compressed):
     assert "truncated WARC" in message
 
 
+def test_files_that_are_not_what_their_name_says(tmp_path):
+    """datatrove's reader decompresses by the name and warcio reads any other text as an old ARC header: both
+    would pass a lenient check and then fail inside a worker with a traceback."""
+    plain = write_warc(tmp_path / "plain.warc", [article(KEPT[0], seed=1)], gzip=False).read_bytes()
+    message = bad_input(tmp_path, "named.warc.gz", plain)
+    assert message == f"{tmp_path / 'named.warc.gz'}: named .gz but not gzip-compressed; rename it (.warc) or compress it"  # fmt: skip
+    message = bad_input(tmp_path, "notes.warc", b"these are my notes, not a crawl\n")
+    assert message.startswith(
+        f"{tmp_path / 'notes.warc'} (record 1): not a WARC record (warcio reads it as ARC"
+    )
+
+
 def test_bad_jsonl(tmp_path):
     good = json.dumps({"text": "fine"})
     message = bad_input(tmp_path, "x.jsonl", f"{good}\n{good}\n{{not json\n".encode())

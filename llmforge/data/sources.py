@@ -182,12 +182,18 @@ def check_warc(path: str, settings: InputSettings) -> tuple[int, int]:
 
     records = documents = 0
     with open(path, "rb") as raw:
-        compressed = raw.read(2) == b"\x1f\x8b"
+        start = raw.read(2)
+        compressed = start == b"\x1f\x8b"
+        if path.lower().endswith(".gz") and start and not compressed:  # datatrove decompresses by the name
+            raise InputError(f"{path}: named .gz but not gzip-compressed; rename it (.warc) or compress it")
         raw.seek(0)
         stream = _Truncation(gzip.GzipFile(fileobj=raw) if compressed else raw)
         try:
             for record in ArchiveIterator(stream, no_record_parse=True):
                 records += 1
+                if record.format != "warc":  # warcio reads any other first line as an old ARC header
+                    raise InputError(f"{where(path, record=str(records))}: not a WARC record (warcio reads it "
+                                     f"as {record.format.upper()}; crawl-filter reads WARC files)")  # fmt: skip
                 expected = record.length
                 if expected is None:
                     raise InputError(
