@@ -221,14 +221,21 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert httpx.post(chat, headers=headers, json=good).status_code == 200
 
 
-def test_client_disconnect_cancels_generation(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_generation(server, stream):
     before = server.stats()
-    body = {"model": "tiny", "messages": CHAT, "max_tokens": 480, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", f"{server.url}/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}) as response:  # fmt: skip
-        lines = response.iter_lines()
-        assert next(lines).startswith("data:")  # the role chunk
-        assert next(line for line in lines if line.startswith("data:"))  # first tokens arrived: it is running
+    body = {"model": "tiny", "messages": CHAT, "max_tokens": 480, "stream": stream, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    if stream:
+        with httpx.stream("POST", f"{server.url}/chat/completions", json=body, headers=headers) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data:")  # the role chunk
+            # the first tokens arrived: it is running
+            assert next(line for line in lines if line.startswith("data:"))
+    else:  # the client gives up waiting for the whole answer and closes the connection
+        with pytest.raises(httpx.ReadTimeout):
+            timeout = httpx.Timeout(10, read=1)
+            httpx.post(f"{server.url}/chat/completions", json=body, headers=headers, timeout=timeout)
     deadline = time.time() + 30
     while (stats := server.stats())["cancelled"] == before["cancelled"] and time.time() < deadline:
         time.sleep(0.05)
@@ -349,3 +356,34 @@ def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
     assert "--middleware llmforge.serving.vllm_backend.fingerprint_header" in options
     assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
                             f"second={second}")  # fmt: skip
+
+
+def test_middleware_tags_every_response_and_turns_a_crash_into_an_openai_error():
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from llmforge.serving.openai_api import AuthAndFingerprint, ServerState
+
+    def crash(request):
+        raise RuntimeError("boom")
+
+    def tagged(request):
+        return JSONResponse({}, headers={"x-llmforge-fingerprint": "adapter"})
+
+    app = Starlette(routes=[Route("/crash", crash), Route("/tagged", tagged), Route("/health", tagged)])
+    state = ServerState(
+        engine=None, tokenizer=None, models={}, fingerprint="served", defaults=None, api_key="k"
+    )
+    app.add_middleware(AuthAndFingerprint, state=state)
+    client = TestClient(app, raise_server_exceptions=False)
+    key = {"Authorization": "Bearer k"}
+    refused = client.get("/tagged")
+    assert refused.status_code == 401 and refused.headers["x-llmforge-fingerprint"] == "served"
+    assert client.get("/health").status_code == 200  # no key needed
+    assert client.get("/tagged", headers=key).headers.get_list("x-llmforge-fingerprint") == ["adapter"]
+    crashed = client.get("/crash", headers=key)
+    assert crashed.status_code == 500 and crashed.headers["x-llmforge-fingerprint"] == "served"
+    assert crashed.json()["error"] == {"message": "RuntimeError: boom", "type": "server_error", "param": None,
+                                       "code": None}  # fmt: skip

@@ -146,6 +146,54 @@ class ServerState:
     on_ready: Callable[[], None] | None = None
 
 
+class AuthAndFingerprint:
+    """ASGI middleware: the API key check, the fingerprint header on every response, and a JSON 500 for whatever
+    one request raised (the server keeps serving). Plain ASGI rather than `@app.middleware("http")`: Starlette's
+    BaseHTTPMiddleware hides the client's disconnect from `request.is_disconnected()`, so a non-streaming request
+    whose client went away would generate to the end."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        from fastapi.responses import JSONResponse
+        from starlette.datastructures import Headers, MutableHeaders
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        fingerprint = self.state.fingerprint
+        if self.state.api_key and scope["path"] != "/health":
+            given = Headers(scope=scope).get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.state.api_key}".encode()):
+                error = APIError(401, "Incorrect API key provided: send 'Authorization: Bearer <key>'",
+                                 code="invalid_api_key")  # fmt: skip
+                response = JSONResponse(
+                    error.body(), status_code=401, headers={FINGERPRINT_HEADER: fingerprint}
+                )
+                await response(scope, receive, send)
+                return
+        started = False
+
+        async def send_tagged(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                if FINGERPRINT_HEADER not in headers:  # routes that name a model set their own
+                    headers.append(FINGERPRINT_HEADER, fingerprint)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tagged)
+        except Exception as exc:
+            if started:  # the response is under way (a stream): nothing else can be sent
+                raise
+            error = APIError(500, f"{type(exc).__name__}: {exc}", type_="server_error")
+            response = JSONResponse(error.body(), status_code=500, headers={FINGERPRINT_HEADER: fingerprint})
+            await response(scope, receive, send)
+
+
 def build_app(state: ServerState):
     from contextlib import asynccontextmanager
 
@@ -175,23 +223,7 @@ def build_app(state: ServerState):
         )
         return JSONResponse(error.body(), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def auth_and_fingerprint(request: Request, call_next):
-        if state.api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
-                error = APIError(401, "Incorrect API key provided: send 'Authorization: Bearer <key>'",
-                                 code="invalid_api_key")  # fmt: skip
-                response = JSONResponse(error.body(), status_code=401)
-                response.headers[FINGERPRINT_HEADER] = state.fingerprint
-                return response
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # the server keeps serving whatever one request did
-            error = APIError(500, f"{type(exc).__name__}: {exc}", type_="server_error")
-            response = JSONResponse(error.body(), status_code=500)
-        response.headers.setdefault(FINGERPRINT_HEADER, state.fingerprint)
-        return response
+    app.add_middleware(AuthAndFingerprint, state=state)
 
     @app.get("/health")
     async def health():
@@ -270,16 +302,20 @@ def build_app(state: ServerState):
         for engine_request in pending:
             state.engine.submit(engine_request)
         running = len(pending)
+        check_at = loop.time() + DISCONNECT_POLL_S
         try:
             while running:
-                if stream:
+                if stream:  # sse-starlette watches the connection and closes this generator
                     index, event = await events.get()
                 else:
+                    # tokens usually arrive faster than the poll interval: check on a clock, not on a quiet queue
+                    if loop.time() >= check_at:
+                        if await request.is_disconnected():
+                            return
+                        check_at = loop.time() + DISCONNECT_POLL_S
                     try:
                         index, event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
                     except TimeoutError:
-                        if await request.is_disconnected():
-                            return
                         continue
                 if event.finish_reason is not None:
                     running -= 1
