@@ -7,7 +7,7 @@ from helpers import chat_records, documents_artifact_from_records, llmforge, wri
 
 from llmforge.errors import InputError
 from llmforge.stages import dpo, grpo, sft
-from llmforge.train.posttrain import LoraSettings, dataset_ref, read_records
+from llmforge.train.posttrain import LoraSettings, dataset_ref, read_records, to_dataset
 
 
 def test_lora_defaults_follow_the_recipe():
@@ -84,6 +84,23 @@ def test_dpo_and_grpo_record_checks(tmp_path):
         from llmforge.config import load_config
 
         load_config(grpo.Config, flags={"batch_size": 6})
+
+
+def test_training_dataset_keeps_every_record_as_written():
+    """What the trainer gets: a field only later records have is kept, mixed and nested values come back unchanged
+    (plain Arrow takes the first record's columns, refuses `tests` as a string and a list, merges structs)."""
+    rows = [
+        {"prompt": "a", "answer": "1", "tests": "assert f() == 1", "meta": 1},
+        {"prompt": "b", "answer": "2", "tests": ["assert g()", "assert h()"], "meta": "x",
+         "schema": '{"type": "object"}', "extra": {"k": [1, 2]}},
+        {"prompt": [{"role": "user", "content": "c"}], "answer": "3", "tests": "", "meta": 2.5,
+         "extra": {"other": True}},
+    ]  # fmt: skip
+    dataset = to_dataset(rows)
+    columns = ["prompt", "answer", "tests", "meta", "schema", "extra"]
+    assert dataset.column_names == columns
+    assert list(dataset) == [{column: row.get(column) for column in columns} for row in rows]
+    assert dataset.features["answer"].dtype == "string"  # one plain type stays a plain column
 
 
 def test_parquet_and_documents_inputs(tmp_path):

@@ -6,7 +6,7 @@ from transformers import TrainerCallback
 
 from llmforge.artifacts import Artifact
 from llmforge.stages import sft
-from llmforge.train.posttrain import LoraSettings, read_jsonl, training_arguments
+from llmforge.train.posttrain import LoraSettings, read_jsonl, read_records, to_dataset, training_arguments
 
 
 class StopAtStep(TrainerCallback):
@@ -79,13 +79,12 @@ def test_sft_lora_resumes_after_an_interruption(tmp_path, tiny_model, chat_data)
 
 
 def _trainer(tmp_path, tiny_model, records, shape, **settings):
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = sft.Config(**settings)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     trainer = sft.make_trainer(config=config, model=AutoModelForCausalLM.from_pretrained(tiny_model),
-                               tokenizer=tokenizer, dataset=Dataset.from_list(records), peft_config=None,
+                               tokenizer=tokenizer, dataset=to_dataset(records), peft_config=None,
                                arguments=training_arguments(config, tmp_path), callbacks=[], shape=shape)  # fmt: skip
     return trainer, tokenizer
 
@@ -107,6 +106,35 @@ def test_sft_loss_mask_covers_only_assistant_tokens(tmp_path, tiny_model):
                                 for _ in message.get("tool_calls") or [])  # fmt: skip
                 expected += message["content"] + calls + "<|im_end|>"
         assert tokenizer.decode(trained) == expected
+
+
+def test_sft_trains_on_each_chat_as_written(tmp_path, tiny_model):
+    """Records that differ in their tool calls' arguments, with tools only on a later record: each trains on its own
+    rendering (Arrow alone would drop the later `tools` and give every call the other calls' argument keys)."""
+    weather = {"type": "function", "function": {"name": "weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    calls = [
+        {"name": "add", "arguments": {"a": 1, "b": 2}},
+        {"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+    ]
+    records = chat_records(2) + [
+        {"messages": [{"role": "user", "content": "1 + 2?"}, {"role": "assistant", "content": "", "tool_calls": calls[:1]},
+                      {"role": "tool", "content": "3"}, {"role": "assistant", "content": "3"}]},
+        {"tools": [weather], "messages": [{"role": "user", "content": "Weather in Oslo?"},
+                                          {"role": "assistant", "content": "", "tool_calls": calls[1:]}]},
+    ]  # fmt: skip
+    items = read_records(
+        write_jsonl(tmp_path / "tools.jsonl", records), "sft", sft.validator(sft.Config())
+    ).items
+    trainer, tokenizer = _trainer(tmp_path, tiny_model, items, "messages", max_length=256)
+    for item, row in zip(items, trainer.train_dataset, strict=True):
+        tools = json.loads(item["tools"]) if item.get("tools") else None
+        expected = tokenizer.apply_chat_template(
+            item["messages"], tools=tools, tokenize=True, return_dict=True
+        )
+        assert row["input_ids"] == expected["input_ids"]
+    rendered = tokenizer.decode(trainer.train_dataset[3]["input_ids"])
+    assert '"name": "weather"' in rendered and '{"city": "Oslo"}' in rendered and "null" not in rendered
 
 
 def test_sft_prompt_completion_trains_on_the_completion_and_packing_fills_blocks(tmp_path, tiny_model):

@@ -825,6 +825,27 @@ def read_jsonl(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+PLAIN_TYPES = {str: "string", bool: "bool", int: "int64", float: "float64"}
+
+
+def to_dataset(rows: list[dict]):
+    """The validated records as a datasets.Dataset, each exactly as written. Left to itself, Arrow takes the columns
+    from the first record (a `schema` or `tools` field only later records have would vanish), merges the structs of
+    differing records (tool-call arguments would gain other calls' keys as nulls) and refuses mixed types (`tests`
+    as a string here and a list there). So every column any record has is kept (None where a record lacks it), and a
+    column holding anything but one plain type is stored as JSON, which hands every value back as it was."""
+    import datasets
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{column: row.get(column) for column in columns} for row in rows]
+    features = {}
+    for column in columns:
+        kinds = {type(row[column]) for row in rows if row[column] is not None}
+        plain = PLAIN_TYPES.get(next(iter(kinds))) if len(kinds) == 1 else None
+        features[column] = datasets.Value(plain) if plain else datasets.Json()
+    return datasets.Dataset.from_list(rows, features=datasets.Features(features))
+
+
 def train_job(job: Job, callbacks: list | None = None) -> None:
     """Build the stage's TRL trainer, train (resuming from the last checkpoint), save checkpoints/final."""
     import importlib
@@ -850,7 +871,7 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     source = open_model(job.model, stage.name)
     tokenizer = load_tokenizer(source)
     model, peft_config = load_policy(source, config)
-    dataset = datasets.Dataset.from_list(read_jsonl(job.data))
+    dataset = to_dataset(read_jsonl(job.data))
     checkpoints = work / CHECKPOINTS
     last, resumed_step = last_checkpoint(checkpoints)
     display = LiveMetrics(work / METRICS, stage.name, resumed_step)
