@@ -2,8 +2,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +143,38 @@ def test_sandbox_blocks_writes_outside_its_directory(tmp_path):
         "open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'", QUICK
     )
     assert inside.passed
+
+
+def test_sandbox_closes_the_native_ways_out(tmp_path):
+    """Calls that act without an audit event of their own, or through a descriptor, stay contained too."""
+    target, kept = tmp_path / "escaped", tmp_path / "kept.txt"
+    kept.write_text("x")
+    kept.chmod(0o600)
+    programs = {
+        "a spawned interpreter (no hook)": "import multiprocessing as mp\n"
+        f"p = mp.get_context('spawn').Process(target=open, args=({str(target)!r}, 'w'))\np.start()\np.join()",
+        "a subinterpreter (no hook)": "import _xxsubinterpreters as s\n"
+        f"s.run_string(s.create(), {f'open({str(target)!r}, chr(119))'!r})",
+        "a write through dir_fd": f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+        "os.close(os.open('escaped', os.O_WRONLY | os.O_CREAT, dir_fd=fd))",
+        "a mkdir through dir_fd": "import os\nos.mkdir('../escaped', dir_fd=os.open('.', os.O_RDONLY))",
+        "chmod through a descriptor": f"import os\nos.fchmod(os.open({str(kept)!r}, os.O_RDONLY), 0o777)",
+        "sqlite's ATTACH": f"import sqlite3\nsqlite3.connect(':memory:').execute(\"attach '{target}' as x\")",
+        "a fifo": f"import os\nos.mkfifo({str(target)!r})",
+        "raising its own limits": "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))",
+    }
+    for what, program in programs.items():
+        outcome = run_python(program, QUICK)
+        assert not outcome.passed, what
+        assert "sandbox:" in outcome.stderr or "no attribute 'mkfifo'" in outcome.stderr, (
+            what,
+            outcome.stderr,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"] and kept.stat().st_mode & 0o777 == 0o600
+    assert not (Path(tempfile.gettempdir()) / "escaped").exists()  # beside the sandbox's own directory
+    usual = "import subprocess, tempfile\nwith tempfile.NamedTemporaryFile('w') as f:\n    f.write('x')"
+    assert run_python(usual, QUICK).passed  # importing subprocess and temporary files (inside) still work
 
 
 @pytest.fixture

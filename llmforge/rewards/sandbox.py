@@ -3,9 +3,10 @@
 Layers, each enough to stop the common escapes on its own:
 - resource limits set before exec: CPU seconds, address space (memory), file size (caps output and files written),
   open files; a wall-clock timeout kills the whole process group (a `sleep` burns no CPU);
-- its own temporary directory as cwd, deleted afterwards; an audit hook (`sys.addaudithook`, which Python code
-  cannot remove) refuses writes, renames and deletes outside it, sockets, subprocesses, `os.system`, signals and
-  ctypes;
+- its own temporary directory as cwd (and TMPDIR), deleted afterwards; an audit hook (`sys.addaudithook`, which
+  Python code cannot remove) refuses writes, renames and deletes outside it (by path, descriptor or dir_fd),
+  directory descriptors outside it, sockets, subprocesses, `os.system`, signals, ctypes, raising its resource limits,
+  subinterpreters and sqlite; native functions that write or start processes without an audit event are disabled;
 - where `unshare` works (root, or unprivileged user namespaces), a fresh network namespace with no interfaces but
   a down loopback, and as root the program runs as `nobody`.
 """
@@ -96,7 +97,8 @@ def run_python(program: str, limits: Limits = Limits()) -> Outcome:
             os.chown(workdir, NOBODY, NOBODY)
         token = secrets.token_hex(16)
         command = [*prefix, sys.executable, "-I", "-B", str(CHILD)]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "PYTHONHASHSEED": "0"}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "TMPDIR": str(workdir),
+               "PYTHONHASHSEED": "0"}  # fmt: skip
         with open(workdir / ".stdout", "wb") as out, open(workdir / ".stderr", "wb") as err:
             process = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=out,
                                        stderr=err, start_new_session=True,
