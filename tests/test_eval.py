@@ -356,13 +356,21 @@ def test_standard_task_from_the_local_datasets_cache(tiny_model, tmp_path, monke
     with pytest.raises(InputError, match=r"task lambada_openai: its dataset EleutherAI/lambada_openai \(default\) "
                                          r"is not in .* llmforge runs offline"):  # fmt: skip
         eval_stage.run([str(tiny_model)], tmp_path / "missing", eval_stage.Config(tasks=["lambada_openai"]))
+    # a group: its subgroups and tasks are looked up in lm-eval's catalog too, so their datasets are named
+    with pytest.raises(InputError, match=r"task mmlu: its datasets cais/mmlu \(abstract_algebra\), cais/mmlu "
+                                         r"\(anatomy\), cais/mmlu \(astronomy\) \(and \d+ more\) are not all in "
+                                         r".* llmforge runs offline; .* to download them$"):  # fmt: skip
+        eval_stage.run([str(tiny_model)], tmp_path / "missing", eval_stage.Config(tasks=["mmlu"]))
 
     cache_dataset(tmp_path / "cache", "EleutherAI/lambada_openai", "default", "test",
                   [{"text": text} for text in sentences(6)])  # fmt: skip
-    out = eval_stage.run([str(tiny_model)], tmp_path / "report", eval_stage.Config(tasks=["lambada_openai"]))
+    quiz = user_task(tmp_path / "quiz", LONG_ITEMS)  # a task file beside a standard task: looked up locally
+    config = eval_stage.Config(tasks=["lambada_openai", str(quiz / "my_quiz.yaml")])
+    out = eval_stage.run([str(tiny_model)], tmp_path / "report", config)
     results = json.loads((out / "results.json").read_text())
     assert results["n-samples"]["lambada_openai"]["effective"] == 6
     assert 0 <= results["results"]["lambada_openai"]["acc,none"] <= 1
+    assert results["n-samples"]["my_quiz"]["effective"] == len(LONG_ITEMS)
 
 
 def cache_dataset(cache: Path, repo: str, config: str, split: str, rows: list[dict]) -> None:

@@ -109,7 +109,13 @@ class TaskSet:
     standard: set[str] = field(default_factory=set)  # entries found only in lm-eval's catalog
 
     def manager(self, entry: str | dict):
-        return lm_eval_catalog() if isinstance(entry, str) and entry in self.standard else self.local
+        """The index a name is looked up in: lm-eval's catalog for standard entries and for the names inside them
+        (mmlu's subgroups and tasks), which the local index (bundled and the user's tasks) does not hold."""
+        if not isinstance(entry, str) or not self.standard:
+            return self.local
+        if entry in self.standard or (not is_task_file(entry) and entry not in self.local.task_index):
+            return lm_eval_catalog()
+        return self.local
 
     def load(self) -> list:
         """Fresh lm-eval Task/Group objects for one evaluation (tasks keep per-run state, so one set per model)."""
@@ -165,14 +171,16 @@ class TaskSet:
             "DatasetNotFoundError",
         )
         if any(type(e).__name__ in unreachable for e in chain):
-            found = {c["dataset_path"] + (f" ({c['dataset_name']})" if c.get("dataset_name") else "")
-                     for c, _ in self._configs(name) if c.get("dataset_path")}  # fmt: skip
-            dataset = ", ".join(sorted(found)) or "(unknown)"
+            found = sorted({c["dataset_path"] + (f" ({c['dataset_name']})" if c.get("dataset_name") else "")
+                            for c, _ in self._configs(name) if c.get("dataset_path")})  # fmt: skip
+            listed = ", ".join(found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
+            many = len(found) > 1
+            subject = f"its datasets {listed}" if many else f"its dataset {listed or '(unknown)'}"
             if datasets.config.HF_DATASETS_OFFLINE:
-                return (f"task {name}: its dataset {dataset} is not in the local datasets cache "
-                        f"({datasets.config.HF_DATASETS_CACHE}) and llmforge runs offline; run the same command "
-                        "as `llmforge --online eval ...` once to download it")  # fmt: skip
-            return f"task {name}: its dataset {dataset} could not be downloaded ({message})"
+                return (f"task {name}: {subject} {'are not all' if many else 'is not'} in the local datasets cache "
+                        f"({datasets.config.HF_DATASETS_CACHE}) and llmforge runs offline; run the same command as "
+                        f"`llmforge --online eval ...` once to download {'them' if many else 'it'}")  # fmt: skip
+            return f"task {name}: {subject} could not be downloaded ({message})"
         return f"task {name}: lm-eval cannot load it ({type(exc).__name__}: {message})"
 
     def _configs(self, name: str) -> list[tuple[dict, Path | None]]:
