@@ -238,6 +238,18 @@ def test_mixture_upsamples_a_small_source_to_its_weight(bpe, corpus, tmp_path):
     assert len(TokenShards(out).index["splits"]["train"]["shards"]) == 3  # 8,000-token shards
 
 
+def test_a_target_above_what_the_inputs_hold_repeats_them_and_says_so(bpe, corpus, tmp_path, capsys):
+    config = EncodeConfig(workers=1, target_tokens=100_000, val_fraction=0.05)
+    out = tokenize.encode([f"web={corpus['web'][0]}"], tmp_path / "tokens", tokenizer=bpe, config=config)
+    web = Artifact.open(out).stats["sources"]["web"]
+    natural, largest = web["natural_tokens"], max(map(len, read_documents(out, "train")))
+    # Done as asked (to the nearest document), with whole passes repeated; the warnings say what it costs.
+    assert abs(web["tokens"] - 100_000) <= largest and web["passes"] > 4
+    screen = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert f"target_tokens 100,000 is {100_000 / natural:.1f} times the {natural:,} training tokens" in screen
+    assert "set pretrain's train_tokens" in screen and "web is repeated" in screen
+
+
 def test_an_interrupted_encode_reuses_finished_chunks(bpe, corpus, tmp_path, monkeypatch):
     inputs = [str(corpus["web"][0]), str(corpus["code"][0])]
     config = EncodeConfig(workers=1, chunk_chars=10_000)

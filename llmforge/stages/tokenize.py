@@ -529,6 +529,13 @@ def mix(root: Path, sources: list[Source], chunks: list[list[Path]], dtype: str,
         is_val[mine] = hold_out(lengths[mine], config.val_fraction, rng)
         natural[source.name] = int(lengths[mine][~is_val[mine]].sum())
     target = budgets(natural, config.weights, config.target_tokens)
+    available = sum(natural.values())
+    if config.target_tokens and config.target_tokens > available:
+        # Asked for, so done; but pretrain repeats the data in epochs without copies on disk.
+        warn(f"target_tokens {config.target_tokens:,} is {config.target_tokens / max(available, 1):.1f} times the "
+             f"{available:,} training tokens the inputs hold: the shards store the data that many times over. "
+             "To train on more tokens than the data holds, leave target_tokens unset (weights alone set the mix) "
+             "and set pretrain's train_tokens: it repeats the data in epochs")  # fmt: skip
     counts = np.zeros(len(lengths), dtype=np.int64)
     for number, source in enumerate(sources):
         train_docs = np.flatnonzero((owner == number) & ~is_val)
