@@ -340,6 +340,24 @@ def test_bad_serve_inputs_are_refused_before_loading(tiny_model, adapters, tmp_p
     assert result.returncode == 2 and "needs vLLM and a CUDA GPU" in result.stderr and result.stdout == ""
 
 
+def test_auto_backend_says_why_it_serves_on_cpu_and_what_it_ignores(capsys):
+    from llmforge.serving import vllm_backend
+    from llmforge.stages import serve
+
+    reason = vllm_backend.unavailable_reason()
+    if reason is None:
+        pytest.skip("vLLM and a GPU are here: auto picks vLLM")
+    assert serve.choose_backend(serve.Config()) == "embedded"
+    err = capsys.readouterr().err
+    assert f"backend: the embedded CPU server ({reason})" in err and "warning" not in err
+    vllm_only = serve.Config(tensor_parallel_size=2, gpu_memory_utilization=0.5)
+    assert serve.choose_backend(vllm_only) == "embedded"
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--tensor-parallel-size 2, gpu_memory_utilization 0.5: vLLM settings, ignored" in err
+    assert serve.choose_backend(serve.Config(backend="vllm", tensor_parallel_size=2)) == "vllm"
+    assert capsys.readouterr().err == ""
+
+
 def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
     from llmforge.serving import models, vllm_backend
     from llmforge.stages.serve import Config

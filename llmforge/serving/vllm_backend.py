@@ -29,13 +29,17 @@ FINGERPRINT_ENV = "LLMFORGE_FINGERPRINT"
 FINGERPRINT_HEADER = "x-llmforge-fingerprint"
 
 
-def available() -> bool:
-    """vLLM is importable and a CUDA GPU is visible."""
+def unavailable_reason() -> str | None:
+    """Why the vllm backend cannot run here (None when vLLM is importable and a CUDA GPU is visible)."""
     if importlib.util.find_spec("vllm") is None:
-        return False
+        return "vLLM is not installed"
     import torch
 
-    return torch.cuda.is_available()
+    return None if torch.cuda.is_available() else "no CUDA GPU is visible"
+
+
+def available() -> bool:
+    return unavailable_reason() is None
 
 
 def command(serving: ServingPlan, config: Any, port: int) -> list[str]:
@@ -70,9 +74,10 @@ async def fingerprint_header(request, call_next):
 
 
 def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
-    if not available():
-        raise InputError("the vllm backend needs vLLM and a CUDA GPU: install `llmforge[vllm]` in an environment "
-                         "without the `quantize` extra, on a GPU machine (or use --backend embedded)")  # fmt: skip
+    reason = unavailable_reason()
+    if reason:
+        raise InputError(f"the vllm backend needs vLLM and a CUDA GPU ({reason}): install `llmforge[vllm]` in an "
+                         "environment without the `quantize` extra, on a GPU machine (or use --backend embedded)")  # fmt: skip
     from llmforge.serving.embedded import bind
 
     sock = bind(config.host, config.port)  # pick (or check) the port, then hand it to vLLM

@@ -68,15 +68,38 @@ def run(model: str | Path, config: Config | None = None) -> None:
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)
     )
     fingerprint = resolve_model(model, STAGE).fingerprint
-    backend = config.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_backend.available() else "embedded"
+    backend = choose_backend(config)
     if backend == "vllm":
         vllm_backend.serve(serving, config, fingerprint)
     else:
         from llmforge.serving import embedded
 
         embedded.serve(serving, config, fingerprint)
+
+
+def choose_backend(config: Config) -> str:
+    """The backend `config` asks for; auto says why it falls back, and vLLM-only settings the embedded server
+    would not honour are named rather than dropped silently."""
+    from llmforge.console import log, warn
+    from llmforge.serving import vllm_backend
+
+    backend = config.backend
+    if backend == "auto":
+        reason = vllm_backend.unavailable_reason()
+        backend = "embedded" if reason else "vllm"
+        log(f"backend: the embedded CPU server ({reason})" if reason else "backend: vLLM")
+    if backend == "embedded":
+        defaults = Config()
+        shown = {
+            "tensor_parallel_size": "--tensor-parallel-size",
+            "gpu_memory_utilization": "gpu_memory_utilization",
+        }
+        ignored = [f"{shown[name]} {getattr(config, name)}" for name in shown
+                   if getattr(config, name) != getattr(defaults, name)]  # fmt: skip
+        if ignored:
+            warn(f"{', '.join(ignored)}: vLLM settings, ignored by the embedded CPU server (the vllm backend needs "
+                 "vLLM and a CUDA GPU)")  # fmt: skip
+    return backend
 
 
 def command(
