@@ -406,6 +406,22 @@ def test_unknown_task_names_close_matches(tiny_model, tmp_path):
     assert not (tmp_path / "out.partial").exists()  # refused before any work
 
 
+def test_a_broken_yaml_in_a_task_directory_is_named(tiny_model, tmp_path):
+    # lm-eval's index skips a YAML it cannot parse without a word: its task would just be missing
+    quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
+    (quiz / "second.yaml").write_text("task: second\ndataset_path: json\n  test: [\n")
+    for config in (
+        eval_stage.Config(tasks=[f"{quiz}/"]),
+        eval_stage.Config(tasks=["my_quiz"], include=[str(quiz)]),
+    ):
+        with pytest.raises(InputError, match=rf"^{re.escape(str(quiz / 'second.yaml'))}:3: not valid YAML"):
+            eval_stage.run([str(tiny_model)], tmp_path / "out", config)
+    (quiz / "second.yaml").write_text("include: nowhere.yaml\ntask: second\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(quiz / 'second.yaml'))}: .*nowhere\.yaml"):
+        eval_stage.run([str(tiny_model)], tmp_path / "out", eval_stage.Config(tasks=[f"{quiz}/"]))
+    assert not (tmp_path / "out.partial").exists()  # refused before any work
+
+
 def test_user_task_directory_and_file(tiny_model, tmp_path):
     quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
     by_directory = eval_stage.run([str(tiny_model)], tmp_path / "a", eval_stage.Config(tasks=[f"{quiz}/"]))

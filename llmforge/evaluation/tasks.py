@@ -241,6 +241,8 @@ def select_tasks(entries: list[str], include: list[str] | None = None,
         if not Path(directory).is_dir():
             raise InputError(f"--include {directory}: not a directory of task YAML files")
     directories = [e for e in entries if is_directory_entry(e)]
+    for directory in [*include, *directories]:
+        _check_directory(Path(directory))
     # a task file's folder is searched too, so its task name leads back to its files (for the fingerprint)
     folders = [str(Path(e).parent) for e in entries if is_task_file(e) and Path(e).is_file()]
     local = TaskManager(
@@ -284,20 +286,39 @@ def select_tasks(entries: list[str], include: list[str] | None = None,
     return TaskSet(entries=[*resolved, *(inline or [])], local=local, standard=standard)
 
 
-def _check_yaml(path: Path) -> None:
-    """A task file lm-eval would skip or fail on, named with its line."""
+def _check_directory(directory: Path) -> None:
+    """Every YAML lm-eval would index in a task directory parses: lm-eval skips a broken one without a word, and
+    its task would then be 'unknown' or missing from the directory's tasks."""
+    from lm_eval.tasks._index import TaskIndex
+
+    for path in TaskIndex._iter_yaml_files(directory):
+        _parse_yaml(path)
+
+
+def _parse_yaml(path: Path) -> dict:
+    """A YAML task config (its includes too, functions unresolved); a broken one is named with its line."""
     import yaml
     from lm_eval.tasks._yaml_loader import load_yaml
 
     try:
-        config = load_yaml(path, resolve_func=False)
+        return load_yaml(path, resolve_func=False)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise InputError(
             f"{where(path, line)}: not valid YAML ({getattr(exc, 'problem', None) or exc})"
         ) from None
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    if "task" not in config and "group" not in config:
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_yaml(path: Path) -> None:
+    """A task file lm-eval would skip or fail on, named with its line."""
+    config = _parse_yaml(path)
+    if not isinstance(config, dict) or ("task" not in config and "group" not in config):
         raise InputError(f"{path}: not an lm-eval task (no `task:` or `group:` key)")
