@@ -153,3 +153,23 @@ def test_min_tokens_holds_back_the_end_of_sequence(peaky):
         engine.stop()
     assert plain[2].finish_reason == "stop" and plain[2].completion_tokens == 1 and plain[1] == ""
     assert len(held[0].output_ids) >= 5 and first not in held[0].output_ids[:4]
+
+
+def test_top_p_and_temperature_shape_the_sampling(peaky):
+    model, tokenizer = peaky
+    greedy = generate_alone(model, tokenizer, PROMPTS[1], 12)
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=8)
+    engine.start()
+    try:
+
+        def sample(seed, **params):
+            settings = SamplingParams(max_tokens=12, seed=seed, ignore_eos=True, **params)
+            return run(engine, tokenizer, [PROMPTS[1]], [settings])[0][0].output_ids
+
+        free = [sample(seed, temperature=1.0) for seed in range(4)]
+        nucleus = [sample(seed, temperature=1.0, top_p=1e-6) for seed in range(4)]  # only the likeliest token
+        cold = [sample(seed, temperature=1e-3) for seed in range(4)]
+    finally:
+        engine.stop()
+    assert all(ids != greedy for ids in free) and len({tuple(ids) for ids in free}) == 4
+    assert nucleus == [greedy] * 4 and cold == [greedy] * 4
