@@ -199,6 +199,34 @@ def test_pii_drop_removes_the_document(tmp_path):
     assert json.loads(gzip.open(removed, "rt").readline())["metadata"]["url"] == KEPT[3]
 
 
+def test_a_user_supplied_fasttext_model_through_the_stage(tmp_path):
+    """--lid-model: datatrove's LanguageFilter on the user's file, checked up front and part of the lineage."""
+    from test_data_blocks import write_fasttext_model
+
+    words = {"en": ["the", "every", "this", "that", "our", "their", "and"], "de": ["der", "die", "das", "ein", "und"],
+             "fr": ["le", "la", "un", "une", "chaque", "notre", "leur", "et", "a"]}  # fmt: skip
+    write_fasttext_model(tmp_path / "lid.bin", words)
+    pages = [article(KEPT[0], seed=1), article(KEPT[4], seed=5, language="de"),
+             article("https://www.journal-ville.fr/conseil", seed=6, language="fr")]  # fmt: skip
+    warc = write_warc(tmp_path / "c.warc.gz", pages)
+    config = small_config(language={"languages": ["en", "de"], "fasttext_model": str(tmp_path / "lid.bin")})
+    artifact = Artifact.open(crawl_filter.run([str(warc)], tmp_path / "docs", config))
+    assert {u: d["metadata"]["language"] for u, d in by_url(artifact).items()} == {
+        KEPT[0]: "en",
+        KEPT[4]: "de",
+    }
+    assert artifact.stats["filters"]["language"] == {"in": 3, "out": 2, "removed": 1}
+    model_entry = artifact.manifest["inputs"][-1]
+    assert model_entry["role"] == "language-id model" and model_entry["path"] == str(tmp_path / "lid.bin")
+
+    (tmp_path / "notes.bin").write_bytes(b"not a model")
+    for name, problem in (("missing.bin", "no such file"), ("notes.bin", "not a fastText model file")):
+        config = small_config(language={"fasttext_model": str(tmp_path / name)})
+        with pytest.raises(InputError, match=f"^--lid-model {tmp_path / name}: {problem}"):
+            crawl_filter.run([str(warc)], tmp_path / "out", config)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one line naming the file and the record, before any work; nothing is created
 

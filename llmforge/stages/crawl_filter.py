@@ -289,9 +289,32 @@ def run(inputs: list[str], out: str | Path, config: Config | None = None, force:
 
         raise InputError(f"{STAGE} needs at least one input file, folder, glob or URL")
     raw = resolve_raw_inputs(inputs, config.input, STAGE)
+    refs = list(raw.refs)
+    if config.language.fasttext_model:
+        refs.append(lid_model_input(config.language.fasttext_model))
     return run_stage(
-        STAGE, "documents", config, raw.refs, out, lambda ctx: _filter(ctx, raw, config), force=force
+        STAGE, "documents", config, refs, out, lambda ctx: _filter(ctx, raw, config), force=force
     )
+
+
+FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of every .bin / .ftz model
+
+
+def lid_model_input(path: str):
+    """A user's fastText language-ID model, checked before any work (a wrong path would otherwise fail inside
+    every datatrove worker) and fingerprinted by content: it decides which documents survive."""
+    from llmforge.artifacts import raw_input
+    from llmforge.errors import InputError
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--lid-model {path}: no such file (a local fastText model such as lid.176.bin)")
+    with open(file, "rb") as handle:
+        if handle.read(4) != FASTTEXT_MAGIC:
+            raise InputError(f"--lid-model {path}: not a fastText model file (no fastText header)")
+    ref = raw_input(path)
+    ref.detail["role"] = "language-id model"
+    return ref
 
 
 def _filter(ctx, raw, config: Config) -> None:
