@@ -152,7 +152,7 @@ def test_documents_artifacts_and_parquet_corpora_together(tmp_path):
     assert artifact.extra["decontamination"] == {"ngram": 13, "benchmarks": [], "documents_removed": 0}
 
 
-def test_short_arithmetic_items_with_numbers_kept(tmp_path):
+def test_short_arithmetic_items_with_numbers_kept(tmp_path, capsys):
     """Arithmetic items are 4 words once punctuation goes, and datatrove folds numbers to 0: only 4-grams with the
     numbers kept tell "What is 6 + 7?" from "What is 2 + 3?"."""
     page = "\n\n".join(prose(700))
@@ -161,15 +161,18 @@ def test_short_arithmetic_items_with_numbers_kept(tmp_path):
         "other": f"{page} What is 2 + 3? Five.",
     }
     corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t, "id": i} for i, t in texts.items()])
-    items = write_jsonl(
-        tmp_path / "arith.jsonl", [{"id": "add-6-7", "question": "What is 6 + 7?", "answer": "13"}]
-    )
+    items = write_jsonl(tmp_path / "arith.jsonl", [{"id": "add-6-7", "question": "What is 6 + 7?", "answer": "13"},
+                                                   {"id": "sum", "question": "Sum?", "answer": "13"}])  # fmt: skip
     settings = {"minhash": {"enabled": False}, "exact": False, "executor": {"workers": 1},
                 "decontamination": {"ngram": 4, "fields": ["question"]}}  # fmt: skip
     folded = Artifact.open(
         dedup.run([str(corpus)], tmp_path / "folded", [str(items)], dedup.Config.model_validate(settings))
     )
     assert folded.stats["decontamination"]["removed"] == 2  # "what is 0 0" is in both pages
+    # the one-word item can never be found, and the user is told so, not only the manifest
+    assert folded.stats["decontamination"]["items_too_short"] == 1
+    warning = " ".join(capsys.readouterr().err.split())
+    assert f"warning: 1 of 2 items of {items} have fewer than 4 words and cannot be matched" in warning
     settings["decontamination"]["keep_numbers"] = True
     kept = Artifact.open(
         dedup.run([str(corpus)], tmp_path / "kept", [str(items)], dedup.Config.model_validate(settings))
@@ -184,6 +187,9 @@ def test_bad_inputs(tmp_path):
         dedup.run([str(corpus)], tmp_path / "out", [str(bad)])
     with pytest.raises(InputError, match="no such file"):
         dedup.run([str(corpus)], tmp_path / "out", [str(tmp_path / "missing.jsonl")])
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(InputError, match=f"^--decontaminate {empty}: holds no benchmark items"):
+        dedup.run([str(corpus)], tmp_path / "out", [str(empty)])
     with pytest.raises(InputError, match="has nothing to do"):
         dedup.run(
             [str(corpus)], tmp_path / "out", config=dedup.Config(exact=False, minhash={"enabled": False})

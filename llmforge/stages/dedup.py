@@ -148,6 +148,9 @@ class Benchmarks:
                 self.item_names.append((number, item.get(settings.id_field, position)))
                 self.items_text.append(self._text(item))
                 self.files[number]["items"] += 1
+            if not self.files[number]["items"]:
+                raise InputError(f"--decontaminate {path}: holds no benchmark items; there is nothing to "
+                                 "decontaminate against")  # fmt: skip
 
     def _read(self, path: str):
         import gzip
@@ -379,7 +382,7 @@ def print_candidate_curve(minhash: MinhashSettings) -> None:
 def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
     import shutil
 
-    from llmforge.console import log
+    from llmforge.console import log, warn
     from llmforge.data.executors import filter_counts, run_steps, step_stats
 
     index = None
@@ -388,6 +391,10 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
         benchmarks.write_index(index)
         log(f"decontamination: {sum(f['items'] for f in benchmarks.files)} benchmark items from "
             f"{len(benchmarks.files)} file(s), {config.decontamination.ngram}-grams")  # fmt: skip
+        for file in benchmarks.files:
+            if file["short_items"]:
+                warn(f"{file['short_items']} of {file['items']} items of {file['path']} have fewer than "
+                     f"{config.decontamination.ngram} words and cannot be matched (--decontamination-ngram)")  # fmt: skip
     if config.minhash.enabled:
         print_candidate_curve(config.minhash)
 
