@@ -205,10 +205,12 @@ def test_perplexity_matches_a_direct_computation(tiny_model, tiny_tokenizer_dir,
     texts = sentences(40, seed=7)
     tokens = tokens_artifact(tmp_path / "tokens", tiny_tokenizer_dir, texts, val_fraction=0.2)
     text_file = write_jsonl(tmp_path / "held_out.jsonl", [{"text": t} for t in texts[30:]])
-    config = eval_stage.Config(perplexity=[str(tokens), str(text_file)], bootstrap_iters=0)
+    plain = tmp_path / "plain.txt"  # a plain text file is one document
+    plain.write_text(texts[20] + "\n" + texts[21], encoding="utf-8")
+    config = eval_stage.Config(perplexity=[str(tokens), str(text_file), str(plain)], bootstrap_iters=0)
     out = eval_stage.run([str(tiny_model)], tmp_path / "report", config)
     results = json.loads((out / "results.json").read_text())["results"]
-    assert set(results) == {"perplexity_tokens", "perplexity_held_out_jsonl"}
+    assert set(results) == {"perplexity_tokens", "perplexity_held_out_jsonl", "perplexity_plain_txt"}
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -226,7 +228,8 @@ def test_perplexity_matches_a_direct_computation(tiny_model, tiny_tokenizer_dir,
                 "byte_perplexity,none": math.exp(-loglikelihood / size),
                 "bits_per_byte,none": -loglikelihood / size / math.log(2)}  # fmt: skip
 
-    for task, docs in (("perplexity_tokens", texts[:8]), ("perplexity_held_out_jsonl", texts[30:])):
+    for task, docs in (("perplexity_tokens", texts[:8]), ("perplexity_held_out_jsonl", texts[30:]),
+                       ("perplexity_plain_txt", [plain.read_text()])):  # fmt: skip
         for key, value in expected(docs).items():
             assert results[task][key] == pytest.approx(value, rel=1e-4), (task, key)
 
@@ -280,6 +283,39 @@ def test_adapter_and_quantized_model_match_lm_eval(tiny_model, tmp_path):
     assert lora["results"] != base["results"]  # the adapter was applied
     assert [m["kind"] for m in (base["llmforge"], lora["llmforge"], int8["llmforge"])] == [
         "model", "adapter", "quantized-model"]  # fmt: skip
+
+
+def test_vllm_backend_without_vllm_or_gpu_is_refused_and_adapters_go_as_lora(tiny_model, tmp_path):
+    import ast
+    import importlib.util
+
+    import torch
+
+    from llmforge.model.loading import resolve_model
+
+    has_vllm, gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
+    if not (has_vllm and gpu):
+        why = (
+            r"vllm is not installed \(pip install 'llmforge\[vllm\]', GPU only\)"
+            if not has_vllm
+            else "needs a GPU"
+        )
+        with pytest.raises(InputError, match=rf"^--backend vllm: {why}"):
+            eval_stage.run([str(tiny_model)], tmp_path / "out", eval_stage.Config(backend="vllm"))
+        assert not (tmp_path / "out.partial").exists()
+    assert eval_stage.resolve_backend("auto") == ("vllm" if has_vllm and gpu else "hf")
+
+    # on vLLM an adapter is a LoRA request on its base, with the adapter's rank; every argument is one that
+    # lm-eval's vLLM backend takes (read from its source: importing it needs vllm)
+    adapter = adapter_artifact(tmp_path / "adapter", tiny_model)
+    arguments = eval_stage.model_arguments(resolve_model(str(adapter), "eval"), "vllm", eval_stage.Config())
+    assert Path(arguments["pretrained"]).resolve() == tiny_model.resolve()
+    assert arguments["lora_local_path"] == str(adapter) and arguments["max_lora_rank"] == 4
+    assert "peft" not in arguments and "max_length" not in arguments
+    source = Path(importlib.util.find_spec("lm_eval.models.vllm_causallms").origin).read_text()
+    backend = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == "VLLM")
+    init = next(n for n in backend.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert set(arguments) <= {a.arg for a in init.args.args + init.args.kwonlyargs}
 
 
 def test_no_chat_template_is_applied_and_recorded(tiny_model, tmp_path):
