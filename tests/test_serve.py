@@ -209,6 +209,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         ({**good, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported_parameter", "tools"),
         ({**good, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "invalid_value", "messages.0.role"),
         ({"model": "tiny", "prompt": "hi", "echo": True}, 400, "unsupported_parameter", "echo"),
+        ({**good, "top_k": 5}, 400, "unsupported_parameter", "top_k"),  # vLLM's extensions it does not implement
+        ({"model": "tiny", "prompt": "hi", "repetition_penalty": 1.3}, 400, "unsupported_parameter", "repetition_penalty"),
     ]  # fmt: skip
     for body, status, code, param in cases:
         url = f"{server.url}/completions" if isinstance(body, dict) and "prompt" in body else chat
@@ -219,6 +221,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
         assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
     assert httpx.post(chat, headers=headers, json=good).status_code == 200
+    neutral = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "unknown_field": 3}  # change nothing
+    assert httpx.post(chat, headers=headers, json={**good, **neutral}).status_code == 200
 
 
 @pytest.mark.parametrize("stream", [True, False])

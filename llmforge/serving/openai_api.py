@@ -95,9 +95,22 @@ class CompletionRequest(Params):
     best_of: int | None = None
 
 
+# Sampling parameters of vLLM and other OpenAI-compatible servers that change the answer and that this server does
+# not implement, with the values that change nothing (sent by clients that always send their defaults)
+FOREIGN_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "top_k": (None, 0, -1), "min_p": (None, 0), "repetition_penalty": (None, 1), "length_penalty": (None, 1),
+    "use_beam_search": (None, False), "stop_token_ids": (None, []), "prompt_logprobs": (None, 0),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+    "structured_outputs": (None,), "functions": (None, []), "function_call": (None, "none"),
+}  # fmt: skip
+
+
 def unsupported(body: Params) -> tuple[str, str] | None:
     """The first parameter this server cannot honour, with why (None when all are fine)."""
+    extra = body.model_extra or {}
+    foreign = [name for name, neutral in FOREIGN_NEUTRAL.items() if extra.get(name) not in neutral]
     checks = [
+        *((name, True, f"{name} is not supported by this server") for name in foreign),
         ("n", body.n not in (None, 1), "n > 1 is not supported; send several requests (they are batched)"),
         ("logprobs", bool(body.logprobs), "logprobs are not supported by this server"),
         ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
@@ -107,6 +120,7 @@ def unsupported(body: Params) -> tuple[str, str] | None:
     if isinstance(body, ChatRequest):
         checks += [
             ("tools", bool(body.tools) or body.tool_choice not in (None, "none"), "tools are not supported"),
+            ("top_logprobs", bool(body.top_logprobs), "logprobs are not supported by this server"),
             (
                 "response_format",
                 (body.response_format or {}).get("type", "text") != "text",
