@@ -247,6 +247,8 @@ def expand_paths(patterns: Iterable[str | Path]) -> list[str]:
             continue
         text = text.removeprefix("file://")
         matches = sorted(glob.glob(text, recursive=True)) if glob.has_magic(text) else [text]
+        if not matches and os.path.exists(text):  # a name with [ ] * ? in it, meant literally
+            matches = [text]
         if not matches:
             raise InputError(f"{text}: no file matches this pattern")
         for match in matches:

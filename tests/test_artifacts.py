@@ -161,3 +161,21 @@ def test_help_lists_the_stages_and_helpers():
     text = llmforge("--help").stdout
     for name in [*STAGES, "show", "lineage", "defaults"]:
         assert f" {name} " in text
+
+
+def test_input_paths_globs_folders_and_literal_names(tmp_path):
+    from llmforge.artifacts import expand_paths
+
+    (tmp_path / "shards").mkdir()
+    for name in ("b.jsonl", "a.jsonl", ".hidden", "part[train].jsonl"):
+        (tmp_path / "shards" / name).write_text("{}\n")
+    shards = tmp_path / "shards"
+    assert expand_paths([shards / "?.jsonl"]) == [str(shards / "a.jsonl"), str(shards / "b.jsonl")]
+    assert expand_paths([shards]) == [str(shards / n) for n in ("a.jsonl", "b.jsonl", "part[train].jsonl")]
+    # brackets are glob syntax, but a file that exists under exactly this name is that file
+    assert expand_paths([shards / "part[train].jsonl"]) == [str(shards / "part[train].jsonl")]
+    assert expand_paths(["s3://bucket/cc/*.warc.gz"]) == ["s3://bucket/cc/*.warc.gz"]  # for datatrove
+    with pytest.raises(InputError, match=r"c\*.jsonl: no file matches this pattern"):
+        expand_paths([shards / "c*.jsonl"])
+    with pytest.raises(InputError, match="missing.jsonl: no such file or directory"):
+        expand_paths([shards / "missing.jsonl"])
