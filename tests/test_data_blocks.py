@@ -179,3 +179,26 @@ def test_every_filter_can_be_switched_and_tuned(tmp_path):
         False,
         "< 2 paragraphs",
     )
+
+
+def test_seed_thresholds_are_the_defaults_and_reach_datatrove(tmp_path):
+    """The seed's 100-word minimum and 20% duplicated lines are stricter than datatrove's 50 words and 30%: a page
+    between the two is dropped by default and kept once the threshold is set back to datatrove's."""
+    from llmforge.stages.crawl_filter import Config, build_pipeline
+
+    def rule(name: str, **settings):
+        config = Config.model_validate({name: settings})
+        pipeline, names = build_pipeline([("jsonl", [str(tmp_path / "a.jsonl")])], config, tmp_path)
+        return pipeline[names.index(name)]
+
+    words = " ".join(prose(4, paragraphs=1, sentences_per_paragraph=6)).split()
+    seventy = " ".join(words[:70]) + "."
+    assert rule("gopher_quality").filter(doc(seventy, language="en")) == (False, "gopher_short_doc")
+    assert rule("gopher_quality", min_doc_words=50).filter(doc(seventy, language="en")) is True
+
+    lines = (
+        prose(5, paragraphs=12, sentences_per_paragraph=1) + ["Read on below."] * 5
+    )  # 4 of 17 lines repeat
+    quarter = "\n".join(lines)
+    assert rule("gopher_repetition").filter(doc(quarter, language="en")) == (False, "dup_line_frac")
+    assert rule("gopher_repetition", dup_line_frac=0.3).filter(doc(quarter, language="en")) is True

@@ -203,3 +203,25 @@ def test_bad_inputs(tmp_path):
 def test_candidate_probability_curve():
     assert dedup.candidate_probability(0.8, 14, 8) == pytest.approx(1 - (1 - 0.8**8) ** 14)
     assert dedup.candidate_probability(0.5, 14, 8) < 0.06 < 0.99 < dedup.candidate_probability(0.9, 14, 8)
+
+
+def test_minhash_settings_reach_every_datatrove_step(tmp_path):
+    """Shingle size, bands x rows and seed are datatrove's MinhashConfig in the signature, bucket and cluster
+    steps alike (a mismatch between steps would silently find nothing); one bucket task per band."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one document"}])
+    config = dedup.Config.model_validate(
+        {"minhash": {"ngram": 3, "buckets": 20, "hashes_per_bucket": 5, "seed": 7}}
+    )
+    steps = {step.name: step for step in dedup.build_steps(dedup.Corpus([str(corpus)], config.input), config,
+                                                            tmp_path, None)}  # fmt: skip
+    assert list(steps) == ["exact-signatures", "exact-duplicates", "minhash-signatures", "minhash-buckets",
+                           "minhash-clusters", "filter"]  # fmt: skip
+    assert steps["minhash-buckets"].tasks == 20
+    for name in ("minhash-signatures", "minhash-buckets", "minhash-clusters"):
+        minhash = steps[name].build()[-1].config
+        assert (minhash.n_grams, minhash.num_buckets, minhash.hashes_per_bucket, minhash.seed) == (
+            3,
+            20,
+            5,
+            7,
+        )
