@@ -10,6 +10,14 @@ from llmforge.stages import dpo, grpo, sft
 from llmforge.train.posttrain import LoraSettings, dataset_ref, read_records, to_dataset
 
 
+def torch_cuda_and_vllm() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
 def test_lora_defaults_follow_the_recipe():
     lora = LoraSettings()
     assert (lora.rank, lora.alpha, lora.dropout, lora.target_modules) == (16, 32, 0.05, "all-linear")
@@ -69,7 +77,11 @@ def test_dpo_and_grpo_record_checks(tmp_path):
     unpaired = write_jsonl(tmp_path / "kto.jsonl", [{"prompt": "q", "completion": "a", "label": True}])
     with pytest.raises(InputError, match="only --loss kto learns from unpaired labels"):
         read_records(unpaired, "dpo", dpo.validator(dpo.Config()))
-    assert read_records(unpaired, "dpo", dpo.validator(dpo.Config(loss="kto"))).shape == "unpaired"
+    kto = dpo.Config(loss="kto")
+    records = read_records(unpaired, "dpo", dpo.validator(kto))
+    assert records.shape == "unpaired"
+    with pytest.raises(InputError, match=r"kto needs both good \(label true\) and bad \(label false\)"):
+        dpo.check(records, None, kto)
     same = write_jsonl(tmp_path / "same.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"}])
     with pytest.raises(InputError, match="identical"):
         read_records(same, "dpo", dpo.validator(dpo.Config()))
@@ -150,3 +162,12 @@ def test_cli_exit_codes_for_bad_input_and_qlora_without_gpu(tmp_path, tiny_model
         wrong_kind.returncode == 2
         and "neither an llmforge artifact nor a Hugging Face model" in wrong_kind.stderr
     )
+
+
+@pytest.mark.skipif(torch_cuda_and_vllm(), reason="vLLM and a GPU are here: --use-vllm can run")
+def test_use_vllm_is_refused_where_it_cannot_run(tmp_path, tiny_model):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "1 + 1?", "answer": "2"}])
+    config = grpo.Config(use_vllm=True, batch_size=8, max_length=64, max_completion_length=8)
+    with pytest.raises(InputError, match=r"^--use-vllm needs (a CUDA GPU|vLLM)"):
+        grpo.run(tiny_model, prompts, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

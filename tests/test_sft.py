@@ -78,6 +78,23 @@ def test_sft_lora_resumes_after_an_interruption(tmp_path, tiny_model, chat_data)
     assert hasattr(model, "peft_config")
 
 
+def test_sft_merge_writes_the_model_the_adapter_gives(tmp_path, tiny_model, chat_data):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    adapter = sft.run(tiny_model, chat_data, tmp_path / "adapter", small(lora=LoraSettings(enabled=True)))
+    merged = sft.run(tiny_model, chat_data, tmp_path / "merged", small(lora=LoraSettings(merge=True)))
+    artifact = Artifact.open(merged)
+    assert artifact.kind == "model" and 0 < artifact.stats["trainable_share"] < 0.5  # trained as LoRA
+    assert not (merged / "adapter_config.json").exists() and artifact.verify() == []
+    ids = torch.tensor([[1, 7, 12, 30, 5, 9]])
+    with torch.no_grad():
+        base, on_base, folded = (AutoModelForCausalLM.from_pretrained(path)(ids).logits
+                                 for path in (tiny_model, adapter, merged))  # fmt: skip
+    torch.testing.assert_close(folded, on_base, rtol=1e-4, atol=1e-4)  # the adapter folded into its base
+    assert not torch.allclose(folded, base, atol=1e-4)
+
+
 def _trainer(tmp_path, tiny_model, records, shape, **settings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
