@@ -227,6 +227,23 @@ def test_a_user_supplied_fasttext_model_through_the_stage(tmp_path):
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_pages_over_the_extraction_timeout_are_counted_and_reported(tmp_path, capsys):
+    warc = write_warc(tmp_path / "c.warc.gz", [article(KEPT[0], seed=1), article(KEPT[1], seed=2)])
+    config = small_config(extract={"timeout": 1e-6})  # no page can be extracted in a microsecond
+    artifact = Artifact.open(crawl_filter.run([str(warc)], tmp_path / "docs", config))
+    assert artifact.stats["filters"]["extract"] == {
+        "in": 2,
+        "out": 0,
+        "removed": 2,
+        "reasons": {"timeout": 2},
+    }
+    console = " ".join(capsys.readouterr().err.split())
+    assert (
+        "warning: 2 pages took longer than extract.timeout (1e-06 s) in Trafilatura and were dropped"
+        in console
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input: one line naming the file and the record, before any work; nothing is created
 

@@ -202,3 +202,22 @@ def test_seed_thresholds_are_the_defaults_and_reach_datatrove(tmp_path):
     quarter = "\n".join(lines)
     assert rule("gopher_repetition").filter(doc(quarter, language="en")) == (False, "dup_line_frac")
     assert rule("gopher_repetition", dup_line_frac=0.3).filter(doc(quarter, language="en")) is True
+
+
+def test_trafilatura_is_imported_before_the_extraction_sandbox_forks():
+    """datatrove's sandbox gets the per-page timeout for its start: importing trafilatura there (0.3-1 s) dropped
+    the first page of every task on a busy machine. A fresh process shows where the import happens."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from datatrove.data import Document
+from llmforge.data.blocks import Trafilatura
+html = "<html><body><article><p>" + "The river runs past the old mill and the bridge. " * 20 + "</p></article></body></html>"
+assert "trafilatura" not in sys.modules
+(page,) = Trafilatura(timeout=30).run([Document(text=html, id="p")])
+print("trafilatura" in sys.modules, page.text.count("old mill"))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "20"], result.stderr[-2000:]

@@ -211,7 +211,6 @@ def _fineweb_quality(settings: dict, language: str):
 
 def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list[str]]:
     """The datatrove pipeline and, aligned with its blocks, the name each block has in the stats."""
-    from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import C4ParagraphFilter
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -233,7 +232,7 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
             (f"read_{fmt}", make_reader(fmt, paths, lists / f"{number:02d}-{fmt}.txt", config.input))
         )
         if fmt == "warc" and not any(name == "extract" for name, _ in steps):
-            steps.append(("extract", Trafilatura(favour_precision=config.extract.favour_precision,
+            steps.append(("extract", blocks.Trafilatura(favour_precision=config.extract.favour_precision,
                                                  timeout=config.extract.timeout,
                                                  deduplicate=config.extract.deduplicate)))  # fmt: skip
     url = config.url_filter
@@ -376,6 +375,10 @@ def _filter(ctx, raw, config: Config) -> None:
                                     if k.startswith("redacted_")}}  # fmt: skip
     ctx.stats.update(stats)
     shutil.rmtree(ctx.work / "checkpoints", ignore_errors=True)
+    timeouts = filters.get("extract", {}).get("reasons", {}).get("timeout", 0)
+    if timeouts:
+        warn(f"{timeouts} pages took longer than extract.timeout ({config.extract.timeout:g} s) in Trafilatura and "
+             "were dropped; on a busy machine raise it (--set extract.timeout=5)")  # fmt: skip
     if written == 0:
         warn("every document was removed; see the per-filter counts and the samples in removed/")
 
