@@ -79,7 +79,12 @@ def cpu_count() -> int:
 
 
 def _quiet_console_logger() -> None:
-    """datatrove logs each task at INFO on stderr; the full log stays in each step's logs/ folder."""
+    """datatrove logs each task at INFO on stderr; the full log stays in each step's logs/ folder.
+
+    datatrove's logging module resets loguru to a DEBUG sink on stderr when it is first imported, which happens
+    while a stage builds its pipeline (after this runs): import it first, so the reset cannot undo ours (with
+    workers > 1 the executor's merged stats would otherwise be dumped on stderr)."""
+    import datatrove.utils.logging  # noqa: F401
     from loguru import logger
 
     logger.remove()
