@@ -385,6 +385,50 @@ def test_contamination_check_reads_the_lineage(tiny_model, tmp_path):
     assert stats["my_quiz"] == {"in_decontamination_set": False, "items_overlapping": 1}
 
 
+def test_contamination_check_reads_the_files_post_training_read(tiny_model, tmp_path):
+    from llmforge.artifacts import raw_input
+    from llmforge.evaluation.contamination import check
+    from llmforge.evaluation.tasks import select_tasks
+    from llmforge.model.loading import resolve_model
+
+    # SFT data as a user writes it: chats in JSONL, one of them quoting a quiz item (and its answer) word for word
+    chats = [{"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}]}
+             for text in sentences(6)]  # fmt: skip
+    chats.insert(3, {"messages": [{"role": "user", "content": LONG_ITEMS[2]["question"]},
+                                  {"role": "assistant", "content": "data"}]})  # fmt: skip
+    data = write_jsonl(tmp_path / "sft.jsonl", chats)
+
+    def body(ctx):
+        for file in tiny_model.iterdir():
+            if file.name != "artifact.json":
+                shutil.copy2(file, ctx.work / file.name)
+
+    inputs = [Artifact.open(tiny_model).ref(), raw_input(str(data), [str(data)])]  # as sft records them
+    model = run_stage("sft", "model", Imported(source="copy"), inputs, tmp_path / "sft", body)
+    quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
+    out = eval_stage.run([str(model)], tmp_path / "report", eval_stage.Config(tasks=[f"{quiz}/"]))
+    found = json.loads((out / "results.json").read_text())["llmforge"]["contamination"]
+    assert found["training_documents"] == [str(data)] and found["training_data_not_checked"] == []
+    assert found["tasks"]["my_quiz"]["overlapping_ids"] == ["q2"]
+    assert Artifact.open(out).stats["contamination"]["my_quiz"] == {"items_overlapping": 1}
+
+    # the file changed after training: not what the model saw, so it is named instead of read
+    data.write_text(data.read_text().replace("optimizer", "scheduler"))
+    taskset = select_tasks([f"{quiz}/"])
+    tasks = taskset.leaf_tasks(taskset.load())
+    found = check(resolve_model(str(model), "eval"), tasks, {}, 13)
+    assert found["training_documents"] == [] and found["tasks"]["my_quiz"]["items_overlapping"] == 0
+    assert found["training_data_not_checked"] == [f"{data} (changed since sft trained on it)"]
+    data.unlink()
+    found = check(resolve_model(str(model), "eval"), tasks, {}, 13)
+    assert found["training_data_not_checked"] == [f"{data} (sft trained on it; it is no longer there)"]
+    lines = report.contamination_lines(report.ModelResults("sft", {"llmforge": {"contamination": found}}))
+    assert (
+        f"sft: training data not checked for overlap: {data} (sft trained on it; it is no longer there)"
+        in lines[1]
+    )
+
+
 def test_standard_task_from_the_local_datasets_cache(tiny_model, tmp_path, monkeypatch):
     import datasets
 

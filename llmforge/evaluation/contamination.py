@@ -4,19 +4,26 @@
   documents against (manifest extra["decontamination"], by sha256); a task whose data file is among them was
   decontaminated, and the report says how many of its items hit training documents there;
 - overlap: the task items are compared with the training documents reachable through lineage (documents artifacts
-  that some later stage read), by word n-grams normalised exactly as dedup's decontamination does it
+  that some later stage read, and the JSONL / Parquet files sft, dpo and grpo trained on, when they are still on
+  disk as they were: their content fingerprint is in the manifest), by word n-grams normalised exactly as dedup's
+  decontamination does it
   (llmforge.data.blocks.ngram_hashes: datatrove's lowercase, punctuation-free, numbers-as-0 words). An item shorter
   than n words has no n-gram: it is counted as not checked, as dedup counts it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from llmforge.artifacts import Artifact, sha256_file
 
 EXAMPLES = 20  # item ids listed per task in the report
+POSTTRAIN_STAGES = ("sft", "dpo", "grpo")  # stages whose raw input files are training data
+
+# A source of training text: its name, its number of texts (None: unknown), and how to read them.
+Source = tuple[str, int | None, Callable[[], Iterable[str]]]
 
 
 def lineage(source) -> list[Artifact]:
@@ -43,6 +50,56 @@ def training_documents(artifacts: list[Artifact]) -> list[Artifact]:
     return list(chosen.values())
 
 
+def training_files(artifacts: list[Artifact]) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """The raw data files sft, dpo and grpo read (JSONL, JSON, Parquet): (path, files) for each one still on disk
+    with the content its manifest entry fingerprinted, and 'path (why not)' for the others."""
+    from llmforge.artifacts import raw_input
+    from llmforge.errors import InputError
+    from llmforge.train.posttrain import dataset_files
+
+    found, unreadable, seen = [], [], set()
+    for artifact in artifacts:
+        if artifact.stage not in POSTTRAIN_STAGES:
+            continue
+        for entry, parent in artifact.parents():
+            # raw_input entries carry a file count; a base model given as a plain directory is raw too, without one
+            if parent is not None or entry.get("kind") != "raw" or "files" not in entry:
+                continue
+            if entry["fingerprint"] in seen:
+                continue
+            seen.add(entry["fingerprint"])
+            path = entry["path"]
+            try:
+                files = dataset_files(path)
+            except InputError:
+                unreadable.append(f"{path} ({artifact.stage} trained on it; it is no longer there)")
+                continue
+            if raw_input(path, files).fingerprint != entry["fingerprint"]:
+                unreadable.append(f"{path} (changed since {artifact.stage} trained on it)")
+                continue
+            found.append((path, files))
+    return found, unreadable
+
+
+def record_text(record: Any) -> str:
+    """Every string in a training record (prompt, completion, chosen, rejected, message contents), one per line."""
+    if isinstance(record, str):
+        return record
+    if isinstance(record, dict):
+        return "\n".join(record_text(v) for k, v in record.items() if k != "role" and v is not None)
+    if isinstance(record, list | tuple):
+        return "\n".join(record_text(v) for v in record)
+    return ""
+
+
+def _file_texts(files: list[str]) -> Iterator[str]:
+    from llmforge.train.posttrain import _file_rows
+
+    for file in files:
+        for _, record in _file_rows(file):
+            yield record_text(record)
+
+
 def item_text(task, doc: dict) -> str:
     """An item as dedup indexes one: its prompt and its answer (the correct choice for multiple choice)."""
     text, target = task.doc_to_text(doc), task.doc_to_target(doc)
@@ -65,15 +122,20 @@ def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngra
     """The contamination section of a report for one model: per task, decontamination and n-gram overlap."""
     artifacts = lineage(source)
     dedups = [a for a in artifacts if a.stage == "dedup" and "decontamination" in a.extra]
+    from llmforge.data.documents import count_documents, iter_texts
+
     documents = training_documents(artifacts)
+    files, unreadable = training_files(artifacts)
+    sources: list[Source] = [(str(a.path), count_documents(a), lambda a=a: iter_texts(a)) for a in documents]
+    sources += [(path, None, lambda names=names: _file_texts(names)) for path, names in files]
     report: dict[str, Any] = {"lineage": bool(artifacts), "dedup": [str(a.path) for a in dedups],
-                              "training_documents": [str(a.path) for a in documents], "ngram": ngram,
-                              "tasks": {}}  # fmt: skip
+                              "training_documents": [name for name, _, _ in sources],
+                              "training_data_not_checked": unreadable, "ngram": ngram, "tasks": {}}  # fmt: skip
     if not artifacts:
         return report
     items = {name: [(item_id(doc, i), item_text(task, doc)) for i, doc in enumerate(task.eval_docs)]
              for name, task in tasks.items()}  # fmt: skip
-    overlapping = _overlap(items, documents, ngram, keep_numbers) if documents else {}
+    overlapping = _overlap(items, sources, ngram, keep_numbers) if sources else {}
     for name in tasks:
         hashes = {sha256_file(path) for path in data_files.get(name, []) if path.is_file()}
         decontaminated = [
@@ -92,15 +154,12 @@ def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngra
     return report
 
 
-def _overlap(
-    items: dict[str, list[tuple[Any, str]]], documents: list[Artifact], ngram: int, keep_numbers: bool
-):
+def _overlap(items: dict[str, list[tuple[Any, str]]], sources: list[Source], ngram: int, keep_numbers: bool):
     """{task: (ids of items sharing an n-gram with a training document, items long enough to check)}."""
     import numpy as np
 
     from llmforge.console import progress
     from llmforge.data.blocks import ngram_hashes
-    from llmforge.data.documents import count_documents, iter_texts
 
     owners = [(name, ident) for name, task_items in items.items() for ident, _ in task_items]
     hashes, numbers = [], []
@@ -118,10 +177,11 @@ def _overlap(
     hit: set[int] = set()
     if len(index):
         with progress(transient=True) as bar:
-            task = bar.add_task("contamination check", total=sum(count_documents(d) for d in documents),
-                                unit="docs")  # fmt: skip
-            for artifact in documents:
-                for text in iter_texts(artifact):
+            counts = [count for _, count, _ in sources]
+            total = None if None in counts else sum(counts)
+            task = bar.add_task("contamination check", total=total, unit="docs")
+            for _, _, texts in sources:
+                for text in texts():
                     grams = np.unique(ngram_hashes(text, ngram, keep_numbers=keep_numbers))
                     left, right = (
                         np.searchsorted(index, grams, "left"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from llmforge.errors import InputError
@@ -210,6 +211,8 @@ def contamination_lines(model: ModelResults) -> list[str]:
     if not section["dedup"]:
         lines.append(f"[yellow]{model.label}: no dedup artifact in its lineage; its training data was not "
                      "decontaminated by llmforge[/]")  # fmt: skip
+    for entry in section.get("training_data_not_checked", []):
+        lines.append(f"[yellow]{model.label}: training data not checked for overlap: {escape(entry)}[/]")
     for task, found in section["tasks"].items():
         for entry in found["decontaminated_by"]:
             lines.append(f"{task}: its data was in the decontamination set of {entry['dedup']} ({entry['items_hit']} "
