@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -359,6 +360,25 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
     assert isinstance(ray[0], RayPipelineExecutor) and ray[1].depends is ray[0]
     assert (ray[0].tasks, ray[0].cpus_per_task, ray[0].workers) == (3, 4, 3)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+def test_cluster_settings_are_checked_before_the_output_is_created(tmp_path):
+    import importlib.util
+
+    from llmforge.stages import dedup
+
+    warc = write_warc(tmp_path / "c.warc.gz", [article(KEPT[0], seed=1)])
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"text": "one document"}) + "\n")
+    cases = [({"kind": "slurm"}, "--executor slurm needs a partition: --set executor.slurm.partition=NAME")]
+    if importlib.util.find_spec("ray") is None:
+        cases.append(({"kind": "ray"}, "--executor ray needs the ray package (pip install ray)"))
+    for executor, message in cases:
+        with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+            crawl_filter.run([str(warc)], tmp_path / "docs", small_config(executor=executor))
+        with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+            dedup.run([str(corpus)], tmp_path / "docs", config=dedup.Config(executor=executor))
+        assert not (tmp_path / "docs").exists() and not (tmp_path / "docs.partial").exists()
 
 
 def test_waiting_for_slurm_jobs(tmp_path, monkeypatch):

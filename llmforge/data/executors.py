@@ -118,6 +118,16 @@ def _local_executor_class():
     return QuietLocalExecutor
 
 
+def check_executor(settings: ExecutorSettings) -> None:
+    """What a cluster executor needs, checked before a stage creates its output (not when the work starts)."""
+    import importlib.util
+
+    if settings.kind == "slurm" and not settings.slurm.partition:
+        raise InputError("--executor slurm needs a partition: --set executor.slurm.partition=NAME")
+    if settings.kind == "ray" and importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs the ray package (pip install ray)")
+
+
 def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> list[Any]:
     """One datatrove executor per step, each logging in logs/<step>; on Slurm and Ray each depends on the one
     before (the cluster runs them in order)."""
@@ -162,11 +172,8 @@ def run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_nam
     from llmforge.console import log
 
     _quiet_console_logger()
+    check_executor(settings)
     if settings.kind == "ray":
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise InputError("--executor ray needs the ray package (pip install 'ray[default]')")
         import ray
 
         if not ray.is_initialized():

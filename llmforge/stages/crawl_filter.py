@@ -280,6 +280,7 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
 def run(inputs: list[str], out: str | Path, config: Config | None = None, force: bool = False) -> Path:
     """Filter raw crawl files into a documents artifact; returns its path."""
     from llmforge.artifacts import run_stage
+    from llmforge.data.executors import check_executor
     from llmforge.data.sources import resolve_raw_inputs
 
     config = config or Config()
@@ -287,6 +288,7 @@ def run(inputs: list[str], out: str | Path, config: Config | None = None, force:
         from llmforge.errors import InputError
 
         raise InputError(f"{STAGE} needs at least one input file, folder, glob or URL")
+    check_executor(config.executor)
     raw = resolve_raw_inputs(inputs, config.input, STAGE)
     refs = list(raw.refs)
     if config.language.fasttext_model:

@@ -16,7 +16,7 @@ import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig, load_config, runtime_field
-from llmforge.data.executors import ExecutorSettings
+from llmforge.data.executors import ExecutorSettings, check_executor
 from llmforge.data.sources import InputSettings
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, Force, Output, Sets, flag
@@ -352,6 +352,7 @@ def run(inputs: list[str], out: str | Path, decontaminate: list[str] | None = No
         raise InputError(
             f"{STAGE} has nothing to do: exact and minhash are off and no --decontaminate file is given"
         )
+    check_executor(config.executor)
     corpus = Corpus([str(i) for i in inputs], config.input)
     benchmarks = Benchmarks([str(p) for p in decontaminate or []], config.decontamination)
     refs = corpus.refs + benchmarks.refs
