@@ -151,3 +151,50 @@ def test_crawl_filter_then_dedup(tmp_path):
         f"error: {truncated} (record 13): truncated WARC record (https://www.spam-domain.com/0)"
     ]
     assert not (tmp_path / "bad-out").exists() and not (tmp_path / "bad-out.partial").exists()
+
+
+@pytest.mark.slow
+def test_dedup_killed_midway_resumes_to_the_same_result(tmp_path):
+    """kill -9 during MinHash's bucket step (the fourth of six datatrove steps): the same command keeps the finished
+    tasks of every step and ends with what an uninterrupted run makes."""
+    corpus = tmp_path / "corpus"
+    for number in range(4):
+        records = []
+        for i in range(30):
+            text = "\n\n".join(prose(1000 + 30 * number + i))
+            records.append({"text": text, "id": f"doc-{number}-{i}"})
+            if i % 5 == 0:
+                records.append({"text": near_duplicate(text, 0.01, seed=i), "id": f"near-{number}-{i}"})
+            if i % 7 == 0:
+                records.append({"text": text, "id": f"copy-{number}-{i}"})
+        write_jsonl(corpus / f"part-{number}.jsonl", records)
+    llmforge("dedup", corpus, "-o", tmp_path / "reference", "--workers", "1")
+    reference = Artifact.open(tmp_path / "reference")
+
+    out = tmp_path / "dedup"
+    command = ["dedup", corpus, "-o", out, "--workers", "1"]
+    buckets = tmp_path / "dedup.partial" / "logs" / "minhash-buckets" / "completions"
+    process = start(*command)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if buckets.is_dir() and len(list(buckets.iterdir())) >= 3:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    done = len(list(buckets.iterdir()))
+    assert 3 <= done < 14 and not (out / "artifact.json").exists()
+
+    resumed = llmforge(*command)
+    assert resumed.stdout == f"{out}\n"
+    for step, tasks in (("exact-signatures", "4/4"), ("exact-duplicates", "1/1"), ("minhash-signatures", "4/4"),
+                        ("minhash-buckets", f"{done}/14")):  # fmt: skip
+        assert f"resuming dedup {step}: {tasks} tasks already done" in resumed.stderr
+    deduped = Artifact.open(out)
+    assert deduped.fingerprint == reference.fingerprint and deduped.stats == reference.stats
+    assert sorted(d["id"] for d in iter_documents(deduped)) == sorted(
+        d["id"] for d in iter_documents(reference)
+    )
+    assert deduped.stats["exact"]["removed"] == 20 and deduped.stats["minhash"]["removed"] > 0
+    assert not (out / "checkpoints").exists() and deduped.verify() == []
