@@ -14,6 +14,7 @@ Prints one table; the figures go to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -191,7 +192,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-posttrain-") as tmp:
         root = Path(tmp)
-        model, data = prepare(root, args.preset)
+        # run_stage prints the prepared model's path: stdout carries the table alone
+        with contextlib.redirect_stdout(sys.stderr):
+            model, data = prepare(root, args.preset)
         print(f"preset {args.preset}, {'LoRA' if args.lora else 'full'}, {args.steps} steps, batch "
               f"{SETTINGS['batch_size']}, device {'cuda' if _cuda() else 'cpu'}", file=sys.stderr)  # fmt: skip
         print("| stage | llmforge step | TRL step | ratio | llmforge CPU/step | TRL CPU/step | ratio "
