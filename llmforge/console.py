@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,9 +22,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-# Logs piped to a file or CI keep long paths and fingerprints on one line.
+# Logs piped to a file or CI keep long paths and fingerprints on one line. No emoji codes: `web:abc:0.3` is text.
 console = Console(
-    stderr=True, width=None if sys.stderr.isatty() else max(160, int(os.environ.get("COLUMNS") or 0))
+    stderr=True,
+    width=None if sys.stderr.isatty() else max(160, int(os.environ.get("COLUMNS") or 0)),
+    emoji=False,
 )
 
 
@@ -32,11 +35,12 @@ def log(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    """Warnings and errors are plain text (`llmforge[vllm]`, `docs/[2024]/` must print as written)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def error(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def emit(path: Any) -> None:
@@ -118,7 +122,7 @@ def format_value(value: Any) -> str:
 
 def summary_table(title: str, stats: Mapping[str, Any], max_rows: int = 40) -> None:
     """Every stage ends with one: the numbers a user checks before moving on."""
-    console.print(f"[bold]{title}[/]", highlight=False)
+    console.print(f"[bold]{escape(title)}[/]", highlight=False)
     if not stats:
         return
     table = Table(show_header=False)
@@ -126,7 +130,7 @@ def summary_table(title: str, stats: Mapping[str, Any], max_rows: int = 40) -> N
     table.add_column("value", justify="right")
     rows = list(flatten(stats))
     for name, value in rows[:max_rows]:
-        table.add_row(name, format_value(value))
+        table.add_row(Text(name), Text(format_value(value)))
     if len(rows) > max_rows:
         table.add_row("...", f"{len(rows) - max_rows} more in artifact.json")
     console.print(table)
