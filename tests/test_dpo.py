@@ -64,6 +64,16 @@ def test_dpo_lora_continues_an_sft_adapter_and_resumes(tmp_path, tiny_model, sft
     assert list(model.peft_config) == ["default"]
 
 
+def test_dpo_full_on_an_adapter_trains_every_weight_of_the_merged_model(tmp_path, tiny_model, sft_adapter,
+                                                                      preferences):  # fmt: skip
+    out = dpo.run(sft_adapter, preferences, tmp_path / "full", small(max_steps=2))
+    artifact = Artifact.open(out)
+    assert artifact.kind == "model" and artifact.stats["steps"] == 2
+    assert artifact.stats["trainable_share"] == 1.0
+    assert artifact.stats["total_parameters"] == Artifact.open(tiny_model).stats["parameters"]
+    assert artifact.manifest["inputs"][0]["fingerprint"] == Artifact.open(sft_adapter).fingerprint
+
+
 @pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
 def test_dpo_loss_variants(tmp_path, tiny_model, preferences, loss):
     data = preferences

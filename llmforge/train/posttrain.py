@@ -751,7 +751,7 @@ def load_policy(source, config: PostTrainConfig):
     if source.is_adapter:
         if config.lora.enabled:  # continue training the adapter itself
             return load_model(source, trainable_adapter=True), None
-        return load_model(source, merge=True), None
+        return load_model(source, merge=True).requires_grad_(True), None  # peft left the base weights frozen
     return load_model(source), (lora_config(config) if config.lora.enabled else None)
 
 
