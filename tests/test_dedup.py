@@ -7,6 +7,7 @@ from helpers import documents_artifact, write_jsonl
 from warc_factory import near_duplicate, prose
 
 from llmforge.artifacts import Artifact
+from llmforge.config import fingerprinted
 from llmforge.data.documents import iter_documents
 from llmforge.errors import InputError
 from llmforge.stages import dedup
@@ -82,6 +83,7 @@ def test_near_duplicates_at_the_default_threshold(planted):
     assert all(f"far-{i}" in kept and f"doc-{i}" in kept for i in range(20, 30))
     minhash = artifact.stats["minhash"]
     assert (minhash["removed"], minhash["clusters"]) == (20, 20)
+    assert (minhash["buckets"], minhash["hashes_per_bucket"]) == (14, 8)  # derived from 0.8: FineWeb's shape
     assert minhash["p_candidate_at_threshold"] == pytest.approx(0.9235, abs=1e-4)
 
 
@@ -203,6 +205,49 @@ def test_bad_inputs(tmp_path):
 def test_candidate_probability_curve():
     assert dedup.candidate_probability(0.8, 14, 8) == pytest.approx(1 - (1 - 0.8**8) ** 14)
     assert dedup.candidate_probability(0.5, 14, 8) < 0.06 < 0.99 < dedup.candidate_probability(0.9, 14, 8)
+
+
+def test_bands_and_rows_follow_the_threshold():
+    """Unset, bands x rows are the most rows within 112 hashes that still catch 90% of pairs at the target."""
+    shapes = {t: dedup.MinhashSettings(threshold=t).lsh() for t in (0.5, 0.7, 0.8, 0.9)}
+    assert shapes == {0.5: (37, 3), 0.7: (22, 5), 0.8: (14, 8), 0.9: (8, 13)}
+    # one row more (with the bands the budget then allows) falls under 90%: at 0.8, 12x9 catches 82%
+    assert dedup.candidate_probability(0.8, 14, 8) >= 0.9 > dedup.candidate_probability(0.8, 12, 9)
+    assert dedup.candidate_probability(0.7, 22, 5) >= 0.9 > dedup.candidate_probability(0.7, 18, 6)
+    assert dedup.candidate_probability(0.9, 8, 13) >= 0.9 > dedup.candidate_probability(0.9, 8, 14)
+    # given values win; one given alone: rows -> as many bands as the budget holds, bands -> the most rows that
+    # still catch 90%
+    assert dedup.MinhashSettings(threshold=0.5, buckets=14, hashes_per_bucket=8).lsh() == (14, 8)
+    assert dedup.MinhashSettings(threshold=0.5, hashes_per_bucket=10).lsh() == (11, 10)
+    assert dedup.MinhashSettings(threshold=0.8, buckets=20).lsh() == (20, 5)
+    assert dedup.MinhashSettings(threshold=0.8, buckets=4).lsh() == (4, 3)
+    assert dedup.MinhashSettings(threshold=0.01).lsh() == (112, 1)  # nothing catches 90%: the most sensitive
+    # the target now decides what is removed, so it is part of the fingerprint
+    assert fingerprinted(dedup.Config(minhash={"threshold": 0.7})) != fingerprinted(dedup.Config())
+
+
+def test_a_lower_threshold_removes_moderately_similar_pairs(tmp_path):
+    """Pairs at Jaccard 0.5-0.65 are kept at the default 0.8 (14x8 compares them with probability <= 0.37) and
+    removed at 0.5 (37x3: >= 0.993); unrelated documents stay either way."""
+    records, similarity = {}, []
+    for i in range(4):
+        base = "\n\n".join(prose(300 + i))
+        records[f"doc-{i}"], records[f"near-{i}"] = base, near_duplicate(base, edits=0.06, seed=i)
+        records[f"other-{i}"] = "\n\n".join(prose(400 + i))
+        similarity.append(jaccard(base, records[f"near-{i}"]))
+    assert 0.5 <= min(similarity) and max(similarity) <= 0.65
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t, "id": i} for i, t in records.items()])
+    removed, shapes = {}, {}
+    for threshold in (0.8, 0.5):
+        config = dedup.Config.model_validate(
+            {"exact": False, "minhash": {"threshold": threshold}, "executor": {"workers": 1}}
+        )
+        artifact = Artifact.open(dedup.run([str(corpus)], tmp_path / f"t{threshold}", config=config))
+        removed[threshold] = sorted(set(records) - {d["id"] for d in iter_documents(artifact)})
+        minhash = artifact.stats["minhash"]
+        shapes[threshold] = (minhash["buckets"], minhash["hashes_per_bucket"])
+    assert removed == {0.8: [], 0.5: [f"near-{i}" for i in range(4)]}
+    assert shapes == {0.8: (14, 8), 0.5: (37, 3)}
 
 
 def test_minhash_settings_reach_every_datatrove_step(tmp_path):

@@ -23,24 +23,50 @@ from llmforge.options import ConfigFile, Force, Output, Sets, flag
 
 STAGE = "dedup"
 CURVE = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+# Hashes per document when bands and rows are derived from the threshold: FineWeb's 14 x 8 = 112, a signature cost
+# proven at web scale. Within it, more rows per band sharpen the S-curve (fewer pairs below the target compared).
+HASH_BUDGET = 112
+CAUGHT = 0.9  # the share of pairs at the target Jaccard that must become candidates
+
+
+def candidate_probability(similarity: float, buckets: int, rows: int) -> float:
+    """Chance that LSH with `buckets` bands of `rows` hashes compares two documents of this Jaccard similarity."""
+    return 1 - (1 - similarity**rows) ** buckets
+
+
+def lsh_shape(threshold: float, buckets: int | None = None, rows: int | None = None) -> tuple[int, int]:
+    """Bands x rows for a target Jaccard. Given rows, the bands default to HASH_BUDGET // rows. Otherwise the most
+    rows (with HASH_BUDGET // rows bands, or the bands given) that make a pair at the threshold a candidate at least
+    CAUGHT of the time; one row per band when no shape does (the stage then warns)."""
+    if rows:
+        return buckets or max(1, HASH_BUDGET // rows), rows
+    shapes = [(buckets or HASH_BUDGET // r, r) for r in range(1, max(1, HASH_BUDGET // (buckets or 1)) + 1)]
+    caught = [shape for shape in shapes if candidate_probability(threshold, *shape) >= CAUGHT]
+    return caught[-1] if caught else shapes[0]
 
 
 class MinhashSettings(StageConfig):
     enabled: bool = Field(True, description="Near-duplicate removal with MinHash LSH (datatrove's 4 stages)")
     ngram: int = Field(5, ge=1, description="Shingle size in words (datatrove and FineWeb: 5)")
-    buckets: int = Field(14, ge=1, description="LSH bands b (datatrove and FineWeb: 14)")
-    hashes_per_bucket: int = Field(
-        8, ge=1, description="Rows per band r (datatrove and FineWeb: 8); b x r hashes"
+    buckets: int | None = Field(
+        None, ge=1, description="LSH bands b; none = chosen for the threshold (14 at 0.8: FineWeb's)"
+    )
+    hashes_per_bucket: int | None = Field(
+        None, ge=1, description="Rows per band r; none = chosen for the threshold (8 at 0.8); b x r hashes"
     )
     seed: int = Field(1, description="Seed of the hash permutations")
-    threshold: float = runtime_field(
+    threshold: float = Field(
         0.8,
         gt=0,
         le=1,
-        description="Target Jaccard similarity (seed: ~0.8). Reported, not enforced: LSH makes a pair a candidate "
-        "with probability 1-(1-s^r)^b (0.92 at 0.8 for 14x8); the stage prints that curve and warns when the "
-        "target is caught less than 90% of the time",
+        description="Target Jaccard similarity (seed: ~0.8). Bands and rows left unset are chosen for it within "
+        f"{HASH_BUDGET} hashes: the most rows per band that still make a pair at the target a candidate 90% of "
+        "the time (14x8 at 0.8, 22x5 at 0.7, 8x13 at 0.9); the stage prints the candidate curve and warns below 90%",
     )
+
+    def lsh(self) -> tuple[int, int]:
+        """(bands, rows) that the LSH runs with: as given, or derived from the threshold."""
+        return lsh_shape(self.threshold, self.buckets, self.hashes_per_bucket)
 
 
 class DecontaminationSettings(StageConfig):
@@ -78,11 +104,6 @@ class Config(StageConfig):
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipelines run (does not change the output)"
     )
-
-
-def candidate_probability(similarity: float, buckets: int, rows: int) -> float:
-    """Chance that LSH with `buckets` bands of `rows` hashes compares two documents of this Jaccard similarity."""
-    return 1 - (1 - similarity**rows) ** buckets
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,6 +245,7 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
     tasks = max(len(paths) for _, paths, _ in groups)
     checkpoints = work / "checkpoints"
     minhash = config.minhash
+    bands, rows = minhash.lsh()
 
     def readers() -> list:
         from llmforge.data.sources import make_reader
@@ -248,8 +270,9 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
     def minhash_config():
         from datatrove.pipeline.dedup.minhash import MinhashConfig
 
-        return MinhashConfig(n_grams=minhash.ngram, num_buckets=minhash.buckets,
-                             hashes_per_bucket=minhash.hashes_per_bucket, seed=minhash.seed)  # fmt: skip
+        return MinhashConfig(
+            n_grams=minhash.ngram, num_buckets=bands, hashes_per_bucket=rows, seed=minhash.seed
+        )
 
     def filters(final: bool, through: str) -> list:
         """The filters every later pipeline re-applies, up to (not including) `through`."""
@@ -320,7 +343,7 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
                                         save_cluster_id=True)]  # fmt: skip
 
         steps += [Step("minhash-signatures", minhash_signatures, tasks),
-                  Step("minhash-buckets", minhash_buckets, minhash.buckets),
+                  Step("minhash-buckets", minhash_buckets, bands),
                   Step("minhash-clusters", minhash_clusters, 1)]  # fmt: skip
 
     def final() -> list:
@@ -365,9 +388,10 @@ def print_candidate_curve(minhash: MinhashSettings) -> None:
 
     from llmforge.console import console, log, warn
 
-    b, r = minhash.buckets, minhash.hashes_per_bucket
+    b, r = minhash.lsh()
     at_threshold = candidate_probability(minhash.threshold, b, r)
-    log(f"MinHash LSH: {b} buckets x {r} hashes, {minhash.ngram}-word shingles: a pair with Jaccard "
+    chosen = "" if minhash.buckets and minhash.hashes_per_bucket else " (chosen for the threshold)"
+    log(f"MinHash LSH: {b} buckets x {r} hashes{chosen}, {minhash.ngram}-word shingles: a pair with Jaccard "
         f"{minhash.threshold} is compared with probability 1-(1-s^{r})^{b} = {at_threshold:.3f}; the curve is "
         f"steepest near {(1 / b) ** (1 / r):.2f}")  # fmt: skip
     table = Table("Jaccard", "P(candidate)", title="LSH candidate probability", title_justify="left")
@@ -375,7 +399,7 @@ def print_candidate_curve(minhash: MinhashSettings) -> None:
         mark = " <- target" if similarity == minhash.threshold else ""
         table.add_row(f"{similarity:.2f}", f"{candidate_probability(similarity, b, r):.3f}{mark}")
     console.print(table)
-    if at_threshold < 0.9:
+    if at_threshold < CAUGHT:
         warn(f"only {at_threshold:.0%} of pairs at Jaccard {minhash.threshold} become candidates; use more "
              "buckets or fewer hashes per bucket to catch them")  # fmt: skip
 
@@ -429,9 +453,9 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
             buckets = step_stats(logs / "minhash-buckets")[0]
             row["clusters"] = int(clusters.get("clusters", 0))
             row["candidate_pairs"] = int(buckets.get("total_matches", 0))
-            row["p_candidate_at_threshold"] = round(
-                candidate_probability(config.minhash.threshold, config.minhash.buckets,
-                                      config.minhash.hashes_per_bucket), 4)  # fmt: skip
+            row["buckets"], row["hashes_per_bucket"] = shape = config.minhash.lsh()
+            p_candidate = candidate_probability(config.minhash.threshold, *shape)
+            row["p_candidate_at_threshold"] = round(p_candidate, 4)
         stats[name] = row
     written = int(counters[-1][1].get("total", 0))
     stats["documents"] = written
