@@ -7,7 +7,14 @@ from helpers import chat_records, documents_artifact_from_records, llmforge, wri
 
 from llmforge.errors import InputError
 from llmforge.stages import dpo, grpo, sft
-from llmforge.train.posttrain import LoraSettings, dataset_ref, read_records, to_dataset
+from llmforge.train.posttrain import (
+    LiveMetrics,
+    LoraSettings,
+    dataset_ref,
+    read_jsonl,
+    read_records,
+    to_dataset,
+)
 
 
 def torch_cuda_and_vllm() -> bool:
@@ -171,3 +178,25 @@ def test_use_vllm_is_refused_where_it_cannot_run(tmp_path, tiny_model):
     with pytest.raises(InputError, match=r"^--use-vllm needs (a CUDA GPU|vLLM)"):
         grpo.run(tiny_model, prompts, tmp_path / "out", config)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_live_metrics_append_jsonl_and_keep_the_last_figures_on_screen(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args, control = TrainingArguments(output_dir=str(tmp_path), use_cpu=True), TrainerControl()
+    state = TrainerState(max_steps=2, is_world_process_zero=True)
+    display = LiveMetrics(tmp_path / "metrics.jsonl", "dpo", resumed_step=0)
+    display.on_train_begin(args, state, control)
+    for step, logs in ((1, {"loss": 0.69}), (2, {"loss": 0.5, "rewards/accuracies": 1.0}),
+                       (2, {"train_runtime": 1.5, "train_loss": 0.6})):  # fmt: skip
+        state.global_step = step
+        display.on_step_end(args, state, control)
+        display.on_log(args, state, control, logs=logs)
+    task = display.progress.tasks[0]
+    assert task.description == "dpo loss 0.5 accuracies 1" and task.completed == 2
+    display.on_train_end(args, state, control)
+    assert [(r["step"], "loss" in r) for r in read_jsonl(tmp_path / "metrics.jsonl")] == [
+        (1, True),
+        (2, True),
+        (2, False),
+    ]

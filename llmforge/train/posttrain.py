@@ -941,7 +941,8 @@ def _live_metrics_class():
             if self.progress is not None:
                 shown = " ".join(f"{k.split('/')[-1]} {logs[k]:.4g}" for k in self.HEADLINE
                                  if isinstance(logs.get(k), int | float))  # fmt: skip
-                self.progress.update(self.task, description=f"{self.stage} {shown}")
+                if shown:  # the closing summary (train_runtime...) leaves the last figures on screen
+                    self.progress.update(self.task, description=f"{self.stage} {shown}")
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.progress is not None:
