@@ -154,6 +154,13 @@ def test_empty_assistant_mask_is_refused_before_training(tmp_path, tiny_model):
     ):
         sft.run(tiny_model, data, tmp_path / "out", sft.Config(max_length=64))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    pairs = [{"prompt": "Say yes.", "completion": " yes"}, {"prompt": long_question, "completion": " ok"}]
+    data = write_jsonl(tmp_path / "long-prompt.jsonl", pairs)
+    with pytest.raises(
+        InputError, match=r"long-prompt.jsonl:2: the prompt alone fills max_length \(64 tokens\)"
+    ):
+        sft.run(tiny_model, data, tmp_path / "out", sft.Config(max_length=64))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_cli_exit_codes_for_bad_input_and_qlora_without_gpu(tmp_path, tiny_model):
