@@ -343,7 +343,7 @@ def dedup_section(md: Markdown, artifact: Artifact, level: int) -> None:
         "decontamination": f"{_get(c, 'decontamination.ngram')}-gram overlap with benchmark items",
         "exact": "identical text",
         "minhash": (f"MinHash LSH: Jaccard ≥ {fmt(minhash.get('threshold'))} on {fmt(minhash.get('ngram'))}-gram "
-                    f"shingles, {fmt(minhash.get('buckets'))} bands × {fmt(minhash.get('hashes_per_bucket'))} hashes "
+                    f"shingles, {fmt(_get(s, 'minhash.buckets'))} bands × {fmt(_get(s, 'minhash.hashes_per_bucket'))} hashes "
                     f"(P(candidate) at the threshold {fmt(_get(s, 'minhash.p_candidate_at_threshold'))}); "
                     f"{fmt(_get(s, 'minhash.clusters'))} clusters, {fmt(_get(s, 'minhash.candidate_pairs'))} "
                     "candidate pairs"),

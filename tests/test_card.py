@@ -108,6 +108,7 @@ def test_data_card_reports_every_filter_dedup_step_and_the_mixture(chain):
             n(stats[step]["out"]),
             n(stats[step]["removed"]),
         ]
+    assert "14 bands × 8 hashes" in row(card, "minhash")[4]  # the shape used, chosen for the default 0.8
     benchmark = deduped.extra["decontamination"]["benchmarks"][0]
     assert row(card, f"`{benchmark['path']}`")[1:4] == ["2", "1", "river"]
     assert "Note: 1 benchmark item(s) have fewer than 13 words" in card
