@@ -93,10 +93,10 @@ def record_text(record: Any) -> str:
 
 
 def _file_texts(files: list[str]) -> Iterator[str]:
-    from llmforge.train.posttrain import _file_rows
+    from llmforge.train.posttrain import file_rows
 
     for file in files:
-        for _, record in _file_rows(file):
+        for _, record in file_rows(file):
             yield record_text(record)
 
 

@@ -253,7 +253,7 @@ def _documents_rows(artifact: Artifact) -> Iterator[tuple[str, Any]]:
             yield location, document
 
 
-def _file_rows(file: str) -> Iterator[tuple[str, Any]]:
+def file_rows(file: str) -> Iterator[tuple[str, Any]]:
     if file.endswith(".parquet"):
         return _parquet_rows(file)
     if file.endswith((".json", ".json.gz")):
@@ -286,7 +286,7 @@ def read_records(path: str | Path, stage: str, validate: Validator) -> Records:
         rows = _documents_rows(open_artifact(path, stage, ["documents"]))
     else:
         files = dataset_files(path)
-        rows = (row for file in files for row in _file_rows(file))
+        rows = (row for file in files for row in file_rows(file))
     items, locations, shape, first_location = [], [], None, None
     for location, record in rows:
         if not isinstance(record, dict):
