@@ -254,6 +254,7 @@ def _documents_rows(artifact: Artifact) -> Iterator[tuple[str, Any]]:
 
 
 def file_rows(file: str) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every record of a JSONL, JSON or Parquet dataset file; `where` names file and line."""
     if file.endswith(".parquet"):
         return _parquet_rows(file)
     if file.endswith((".json", ".json.gz")):
