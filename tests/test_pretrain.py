@@ -53,6 +53,20 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
 
 
+def tensorboard(out) -> dict[str, dict[int, float]]:
+    """The scalars TensorBoard reads from OUT/logs/tensorboard, per tag and step (a replayed step: the latest)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs" / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def as_float32(values: dict[int, float]) -> dict[int, float]:
+    """TensorBoard stores scalars as float32."""
+    return {step: float(np.float32(value)) for step, value in values.items()}
+
+
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory, tiny_tokenizer_dir):
     return tokens_artifact(tmp_path_factory.mktemp("tokens") / "tokens", tiny_tokenizer_dir, sentences(1500))
@@ -87,9 +101,19 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
     assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
 
-    # DeepSpeed's monitors get the same numbers (CSV here; TensorBoard and W&B when installed)
+    # DeepSpeed's monitors get the same numbers: CSV, and TensorBoard's event files read back by TensorBoard
     csv = (pretrained / "logs" / "csv" / "train_loss.csv").read_text().splitlines()
     assert len(csv) == STEPS + 1 and float(csv[-1].split(",")[1]) == pytest.approx(steps[-1]["loss"])
+    scalars = tensorboard(pretrained)
+    assert scalars["train/loss"] == as_float32(losses(pretrained))
+    assert scalars["train/lr"] == as_float32({r["step"]: r["lr"] for r in steps})
+    assert scalars["train/grad_norm"] == as_float32({r["step"]: r["grad_norm"] for r in steps})
+    assert scalars["train/tokens_per_s"] == as_float32({r["step"]: r["tokens_per_s"] for r in steps})
+    assert scalars["train/val_loss"] == as_float32(
+        {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    )
+    assert "train/mfu" not in scalars  # n/a on CPU: no point rather than a made-up zero
+    assert all(tag.startswith("train/") for tag in scalars)  # one step axis: the optimizer step, not samples
     # resume state stays, unhashed: the last `keep` checkpoints (DeepSpeed files + our markers)
     kept = sorted(p.name for p in (pretrained / "checkpoints").glob("step-*"))
     assert kept == ["step-00000010", "step-00000015"]
@@ -143,6 +167,8 @@ def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained
     assert sorted(continued) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert continued[step] == pytest.approx(reference[step], abs=1e-4), step
+    # TensorBoard: the run before the stop and the resumed one (an events file each), one loss curve
+    assert tensorboard(out)["train/loss"] == as_float32(continued)
 
 
 def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, monkeypatch):
@@ -161,6 +187,10 @@ def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, m
     assert rewound[12] == pytest.approx(reference[12], abs=1e-4)
     assert rewound[13] != pytest.approx(reference[13], abs=1e-4)
     assert all(math.isfinite(v) for v in rewound.values()) and stats["loss_final"] < stats["loss_first"] - 1.0
+    # TensorBoard shows the replayed steps' losses, not those logged before the rewind; one writer for the run
+    assert tensorboard(out)["train/loss"] == as_float32(rewound)
+    assert len(list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (out / "logs" / "csv" / "train_loss.csv").read_text().count("step,loss") == 1
 
 
 def test_qwen3_with_qk_norm_rope_theta_wsd_schedule_and_the_last_checkpoint_kept(tmp_path, tokens):

@@ -69,6 +69,7 @@ class RunSpec:
     max_rewinds: int
     stop_after: int | None = None
     peak_flops: float | None = None
+    # DeepSpeed monitor sections, beside those in `deepspeed` (the engine gets none; rank 0's Reporter writes them)
     monitors: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -147,7 +148,7 @@ class Trainer:
     def __init__(self, spec: RunSpec, rank: int):
         import torch
 
-        from llmforge.train.metrics import Reporter
+        from llmforge.train.metrics import Reporter, split_monitors
 
         self.spec, self.rank, self.world = spec, rank, spec.world_size
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
@@ -161,8 +162,11 @@ class Trainer:
         self.schedule = Schedule(**spec.schedule)
         self.skipped = ckpt.load_skipped(spec.checkpoints)
         self.injected = injected_losses()
+        # the engine's DeepSpeed config leaves out the monitors: rank 0's Reporter writes them, on the step axis
+        self.deepspeed, monitors = split_monitors(spec.deepspeed)
         self.reporter = Reporter(Path(spec.work_dir) / "metrics.jsonl", rank == 0, spec.steps, spec.batch_tokens,
-                                 spec.flops_per_token, spec.peak_flops, self.world)  # fmt: skip
+                                 spec.flops_per_token, spec.peak_flops, self.world,
+                                 {**monitors, **spec.monitors})  # fmt: skip
         self.vocab_size = spec.model_config["vocab_size"]
         self.flatten = spec.document_masking and spec.attention == "flash_attention_2"
         self.started = time.perf_counter()
@@ -192,7 +196,7 @@ class Trainer:
             # object is alive; its initial weights then differ from an unsharded build with the same seed.
             from transformers.integrations import HfDeepSpeedConfig
 
-            self._zero3_config = HfDeepSpeedConfig(spec.deepspeed)
+            self._zero3_config = HfDeepSpeedConfig(self.deepspeed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if spec.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -200,7 +204,7 @@ class Trainer:
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=spec.deepspeed)  # fmt: skip
+                                               config=self.deepspeed)  # fmt: skip
         if spec.compile:
             engine.compile(backend=spec.compile_backend)
         engine.train()
@@ -287,7 +291,6 @@ class Trainer:
         with self.reporter:
             while True:
                 engine = self.build_engine()
-                self.reporter.monitor = engine.monitor  # TensorBoard / W&B / CSV, as configured
                 position = self.restore(engine)
                 if position.step:
                     self.reporter.resume_at(position.step)

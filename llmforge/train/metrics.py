@@ -12,10 +12,13 @@ from typing import Any
 
 from llmforge.console import human, log, progress
 
+# The sections of a DeepSpeed config that configure its monitors.
+MONITOR_SECTIONS = ("tensorboard", "wandb", "csv_monitor", "comet")
+
 
 def monitor_config(logs: Path, tensorboard: bool, wandb_project: str | None, csv: bool) -> dict[str, Any]:
-    """DeepSpeed monitor sections (written by rank 0 through engine.monitor); TensorBoard and W&B only when
-    their packages are installed, so a plain install never fails for lack of them."""
+    """DeepSpeed monitor sections (written by rank 0 through the Reporter's monitor); TensorBoard and W&B only
+    when their packages are installed, so a plain install never fails for lack of them."""
     import importlib.util
 
     sections: dict[str, Any] = {}
@@ -26,6 +29,34 @@ def monitor_config(logs: Path, tensorboard: bool, wandb_project: str | None, csv
     if csv:
         sections["csv_monitor"] = {"enabled": True, "output_path": str(logs), "job_name": "csv"}
     return sections
+
+
+def split_monitors(deepspeed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A DeepSpeed config without its monitor sections, and those sections. The engine gets none: it would log
+    its own learning rate against samples seen, and W&B, which keeps one step counter, would then drop every
+    metric logged against the (smaller) optimizer step; and each engine (one more at every rewind) would open
+    another TensorBoard writer, whose thread nothing closes."""
+    engine = {k: v for k, v in deepspeed.items() if k not in MONITOR_SECTIONS}
+    return engine, {k: v for k, v in deepspeed.items() if k in MONITOR_SECTIONS}
+
+
+def open_monitor(sections: dict[str, Any]):
+    """DeepSpeed's MonitorMaster for the enabled sections (rank 0 only, after the process group is up), or
+    None when none is enabled."""
+    if not any(isinstance(s, dict) and s.get("enabled") for s in sections.values()):
+        return None
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+
+    return MonitorMaster(get_monitor_config(sections))
+
+
+def close_monitor(monitor) -> None:
+    """Flush and close TensorBoard's events file and stop its writer thread (DeepSpeed never does); CSV files
+    are closed after each write, and a W&B run is finished by wandb when the process exits."""
+    writer = getattr(getattr(monitor, "tb_monitor", None), "summary_writer", None)
+    if writer is not None:
+        writer.close()
 
 
 def memory_gb() -> float:
@@ -45,10 +76,11 @@ class Reporter:
     """Rank 0's view of the run. Other ranks get a Reporter with `active=False` that does nothing."""
 
     def __init__(self, path: Path, active: bool, total_steps: int, batch_tokens: int, flops_per_token: float,
-                 peak_flops: float | None, world_size: int):  # fmt: skip
+                 peak_flops: float | None, world_size: int, monitors: dict[str, Any] | None = None):  # fmt: skip
         self.path, self.active = path, active
         self.total_steps, self.batch_tokens = total_steps, batch_tokens
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
+        self.monitors = monitors or {}  # DeepSpeed monitor sections, opened once for the whole run
         self.monitor = None
         self._bar = None
         self._task = None
@@ -56,6 +88,7 @@ class Reporter:
 
     def __enter__(self) -> Reporter:
         if self.active:
+            self.monitor = open_monitor(self.monitors)
             self._bar = progress()
             self._bar.__enter__()
             self._task = self._bar.add_task(
@@ -67,6 +100,9 @@ class Reporter:
         if self._bar is not None:
             self._bar.__exit__(*exc)
             self._bar = None
+        if self.monitor is not None:
+            close_monitor(self.monitor)
+            self.monitor = None
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.active:
