@@ -7,14 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import documents_artifact, sentences, tokens_artifact
+from helpers import documents_artifact, llmforge, sentences, tokens_artifact
 
 from llmforge.artifacts import Artifact
 from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
 from llmforge.stages.pretrain import Config, run
 from llmforge.train.data import Batch, PackedWindows, document_positions
-from llmforge.train.loop import StoppedEarly
+from llmforge.train.loop import StoppedEarly, Trainer
 from llmforge.train.metrics import read_metrics
 from llmforge.train.schedule import Schedule
 
@@ -274,6 +274,64 @@ def test_bad_inputs_are_one_clear_error(tmp_path, tokens, pretrained, tiny_token
     with pytest.raises(InputError, match="tokenizer fingerprint differs"):
         run(swapped, tmp_path / "e", config())
     assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def continued(init, **changes) -> Config:
+    """The test settings for continuing `init`: no preset, the architecture comes from the init model."""
+    data = config(**changes).model_dump(exclude_unset=True)
+    if "model" not in changes:
+        del data["model"]
+    return Config.model_validate({**data, "init_from": str(init)})
+
+
+def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pretrained, tiny_tokenizer_dir, capsys,
+                                                          monkeypatch):  # fmt: skip
+    first = losses(pretrained)
+    out = run(tokens, tmp_path / "continued", continued(pretrained, train_tokens=256 * 4, eval__every=0))
+    assert "init from" in capsys.readouterr().err  # the plan says where the weights come from
+    again = losses(out)
+    # step 1's loss is the init model's, before any update: far below a random start, near where the first run ended
+    assert again[1] < first[1] - 1.0
+    assert again[1] == pytest.approx(first[STEPS], abs=0.3)
+    artifact, init = Artifact.open(out), Artifact.open(pretrained)
+    assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [
+        Artifact.open(tokens).fingerprint,
+        init.fingerprint,
+    ]
+    assert artifact.extra["init_from"] == {"path": str(pretrained.resolve()), "kind": "model",
+                                           "fingerprint": init.fingerprint}  # fmt: skip
+    assert artifact.manifest["config"]["init_from"] == str(pretrained)
+    assert artifact.stats["parameters"] == init.stats["parameters"]
+    assert init.fingerprint in {a.fingerprint for a in artifact.ancestors()}
+    tree = llmforge("lineage", out).stderr
+    assert str(pretrained) in tree and init.fingerprint[:12] in tree
+
+    # ZeRO-3 starts from the same weights: the whole model sharded after loading, or loaded straight into shards
+    # (the path for models too big to hold whole in every process)
+    for sharded in (False, True):
+        monkeypatch.setattr(Trainer, "build_sharded", lambda self, sharded=sharded: sharded)
+        with pytest.raises(StoppedEarly):
+            run(tokens, tmp_path / f"z{sharded}", continued(pretrained, distributed__zero=3, stop_after=1))
+        assert losses(tmp_path / f"z{sharded}.partial")[1] == pytest.approx(again[1], abs=1e-5)
+
+    # a longer seq_len extends the model's context, and the plan says so
+    run(tokens, tmp_path / "c", continued(pretrained, seq_len=64, batch_tokens=512), dry_run=True)
+    assert "context 32 -> 64" in capsys.readouterr().err
+    # the architecture is the init model's: a preset or dimensions beside it are refused
+    with pytest.raises(InputError, match=r"the architecture comes from that model; drop model.hidden_size, "
+                                         r"model.preset"):  # fmt: skip
+        run(tokens, tmp_path / "a", continued(pretrained, model={"preset": "tiny", "hidden_size": 64}))
+    # tokens of another tokenizer are refused, one line, exit 2, before any training
+    other_tokenizer = tmp_path / "other-tokenizer"
+    shutil.copytree(tiny_tokenizer_dir, other_tokenizer)
+    with open(other_tokenizer / "chat_template.jinja", "a") as handle:  # same vocabulary, another template
+        handle.write("\n")
+    other = tokens_artifact(tmp_path / "other-tokens", other_tokenizer, sentences(200))
+    refused = llmforge("pretrain", other, "-o", tmp_path / "b", "--init-from", pretrained, check=False)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "not encoded with the tokenizer of" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):

@@ -1,7 +1,8 @@
 """Pretrain a Llama-style model on token shards; writes a model artifact (a Hugging Face directory).
 
 The model comes from a size preset (`tiny` for CPU tests up to `1b` and `7b` shapes) or explicit dimensions, with
-the tokenizer's vocabulary. AdamW with warmup + cosine or WSD, a batch set in tokens and reached by gradient
+the tokenizer's vocabulary, or with `--init-from MODEL` (continued pretraining) from an existing model's config and
+weights, on tokens encoded with its own tokenizer. AdamW with warmup + cosine or WSD, a batch set in tokens and reached by gradient
 accumulation, DeepSpeed ZeRO 0-3 (`--zero 2 --offload cpu` or `--deepspeed ds.json`), one process by default or
 `--nproc N` / `--hostfile FILE` under torchrun / the deepspeed launcher. Checkpoints in OUT/checkpoints resume an
 interrupted run automatically; loss spikes and NaNs rewind to the last checkpoint and skip the batch.
@@ -144,6 +145,12 @@ class LoggingConfig(StageConfig):
 
 class Config(StageConfig):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model")
+    # The model's identity is fingerprinted as an input of the artifact, so its path is a runtime setting.
+    init_from: str | None = runtime_field(
+        None,
+        description="Continue pretraining this model (a model artifact or a Hugging Face directory): its "
+        "architecture and weights; none = random weights from model.*",
+    )
     optim: OptimConfig = Field(
         default_factory=OptimConfig, description="Optimizer and learning-rate schedule"
     )
@@ -212,6 +219,58 @@ def _tokens_input(path: str | Path):
         raise InputError(f"{artifact.path}/shards.json: vocab_size {shards.vocab_size} but its tokenizer has "
                          f"{len(tokenizer)} tokens")  # fmt: skip
     return artifact, shards, tokenizer
+
+
+# Settings that shape the model; an init model brings its own, so they are refused beside --init-from.
+ARCHITECTURE_SETTINGS = ("preset", "arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                         "intermediate_size", "tie_embeddings", "rope_theta")  # fmt: skip
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int]:
+    """The model to continue pretraining (`init_from`), its config for this run and the context it had, checked
+    against the tokens' tokenizer."""
+    from transformers import AutoConfig
+
+    from llmforge.data.tokenizer import tokenizer_fingerprint
+    from llmforge.model.loading import resolve_model
+
+    given = sorted(f"model.{name}" for name in config.model.model_fields_set & set(ARCHITECTURE_SETTINGS))
+    if given:
+        raise InputError(f"init_from {config.init_from}: the architecture comes from that model; drop "
+                         f"{', '.join(given)}")  # fmt: skip
+    source = resolve_model(config.init_from, STAGE)
+    if source.kind not in ("model", "hf-dir", "hub") or source.is_adapter:
+        raise InputError(f"init_from {config.init_from}: pretrain continues a whole model, this is "
+                         f"{'an adapter (merge it first)' if source.is_adapter else 'a ' + source.kind}")  # fmt: skip
+    ours = tokenizer_fingerprint(shards.tokenizer_path)
+    theirs = source.tokenizer_fingerprint
+    encoded_with = {entry.get("fingerprint") for entry in artifact.manifest.get("inputs", [])}
+    if theirs != ours and not (theirs is None and source.fingerprint in encoded_with):
+        raise InputError(f"{artifact.path}: not encoded with the tokenizer of {config.init_from} (tokenizer "
+                         f"fingerprint {ours[:12]}, the model's {(theirs or 'unknown')[:12]}); encode with "
+                         f"`llmforge tokenize encode --model {config.init_from}`")  # fmt: skip
+    try:
+        hf_config = AutoConfig.from_pretrained(source.path)
+    except (OSError, ValueError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{source.path}/config.json: cannot be read ({detail})") from None
+    missing = [key for key in SHAPE_KEYS if getattr(hf_config, key, None) is None]
+    if missing:
+        raise InputError(f"{source.path}/config.json: {hf_config.model_type} has no {', '.join(missing)}; pretrain "
+                         "continues Llama-style decoders")  # fmt: skip
+    vocab = shards.vocab_size
+    if hf_config.vocab_size < vocab:
+        raise InputError(f"{source.path}/config.json: vocab_size {hf_config.vocab_size} is smaller than the "
+                         f"tokenizer's {vocab} tokens")  # fmt: skip
+    if config.model.vocab_size is not None and config.model.vocab_size != hf_config.vocab_size:
+        raise InputError(f"model.vocab_size {config.model.vocab_size} does not match {config.init_from}'s "
+                         f"{hf_config.vocab_size}; leave it unset")  # fmt: skip
+    # a longer seq_len than the model was trained at extends its context (RoPE needs no new weights; the plan says so)
+    context = hf_config.max_position_embeddings or 0
+    hf_config.max_position_embeddings = max(context, config.seq_len)
+    hf_config.use_cache = True
+    return source, hf_config, context
 
 
 def model_config(config: Config, tokenizer) -> Any:
@@ -293,7 +352,11 @@ def plan_run(tokens: str | Path, config: Config) -> dict[str, Any]:
     from llmforge.train.data import PackedWindows
 
     artifact, shards, tokenizer = _tokens_input(tokens)
-    hf_config = model_config(config, tokenizer)
+    source, context = None, None
+    if config.init_from:
+        source, hf_config, context = init_model(config, artifact, shards)
+    else:
+        hf_config = model_config(config, tokenizer)
     dist = config.distributed
     if dist.hostfile is None and dist.nproc > 1:
         import torch
@@ -330,7 +393,8 @@ def plan_run(tokens: str | Path, config: Config) -> dict[str, Any]:
     if warmup is None:
         warmup = max(1, round(config.optim.warmup_fraction * steps)) if config.optim.warmup_fraction else 0
     return {"artifact": artifact, "shards": shards, "tokenizer": tokenizer, "hf_config": hf_config,
-            "world": world, "accumulation": accumulation, "precision": precision, "deepspeed": ds_config,
+            "init": source, "init_context": context, "world": world, "accumulation": accumulation,
+            "precision": precision, "deepspeed": ds_config,
             "steps": steps, "available_tokens": available, "estimate": numbers, "peak_flops": peak,
             "warmup": min(warmup, steps), "attention": resolve_attention(config.model.attention)}  # fmt: skip
 
@@ -347,9 +411,19 @@ def print_plan(plan: dict[str, Any], config: Config) -> None:
     table = Table(title="pretraining plan", show_header=False, title_justify="left")
     table.add_column(style="cyan")
     table.add_column()
-    table.add_row("model", f"{config.model.arch} {config.model.preset}: {hf.num_hidden_layers} layers, "
-                  f"hidden {hf.hidden_size}, {hf.num_attention_heads} heads / {hf.num_key_value_heads} kv, "
-                  f"ffn {hf.intermediate_size}, vocab {hf.vocab_size}, rope theta {config.model.rope_theta:g}"
+    init = plan["init"]
+    if init is not None:
+        context = plan["init_context"]
+        extended = hf.max_position_embeddings != context
+        longer = f"; context {context} -> {hf.max_position_embeddings}" if extended else ""
+        table.add_row("init from", f"{init.path} ({init.kind}, {init.fingerprint[:12]}): its weights{longer}")
+    name = hf.model_type if init is not None else f"{config.model.arch} {config.model.preset}"
+    theta = getattr(hf, "rope_theta", None) or (getattr(hf, "rope_parameters", None) or {}).get("rope_theta")
+    table.add_row("model", f"{name}: {hf.num_hidden_layers} layers, "
+                  f"hidden {hf.hidden_size}, {hf.num_attention_heads} heads / "
+                  f"{getattr(hf, 'num_key_value_heads', None) or hf.num_attention_heads} kv, "
+                  f"ffn {hf.intermediate_size}, vocab {hf.vocab_size}"
+                  f"{f', rope theta {theta:g}' if theta else ''}"
                   f"{', tied embeddings' if hf.tie_word_embeddings else ''}")  # fmt: skip
     table.add_row("parameters", human_count(numbers.parameters))
     table.add_row(
@@ -399,8 +473,16 @@ def run(tokens: str | Path, out: str | Path, config: Config | None = None, force
         return None
     # The plan is printed once the output is known to be usable (inside the stage body): a refused output is
     # one line, and an up-to-date one prints nothing but its path.
-    return run_stage(STAGE, "model", config, [plan["artifact"].ref()], out,
+    inputs = [plan["artifact"].ref()] + ([plan["init"].ref()] if plan["init"] is not None else [])
+    return run_stage(STAGE, "model", config, inputs, out,
                      lambda ctx: _train(ctx, config, plan), force=force)  # fmt: skip
+
+
+def _init_location(source) -> str | None:
+    """Where the training processes load the init model from: an absolute directory, or a hub id."""
+    if source is None:
+        return None
+    return source.path if source.kind == "hub" else str(Path(source.path).resolve())
 
 
 def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
@@ -431,6 +513,7 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
         tokens_dir=str(Path(plan["artifact"].path).resolve()),
         work_dir=str(ctx.work.resolve()),
         model_config=plan["hf_config"].to_dict(),
+        init_from=_init_location(plan["init"]),
         seq_len=config.seq_len,
         micro_batch_size=config.micro_batch_size,
         gradient_accumulation=plan["accumulation"],
@@ -484,6 +567,9 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
     records = read_metrics(ctx.work / "metrics.jsonl")
     resumes = [r["step"] for r in records if r.get("event") == "resume"]
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+    if plan["init"] is not None:
+        init = plan["init"]
+        ctx.extra["init_from"] = {"path": spec.init_from, "kind": init.kind, "fingerprint": init.fingerprint}
     ctx.stats.update({
         "parameters": int(numbers.parameters),
         "tokens": spec.steps * spec.batch_tokens,
@@ -508,6 +594,7 @@ def command(
     force: Force = False,
     preset: Annotated[str | None, flag(Config, "model.preset")] = None,
     arch: Annotated[str | None, flag(Config, "model.arch")] = None,
+    init_from: Annotated[str | None, flag(Config, "init_from", "--init-from")] = None,
     seq_len: Annotated[int | None, flag(Config, "seq_len")] = None,
     batch_tokens: Annotated[int | None, flag(Config, "batch_tokens")] = None,
     micro_batch_size: Annotated[int | None, flag(Config, "micro_batch_size")] = None,
@@ -528,7 +615,7 @@ def command(
     ] = False,
 ) -> None:
     config = load_config(Config, config_file, sets, {
-        "model.preset": preset, "model.arch": arch, "seq_len": seq_len, "batch_tokens": batch_tokens,
+        "model.preset": preset, "model.arch": arch, "init_from": init_from, "seq_len": seq_len, "batch_tokens": batch_tokens,
         "micro_batch_size": micro_batch_size, "train_tokens": train_tokens, "optim.lr": lr,
         "optim.schedule": schedule, "precision": precision, "distributed.zero": zero,
         "distributed.offload": offload, "distributed.deepspeed": deepspeed, "distributed.nproc": nproc,

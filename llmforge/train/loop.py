@@ -7,8 +7,8 @@ of each batch; ZeRO shards optimizer states, gradients and weights between them 
 
 Stability: a non-finite loss or gradient norm, or a loss above `spike_factor` x the mean of the last
 `spike_window` steps, rewinds the run to the last complete checkpoint (or to the initial weights when there is none
-yet), marks the offending batch as skipped and trains on. Every process reaches the same decision because the
-loss is all-reduced first.
+yet: random, or the init model's when continuing one), marks the offending batch as skipped and trains on. Every
+process reaches the same decision because the loss is all-reduced first.
 
 Fault injection for tests (read here and nowhere else): LLMFORGE_INJECT_LOSS="5:nan,9:100" multiplies the loss of
 global batch 5 by NaN and of batch 9 by 100, as a corrupted batch would.
@@ -69,6 +69,7 @@ class RunSpec:
     max_rewinds: int
     stop_after: int | None = None
     peak_flops: float | None = None
+    init_from: str | None = None  # continued pretraining: the init model's directory (or hub id)
     # DeepSpeed monitor sections, beside those in `deepspeed` (the engine gets none; rank 0's Reporter writes them)
     monitors: dict[str, Any] = field(default_factory=dict)
 
@@ -197,7 +198,15 @@ class Trainer:
             from transformers.integrations import HfDeepSpeedConfig
 
             self._zero3_config = HfDeepSpeedConfig(self.deepspeed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if spec.init_from:
+            # continued pretraining: the init model's weights (whole, or straight into ZeRO-3 shards as above)
+            from transformers.utils.logging import disable_progress_bar
+
+            disable_progress_bar()
+            model = AutoModelForCausalLM.from_pretrained(spec.init_from, config=config, dtype=torch.float32,
+                                                         attn_implementation=spec.attention)  # fmt: skip
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         if spec.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
