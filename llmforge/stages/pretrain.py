@@ -232,6 +232,7 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int]:
     against the tokens' tokenizer."""
     from transformers import AutoConfig
 
+    from llmforge.console import warn
     from llmforge.data.tokenizer import tokenizer_fingerprint
     from llmforge.model.loading import resolve_model
 
@@ -268,6 +269,9 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int]:
                          f"{hf_config.vocab_size}; leave it unset")  # fmt: skip
     # a longer seq_len than the model was trained at extends its context (RoPE needs no new weights; the plan says so)
     context = hf_config.max_position_embeddings or 0
+    if context and config.seq_len > context and "seq_len" not in config.model_fields_set:
+        warn(f"seq_len {config.seq_len} (the default) is longer than {config.init_from}'s context {context}: "
+             f"the context is extended; pass --seq-len {context} to keep it")  # fmt: skip
     hf_config.max_position_embeddings = max(context, config.seq_len)
     hf_config.use_cache = True
     return source, hf_config, context
