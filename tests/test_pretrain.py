@@ -286,6 +286,9 @@ def continued(init, **changes) -> Config:
 
 def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pretrained, tiny_tokenizer_dir, capsys,
                                                           monkeypatch):  # fmt: skip
+    import torch
+
+    torch_linear = torch.nn.functional.linear
     first = losses(pretrained)
     out = run(tokens, tmp_path / "continued", continued(pretrained, train_tokens=256 * 4, eval__every=0))
     assert "init from" in capsys.readouterr().err  # the plan says where the weights come from
@@ -313,6 +316,8 @@ def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pret
         with pytest.raises(StoppedEarly):
             run(tokens, tmp_path / f"z{sharded}", continued(pretrained, distributed__zero=3, stop_after=1))
         assert losses(tmp_path / f"z{sharded}.partial")[1] == pytest.approx(again[1], abs=1e-5)
+    # DeepSpeed's process-wide F.linear swap does not outlive the run (quantize and eval run in-process after it)
+    assert torch.nn.functional.linear is torch_linear
 
     # a longer seq_len extends the model's context, and the plan says so
     run(tokens, tmp_path / "c", continued(pretrained, seq_len=64, batch_tokens=512), dry_run=True)

@@ -295,6 +295,17 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        import torch
+
+        linear = torch.nn.functional.linear
+        try:
+            return self._run()
+        finally:
+            # ZeRO-3 swaps in DeepSpeed's F.linear for the whole process ("this will persist unless manually
+            # reset"); whatever runs next in this process (eval, quantize, tests) gets torch's back
+            torch.nn.functional.linear = linear
+
+    def _run(self) -> dict[str, Any]:
         rewinds = 0
         status = "finished"
         with self.reporter:
