@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llmforge.artifacts import InputRef, run_stage
@@ -113,6 +116,25 @@ def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None
             f"llmforge {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def kill_when(command: list, ready: Callable[[], bool], log: Path, env: dict | None = None) -> None:
+    """Run `llmforge COMMAND` in a process group of its own (stderr to `log`) and SIGKILL the whole group as soon as
+    `ready()`: an interruption midway, so the command must still be running then."""
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.DEVNULL,
+                                   stderr=stderr, env=cli_env(env), start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 300
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if ready():
+                    break
+                time.sleep(0.01)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, f"not killed midway:\n{Path(log).read_text()[-3000:]}"
 
 
 class Imported(StageConfig):

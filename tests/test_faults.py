@@ -13,17 +13,13 @@ import gzip
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from helpers import (
     Imported,
     chat_records,
-    cli_env,
     grpo_records,
+    kill_when,
     llmforge,
     preference_records,
     sentences,
@@ -96,24 +92,10 @@ def posttrain_step(checkpoints) -> int:
     return max(done, default=0)
 
 
-def kill_when(command: list, out, ready, log) -> None:
+def kill_at_checkpoint(command: list, out, ready, log) -> None:
     """Run the command and SIGKILL its whole process group as soon as `ready(OUT.partial/checkpoints)`."""
     checkpoints = out.parent / (out.name + ".partial") / "checkpoints"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.DEVNULL,
-                                   stderr=stderr, env=cli_env(ENV),
-                                   start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 300
-        try:
-            while process.poll() is None and time.monotonic() < deadline:
-                if checkpoints.is_dir() and ready(checkpoints):
-                    break
-                time.sleep(0.01)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    assert process.returncode == -signal.SIGKILL, f"not killed midway:\n{log.read_text()[-3000:]}"
+    kill_when(command, lambda: checkpoints.is_dir() and ready(checkpoints), log, ENV)
     assert not (out / "artifact.json").exists()  # nothing that looks finished
 
 
@@ -139,7 +121,7 @@ def test_kill_9_midway_then_the_same_command_resumes(stage, data, tiny_model, tm
     command = [*TRAINING[stage](data, tiny_model), "-o", out]
     pretrain = stage == "pretrain"
     newest_step = pretrain_step if pretrain else posttrain_step
-    kill_when(command, out, newest_step, tmp_path / "killed.log")
+    kill_at_checkpoint(command, out, newest_step, tmp_path / "killed.log")
     checkpoints = tmp_path / "out.partial" / "checkpoints"
     step = newest_step(checkpoints)  # the newest complete checkpoint once the process is dead
     assert 0 < step < STEPS
@@ -183,7 +165,9 @@ def test_kill_9_during_tokenize_encode_keeps_the_finished_chunks(tmp_path, tiny_
     def chunks_done(checkpoints) -> int:
         return sum(1 for _ in checkpoints.glob("encoded-*/*/*.bin"))  # .bin is renamed into place last
 
-    kill_when(command, out, lambda checkpoints: chunks_done(checkpoints) >= 3, tmp_path / "killed.log")
+    kill_at_checkpoint(
+        command, out, lambda checkpoints: chunks_done(checkpoints) >= 3, tmp_path / "killed.log"
+    )
     done = chunks_done(tmp_path / "tokens.partial" / "checkpoints")
     resumed = llmforge(*command, env=ENV)
     assert resumed.stdout == f"{out}\n" and "resuming the interrupted run" in resumed.stderr

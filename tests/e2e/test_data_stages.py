@@ -2,14 +2,9 @@
 no-op re-runs, a refused change, and bad input."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from helpers import llmforge, write_jsonl
+from helpers import kill_when, llmforge, write_jsonl
 from warc_factory import article, near_duplicate, page_from_text, prose, spam_page, write_warc
 
 from llmforge.artifacts import Artifact, raw_input
@@ -48,12 +43,6 @@ def crawl(root):
     return files
 
 
-def start(*args) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
-
-
 @pytest.mark.slow
 def test_crawl_filter_then_dedup(tmp_path):
     files = crawl(tmp_path / "crawl")
@@ -64,15 +53,9 @@ def test_crawl_filter_then_dedup(tmp_path):
 
     # kill -9 the whole process group once some tasks are done
     completions = tmp_path / "docs.partial" / "logs" / "filter" / "completions"
-    process = start(*command)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if completions.is_dir() and len(list(completions.iterdir())) >= 2:
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    kill_when(
+        command, lambda: completions.is_dir() and len(list(completions.iterdir())) >= 2, tmp_path / "kill.log"
+    )
     done_before = len(list(completions.iterdir()))
     assert 2 <= done_before < FILES and not (docs / "artifact.json").exists()
 
@@ -174,15 +157,7 @@ def test_dedup_killed_midway_resumes_to_the_same_result(tmp_path):
     out = tmp_path / "dedup"
     command = ["dedup", corpus, "-o", out, "--workers", "1"]
     buckets = tmp_path / "dedup.partial" / "logs" / "minhash-buckets" / "completions"
-    process = start(*command)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if buckets.is_dir() and len(list(buckets.iterdir())) >= 3:
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+    kill_when(command, lambda: buckets.is_dir() and len(list(buckets.iterdir())) >= 3, tmp_path / "kill.log")
     done = len(list(buckets.iterdir()))
     assert 3 <= done < 14 and not (out / "artifact.json").exists()
 
