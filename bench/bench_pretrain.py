@@ -95,14 +95,14 @@ def steady(values: list[float]) -> float:
 
 def llmforge_run(tokens: Path, out: Path, config: dict) -> dict:
     from llmforge.artifacts import Artifact
+    from llmforge.files import read_jsonl
     from llmforge.stages.pretrain import Config, run
-    from llmforge.train.metrics import read_metrics
 
     shutil.rmtree(out, ignore_errors=True)  # a finished artifact with the same settings would be "up to date"
     started = time.perf_counter()
     run(tokens, out, Config.model_validate(config))
     seconds = time.perf_counter() - started
-    records = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     stats = Artifact.open(out).stats
     return {"tokens_per_s": steady([r["tokens_per_s"] for r in records]), "wall_s": seconds,
             "memory_gb": max(r["memory_gb"] for r in records), "loss_final": stats["loss_final"],

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmforge import machine
 from llmforge.artifacts import InputRef, canonical_hash, run_stage
 from llmforge.config import StageConfig
 from llmforge.stages import tokenize
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = every core")
     parser.add_argument("--repeat", type=int, default=3, help="encoding runs per method, best kept")
     args = parser.parse_args()
-    cores = tokenize.cpu_count()
+    cores = machine.cpu_count()
     workers = args.workers or cores
     limit = int(args.mb * 1e6)
 

@@ -24,10 +24,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llmforge import __version__
+from llmforge import __version__, machine
 from llmforge.config import fingerprinted
 from llmforge.console import emit, log, summary_table
 from llmforge.errors import InputError
+from llmforge.files import write_json
 
 SCHEMA = "llmforge.artifact/1"
 MANIFEST = "artifact.json"
@@ -378,14 +379,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def device_description() -> str:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        return f"{count}x {torch.cuda.get_device_name(0)}"
-    return f"cpu ({os.cpu_count()} cores)"
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -486,15 +479,14 @@ def run_stage(
             "finished": _now(),
             "seconds": round(time.perf_counter() - clock, 3),
             "host": socket.gethostname(),
-            "device": device_description(),
+            "device": machine.describe(),
             "versions": library_versions(),
         },
         "stats": ctx.stats,
         "extra": ctx.extra,
         "files": list_files(staging),
     }
-    (staging / (MANIFEST + ".tmp")).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(staging / (MANIFEST + ".tmp"), staging / MANIFEST)
+    write_json(staging / MANIFEST, manifest, default=str)
     mark.unlink(missing_ok=True)
     _move_into_place(staging, out)
 

@@ -173,6 +173,7 @@ def card(
     """Write a Markdown data card or model card from lineage: data, filters, dedup, training, eval scores."""
     from llmforge.artifacts import MANIFEST
     from llmforge.card import make_card
+    from llmforge.files import write_text
 
     text = make_card(artifact, eval_, license_)
     if output is None:
@@ -186,9 +187,7 @@ def card(
                          "write the card elsewhere")  # fmt: skip
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(output.name + ".tmp")
-        partial.write_text(text)
-        os.replace(partial, output)
+        write_text(output, text)
     except OSError as exc:
         raise InputError(f"{output}: cannot write the card ({exc.strerror or exc})") from None
     print(output)

@@ -3,8 +3,9 @@ from helpers import chat_records, preference_records, write_jsonl
 from test_sft import StopAtStep
 
 from llmforge.artifacts import Artifact
+from llmforge.files import read_jsonl
 from llmforge.stages import dpo, sft
-from llmforge.train.posttrain import LoraSettings, read_jsonl
+from llmforge.train.posttrain import LoraSettings
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from llmforge.artifacts import Artifact, InputRef, canonical_hash, run_stage
-from llmforge.train.metrics import read_metrics
+from llmforge.files import read_jsonl
 
 # Two test workers share two cores: one torch thread per subprocess keeps them from thrashing.
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -141,11 +141,11 @@ def test_kill_9_midway_then_the_same_command_resumes(stage, data, tiny_model, tm
     assert artifact.stats["resumed_from_step"] == step
     if pretrain:
         assert f"resumed from the checkpoint at step {step}" in resumed.stderr
-        logged = sorted({r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r})
+        logged = sorted({r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r})
     else:
         assert f"resuming from checkpoint-{step} (step {step})" in resumed.stderr
         assert f"discarding checkpoint-{step + 1}: the run was interrupted while writing it" in resumed.stderr
-        logged = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]  # each step once
+        logged = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]  # each step once
     assert artifact.stats["steps"] == STEPS and logged == list(range(1, STEPS + 1))  # as an uninterrupted run
     assert artifact.verify() == [] and not (tmp_path / "out.partial").exists()
     assert artifact.kind == ("adapter" if stage == "dpo" else "model")

@@ -3,8 +3,9 @@ from helpers import grpo_records, write_jsonl
 from test_sft import StopAtStep
 
 from llmforge.artifacts import Artifact
+from llmforge.files import read_jsonl
 from llmforge.stages import grpo
-from llmforge.train.posttrain import LoraSettings, read_jsonl
+from llmforge.train.posttrain import LoraSettings
 
 DIGITS_REWARD = '''
 def digits(completions, **columns):

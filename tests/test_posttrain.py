@@ -6,12 +6,12 @@ import pytest
 from helpers import chat_records, documents_artifact_from_records, llmforge, write_jsonl
 
 from llmforge.errors import InputError
+from llmforge.files import read_jsonl
 from llmforge.stages import dpo, grpo, sft
 from llmforge.train.posttrain import (
     LiveMetrics,
     LoraSettings,
     dataset_ref,
-    read_jsonl,
     read_records,
     to_dataset,
 )

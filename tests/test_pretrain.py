@@ -12,10 +12,10 @@ from helpers import documents_artifact, llmforge, sentences, tokens_artifact
 from llmforge.artifacts import Artifact
 from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
+from llmforge.files import read_jsonl
 from llmforge.stages.pretrain import Config, run
 from llmforge.train.data import Batch, PackedWindows, document_positions
 from llmforge.train.loop import StoppedEarly, Trainer
-from llmforge.train.metrics import read_metrics
 from llmforge.train.schedule import Schedule
 
 STEPS = 20
@@ -50,7 +50,7 @@ def config(**changes) -> Config:
 
 def losses(out) -> dict[int, float]:
     """Loss per step, the latest record of a step winning (a replayed step is logged again)."""
-    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r}
 
 
 def tensorboard(out) -> dict[str, dict[int, float]]:
@@ -93,7 +93,7 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [Artifact.open(tokens).fingerprint]
     assert artifact.verify() == []
 
-    records = read_metrics(pretrained / "metrics.jsonl")
+    records = read_jsonl(pretrained / "metrics.jsonl")
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
     assert set(steps[0]) >= {"loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu", "memory_gb"}
@@ -161,7 +161,7 @@ def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained
         run(tokens, out, config(distributed__zero=2))  # ZeRO shards do not load into another layout
     assert "pretraining plan" not in capsys.readouterr().err  # refused before the plan: one line
     run(tokens, out, config())
-    resumed = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "resume"]
+    resumed = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("event") == "resume"]
     assert [r["step"] for r in resumed] == [7]
     reference, continued = losses(pretrained), losses(out)
     assert sorted(continued) == list(range(1, STEPS + 1))
@@ -174,7 +174,7 @@ def test_stopped_run_resumes_on_the_same_loss_curve(tmp_path, tokens, pretrained
 def test_nan_and_spike_rewind_and_skip_the_batch(tmp_path, tokens, pretrained, monkeypatch):
     monkeypatch.setenv("LLMFORGE_INJECT_LOSS", "12:nan,16:100")
     out = run(tokens, tmp_path / "model", config())
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_jsonl(out / "metrics.jsonl")
     rewinds = [r for r in records if r.get("event") == "rewind"]
     assert [(r["step"], r["batch"]) for r in rewinds] == [(13, 12), (16, 16)]
     assert "loss is nan" in rewinds[0]["reason"] and "loss spike" in rewinds[1]["reason"]
@@ -203,7 +203,7 @@ def test_qwen3_with_qk_norm_rope_theta_wsd_schedule_and_the_last_checkpoint_kept
     stats = Artifact.open(out).stats
     assert stats["loss_final"] < stats["loss_first"] - 0.5
     # WSD over 10 steps: 2 warmup, flat at the peak, linear decay to 10% over the last 20% (2 steps)
-    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    lrs = [r["lr"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert lrs == pytest.approx([3e-3 * m for m in (0.5, 1, 1, 1, 1, 1, 1, 1, 0.55, 0.1)])
     # checkpoints at steps 3, 6 and 9, only the newest kept (checkpoint.keep = 1)
     assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-00000009"]

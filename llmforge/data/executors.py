@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llmforge import machine
 from llmforge.config import StageConfig
 from llmforge.errors import InputError, LLMForgeError
 
@@ -72,10 +73,6 @@ class Step:
     name: str
     build: Callable[[], list]
     tasks: int
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _quiet_console_logger() -> None:
@@ -135,7 +132,7 @@ def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, j
     for step in steps:
         common = {"pipeline": step.build(), "tasks": step.tasks, "logging_dir": str(logs / step.name)}
         if settings.kind == "local":
-            workers = min(settings.workers or cpu_count(), step.tasks)
+            workers = min(settings.workers or machine.cpu_count(), step.tasks)
             executor = _local_executor_class()(**common, workers=workers)
         elif settings.kind == "slurm":
             from datatrove.executor import SlurmPipelineExecutor

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from llmforge.errors import InputError
+from llmforge.files import replacing
 
 INDEX = "shards.json"
 FORMAT = "llmforge.tokens/1"
@@ -58,8 +59,10 @@ class ShardWriter:
             return
         name = f"{self.split}/{self.number:05d}"
         tokens = np.concatenate(self._tokens)
-        _write_atomic(self.root / f"{name}.idx", np.asarray(self._ends, dtype=np.uint64))
-        _write_atomic(self.root / f"{name}.bin", tokens)
+        with replacing(self.root / f"{name}.idx") as tmp:
+            np.asarray(self._ends, dtype=np.uint64).tofile(tmp)
+        with replacing(self.root / f"{name}.bin") as tmp:
+            tokens.tofile(tmp)
         self.shards.append({"file": f"{name}.bin", "tokens": int(len(tokens)), "documents": len(self._ends)})
         self.number += 1
         self._tokens, self._ends, self._count = [], [], 0
@@ -67,12 +70,6 @@ class ShardWriter:
     def close(self) -> list[dict[str, Any]]:
         self.flush()
         return self.shards
-
-
-def _write_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    array.tofile(tmp)
-    tmp.replace(path)
 
 
 def write_index(root: Path, dtype: str, vocab_size: int, special_ids: dict[str, int],

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmforge import machine
+
 CHILD = Path(__file__).with_name("_sandbox_child.py")
 NOBODY = 65534
 
@@ -122,7 +124,7 @@ def run_python(program: str, limits: Limits = Limits()) -> Outcome:
 
 def run_many(programs: list[str], limits: Limits = Limits(), workers: int | None = None) -> list[Outcome]:
     """Run programs side by side (each in its own sandbox), results in order."""
-    workers = workers or min(len(programs), os.cpu_count() or 1) or 1
+    workers = workers or min(len(programs), machine.cpu_count()) or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda p: run_python(p, limits), programs))
 

@@ -11,7 +11,6 @@ release that llm-compressor (the `quantize` extra) cannot share.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import time
 import urllib.request
 from typing import Any
 
+from llmforge import machine
 from llmforge.console import emit, log
 from llmforge.errors import InputError, LLMForgeError
 from llmforge.serving.embedded import base_url
@@ -31,11 +31,9 @@ FINGERPRINT_HEADER = "x-llmforge-fingerprint"
 
 def unavailable_reason() -> str | None:
     """Why the vllm backend cannot run here (None when vLLM is importable and a CUDA GPU is visible)."""
-    if importlib.util.find_spec("vllm") is None:
+    if not machine.has_vllm():
         return "vLLM is not installed"
-    import torch
-
-    return None if torch.cuda.is_available() else "no CUDA GPU is visible"
+    return None if machine.has_cuda() else "no CUDA GPU is visible"
 
 
 def available() -> bool:

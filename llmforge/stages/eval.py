@@ -19,8 +19,10 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import Field
 
+from llmforge import machine
 from llmforge.config import StageConfig, load_config, runtime_field
 from llmforge.errors import InputError
+from llmforge.files import write_json
 from llmforge.options import ConfigFile, Force, Sets, flag, split_list
 
 STAGE = "eval"
@@ -160,18 +162,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def resolve_backend(choice: str) -> str:
-    import importlib.util
-
-    import torch
-
-    has_vllm = importlib.util.find_spec("vllm") is not None
+    has_vllm = machine.has_vllm()
     if choice == "vllm":
         if not has_vllm:
             raise InputError("--backend vllm: vllm is not installed (pip install 'llmforge[vllm]', GPU only)")
-        if not torch.cuda.is_available():
+        if not machine.has_cuda():
             raise InputError("--backend vllm needs a GPU and none is visible; use --backend hf")
         return "vllm"
-    if choice == "auto" and has_vllm and torch.cuda.is_available():
+    if choice == "auto" and has_vllm and machine.has_cuda():
         return "vllm"
     return "hf"
 
@@ -204,7 +202,7 @@ def build_lm(source, backend: str, config: Config):
     from lm_eval.api.registry import get_model
 
     arguments = model_arguments(source, backend, config)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or ("cuda" if machine.has_cuda() else "cpu")
     try:
         lm = get_model(backend).create_from_arg_obj(
             arguments, {"batch_size": config.batch_size, "device": device}
@@ -378,7 +376,7 @@ class _Evaluation:
                 results = json.loads(saved.read_text())
             else:
                 results = self.evaluate(ctx, number, label, source)
-                _write_json(saved, results)
+                write_json(saved, results, ensure_ascii=False)
             evaluated.append(ModelResults(label=label, results=results))
             console.print(results_table(evaluated[-1]))
         if len(evaluated) > 1:
@@ -387,7 +385,7 @@ class _Evaluation:
             show_contamination(model)
 
         payload = evaluated[0].results if len(evaluated) == 1 else {"models": [m.results for m in evaluated]}
-        _write_json(ctx.work / "results.json", payload)
+        write_json(ctx.work / "results.json", payload, ensure_ascii=False)
         shutil.rmtree(done)
         if len(evaluated) == 1:
             ctx.stats.update(self.summary(evaluated[0].results))
@@ -398,7 +396,6 @@ class _Evaluation:
         import gc
         from dataclasses import asdict
 
-        import torch
         from lm_eval import simple_evaluate
         from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
         from lm_eval.utils import handle_non_serializable, hash_string
@@ -470,8 +467,7 @@ class _Evaluation:
                 (folder / f"{task}.jsonl").write_text(text)
         del lm
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        machine.empty_cache()
         return json.loads(json.dumps(results, default=handle_non_serializable))
 
     def summary(self, results: dict[str, Any]) -> dict[str, Any]:
@@ -501,12 +497,6 @@ def show_contamination(model) -> None:
             warn(line)
         else:
             log(line)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

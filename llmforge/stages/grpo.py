@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from llmforge import machine
 from llmforge.config import load_config, runtime_field
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
@@ -117,16 +118,12 @@ def _checked_schema(schema: Any) -> str:
 
 def check(records: Records, tokenizer, config: Config) -> None:
     """User rewards import, and every prompt leaves room for a full completion within max_length."""
-    import importlib.util
-
-    import torch
-
     from llmforge.rewards import load_reward
 
-    if config.use_vllm and not torch.cuda.is_available():
+    if config.use_vllm and not machine.has_cuda():
         raise InputError("--use-vllm needs a CUDA GPU and the vllm extra; without them generation runs on "
                          "transformers (leave --use-vllm off)")  # fmt: skip
-    if config.use_vllm and importlib.util.find_spec("vllm") is None:  # TRL would fail later, after loading
+    if config.use_vllm and not machine.has_vllm():  # TRL would fail later, after loading
         raise InputError("--use-vllm needs vLLM, which is not installed here (llmforge's vllm extra); leave "
                          "--use-vllm off to generate with transformers")  # fmt: skip
     for spec in _specs(config):

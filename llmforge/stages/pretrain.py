@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import Field, field_validator
 
+from llmforge import machine
 from llmforge.config import StageConfig, load_config, runtime_field
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, Force, Output, Sets, flag
@@ -300,21 +301,14 @@ def model_config(config: Config, tokenizer) -> Any:
 
 
 def resolve_precision(precision: str) -> str:
-    import torch
-
     if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if machine.bf16_supported() else "fp32"
     return precision
 
 
 def resolve_attention(attention: str) -> str:
-    import importlib.util
-
-    import torch
-
     if attention == "auto":
-        gpu = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
-        return "flash_attention_2" if gpu else "sdpa"
+        return "flash_attention_2" if machine.has_flash_attention() else "sdpa"
     return attention
 
 
@@ -362,11 +356,8 @@ def plan_run(tokens: str | Path, config: Config) -> dict[str, Any]:
     else:
         hf_config = model_config(config, tokenizer)
     dist = config.distributed
-    if dist.hostfile is None and dist.nproc > 1:
-        import torch
-
-        if torch.cuda.is_available() and dist.nproc > torch.cuda.device_count():
-            raise InputError(f"--nproc {dist.nproc}: this machine has {torch.cuda.device_count()} GPUs")
+    if dist.hostfile is None and dist.nproc > 1 and 0 < machine.gpu_count() < dist.nproc:
+        raise InputError(f"--nproc {dist.nproc}: this machine has {machine.gpu_count()} GPUs")
     world = launch.world_size(dist.nproc, dist.hostfile)
     accumulation = accumulation_steps(config, world)
     precision = resolve_precision(config.precision)
@@ -383,10 +374,8 @@ def plan_run(tokens: str | Path, config: Config) -> dict[str, Any]:
                          "lower batch_tokens or add data")  # fmt: skip
     shape = ModelShape.from_hf_config(hf_config.to_dict())
     peak = config.logging.peak_tflops * 1e12 if config.logging.peak_tflops else None
-    import torch
-
-    if peak is None and torch.cuda.is_available():
-        peak = device_peak_flops(torch.cuda.get_device_name(0))
+    if peak is None and machine.has_cuda():
+        peak = device_peak_flops(machine.gpu_name())
     zero = ds_config.get("zero_optimization", {}).get("stage", 0)
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device")
     numbers = estimate(shape=shape, tokens=steps * config.batch_tokens, devices=world, zero=zero,
@@ -493,10 +482,11 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
     import json
 
     from llmforge.data.tokenizer import tokenizer_fingerprint
+    from llmforge.files import read_jsonl
     from llmforge.train import checkpoint as ckpt
     from llmforge.train.launch import launch
     from llmforge.train.loop import RunSpec, train
-    from llmforge.train.metrics import monitor_config, read_metrics, summarize
+    from llmforge.train.metrics import monitor_config, summarize
 
     checkpoints = ctx.work / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
@@ -568,7 +558,7 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
                            "re-run the same command without it to resume")  # fmt: skip
 
     numbers = plan["estimate"]
-    records = read_metrics(ctx.work / "metrics.jsonl")
+    records = read_jsonl(ctx.work / "metrics.jsonl")
     resumes = [r["step"] for r in records if r.get("event") == "resume"]
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
     if plan["init"] is not None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from llmforge import machine
 from llmforge.config import load_config
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
@@ -102,7 +103,7 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         max_length=config.max_length,
         packing=config.packing,
         # bfd packing needs FlashAttention to keep packed records apart; without it, wrap into fixed blocks
-        packing_strategy="bfd" if _flash_attention() else "wrapped",
+        packing_strategy="bfd" if machine.has_flash_attention() else "wrapped",
         assistant_only_loss=config.assistant_only_loss and shape in CHAT_SHAPES,
         completion_only_loss=config.completion_only_loss if shape.startswith("prompt-completion") else None,
     )
@@ -114,14 +115,6 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         peft_config=peft_config,
         callbacks=callbacks,
     )
-
-
-def _flash_attention() -> bool:
-    import importlib.util
-
-    import torch
-
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
 def summarize(history: list[dict]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 import typer
 from pydantic import Field
 
+from llmforge import machine
 from llmforge.artifacts import Artifact, InputRef
 from llmforge.config import StageConfig, load_config, runtime_field
 from llmforge.errors import InputError
@@ -142,10 +143,6 @@ def open_sources(
 
 def _with_weights(config, weights: dict[str, float]):
     return type(config).model_validate({**config.model_dump(), "weights": weights})
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -448,7 +445,7 @@ def encode_sources(sources: list[Source], tokenizer_json: str, dtype: str, eos_i
     from llmforge.console import progress
     from llmforge.data.documents import count_documents, iter_texts
 
-    workers = config.workers or cpu_count()
+    workers = config.workers or machine.cpu_count()
     pool = None
     if workers > 1:  # spawn: safe with the tokenizers thread pool, and the same on every platform
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),

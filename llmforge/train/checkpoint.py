@@ -13,11 +13,13 @@ A checkpoint counts only once complete.json exists, so one interrupted mid-write
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 from typing import Any
+
+from llmforge import machine
+from llmforge.files import write_json
 
 COMPLETE = "complete.json"
 SKIPPED = "skipped.json"
@@ -26,13 +28,6 @@ PREFIX = "step-"
 
 def tag(step: int) -> str:
     return f"{PREFIX}{step:08d}"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -74,7 +69,7 @@ def rng_state() -> dict[str, Any]:
     import torch
 
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if machine.has_cuda():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
@@ -86,5 +81,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and machine.has_cuda():
         torch.cuda.set_rng_state(state["cuda"])

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from llmforge import machine
 from llmforge.errors import InputError
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -25,9 +26,7 @@ COMPUTED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"
 
 
 def on_cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
+    return not machine.has_cuda()
 
 
 def deepspeed_config(

@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmforge import machine
 from llmforge.errors import LLMForgeError
+from llmforge.files import write_json
 from llmforge.train import checkpoint as ckpt
 from llmforge.train.data import PackedWindows
 from llmforge.train.schedule import Schedule
@@ -82,7 +84,7 @@ class RunSpec:
         return Path(self.work_dir) / "checkpoints"
 
     def save(self, path: Path) -> None:
-        ckpt.write_json(path, asdict(self))
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:
@@ -152,7 +154,7 @@ class Trainer:
         from llmforge.train.metrics import Reporter, split_monitors
 
         self.spec, self.rank, self.world = spec, rank, spec.world_size
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if machine.has_cuda()
                                    else "cpu")  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -253,13 +255,10 @@ class Trainer:
         return torch.optim.AdamW(groups, fused=self.device.type == "cuda" and offload is None, **kwargs)
 
     def destroy(self, engine) -> None:
-        import torch
-
         engine.destroy()
         self._zero3_config = None
         gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        machine.empty_cache()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class Trainer:
         if self.rank == 0:
             info = {**asdict(position), "world_size": self.world,
                     "zero": self.spec.deepspeed.get("zero_optimization", {}).get("stage", 0)}  # fmt: skip
-            ckpt.write_json(self.spec.checkpoints / name / ckpt.COMPLETE, info)
+            write_json(self.spec.checkpoints / name / ckpt.COMPLETE, info)
             ckpt.prune(self.spec.checkpoints, self.spec.keep_checkpoints)
         dist.barrier()
 
@@ -342,7 +341,7 @@ class Trainer:
         result = {"status": status, "rewinds": rewinds, "skipped_batches": sorted(self.skipped),
                   "seconds": round(time.perf_counter() - self.started, 3)}  # fmt: skip
         if self.rank == 0:
-            ckpt.write_json(self.spec.checkpoints / "result.json", result)
+            write_json(self.spec.checkpoints / "result.json", result)
         return result
 
     def loop(self, engine, position: Position) -> str:

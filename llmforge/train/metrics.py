@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmforge import machine
 from llmforge.console import human, log, progress
 
 # The sections of a DeepSpeed config that configure its monitors.
@@ -63,7 +64,7 @@ def memory_gb() -> float:
     """Peak GPU memory allocated by this process since the last call, or its resident CPU memory."""
     import torch
 
-    if torch.cuda.is_available():
+    if machine.has_cuda():
         peak = torch.cuda.max_memory_allocated() / 1e9
         torch.cuda.reset_peak_memory_stats()
         return round(peak, 3)
@@ -161,12 +162,6 @@ class Reporter:
         if self.active:
             self.write({"step": step, "val_loss": round(loss, 6)})
             log(f"step {step}/{self.total_steps}  [bold]val loss {loss:.4f}[/]")
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:

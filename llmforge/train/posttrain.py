@@ -28,10 +28,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from llmforge import machine
 from llmforge.artifacts import MANIFEST, Artifact, InputRef, expand_paths, open_artifact, raw_input, run_stage
 from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError, json_lines, where
+from llmforge.files import read_jsonl, write_json, write_jsonl
 
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"  # unhashed: job file, normalised dataset, worker result
@@ -125,14 +127,10 @@ def output_kind(config: PostTrainConfig) -> str:
 
 def qlora_unavailable() -> str | None:
     """Why QLoRA cannot run here, or None when it can."""
-    import importlib.util
-
-    import torch
-
-    if not torch.cuda.is_available():
+    if not machine.has_cuda():
         return ("--qlora needs bitsandbytes' 4-bit kernels on a CUDA GPU, and this machine has no GPU "
-                "(torch.cuda.is_available() is False); use --lora to train an adapter on the full-precision base")  # fmt: skip
-    if importlib.util.find_spec("bitsandbytes") is None:
+                "(no CUDA device visible to torch); use --lora to train an adapter on the full-precision base")  # fmt: skip
+    if not machine.has_package("bitsandbytes"):
         return "--qlora needs the bitsandbytes package (pip install bitsandbytes); use --lora without it"
     return None
 
@@ -502,7 +500,7 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             logs = ctx.work / LOGS
             logs.mkdir(exist_ok=True)
             discard_unfinished_checkpoints(ctx.work / CHECKPOINTS)
-            _write_jsonl(logs / "dataset.jsonl", records.items)
+            write_jsonl(logs / "dataset.jsonl", records.items)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"), model=str(source.path),
                       data=str(logs / "dataset.jsonl"), work=str(ctx.work), shape=records.shape)  # fmt: skip
             (logs / "job.json").write_text(json.dumps(asdict(job), indent=2))
@@ -549,7 +547,6 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
     """What `--dry-run` prints: the model, the method, the data, the steps, the batch and where it runs."""
     import math
 
-    import torch
     from rich.table import Table
 
     from llmforge.console import console
@@ -587,8 +584,8 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
                   f"{config.gradient_accumulation} x {config.nproc} processes, max_length {config.max_length}")  # fmt: skip
     table.add_row("steps", f"{steps:,}" + (" (max_steps)" if config.max_steps > 0 else f" ({config.epochs:g} epoch{'' if config.epochs == 1 else 's'})")
                   + f", lr {config.learning_rate:g} ({config.lr_scheduler}, warmup {config.warmup_ratio:g})")  # fmt: skip
-    gpus = torch.cuda.device_count()
-    precision = "bf16" if gpus and torch.cuda.is_bf16_supported() else "fp32"
+    gpus = machine.gpu_count()
+    precision = "bf16" if machine.bf16_supported() else "fp32"
     where = f"{gpus} GPU(s) visible" if gpus else "CPU (no GPU visible here)"
     engine = (f"DeepSpeed ZeRO-{config.zero}" + (" + CPU offload" if config.offload == "cpu" else "")
               if config.zero is not None else "no DeepSpeed")  # fmt: skip
@@ -616,23 +613,12 @@ def describe_method(config: PostTrainConfig, source) -> str:
     return f"{method} rank {config.lora.rank}, alpha {config.lora.alpha}, dropout {config.lora.dropout}"
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def launch_workers(job_path: Path, config: PostTrainConfig) -> None:
     """torchrun with one worker per process on this node; gloo on CPU (DeepSpeed's CPU accelerator)."""
-    import torch
-
     env = dict(os.environ)
-    if not torch.cuda.is_available():
+    if not machine.has_cuda():
         env["DS_ACCELERATOR"] = "cpu"
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env.setdefault("OMP_NUM_THREADS", str(max(1, cores // config.nproc)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, machine.cpu_count() // config.nproc)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={config.nproc}",
                "-m", "llmforge.train.posttrain", str(job_path)]  # fmt: skip
     log(f"launching {config.nproc} training process(es)" + (f" with DeepSpeed ZeRO-{config.zero}"
@@ -699,9 +685,7 @@ def _point_adapter_at(adapter_config: Path, base) -> None:
 
 def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
     """Keyword arguments every TRL config takes, from our settings."""
-    import torch
-
-    cpu = not torch.cuda.is_available()
+    cpu = not machine.has_cuda()
     arguments = dict(
         output_dir=str(work / CHECKPOINTS),
         num_train_epochs=config.epochs,
@@ -722,8 +706,7 @@ def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
         report_to="none",
         disable_tqdm=True,  # the live display below replaces tqdm
         use_cpu=cpu,
-        bf16=not cpu
-        and torch.cuda.is_bf16_supported(),  # TRL defaults to bf16, which a CPU run must not ask for
+        bf16=machine.bf16_supported(),  # TRL defaults to bf16, which a CPU run must not ask for
         gradient_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=0,
     )
@@ -821,11 +804,6 @@ def discard_unfinished_checkpoints(checkpoints: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 PLAIN_TYPES = {str: "string", bool: "bool", int: "int64", float: "float64"}
 
 
@@ -893,9 +871,7 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
                   "trainable_share": round(trainable / total, 6), "steps": trainer.state.global_step,
                   "resumed_from_step": resumed_step, "train_seconds": round(time.perf_counter() - started, 3),
                   "log_history": trainer.state.log_history}  # fmt: skip
-        result_path = work / LOGS / "result.json"
-        result_path.with_suffix(".tmp").write_text(json.dumps(result, default=float))
-        os.replace(result_path.with_suffix(".tmp"), result_path)
+        write_json(work / LOGS / "result.json", result, default=float)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -921,7 +897,7 @@ def _live_metrics_class():
                 self.path.is_file()
             ):  # a resumed run: forget what was logged after the checkpoint it restarts from
                 kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= self.resumed_step]
-                _write_jsonl(self.path, kept)
+                write_jsonl(self.path, kept)
             from llmforge.console import progress
 
             self.progress = progress()

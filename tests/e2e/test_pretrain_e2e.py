@@ -7,9 +7,9 @@ import pytest
 from helpers import documents_artifact, llmforge, sentences
 
 from llmforge.artifacts import Artifact
+from llmforge.files import read_jsonl
 from llmforge.stages.pretrain import Config, run
 from llmforge.train.data import PackedWindows
-from llmforge.train.metrics import read_metrics
 
 STEPS = 10
 # The deepspeed launcher reaches every host of a hostfile over ssh, even a one-node hostfile (a reachability check
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def losses(out) -> list[float]:
-    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    return [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
 
 
 @pytest.mark.slow

@@ -1,0 +1,50 @@
+"""File writing every stage shares: atomic replacement (a reader, or a run killed mid-write, never leaves half a
+file under the real name) and JSON lines for llmforge's own files (user data is read through `errors.json_lines`,
+which names the bad line)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path`; when the block ends without error, one rename puts it in place."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, value: Any, **dump_options: Any) -> None:
+    """Indented JSON, written atomically. `dump_options` go to json.dumps (default=float for numpy numbers...)."""
+    dump_options.setdefault("indent", 2)
+    write_text(path, json.dumps(value, **dump_options) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, default=float) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines file llmforge wrote itself (blank lines skipped); [] when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
