@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from llmforge import __version__
-from llmforge.console import console, error, format_value
+from llmforge.console import TABLE_ITEMS, console, error, format_value
 from llmforge.errors import InputError
 from llmforge.options import handle_errors
 
@@ -116,9 +116,9 @@ def show(
     for entry in m.get("inputs", []):
         table.add_row("input", f"{entry['path']} ({entry['kind']}, {entry['fingerprint'][:12]})")
     for key, value in flatten(m.get("config", {}), "config."):
-        table.add_row(key, format_value(value))
+        table.add_row(key, format_value(value, max_items=TABLE_ITEMS))
     for key, value in flatten(m.get("stats", {}), "stats."):
-        table.add_row(key, format_value(value))
+        table.add_row(key, format_value(value, max_items=TABLE_ITEMS))
     files = m.get("files", [])
     table.add_row("files", f"{len(files)} files, {format_value(sum(f['bytes'] for f in files))} bytes")
     console.print(table)

@@ -107,17 +107,32 @@ def flatten(stats: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield name, value
 
 
-def format_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
+def format_value(value: Any, max_items: int | None = None, digits: int = 4) -> str:
+    """A value as llmforge writes it for people, the same in summary tables, `llmforge show` and cards: none as
+    "–", booleans as yes/no, integers with thousands separators, other numbers to `digits` significant digits (3
+    from a million up; whole ones as integers), lists and mappings comma-separated, the first `max_items` of them
+    when given."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | tuple):
-        text = ", ".join(format_value(v) for v in value[:8])
-        return text + (", ..." if len(value) > 8 else "")
-    return str(value)
+        if abs(value) >= 1e6:
+            return f"{value:.{min(digits, 3)}g}"
+        return f"{int(value):,}" if value.is_integer() else f"{value:.{digits}g}"
+    if isinstance(value, Mapping):
+        items = [f"{key} {format_value(item)}" for key, item in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [format_value(item) for item in value]
+    else:
+        return str(value)
+    shown = items if max_items is None else items[:max_items]
+    return ", ".join(shown) + (", ..." if len(shown) < len(items) else "") or "none"
+
+
+TABLE_ITEMS = 8  # list items shown in a table cell
 
 
 def summary_table(title: str, stats: Mapping[str, Any], max_rows: int = 40) -> None:
@@ -130,7 +145,7 @@ def summary_table(title: str, stats: Mapping[str, Any], max_rows: int = 40) -> N
     table.add_column("value", justify="right")
     rows = list(flatten(stats))
     for name, value in rows[:max_rows]:
-        table.add_row(Text(name), Text(format_value(value)))
+        table.add_row(Text(name), Text(format_value(value, max_items=TABLE_ITEMS)))
     if len(rows) > max_rows:
         table.add_row("...", f"{len(rows) - max_rows} more in artifact.json")
     console.print(table)
