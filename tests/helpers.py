@@ -283,3 +283,14 @@ def grpo_records(count: int, seed: int = 0) -> list[dict]:
         records.append({"prompt": [{"role": "user", "content": f"What is {a} + {b}? Think, then answer."}],
                         "answer": str(a + b)})  # fmt: skip
     return records
+
+
+def stats_mismatches(path: Path | str) -> list[str]:
+    """How an artifact's stats differ from what its stage declares (`llmforge card` reads them by those keys):
+    keys written but not declared, and declared keys every run writes that are missing."""
+    from llmforge.artifacts import Artifact
+    from llmforge.card.stages import STATS
+    from llmforge.card.stats import mismatches
+
+    artifact = Artifact.open(path)
+    return mismatches(artifact.stats, STATS[artifact.stage])

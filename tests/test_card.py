@@ -4,7 +4,7 @@ decontamination -> tokenize -> pretrain -> LoRA SFT -> eval); every figure check
 import re
 
 import pytest
-from helpers import chat_records, llmforge, write_jsonl
+from helpers import chat_records, llmforge, stats_mismatches, write_jsonl
 from warc_factory import prose
 
 from llmforge.artifacts import Artifact
@@ -154,8 +154,8 @@ def test_model_card_has_front_matter_training_chain_data_and_eval_scores(chain):
     )
     assert row(card, "method")[1].startswith("LoRA rank 4, alpha 8")
     assert (
-        row(card, "loss (start → end)")[1]
-        == f"{tuned.stats['loss_start']:.4g} → {tuned.stats['loss_end']:.4g}"
+        row(card, "loss (first → final)", after="### sft →")[1]
+        == f"{tuned.stats['loss_first']:.4g} → {tuned.stats['loss_final']:.4g}"
     )
     # eval scores from the report next to it
     score = report.stats["scores"]["llmforge_arith_mc"]["acc,none"]
@@ -165,6 +165,31 @@ def test_model_card_has_front_matter_training_chain_data_and_eval_scores(chain):
     assert "### pretrain data: `tokens`" in card and "#### Processing" in card
     assert row(card, "sft")[1:3] == [f"`{tuned.manifest['inputs'][1]['path']}`", "raw"]
     assert "Documents through each stage: crawl-filter" in card
+
+
+def test_cards_read_the_stats_keys_the_stages_write(chain):
+    """Each stage declares its stats next to the code that writes them and the card reads only those keys: a key
+    renamed on either side fails here (or in the dpo, grpo and quantize tests) instead of blanking a card row."""
+    from llmforge.card.stages import STATS, stats_of
+    from llmforge.card.stats import UndeclaredStat, mismatches
+
+    for artifact in chain.values():
+        assert stats_mismatches(artifact.path) == [], artifact.stage
+    assert set(STATS) - {a.stage for a in chain.values()} == {"dpo", "grpo", "quantize"}  # in their own tests
+
+    # a writer renaming a key: its manifest no longer matches the declaration
+    renamed = dict(chain["sft"].stats)
+    renamed["loss_end"] = renamed.pop("loss_final")
+    assert mismatches(renamed, STATS["sft"]) == [
+        "stats.loss_end: written, not declared in stages.sft.Stats",
+        "stats.loss_final: declared in stages.sft.Stats, not written",
+    ]
+    # the card reading a key that no stage declares: an error, whether a manifest holds it or not
+    with pytest.raises(UndeclaredStat, match="sft: 'loss_end' is not a stats key of stages.sft.Stats"):
+        stats_of(chain["sft"]).get("loss_end")
+    with pytest.raises(UndeclaredStat, match="dedup.minhash: 'bands' is not a stats key"):
+        stats_of(chain["dedup"])["minhash"].get("bands")
+    assert stats_of(chain["dedup"])["minhash"]["buckets"] == chain["dedup"].stats["minhash"]["buckets"]
 
 
 def test_cli_writes_a_file_and_takes_explicit_reports(chain, tmp_path):

@@ -1,5 +1,5 @@
 import pytest
-from helpers import chat_records, preference_records, write_jsonl
+from helpers import chat_records, preference_records, stats_mismatches, write_jsonl
 from test_sft import StopAtStep
 
 from llmforge.artifacts import Artifact
@@ -38,8 +38,9 @@ def test_dpo_preference_accuracy_rises_on_a_separable_set(tmp_path, tiny_model, 
     stats = artifact.stats
     assert artifact.kind == "model" and stats["steps"] == 6 and stats["trainable_share"] == 1.0
     # the policy starts as its reference: every reward is 0 and no pair is ranked right yet
-    assert stats["accuracy_start"] == 0.0 and stats["margin_start"] == 0.0
-    assert stats["accuracy_end"] == 1.0 and stats["margin_end"] > 0
+    assert stats["accuracy_first"] == 0.0 and stats["margin_first"] == 0.0
+    assert stats["accuracy_final"] == 1.0 and stats["margin_final"] > 0
+    assert stats_mismatches(out) == []  # what dpo writes is what it declares, and what cards read
     assert stats["rewards_chosen"] > stats["rewards_rejected"]
     logged = [r for r in read_jsonl(out / "metrics.jsonl") if "rewards/margins" in r]
     assert len(logged) == 6
@@ -90,6 +91,7 @@ def test_dpo_loss_variants(tmp_path, tiny_model, preferences, loss):
     artifact = Artifact.open(dpo.run(tiny_model, data, tmp_path / loss, config))
     assert artifact.kind == "adapter" and artifact.stats["steps"] == 1 and artifact.config["loss"] == loss
     if loss == "kto":  # unpaired: no accuracy, and margins only for batches holding both labels
-        assert artifact.stats["shape"] == "unpaired" and "loss_end" in artifact.stats
+        assert artifact.stats["shape"] == "unpaired" and "loss_final" in artifact.stats
     else:
-        assert "accuracy_end" in artifact.stats and "margin_end" in artifact.stats
+        assert "accuracy_final" in artifact.stats and "margin_final" in artifact.stats
+    assert stats_mismatches(artifact.path) == []

@@ -1,8 +1,9 @@
 import pytest
-from helpers import grpo_records, write_jsonl
+from helpers import grpo_records, stats_mismatches, write_jsonl
 from test_sft import StopAtStep
 
 from llmforge.artifacts import Artifact
+from llmforge.card import make_card
 from llmforge.files import read_jsonl
 from llmforge.stages import grpo
 from llmforge.train.posttrain import LoraSettings
@@ -31,8 +32,14 @@ def test_grpo_mean_reward_rises(tmp_path, tiny_model, prompts):
     artifact = Artifact.open(out)
     stats = artifact.stats
     assert artifact.kind == "model" and stats["steps"] == 12 and stats["trainable_share"] == 1.0
-    assert stats["reward_digits_end"] > stats["reward_digits_start"] + 0.1
-    assert stats["reward_end"] == pytest.approx(stats["reward_digits_end"])  # one reward of weight 1
+    digits = stats["rewards"]["digits"]
+    assert digits["mean_final"] > digits["mean_first"] + 0.1
+    assert stats["reward_final"] == pytest.approx(digits["mean_final"])  # one reward of weight 1
+    assert stats_mismatches(out) == []  # what grpo writes is what it declares, and what cards read
+    # the card names the reward as TRL logs it (the function's name, not the file it comes from)
+    assert f"| reward digits (first → final) | {digits['mean_first']:.4g} → {digits['mean_final']:.4g} |" in (
+        make_card(out)
+    )
     AutoModelForCausalLM.from_pretrained(out)
 
 
@@ -48,9 +55,9 @@ def test_grpo_lora_with_builtin_rewards_resumes(tmp_path, tiny_model, prompts):
     artifact = Artifact.open(out)
     assert artifact.kind == "adapter"
     assert (artifact.stats["resumed_from_step"], artifact.stats["steps"]) == (1, 2)
-    for key in ("reward_math_end", "reward_math_std", "reward_format_end", "reward_format_std", "kl",
-                "completion_length_mean"):  # fmt: skip
+    for key in ("reward_final", "reward_std", "kl", "completion_length_mean"):
         assert key in artifact.stats, key
+    assert set(artifact.stats["rewards"]) == {"math", "format"} and stats_mismatches(out) == []
     logged = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
     assert [r["step"] for r in logged] == [1, 2]
     assert {

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import documents_artifact, llmforge, sentences, tokens_artifact
+from helpers import documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
 
 from llmforge.artifacts import Artifact
 from llmforge.data.tokenizer import tokenizer_fingerprint
@@ -88,6 +88,7 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert stats["loss_first"] > math.log(512) - 0.3  # a random model starts near uniform over 512 tokens
     assert stats["loss_final"] < stats["loss_first"] - 1.0
     assert stats["val_loss_final"] < stats["loss_first"] - 1.0
+    assert stats_mismatches(pretrained) == []  # what pretrain writes is what it declares, and what cards read
     assert artifact.extra["tokenizer_fingerprint"] == tokenizer_fingerprint(tokens / "tokenizer")
     assert artifact.extra["tokenizer_fingerprint"] == Artifact.open(tokens).extra["tokenizer_fingerprint"]
     assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [Artifact.open(tokens).fingerprint]

@@ -4,7 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import documents_artifact, llmforge, random_adapter_artifact, sentences, tokens_artifact
+from helpers import (
+    documents_artifact,
+    llmforge,
+    random_adapter_artifact,
+    sentences,
+    stats_mismatches,
+    tokens_artifact,
+)
 
 from llmforge.errors import InputError
 from llmforge.stages import quantize
@@ -90,6 +97,7 @@ def test_gptq_w4a16_merges_the_adapter_and_reports_size_and_perplexity(tiny_mode
     delta = 100 * (stats["perplexity_after"] - stats["perplexity_before"]) / stats["perplexity_before"]
     assert stats["perplexity_delta_pct"] == pytest.approx(delta, abs=2e-3)
     assert delta > 1e-6 and stats["budget_pct"] == 1e-6 and stats["within_budget"] is False
+    assert stats_mismatches(out) == []  # what quantize writes is what it declares, and what cards read
     assert "beyond the 1e-06% budget for 4-bit" in capsys.readouterr().err
 
     assert 0.9 < similarity(merged, out) < 0.9999  # 4-bit: close, not equal

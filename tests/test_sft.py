@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from helpers import chat_records, write_jsonl
+from helpers import chat_records, stats_mismatches, write_jsonl
 from transformers import TrainerCallback
 
 from llmforge.artifacts import Artifact
@@ -40,7 +40,8 @@ def test_sft_full_writes_a_loadable_model(tmp_path, tiny_model, chat_data):
     base = Artifact.open(tiny_model)
     assert artifact.kind == "model" and artifact.stats["steps"] == 3
     assert artifact.stats["trainable_share"] == 1.0 and artifact.stats["shape"] == "messages"
-    assert artifact.stats["loss_end"] < artifact.stats["loss_start"]
+    assert artifact.stats["loss_final"] < artifact.stats["loss_first"]
+    assert stats_mismatches(out) == []  # what sft writes is what it declares, and what cards read
     assert artifact.extra["tokenizer_fingerprint"] == base.extra["tokenizer_fingerprint"]
     assert [i["fingerprint"] for i in artifact.manifest["inputs"]][0] == base.fingerprint
     assert artifact.verify() == []
@@ -179,7 +180,7 @@ def test_sft_under_deepspeed_zero3_with_two_cpu_processes(tmp_path, tiny_model, 
     artifact = Artifact.open(out)
     assert artifact.kind == "model" and artifact.stats["steps"] == 3
     assert artifact.stats["total_parameters"] == Artifact.open(tiny_model).stats["parameters"]
-    assert artifact.stats["loss_end"] < artifact.stats["loss_start"]
+    assert artifact.stats["loss_final"] < artifact.stats["loss_first"]
     assert (
         not list(out.glob("*.pt")) and (out / "model.safetensors").is_file()
     )  # DeepSpeed shards stay resume state

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import Field
 
@@ -289,6 +289,13 @@ def _total(value) -> float:
     if isinstance(value, dict):
         return value.get("total", 0)
     return getattr(value, "total", value)
+
+
+# A filter-like block's row in a data stage's stats: documents in, out and removed, and the removed documents by
+# reason (datatrove's `dropped_<reason>` counters) when it gives reasons. A TypedDict call: `in` is a keyword.
+FilterCounts = TypedDict(
+    "FilterCounts", {"in": int, "out": int, "removed": int, "reasons": NotRequired[dict[str, int]]}
+)
 
 
 def filter_counts(counters: dict[str, float]) -> dict[str, Any]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired, TypedDict
 
 import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig, load_config, runtime_field
-from llmforge.data.executors import ExecutorSettings
+from llmforge.data.executors import ExecutorSettings, FilterCounts
 from llmforge.data.sources import InputSettings
 from llmforge.options import ConfigFile, Force, Output, Sets, flag, split_list
 
@@ -175,6 +175,24 @@ class Config(StageConfig):
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipeline runs (does not change the output)"
     )
+
+
+class InputCounts(TypedDict):
+    files: int
+    records: int  # in the local files: WARC records, JSONL lines, rows
+    documents: int  # that the readers made of them
+    remote_files: NotRequired[int]  # of the files, those on remote storage (their records are not counted)
+
+
+class Stats(TypedDict):
+    """What crawl-filter writes in its manifest's stats (read by `llmforge card`)."""
+
+    input: InputCounts
+    filters: dict[str, FilterCounts]  # per block, in pipeline order (extract, url_filter, language, ...)
+    documents: int  # written
+    removed: int
+    languages_detected: NotRequired[dict[str, int]]  # top ten among documents reaching the language filter
+    pii_redacted: NotRequired[dict[str, int]]  # `documents` redacted, and redactions per kind (email, ip...)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ by default) with an item of the benchmark files given to `--decontaminate`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NotRequired, TypedDict
 
 import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig, load_config, runtime_field
-from llmforge.data.executors import ExecutorSettings, check_executor
+from llmforge.data.executors import ExecutorSettings, FilterCounts, check_executor
 from llmforge.data.sources import InputSettings
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, Force, Output, Sets, flag
@@ -104,6 +104,36 @@ class Config(StageConfig):
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipelines run (does not change the output)"
     )
+
+
+class InputCounts(TypedDict):
+    documents: int
+    raw_files: NotRequired[int]
+    artifact_files: NotRequired[int]  # document files of the documents artifacts read
+
+
+class DecontaminationCounts(FilterCounts):
+    items_hit: int  # benchmark items found in the corpus
+    items_too_short: int  # benchmark items with fewer words than one n-gram: they cannot be matched
+
+
+class MinhashCounts(FilterCounts):
+    clusters: int
+    candidate_pairs: int
+    buckets: int  # LSH bands x rows used
+    hashes_per_bucket: int
+    p_candidate_at_threshold: float  # chance that a pair at the target Jaccard is compared
+
+
+class Stats(TypedDict):
+    """What dedup writes in its manifest's stats (read by `llmforge card`); one row per step that ran."""
+
+    input: InputCounts
+    decontamination: NotRequired[DecontaminationCounts]  # with --decontaminate
+    exact: NotRequired[FilterCounts]
+    minhash: NotRequired[MinhashCounts]
+    documents: int  # written
+    removed: int
 
 
 # ---------------------------------------------------------------------------------------------------------------

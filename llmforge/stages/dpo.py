@@ -11,7 +11,7 @@ CPOTrainer, which implements SimPO, in trl.experimental: reference-free, and the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import Field
 
@@ -28,10 +28,11 @@ from llmforge.train.posttrain import (
     common_values,
     data_argument,
     final_value,
+    first_final,
     model_argument,
     run_posttrain,
-    start_end,
 )
+from llmforge.train.stats import PostTrainStats
 
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # fmt: skip
@@ -52,6 +53,20 @@ class Config(PostTrainConfig):
     )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO / EXO label smoothing")
+
+
+class Stats(PostTrainStats):
+    """What dpo writes in its manifest's stats (read by `llmforge card`), from TRL's log: first and last logged
+    values (`train.stats`) and the last logged implicit rewards."""
+
+    loss_first: float
+    loss_final: float
+    accuracy_first: NotRequired[float]  # share of pairs whose chosen answer gets the higher reward (not KTO)
+    accuracy_final: NotRequired[float]
+    margin_first: NotRequired[float]  # chosen minus rejected reward
+    margin_final: NotRequired[float]
+    rewards_chosen: NotRequired[float]
+    rewards_rejected: NotRequired[float]
 
 
 def validator(config: Config):
@@ -120,9 +135,9 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
 
 
 def summarize(history: list[dict]) -> dict[str, Any]:
-    """Preference accuracy and reward margins at the start and the end of training (KTO has no accuracy)."""
-    return {**start_end(history, "loss"), **start_end(history, "rewards/accuracies", "accuracy"),
-            **start_end(history, "rewards/margins", "margin"), **final_value(history, "rewards/chosen"),
+    """Preference accuracy and reward margins at the first and the last logged step (KTO has no accuracy)."""
+    return {**first_final(history, "loss"), **first_final(history, "rewards/accuracies", "accuracy"),
+            **first_final(history, "rewards/margins", "margin"), **final_value(history, "rewards/chosen"),
             **final_value(history, "rewards/rejected")}  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import typer
 from pydantic import Field
@@ -105,6 +105,25 @@ class Config(StageConfig):
         16, description="Requests per forward pass; 'auto' lets lm-eval find the largest that fits"
     )
     device: str | None = runtime_field(None, description="cpu, cuda, cuda:1, ...; none = cuda when available")
+
+
+class ContaminationCheck(TypedDict, total=False):
+    in_decontamination_set: bool  # the task's items were among dedup's decontamination benchmarks
+    items_overlapping: int  # items sharing an n-gram with the training documents
+
+
+class Summary(TypedDict, total=False):
+    backend: str
+    chat_template: bool
+    scores: dict[str, dict[str, float]]  # task -> {"metric,filter": value}
+    contamination: dict[str, ContaminationCheck]  # by task, when the lineage was checked
+
+
+class Stats(Summary, total=False):
+    """What eval writes in its manifest's stats (read by `llmforge card`): one model's Summary, or for several
+    models only `models`, by label."""
+
+    models: dict[str, Summary]
 
 
 # ---------------------------------------------------------------------------------------------------------------

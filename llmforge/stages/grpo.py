@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from pydantic import Field, model_validator
 
@@ -28,11 +28,12 @@ from llmforge.train.posttrain import (
     common_values,
     data_argument,
     final_value,
+    first_final,
     model_argument,
     run_posttrain,
     series,
-    start_end,
 )
+from llmforge.train.stats import PostTrainStats
 
 
 class Config(PostTrainConfig):
@@ -64,6 +65,25 @@ class Config(PostTrainConfig):
             raise ValueError(f"batch_size x gradient_accumulation x nproc ({completions} completions per step) "
                              f"must be a multiple of num_generations ({self.num_generations})")  # fmt: skip
         return self
+
+
+class RewardStats(TypedDict):
+    """One reward function's figures, from TRL's `rewards/<name>/mean` and `rewards/<name>/std`."""
+
+    mean_first: float  # mean reward at the first and the last logged step (`train.stats`)
+    mean_final: float
+    std: float  # its spread across completions, last logged
+
+
+class Stats(PostTrainStats):
+    """What grpo writes in its manifest's stats (read by `llmforge card`), from TRL's log."""
+
+    reward_first: float  # the weighted sum of the rewards, at the first and the last logged step
+    reward_final: float
+    reward_std: float  # last logged
+    rewards: dict[str, RewardStats]  # per reward function, by its name
+    kl: NotRequired[float]  # to the reference model, last logged (with kl_beta > 0)
+    completion_length_mean: NotRequired[float]  # mean completion length over the logged steps
 
 
 def _specs(config: Config):
@@ -176,11 +196,10 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
 
 def summarize(history: list[dict]) -> dict[str, Any]:
     """Mean reward (weighted sum) and each reward's mean and spread, KL and completion length."""
-    stats = {**start_end(history, "reward"), **final_value(history, "reward_std")}
+    stats = {**first_final(history, "reward"), **final_value(history, "reward_std")}
     names = sorted({key.split("/")[1] for entry in history for key in entry if key.startswith("rewards/")})
-    for name in names:
-        stats.update(start_end(history, f"rewards/{name}/mean", f"reward_{name}"))
-        stats.update(final_value(history, f"rewards/{name}/std", f"reward_{name}_std"))
+    stats["rewards"] = {name: {**first_final(history, f"rewards/{name}/mean", "mean"),
+                               **final_value(history, f"rewards/{name}/std", "std")} for name in names}  # fmt: skip
     stats.update(final_value(history, "kl"))
     lengths = series(history, "completions/mean_length")
     if lengths:

@@ -20,6 +20,7 @@ from llmforge import machine
 from llmforge.config import StageConfig, load_config, runtime_field
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.train.stats import TrainingSummary
 
 STAGE = "pretrain"
 # Beyond about 4 passes over the same tokens, repeated data is worth much less than fresh data (Muennighoff 2023).
@@ -193,6 +194,23 @@ class Config(StageConfig):
     stop_after: int | None = runtime_field(
         None, ge=1, description="Stop this invocation once the run reaches this step (resume state saved)"
     )
+
+
+class Stats(TrainingSummary):
+    """What pretrain writes in its manifest's stats (read by `llmforge card`): the plan's figures, what the loop
+    did, and the losses summarised from metrics.jsonl (`train.stats`)."""
+
+    parameters: int
+    tokens: int  # trained on: steps x batch_tokens
+    tokens_per_parameter: float
+    steps: int
+    resumed_from_step: int  # the checkpoint the last invocation started from (0: none)
+    batch_tokens: int
+    training_flops: float
+    rewinds: int  # loss spikes rolled back
+    skipped_batches: list[int]
+    processes: int
+    zero: int  # DeepSpeed ZeRO stage
 
 
 # ---------------------------------------------------------------------------------------------------------------

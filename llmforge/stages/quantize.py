@@ -15,7 +15,7 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 import typer
 from pydantic import Field
@@ -59,6 +59,23 @@ class Config(StageConfig):
     budget_pct: float | None = Field(
         None, gt=0, description="Accepted perplexity increase in percent; none = 1 for 8-bit, 5 for 4-bit"
     )
+
+
+class Stats(TypedDict):
+    """What quantize writes in its manifest's stats (read by `llmforge card`)."""
+
+    method: str
+    algorithm: str  # gptq or rtn (round to nearest)
+    calibration_windows: int
+    bytes_before: int  # weight files of the (merged) input model
+    bytes_after: int
+    compression: float  # bytes_before / bytes_after
+    eval_tokens: int  # held-out tokens the perplexities are measured on
+    perplexity_before: float
+    perplexity_after: float
+    perplexity_delta_pct: float
+    budget_pct: float
+    within_budget: bool
 
 
 @dataclass

@@ -30,10 +30,11 @@ from llmforge.train.posttrain import (
     common_values,
     data_argument,
     final_value,
+    first_final,
     model_argument,
     run_posttrain,
-    start_end,
 )
+from llmforge.train.stats import PostTrainStats
 
 CHAT_SHAPES = ("messages", "prompt-completion chat")
 
@@ -47,6 +48,15 @@ class Config(PostTrainConfig):
     completion_only_loss: bool = Field(
         True, description="prompt/completion records: loss on the completion only"
     )
+
+
+class Stats(PostTrainStats):
+    """What sft writes in its manifest's stats (read by `llmforge card`), from TRL's log."""
+
+    loss_first: float  # training loss at the first and the last logged step (`train.stats`)
+    loss_final: float
+    token_accuracy: float  # share of the trained tokens predicted right, last logged
+    tokens_trained: int  # tokens seen by the loss so far, last logged
 
 
 def validator(config: Config):
@@ -119,7 +129,7 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
 
 def summarize(history: list[dict]) -> dict[str, Any]:
     return {
-        **start_end(history, "loss"),
+        **first_final(history, "loss"),
         **final_value(history, "mean_token_accuracy", "token_accuracy"),
         **final_value(history, "num_tokens", "tokens_trained"),
     }

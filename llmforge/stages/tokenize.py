@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired, TypedDict
 
 import typer
 from pydantic import Field
@@ -89,6 +89,53 @@ class EncodeConfig(StageConfig):
 
 
 CONFIGS = {TRAIN_STAGE: TrainConfig, ENCODE_STAGE: EncodeConfig}
+
+
+class SampleCounts(TypedDict):
+    documents: int  # in the input
+    bytes: int  # of text in the input
+    sample_bytes: int  # drawn into the training sample
+    passes: float  # sample_bytes over the bytes that could be drawn (held-out documents excluded)
+
+
+class Fertility(TypedDict):
+    documents: int
+    bytes_per_token: float  # higher is better
+    tokens_per_word: float  # lower is better
+
+
+class TrainStats(TypedDict):
+    """What tokenize train writes in its manifest's stats (read by `llmforge card`)."""
+
+    algorithm: str
+    vocab_size: int
+    sources: dict[str, SampleCounts]  # by input name
+    held_out: NotRequired[Fertility]  # on documents kept out of the sample
+    held_out_by_language: NotRequired[dict[str, Fertility]]
+
+
+class SourceMix(TypedDict):
+    weight: float  # asked share of the training tokens
+    tokens: int  # training tokens after mixing
+    share: float  # of all training tokens
+    natural_tokens: int  # training tokens the input holds once
+    passes: float
+    max_repeats: int  # of one document
+    documents: int  # training documents after mixing, repeats counted
+    val_tokens: int
+
+
+class EncodeStats(TypedDict):
+    """What tokenize encode writes in its manifest's stats (read by `llmforge card`)."""
+
+    tokens: int  # in the train split
+    documents: int
+    val_tokens: int
+    val_documents: int
+    dtype: str  # of the shards
+    shards: int
+    sources: dict[str, SourceMix]  # by input name
+    encoded_chunks_reused: int  # from an interrupted run
 
 
 # ---------------------------------------------------------------------------------------------------------------

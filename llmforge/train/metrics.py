@@ -12,6 +12,7 @@ from typing import Any
 
 from llmforge import machine
 from llmforge.console import human, log, progress
+from llmforge.train.stats import first_and_final
 
 # The sections of a DeepSpeed config that configure its monitors.
 MONITOR_SECTIONS = ("tensorboard", "wandb", "csv_monitor", "comet")
@@ -165,8 +166,8 @@ class Reporter:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Headline numbers for the manifest; a step logged twice (replayed after a rewind or resume) counts once,
-    with its latest value."""
+    """Headline numbers for the manifest (`train.stats.TrainingSummary`); a step logged twice (replayed after a
+    rewind or resume) counts once, with its latest value."""
     losses: dict[int, float] = {}
     val: dict[int, float] = {}
     speeds = []
@@ -176,13 +177,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             speeds.append(record)
         if "val_loss" in record:
             val[record["step"]] = record["val_loss"]
-    summary: dict[str, Any] = {}
-    if losses:
-        summary["loss_first"] = losses[min(losses)]
-        summary["loss_final"] = losses[max(losses)]
-    if val:
-        summary["val_loss_first"] = val[min(val)]
-        summary["val_loss_final"] = val[max(val)]
+    summary: dict[str, Any] = {**first_and_final([losses[step] for step in sorted(losses)], "loss"),
+                               **first_and_final([val[step] for step in sorted(val)], "val_loss")}  # fmt: skip
     if speeds:
         summary["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in speeds) / len(speeds), 1)
         mfus = [r["mfu"] for r in speeds if r.get("mfu") is not None]

@@ -34,6 +34,7 @@ from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError, json_lines, where
 from llmforge.files import read_jsonl, write_json, write_jsonl
+from llmforge.train.stats import first_and_final
 
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"  # unhashed: job file, normalised dataset, worker result
@@ -942,15 +943,9 @@ def series(history: list[dict], key: str) -> list[float]:
     return [float(entry[key]) for entry in history if isinstance(entry.get(key), int | float)]
 
 
-def start_end(history: list[dict], key: str, name: str | None = None) -> dict[str, float]:
-    """Mean of the first and of the last quarter of a logged series: `<name>_start`, `<name>_end`."""
-    values = series(history, key)
-    if not values:
-        return {}
-    window = max(1, len(values) // 4)
-    name = name or key.replace("/", "_")
-    return {f"{name}_start": round(sum(values[:window]) / window, 6),
-            f"{name}_end": round(sum(values[-window:]) / window, 6)}  # fmt: skip
+def first_final(history: list[dict], key: str, name: str | None = None) -> dict[str, float]:
+    """`<name>_first` and `<name>_final` of a logged series (the vocabulary of `train.stats`)."""
+    return first_and_final([round(v, 6) for v in series(history, key)], name or key.replace("/", "_"))
 
 
 def final_value(history: list[dict], key: str, name: str | None = None) -> dict[str, float]:

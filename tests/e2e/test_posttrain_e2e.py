@@ -36,13 +36,13 @@ def test_pretrain_sft_dpo_grpo(tmp_path):
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
     dpo = llmforge("dpo", tmp_path / "sft", pairs, "-o", tmp_path / "dpo", "--lora", "--lr", "5e-4", *common)
-    assert "reward" in dpo.stderr and "accuracy_end" in dpo.stderr
+    assert "reward" in dpo.stderr and "accuracy_final" in dpo.stderr
 
     prompts = write_jsonl(tmp_path / "prompts.jsonl", grpo_records(8))
     grpo = llmforge("grpo", tmp_path / "dpo", prompts, "-o", tmp_path / "grpo", "--lora", "--merge",
                     "--reward", "math:1.0", "--reward", "format:0.2", "--num-generations", "4",
                     "--max-completion-length", "8", "--lr", "1e-4", *common)  # fmt: skip
-    assert "reward_math_end" in grpo.stderr and "kl" in grpo.stderr
+    assert "rewards.math.mean_final" in grpo.stderr and "kl" in grpo.stderr
 
     # lineage: grpo <- dpo adapter <- sft adapter <- pretrained model <- tokens <- documents
     merged = Artifact.open(tmp_path / "grpo")

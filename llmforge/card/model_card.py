@@ -1,0 +1,183 @@
+"""The model card: Hugging Face front matter, what the model is and how to load it, each stage of its training
+chain, eval scores, and the card of the data it was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llmforge.artifacts import Artifact
+from llmforge.card.data_card import data_card
+from llmforge.card.evaluation import evaluation
+from llmforge.card.lineage import hf_config, model_chain, parameters, safetensors_parameters
+from llmforge.card.markdown import Markdown, fmt, lineage_table, lookup, name_of, show_path
+from llmforge.card.stages import DATA_KINDS, MODEL_KINDS, POSTTRAIN, stats_of
+from llmforge.card.training import STAGE_ROWS, data_input, generic_rows
+
+
+def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str | None) -> str:
+    """The Markdown model card of a model, adapter or quantized-model artifact."""
+    chain, start = model_chain(artifact)
+    md = Markdown()
+    config = hf_config(artifact) or {}
+    count = parameters(artifact)
+    datasets = training_data(chain)
+    base = base_model(artifact, chain, start)
+
+    md.blocks.append(front_matter(artifact, chain, config, base, datasets, license))
+    name = name_of(artifact)
+    md.heading(1, name)
+    arch = config.get("model_type", "unknown")
+    size = f" of {fmt(count)} parameters" if count else ""
+    if artifact.kind == "adapter":
+        lora = safetensors_parameters(artifact.path, "adapter_model*.safetensors")
+        what = f"A LoRA adapter ({fmt(lora)} parameters) for a {arch} model{size}"
+    else:
+        what = f"A {arch} {'quantized model' if artifact.kind == 'quantized-model' else 'model'}{size}"
+    md.para(f"{what}, made by llmforge: " + " → ".join(a.stage for a in chain)
+            + (f", starting from `{start['path']}`" if start else "") + ".")  # fmt: skip
+
+    md.heading(2, "Model details")
+    md.pairs(model_details(artifact, config, count, base))
+    md.heading(2, "How to use")
+    md.para("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{show_path(artifact.path)}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{show_path(artifact.path)}")\n```')  # fmt: skip
+    if artifact.kind == "adapter":
+        md.para("transformers applies the adapter to its base model when peft is installed.")
+    md.para(f"Or `llmforge chat {show_path(artifact.path)}`, `llmforge serve {show_path(artifact.path)}`.")
+
+    md.heading(2, "Training")
+    md.para("Chain: " + " → ".join(f"{a.stage} (`{name_of(a)}`)" for a in chain)
+            + (f", from `{start['path']}` ({start.get('kind')})" if start else ""))  # fmt: skip
+    previous: Artifact | None = None
+    for step in chain:
+        md.heading(3, f"{step.stage} → `{name_of(step)}` ({step.kind})")
+        md.pairs(STAGE_ROWS.get(step.stage, generic_rows)(step, previous))
+        previous = step
+
+    md.heading(2, "Evaluation")
+    evaluation(md, artifact, chain, evals)
+
+    md.heading(2, "Training data")
+    training_data_section(md, chain, datasets)
+
+    md.heading(2, "Provenance")
+    lineage_table(md, chain)
+    versions = lookup(artifact.manifest, "provenance.versions", {})
+    md.para("Made with " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "." if versions else "")
+    return md.text()
+
+
+def base_model(artifact: Artifact, chain: list[Artifact], start: dict[str, Any] | None) -> str | None:
+    """What the model was made from: an adapter's base, else the model before it in the chain or the external
+    start (a hub id or a directory); none for a model pretrained here."""
+    if artifact.kind == "adapter" and artifact.extra.get("base_model"):
+        entry = artifact.extra["base_model"]
+        return entry["path"] if entry.get("kind") == "hub" else Path(entry["path"]).name
+    if len(chain) > 1:
+        return name_of(chain[-2])
+    if start is not None:
+        return start["path"] if start.get("kind") == "hub" else Path(start["path"]).name
+    return None
+
+
+def front_matter(artifact: Artifact, chain: list[Artifact], config: dict[str, Any], base: str | None,
+                 datasets: list[tuple[Artifact, dict[str, Any], Artifact | None]], license: str | None) -> str:  # fmt: skip
+    import yaml
+
+    tags = ["llmforge"]
+    if config.get("model_type"):
+        tags.append(config["model_type"])
+    tags += [a.stage for a in chain if a.stage not in tags]
+    if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN):
+        tags.append("lora")
+    if artifact.kind == "quantized-model":
+        tags += [t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t]
+    front: dict[str, Any] = {}
+    if license:
+        front["license"] = license
+    front["library_name"] = "peft" if artifact.kind == "adapter" else "transformers"
+    front["pipeline_tag"] = "text-generation"
+    front["tags"] = tags
+    if base:
+        front["base_model"] = base
+        relation = {"adapter": "adapter", "quantized-model": "quantized"}.get(artifact.kind, "finetune")
+        front["base_model_relation"] = relation
+    names = []
+    for _, entry, data in datasets:
+        label = name_of(data) if data is not None else Path(str(entry["path"])).name
+        if label not in names:
+            names.append(label)
+    if names:
+        front["datasets"] = names
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---"
+
+
+def model_details(artifact: Artifact, config: dict[str, Any], count: int | None, base: str | None) -> list:
+    rows: list[tuple[str, Any]] = [
+        ("architecture", ", ".join(config.get("architectures", [])) or None),
+        (
+            "base model parameters" if artifact.kind == "adapter" else "parameters",
+            fmt(count) if count else "unknown",
+        ),
+    ]
+    if artifact.kind == "adapter":
+        lora = safetensors_parameters(artifact.path, "adapter_model*.safetensors")
+        adapter = json.loads((Path(artifact.path) / "adapter_config.json").read_text()) \
+            if (Path(artifact.path) / "adapter_config.json").is_file() else {}  # fmt: skip
+        rows += [("adapter", f"LoRA rank {adapter.get('r', '?')}, alpha {adapter.get('lora_alpha', '?')}, "
+                             f"{fmt(lora)} parameters"), ("base model", f"`{base}`" if base else None)]  # fmt: skip
+    if artifact.kind == "quantized-model":
+        rows += [("quantization", f"{artifact.extra.get('method')} ({artifact.extra.get('format')})"),
+                 ("quantized from", f"`{base}`" if base else None)]  # fmt: skip
+    for label, key in (("layers", "num_hidden_layers"), ("hidden size", "hidden_size"),
+                       ("attention heads", "num_attention_heads"), ("key/value heads", "num_key_value_heads"),
+                       ("MLP width", "intermediate_size"), ("vocabulary", "vocab_size"),
+                       ("context (positions)", "max_position_embeddings"), ("tied embeddings", "tie_word_embeddings"),
+                       ("weights dtype", "dtype")):  # fmt: skip
+        rows.append((label, config.get(key)))
+    theta = lookup(config, "rope_parameters.rope_theta", config.get("rope_theta"))
+    rows.append(("RoPE theta", theta))
+    template = Path(artifact.path) / "chat_template.jinja"
+    rows.append(("chat template", "yes (chat_template.jinja)" if template.is_file() else None))
+    rows.append(("tokenizer fingerprint", f"`{artifact.extra.get('tokenizer_fingerprint', '?')[:16]}`"))
+    rows.append(("fingerprint", f"`{artifact.fingerprint}`"))
+    return rows
+
+
+def training_data(chain: list[Artifact]) -> list[tuple[Artifact, dict[str, Any], Artifact | None]]:
+    """(training stage, input entry, data artifact or None for raw files) for every training stage's data."""
+    found = []
+    for step in chain:
+        data = data_input(step)
+        if data is not None and not (data[1] is not None and data[1].kind in MODEL_KINDS):
+            found.append((step, *data))
+    return found
+
+
+def training_data_section(md: Markdown, chain: list[Artifact], datasets: list) -> None:
+    """Every training stage's data in a table, then the data card of each data artifact among them."""
+    if not datasets:
+        md.para("No training data recorded in the lineage.")
+        return
+    md.table(["stage", "data", "kind", "size", "fingerprint"],
+             [[step.stage, f"`{show_path(data.path) if data is not None else entry['path']}`",
+               data.kind if data is not None else entry.get("kind"), data_size(step, entry, data),
+               f"`{entry['fingerprint'][:12]}`"] for step, entry, data in datasets])  # fmt: skip
+    shown: set[str] = set()
+    for step, _, data in datasets:
+        if data is not None and data.kind in DATA_KINDS and data.fingerprint not in shown:
+            shown.add(data.fingerprint)
+            data_card(md, data, level=3, title=f"{step.stage} data: `{name_of(data)}`")
+
+
+def data_size(step: Artifact, entry: dict[str, Any], data: Artifact | None) -> str:
+    if data is not None and data.kind == "tokens":
+        return f"{fmt(stats_of(data).get('tokens'))} tokens"
+    if data is not None:
+        return f"{fmt(stats_of(data).get('documents'))} documents"
+    records = stats_of(step).get("records") if step.stage in POSTTRAIN else None
+    size = f"{fmt(entry['bytes'])} bytes" if "bytes" in entry else ""
+    return ", ".join(t for t in (f"{fmt(records)} records" if records is not None else "", size) if t) or "–"

@@ -1,0 +1,36 @@
+"""What the card knows about the stages: the kinds of artifact it describes, which stages start from a model, and
+the declaration of the stats each stage writes (kept together here for the stage registry to take over)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llmforge.artifacts import Artifact
+from llmforge.card.stats import Declared
+from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quantize, sft, tokenize
+from llmforge.stages import eval as eval_stage
+
+DATA_KINDS = ("documents", "tokenizer", "tokens")
+MODEL_KINDS = ("model", "adapter", "quantized-model")
+FROM_A_MODEL = ("sft", "dpo", "grpo", "quantize")  # stages whose first input is the model they start from
+POSTTRAIN = ("sft", "dpo", "grpo")
+
+STATS = {
+    crawl_filter.STAGE: crawl_filter.Stats,
+    dedup.STAGE: dedup.Stats,
+    tokenize.TRAIN_STAGE: tokenize.TrainStats,
+    tokenize.ENCODE_STAGE: tokenize.EncodeStats,
+    pretrain.STAGE: pretrain.Stats,
+    sft.STAGE.name: sft.Stats,
+    dpo.STAGE.name: dpo.Stats,
+    grpo.STAGE.name: grpo.Stats,
+    eval_stage.STAGE: eval_stage.Stats,
+    quantize.STAGE: quantize.Stats,
+}
+
+
+def stats_of(artifact: Artifact) -> Mapping[str, Any]:
+    """The artifact's stats, read by the keys its stage declares (as written for a stage that declares none)."""
+    declaration = STATS.get(artifact.stage)
+    return artifact.stats if declaration is None else Declared(artifact.stats, declaration, artifact.stage)
