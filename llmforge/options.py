@@ -133,7 +133,7 @@ def stage_command(flags: Iterable[Flag] = ()) -> Callable[[Callable], Callable]:
             else:
                 params.append(param.replace(kind=keyword))
         for flag in flags:
-            assert flag.param not in {p.name for p in params}, f"{func.__module__}: {flag.names[0]} named twice"
+            assert flag.param not in {p.name for p in params}, f"{func.__module__}: {flag.param} twice"
             params.append(
                 inspect.Parameter(flag.param, keyword, default=None, annotation=flag.annotation(config_model))
             )

@@ -22,11 +22,11 @@ WRITTEN_WITH = {"adapter": "--lora"}
 class Stage:
     name: str  # on the command line and in manifests; "group sub" for a subcommand (tokenize train)
     module: str  # llmforge.stages.<module>
-    summary: str  # its one line in `llmforge --help`
-    reads: tuple[str, ...]  # kinds of its inputs, what it starts from first
+    reads: tuple[str, ...]  # kinds of its inputs, what it starts from first ("raw": files outside llmforge)
     writes: tuple[str, ...]  # kinds of artifact it writes (none: serve)
-    post_training: bool = False  # trains on a dataset of records with TRL (sft, dpo, grpo)
-    function: str = "command"  # the command function in its module
+    summary: str  # its line in `llmforge --help`
+    post_training: bool = False  # trains on a dataset of records with TRL
+    function: str = "command"  # its command function in the module
 
     @property
     def from_model(self) -> bool:
@@ -35,34 +35,41 @@ class Stage:
         return self.reads[0] in MODEL_KINDS and any(kind in MODEL_KINDS for kind in self.writes)
 
 
+POSTTRAIN_READS = ("model", "adapter", "raw", "documents")  # a model, then a dataset (files or documents)
 STAGES = (
-    Stage("crawl-filter", "crawl_filter", "Turn a raw web crawl into clean documents: HTML to text, URL "
-          "blocklist, language ID, quality rules, PII.", reads=("raw",), writes=("documents",)),
-    Stage("dedup", "dedup", "Remove duplicate and benchmark-contaminated documents: exact dedup, MinHash-LSH "
-          "near-dup dedup, n-gram decontamination.", reads=("documents", "raw"), writes=("documents",)),
-    Stage("tokenize train", "tokenize", "Train a tokenizer (byte-level BPE or Unigram, special tokens, chat "
-          "template) on a weighted sample.", reads=("documents",), writes=("tokenizer",), function="train_command"),
-    Stage("tokenize encode", "tokenize", "Encode documents into token shards (EOS after each document, a "
-          "validation split), mixed by weight.", reads=("documents", "tokenizer", *MODEL_KINDS), writes=("tokens",),
-          function="encode_command"),
-    Stage("pretrain", "pretrain", "Pretrain a Llama-style model on token shards; writes a model artifact (a "
-          "Hugging Face directory).", reads=("tokens", "model"), writes=("model",)),
-    Stage("sft", "sft", "Supervised fine-tuning: teach a base model the assistant's manners on chat, "
-          "prompt/completion or plain text.", reads=("model", "adapter", "raw", "documents"),
-          writes=("model", "adapter"), post_training=True),
-    Stage("dpo", "dpo", "Preference optimisation: align a model to chosen-over-rejected answers (DPO and the "
-          "losses TRL offers beside it).", reads=("model", "adapter", "raw", "documents"),
-          writes=("model", "adapter"), post_training=True),
-    Stage("grpo", "grpo", "Reinforcement learning with verifiable rewards (GRPO): sample a group of answers per "
-          "prompt, score them, push the policy towards the better ones.", reads=("model", "adapter", "raw",
-          "documents"), writes=("model", "adapter"), post_training=True),
-    Stage("eval", "eval", "Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare "
-          "reports side by side.", reads=(*MODEL_KINDS, "eval-report"), writes=("eval-report",)),
-    Stage("quantize", "quantize", "Quantize a model (LoRA adapters are merged first) and report what it cost: "
-          "size and held-out perplexity.", reads=("model", "adapter", "tokens", "documents"),
-          writes=("quantized-model",)),
-    Stage("serve", "serve", "Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible "
-          "HTTP API.", reads=MODEL_KINDS, writes=()),
+    Stage("crawl-filter", "crawl_filter", reads=("raw",), writes=("documents",),
+          summary="Turn a raw web crawl into clean documents: HTML to text, URL blocklist, language ID, quality "
+                  "rules, PII."),
+    Stage("dedup", "dedup", reads=("documents", "raw"), writes=("documents",),
+          summary="Remove duplicate and benchmark-contaminated documents: exact dedup, MinHash-LSH near-dup "
+                  "dedup, n-gram decontamination."),
+    Stage("tokenize train", "tokenize", reads=("documents",), writes=("tokenizer",), function="train_command",
+          summary="Train a tokenizer (byte-level BPE or Unigram, special tokens, chat template) on a weighted "
+                  "sample."),
+    Stage("tokenize encode", "tokenize", reads=("documents", "tokenizer", *MODEL_KINDS), writes=("tokens",),
+          function="encode_command",
+          summary="Encode documents into token shards (EOS after each document, a validation split), mixed by "
+                  "weight."),
+    Stage("pretrain", "pretrain", reads=("tokens", "model"), writes=("model",),
+          summary="Pretrain a Llama-style model on token shards; writes a model artifact (a Hugging Face "
+                  "directory)."),
+    Stage("sft", "sft", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
+          summary="Supervised fine-tuning: teach a base model the assistant's manners on chat, "
+                  "prompt/completion or plain text."),
+    Stage("dpo", "dpo", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
+          summary="Preference optimisation: align a model to chosen-over-rejected answers (DPO and the losses "
+                  "TRL offers beside it)."),
+    Stage("grpo", "grpo", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
+          summary="Reinforcement learning with verifiable rewards (GRPO): sample a group of answers per prompt, "
+                  "score them, push the policy towards the better ones."),
+    Stage("eval", "eval", reads=(*MODEL_KINDS, "eval-report"), writes=("eval-report",),
+          summary="Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare "
+                  "reports side by side."),
+    Stage("quantize", "quantize", reads=("model", "adapter", "tokens", "documents"), writes=("quantized-model",),
+          summary="Quantize a model (LoRA adapters are merged first) and report what it cost: size and held-out "
+                  "perplexity."),
+    Stage("serve", "serve", reads=MODEL_KINDS, writes=(),
+          summary="Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API."),
 )  # fmt: skip
 
 POSTTRAIN_STAGES = tuple(stage.name for stage in STAGES if stage.post_training)
