@@ -238,6 +238,24 @@ def test_flags_given_override_the_yaml_file_and_set_overrides_flags(tmp_path):
     assert parse("serve", []).api_key is None
 
 
+def test_a_bad_value_is_named_by_its_config_key_whichever_spelling_gave_it():
+    """Through the real command: typer parses, the generated command resolves the config, the stage never runs."""
+    runner = CliRunner()
+    post = ["m", "d.jsonl", "--output", "out"]
+    for argv, named in (
+        (["sft", *post, "--micro-batch-size", "0"], "config batch_size"),
+        (["dpo", *post, "--batch-size", "0"], "config batch_size"),
+        (["grpo", *post, "--seq-len", "4"], "config max_length"),
+        (["grpo", *post, "--max-length", "4"], "config max_length"),
+        (["serve", "m", "--seq-len", "0"], "config max_model_len"),
+        (["serve", "m", "--max-model-len", "0"], "config max_model_len"),
+        (["crawl-filter", "in.jsonl", "-o", "out", "--workers", "-1"], "config executor.workers"),
+        (["tokenize", "encode", "docs", "-o", "out", "--val-fraction", "2"], "config val_fraction"),
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2 and named in result.stderr, (argv, result.output)
+
+
 def test_the_api_key_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LLMFORGE_API_KEY", "from-env")
     assert parse("serve", []).api_key == "from-env"
