@@ -29,6 +29,7 @@ from llmforge.config import fingerprinted
 from llmforge.console import emit, log, summary_table
 from llmforge.errors import InputError
 from llmforge.files import write_json
+from llmforge.registry import made_by
 
 SCHEMA = "llmforge.artifact/1"
 MANIFEST = "artifact.json"
@@ -36,17 +37,6 @@ STAGING_SUFFIX = ".partial"
 STAGING_MARK = "staging.json"
 # Resume state lives in these folders of an artifact; they are kept but not hashed into `files`.
 UNHASHED_DIRS = ("checkpoints", "logs")
-
-# Who makes each kind, for error messages that tell the user which command to run.
-MADE_BY = {
-    "documents": "`llmforge crawl-filter` or `llmforge dedup`",
-    "tokenizer": "`llmforge tokenize train`",
-    "tokens": "`llmforge tokenize encode`",
-    "model": "`llmforge pretrain`, `sft`, `dpo` or `grpo`",
-    "adapter": "`llmforge sft`, `dpo` or `grpo` with --lora",
-    "eval-report": "`llmforge eval`",
-    "quantized-model": "`llmforge quantize`",
-}
 
 LIBRARIES = (
     "torch", "transformers", "tokenizers", "datatrove", "deepspeed", "trl", "peft",
@@ -205,7 +195,7 @@ def open_artifact(path: str | Path, stage: str, expect: Iterable[str]) -> Artifa
     artifact = Artifact.open(path)
     if artifact.kind not in expect:
         wanted = " or ".join(describe_kind(k) for k in expect)
-        makers = " / ".join(MADE_BY.get(k, k) for k in expect)
+        makers = " / ".join(made_by(k) for k in expect)
         raise InputError(
             f"{stage} needs {wanted} made by {makers}; {path} is {describe_kind(artifact.kind)} "
             f"(made by `llmforge {artifact.stage}`)"

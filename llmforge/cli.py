@@ -1,7 +1,8 @@
-"""The `llmforge` command: one thin subcommand per stage, plus helpers to inspect artifacts.
+"""The `llmforge` command: one subcommand per stage, registered from llmforge.registry, plus helpers to inspect
+artifacts, estimate a run and chat with a model.
 
-Stage modules define their own `command` function (typer signature, no heavy imports at module level) and this
-file only registers them, so `llmforge --help` stays fast.
+Each stage module builds its own command from its flags (llmforge.options.stage_command) and imports nothing heavy
+at module level, so `llmforge --help` stays fast.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ app = typer.Typer(
     help="From a raw web crawl to a served language model. Each stage reads artifacts and writes one; "
     "stdout carries only the output path, so stages compose in the shell and in Make.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -51,33 +51,28 @@ def main_options(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Stages. Each module exposes `command` (the typer function) and `Config` (its typed settings).
-
-STAGES: dict[str, str] = {
-    # name on the command line -> module in llmforge.stages
-    "crawl-filter": "crawl_filter",
-    "dedup": "dedup",
-    "tokenize": "tokenize",
-    "pretrain": "pretrain",
-    "sft": "sft",
-    "dpo": "dpo",
-    "grpo": "grpo",
-    "eval": "eval",
-    "quantize": "quantize",
-    "serve": "serve",
-}
+# Stages, as llmforge.registry declares them; "tokenize train" is the subcommand train of the group tokenize.
 
 
 def _register_stages() -> None:
     import importlib
 
-    for name, module_name in STAGES.items():
-        module = importlib.import_module(f"llmforge.stages.{module_name}")
-        if isinstance(module.command, typer.Typer):  # stages with modes (tokenize train / encode)
-            app.add_typer(module.command, name=name)
-        else:
-            doc = (module.__doc__ or "").strip().split("\n\n")[0]
-            app.command(name, help=doc, no_args_is_help=True)(handle_errors(module.command))
+    from llmforge.registry import STAGES
+
+    groups: dict[str, typer.Typer] = {}
+    for stage in STAGES:
+        module = importlib.import_module(f"llmforge.stages.{stage.module}")
+        function = getattr(module, stage.function)
+        group, _, name = stage.name.rpartition(" ")
+        if group and group not in groups:
+            groups[group] = typer.Typer(
+                help=(module.__doc__ or "").strip().split("\n\n")[0], no_args_is_help=True
+            )
+            app.add_typer(groups[group], name=group)
+        reads = ", ".join("files" if kind == "raw" else kind for kind in stage.reads)
+        epilog = f"Reads: {reads}. Writes: {', '.join(stage.writes) or 'no artifact'}."
+        register = (groups[group] if group else app).command
+        register(name, help=stage.summary, epilog=epilog, no_args_is_help=True)(function)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ def estimate(
     zero: Annotated[int, typer.Option(help="The ZeRO stage you plan to use (all four are shown).")] = 0,
     precision: Annotated[str, typer.Option(help="bf16 (mixed, 16 bytes/param with Adam), fp16, bf16-autocast or fp32.")] = "bf16",
     offload: Annotated[str | None, typer.Option(help="cpu: optimizer states (ZeRO-3: weights too) in CPU memory.")] = None,
-    micro_batch: Annotated[int, typer.Option(help="Sequences per device per pass, for activations.")] = 1,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", "--micro-batch", help="Sequences per device per pass, for activations.")] = 1,
     checkpointing: Annotated[bool, typer.Option(help="Activation checkpointing, for activations.")] = False,
     gpu: Annotated[str | None, typer.Option(help="GPU model for its peak FLOP/s, e.g. H100, A100.")] = None,
     peak_tflops: Annotated[float | None, typer.Option(help="Peak TFLOP/s per device instead of --gpu.")] = None,
@@ -230,7 +225,7 @@ def estimate(
     count = math.parse_count(params, "--params") if params is not None else None
     result = math.estimate(params=count, shape=shape, tokens=math.parse_count(tokens, "--tokens") if tokens else None,
                            devices=gpus, zero=zero, precision=precision, offload=offload, seq_len=seq_len,
-                           micro_batch=micro_batch, checkpointing=checkpointing, gpu=gpu, peak_tflops=peak_tflops,
+                           micro_batch=micro_batch_size, checkpointing=checkpointing, gpu=gpu, peak_tflops=peak_tflops,
                            mfu=mfu, price_per_gpu_hour=price)  # fmt: skip
     if json_:
         print(json.dumps(result.as_dict(), indent=2))
@@ -251,15 +246,17 @@ def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup
     import importlib
 
     from llmforge.config import defaults_yaml
+    from llmforge.registry import STAGES
 
-    if stage not in STAGES:
-        raise InputError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    module = importlib.import_module(f"llmforge.stages.{STAGES[stage]}")
-    configs = getattr(module, "CONFIGS", None) or {stage: module.Config}
-    for name, config in configs.items():
-        if len(configs) > 1:
-            print(f"# --- {name} ---")
-        print(defaults_yaml(config))
+    # `defaults tokenize` prints both of its subcommands' configs
+    chosen = [s for s in STAGES if stage in (s.name, s.name.split(" ")[0])]
+    if not chosen:
+        raise InputError(f"unknown stage {stage!r}; stages: {', '.join(s.name for s in STAGES)}")
+    for entry in chosen:
+        function = getattr(importlib.import_module(f"llmforge.stages.{entry.module}"), entry.function)
+        if len(chosen) > 1:
+            print(f"# --- {entry.name} ---")
+        print(defaults_yaml(function.config_model))
 
 
 @app.command()

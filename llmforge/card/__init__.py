@@ -19,8 +19,8 @@ from llmforge.artifacts import Artifact, describe_kind
 from llmforge.card.data_card import data_card
 from llmforge.card.markdown import Markdown
 from llmforge.card.model_card import model_card
-from llmforge.card.stages import DATA_KINDS, MODEL_KINDS
 from llmforge.errors import InputError
+from llmforge.registry import DATA_KINDS, MODEL_KINDS
 
 
 def make_card(path: str | Path, evals: list[str | Path] | None = None, license: str | None = None) -> str:

@@ -10,8 +10,9 @@ from typing import Any
 from llmforge.artifacts import Artifact
 from llmforge.card.lineage import data_lineage
 from llmforge.card.markdown import Markdown, fmt, lineage_table, lookup, name_of, percent, show_path
-from llmforge.card.stages import DATA_KINDS, MODEL_KINDS, stats_of
+from llmforge.card.stages import stats_of
 from llmforge.console import flatten
+from llmforge.registry import DATA_KINDS, MODEL_KINDS
 
 
 def data_card(md: Markdown, artifact: Artifact, level: int, title: str | None = None) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from llmforge.artifacts import MANIFEST, STAGING_SUFFIX, Artifact
 from llmforge.card.markdown import lookup
-from llmforge.card.stages import DATA_KINDS, FROM_A_MODEL, MODEL_KINDS, stats_of
+from llmforge.card.stages import stats_of
+from llmforge.registry import DATA_KINDS, FROM_A_MODEL, MODEL_KINDS
 
 
 def data_lineage(artifact: Artifact) -> list[Artifact]:

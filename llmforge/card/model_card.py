@@ -12,8 +12,9 @@ from llmforge.card.data_card import data_card
 from llmforge.card.evaluation import evaluation
 from llmforge.card.lineage import hf_config, model_chain, parameters, safetensors_parameters
 from llmforge.card.markdown import Markdown, fmt, lineage_table, lookup, name_of, show_path
-from llmforge.card.stages import DATA_KINDS, MODEL_KINDS, POSTTRAIN, stats_of
+from llmforge.card.stages import stats_of
 from llmforge.card.training import STAGE_ROWS, data_input, generic_rows
+from llmforge.registry import DATA_KINDS, MODEL_KINDS, POSTTRAIN_STAGES
 
 
 def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str | None) -> str:
@@ -91,7 +92,7 @@ def front_matter(artifact: Artifact, chain: list[Artifact], config: dict[str, An
     if config.get("model_type"):
         tags.append(config["model_type"])
     tags += [a.stage for a in chain if a.stage not in tags]
-    if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN):
+    if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN_STAGES):
         tags.append("lora")
     if artifact.kind == "quantized-model":
         tags += [t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t]
@@ -178,6 +179,6 @@ def data_size(step: Artifact, entry: dict[str, Any], data: Artifact | None) -> s
         return f"{fmt(stats_of(data).get('tokens'))} tokens"
     if data is not None:
         return f"{fmt(stats_of(data).get('documents'))} documents"
-    records = stats_of(step).get("records") if step.stage in POSTTRAIN else None
+    records = stats_of(step).get("records") if step.stage in POSTTRAIN_STAGES else None
     size = f"{fmt(entry['bytes'])} bytes" if "bytes" in entry else ""
     return ", ".join(t for t in (f"{fmt(records)} records" if records is not None else "", size) if t) or "–"

@@ -1,5 +1,4 @@
-"""What the card knows about the stages: the kinds of artifact it describes, which stages start from a model, and
-the declaration of the stats each stage writes (kept together here for the stage registry to take over)."""
+"""The declaration of the stats each stage writes, by stage name, for the card to read them by."""
 
 from __future__ import annotations
 
@@ -10,11 +9,6 @@ from llmforge.artifacts import Artifact
 from llmforge.card.stats import Declared
 from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quantize, sft, tokenize
 from llmforge.stages import eval as eval_stage
-
-DATA_KINDS = ("documents", "tokenizer", "tokens")
-MODEL_KINDS = ("model", "adapter", "quantized-model")
-FROM_A_MODEL = ("sft", "dpo", "grpo", "quantize")  # stages whose first input is the model they start from
-POSTTRAIN = ("sft", "dpo", "grpo")
 
 STATS = {
     crawl_filter.STAGE: crawl_filter.Stats,

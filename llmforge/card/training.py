@@ -8,8 +8,9 @@ from typing import Any
 
 from llmforge.artifacts import Artifact
 from llmforge.card.markdown import fmt, lookup, name_of, percent
-from llmforge.card.stages import POSTTRAIN, stats_of
+from llmforge.card.stages import stats_of
 from llmforge.console import flatten
+from llmforge.registry import POSTTRAIN_STAGES
 
 CHINCHILLA_TOKENS_PER_PARAMETER = 20
 
@@ -19,7 +20,7 @@ def data_input(step: Artifact) -> tuple[dict[str, Any], Artifact | None] | None:
     parents = step.parents()
     if step.stage == "pretrain":
         return next(((e, p) for e, p in parents if e.get("kind") == "tokens"), None)
-    if step.stage in POSTTRAIN and len(parents) > 1:
+    if step.stage in POSTTRAIN_STAGES and len(parents) > 1:
         return parents[1]
     return None
 

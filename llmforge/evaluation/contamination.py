@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.artifacts import Artifact, sha256_file
+from llmforge.registry import POSTTRAIN_STAGES  # their raw input files are training data
 
 EXAMPLES = 20  # item ids listed per task in the report
-POSTTRAIN_STAGES = ("sft", "dpo", "grpo")  # stages whose raw input files are training data
 
 # A source of training text: its name, its number of texts (None: unknown), and how to read them.
 Source = tuple[str, int | None, Callable[[], Iterable[str]]]

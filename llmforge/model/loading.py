@@ -16,8 +16,8 @@ from typing import Any
 from llmforge.artifacts import MANIFEST, Artifact, InputRef, describe_kind, sha256_file
 from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
+from llmforge.registry import MODEL_KINDS
 
-MODEL_KINDS = ("model", "adapter", "quantized-model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = (
     "tokenizer.json",

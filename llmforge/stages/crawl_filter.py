@@ -14,10 +14,10 @@ from typing import Annotated, Literal, NotRequired, TypedDict
 import typer
 from pydantic import Field
 
-from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.config import StageConfig, runtime_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts
 from llmforge.data.sources import InputSettings
-from llmforge.options import ConfigFile, Force, Output, Sets, flag, split_list
+from llmforge.options import Flag, split_list, stage_command
 
 STAGE = "crawl-filter"
 
@@ -407,28 +407,28 @@ def _filter(ctx, raw, config: Config) -> None:
 # Command line
 
 
+FLAGS = (
+    Flag("language.languages", convert=lambda value: [] if value == "all" else split_list(value)),
+    Flag("language.min_confidence"),
+    Flag("language.fasttext_model", "--lid-model"),
+    Flag("pii.mode", "--pii"),
+    Flag("input.text_field"),
+    Flag("input.format", "--input-format"),
+    Flag("executor.workers"),
+    Flag("executor.kind", "--executor"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     inputs: Annotated[
         list[str],
         typer.Argument(help="WARC(.gz), JSONL(.gz), Parquet or .txt files, folders, globs or fsspec URLs."),
     ],
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    languages: Annotated[str | None, flag(Config, "language.languages")] = None,
-    min_confidence: Annotated[float | None, flag(Config, "language.min_confidence")] = None,
-    lid_model: Annotated[str | None, flag(Config, "language.fasttext_model", "--lid-model")] = None,
-    pii: Annotated[str | None, flag(Config, "pii.mode", "--pii")] = None,
-    text_field: Annotated[str | None, flag(Config, "input.text_field")] = None,
-    input_format: Annotated[str | None, flag(Config, "input.format", "--input-format")] = None,
-    workers: Annotated[int | None, flag(Config, "executor.workers")] = None,
-    executor: Annotated[str | None, flag(Config, "executor.kind", "--executor")] = None,
+    output: Path,
+    config: Config,
+    force: bool = False,
 ) -> None:
     """Filter a raw crawl (WARC, JSONL, Parquet, text) into clean documents: Trafilatura, URL blocklist, language
     ID, Gopher/C4/FineWeb rules, PII redaction."""
-    flags = {"language.languages": [] if languages == "all" else split_list(languages), "language.min_confidence": min_confidence,
-             "language.fasttext_model": lid_model, "pii.mode": pii, "input.text_field": text_field,
-             "input.format": input_format, "executor.workers": workers, "executor.kind": executor}  # fmt: skip
-    config = load_config(Config, config_file, sets, flags)
     run(inputs, output, config, force=force)

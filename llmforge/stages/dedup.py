@@ -15,11 +15,11 @@ from typing import Annotated, NotRequired, TypedDict
 import typer
 from pydantic import Field
 
-from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.config import StageConfig, runtime_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts, check_executor
 from llmforge.data.sources import InputSettings
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 
 STAGE = "dedup"
 CURVE = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -507,33 +507,31 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
 # Command line
 
 
+FLAGS = (
+    Flag("minhash.ngram", "--shingle"),
+    Flag("minhash.buckets"),
+    Flag("minhash.hashes_per_bucket"),
+    Flag("minhash.threshold"),
+    Flag("decontamination.ngram", "--decontamination-ngram"),
+    Flag("input.text_field"),
+    Flag("executor.workers"),
+    Flag("executor.kind", "--executor"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     inputs: Annotated[
         list[str],
         typer.Argument(help="Documents artifacts (from crawl-filter) or JSONL / Parquet / text corpora."),
     ],
-    output: Output,
+    output: Path,
+    config: Config,
     decontaminate: Annotated[
         list[str] | None,
         typer.Option("--decontaminate", help="A benchmark JSONL file to decontaminate against (repeatable)."),
     ] = None,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    ngram: Annotated[int | None, flag(Config, "minhash.ngram", "--shingle")] = None,
-    buckets: Annotated[int | None, flag(Config, "minhash.buckets")] = None,
-    hashes_per_bucket: Annotated[int | None, flag(Config, "minhash.hashes_per_bucket")] = None,
-    threshold: Annotated[float | None, flag(Config, "minhash.threshold")] = None,
-    decontamination_ngram: Annotated[
-        int | None, flag(Config, "decontamination.ngram", "--decontamination-ngram")
-    ] = None,
-    text_field: Annotated[str | None, flag(Config, "input.text_field")] = None,
-    workers: Annotated[int | None, flag(Config, "executor.workers")] = None,
-    executor: Annotated[str | None, flag(Config, "executor.kind", "--executor")] = None,
+    force: bool = False,
 ) -> None:
     """Remove exact and near-duplicate documents (MinHash LSH) and benchmark-contaminated ones (13-gram overlap)."""
-    flags = {"minhash.ngram": ngram, "minhash.buckets": buckets, "minhash.hashes_per_bucket": hashes_per_bucket,
-             "minhash.threshold": threshold, "decontamination.ngram": decontamination_ngram,
-             "input.text_field": text_field, "executor.workers": workers, "executor.kind": executor}  # fmt: skip
-    config = load_config(Config, config_file, sets, flags)
     run(inputs, output, decontaminate, config, force=force)

@@ -13,23 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
 
+import typer
 from pydantic import Field
 
-from llmforge.config import load_config
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
     Stage,
     check_answer,
     check_prompt,
-    common_flags,
-    common_values,
-    data_argument,
     final_value,
     first_final,
-    model_argument,
     run_posttrain,
 )
 from llmforge.train.stats import PostTrainStats
@@ -158,33 +154,40 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
                          dry_run=dry_run)  # fmt: skip
 
 
-F = common_flags(Config)
+FLAGS = (
+    Flag("loss"),
+    Flag("beta"),
+    Flag("lora.enabled", "--lora"),
+    Flag("lora.qlora", "--qlora"),
+    Flag("lora.merge", "--merge"),
+    Flag("lora.rank", "--rank"),
+    Flag("epochs"),
+    Flag("max_steps"),
+    Flag("learning_rate", "--lr", "--learning-rate"),
+    Flag("batch_size", "--micro-batch-size", "--batch-size"),
+    Flag("max_length", "--seq-len", "--max-length"),
+    Flag("zero"),
+    Flag("offload"),
+    Flag("nproc"),
+)
 
 
+@stage_command(FLAGS)
 def command(
-    model: Annotated[str, model_argument()],
-    data: Annotated[str, data_argument()],
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    loss: Annotated[str | None, flag(Config, "loss")] = None,
-    beta: Annotated[float | None, flag(Config, "beta")] = None,
-    lora: F.lora = None,
-    qlora: F.qlora = None,
-    merge: F.merge = None,
-    rank: F.rank = None,
-    epochs: F.epochs = None,
-    max_steps: F.max_steps = None,
-    learning_rate: F.learning_rate = None,
-    batch_size: F.batch_size = None,
-    max_length: F.max_length = None,
-    zero: F.zero = None,
-    offload: F.offload = None,
-    nproc: F.nproc = None,
-    dry_run: DryRun = False,
+    model: Annotated[
+        str,
+        typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory."),
+    ],
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
+        ),
+    ],
+    output: Path,
+    config: Config,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """Preference optimisation (DPO, IPO, KTO, ORPO, SimPO...), full or LoRA/QLoRA, DeepSpeed-ready."""
-    values = locals()
-    config = load_config(Config, config_file, sets, {**common_values(values), "loss": loss, "beta": beta})
     run(model, data, output, config, force=force, dry_run=dry_run)

@@ -20,10 +20,10 @@ import typer
 from pydantic import Field
 
 from llmforge import machine
-from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
 from llmforge.files import write_json
-from llmforge.options import ConfigFile, Force, Sets, flag, split_list
+from llmforge.options import Flag, split_list, stage_command
 
 STAGE = "eval"
 KIND = "eval-report"
@@ -538,6 +538,22 @@ def compare(reports: list[str]) -> list:
     return models
 
 
+FLAGS = (
+    Flag("tasks", convert=split_list),
+    Flag("include", convert=split_list),
+    Flag("perplexity"),
+    # a whole number is a count of items, a fraction a share of each task (lm-eval's rule)
+    Flag("limit", type=float, convert=lambda limit: int(limit) if limit >= 1 else limit),
+    Flag("num_fewshot"),
+    Flag("chat_template", "--chat-template/--no-chat-template"),
+    Flag("backend"),
+    Flag("batch_size"),
+    Flag("device"),
+    Flag("log_samples", "--log-samples"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     models: Annotated[
         list[str] | None,
@@ -547,35 +563,18 @@ def command(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--output", "-o", help="Output eval-report directory.")] = None,
+    output: Path | None = None,
     compare_reports: Annotated[
         bool,
         typer.Option("--compare", help="Print existing eval reports side by side instead of evaluating."),
     ] = False,
-    tasks: Annotated[str | None, flag(Config, "tasks")] = None,
-    include: Annotated[str | None, flag(Config, "include")] = None,
-    perplexity: Annotated[list[str] | None, flag(Config, "perplexity")] = None,
-    limit: Annotated[float | None, flag(Config, "limit")] = None,
-    num_fewshot: Annotated[int | None, flag(Config, "num_fewshot")] = None,
-    chat_template: Annotated[
-        bool | None, flag(Config, "chat_template", "--chat-template/--no-chat-template")
-    ] = None,
-    backend: Annotated[str | None, flag(Config, "backend")] = None,
-    batch_size: Annotated[str | None, flag(Config, "batch_size")] = None,
-    device: Annotated[str | None, flag(Config, "device")] = None,
-    log_samples: Annotated[bool | None, flag(Config, "log_samples", "--log-samples")] = None,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
+    *,
+    config: Config,
+    force: bool = False,
 ) -> None:
     if compare_reports:
         compare(models or [])
         return
-    if out is None:
+    if output is None:
         raise InputError("eval needs an output directory: -o OUT (or --compare to compare existing reports)")
-    flags = {"tasks": split_list(tasks), "include": split_list(include), "perplexity": perplexity,
-             "limit": int(limit) if limit is not None and limit >= 1 else limit, "num_fewshot": num_fewshot,
-             "chat_template": chat_template, "backend": backend, "batch_size": batch_size, "device": device,
-             "log_samples": log_samples}  # fmt: skip
-    config = load_config(Config, config_file, sets, flags)
-    run(models or [], out, config, force=force)
+    run(models or [], output, config, force=force)

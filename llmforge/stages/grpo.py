@@ -13,23 +13,20 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
+import typer
 from pydantic import Field, model_validator
 
 from llmforge import machine
-from llmforge.config import load_config, runtime_field
+from llmforge.config import runtime_field
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
     Stage,
     check_prompt,
-    common_flags,
-    common_values,
-    data_argument,
     final_value,
     first_final,
-    model_argument,
     run_posttrain,
     series,
 )
@@ -227,41 +224,45 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
                          dry_run=dry_run)  # fmt: skip
 
 
-F = common_flags(Config)
+FLAGS = (
+    Flag("rewards", "--reward"),
+    Flag("num_generations"),
+    Flag("kl_beta"),
+    Flag("clip_epsilon"),
+    Flag("temperature"),
+    Flag("max_completion_length"),
+    Flag("use_vllm"),
+    Flag("lora.enabled", "--lora"),
+    Flag("lora.qlora", "--qlora"),
+    Flag("lora.merge", "--merge"),
+    Flag("lora.rank", "--rank"),
+    Flag("epochs"),
+    Flag("max_steps"),
+    Flag("learning_rate", "--lr", "--learning-rate"),
+    Flag("batch_size", "--micro-batch-size", "--batch-size"),
+    Flag("max_length", "--seq-len", "--max-length"),
+    Flag("zero"),
+    Flag("offload"),
+    Flag("nproc"),
+)
 
 
+@stage_command(FLAGS)
 def command(
-    model: Annotated[str, model_argument()],
-    data: Annotated[str, data_argument()],
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    reward: Annotated[list[str] | None, flag(Config, "rewards", "--reward")] = None,
-    num_generations: Annotated[int | None, flag(Config, "num_generations")] = None,
-    kl_beta: Annotated[float | None, flag(Config, "kl_beta")] = None,
-    clip_epsilon: Annotated[float | None, flag(Config, "clip_epsilon")] = None,
-    temperature: Annotated[float | None, flag(Config, "temperature")] = None,
-    max_completion_length: Annotated[int | None, flag(Config, "max_completion_length")] = None,
-    use_vllm: Annotated[bool | None, flag(Config, "use_vllm")] = None,
-    lora: F.lora = None,
-    qlora: F.qlora = None,
-    merge: F.merge = None,
-    rank: F.rank = None,
-    epochs: F.epochs = None,
-    max_steps: F.max_steps = None,
-    learning_rate: F.learning_rate = None,
-    batch_size: F.batch_size = None,
-    max_length: F.max_length = None,
-    zero: F.zero = None,
-    offload: F.offload = None,
-    nproc: F.nproc = None,
-    dry_run: DryRun = False,
+    model: Annotated[
+        str,
+        typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory."),
+    ],
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
+        ),
+    ],
+    output: Path,
+    config: Config,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """GRPO with verifiable rewards (math, exact, format, json, sandboxed code, your own), full or LoRA/QLoRA."""
-    values = locals()
-    flags = {**common_values(values), "rewards": reward, "num_generations": num_generations, "kl_beta": kl_beta,
-             "clip_epsilon": clip_epsilon, "temperature": temperature,
-             "max_completion_length": max_completion_length, "use_vllm": use_vllm}  # fmt: skip
-    config = load_config(Config, config_file, sets, flags)
     run(model, data, output, config, force=force, dry_run=dry_run)

@@ -17,9 +17,9 @@ import typer
 from pydantic import Field, field_validator
 
 from llmforge import machine
-from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 from llmforge.train.stats import TrainingSummary
 
 STAGE = "pretrain"
@@ -598,40 +598,34 @@ def _train(ctx, config: Config, plan: dict[str, Any]) -> None:
     })  # fmt: skip
 
 
+FLAGS = (
+    Flag("model.preset"),
+    Flag("model.arch"),
+    Flag("init_from", "--init-from"),
+    Flag("seq_len"),
+    Flag("batch_tokens"),
+    Flag("micro_batch_size"),
+    Flag("train_tokens"),
+    Flag("optim.lr"),
+    Flag("optim.schedule"),
+    Flag("precision"),
+    Flag("distributed.zero"),
+    Flag("distributed.offload"),
+    Flag("distributed.deepspeed"),
+    Flag("distributed.nproc"),
+    Flag("distributed.hostfile"),
+    Flag("checkpoint.every", "--checkpoint-every"),
+    Flag("activation_checkpointing"),
+    Flag("compile", "--compile/--no-compile"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     tokens: Annotated[Path, typer.Argument(help="A tokens artifact (from `llmforge tokenize encode`).")],
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    preset: Annotated[str | None, flag(Config, "model.preset")] = None,
-    arch: Annotated[str | None, flag(Config, "model.arch")] = None,
-    init_from: Annotated[str | None, flag(Config, "init_from", "--init-from")] = None,
-    seq_len: Annotated[int | None, flag(Config, "seq_len")] = None,
-    batch_tokens: Annotated[int | None, flag(Config, "batch_tokens")] = None,
-    micro_batch_size: Annotated[int | None, flag(Config, "micro_batch_size")] = None,
-    train_tokens: Annotated[int | None, flag(Config, "train_tokens")] = None,
-    lr: Annotated[float | None, flag(Config, "optim.lr")] = None,
-    schedule: Annotated[str | None, flag(Config, "optim.schedule")] = None,
-    precision: Annotated[str | None, flag(Config, "precision")] = None,
-    zero: Annotated[int | None, flag(Config, "distributed.zero")] = None,
-    offload: Annotated[str | None, flag(Config, "distributed.offload")] = None,
-    deepspeed: Annotated[str | None, flag(Config, "distributed.deepspeed")] = None,
-    nproc: Annotated[int | None, flag(Config, "distributed.nproc")] = None,
-    hostfile: Annotated[str | None, flag(Config, "distributed.hostfile")] = None,
-    checkpoint_every: Annotated[int | None, flag(Config, "checkpoint.every", "--checkpoint-every")] = None,
-    activation_checkpointing: Annotated[bool | None, flag(Config, "activation_checkpointing")] = None,
-    compile_: Annotated[bool | None, flag(Config, "compile", "--compile/--no-compile")] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check inputs and print the plan; train nothing.")
-    ] = False,
+    output: Path,
+    config: Config,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> None:
-    config = load_config(Config, config_file, sets, {
-        "model.preset": preset, "model.arch": arch, "init_from": init_from, "seq_len": seq_len, "batch_tokens": batch_tokens,
-        "micro_batch_size": micro_batch_size, "train_tokens": train_tokens, "optim.lr": lr,
-        "optim.schedule": schedule, "precision": precision, "distributed.zero": zero,
-        "distributed.offload": offload, "distributed.deepspeed": deepspeed, "distributed.nproc": nproc,
-        "distributed.hostfile": hostfile, "checkpoint.every": checkpoint_every,
-        "activation_checkpointing": activation_checkpointing, "compile": compile_,
-    })  # fmt: skip
     run(tokens, output, config, force=force, dry_run=dry_run)

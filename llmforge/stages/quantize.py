@@ -20,9 +20,9 @@ from typing import Annotated, Literal, TypedDict
 import typer
 from pydantic import Field
 
-from llmforge.config import StageConfig, load_config
+from llmforge.config import StageConfig
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 
 STAGE = "quantize"
 
@@ -262,21 +262,23 @@ def _torchao(unquantized_dir: Path, method: str, work: Path) -> None:
     model.save_pretrained(work, safe_serialization=True)
 
 
+FLAGS = (
+    Flag("method"),
+    Flag("algorithm"),
+    Flag("calibration_samples"),
+    Flag("seq_len"),
+    Flag("eval_tokens"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     model: Annotated[str, typer.Argument(help="A model or adapter artifact (or Hugging Face directory).")],
     data: Annotated[
         str, typer.Option("--data", help="Tokens or documents artifact: calibration and held-out text.")
     ],
-    out: Output,
-    method: Annotated[str | None, flag(Config, "method")] = None,
-    algorithm: Annotated[str | None, flag(Config, "algorithm")] = None,
-    calibration_samples: Annotated[int | None, flag(Config, "calibration_samples")] = None,
-    seq_len: Annotated[int | None, flag(Config, "seq_len")] = None,
-    eval_tokens: Annotated[int | None, flag(Config, "eval_tokens")] = None,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
+    output: Path,
+    config: Config,
+    force: bool = False,
 ) -> None:
-    flags = {"method": method, "algorithm": algorithm, "calibration_samples": calibration_samples,
-             "seq_len": seq_len, "eval_tokens": eval_tokens}  # fmt: skip
-    run(model, data, out, load_config(Config, config_file, sets, flags), force=force)
+    run(model, data, output, config, force=force)

@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import typer
 from pydantic import Field
 
-from llmforge.config import StageConfig, load_config
-from llmforge.options import ConfigFile, Sets, flag
+from llmforge.config import StageConfig
+from llmforge.options import Flag, stage_command
 
 STAGE = "serve"
 
@@ -102,23 +102,24 @@ def choose_backend(config: Config) -> str:
     return backend
 
 
+FLAGS = (
+    Flag("host"),
+    Flag("port"),
+    Flag("api_key", envvar="LLMFORGE_API_KEY"),
+    Flag("backend"),
+    Flag("served_model_name"),
+    Flag("adapters", "--adapter"),
+    Flag("max_model_len", "--seq-len", "--max-model-len"),
+    Flag("max_batch_size"),
+    Flag("tensor_parallel_size"),
+)
+
+
+@stage_command(FLAGS)
 def command(
     model: Annotated[
         str, typer.Argument(help="A model, adapter or quantized-model artifact (or HF directory).")
     ],
-    host: Annotated[str | None, flag(Config, "host")] = None,
-    port: Annotated[int | None, flag(Config, "port")] = None,
-    api_key: Annotated[str | None, flag(Config, "api_key", envvar="LLMFORGE_API_KEY")] = None,
-    backend: Annotated[str | None, flag(Config, "backend")] = None,
-    served_model_name: Annotated[str | None, flag(Config, "served_model_name")] = None,
-    adapter: Annotated[list[str] | None, flag(Config, "adapters", "--adapter")] = None,
-    max_model_len: Annotated[int | None, flag(Config, "max_model_len")] = None,
-    max_batch_size: Annotated[int | None, flag(Config, "max_batch_size")] = None,
-    tensor_parallel_size: Annotated[int | None, flag(Config, "tensor_parallel_size")] = None,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
+    config: Config,
 ) -> None:
-    flags = {"host": host, "port": port, "api_key": api_key, "backend": backend,
-             "served_model_name": served_model_name, "adapters": adapter, "max_model_len": max_model_len,
-             "max_batch_size": max_batch_size, "tensor_parallel_size": tensor_parallel_size}  # fmt: skip
-    run(model, load_config(Config, config_file, sets, flags))
+    run(model, config)

@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import typer
 from pydantic import Field
 
 from llmforge import machine
-from llmforge.config import load_config
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
+from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Records,
@@ -26,12 +26,8 @@ from llmforge.train.posttrain import (
     check_messages,
     check_prompt,
     check_text,
-    common_flags,
-    common_values,
-    data_argument,
     final_value,
     first_final,
-    model_argument,
     run_posttrain,
 )
 from llmforge.train.stats import PostTrainStats
@@ -171,32 +167,39 @@ def run(
                          dry_run=dry_run)  # fmt: skip
 
 
-F = common_flags(Config)
+FLAGS = (
+    Flag("lora.enabled", "--lora"),
+    Flag("lora.qlora", "--qlora"),
+    Flag("lora.merge", "--merge"),
+    Flag("lora.rank", "--rank"),
+    Flag("epochs"),
+    Flag("max_steps"),
+    Flag("learning_rate", "--lr", "--learning-rate"),
+    Flag("batch_size", "--micro-batch-size", "--batch-size"),
+    Flag("max_length", "--seq-len", "--max-length"),
+    Flag("packing"),
+    Flag("zero"),
+    Flag("offload"),
+    Flag("nproc"),
+)
 
 
+@stage_command(FLAGS)
 def command(
-    model: Annotated[str, model_argument()],
-    data: Annotated[str, data_argument()],
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    lora: F.lora = None,
-    qlora: F.qlora = None,
-    merge: F.merge = None,
-    rank: F.rank = None,
-    epochs: F.epochs = None,
-    max_steps: F.max_steps = None,
-    learning_rate: F.learning_rate = None,
-    batch_size: F.batch_size = None,
-    max_length: F.max_length = None,
-    packing: Annotated[bool | None, flag(Config, "packing")] = None,
-    zero: F.zero = None,
-    offload: F.offload = None,
-    nproc: F.nproc = None,
-    dry_run: DryRun = False,
+    model: Annotated[
+        str,
+        typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory."),
+    ],
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
+        ),
+    ],
+    output: Path,
+    config: Config,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """Supervised fine-tuning (chat, prompt/completion or text), full or LoRA/QLoRA, DeepSpeed-ready."""
-    values = locals()
-    config = load_config(Config, config_file, sets, {**common_values(values), "packing": packing})
     run(model, data, output, config, force=force, dry_run=dry_run)

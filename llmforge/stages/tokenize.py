@@ -20,9 +20,9 @@ from pydantic import Field
 
 from llmforge import machine
 from llmforge.artifacts import Artifact, InputRef
-from llmforge.config import StageConfig, load_config, runtime_field
+from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
-from llmforge.options import ConfigFile, Force, Output, Sets, flag, handle_errors
+from llmforge.options import Flag, stage_command
 
 TRAIN_STAGE = "tokenize train"
 ENCODE_STAGE = "tokenize encode"
@@ -86,9 +86,6 @@ class EncodeConfig(StageConfig):
         gt=0,
         description="Characters of text per encoding task; an interrupted run keeps finished tasks",
     )
-
-
-CONFIGS = {TRAIN_STAGE: TrainConfig, ENCODE_STAGE: EncodeConfig}
 
 
 class SampleCounts(TypedDict):
@@ -625,43 +622,27 @@ def mix(root: Path, sources: list[Source], chunks: list[list[Path]], dtype: str,
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 
-command = typer.Typer(
-    name="tokenize",
-    help="Train the tokenizer on the data mix (train), then encode documents into token shards (encode).",
-    no_args_is_help=True,
-)
-
 Inputs = Annotated[
     list[str],
     typer.Argument(
         help="Documents artifacts, each as [NAME=]DIR[:WEIGHT], e.g. web=docs/web:0.7 wiki=docs/wiki:0.3."
     ),
 ]
+TRAIN_FLAGS = (Flag("vocab_size"), Flag("algorithm"), Flag("sample_bytes"))
+ENCODE_FLAGS = (Flag("target_tokens"), Flag("val_fraction"), Flag("workers"))
 
 
-@command.command("train", no_args_is_help=True)
-@handle_errors
-def train_command(
-    inputs: Inputs,
-    output: Output,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    vocab_size: Annotated[int | None, flag(TrainConfig, "vocab_size")] = None,
-    algorithm: Annotated[str | None, flag(TrainConfig, "algorithm")] = None,
-    sample_bytes: Annotated[int | None, flag(TrainConfig, "sample_bytes")] = None,
-) -> None:
+@stage_command(TRAIN_FLAGS)
+def train_command(inputs: Inputs, output: Path, config: TrainConfig, force: bool = False) -> None:
     """Train a tokenizer (byte-level BPE or Unigram, special tokens, chat template) on a weighted sample."""
-    flags = {"vocab_size": vocab_size, "algorithm": algorithm, "sample_bytes": sample_bytes}
-    config = load_config(TrainConfig, config_file, sets, flags)
     train(inputs, output, config, force=force)
 
 
-@command.command("encode", no_args_is_help=True)
-@handle_errors
+@stage_command(ENCODE_FLAGS)
 def encode_command(
     inputs: Inputs,
-    output: Output,
+    output: Path,
+    config: EncodeConfig,
     tokenizer: Annotated[
         Path | None,
         typer.Option("--tokenizer", help="A tokenizer artifact (made by `llmforge tokenize train`)."),
@@ -672,14 +653,7 @@ def encode_command(
             "--model", help="Reuse the tokenizer of this model (continued pretraining, fine-tuning data)."
         ),
     ] = None,
-    config_file: ConfigFile = None,
-    sets: Sets = None,
-    force: Force = False,
-    target_tokens: Annotated[int | None, flag(EncodeConfig, "target_tokens")] = None,
-    val_fraction: Annotated[float | None, flag(EncodeConfig, "val_fraction")] = None,
-    workers: Annotated[int | None, flag(EncodeConfig, "workers")] = None,
+    force: bool = False,
 ) -> None:
     """Encode documents into token shards (EOS after each document, a validation split), mixed by weight."""
-    flags = {"target_tokens": target_tokens, "val_fraction": val_fraction, "workers": workers}
-    config = load_config(EncodeConfig, config_file, sets, flags)
     encode(inputs, output, tokenizer=tokenizer, model=model, config=config, force=force)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -134,56 +133,6 @@ def qlora_unavailable() -> str | None:
     if not machine.has_package("bitsandbytes"):
         return "--qlora needs the bitsandbytes package (pip install bitsandbytes); use --lora without it"
     return None
-
-
-# Flags every post-training command has: parameter name -> (config key, option names)
-COMMON_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "lora": ("lora.enabled", ("--lora",)),
-    "qlora": ("lora.qlora", ("--qlora",)),
-    "merge": ("lora.merge", ("--merge",)),
-    "rank": ("lora.rank", ("--rank",)),
-    "epochs": ("epochs", ("--epochs",)),
-    "max_steps": ("max_steps", ("--max-steps",)),
-    "learning_rate": ("learning_rate", ("--lr", "--learning-rate")),
-    "batch_size": ("batch_size", ("--batch-size",)),
-    "max_length": ("max_length", ("--max-length",)),
-    "zero": ("zero", ("--zero",)),
-    "offload": ("offload", ("--offload",)),
-    "nproc": ("nproc", ("--nproc",)),
-}
-_FLAG_TYPES = {"lora": bool, "qlora": bool, "merge": bool, "rank": int, "epochs": float, "max_steps": int,
-               "learning_rate": float, "batch_size": int, "max_length": int, "zero": int, "offload": str,
-               "nproc": int}  # fmt: skip
-
-
-def common_flags(config: type[PostTrainConfig]) -> SimpleNamespace:
-    """Typer parameter types for COMMON_FLAGS, documented from `config` (its defaults, its descriptions)."""
-    from typing import Annotated
-
-    from llmforge.options import flag
-
-    return SimpleNamespace(**{name: Annotated[_FLAG_TYPES[name] | None, flag(config, key, *names)]
-                              for name, (key, names) in COMMON_FLAGS.items()})  # fmt: skip
-
-
-def model_argument():
-    import typer
-
-    return typer.Argument(
-        help="The model to train: a model or adapter artifact, or a Hugging Face directory."
-    )
-
-
-def data_argument():
-    import typer
-
-    return typer.Argument(help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a "
-                               "documents artifact.")  # fmt: skip
-
-
-def common_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Dotted config keys for the common flags a command received (None = not given)."""
-    return {key: values[name] for name, (key, _) in COMMON_FLAGS.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
