@@ -114,9 +114,9 @@ def test_plan_counts_the_lora_parameters_peft_adds(tiny_model):
     from peft import LoraConfig, get_peft_model
 
     from llmforge.model.loading import load_model, resolve_model
-    from llmforge.train.posttrain import lora_parameters, safetensors_shapes
+    from llmforge.train.posttrain_plan import lora_parameters, weight_shapes
 
-    shapes = safetensors_shapes(tiny_model)
+    shapes = weight_shapes(tiny_model)
     model = load_model(resolve_model(tiny_model, "sft"))
     assert sum(math.prod(s) for s in shapes.values()) == sum(p.numel() for p in model.parameters())
     for targets in ("all-linear", ["q_proj", "v_proj"]):

@@ -16,14 +16,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from llmforge.config import load_config
+from llmforge.data.records import Records, check_answer, check_prompt
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
 from llmforge.train.posttrain import (
     PostTrainConfig,
-    Records,
     Stage,
-    check_answer,
-    check_prompt,
     common_flags,
     common_values,
     data_argument,

@@ -17,13 +17,12 @@ from pydantic import Field, model_validator
 
 from llmforge import machine
 from llmforge.config import load_config, runtime_field
+from llmforge.data.records import Records, check_prompt
 from llmforge.errors import InputError
 from llmforge.options import ConfigFile, DryRun, Force, Output, Sets, flag
 from llmforge.train.posttrain import (
     PostTrainConfig,
-    Records,
     Stage,
-    check_prompt,
     common_flags,
     common_values,
     data_argument,
@@ -126,6 +125,11 @@ def check(records: Records, tokenizer, config: Config) -> None:
     if config.use_vllm and not machine.has_vllm():  # TRL would fail later, after loading
         raise InputError("--use-vllm needs vLLM, which is not installed here (llmforge's vllm extra); leave "
                          "--use-vllm off to generate with transformers")  # fmt: skip
+    completions = config.batch_size * config.gradient_accumulation * config.world_size()
+    if config.hostfile is not None and completions % config.num_generations:  # (the config checks nproc)
+        raise InputError(f"batch_size x gradient_accumulation x {config.world_size()} processes of "
+                         f"{config.hostfile} ({completions} completions per step) must be a multiple of "
+                         f"num_generations ({config.num_generations})")  # fmt: skip
     for spec in _specs(config):
         load_reward(spec)
     room = config.max_length - config.max_completion_length
