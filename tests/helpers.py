@@ -106,6 +106,26 @@ def cli_env(env: dict | None = None) -> dict:
     return {**inherited, "PYTHONWARNINGS": "ignore", **(env or {})}
 
 
+# The deepspeed launcher reaches every host of a hostfile over ssh, even a one-node hostfile (a reachability check
+# and `hostname -I` for the rendezvous address). There is no ssh server here: this stands in for ssh to this same
+# machine, so the rest of the multi-node path (runner -> deepspeed.launcher.launch -> workers) runs for real.
+SSH_TO_THIS_MACHINE = """#!/bin/sh
+while [ $# -gt 0 ]; do case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac; done
+shift
+if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; exit 0; fi
+exec sh -c "$*"
+"""
+
+
+def one_node_hostfile(directory: Path, slots: int = 2) -> tuple[Path, dict]:
+    """A hostfile naming this machine, and the environment (PATH with the ssh stand-in) to launch from it."""
+    (directory / "bin").mkdir(exist_ok=True)
+    (directory / "bin" / "ssh").write_text(SSH_TO_THIS_MACHINE)
+    (directory / "bin" / "ssh").chmod(0o755)
+    (directory / "hosts").write_text(f"localhost slots={slots}\n")
+    return directory / "hosts", {"PATH": f"{directory / 'bin'}:{os.environ['PATH']}"}
+
+
 def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None, check: bool = True,
              timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the CLI the way a user does: a subprocess, text output, exit code checked unless check=False."""

@@ -45,6 +45,7 @@ POSTTRAIN = [
     (["--zero", "2"], "zero", 2),
     (["--offload", "cpu"], "offload", "cpu"),
     (["--nproc", "2"], "nproc", 2),
+    (["--hostfile", "hosts"], "hostfile", "hosts"),
 ]
 OLD_SPELLINGS = {
     "crawl-filter": [

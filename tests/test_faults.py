@@ -73,22 +73,11 @@ def document_lines(count: int, seed: int) -> list[str]:
 # kill -9 and resume
 
 
-def pretrain_step(checkpoints) -> int:
-    """Step of the newest checkpoint with its complete.json (written last), 0 if none."""
-    done = [json.loads((p / "complete.json").read_text())["step"] for p in checkpoints.glob("step-*")
+def newest_step(checkpoints, prefix: str) -> int:
+    """Step of the newest checkpoint with its complete.json (written last, pretrain and post-training alike),
+    0 if none."""
+    done = [json.loads((p / "complete.json").read_text())["step"] for p in checkpoints.glob(f"{prefix}*")
             if (p / "complete.json").is_file()]  # fmt: skip
-    return max(done, default=0)
-
-
-def posttrain_step(checkpoints) -> int:
-    """Step of the newest checkpoint whose trainer_state.json (written last) parses, 0 if none."""
-    done = []
-    for path in checkpoints.glob("checkpoint-*"):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        done.append(int(path.name.split("-")[1]))
     return max(done, default=0)
 
 
@@ -120,18 +109,19 @@ def test_kill_9_midway_then_the_same_command_resumes(stage, data, tiny_model, tm
     out = tmp_path / "out"
     command = [*TRAINING[stage](data, tiny_model), "-o", out]
     pretrain = stage == "pretrain"
-    newest_step = pretrain_step if pretrain else posttrain_step
-    kill_at_checkpoint(command, out, newest_step, tmp_path / "killed.log")
+    prefix = "step-" if pretrain else "checkpoint-"
+    kill_at_checkpoint(
+        command, out, lambda checkpoints: newest_step(checkpoints, prefix), tmp_path / "killed.log"
+    )
     checkpoints = tmp_path / "out.partial" / "checkpoints"
-    step = newest_step(checkpoints)  # the newest complete checkpoint once the process is dead
+    step = newest_step(checkpoints, prefix)  # the newest complete checkpoint once the process is dead
     assert 0 < step < STEPS
 
     # and a newer checkpoint the kill cut short while it was being written: never resumed from
-    newest = sorted(checkpoints.glob("step-*" if pretrain else "checkpoint-*"))[-1]
+    newest = sorted(checkpoints.glob(f"{prefix}*"))[-1]
     cut = checkpoints / (f"step-{step + 1:08d}" if pretrain else f"checkpoint-{step + 1}")
     shutil.copytree(newest, cut)
-    for marker in ("complete.json", "trainer_state.json"):
-        (cut / marker).unlink(missing_ok=True)
+    (cut / "complete.json").unlink(missing_ok=True)
     for weights in [*cut.glob("*.pt"), *cut.glob("*.safetensors")]:
         weights.write_bytes(weights.read_bytes()[:100])
 

@@ -5,16 +5,12 @@ import json
 import pytest
 from helpers import chat_records, documents_artifact_from_records, llmforge, write_jsonl
 
+from llmforge.data.records import dataset_ref, read_records
 from llmforge.errors import InputError
 from llmforge.files import read_jsonl
 from llmforge.stages import dpo, grpo, sft
-from llmforge.train.posttrain import (
-    LiveMetrics,
-    LoraSettings,
-    dataset_ref,
-    read_records,
-    to_dataset,
-)
+from llmforge.train.posttrain import LoraSettings
+from llmforge.train.trl_job import LiveMetrics, to_dataset
 
 
 def torch_cuda_and_vllm() -> bool:

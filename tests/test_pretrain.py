@@ -442,34 +442,30 @@ def test_launch_commands_for_one_node_and_a_hostfile(tmp_path):
 
 
 def test_deepspeed_settings_from_flags_or_a_json_file(tmp_path, tokens):
-    from llmforge.stages.pretrain import plan_run
+    from llmforge.train.pretrain_plan import make_plan
 
-    plan = plan_run(tokens, config(distributed__zero=2, distributed__offload="cpu"))
-    section = plan["deepspeed"]["zero_optimization"]
+    plan = make_plan(tokens, config(distributed__zero=2, distributed__offload="cpu"))
+    section = plan.deepspeed["zero_optimization"]
     assert section["stage"] == 2 and section["offload_optimizer"]["device"] == "cpu"
-    assert (
-        plan["deepspeed"]["gradient_accumulation_steps"] == 2
-        and plan["deepspeed"]["gradient_clipping"] == 1.0
-    )
+    assert plan.deepspeed["gradient_accumulation_steps"] == 2 and plan.deepspeed["gradient_clipping"] == 1.0
     with pytest.raises(InputError, match="--offload cpu needs ZeRO stage 1, 2 or 3"):
-        plan_run(tokens, config(distributed__offload="cpu"))
+        make_plan(tokens, config(distributed__offload="cpu"))
 
     user = tmp_path / "ds.json"
     user.write_text(json.dumps({"zero_optimization": {"stage": 3, "overlap_comm": True},
                                 "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}))  # fmt: skip
-    plan = plan_run(tokens, config(distributed__deepspeed=str(user)))
-    assert plan["deepspeed"]["zero_optimization"] == {"stage": 3, "overlap_comm": True}
+    plan = make_plan(tokens, config(distributed__deepspeed=str(user)))
+    assert plan.deepspeed["zero_optimization"] == {"stage": 3, "overlap_comm": True}
     assert (
-        plan["deepspeed"]["train_micro_batch_size_per_gpu"] == 4
-        and plan["deepspeed"]["gradient_clipping"] == 1.0
+        plan.deepspeed["train_micro_batch_size_per_gpu"] == 4 and plan.deepspeed["gradient_clipping"] == 1.0
     )
-    assert plan["estimate"].zero == 3
+    assert plan.estimate.zero == 3
     user.write_text(json.dumps({"gradient_accumulation_steps": 8}))
     with pytest.raises(InputError, match="gradient_accumulation_steps is 8 but llmforge's settings give 2"):
-        plan_run(tokens, config(distributed__deepspeed=str(user)))
+        make_plan(tokens, config(distributed__deepspeed=str(user)))
     user.write_text(json.dumps({"optimizer": {"type": "Adam"}}))
     with pytest.raises(InputError, match="remove the 'optimizer' section"):
-        plan_run(tokens, config(distributed__deepspeed=str(user)))
+        make_plan(tokens, config(distributed__deepspeed=str(user)))
     user.write_text("{not json")
     with pytest.raises(InputError, match=r"ds.json:1: not valid JSON"):
-        plan_run(tokens, config(distributed__deepspeed=str(user)))
+        make_plan(tokens, config(distributed__deepspeed=str(user)))

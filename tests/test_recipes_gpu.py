@@ -14,6 +14,7 @@ from helpers import chat_records, grpo_records, sentences, tokens_artifact, writ
 
 from llmforge.config import load_config
 from llmforge.stages import crawl_filter, dedup, grpo, pretrain, sft, tokenize
+from llmforge.train.pretrain_plan import accumulation_steps
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "gpu"
 CONFIGS = {
@@ -41,7 +42,7 @@ def test_every_recipe_config_loads_and_says_what_the_readme_says():
     assert (run.model.preset, run.seq_len, run.precision, run.compile) == ("125m", 2048, "bf16", True)
     assert (run.distributed.zero, run.distributed.nproc) == (2, 8)
     # the batch in tokens divides over 8 GPUs: 2048 x 16 x 8 x accumulation 2
-    assert pretrain.accumulation_steps(run, 8) == 2
+    assert accumulation_steps(run, 8) == 2
     assert recipe("encode.yaml").target_tokens >= run.train_tokens
     for name in ("sft-lora.yaml", "grpo-lora.yaml"):
         post = recipe(name)
@@ -114,9 +115,9 @@ def test_plan_counts_the_lora_parameters_peft_adds(tiny_model):
     from peft import LoraConfig, get_peft_model
 
     from llmforge.model.loading import load_model, resolve_model
-    from llmforge.train.posttrain import lora_parameters, safetensors_shapes
+    from llmforge.train.posttrain_plan import lora_parameters, weight_shapes
 
-    shapes = safetensors_shapes(tiny_model)
+    shapes = weight_shapes(tiny_model)
     model = load_model(resolve_model(tiny_model, "sft"))
     assert sum(math.prod(s) for s in shapes.values()) == sum(p.numel() for p in model.parameters())
     for targets in ("all-linear", ["q_proj", "v_proj"]):

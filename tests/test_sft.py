@@ -5,9 +5,11 @@ from helpers import chat_records, stats_mismatches, write_jsonl
 from transformers import TrainerCallback
 
 from llmforge.artifacts import Artifact
+from llmforge.data.records import read_records
 from llmforge.files import read_jsonl
 from llmforge.stages import sft
-from llmforge.train.posttrain import LoraSettings, read_records, to_dataset, training_arguments
+from llmforge.train.posttrain import LoraSettings
+from llmforge.train.trl_job import to_dataset, training_arguments
 
 
 class StopAtStep(TrainerCallback):

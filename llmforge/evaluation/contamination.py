@@ -54,8 +54,8 @@ def training_files(artifacts: list[Artifact]) -> tuple[list[tuple[str, list[str]
     """The raw data files sft, dpo and grpo read (JSONL, JSON, Parquet): (path, files) for each one still on disk
     with the content its manifest entry fingerprinted, and 'path (why not)' for the others."""
     from llmforge.artifacts import raw_input
+    from llmforge.data.records import dataset_files
     from llmforge.errors import InputError
-    from llmforge.train.posttrain import dataset_files
 
     found, unreadable, seen = [], [], set()
     for artifact in artifacts:
@@ -93,7 +93,7 @@ def record_text(record: Any) -> str:
 
 
 def _file_texts(files: list[str]) -> Iterator[str]:
-    from llmforge.train.posttrain import file_rows
+    from llmforge.data.records import file_rows
 
     for file in files:
         for _, record in file_rows(file):

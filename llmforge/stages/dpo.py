@@ -16,14 +16,12 @@ from typing import Annotated, Any, Literal, NotRequired
 import typer
 from pydantic import Field
 
+from llmforge.data.records import Records, check_answer, check_prompt
 from llmforge.errors import InputError
 from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
-    Records,
     Stage,
-    check_answer,
-    check_prompt,
     final_value,
     first_final,
     run_posttrain,
@@ -169,6 +167,7 @@ FLAGS = (
     Flag("zero"),
     Flag("offload"),
     Flag("nproc"),
+    Flag("hostfile"),
 )
 
 

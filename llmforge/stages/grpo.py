@@ -18,13 +18,12 @@ from pydantic import Field, model_validator
 
 from llmforge import machine
 from llmforge.config import runtime_field
+from llmforge.data.records import Records, check_prompt
 from llmforge.errors import InputError
 from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
-    Records,
     Stage,
-    check_prompt,
     final_value,
     first_final,
     run_posttrain,
@@ -143,6 +142,11 @@ def check(records: Records, tokenizer, config: Config) -> None:
     if config.use_vllm and not machine.has_vllm():  # TRL would fail later, after loading
         raise InputError("--use-vllm needs vLLM, which is not installed here (llmforge's vllm extra); leave "
                          "--use-vllm off to generate with transformers")  # fmt: skip
+    completions = config.batch_size * config.gradient_accumulation * config.world_size()
+    if config.hostfile is not None and completions % config.num_generations:  # (the config checks nproc)
+        raise InputError(f"batch_size x gradient_accumulation x {config.world_size()} processes of "
+                         f"{config.hostfile} ({completions} completions per step) must be a multiple of "
+                         f"num_generations ({config.num_generations})")  # fmt: skip
     for spec in _specs(config):
         load_reward(spec)
     room = config.max_length - config.max_completion_length
@@ -244,6 +248,7 @@ FLAGS = (
     Flag("zero"),
     Flag("offload"),
     Flag("nproc"),
+    Flag("hostfile"),
 )
 
 

@@ -15,17 +15,12 @@ import typer
 from pydantic import Field
 
 from llmforge import machine
+from llmforge.data.records import Records, check_answer, check_messages, check_prompt, check_text
 from llmforge.errors import InputError
 from llmforge.options import Flag, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
-    Records,
     Stage,
-    check_answer,
-    check_assistant_masks,
-    check_messages,
-    check_prompt,
-    check_text,
     final_value,
     first_final,
     run_posttrain,
@@ -99,6 +94,29 @@ def check(records: Records, tokenizer, config: Config) -> None:
                     f"{location}: the prompt alone fills max_length ({config.max_length} tokens); "
                     "the loss mask of its completion is empty"
                 )
+
+
+def check_assistant_masks(records: Records, tokenizer, max_length: int) -> None:
+    """Every chat record must leave assistant tokens to train on within max_length (the loss mask is not empty)."""
+    template = tokenizer.chat_template or ""
+    if "{% generation %}" not in template.replace("{%- generation %}", "{% generation %}"):
+        raise InputError("the model's chat template has no {% generation %} markers, so assistant-only loss cannot "
+                         "find the assistant's tokens; use a tokenizer made by `llmforge tokenize train` or add "
+                         "the markers to chat_template.jinja")  # fmt: skip
+    for record, location in zip(records.items, records.locations, strict=True):
+        messages = record.get("messages") or (record["prompt"] + record["completion"])
+        tools = record.get("tools")
+        rendered = tokenizer.apply_chat_template(
+            messages, tools=json.loads(tools) if isinstance(tools, str) else tools, tokenize=True,
+            return_dict=True, return_assistant_tokens_mask=True,
+        )  # fmt: skip
+        mask = rendered["assistant_masks"][:max_length]
+        if not any(mask):
+            reason = ("the assistant's turns start after max_length "
+                      f"({max_length} tokens)") if any(rendered["assistant_masks"]) else "no assistant tokens"  # fmt: skip
+            raise InputError(
+                f"{location}: the loss mask is empty ({reason}); nothing of this record is trained on"
+            )
 
 
 def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
@@ -181,6 +199,7 @@ FLAGS = (
     Flag("zero"),
     Flag("offload"),
     Flag("nproc"),
+    Flag("hostfile"),
 )
 
 

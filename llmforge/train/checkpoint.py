@@ -1,13 +1,18 @@
-"""Resume state in OUT/checkpoints: DeepSpeed checkpoints plus what DeepSpeed does not keep.
+"""Resume state in OUT/checkpoints, and the one rule every training stage follows for it: a checkpoint directory
+counts only once its complete.json exists, written last (atomically), so one a kill cut short mid-write is never
+resumed from.
 
+pretrain (DeepSpeed engine, saved by llmforge.train.loop):
     checkpoints/step-00000100/      DeepSpeed's files (model, optimizer and scheduler states, ZeRO shards)
     checkpoints/step-00000100/rng-rank0.pt      each process's RNG states
-    checkpoints/step-00000100/complete.json     written last: step, data position, recent losses, world size
+    checkpoints/step-00000100/complete.json     step, data position, recent losses, world size, ZeRO stage
     checkpoints/skipped.json        batches skipped after a loss spike, so a resumed run skips them too
     checkpoints/plan.json           the run's settings, read by every worker process
     checkpoints/result.json         what the finished (or stopped) run reports back to `llmforge pretrain`
 
-A checkpoint counts only once complete.json exists, so one interrupted mid-write is never resumed from.
+sft, dpo, grpo (TRL / HF Trainer, saved by llmforge.train.trl_job):
+    checkpoints/checkpoint-100/     the Trainer's files (weights or adapter, optimizer, trainer_state.json...)
+    checkpoints/checkpoint-100/complete.json    {"step": 100}, written by a callback once every process saved
 """
 
 from __future__ import annotations
@@ -23,26 +28,49 @@ from llmforge.files import write_json
 
 COMPLETE = "complete.json"
 SKIPPED = "skipped.json"
-PREFIX = "step-"
+PREFIX = "step-"  # pretrain's checkpoint directories
+TRAINER_PREFIX = "checkpoint-"  # HF Trainer's (post-training)
 
 
 def tag(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def complete_checkpoints(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Finished checkpoints, oldest first, with their complete.json."""
+def checkpoint_dirs(directory: Path, prefix: str = PREFIX) -> list[tuple[int, Path]]:
+    """(step, path) of every `<prefix><step>` directory, complete or not, by step."""
     found = []
-    for path in sorted(Path(directory).glob(f"{PREFIX}*")):
-        marker = path / COMPLETE
-        if marker.is_file():
-            found.append((path, json.loads(marker.read_text())))
-    return found
+    for path in Path(directory).glob(f"{prefix}*") if Path(directory).is_dir() else []:
+        step = path.name.removeprefix(prefix)
+        if step.isdigit() and path.is_dir():
+            found.append((int(step), path))
+    return sorted(found)
 
 
-def latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    found = complete_checkpoints(directory)
+def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
+    """Written last, once every process has saved its part: from now on the checkpoint counts."""
+    write_json(Path(checkpoint) / COMPLETE, info)
+
+
+def complete_checkpoints(directory: Path, prefix: str = PREFIX) -> list[tuple[Path, dict[str, Any]]]:
+    """Finished checkpoints, oldest first, with their complete.json."""
+    return [(path, json.loads((path / COMPLETE).read_text())) for _, path in checkpoint_dirs(directory, prefix)
+            if (path / COMPLETE).is_file()]  # fmt: skip
+
+
+def latest(directory: Path, prefix: str = PREFIX) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint and its complete.json, or None."""
+    found = complete_checkpoints(directory, prefix)
     return found[-1] if found else None
+
+
+def discard_unfinished(directory: Path, prefix: str = PREFIX) -> None:
+    """Remove checkpoints a kill interrupted mid-write (user process, before any worker starts)."""
+    from llmforge.console import log
+
+    for _, path in checkpoint_dirs(directory, prefix):
+        if not (path / COMPLETE).is_file():
+            log(f"discarding {path.name}: the run was interrupted while writing it")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def prune(directory: Path, keep: int) -> None:
@@ -50,7 +78,7 @@ def prune(directory: Path, keep: int) -> None:
     complete = [path for path, _ in complete_checkpoints(directory)]
     kept = set(complete[-keep:])
     newest = complete[-1].name if complete else ""
-    for path in Path(directory).glob(f"{PREFIX}*"):
+    for _, path in checkpoint_dirs(directory):
         if path not in kept and path.name <= newest:
             shutil.rmtree(path, ignore_errors=True)
 

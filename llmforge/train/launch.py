@@ -1,8 +1,9 @@
-"""Starting training processes: torchrun on one node (`--nproc N`), the deepspeed launcher across the nodes of a
-hostfile (`--hostfile FILE`, one `host slots=N` line per node, started over ssh/pdsh from the first node).
+"""Starting training processes, for pretrain and post-training alike: torchrun on one node (`--nproc N`), the
+deepspeed launcher across the nodes of a hostfile (`--hostfile FILE`, one `host slots=N` line per node, started over
+ssh/pdsh from the first node).
 
-Both set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every process, which is all the worker
-(llmforge/train/worker.py) reads. Multi-node runs need OUT on a filesystem every node shares.
+Both run `python -m llmforge.train.worker JOB` in every process and set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT, which is all the worker reads. Multi-node runs need OUT on a filesystem every node shares.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llmforge import machine
 from llmforge.errors import InputError, LLMForgeError, where
 
 WORKER = "llmforge.train.worker"
@@ -50,24 +52,35 @@ def world_size(nproc: int, hostfile: str | Path | None) -> int:
     return sum(slots for _, slots in hosts)
 
 
-def launch_command(plan: Path, nproc: int, hostfile: str | Path | None, port: int) -> list[str]:
+def processes_per_node(nproc: int, hostfile: str | Path | None) -> int:
+    if hostfile is None or nproc > 1:
+        return nproc
+    return max(slots for _, slots in read_hostfile(hostfile))
+
+
+def launch_command(job: Path, nproc: int, hostfile: str | Path | None, port: int) -> list[str]:
     if hostfile is not None:
         gpus = ["--num_gpus", str(nproc)] if nproc > 1 else []
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile), *gpus,
-                "--master_port", str(port), "--no_local_rank", "--module", WORKER, str(plan)]  # fmt: skip
+                "--master_port", str(port), "--no_local_rank", "--module", WORKER, str(job)]  # fmt: skip
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", WORKER, str(plan)]  # fmt: skip
+            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", WORKER, str(job)]  # fmt: skip
 
 
-def launch(plan: Path, nproc: int, hostfile: str | Path | None) -> None:
+def launch(job: Path, nproc: int, hostfile: str | Path | None) -> None:
     """Run the workers to completion; their output goes to stderr (stdout carries only the artifact path)."""
     from llmforge.console import log
-    from llmforge.train.deepspeed import free_port, on_cpu
+    from llmforge.train.deepspeed import free_port
 
-    command = launch_command(plan, nproc, hostfile, free_port())
+    command = launch_command(job, nproc, hostfile, free_port())
     env = dict(os.environ)
-    if on_cpu():
+    if not machine.has_cuda():
         env.setdefault("DS_ACCELERATOR", "cpu")
+        # the node's cores shared between its processes (torchrun would give each one thread, DeepSpeed's launcher
+        # all of them to every process)
+        env.setdefault(
+            "OMP_NUM_THREADS", str(max(1, machine.cpu_count() // processes_per_node(nproc, hostfile)))
+        )
     log(f"launching: {' '.join(command)}")
     sys.stderr.flush()
     result = subprocess.run(command, stdout=sys.stderr.fileno(), env=env)

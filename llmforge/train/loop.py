@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmforge import machine
 from llmforge.errors import LLMForgeError
@@ -33,62 +33,48 @@ from llmforge.train import checkpoint as ckpt
 from llmforge.train.data import PackedWindows
 from llmforge.train.schedule import Schedule
 
+if TYPE_CHECKING:
+    from llmforge.stages.pretrain import Config
+
 INJECT_ENV = "LLMFORGE_INJECT_LOSS"
+JOB_KIND = "pretrain"  # the worker's name for a RunSpec file
 
 
 @dataclass
 class RunSpec:
-    """Everything a training process needs, as plain JSON (the workers read it from plan.json)."""
+    """What every training process reads: the resolved settings plus what the plan computed from them and the
+    inputs. Saved as OUT.partial/checkpoints/plan.json (the settings as their JSON; workers rebuild the Config)."""
 
-    tokens_dir: str
-    work_dir: str
-    model_config: dict[str, Any]  # transformers config.to_dict()
-    seq_len: int
-    micro_batch_size: int
-    gradient_accumulation: int
-    world_size: int
-    steps: int
-    seed: int
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    schedule: dict[str, Any]  # Schedule fields
-    deepspeed: dict[str, Any]
+    config: Config  # the stage's settings, as resolved by `llmforge pretrain`
+    tokens_dir: str  # the tokens artifact (absolute)
+    work_dir: str  # OUT.partial (absolute)
+    model_config: dict[str, Any]  # transformers config.to_dict() of the model to train
+    init_from: str | None  # continued pretraining: the init model's directory (or hub id)
+    world_size: int  # training processes in all
+    accumulation: int  # micro-batches per process per optimizer step
+    steps: int  # optimizer steps
+    warmup: int  # warmup steps
+    precision: str  # fp32 | bf16 (applied through the DeepSpeed config)
     attention: str  # sdpa | flash_attention_2 | eager
-    document_masking: bool
-    activation_checkpointing: bool
-    compile: bool
-    compile_backend: str
-    flops_per_token: float
-    checkpoint_every: int
-    keep_checkpoints: int
-    val_every: int
-    val_batches: int
-    log_every: int
-    spike_factor: float
-    spike_window: int
-    max_rewinds: int
-    stop_after: int | None = None
-    peak_flops: float | None = None
-    init_from: str | None = None  # continued pretraining: the init model's directory (or hub id)
-    # DeepSpeed monitor sections, beside those in `deepspeed` (the engine gets none; rank 0's Reporter writes them)
-    monitors: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def batch_tokens(self) -> int:
-        return self.seq_len * self.micro_batch_size * self.gradient_accumulation * self.world_size
+    deepspeed: dict[str, Any]  # the DeepSpeed config, with llmforge's monitor sections
+    flops_per_token: float  # for FLOP/s and MFU
+    peak_flops: float | None  # per device; None = not known
 
     @property
     def checkpoints(self) -> Path:
         return Path(self.work_dir) / "checkpoints"
 
     def save(self, path: Path) -> None:
-        write_json(path, asdict(self))
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        write_json(path, {"kind": JOB_KIND, **fields, "config": self.config.model_dump(mode="json")})
 
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:
-        return cls(**json.loads(Path(path).read_text()))
+        from llmforge.stages.pretrain import Config  # the stage owns its settings
+
+        fields = json.loads(Path(path).read_text())
+        fields.pop("kind", None)
+        return cls(**{**fields, "config": Config.model_validate(fields["config"])})
 
 
 class StoppedEarly(LLMForgeError):
@@ -153,34 +139,35 @@ class Trainer:
 
         from llmforge.train.metrics import Reporter, split_monitors
 
-        self.spec, self.rank, self.world = spec, rank, spec.world_size
+        self.spec, self.config, self.rank, self.world = spec, spec.config, rank, spec.world_size
+        config = spec.config
         self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if machine.has_cuda()
                                    else "cpu")  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.train_data = PackedWindows(
-            spec.tokens_dir, "train", spec.seq_len, spec.seed, spec.document_masking
+            spec.tokens_dir, "train", config.seq_len, config.seed, config.document_masking
         )
         self.val_data = self._validation_windows()
-        self.schedule = Schedule(**spec.schedule)
+        self.schedule = Schedule(config.optim.schedule, spec.steps, spec.warmup, config.optim.min_lr_ratio,
+                                 config.optim.decay_fraction)  # fmt: skip
         self.skipped = ckpt.load_skipped(spec.checkpoints)
         self.injected = injected_losses()
         # the engine's DeepSpeed config leaves out the monitors: rank 0's Reporter writes them, on the step axis
         self.deepspeed, monitors = split_monitors(spec.deepspeed)
-        self.reporter = Reporter(Path(spec.work_dir) / "metrics.jsonl", rank == 0, spec.steps, spec.batch_tokens,
-                                 spec.flops_per_token, spec.peak_flops, self.world,
-                                 {**monitors, **spec.monitors})  # fmt: skip
+        self.reporter = Reporter(Path(spec.work_dir) / "metrics.jsonl", rank == 0, spec.steps, config.batch_tokens,
+                                 spec.flops_per_token, spec.peak_flops, self.world, monitors)  # fmt: skip
         self.vocab_size = spec.model_config["vocab_size"]
-        self.flatten = spec.document_masking and spec.attention == "flash_attention_2"
+        self.flatten = config.document_masking and spec.attention == "flash_attention_2"
         self.started = time.perf_counter()
 
     def _validation_windows(self) -> PackedWindows | None:
         from llmforge.data.shards import TokenShards
 
-        if self.spec.val_every <= 0 or TokenShards(self.spec.tokens_dir).num_tokens("val") == 0:
+        if self.config.eval.every <= 0 or TokenShards(self.spec.tokens_dir).num_tokens("val") == 0:
             return None
-        windows = PackedWindows(self.spec.tokens_dir, "val", self.spec.seq_len, self.spec.seed,
-                                self.spec.document_masking)  # fmt: skip
+        windows = PackedWindows(self.spec.tokens_dir, "val", self.config.seq_len, self.config.seed,
+                                self.config.document_masking)  # fmt: skip
         return windows if len(windows) >= self.world else None
 
     # -- the engine -------------------------------------------------------------------------------------------
@@ -190,10 +177,10 @@ class Trainer:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        spec = self.spec
+        spec, settings = self.spec, self.config
         config = AutoConfig.for_model(**spec.model_config)
         config._attn_implementation = spec.attention
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(settings.seed)
         if self.build_sharded():
             # transformers builds the model directly into ZeRO-3 shards (never whole in one process) while this
             # object is alive; its initial weights then differ from an unsharded build with the same seed.
@@ -209,15 +196,15 @@ class Trainer:
                                                          attn_implementation=spec.attention)  # fmt: skip
         else:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        if spec.activation_checkpointing:
+        if settings.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=self.deepspeed)  # fmt: skip
-        if spec.compile:
-            engine.compile(backend=spec.compile_backend)
+        if settings.compile:
+            engine.compile(backend=settings.compile_backend)
         engine.train()
         return engine
 
@@ -244,9 +231,10 @@ class Trainer:
                 param, "ds_shape", param.shape
             )  # ZeRO-3 shards are flat; ds_shape is the real one
             (no_decay if len(shape) < 2 or "embed" in name else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.spec.weight_decay},
+        groups = [{"params": decay, "weight_decay": self.config.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
-        kwargs = dict(lr=self.spec.lr, betas=tuple(self.spec.betas), eps=self.spec.eps)
+        optim = self.config.optim
+        kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
         offload = self.spec.deepspeed.get("zero_optimization", {}).get("offload_optimizer", {}).get("device")
         if self.device.type == "cuda" and offload == "cpu":
             from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -287,8 +275,8 @@ class Trainer:
         if self.rank == 0:
             info = {**asdict(position), "world_size": self.world,
                     "zero": self.spec.deepspeed.get("zero_optimization", {}).get("stage", 0)}  # fmt: skip
-            write_json(self.spec.checkpoints / name / ckpt.COMPLETE, info)
-            ckpt.prune(self.spec.checkpoints, self.spec.keep_checkpoints)
+            ckpt.mark_complete(self.spec.checkpoints / name, info)
+            ckpt.prune(self.spec.checkpoints, self.config.checkpoint.keep)
         dist.barrier()
 
     # -- the run ----------------------------------------------------------------------------------------------
@@ -330,9 +318,9 @@ class Trainer:
                         event="rewind", step=rewind.step, batch=rewind.batch, reason=rewind.reason,
                     )  # fmt: skip
                     self.destroy(engine)
-                    if rewinds > self.spec.max_rewinds:
+                    if rewinds > self.config.stability.max_rewinds:
                         raise LLMForgeError(
-                            f"training diverged: {rewinds} rewinds (stability.max_rewinds = {self.spec.max_rewinds}); "
+                            f"training diverged: {rewinds} rewinds (stability.max_rewinds = {self.config.stability.max_rewinds}); "
                             "lower the learning rate or inspect the skipped batches in checkpoints/skipped.json"
                         ) from None
             if status == "finished":
@@ -347,12 +335,12 @@ class Trainer:
     def loop(self, engine, position: Position) -> str:
         import torch
 
-        spec = self.spec
-        recent = deque(position.recent_losses, maxlen=spec.spike_window)
+        spec, config = self.spec, self.config
+        recent = deque(position.recent_losses, maxlen=config.stability.spike_window)
         steps_this_run = 0
         measured: list[float] = []
         while position.step < spec.steps:
-            if spec.stop_after is not None and position.step >= spec.stop_after:
+            if config.stop_after is not None and position.step >= config.stop_after:
                 if (
                     not ckpt.latest(spec.checkpoints)
                     or ckpt.latest(spec.checkpoints)[1]["step"] != position.step
@@ -375,14 +363,14 @@ class Trainer:
             steps_this_run += 1
             last = position.step == spec.steps
             self.reporter.step(position.step, batch, loss, lr, grad_norm, seconds,
-                               log_now=position.step % spec.log_every == 0 or last or position.step == 1)  # fmt: skip
+                               log_now=position.step % config.logging.every == 0 or last or position.step == 1)  # fmt: skip
             if 2 <= steps_this_run <= 4:  # the first step pays for warm-up (allocations, compilation)
                 measured.append(seconds)
                 if steps_this_run == 4:
                     self._report_estimate(sum(measured) / len(measured), position.step)
-            if self.val_data is not None and (position.step % spec.val_every == 0 or last):
+            if self.val_data is not None and (position.step % config.eval.every == 0 or last):
                 self.reporter.validation(position.step, self.validate(engine))
-            if spec.checkpoint_every > 0 and position.step % spec.checkpoint_every == 0 and not last:
+            if config.checkpoint.every > 0 and position.step % config.checkpoint.every == 0 and not last:
                 self.save(engine, position)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -392,12 +380,13 @@ class Trainer:
         """Forward and backward over this process's micro-batches of global batch `batch`, then one update."""
         import torch.distributed as dist
 
-        spec = self.spec
+        spec, config = self.spec, self.config
+        spike = config.stability.spike_factor
         losses = []
         grad_norm = None
-        for micro_step in range(spec.gradient_accumulation):
+        for micro_step in range(spec.accumulation):
             loss = self.loss(engine, self._tensors(self.train_data.micro_batch(
-                batch, micro_step, self.rank, spec.micro_batch_size, spec.gradient_accumulation, self.world)))  # fmt: skip
+                batch, micro_step, self.rank, config.micro_batch_size, spec.accumulation, self.world)))  # fmt: skip
             if batch in self.injected:
                 loss = loss * self.injected[batch]
             shared = loss.detach().clone()
@@ -405,14 +394,14 @@ class Trainer:
             losses.append(shared.item() / self.world)
             if not math.isfinite(losses[-1]):
                 raise Rewind(batch, step + 1, f"loss is {losses[-1]}")
-            if micro_step == spec.gradient_accumulation - 1:
+            if micro_step == spec.accumulation - 1:
                 step_loss = sum(losses) / len(losses)
-                if (spec.spike_factor > 0 and len(recent) == recent.maxlen
-                        and step_loss > spec.spike_factor * (sum(recent) / len(recent))):  # fmt: skip
-                    raise Rewind(batch, step + 1, f"loss spike: {step_loss:.4f} > {spec.spike_factor:g} x the "
+                if (spike > 0 and len(recent) == recent.maxlen
+                        and step_loss > spike * (sum(recent) / len(recent))):  # fmt: skip
+                    raise Rewind(batch, step + 1, f"loss spike: {step_loss:.4f} > {spike:g} x the "
                                                   f"mean {sum(recent) / len(recent):.4f} of the last {len(recent)} steps")  # fmt: skip
             engine.backward(loss)
-            if micro_step == spec.gradient_accumulation - 1 and not engine.zero_optimization():
+            if micro_step == spec.accumulation - 1 and not engine.zero_optimization():
                 grad_norm = self._grad_norm(engine)  # ZeRO-0 does not keep the norm it clips with
             engine.step()
         if engine.zero_optimization():
@@ -452,14 +441,14 @@ class Trainer:
         import torch
         import torch.distributed as dist
 
-        spec = self.spec
-        per_rank = min(spec.val_batches * spec.micro_batch_size, len(self.val_data) // self.world)
+        config = self.config
+        per_rank = min(config.eval.batches * config.micro_batch_size, len(self.val_data) // self.world)
         indices = self.val_data.in_order(per_rank * self.world, self.rank, self.world)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         engine.eval()
         with torch.no_grad():
-            for first in range(0, len(indices), spec.micro_batch_size):
-                batch = self.val_data.gather(indices[first : first + spec.micro_batch_size])
+            for first in range(0, len(indices), config.micro_batch_size):
+                batch = self.val_data.gather(indices[first : first + config.micro_batch_size])
                 tensors = self._tensors(batch)
                 total[0] += self.loss(engine, tensors, reduction="sum").double()
                 total[1] += tensors[1].numel()
@@ -473,7 +462,7 @@ class Trainer:
         from llmforge.console import log
 
         remaining = (self.spec.steps - step) * seconds_per_step
-        log(f"measured {self.spec.batch_tokens / seconds_per_step:,.0f} tokens/s over steps {step - 2}-{step}: "
+        log(f"measured {self.config.batch_tokens / seconds_per_step:,.0f} tokens/s over steps {step - 2}-{step}: "
             f"about {_duration(remaining)} to go for {self.spec.steps - step:,} more steps")  # fmt: skip
 
     # -- the result -------------------------------------------------------------------------------------------

@@ -1,21 +1,37 @@
-"""One training process started by torchrun or the deepspeed launcher: `python -m llmforge.train.worker PLAN`.
+"""One training process started by torchrun or the deepspeed launcher: `python -m llmforge.train.worker JOB`.
 
-`llmforge pretrain --nproc N` (or `--hostfile`) writes the plan and starts these; run by hand only to join a
-multi-node job whose plan sits on a filesystem every node shares.
+JOB is the file the stage wrote before launching: OUT.partial/checkpoints/plan.json for pretrain (a RunSpec, run by
+llmforge.train.loop) or OUT.partial/logs/job.json for sft, dpo and grpo (a Job, run by llmforge.train.trl_job);
+its "kind" says which. `llmforge pretrain|sft|dpo|grpo --nproc N` (or a hostfile) writes it and starts these; run
+one by hand only to join a multi-node job whose file sits on a filesystem every node shares.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-
-from llmforge.train.loop import RunSpec, train
+from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m llmforge.train.worker OUT.partial/checkpoints/plan.json", file=sys.stderr)
+        print("usage: python -m llmforge.train.worker OUT.partial/checkpoints/plan.json | OUT.partial/logs/job.json",
+              file=sys.stderr)  # fmt: skip
         return 2
-    train(RunSpec.load(argv[0]))
+    job = Path(argv[0])
+    kind = json.loads(job.read_text()).get("kind")
+    if kind == "pretrain":
+        from llmforge.train.loop import RunSpec, train
+
+        train(RunSpec.load(job))
+    elif kind == "posttrain":
+        from llmforge.train.posttrain import Job
+        from llmforge.train.trl_job import train_job
+
+        train_job(Job.load(job))
+    else:
+        print(f"{job}: not a training job (kind {kind!r}; expected pretrain or posttrain)", file=sys.stderr)
+        return 2
     return 0
 
 

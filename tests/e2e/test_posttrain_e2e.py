@@ -7,6 +7,7 @@ from helpers import (
     chat_texts,
     grpo_records,
     llmforge,
+    one_node_hostfile,
     preference_records,
     sentences,
     tokens_artifact,
@@ -78,3 +79,25 @@ def test_pretrain_sft_dpo_grpo(tmp_path):
         )
     assert hasattr(AutoModelForCausalLM.from_pretrained(tmp_path / "dpo"), "peft_config")
     assert not (tmp_path / "grpo" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_sft_on_the_nodes_of_a_hostfile(tmp_path, tiny_model):
+    """Post-training takes pretrain's multi-node path: the deepspeed launcher from a hostfile (one node, two
+    processes, plain DDP), the same worker entry point, the artifact written once by the user's process."""
+    from transformers import AutoModelForCausalLM
+
+    hosts, ssh = one_node_hostfile(tmp_path)
+    chats = write_jsonl(tmp_path / "chat.jsonl", chat_records(16))
+    command = ["sft", tiny_model, chats, "--lora", "--batch-size", "2", "--max-length", "64", "--max-steps", "2",
+               "--set", f"hostfile={hosts}"]  # fmt: skip
+    plan = llmforge(*command, "-o", tmp_path / "plan", "--dry-run")
+    assert "4 = 2 per device x accumulation 1 x 2 processes" in plan.stderr
+    assert f"2 processes from {hosts} under the deepspeed launcher" in plan.stderr
+    sft = llmforge(*command, "-o", tmp_path / "sft", env=ssh)
+    assert sft.stdout == f"{tmp_path / 'sft'}\n"
+    assert f"deepspeed.launcher.runner --hostfile {hosts}" in sft.stderr and "dist_world_size=2" in sft.stderr
+    artifact = Artifact.open(tmp_path / "sft")
+    assert artifact.kind == "adapter" and artifact.stats["steps"] == 2 and artifact.verify() == []
+    assert artifact.config["hostfile"] == str(hosts)
+    assert hasattr(AutoModelForCausalLM.from_pretrained(tmp_path / "sft"), "peft_config")

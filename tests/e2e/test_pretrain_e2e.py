@@ -1,10 +1,8 @@
 """tokenize -> pretrain as a user runs them, with DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes (gloo): ZeRO-2
 under torchrun (--nproc 2), ZeRO-3 under the deepspeed launcher from a hostfile (--hostfile, one node)."""
 
-import os
-
 import pytest
-from helpers import documents_artifact, llmforge, sentences
+from helpers import documents_artifact, llmforge, one_node_hostfile, sentences
 
 from llmforge.artifacts import Artifact
 from llmforge.files import read_jsonl
@@ -12,15 +10,6 @@ from llmforge.stages.pretrain import Config, run
 from llmforge.train.data import PackedWindows
 
 STEPS = 10
-# The deepspeed launcher reaches every host of a hostfile over ssh, even a one-node hostfile (a reachability check
-# and `hostname -I` for the rendezvous address). There is no ssh server here: this stands in for ssh to this same
-# machine, so the rest of the multi-node path (runner -> deepspeed.launcher.launch -> workers) runs for real.
-SSH_TO_THIS_MACHINE = """#!/bin/sh
-while [ $# -gt 0 ]; do case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac; done
-shift
-if [ "$*" = "hostname -I" ]; then echo 127.0.0.1; exit 0; fi
-exec sh -c "$*"
-"""
 FLAGS = ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch-size", "4",
          "--train-tokens", str(256 * STEPS), "--lr", "3e-3", "--set", "eval.every=5", "--set", "eval.batches=2",
          "--set", "logging.every=1", "--set", "checkpoint.every=5", "--set", "optim.warmup_steps=2"]  # fmt: skip
@@ -48,14 +37,12 @@ def test_tokenize_then_pretrain_with_zero_2_and_3_on_two_processes(tmp_path):
     assert zero2.stdout == f"{tmp_path / 'zero2'}\n"  # stdout: the artifact path only, workers log to stderr
     assert "torch.distributed.run --nnodes 1 --nproc-per-node 2" in zero2.stderr
     assert "pretraining plan" in zero2.stderr and "accumulation 1 x 2 processes" in zero2.stderr
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "ssh").write_text(SSH_TO_THIS_MACHINE)
-    (tmp_path / "bin" / "ssh").chmod(0o755)
-    (tmp_path / "hosts").write_text("localhost slots=2\n")
-    zero3 = llmforge("pretrain", tokens, "-o", tmp_path / "zero3", "--zero", "3", "--hostfile", tmp_path / "hosts",
-                     *FLAGS, env={"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})  # fmt: skip
+    hosts, ssh = one_node_hostfile(tmp_path)
+    zero3 = llmforge(
+        "pretrain", tokens, "-o", tmp_path / "zero3", "--zero", "3", "--hostfile", hosts, *FLAGS, env=ssh
+    )
     assert zero3.stdout == f"{tmp_path / 'zero3'}\n"
-    assert f"deepspeed.launcher.runner --hostfile {tmp_path / 'hosts'}" in zero3.stderr
+    assert f"deepspeed.launcher.runner --hostfile {hosts}" in zero3.stderr
     assert "accumulation 1 x 2 processes" in zero3.stderr  # the hostfile's slots
 
     for out, stage in ((tmp_path / "zero2", 2), (tmp_path / "zero3", 3)):

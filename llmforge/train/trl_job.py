@@ -1,0 +1,241 @@
+"""The post-training job inside a training process: load the policy, build the stage's TRL trainer, train
+(resuming from the last complete checkpoint), save checkpoints/final and report back in logs/result.json.
+
+It runs in the user's process for a single-process run, or in every worker (`python -m llmforge.train.worker
+OUT.partial/logs/job.json`) under torchrun or the deepspeed launcher. `llmforge.train.posttrain` prepared the job
+(validated records, settings); this module is the only one that imports torch, transformers, peft and TRL.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from llmforge import machine
+from llmforge.console import log, progress
+from llmforge.files import read_jsonl, write_json, write_jsonl
+from llmforge.model.loading import load_model, load_tokenizer
+from llmforge.train import checkpoint as ckpt
+from llmforge.train.posttrain import (
+    CHECKPOINTS,
+    FINAL,
+    LOGS,
+    METRICS,
+    Job,
+    PostTrainConfig,
+    Stage,
+    open_model,
+)
+
+
+def train_job(job: Job, callbacks: list | None = None) -> None:
+    """Build the stage's TRL trainer, train (resuming from the last checkpoint), save checkpoints/final."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    module = importlib.import_module(f"llmforge.stages.{job.module}")
+    stage: Stage = module.STAGE
+    config = module.Config.model_validate(job.config)
+    work = Path(job.work)
+    if config.zero is not None:
+        from llmforge.train.deepspeed import init_distributed
+
+        init_distributed()  # gloo on CPU, without building DeepSpeed's shared-memory op
+    arguments = training_arguments(config, work)  # before loading: ZeRO-3 then loads the model partitioned
+    source = open_model(job.model, stage.name)
+    tokenizer = load_tokenizer(source)
+    model, peft_config = load_policy(source, config)
+    dataset = to_dataset(read_jsonl(job.data))
+    checkpoints = work / CHECKPOINTS
+    found = ckpt.latest(checkpoints, ckpt.TRAINER_PREFIX)
+    last, resumed_step = (str(found[0]), found[1]["step"]) if found else (None, 0)
+    display = LiveMetrics(work / METRICS, stage.name, resumed_step)
+    trainer = stage.make_trainer(config=config, model=model, tokenizer=tokenizer, dataset=dataset,
+                                 peft_config=peft_config, arguments=arguments,
+                                 callbacks=[display, MarkComplete(), *(callbacks or [])], shape=job.shape)  # fmt: skip
+    trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the output path
+    trainable, total = parameter_counts(trainer.model)
+    if trainer.is_world_process_zero():
+        log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3g}%)")
+        if last:
+            log(f"[cyan]resuming[/] from {Path(last).name} (step {resumed_step})")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(checkpoints / FINAL))
+    if trainer.is_world_process_zero():
+        result = {"trainable_parameters": trainable, "total_parameters": total,
+                  "trainable_share": round(trainable / total, 6), "steps": trainer.state.global_step,
+                  "resumed_from_step": resumed_step, "train_seconds": round(time.perf_counter() - started, 3),
+                  "log_history": trainer.state.log_history}  # fmt: skip
+        write_json(work / LOGS / "result.json", result, default=float)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainer settings and the policy
+
+
+def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
+    """Keyword arguments every TRL config takes, from our settings."""
+    cpu = not machine.has_cuda()
+    arguments = dict(
+        output_dir=str(work / CHECKPOINTS),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.keep_checkpoints,
+        report_to="none",
+        disable_tqdm=True,  # the live display below replaces tqdm
+        use_cpu=cpu,
+        bf16=machine.bf16_supported(),  # TRL defaults to bf16, which a CPU run must not ask for
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_num_workers=0,
+    )
+    if cpu and config.zero is None and config.uses_launcher():
+        arguments["ddp_backend"] = "gloo"
+    if config.zero is not None:
+        from llmforge.train.deepspeed import deepspeed_config
+
+        arguments["deepspeed"] = deepspeed_config(config.zero, config.offload)
+    return arguments
+
+
+def lora_config(config: PostTrainConfig) -> LoraConfig:
+    return LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM", bias="none")  # fmt: skip
+
+
+def load_policy(source, config: PostTrainConfig):
+    """(model, peft_config): what the trainer gets for this source and these settings."""
+    if config.lora.qlora:
+        return _load_4bit(source, config)
+    if source.is_adapter:
+        if config.lora.enabled:  # continue training the adapter itself
+            return load_model(source, trainable_adapter=True), None
+        return load_model(source, merge=True).requires_grad_(True), None  # peft left the base weights frozen
+    return load_model(source), (lora_config(config) if config.lora.enabled else None)
+
+
+def _load_4bit(source, config: PostTrainConfig):
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+    base = source.base if source.is_adapter else source
+    model = AutoModelForCausalLM.from_pretrained(
+        base.path, quantization_config=quantization, dtype=torch.bfloat16
+    )
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    if source.is_adapter:
+        return PeftModel.from_pretrained(model, source.path, is_trainable=True), None
+    return model, lora_config(config)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) of the policy. ZeRO-3 partitions parameters (their full size is then in ds_numel);
+    the frozen copy TRL keeps of a continued adapter (adapter "ref") is the reference, not the policy."""
+    trainable = total = 0
+    for name, parameter in model.named_parameters():
+        if ".ref." in name:
+            continue
+        count = getattr(parameter, "ds_numel", parameter.numel())
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+    return trainable, total
+
+
+PLAIN_TYPES = {str: "string", bool: "bool", int: "int64", float: "float64"}
+
+
+def to_dataset(rows: list[dict]) -> datasets.Dataset:
+    """The validated records as a datasets.Dataset, each exactly as written. Left to itself, Arrow takes the columns
+    from the first record (a `schema` or `tools` field only later records have would vanish), merges the structs of
+    differing records (tool-call arguments would gain other calls' keys as nulls) and refuses mixed types (`tests`
+    as a string here and a list there). So every column any record has is kept (None where a record lacks it), and a
+    column holding anything but one plain type is stored as JSON, which hands every value back as it was."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{column: row.get(column) for column in columns} for row in rows]
+    features = {}
+    for column in columns:
+        kinds = {type(row[column]) for row in rows if row[column] is not None}
+        plain = PLAIN_TYPES.get(next(iter(kinds))) if len(kinds) == 1 else None
+        features[column] = datasets.Value(plain) if plain else datasets.Json()
+    return datasets.Dataset.from_list(rows, features=datasets.Features(features))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Callbacks: the checkpoint rule, OUT/metrics.jsonl and a live display
+
+
+class MarkComplete(TrainerCallback):
+    """Writes checkpoint-N/complete.json once every process has saved its part of checkpoint N (the rule of
+    llmforge.train.checkpoint: a checkpoint without it was cut short and is never resumed from)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # optimizer shards and RNG states of the other processes are written
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"{ckpt.TRAINER_PREFIX}{state.global_step}"
+            ckpt.mark_complete(path, {"step": state.global_step})
+
+
+class LiveMetrics(TrainerCallback):
+    """Appends every log to OUT/metrics.jsonl and shows a progress bar with the latest figures (rank 0)."""
+
+    HEADLINE = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "learning_rate")
+
+    def __init__(self, path: Path, stage: str, resumed_step: int) -> None:
+        self.path, self.stage, self.resumed_step = path, stage, resumed_step
+        self.progress = self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.path.is_file():  # a resumed run: forget what was logged after the checkpoint it restarts from
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= self.resumed_step]
+            write_jsonl(self.path, kept)
+        self.progress = progress()
+        self.progress.start()
+        self.task = self.progress.add_task(self.stage, total=state.max_steps, completed=state.global_step,
+                                           unit="steps")  # fmt: skip
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+        if self.progress is not None:
+            shown = " ".join(f"{k.split('/')[-1]} {logs[k]:.4g}" for k in self.HEADLINE
+                             if isinstance(logs.get(k), int | float))  # fmt: skip
+            if shown:  # the closing summary (train_runtime...) leaves the last figures on screen
+                self.progress.update(self.task, description=f"{self.stage} {shown}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+            self.progress.stop()
+            self.progress = None
