@@ -419,4 +419,8 @@ def test_without_unshare_the_sandbox_says_what_it_lost(tmp_path):
     for tool in ("python3",):  # PATH keeps only what the trainer itself needs
         (tmp_path / tool).symlink_to(sys.executable)
     [line] = _announcements({"PATH": str(tmp_path)})
-    assert "warning" in line and "no namespaces" in line and "`unshare` is not installed" in line
+    assert (
+        "warning" in line
+        and "no namespaces" in line
+        and "namespaces: util-linux `unshare` is not installed" in line
+    )

@@ -74,19 +74,22 @@ class Isolation:
     def strong(self) -> bool:
         return self.namespaces and self.seccomp
 
+    @property
+    def label(self) -> str:
+        layers = (("namespaces", self.namespaces), ("nobody", self.nobody), ("seccomp", self.seccomp))
+        return " + ".join(name for name, used in layers if used) or "the audit hook alone"
+
     def describe(self) -> str:
         if self.namespaces:
-            user = "as nobody" if self.nobody else "in a user namespace without capabilities"
-            layers = [f"namespaces (mount, pid, network, ipc, uts) {user}: a read-only root holding only /usr and "
+            who = "as nobody" if self.nobody else "in a user namespace without capabilities"
+            layers = [f"namespaces (mount, pid, network, ipc, uts) {who}: a read-only root holding only /usr and "
                       "the standard library, its own directory, its own /proc, no network"]  # fmt: skip
-        elif self.nobody:
-            layers = ["no namespaces, as nobody: the machine's files and processes are visible and the network is "
-                      "reachable"]  # fmt: skip
         else:
-            user = "root" if os.geteuid() == 0 else "the trainer's user"
-            layers = [f"no namespaces, as {user}: the machine's files, processes and network are reachable, "
-                      "and only Python's audit hook keeps the program in its directory"]  # fmt: skip
-        layers.append("a seccomp filter" if self.seccomp else "no seccomp filter")
+            who = "nobody" if self.nobody else "root" if os.geteuid() == 0 else "the trainer's user"
+            layers = [f"no namespaces: the program sees this machine's files and processes as {who}, and only "
+                      "Python's audit hook keeps its writes in its directory"]  # fmt: skip
+        layers.append("a seccomp filter (no new processes, no sockets)" if self.seccomp else
+                      "no seccomp filter" + ("" if self.namespaces else ": only the audit hook refuses sockets"))  # fmt: skip
         layers.append("an audit hook and resource limits")
         text = "; ".join(layers)
         return text + (f" ({'; '.join(self.missing)})" if self.missing else "")
@@ -112,25 +115,28 @@ def isolation() -> Isolation:
     probe = Limits(timeout_s=30.0)
     for candidate in _candidates():
         if candidate.namespaces and shutil.which("unshare") is None:
-            _note(missing, "util-linux `unshare` is not installed")
+            _note(missing, "namespaces", "util-linux `unshare` is not installed")
             continue
         try:
             outcome = _run(candidate, "import json, decimal, tempfile", "", probe)
         except SandboxError as exc:
-            _note(missing, str(exc))
+            _note(missing, candidate.label, str(exc))
             continue
         if outcome.passed:
             chosen = candidate
             break
-        _note(missing, f"a program could not run so: {outcome.stderr.strip().splitlines()[-1:]}")
+        first = (outcome.stderr.strip().splitlines() or [f"exit status {outcome.returncode}"])[0]
+        _note(missing, candidate.label, f"a program failed: {first}")
     chosen = Isolation(chosen.namespaces, chosen.nobody, chosen.seccomp, tuple(missing))
     (log if chosen.strong else warn)(f"code sandbox: {chosen.describe()}")
     return chosen
 
 
-def _note(missing: list[str], reason: str) -> None:
-    if reason not in missing:
-        missing.append(reason)
+def _note(missing: list[str], layers: str, reason: str) -> None:
+    if not any(
+        note.endswith(f": {reason}") for note in missing
+    ):  # each reason once, with the first layers it hit
+        missing.append(f"{layers}: {reason}")
 
 
 def run_python(
@@ -169,7 +175,7 @@ def _run(layers: Isolation, program: str, tests: str, limits: Limits, audit_hook
     err = stderr.decode("utf-8", "replace")
     if not stdout.startswith(READY):  # the program never started: the sandbox failed, not the program
         reason = err.strip().splitlines()[-1] if err.strip() else f"exit status {process.returncode}"
-        raise SandboxError(f"the sandbox did not start ({reason})")
+        raise SandboxError(reason)
     passed = not timed_out and process.returncode == 0
     return Outcome(passed=passed, returncode=process.returncode, timed_out=timed_out,
                    stdout=stdout[len(READY):].decode("utf-8", "replace"), stderr=err)  # fmt: skip
