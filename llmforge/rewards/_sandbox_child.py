@@ -175,7 +175,8 @@ def make_guard(root: str, dynload: str | None, modules: dict):  # noqa: C901 - o
         for position, dir_fd_position in path_events.get(event, ()):
             if position >= length(args) or args[position] is None:
                 continue
-            dir_fd = args[dir_fd_position] if dir_fd_position is not None else None
+            has_dir_fd = dir_fd_position is not None and dir_fd_position < length(args)
+            dir_fd = args[dir_fd_position] if has_dir_fd else None
             where = target(args[position], dir_fd)
             if not inside(where):
                 raise denied(f"sandbox: {event} on {where} outside the sandbox directory")
@@ -229,7 +230,10 @@ def main() -> None:
     # Taken before the program runs, held only in this frame: the program may rebind builtins, sys and this
     # module's globals as it likes, and a frame's locals are not writable from Python.
     run, caught, failure = exec, BaseException, RuntimeError
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    program_module = type(sys)("__main__")  # `import __main__` and pickle find the program's own namespace
+    program_module.__builtins__ = __builtins__
+    sys.modules["__main__"] = program_module
+    namespace = program_module.__dict__
     failed = None
     try:
         program = compile(request["program"], "program.py", "exec")
