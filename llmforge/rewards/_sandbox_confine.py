@@ -15,8 +15,9 @@ layers:
 The interpreter that runs the program is then loaded fresh (`-s -S -B`: the standard library only), so it
 never held ctypes, which this stage needs.
 
-A layer that cannot be set up ends this process with status 3 and one line on stderr, before the program
-exists. Standard library only: executed by the interpreter, not imported by llmforge.
+A layer that cannot be set up ends this process with status 3 and one line on stderr, before the program is
+read (the parent sees no ready byte and knows the sandbox failed, not the program). Standard library only:
+executed by the interpreter, not imported by llmforge.
 """
 
 import ctypes
