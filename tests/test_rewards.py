@@ -1,19 +1,10 @@
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
-
 import pytest
 
 from llmforge.errors import InputError
 from llmforge.rewards import load_reward, parse_spec
 from llmforge.rewards.answers import extract_code, final_answer
 from llmforge.rewards.math_answer import equivalent, math_reward
-from llmforge.rewards.sandbox import Limits, code_reward, isolation_prefix, run_python
+from llmforge.rewards.sandbox import Limits, code_reward
 from llmforge.rewards.text import exact_reward, format_reward, json_reward
 
 QUICK = Limits(timeout_s=2.0, memory_mb=256, output_bytes=4096)
@@ -113,118 +104,6 @@ def test_code_reward_runs_the_tests():
     ]
 
 
-def test_sandbox_kills_an_endless_loop():
-    for program in ("while True:\n    pass", "import time\ntime.sleep(60)"):
-        outcome = run_python(program, Limits(timeout_s=1.0, memory_mb=256))
-        assert outcome.timed_out and not outcome.passed
-
-
-def test_sandbox_caps_memory_and_output():
-    hog = run_python("blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))", QUICK)
-    assert not hog.passed and not hog.timed_out and "MemoryError" in hog.stderr
-    flood = run_python("print('x' * 10**7)", QUICK)
-    assert not flood.passed and len(flood.stdout) <= QUICK.output_bytes
-
-
-def test_sandbox_blocks_writes_outside_its_directory(tmp_path):
-    target = tmp_path / "escaped.txt"
-    outcomes = [
-        run_python(f"open({str(target)!r}, 'w').write('x')", QUICK),
-        run_python(f"import os\nos.system('touch {target}')", QUICK),
-        run_python(f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])", QUICK),
-        run_python(f"import os\nos.rename('program.py', {str(target)!r})", QUICK),
-        run_python(f"import shutil\nshutil.copyfile('program.py', {str(target)!r})", QUICK),
-        run_python(f"import os\nos.symlink('program.py', {str(target)!r})", QUICK),
-    ]
-    assert [o.passed for o in outcomes] == [False] * 6
-    assert all("sandbox:" in o.stderr for o in outcomes), [o.stderr for o in outcomes]
-    assert not target.exists()
-    inside = run_python(
-        "open('scratch.txt', 'w').write('ok')\nassert open('scratch.txt').read() == 'ok'", QUICK
-    )
-    assert inside.passed
-
-
-def test_sandbox_closes_the_native_ways_out(tmp_path):
-    """Calls that act without an audit event of their own, or through a descriptor, stay contained too."""
-    target, kept = tmp_path / "escaped", tmp_path / "kept.txt"
-    kept.write_text("x")
-    kept.chmod(0o600)
-    programs = {
-        "a spawned interpreter (no hook)": "import multiprocessing as mp\n"
-        f"p = mp.get_context('spawn').Process(target=open, args=({str(target)!r}, 'w'))\np.start()\np.join()",
-        "a subinterpreter (no hook)": "import _xxsubinterpreters as s\n"
-        f"s.run_string(s.create(), {f'open({str(target)!r}, chr(119))'!r})",
-        "a write through dir_fd": f"import os\nfd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
-        "os.close(os.open('escaped', os.O_WRONLY | os.O_CREAT, dir_fd=fd))",
-        "a mkdir through dir_fd": "import os\nos.mkdir('../escaped', dir_fd=os.open('.', os.O_RDONLY))",
-        "chmod through a descriptor": f"import os\nos.fchmod(os.open({str(kept)!r}, os.O_RDONLY), 0o777)",
-        "sqlite's ATTACH": f"import sqlite3\nsqlite3.connect(':memory:').execute(\"attach '{target}' as x\")",
-        "a fifo": f"import os\nos.mkfifo({str(target)!r})",
-        "raising its own limits": "import resource\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))",
-    }
-    for what, program in programs.items():
-        outcome = run_python(program, QUICK)
-        assert not outcome.passed, what
-        assert "sandbox:" in outcome.stderr or "no attribute 'mkfifo'" in outcome.stderr, (
-            what,
-            outcome.stderr,
-        )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"] and kept.stat().st_mode & 0o777 == 0o600
-    assert not (Path(tempfile.gettempdir()) / "escaped").exists()  # beside the sandbox's own directory
-    usual = "import subprocess, tempfile\nwith tempfile.NamedTemporaryFile('w') as f:\n    f.write('x')"
-    assert run_python(usual, QUICK).passed  # importing subprocess and temporary files (inside) still work
-
-
-@pytest.fixture
-def listener():
-    """A TCP server on localhost that records whether anyone connected."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    connections = []
-    stop = threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                connections.append(server.accept())
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], connections
-    stop.set()
-    thread.join()
-    server.close()
-
-
-def test_sandbox_has_no_network(listener):
-    port, connections = listener
-    program = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'leak')"
-    outcome = run_python(program, QUICK)
-    assert not outcome.passed and "sandbox: socket" in outcome.stderr
-    time.sleep(0.3)
-    assert connections == []
-
-
-@pytest.mark.skipif(not isolation_prefix(), reason="unshare cannot create a network namespace here")
-def test_network_namespace_stops_even_code_outside_the_audit_hook(listener):
-    """The second layer on its own: a plain interpreter (no audit hook) in the namespace cannot reach the host."""
-    port, connections = listener
-    probe = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
-    result = subprocess.run([*isolation_prefix(), sys.executable, "-I", "-c", probe], capture_output=True,
-                            text=True, timeout=30, cwd="/")  # fmt: skip
-    assert result.returncode != 0 and (
-        "Network is unreachable" in result.stderr or "refused" in result.stderr
-    )
-    time.sleep(0.3)
-    assert connections == []
-
-
 def test_reward_specs_and_user_rewards(tmp_path, monkeypatch):
     assert parse_spec("math") == parse_spec("math:1")
     assert parse_spec("format:0.2").weight == 0.2
@@ -254,8 +133,60 @@ def test_reward_specs_and_user_rewards(tmp_path, monkeypatch):
     assert builtin.__name__ == "math" and builtin(completions=["\\boxed{2}"], answer=["2"]) == [1.0]
 
 
-def test_sandbox_leaves_no_files_behind():
-    before = {p for p in os.listdir("/tmp") if p.startswith("llmforge-sandbox-")}
-    run_python("open('x', 'w').write('y')", QUICK)
-    after = {p for p in os.listdir("/tmp") if p.startswith("llmforge-sandbox-")}
-    assert after <= before
+BROKEN_REWARDS = """
+def broken(completions, **columns):
+    raise RuntimeError("this reward is broken")
+
+
+def short(completions, **columns):
+    return [1.0]  # one score, whatever the number of completions
+"""
+
+
+def test_a_reward_that_fails_scores_zero_and_is_counted(tmp_path, capsys):
+    (tmp_path / "rewards.py").write_text(BROKEN_REWARDS)
+    logged = []
+    log_metric = lambda name, value: logged.append((name, value))  # noqa: E731 - what TRL passes
+    for name in ("broken", "short"):
+        function = load_reward(parse_spec(f"{tmp_path / 'rewards.py'}:{name}"))
+        for _ in range(2):
+            assert (
+                function(prompts=["p"] * 3, completions=["a", "b", "c"], log_metric=log_metric) == [0.0] * 3
+            )
+    exact = load_reward(parse_spec("exact"))
+    assert exact(completions=["7", "8"], answer=["7", "7"], log_metric=log_metric) == [1.0, 0.0]
+    assert logged == [("rewards/broken/failures", 3)] * 2 + [("rewards/short/failures", 3)] * 2 + [
+        ("rewards/exact/failures", 0)
+    ]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "failed" in line]
+    assert len(warnings) == 2 and "this reward is broken" in warnings[0]  # once per reward
+
+
+def test_a_sandbox_that_cannot_start_fails_the_reward_not_the_trainer(monkeypatch):
+    from llmforge.rewards import sandbox
+
+    broken = sandbox.Isolation(False, False, False)
+    monkeypatch.setattr(sandbox, "isolation", lambda: broken)
+    monkeypatch.setattr(sandbox, "CONFINE", sandbox.CONFINE.with_name("missing.py"))
+    logged = []
+    code = load_reward(parse_spec("code"), limits=QUICK)
+    scores = code(completions=["x = 1", "x = 2"], tests=["assert True"] * 2,
+                  log_metric=lambda name, value: logged.append((name, value)))  # fmt: skip
+    assert scores == [0.0, 0.0] and logged == [("rewards/code/failures", 2)]
+
+
+def test_grpo_keeps_training_when_a_reward_fails(tmp_path, tiny_model):
+    from helpers import grpo_records, write_jsonl
+
+    from llmforge.artifacts import Artifact
+    from llmforge.files import read_jsonl
+    from llmforge.stages import grpo
+
+    (tmp_path / "rewards.py").write_text(BROKEN_REWARDS)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", grpo_records(8))
+    config = grpo.Config(rewards=[f"{tmp_path / 'rewards.py'}:broken", "format"], batch_size=4, num_generations=4,
+                         max_completion_length=4, max_length=64, max_steps=2, kl_beta=0.0)  # fmt: skip
+    out = grpo.run(tiny_model, prompts, tmp_path / "grpo", config)
+    assert Artifact.open(out).stats["steps"] == 2
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "rewards/broken/failures" in r]
+    assert [(r["rewards/broken/failures"], r["rewards/format/failures"]) for r in logged] == [(4, 0), (4, 0)]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmforge.console import warn
 from llmforge.errors import InputError
 
 # name -> (module, function, dataset columns it reads)
@@ -64,17 +65,41 @@ def required_columns(spec: RewardSpec) -> tuple[str, ...]:
 
 
 def load_reward(spec: RewardSpec, **options) -> Callable:
-    """The reward function for `spec`; `options` are keyword arguments for the built-in that accepts them."""
+    """The reward function for `spec`; `options` are keyword arguments for the built-in that accepts them.
+
+    A call that raises, or returns other than one score per completion, scores every completion of the batch 0
+    instead of stopping the run; the number of such completions goes to TRL's log as
+    `rewards/<label>/failures` (through the `log_metric` TRL passes), and the first failure is shown on screen.
+    """
     if spec.builtin:
         module_name, function_name, _ = BUILTIN[spec.name]
         function = getattr(importlib.import_module(module_name), function_name)
         if options:
             function = functools.partial(function, **options)
+        if spec.name == "code":
+            from llmforge.rewards.sandbox import isolation
+
+            isolation()  # find and say which isolation is in force now, before any training
     else:
         function = _user_function(spec.name)
+    warned = False
 
-    def reward(*args, **kwargs):
-        return function(*args, **kwargs)
+    def reward(*args, completions=(), **kwargs):
+        nonlocal warned
+        try:
+            scores = function(*args, completions=completions, **kwargs)
+            if len(scores) != len(completions):
+                raise ValueError(f"{len(scores)} scores for {len(completions)} completions")
+            failures = 0
+        except Exception as exc:  # noqa: BLE001 - any reward's failure is counted, not fatal
+            scores, failures = [0.0] * len(completions), len(completions)
+            if not warned:
+                warned = True
+                warn(f"reward {spec.label} failed ({type(exc).__name__}: {exc}); its {len(completions)} "
+                     f"completions score 0, and failures are counted in rewards/{spec.label}/failures")  # fmt: skip
+        if callable(kwargs.get("log_metric")):
+            kwargs["log_metric"](f"rewards/{spec.label}/failures", failures)
+        return scores
 
     reward.__name__ = spec.label  # TRL logs rewards/<__name__>/mean and /std
     return reward
