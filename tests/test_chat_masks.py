@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from llmforge.data.chat_masks import (
     ChatMaskError,
+    Template,
     chat_examples,
     resolve_template,
     stop_token_ids,
@@ -300,3 +301,25 @@ def test_records_that_leave_nothing_to_train_on_are_refused_by_location(smollm2,
                                  {"role": "assistant", "content": "c"}]}]  # fmt: skip
     with pytest.raises(InputError, match="chats.jsonl:7: the chat template cannot render this chat"):
         chat_examples(alternating, ["chats.jsonl:7"], gemma, resolve_template(gemma), gemma_stops, 512)
+
+
+# A template of a kind TRL warns about: each turn's end-of-turn token is written when the next message starts.
+END_OF_TURN_WITH_THE_NEXT_MESSAGE = (
+    "{%- for message in messages %}{%- if not loop.first %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_end|>\\n<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def test_an_end_of_turn_token_written_with_the_next_message_is_still_trained_on(
+    smollm2, smollm2_tokenizer, capsys
+):
+    tokenizer = smollm2_tokenizer
+    stops = stop_token_ids(tokenizer, smollm2)
+    template = Template(END_OF_TURN_WITH_THE_NEXT_MESSAGE, "file")
+    [example] = chat_examples(
+        [{"messages": CHATS["two turns"]}], ["chats.jsonl:4"], tokenizer, template, stops, 512
+    )
+    assert masked_runs(tokenizer, example) == ["Hello! How can I help?<|im_end|>", "Bye!"]
+    # the last reply has no stop token to learn: said on screen
+    assert "1 assistant turn(s) end without a stop token (<|im_end|>)" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmforge.console import warn
 from llmforge.data.tokenizer import CHAT_TEMPLATE as CHATML_TEMPLATE
 from llmforge.errors import InputError
 
@@ -122,6 +123,7 @@ class Rendered:
     text: str
     spans: list[tuple[int, int]]
     turns: list[int]  # index in the conversation of each span's assistant message
+    unstopped: list[int]  # turns the template ends without a stop token: the model cannot learn to stop there
 
 
 def render_turns(tokenizer, messages: Sequence[dict], template: str, stop_tokens: Iterable[str],
@@ -140,7 +142,7 @@ def render_turns(tokenizer, messages: Sequence[dict], template: str, stop_tokens
             raise ChatMaskError(f"the chat template cannot render this chat ({exc})") from None
 
     full = render(messages, False)
-    whole = Rendered(full, [], [])
+    whole = Rendered(full, [], [], [])
     separate = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -148,17 +150,24 @@ def render_turns(tokenizer, messages: Sequence[dict], template: str, stop_tokens
         before = render(messages[:index], True)
         through = render(messages[: index + 1], False)
         start = _common_prefix(before, through)
-        end = _turn_end(through, start, stop_tokens)
+        end, stopped = _turn_end(through, start, stop_tokens)
         if end <= start:
             raise ChatMaskError(
                 f"messages[{index}]: the chat template renders nothing for this assistant turn"
             )
         _check_tool_calls(message, through[start:end], index)
         if _common_prefix(through, full) >= end:
-            whole.spans.append((start, end))
-            whole.turns.append(index)
+            if not stopped:  # some templates write a turn's end-of-turn token when the next message starts
+                stop = next((t for t in stop_tokens if full.startswith(t, end)), None)
+                end, stopped = (end + len(stop), True) if stop else (end, False)
+            rendered = whole
         else:  # the whole conversation renders this turn otherwise: train on it as the model saw it when writing
-            separate.append(Rendered(through, [(start, end)], [index]))
+            rendered = Rendered(through, [], [], [])
+            separate.append(rendered)
+        rendered.spans.append((start, end))
+        rendered.turns.append(index)
+        if not stopped:
+            rendered.unstopped.append(index)
     return ([whole] if whole.spans else []) + separate
 
 
@@ -176,15 +185,15 @@ def _common_prefix(a: str, b: str) -> int:
     return low
 
 
-def _turn_end(through: str, start: int, stop_tokens: list[str]) -> int:
-    """Where the assistant's turn ends: after its first stop token; without one, after the last text that is not
-    whitespace (the template then gives the model no token to stop on)."""
+def _turn_end(through: str, start: int, stop_tokens: list[str]) -> tuple[int, bool]:
+    """Where the assistant's turn ends, and whether on a stop token: after its first stop token; without one, after
+    the last text that is not whitespace."""
     found = [(through.find(token, start), token) for token in stop_tokens]
     found = [(position, token) for position, token in found if position >= 0]
     if found:
         position, token = min(found)
-        return position + len(token)
-    return max(len(through.rstrip()), start)
+        return position + len(token), True
+    return max(len(through.rstrip()), start), False
 
 
 def _check_tool_calls(message: dict, rendered: str, index: int) -> None:
@@ -201,13 +210,17 @@ def tokenize_chat(tokenizer, messages: Sequence[dict], template: str, stop_ids: 
     """`input_ids` and `assistant_masks` (1 on the assistant's tokens, its stop token included) of a chat, tokenized
     as apply_chat_template does (no special tokens added: the template writes them). Usually one example."""
     stop_tokens = tokenizer.convert_ids_to_tokens(list(stop_ids))
-    examples = []
-    for rendered in render_turns(tokenizer, messages, template, stop_tokens, tools):
-        encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
-        mask = [int(any(start <= first < end for start, end in rendered.spans))
-                for first, _ in encoded["offset_mapping"]]  # fmt: skip
-        examples.append({"input_ids": encoded["input_ids"], "assistant_masks": mask})
-    return examples
+    return [encode(tokenizer, r) for r in render_turns(tokenizer, messages, template, stop_tokens, tools)]
+
+
+def encode(tokenizer, rendered: Rendered) -> dict[str, list[int]]:
+    """Tokenize a rendering; a token is the assistant's when it starts inside one of the assistant's spans."""
+    encoded = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [
+        int(any(start <= first < end for start, end in rendered.spans))
+        for first, _ in encoded["offset_mapping"]
+    ]
+    return {"input_ids": encoded["input_ids"], "assistant_masks": mask}
 
 
 def record_chat(record: dict[str, Any]) -> tuple[list[dict], list | None]:
@@ -221,19 +234,24 @@ def chat_examples(records: Sequence[dict], locations: Sequence[str], tokenizer, 
                   stop_ids: Iterable[int], max_length: int) -> list[dict[str, list[int]]]:  # fmt: skip
     """Pre-tokenized examples for TRL's SFTTrainer (it builds labels from `assistant_masks`); a record that cannot
     be rendered, or whose assistant tokens all fall beyond max_length, is refused naming its location."""
-    stop_ids = list(stop_ids)
-    examples = []
+    stop_tokens = tokenizer.convert_ids_to_tokens(list(stop_ids))
+    examples, unstopped = [], []
     for record, location in zip(records, locations, strict=True):
         messages, tools = record_chat(record)
         try:
-            rendered = tokenize_chat(tokenizer, messages, template.text, stop_ids, tools)
+            renderings = render_turns(tokenizer, messages, template.text, stop_tokens, tools)
         except ChatMaskError as exc:
             raise InputError(f"{location}: {exc}") from None
-        for example in rendered:
+        for rendered in renderings:
+            example = encode(tokenizer, rendered)
             if not any(example["assistant_masks"][:max_length]):
                 reason = (f"the assistant's turns start after max_length ({max_length} tokens)"
                           if any(example["assistant_masks"]) else "no assistant tokens")  # fmt: skip
                 raise InputError(f"{location}: the loss mask is empty ({reason}); nothing of this record is "
                                  "trained on")  # fmt: skip
-        examples.extend(rendered)
+            unstopped.extend(f"{location} messages[{turn}]" for turn in rendered.unstopped)
+            examples.append(example)
+    if unstopped:
+        warn(f"{len(unstopped)} assistant turn(s) end without a stop token ({', '.join(stop_tokens)}) in the chat "
+             f"template's rendering, first {unstopped[0]}: the model does not learn to stop there")  # fmt: skip
     return examples
