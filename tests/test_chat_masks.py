@@ -9,6 +9,7 @@ SentencePiece-style `▁` spaces trained here for the SentencePiece families (Ge
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,10 @@ def sentencepiece_style(texts: list[str]) -> Tokenizer:
     return tokenizer
 
 
+@functools.cache
 def family_tokenizer(name: str, smollm2_dir: Path) -> tuple[PreTrainedTokenizerFast, list[int]]:
-    """A stand-in tokenizer carrying the family's template and special tokens, and its stop token ids."""
+    """A stand-in tokenizer carrying the family's template and special tokens, and its stop token ids (built once a
+    session: read-only)."""
     family = FAMILIES[name]
     if family.vocabulary == "bytes":
         backend = Tokenizer.from_file(str(smollm2_dir / "tokenizer.json"))

@@ -5,8 +5,9 @@ assistant wrote. This module finds them by rendering: assistant turn k is the te
 turn k rendered with the generation prompt (what the model sees when it starts to answer) and the conversation
 through turn k (what it has written when it stops). That needs nothing from the template but the convention every
 chat template follows for inference, so it works for templates we have never seen. The span ends on the model's
-stop token (its end-of-turn, from the generation config), so the model learns to stop; text the template adds after
-it (a newline) is never generated and is not trained on.
+stop token (its end-of-turn, from the generation config), so the model learns to stop, also where a template writes
+that token when the next message starts; text the template adds after it (a newline) is never generated and is not
+trained on. Tool calls are trained as the template writes them; a template that drops them is refused.
 
 The sequence trained on is the template's rendering of the whole conversation, tokenized exactly as
 `apply_chat_template` does. Where a template renders an earlier turn differently once later turns follow (it drops

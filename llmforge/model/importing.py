@@ -21,12 +21,14 @@ from typing import Any, Literal
 
 from llmforge.artifacts import MANIFEST, InputRef, sha256_file
 from llmforge.console import log, warn
-from llmforge.errors import InputError
+from llmforge.errors import InputError, LLMForgeError
 
 Dtype = Literal["source", "bf16", "fp32"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a model needs from a Hub repository: weights, configs, tokenizer files and the chat template.
+# What a model needs from a Hub repository besides its weights: configs, tokenizer files, the chat template.
 HUB_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
+LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$")
 GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
                        "unk_token": "unknown_token_id"}  # fmt: skip
 
@@ -103,25 +105,31 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
     return _download(text, revision, trust_remote_code)
 
 
-def _directory_source(path: Path, description: str, kind: str, **hub: Any) -> Source:
-    """Fingerprint a directory by its files' relative paths and contents (symlinks in a Hub cache followed)."""
-    digest, count, total = hashlib.sha256(), 0, 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode())
-        count += 1
-        total += file.stat().st_size
-    return Source(description=description, kind=kind, path=path, fingerprint=digest.hexdigest(), files=count,
+def _directory_source(
+    path: Path, description: str, kind: str, names: list[str] | None = None, **hub: Any
+) -> Source:
+    """Fingerprint a directory (or the named files in it) by relative paths and contents; symlinks are followed."""
+    if names is None:
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if p.is_file() and not p.name.startswith("."))  # fmt: skip
+    digest, total = hashlib.sha256(), 0
+    for name in names:
+        digest.update(name.encode() + b"\0" + sha256_file(path / name).encode())
+        total += (path / name).stat().st_size
+    return Source(description=description, kind=kind, path=path, fingerprint=digest.hexdigest(), files=len(names),
                   bytes=total, **hub)  # fmt: skip
 
 
 def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
     """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
+    from fnmatch import fnmatch
+
+    import httpx
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    api = HfApi()
     try:
-        info = api.model_info(hub_id, revision=revision)
+        info = HfApi().model_info(hub_id, revision=revision)
     except RepositoryNotFoundError:
         raise InputError(f"{hub_id}: no such model on the Hugging Face Hub (or it is private: log in with "
                          "`hf auth login`)") from None  # fmt: skip
@@ -129,18 +137,27 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
         raise InputError(f"{hub_id}: no revision {revision!r} (a branch, tag or commit)") from None
     except HfHubHTTPError as exc:
         raise InputError(f"{hub_id}: the Hub refused ({exc})") from None
+    except (OSError, httpx.TransportError) as exc:  # no network, a proxy, HF_HUB_OFFLINE=1
+        raise LLMForgeError(f"{hub_id}: cannot reach the Hugging Face Hub ({exc})") from None
     commit = info.sha
-    names = [s.rfilename for s in info.siblings or []]
+    names = sorted(s.rfilename for s in info.siblings or [])
     if "config.json" not in names:
         raise InputError(f"{hub_id}@{commit[:12]}: no config.json; not a transformers model repository")
-    config_dir = Path(hf_hub_download(hub_id, "config.json", revision=commit)).parent
+    for name in ("config.json", "tokenizer_config.json"):  # read before any code or weights are fetched
+        if name in names:
+            config_dir = Path(hf_hub_download(hub_id, name, revision=commit)).parent
     check_remote_code(config_dir, trust_remote_code, hub_id)
-    weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
-    patterns = HUB_FILES + weights + (["*.py"] if trust_remote_code else [])
+    # the weights transformers loads, not the other copies some repositories carry (consolidated.safetensors, ...)
+    weights = [n for n in names if WEIGHTS.match(n)] or [n for n in names if LEGACY_WEIGHTS.match(n)]
+    if not weights:
+        raise InputError(f"{hub_id}@{commit[:12]}: no model*.safetensors or pytorch_model*.bin weights")
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    wanted = weights + [n for n in names if "/" not in n and any(fnmatch(n, p) for p in patterns)]
     log(f"downloading {hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else ""))
-    directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=patterns))
+    directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=wanted))
     description = f"{hub_id}@{revision}" if revision else hub_id
-    return _directory_source(directory, description, "hub", hub_id=hub_id, revision=revision, commit=commit)
+    return _directory_source(directory, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
+                             commit=commit)  # fmt: skip
 
 
 def check_remote_code(directory: Path, allowed: bool, name: str) -> None:
@@ -220,7 +237,7 @@ def _load_gguf(file: Path, dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
         model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
-    except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+    except (OSError, ValueError, KeyError, NotImplementedError, ImportError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{file}: transformers cannot load this GGUF file ({detail})") from None
     _fix_gguf_special_tokens(tokenizer, file)
@@ -242,10 +259,7 @@ def gguf_metadata(file: Path) -> dict[str, Any]:
         if key.startswith("general.") and key != "general.quantization_version":
             try:
                 found[key.removeprefix("general.")] = field.contents()
-            except (
-                ValueError,
-                IndexError,
-            ):  # a field type gguf cannot decode: not worth failing the import for
+            except (ValueError, IndexError):  # a field gguf cannot decode: not worth failing the import for
                 continue
     return found
 
@@ -263,7 +277,7 @@ def _gguf_reader(file: Path):
 
 def _fix_gguf_special_tokens(tokenizer, file: Path) -> None:
     """Take the special tokens from the GGUF metadata: transformers' GGUF tokenizer converter can name the BOS
-    token as EOS (transformers 5.17 does for GPT-2-style vocabularies: SmolLM2 would never stop)."""
+    token as EOS (transformers 5.17 does for GPT-2-style vocabularies: SmolLM2's EOS would be <|im_start|>)."""
     fields = _gguf_reader(file).fields
     for attribute, key in GGUF_SPECIAL_TOKENS.items():
         field = fields.get(f"tokenizer.ggml.{key}")
