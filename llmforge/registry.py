@@ -22,7 +22,8 @@ WRITTEN_WITH = {"adapter": "--lora"}
 class Stage:
     name: str  # on the command line and in manifests; "group sub" for a subcommand (tokenize train)
     module: str  # llmforge.stages.<module>
-    reads: tuple[str, ...]  # kinds of its inputs, what it starts from first ("raw": files outside llmforge)
+    reads: tuple[str, ...]  # kinds of its inputs, what it starts from first ("raw": files outside llmforge,
+    # "hub": a model hub id)
     writes: tuple[str, ...]  # kinds of artifact it writes (none: serve)
     summary: str  # its line in `llmforge --help`
     post_training: bool = False  # trains on a dataset of records with TRL
@@ -70,6 +71,9 @@ STAGES = (
                   "perplexity."),
     Stage("serve", "serve", reads=MODEL_KINDS, writes=(),
           summary="Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API."),
+    Stage("import", "import_model", reads=("raw", "hub"), writes=("model",),
+          summary="Import an open model (a Hugging Face directory, a .gguf file, or a Hub id with --online) as a "
+                  "model artifact whose lineage names the exact checkpoint."),
 )  # fmt: skip
 
 POSTTRAIN_STAGES = tuple(stage.name for stage in STAGES if stage.post_training)

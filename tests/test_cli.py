@@ -30,6 +30,7 @@ POSITIONAL = {
     "eval": ["model", "-o", "out"],
     "quantize": ["model", "--data", "tokens", "-o", "out"],
     "serve": ["model"],
+    "import": ["model.gguf", "-o", "out"],
 }
 POSTTRAIN = [
     (["--lora"], "lora.enabled", True),
@@ -145,6 +146,12 @@ OLD_SPELLINGS = {
         (["--max-batch-size", "4"], "max_batch_size", 4),
         (["--tensor-parallel-size", "2"], "tensor_parallel_size", 2),
     ],
+    "import": [
+        (["--dtype", "bf16"], "dtype", "bf16"),
+        (["--revision", "v1"], "revision", "v1"),
+        (["--hub-id", "org/name"], "hub_id", "org/name"),
+        (["--trust-remote-code"], "trust_remote_code", True),
+    ],
 }
 
 # Options that set no config key, or every stage has: their spellings must stay.
@@ -161,6 +168,7 @@ OTHER_OPTIONS = {
     "eval": [*COMMON, "--compare"],
     "quantize": [*COMMON, "--data"],
     "serve": ["--config", "-c", "--set"],
+    "import": COMMON,
 }
 # The canonical spellings: per-device batch --micro-batch-size, sequence length --seq-len (the old ones are aliases)
 CANONICAL = {
@@ -334,5 +342,5 @@ def test_registry_feeds_the_messages_and_the_checks():
     assert registry.FROM_A_MODEL == ("sft", "dpo", "grpo", "quantize")
     assert loading.MODEL_KINDS is registry.MODEL_KINDS
     for stage in registry.STAGES:  # every kind a stage reads is one some stage writes, or files / a hub id
-        assert set(stage.reads) <= {*registry.KINDS, "raw"}, stage.name
+        assert set(stage.reads) <= {*registry.KINDS, "raw", "hub"}, stage.name
         assert set(stage.writes) <= set(registry.KINDS), stage.name

@@ -1,0 +1,288 @@
+"""Bring an external model into a standard Hugging Face directory, with what its manifest needs to trace it.
+
+Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one; transformers dequantizes
+it), or a Hub id when online (`org/name`, a `revision`; the resolved commit is recorded). The output is a plain
+directory every library loads: config.json, safetensors, tokenizer files, chat template, generation config.
+
+`locate` finds the source and fingerprints its files' contents, so that lineage ends at the exact checkpoint;
+`convert` loads and writes it. Models whose config or tokenizer names custom code (`auto_map`) are refused unless the
+caller allows remote code explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmforge.artifacts import MANIFEST, InputRef, sha256_file
+from llmforge.console import log, warn
+from llmforge.errors import InputError, LLMForgeError
+
+Dtype = Literal["source", "bf16", "fp32"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a model needs from a Hub repository besides its weights: configs, tokenizer files, the chat template.
+HUB_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
+LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$")
+GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
+                       "unk_token": "unknown_token_id"}  # fmt: skip
+
+
+@dataclass
+class Source:
+    """An external model found on disk (downloaded first for a Hub id), not yet converted."""
+
+    description: str  # what the user named: a path, or org/name@revision
+    kind: str  # hf-dir | gguf | hub
+    path: Path  # the directory, or the .gguf file
+    fingerprint: str  # sha256 over the source files' contents
+    files: int
+    bytes: int
+    hub_id: str | None = None
+    revision: str | None = None  # as asked
+    commit: str | None = None  # as resolved on the Hub
+    metadata: dict[str, Any] | None = None  # a GGUF file's general.* fields (name, organization, license...)
+
+    def ref(self) -> InputRef:
+        """The import's input in the manifest: a raw file/directory, or the Hub repository at its commit."""
+        detail: dict[str, Any] = {"files": self.files, "bytes": self.bytes, "format": self.kind}
+        if self.hub_id:
+            detail.update(hub_id=self.hub_id, revision=self.revision, commit=self.commit)
+        path = self.hub_id if self.kind == "hub" else str(Path(self.path).resolve())
+        return InputRef(path=path, kind="hub" if self.kind == "hub" else "raw", fingerprint=self.fingerprint,
+                        detail=detail)  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest's `extra.source` holds (the card reads `hub_id` for `base_model`)."""
+        record = asdict(self)
+        record["path"] = str(Path(self.path).resolve()) if self.kind != "hub" else str(self.path)
+        return record
+
+
+def online() -> bool:
+    return os.environ.get("LLMFORGE_ONLINE") == "1"
+
+
+def locate(source: str | Path, revision: str | None = None, allow_online: bool | None = None,
+           trust_remote_code: bool = False) -> Source:  # fmt: skip
+    """Find what `source` names and fingerprint it; Hub ids are downloaded (online only)."""
+    allow_online = online() if allow_online is None else allow_online
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise InputError(f"{path}: a model file must be .gguf; other models are Hugging Face directories")
+        if revision:
+            raise InputError(f"--revision {revision}: only for Hub ids; {path} is a local file")
+        metadata = gguf_metadata(path)
+        hub_id = metadata.get("source.huggingface.repository") or metadata.get("base_model.0.repo_url")
+        hub_id = str(hub_id).removeprefix("https://huggingface.co/") if hub_id else None
+        return Source(description=text, kind="gguf", path=path, fingerprint=sha256_file(path), files=1,
+                      bytes=path.stat().st_size, hub_id=hub_id, metadata=metadata)  # fmt: skip
+    if path.is_dir():
+        if revision:
+            raise InputError(f"--revision {revision}: only for Hub ids; {path} is a local directory")
+        if (path / MANIFEST).is_file():
+            raise InputError(f"{path}: already an llmforge artifact; every stage takes it as it is")
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return locate(ggufs[0])
+            found = f"{len(ggufs)} .gguf files; name one" if ggufs else "no config.json and no .gguf file"
+            raise InputError(f"{path}: not a Hugging Face model directory ({found})")
+        check_remote_code(path, trust_remote_code, text)
+        return _directory_source(path, text, "hf-dir")
+    if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
+        raise InputError(f"{text}: no such file or directory")
+    if not allow_online:
+        raise InputError(f"{text}: no such directory; to download it from the Hugging Face Hub, run "
+                         "`llmforge --online import ...` (offline by default)")  # fmt: skip
+    return _download(text, revision, trust_remote_code)
+
+
+def _directory_source(
+    path: Path, description: str, kind: str, names: list[str] | None = None, **hub: Any
+) -> Source:
+    """Fingerprint a directory (or the named files in it) by relative paths and contents; symlinks are followed."""
+    if names is None:
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                       if p.is_file() and not p.name.startswith("."))  # fmt: skip
+    digest, total = hashlib.sha256(), 0
+    for name in names:
+        digest.update(name.encode() + b"\0" + sha256_file(path / name).encode())
+        total += (path / name).stat().st_size
+    return Source(description=description, kind=kind, path=path, fingerprint=digest.hexdigest(), files=len(names),
+                  bytes=total, **hub)  # fmt: skip
+
+
+def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
+    """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
+    from fnmatch import fnmatch
+
+    import httpx
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(hub_id, revision=revision)
+    except RepositoryNotFoundError:
+        raise InputError(f"{hub_id}: no such model on the Hugging Face Hub (or it is private: log in with "
+                         "`hf auth login`)") from None  # fmt: skip
+    except RevisionNotFoundError:
+        raise InputError(f"{hub_id}: no revision {revision!r} (a branch, tag or commit)") from None
+    except HfHubHTTPError as exc:
+        raise InputError(f"{hub_id}: the Hub refused ({exc})") from None
+    except (OSError, httpx.TransportError) as exc:  # no network, a proxy, HF_HUB_OFFLINE=1
+        raise LLMForgeError(f"{hub_id}: cannot reach the Hugging Face Hub ({exc})") from None
+    commit = info.sha
+    names = sorted(s.rfilename for s in info.siblings or [])
+    if "config.json" not in names:
+        raise InputError(f"{hub_id}@{commit[:12]}: no config.json; not a transformers model repository")
+    for name in ("config.json", "tokenizer_config.json"):  # read before any code or weights are fetched
+        if name in names:
+            config_dir = Path(hf_hub_download(hub_id, name, revision=commit)).parent
+    check_remote_code(config_dir, trust_remote_code, hub_id)
+    # the weights transformers loads, not the other copies some repositories carry (consolidated.safetensors, ...)
+    weights = [n for n in names if WEIGHTS.match(n)] or [n for n in names if LEGACY_WEIGHTS.match(n)]
+    if not weights:
+        raise InputError(f"{hub_id}@{commit[:12]}: no model*.safetensors or pytorch_model*.bin weights")
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    wanted = weights + [n for n in names if "/" not in n and any(fnmatch(n, p) for p in patterns)]
+    log(f"downloading {hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else ""))
+    directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=wanted))
+    description = f"{hub_id}@{revision}" if revision else hub_id
+    return _directory_source(directory, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
+                             commit=commit)  # fmt: skip
+
+
+def check_remote_code(directory: Path, allowed: bool, name: str) -> None:
+    """Custom modelling or tokenizer code (an `auto_map`) runs on load: only when the user allowed it."""
+    for file in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((directory / file).read_text()).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not auto_map:
+            continue
+        if not allowed:
+            raise InputError(f"{name}: its {file} loads custom code from the repository (auto_map: "
+                             f"{', '.join(sorted(auto_map))}); read that code, then pass --trust-remote-code "
+                             "to run it")  # fmt: skip
+        warn(f"{name}: running the model's own code ({file} auto_map), as --trust-remote-code allows")
+
+
+def convert(
+    source: Source, out: Path, dtype: Dtype = "source", trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """Load `source` with transformers and write it to `out` as a Hugging Face directory; returns its stats."""
+    import torch
+
+    from llmforge.model.loading import save_model_payload
+
+    torch_dtype = {"source": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    if source.kind == "gguf":
+        model, tokenizer = _load_gguf(source.path, torch_dtype)
+    else:
+        model, tokenizer = _load_directory(source, torch_dtype, trust_remote_code)
+    if tokenizer.chat_template is None:
+        log("the model has no chat template (a base model?); chat fine-tuning will state the default it uses")
+    save_model_payload(model, tokenizer, out)
+    generation = Path(source.path) / "generation_config.json"
+    if source.kind != "gguf" and generation.is_file():  # the source's own sampling settings win over ours
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_pretrained(source.path).save_pretrained(out)
+    config = model.config
+    return {
+        "format": source.kind,
+        "architecture": (config.architectures or [type(model).__name__])[0],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "layers": getattr(config, "num_hidden_layers", None),
+        "hidden_size": getattr(config, "hidden_size", None),
+        "vocab_size": len(tokenizer),
+        "context": getattr(config, "max_position_embeddings", None),
+        "chat_template": tokenizer.chat_template is not None,
+        "weights_bytes": sum(f.stat().st_size for f in out.glob("*.safetensors")),
+    }
+
+
+def _load_directory(source: Source, dtype, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(
+            f"{source.description}: transformers cannot load it as a causal LM ({detail})"
+        ) from None
+    return model, tokenizer
+
+
+def _load_gguf(file: Path, dtype):
+    """A GGUF checkpoint dequantized by transformers, made saveable: save_pretrained refuses a model that carries
+    the GGUF quantization marker, and the weights are plain tensors by now, so the marker goes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"dequantizing {file.name} with transformers")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
+    except (OSError, ValueError, KeyError, NotImplementedError, ImportError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{file}: transformers cannot load this GGUF file ({detail})") from None
+    _fix_gguf_special_tokens(tokenizer, file)
+    # GGUF does not carry these tokenizer settings; transformers' defaults for them warn on every decode
+    tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
+    tokenizer.clean_up_tokenization_spaces = False
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    if dtype != "auto":  # dequantized weights are float32
+        model.to(dtype)
+    return model.eval(), tokenizer
+
+
+def gguf_metadata(file: Path) -> dict[str, Any]:
+    """The `general.*` fields of a GGUF file: what it says about itself (name, organization, license, source)."""
+    reader = _gguf_reader(file)
+    found = {}
+    for key, field in reader.fields.items():
+        if key.startswith("general.") and key != "general.quantization_version":
+            try:
+                found[key.removeprefix("general.")] = field.contents()
+            except (ValueError, IndexError):  # a field gguf cannot decode: not worth failing the import for
+                continue
+    return found
+
+
+def _gguf_reader(file: Path):
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise InputError(f"{file}: reading GGUF files needs the gguf package: pip install gguf") from None
+    try:
+        return GGUFReader(file)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{file}: not a readable GGUF file ({exc})") from None
+
+
+def _fix_gguf_special_tokens(tokenizer, file: Path) -> None:
+    """Take the special tokens from the GGUF metadata: transformers' GGUF tokenizer converter can name the BOS
+    token as EOS (transformers 5.17 does for GPT-2-style vocabularies: SmolLM2's EOS would be <|im_start|>)."""
+    fields = _gguf_reader(file).fields
+    for attribute, key in GGUF_SPECIAL_TOKENS.items():
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is None:
+            continue
+        token = tokenizer.convert_ids_to_tokens(int(field.contents()))
+        if getattr(tokenizer, attribute) != token:
+            setattr(tokenizer, attribute, token)

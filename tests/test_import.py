@@ -1,0 +1,123 @@
+"""`llmforge import`: external models become model artifacts whose lineage ends at the exact source files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import smollm2_gguf
+
+from llmforge.artifacts import MANIFEST, Artifact, sha256_file
+from llmforge.errors import InputError
+from llmforge.model.importing import locate
+from llmforge.model.loading import hash_directory, load_model, load_tokenizer, resolve_model
+from llmforge.stages.import_model import Config, run
+
+
+def plain_copy(artifact: Path, directory: Path) -> Path:
+    """The Hugging Face directory inside a model artifact, without its manifest: a model from elsewhere."""
+    shutil.copytree(artifact, directory, ignore=shutil.ignore_patterns(MANIFEST))
+    return directory
+
+
+@pytest.mark.xdist_group("smollm2")
+def test_a_gguf_file_becomes_a_model_artifact_that_answers(smollm2):
+    gguf = smollm2_gguf()
+    artifact = Artifact.open(smollm2)
+    assert (artifact.kind, artifact.stage) == ("model", "import")
+    assert artifact.verify() == []
+    [source] = artifact.manifest["inputs"]
+    assert source["kind"] == "raw" and source["fingerprint"] == sha256_file(gguf)  # lineage ends at the file
+    assert artifact.extra["source"]["kind"] == "gguf"
+    assert artifact.extra["source"]["metadata"]["organization"] == "HuggingFaceTB"
+    names = {entry["path"] for entry in artifact.manifest["files"]}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+            "generation_config.json"} <= names  # fmt: skip
+    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())
+    assert artifact.stats["parameters"] == 134_515_008 and artifact.stats["dtype"] == "float32"
+
+    source = resolve_model(smollm2, "eval")  # every stage takes it
+    tokenizer = load_tokenizer(source)
+    # the GGUF says <|im_end|> ends a turn; transformers' GGUF converter alone would name <|im_start|>
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>",
+                                                                                 "<|im_end|>")  # fmt: skip
+    model = load_model(source).eval()
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)  # fmt: skip
+    with torch.no_grad():
+        output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
+    assert "Paris" in answer and answer.endswith("<|im_end|>")  # and it stops on its end-of-turn token
+
+    assert run(gguf, smollm2) == smollm2  # the same source and settings: up to date
+    assert Artifact.open(smollm2).manifest == artifact.manifest
+
+
+def test_a_hugging_face_directory_is_imported_in_bf16(tiny_model, tmp_path):
+    from safetensors import safe_open
+
+    plain = plain_copy(tiny_model, tmp_path / "downloaded")
+    out = run(plain, tmp_path / "imported", Config(dtype="bf16", hub_id="someone/tiny-llama"))
+    artifact = Artifact.open(out)
+    [source] = artifact.manifest["inputs"]
+    assert source["kind"] == "raw" and source["fingerprint"] == hash_directory(plain)
+    assert artifact.extra["source"]["hub_id"] == "someone/tiny-llama"  # the card's base_model
+    assert artifact.stats["dtype"] == "bfloat16"
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
+    # the source's own generation settings and tokenizer travel unchanged
+    assert (
+        json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+        == json.loads((plain / "generation_config.json").read_text())["eos_token_id"]
+    )
+    assert artifact.extra["tokenizer_fingerprint"] == resolve_model(plain, "sft").tokenizer_fingerprint
+
+    ids = torch.tensor([[5, 17, 42, 99]])
+    with torch.no_grad():
+        before = load_model(resolve_model(plain, "eval")).eval()(ids).logits
+        after = load_model(resolve_model(out, "eval")).eval()(ids).logits.float()
+    assert torch.allclose(before, after, atol=0.05)
+
+    with pytest.raises(InputError, match="holds a different model artifact .*config.dtype: 'bf16' -> 'fp32'"):
+        run(plain, out, Config(dtype="fp32"))
+
+
+def test_models_that_run_their_own_code_need_explicit_permission(tmp_path):
+    directory = tmp_path / "custom"
+    directory.mkdir()
+    config = {
+        "model_type": "custom",
+        "auto_map": {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"},
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"custom: its config.json loads custom code .*--trust-remote-code"):
+        locate(directory)
+    assert locate(directory, trust_remote_code=True).kind == "hf-dir"
+
+
+def test_hub_ids_need_online(monkeypatch):
+    monkeypatch.setenv("LLMFORGE_ONLINE", "0")
+    with pytest.raises(InputError, match=r"HuggingFaceTB/SmolLM2-135M-Instruct: .*`llmforge --online import"):
+        run("HuggingFaceTB/SmolLM2-135M-Instruct", "unused")
+    with pytest.raises(InputError, match="no/such/thing: no such file or directory"):
+        locate("no/such/thing")
+
+
+def test_what_cannot_be_imported_is_refused_plainly(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="already an llmforge artifact"):
+        locate(tiny_model)
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"\0" * 16)
+    with pytest.raises(InputError, match=r"model.bin: a model file must be .gguf"):
+        locate(weights)
+    (tmp_path / "a.gguf").write_bytes(b"not gguf at all")
+    (tmp_path / "b.gguf").write_bytes(b"not gguf either")
+    with pytest.raises(InputError, match=r"not a Hugging Face model directory \(2 .gguf files; name one\)"):
+        locate(tmp_path)
+    with pytest.raises(InputError, match="a.gguf: not a readable GGUF file"):
+        locate(tmp_path / "a.gguf")
+    with pytest.raises(InputError, match="--revision v2: only for Hub ids"):
+        locate(plain_copy(tiny_model, tmp_path / "plain"), revision="v2")
