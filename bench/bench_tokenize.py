@@ -1,8 +1,10 @@
 """Encoding throughput: `llmforge tokenize encode` against `tokenizers` encode_batch on the same text.
 
-Also trains the tokenizer both ways, and builds a tiktoken Encoding from the same merges and regex as a reference.
-The corpus is real text found on this machine: the Python standard library's sources (code) and the
-README/licence/docs files of installed packages (prose), one document per file.
+Also trains the tokenizer both ways, runs datatrove's DocumentTokenizer under the data stages' local executor (one
+task per documents file; the corpus is written as one file per worker so it can use them all), and builds a
+tiktoken Encoding from the same merges and regex as a reference. The corpus is real text found on this machine:
+the Python standard library's sources (code) and the README/licence/docs files of installed packages (prose), one
+document per file.
 
     .venv/bin/python bench/bench_tokenize.py [--mb 40] [--vocab 8192] [--workers 0]
 
@@ -21,6 +23,8 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from llmforge import machine
 from llmforge.artifacts import InputRef, canonical_hash, run_stage
@@ -52,12 +56,17 @@ def collect(roots: list[Path], suffixes: tuple[str, ...], limit: int) -> list[st
     return texts
 
 
-def documents_artifact(out: Path, texts: list[str]) -> Path:
+def documents_artifact(out: Path, texts: list[str], files: int = 1) -> Path:
+    """The texts in document order, in `files` files of about the same number of documents."""
+
     def body(ctx):
         (ctx.work / "data").mkdir()
-        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt", compresslevel=1) as handle:
-            for number, text in enumerate(texts):
-                handle.write(json.dumps({"text": text, "id": str(number), "metadata": {}}) + "\n")
+        per_file = -(-len(texts) // files)
+        for file in range(files):
+            with gzip.open(ctx.work / "data" / f"{file:05d}.jsonl.gz", "wt", compresslevel=1) as handle:
+                for number in range(file * per_file, min((file + 1) * per_file, len(texts))):
+                    record = {"text": texts[number], "id": str(number), "metadata": {}}
+                    handle.write(json.dumps(record) + "\n")
 
     ref = InputRef(path="(bench texts)", kind="raw", fingerprint=canonical_hash([len(texts), texts[:3]]))
     return run_stage("crawl-filter", "documents", BenchCorpus(), [ref], out, body)
@@ -94,6 +103,29 @@ def tiktoken_encoding(tokenizer_json: Path):
     )
 
 
+def datatrove_encode(docs: Path, tokenizer_json: Path, out: Path, workers: int):
+    """datatrove's DocumentTokenizer (EOS after each document, no shuffling) under the executor the data stages
+    use; returns every token it wrote, files in task order."""
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+
+    from llmforge.data.executors import ExecutorSettings, Step, run_steps
+    from llmforge.data.tokenizer import EOS
+
+    files = len(list((docs / "data").glob("*.jsonl.gz")))
+
+    def build():
+        return [
+            JsonlReader(str(docs / "data"), glob_pattern="*.jsonl.gz"),
+            DocumentTokenizer(str(out / "tokens"), str(tokenizer_json), eos_token=EOS, shuffle_documents=False,
+                              save_final_metadata=False),
+        ]  # fmt: skip
+
+    run_steps([Step("encode", build, files)], ExecutorSettings(workers=workers), out / "logs", "bench")
+    shards = sorted((out / "tokens").glob("*.ds"))
+    return np.concatenate([np.fromfile(path, dtype=np.uint16) for path in shards])
+
+
 def timed(function, *args, **kwargs):
     started = time.perf_counter()
     result = function(*args, **kwargs)
@@ -121,7 +153,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        docs = documents_artifact(root / "docs", texts)
+        docs = documents_artifact(root / "docs", texts, files=workers)
 
         # Training: llmforge (two passes over the artifact, sampling, saving) vs the bare trainer on the same texts.
         from llmforge.data.tokenizer import EOS, build_tokenizer
@@ -134,21 +166,26 @@ def main() -> None:
         # (other work on the machine only ever slows a run down).
         from tokenizers import Tokenizer
 
+        from llmforge.artifacts import Artifact
+        from llmforge.data.encode import encode_sources
         from llmforge.data.shards import TokenShards
 
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
         plain = Tokenizer.from_file(str(tok / "tokenizer.json"))
         encoding = tiktoken_encoding(tok / "tokenizer.json")
         encode_config = tokenize.EncodeConfig(workers=workers, val_fraction=0)
-        sources, _ = tokenize.open_sources([str(docs)], {}, "bench")
-        best = {"stage": [], "phase": [], "plain": [], "tiktoken": []}
+        best = {"stage": [], "phase": [], "datatrove": [], "plain": [], "tiktoken": []}
         for run in range(args.repeat):
             out, seconds = timed(tokenize.encode, [str(docs)], root / f"tokens-{run}", tokenizer=tok,
                                  config=encode_config)  # fmt: skip
             best["stage"].append(seconds)
-            _, seconds = timed(tokenize.encode_sources, sources, plain.to_str(), "uint16", plain.token_to_id(EOS),
-                               root / f"chunks-{run}", encode_config)  # fmt: skip
+            _, seconds = timed(encode_sources, [Artifact.open(docs)], plain.to_str(), "uint16",
+                               plain.token_to_id(EOS), root / f"chunks-{run}", workers=workers,
+                               chunk_chars=encode_config.chunk_chars)  # fmt: skip
             best["phase"].append(seconds)
+            datatrove_ids, seconds = timed(datatrove_encode, docs, tok / "tokenizer.json", root / f"datatrove-{run}",
+                                           workers)  # fmt: skip
+            best["datatrove"].append(seconds)
             encodings, seconds = timed(plain.encode_batch, texts)
             best["plain"].append(seconds)
             tiktoken_ids, seconds = timed(encoding.encode_ordinary_batch, texts, num_threads=workers)
@@ -156,6 +193,9 @@ def main() -> None:
         plain_ids = [e.ids for e in encodings]
         tokens = sum(map(len, plain_ids))
         assert TokenShards(out).num_tokens("train") == tokens + len(texts)  # the same ids, plus one EOS each
+        with_eos = np.concatenate([np.append(np.asarray(ids, dtype=np.uint16), plain.token_to_id(EOS))
+                                   for ids in plain_ids])  # fmt: skip
+        assert np.array_equal(datatrove_ids, with_eos)  # the same ids as ours, in document order
         same = sum(a == b for a, b in zip(tiktoken_ids, plain_ids, strict=True)) / len(texts)
         seconds = {name: min(times) for name, times in best.items()}
 
@@ -170,6 +210,7 @@ def main() -> None:
     ]
     for name, what in (("stage", "llmforge tokenize encode, whole stage"),
                        ("phase", "llmforge encoding phase (read, encode, write chunks)"),
+                       ("datatrove", f"datatrove DocumentTokenizer, local executor, {workers} tasks"),
                        ("plain", "tokenizers encode_batch, texts in memory"),
                        ("tiktoken", f"tiktoken from the same merges ({same:.1%} of documents identical)")):  # fmt: skip
         rows.append(

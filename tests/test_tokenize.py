@@ -10,6 +10,7 @@ import pytest
 from helpers import documents_artifact, documents_artifact_from_records, llmforge, sentences
 
 from llmforge.artifacts import Artifact
+from llmforge.data import encode as encoding
 from llmforge.data.shards import TokenShards
 from llmforge.data.tokenizer import (
     CHAT_TEMPLATE,
@@ -253,7 +254,7 @@ def test_a_target_above_what_the_inputs_hold_repeats_them_and_says_so(bpe, corpu
 def test_an_interrupted_encode_reuses_finished_chunks(bpe, corpus, tmp_path, monkeypatch):
     inputs = [str(corpus["web"][0]), str(corpus["code"][0])]
     config = EncodeConfig(workers=1, chunk_chars=10_000)
-    real, calls = tokenize.encode_chunk, []
+    real, calls = encoding.encode_chunk, []
 
     def counted(*args):
         calls.append((args[1].name, args[2]))  # (source directory, chunk number)
@@ -261,7 +262,7 @@ def test_an_interrupted_encode_reuses_finished_chunks(bpe, corpus, tmp_path, mon
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(tokenize, "encode_chunk", counted)
+    monkeypatch.setattr(encoding, "encode_chunk", counted)
     crash_at = None
     reference = tokenize.encode(inputs, tmp_path / "reference", tokenizer=bpe, config=config)
     every_chunk, calls[:] = list(calls), []

@@ -1,9 +1,14 @@
 """The OpenAI-compatible HTTP API of the embedded server (FastAPI + SSE), in front of the batching engine.
 
 Routes: POST /v1/chat/completions and /v1/completions (both with `stream`), GET /v1/models, /health, /stats.
-Errors use OpenAI's body, {"error": {"message", "type", "param", "code"}}, with a 4xx status; nothing a client
-sends can stop the server. Every response carries `x-llmforge-fingerprint`: the fingerprint of the artifact that
-answered (of the served artifact for routes that name no model).
+Errors use OpenAI's body (serving/protocol.py) with a 4xx status; nothing a client sends can stop the server.
+Every response carries `x-llmforge-fingerprint`: the fingerprint of the artifact that answered (of the served
+artifact for routes that name no model).
+
+The routes are plain module-level functions on one `APIRouter`. What they share (engine, tokenizer, served
+models, defaults) is the `ServerState` that `build_app` puts on `app.state`; the `State` dependency hands it to
+each route. A completion route reads the body (`read`), turns it into a `Job` (prompts and sampling settings, one
+per choice), runs it on the engine (`generate`), and shapes the engine's events into OpenAI's answer or stream.
 """
 
 from __future__ import annotations
@@ -14,130 +19,23 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmforge.serving.engine import Engine, Event, GenerationRequest, SamplingParams
 from llmforge.serving.models import ServedModel
+from llmforge.serving.protocol import APIError, ChatRequest, CompletionRequest, Params, message_text, parse
 
 FINGERPRINT_HEADER = "x-llmforge-fingerprint"
 # how often a non-streaming request checks whether its client is still there
 DISCONNECT_POLL_S = 0.1
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error"):  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Request bodies (unknown fields are ignored, as OpenAI does; known but unsupported ones are refused)
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(1, ge=1)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = 0
-    frequency_penalty: float | None = 0
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
-    user: str | None = None
-    # vLLM's extensions, so benchmarks and tests can ask for an exact number of tokens
-    ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
-
-
-class ChatRequest(Params):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
-
-
-class CompletionRequest(Params):
-    prompt: str | list[str]
-    echo: bool | None = False
-    suffix: str | None = None
-    best_of: int | None = None
-
-
-# Sampling parameters of vLLM and other OpenAI-compatible servers that change the answer and that this server does
-# not implement, with the values that change nothing (sent by clients that always send their defaults)
-FOREIGN_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "top_k": (None, 0, -1), "min_p": (None, 0), "repetition_penalty": (None, 1), "length_penalty": (None, 1),
-    "use_beam_search": (None, False), "stop_token_ids": (None, []), "prompt_logprobs": (None, 0),
-    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
-    "structured_outputs": (None,), "functions": (None, []), "function_call": (None, "none"),
-}  # fmt: skip
-
-
-def unsupported(body: Params) -> tuple[str, str] | None:
-    """The first parameter this server cannot honour, with why (None when all are fine)."""
-    extra = body.model_extra or {}
-    foreign = [name for name, neutral in FOREIGN_NEUTRAL.items() if extra.get(name) not in neutral]
-    checks = [
-        *((name, True, f"{name} is not supported by this server") for name in foreign),
-        ("n", body.n not in (None, 1), "n > 1 is not supported; send several requests (they are batched)"),
-        ("logprobs", bool(body.logprobs), "logprobs are not supported by this server"),
-        ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
-        ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
-        ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
-    ]
-    if isinstance(body, ChatRequest):
-        checks += [
-            ("tools", bool(body.tools) or body.tool_choice not in (None, "none"), "tools are not supported"),
-            ("top_logprobs", bool(body.top_logprobs), "logprobs are not supported by this server"),
-            (
-                "response_format",
-                (body.response_format or {}).get("type", "text") != "text",
-                'only response_format {"type": "text"} is supported',
-            ),  # fmt: skip
-        ]
-    else:
-        checks += [
-            ("echo", bool(body.echo), "echo is not supported"),
-            ("suffix", bool(body.suffix), "suffix is not supported"),
-            ("best_of", body.best_of not in (None, 1), "best_of > 1 is not supported"),
-        ]
-    return next(((param, message) for param, bad, message in checks if bad), None)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The application
 
 
 @dataclass
@@ -160,6 +58,42 @@ class ServerState:
     on_ready: Callable[[], None] | None = None
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The application
+
+
+def build_app(state: ServerState) -> FastAPI:
+    """The server for `state`: the routes below, OpenAI error bodies, the API key and the fingerprint header."""
+    app = FastAPI(title="llmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(AuthAndFingerprint, state=state)
+    app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """The engine's thread runs while the server does."""
+    state: ServerState = app.state.server
+    state.engine.start()
+    if state.on_ready:
+        state.on_ready()
+    yield
+    state.engine.stop()
+
+
+async def api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method) in OpenAI's body."""
+    error = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    return JSONResponse(error.body(), status_code=exc.status_code)
+
+
 class AuthAndFingerprint:
     """ASGI middleware: the API key check, the fingerprint header on every response, and a JSON 500 for whatever
     one request raised (the server keeps serving). Plain ASGI rather than `@app.middleware("http")`: Starlette's
@@ -170,9 +104,6 @@ class AuthAndFingerprint:
         self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send) -> None:
-        from fastapi.responses import JSONResponse
-        from starlette.datastructures import Headers, MutableHeaders
-
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -208,256 +139,265 @@ class AuthAndFingerprint:
             await response(scope, receive, send)
 
 
-def build_app(state: ServerState):
-    from contextlib import asynccontextmanager
+async def server_state(request: Request) -> ServerState:
+    """What every route is handed (`State`): the server `build_app` made."""
+    return request.app.state.server
 
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
-    from sse_starlette import EventSourceResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    @asynccontextmanager
-    async def lifespan(app):
-        state.engine.start()
-        if state.on_ready:
-            state.on_ready()
-        yield
-        state.engine.stop()
+State = Annotated[ServerState, Depends(server_state)]
+router = APIRouter()
 
-    app = FastAPI(title="llmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+# ---------------------------------------------------------------------------------------------------------------
+# Routes
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        error = APIError(
-            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
-        )
-        return JSONResponse(error.body(), status_code=exc.status_code)
 
-    app.add_middleware(AuthAndFingerprint, state=state)
+@router.get("/health")
+async def health(state: State):
+    return {"status": "ok", "fingerprint": state.fingerprint}
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "fingerprint": state.fingerprint}
 
-    @app.get("/stats")
-    async def stats():
-        return state.engine.snapshot()
+@router.get("/stats")
+async def stats(state: State):
+    return state.engine.snapshot()
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [m.card() for m in state.models.values()]}
 
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str):
-        return served(name).card()
+@router.get("/v1/models")
+async def models(state: State):
+    return {"object": "list", "data": [m.card() for m in state.models.values()]}
 
-    def served(name: str) -> ServedModel:
-        if name not in state.models:
-            raise APIError(404, f"The model '{name}' does not exist; served: {', '.join(state.models)}",
-                           param="model", code="model_not_found")  # fmt: skip
-        return state.models[name]
 
-    async def parse(request: Request, kind: type[Params]) -> Params:
-        try:
-            data = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"The request body is not valid JSON ({exc})", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise APIError(400, "The request body must be a JSON object", code="invalid_json")
-        try:
-            body = kind.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise APIError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
-        problem = unsupported(body)
-        if problem:
-            raise APIError(400, problem[1], param=problem[0], code="unsupported_parameter")
-        return body
+@router.get("/v1/models/{name:path}")
+async def model(name: str, state: State):
+    return served(state, name).card()
 
-    def sampling(
-        body: Params, prompt_tokens: int, max_tokens: int | None, prompt_param: str
-    ) -> SamplingParams:
-        limit = state.engine.max_model_len
-        if prompt_tokens + 1 > limit:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens; the prompt has "
-                                f"{prompt_tokens}", param=prompt_param, code="context_length_exceeded")  # fmt: skip
-        if max_tokens is not None and prompt_tokens + max_tokens > limit:
-            raise APIError(400, f"This model's maximum context length is {limit} tokens; you requested "
-                                f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to "
-                                f"generate)", param="max_tokens", code="context_length_exceeded")  # fmt: skip
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if any(not s for s in stop):
-            raise APIError(400, "stop sequences must not be empty", param="stop", code="invalid_value")
-        default_temperature, default_top_p = state.defaults.temperature, state.defaults.top_p
-        return SamplingParams(
-            max_tokens=max_tokens or min(state.defaults.max_tokens, limit - prompt_tokens),
-            temperature=default_temperature if body.temperature is None else body.temperature,
-            top_p=default_top_p if body.top_p is None else body.top_p,
-            stop=stop, seed=body.seed, ignore_eos=body.ignore_eos, min_tokens=body.min_tokens,
-        )  # fmt: skip
 
-    async def generate(request: Request, prompts: list[list[int]], params: list[SamplingParams],
-                       target: ServedModel, stream: bool) -> AsyncIterator[tuple[int, Event]]:  # fmt: skip
-        """Submit one engine request per prompt; yield (index, event) until all finished. Leaving early (the
-        client went away) cancels what is still running."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
-        pending = []
-        for index, (ids, sampling_params) in enumerate(zip(prompts, params, strict=True)):
-            pending.append(GenerationRequest(
-                ids, sampling_params, adapter=target.adapter,
-                on_event=lambda event, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, event)),
-            ))  # fmt: skip
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: State):
+    body = await read(request, ChatRequest)
+    job = chat_job(state, body)
+    if body.stream:
+        return sse(chat_stream(state, request, job), job.target)
+    answer = await collect(state, request, job)
+    if answer is None:  # the client disconnected
+        return JSONResponse({}, status_code=499)
+    texts, finals = answer
+    choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": final.finish_reason,
+                "logprobs": None} for i, (text, final) in enumerate(zip(texts, finals, strict=True))]  # fmt: skip
+    return JSONResponse({**job.meta, "object": "chat.completion", "choices": choices, "usage": usage(finals)},
+                        headers=headers_for(job.target))  # fmt: skip
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, state: State):
+    body = await read(request, CompletionRequest)
+    job = completion_job(state, body)
+    if body.stream:
+        return sse(completion_stream(state, request, job), job.target)
+    answer = await collect(state, request, job)
+    if answer is None:  # the client disconnected
+        return JSONResponse({}, status_code=499)
+    texts, finals = answer
+    choices = [{"index": i, "text": text, "finish_reason": final.finish_reason, "logprobs": None}
+               for i, (text, final) in enumerate(zip(texts, finals, strict=True))]  # fmt: skip
+    return JSONResponse({**job.meta, "object": "text_completion", "choices": choices, "usage": usage(finals)},
+                        headers=headers_for(job.target))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From a request to a job for the engine
+
+
+@dataclass
+class Job:
+    """A validated completion request, ready for the engine: one prompt and its sampling settings per choice."""
+
+    target: ServedModel
+    prompts: list[list[int]]
+    params: list[SamplingParams]
+    meta: dict[str, Any]  # id, created, model, system_fingerprint: the same in every chunk
+    include_usage: bool  # streaming: a last chunk with the usage
+
+
+async def read(request: Request, kind: type[Params]) -> Params:
+    """The request's body as `kind` (every problem an APIError): the one place a request's bytes are read."""
+    return parse(await request.body(), kind)
+
+
+def served(state: ServerState, name: str) -> ServedModel:
+    if name not in state.models:
+        raise APIError(404, f"The model '{name}' does not exist; served: {', '.join(state.models)}",
+                       param="model", code="model_not_found")  # fmt: skip
+    return state.models[name]
+
+
+def chat_job(state: ServerState, body: ChatRequest) -> Job:
+    """The conversation through the model's own chat template, ready to answer."""
+    target = served(state, body.model)
+    messages = [{"role": m.role, "content": message_text(m)} for m in body.messages]
+    try:
+        text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # the template itself rejects the conversation (roles out of order...)
+        raise APIError(400, f"the chat template rejected the messages: {exc}", param="messages") from None
+    ids = state.tokenizer(text, add_special_tokens=False)["input_ids"]
+    params = sampling(state, body, len(ids), body.max_completion_tokens or body.max_tokens, "messages")
+    return Job(target, [ids], [params], meta("chatcmpl", target), wants_usage(body))
+
+
+def completion_job(state: ServerState, body: CompletionRequest) -> Job:
+    """One choice per prompt (a string or a list of them)."""
+    target = served(state, body.model)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
+    ids = [state.tokenizer(p)["input_ids"] for p in prompts]
+    params = [sampling(state, body, len(i), body.max_tokens, "prompt") for i in ids]
+    return Job(target, ids, params, meta("cmpl", target), wants_usage(body))
+
+
+def meta(prefix: str, target: ServedModel) -> dict[str, Any]:
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
+            "system_fingerprint": target.fingerprint}  # fmt: skip
+
+
+def wants_usage(body: Params) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def sampling(state: ServerState, body: Params, prompt_tokens: int, max_tokens: int | None,
+             prompt_param: str) -> SamplingParams:  # fmt: skip
+    """The engine's settings for one prompt: the request's, else the artifact's generation config; the context
+    length checked."""
+    limit = state.engine.max_model_len
+    if prompt_tokens + 1 > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens; the prompt has "
+                            f"{prompt_tokens}", param=prompt_param, code="context_length_exceeded")  # fmt: skip
+    if max_tokens is not None and prompt_tokens + max_tokens > limit:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens; you requested "
+                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to "
+                            f"generate)", param="max_tokens", code="context_length_exceeded")  # fmt: skip
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stop):
+        raise APIError(400, "stop sequences must not be empty", param="stop", code="invalid_value")
+    defaults = state.defaults
+    return SamplingParams(
+        max_tokens=max_tokens or min(defaults.max_tokens, limit - prompt_tokens),
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        stop=stop, seed=body.seed, ignore_eos=body.ignore_eos, min_tokens=body.min_tokens,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a job, and its answer or stream
+
+
+async def generate(
+    state: ServerState, request: Request, job: Job, stream: bool
+) -> AsyncIterator[tuple[int, Event]]:
+    """Submit one engine request per prompt; yield (choice index, event) until all finished. Leaving early (the
+    client went away) cancels what is still running."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+    pending = []
+    for index, (ids, sampling_params) in enumerate(zip(job.prompts, job.params, strict=True)):
+        pending.append(GenerationRequest(
+            ids, sampling_params, adapter=job.target.adapter,
+            on_event=lambda event, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, event)),
+        ))  # fmt: skip
+    for engine_request in pending:
+        state.engine.submit(engine_request)
+    running = len(pending)
+    check_at = loop.time() + DISCONNECT_POLL_S
+    try:
+        while running:
+            if stream:  # sse-starlette watches the connection and closes this generator
+                index, event = await events.get()
+            else:
+                # tokens usually arrive faster than the poll interval: check on a clock, not on a quiet queue
+                if loop.time() >= check_at:
+                    if await request.is_disconnected():
+                        return
+                    check_at = loop.time() + DISCONNECT_POLL_S
+                try:
+                    index, event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    continue
+            if event.finish_reason is not None:
+                running -= 1
+                if event.finish_reason in ("error", "cancelled"):
+                    raise APIError(500 if event.finish_reason == "error" else 503,
+                                   event.error or "generation cancelled", type_="server_error")  # fmt: skip
+            yield index, event
+    finally:
         for engine_request in pending:
-            state.engine.submit(engine_request)
-        running = len(pending)
-        check_at = loop.time() + DISCONNECT_POLL_S
+            engine_request.cancel()
+
+
+async def collect(state: ServerState, request: Request, job: Job) -> tuple[list[str], list[Event]] | None:
+    """Every choice's whole text and final event; None when the client went away before the end."""
+    texts: list[str] = [""] * len(job.prompts)
+    finals: list[Event | None] = [None] * len(job.prompts)
+    async for index, event in generate(state, request, job, stream=False):
+        texts[index] += event.text
+        finals[index] = event if event.finish_reason else finals[index]
+    if any(final is None for final in finals):
+        return None
+    return texts, finals
+
+
+async def chat_stream(state: ServerState, request: Request, job: Job) -> AsyncIterator[dict[str, Any]]:
+    """chat.completion.chunk objects: the role, then content deltas, a finish reason per choice, the usage."""
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**job.meta, "object": "chat.completion.chunk",
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}  # fmt: skip
+
+    for index in range(len(job.prompts)):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    finals = []
+    async for index, event in generate(state, request, job, stream=True):
+        if event.text:
+            yield chunk(index, {"content": event.text})
+        if event.finish_reason:
+            yield chunk(index, {}, event.finish_reason)
+            finals.append(event)
+    if job.include_usage:
+        yield {**job.meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(finals)}
+
+
+async def completion_stream(state: ServerState, request: Request, job: Job) -> AsyncIterator[dict[str, Any]]:
+    """text_completion objects: text deltas and a finish reason per choice, then the usage."""
+    finals = []
+    async for index, event in generate(state, request, job, stream=True):
+        if event.text or event.finish_reason:
+            yield {**job.meta, "object": "text_completion", "choices": [
+                {"index": index, "text": event.text, "finish_reason": event.finish_reason, "logprobs": None}]}  # fmt: skip
+        if event.finish_reason:
+            finals.append(event)
+    if job.include_usage:
+        yield {**job.meta, "object": "text_completion", "choices": [], "usage": usage(finals)}
+
+
+def sse(chunks: AsyncIterator[dict[str, Any]], target: ServedModel) -> EventSourceResponse:
+    """Server-sent events as OpenAI sends them: one JSON object per event, an error as its body, then [DONE]."""
+
+    async def events():
         try:
-            while running:
-                if stream:  # sse-starlette watches the connection and closes this generator
-                    index, event = await events.get()
-                else:
-                    # tokens usually arrive faster than the poll interval: check on a clock, not on a quiet queue
-                    if loop.time() >= check_at:
-                        if await request.is_disconnected():
-                            return
-                        check_at = loop.time() + DISCONNECT_POLL_S
-                    try:
-                        index, event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
-                    except TimeoutError:
-                        continue
-                if event.finish_reason is not None:
-                    running -= 1
-                    if event.finish_reason in ("error", "cancelled"):
-                        raise APIError(500 if event.finish_reason == "error" else 503,
-                                       event.error or "generation cancelled", type_="server_error")  # fmt: skip
-                yield index, event
-        finally:
-            for engine_request in pending:
-                engine_request.cancel()
+            async for chunk in chunks:
+                yield {"data": json.dumps(chunk)}
+        except APIError as exc:
+            yield {"data": json.dumps(exc.body())}
+        yield {"data": "[DONE]"}
 
-    def headers_for(target: ServedModel) -> dict[str, str]:
-        return {FINGERPRINT_HEADER: target.fingerprint}
-
-    def usage(finals: list[Event]) -> dict[str, int]:
-        prompt = sum(e.prompt_tokens for e in finals)
-        completion = sum(e.completion_tokens for e in finals)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def sse(chunks: AsyncIterator[dict[str, Any]], target: ServedModel):
-        async def events():
-            try:
-                async for chunk in chunks:
-                    yield {"data": json.dumps(chunk)}
-            except APIError as exc:
-                yield {"data": json.dumps(exc.body())}
-            yield {"data": "[DONE]"}
-
-        return EventSourceResponse(events(), headers=headers_for(target), ping=15)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await parse(request, ChatRequest)
-        target = served(body.model)
-        messages = [{"role": m.role, "content": message_text(m)} for m in body.messages]
-        try:
-            text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # the template itself rejects the conversation (roles out of order...)
-            raise APIError(400, f"the chat template rejected the messages: {exc}", param="messages") from None
-        ids = state.tokenizer(text, add_special_tokens=False)["input_ids"]
-        params = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens, "messages")
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
-                "system_fingerprint": target.fingerprint}  # fmt: skip
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        if body.stream:
-
-            async def chunks():
-                def chunk(delta, finish=None):
-                    return {**meta, "object": "chat.completion.chunk",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}  # fmt: skip
-
-                yield chunk({"role": "assistant", "content": ""})
-                async for _, event in generate(request, [ids], [params], target, stream=True):
-                    if event.text:
-                        yield chunk({"content": event.text})
-                    if event.finish_reason:
-                        yield chunk({}, event.finish_reason)
-                        if include_usage:
-                            yield {
-                                **meta,
-                                "object": "chat.completion.chunk",
-                                "choices": [],
-                                "usage": usage([event]),
-                            }
-
-            return sse(chunks(), target)
-
-        text, final = "", None
-        async for _, event in generate(request, [ids], [params], target, stream=False):
-            text += event.text
-            final = event if event.finish_reason else final
-        if final is None:  # the client disconnected
-            return JSONResponse({}, status_code=499)
-        return JSONResponse({**meta, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": final.finish_reason,
-             "logprobs": None}], "usage": usage([final])}, headers=headers_for(target))  # fmt: skip
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await parse(request, CompletionRequest)
-        target = served(body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-        ids = [state.tokenizer(p)["input_ids"] for p in prompts]
-        params = [sampling(body, len(i), body.max_tokens, "prompt") for i in ids]
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
-                "system_fingerprint": target.fingerprint}  # fmt: skip
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-        if body.stream:
-
-            async def chunks():
-                finals = []
-                async for index, event in generate(request, ids, params, target, stream=True):
-                    if event.text or event.finish_reason:
-                        yield {**meta, "object": "text_completion", "choices": [
-                            {"index": index, "text": event.text, "finish_reason": event.finish_reason,
-                             "logprobs": None}]}  # fmt: skip
-                    if event.finish_reason:
-                        finals.append(event)
-                if include_usage:
-                    yield {**meta, "object": "text_completion", "choices": [], "usage": usage(finals)}
-
-            return sse(chunks(), target)
-
-        texts, finals = [""] * len(ids), [None] * len(ids)
-        async for index, event in generate(request, ids, params, target, stream=False):
-            texts[index] += event.text
-            finals[index] = event if event.finish_reason else finals[index]
-        if any(f is None for f in finals):  # the client disconnected
-            return JSONResponse({}, status_code=499)
-        choices = [{"index": i, "text": texts[i], "finish_reason": finals[i].finish_reason, "logprobs": None}
-                   for i in range(len(ids))]  # fmt: skip
-        return JSONResponse({**meta, "object": "text_completion", "choices": choices, "usage": usage(finals)},
-                            headers=headers_for(target))  # fmt: skip
-
-    return app
+    return EventSourceResponse(events(), headers=headers_for(target), ping=15)
 
 
-def message_text(message: ChatMessage) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
-    parts = []
-    for part in message.content:
-        if part.type != "text" or part.text is None:
-            raise APIError(400, f"content parts of type {part.type!r} are not supported (text only)",
-                           param="messages", code="unsupported_parameter")  # fmt: skip
-        parts.append(part.text)
-    return "".join(parts)
+def usage(finals: list[Event]) -> dict[str, int]:
+    prompt = sum(e.prompt_tokens for e in finals)
+    completion = sum(e.completion_tokens for e in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def headers_for(target: ServedModel) -> dict[str, str]:
+    return {FINGERPRINT_HEADER: target.fingerprint}

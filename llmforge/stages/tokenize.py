@@ -1,15 +1,21 @@
 """Train the tokenizer on the data mix, then encode documents into token shards with that mix.
 
-`tokenize train` writes a tokenizer artifact: byte-level BPE (or SentencePiece-style Unigram) with special tokens
-reserved from the start and a ChatML template, as Hugging Face files at the artifact's root. `tokenize encode`
-writes a tokens artifact (llmforge/data/shards.py): every document followed by EOS, document boundaries kept, a
-held-out validation split, and the inputs mixed by weight. Inputs are documents artifacts, each optionally named
-and weighted: `web=docs/web:0.7 wiki=docs/wiki:0.3`.
+Reads documents artifacts, each optionally named and weighted (`web=docs/web:0.7 wiki=docs/wiki:0.3`); `encode`
+also a tokenizer artifact (`--tokenizer`) or a model whose tokenizer it reuses (`--model`).
+Writes:
+- `tokenize train`: a tokenizer artifact, byte-level BPE (or SentencePiece-style Unigram) with special tokens
+  reserved from the start and a ChatML template, as Hugging Face files at the artifact's root; the fertility on
+  held-out documents in its stats.
+- `tokenize encode`: a tokens artifact (llmforge/data/shards.py): every document followed by EOS, document
+  boundaries kept, a held-out validation split, and the inputs mixed by weight.
+Settings: `TrainConfig` and `EncodeConfig` below.
+The work: `tokenizers`' BPE / Unigram trainers (data/tokenizer.build_tokenizer) on a sample drawn by weight
+(data/mixture.py); `tokenizers`' encode_batch in worker processes, resumable by chunk, then the mix into shards
+(data/encode.encode_sources and mix).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,6 @@ from typing import Annotated, Literal, NotRequired, TypedDict
 import typer
 from pydantic import Field
 
-from llmforge import machine
 from llmforge.artifacts import Artifact, InputRef
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
@@ -28,8 +33,6 @@ TRAIN_STAGE = "tokenize train"
 ENCODE_STAGE = "tokenize encode"
 # Held-out text for the fertility report never takes more than this share of an input's documents.
 HELD_OUT_SHARE = 0.1
-# Beyond about 4 passes, repeated data is worth much less than fresh data (Muennighoff et al. 2023).
-USEFUL_PASSES = 4
 
 Weight = Annotated[float, Field(gt=0)]
 
@@ -391,7 +394,8 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     from transformers import AutoTokenizer
 
     from llmforge.console import log
-    from llmforge.data.shards import dtype_for_vocab
+    from llmforge.data.encode import encode_sources, mix
+    from llmforge.data.shards import dtype_for_vocab, write_index
     from llmforge.model.llama import special_ids_of
 
     fingerprint = copy_tokenizer(tokenizer_source, ctx.work / "tokenizer")
@@ -404,20 +408,20 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     backend.no_truncation()
     backend.no_padding()
 
-    cache = ctx.work / "checkpoints" / f"encoded-{config.chunk_chars}"
     started = time.perf_counter()
-    chunks, reused = encode_sources(sources, backend.to_str(), dtype, tokenizer.eos_token_id, cache, config)
-    encoded_tokens = sum(int(_chunk_ends(c)[-1]) for files in chunks for c in files)
+    encoded = encode_sources([s.artifact for s in sources], backend.to_str(), dtype, tokenizer.eos_token_id,
+                             ctx.work / "checkpoints" / f"encoded-{config.chunk_chars}", workers=config.workers,
+                             chunk_chars=config.chunk_chars)  # fmt: skip
     seconds = time.perf_counter() - started
-    if reused:
-        log(f"re-used {reused} encoded chunks of the interrupted run")
+    if encoded.reused:
+        log(f"re-used {encoded.reused} encoded chunks of the interrupted run")
     log(
-        f"encoded {encoded_tokens:,} tokens in {seconds:.1f} s ({encoded_tokens / max(seconds, 1e-9):,.0f} tokens/s)"
+        f"encoded {encoded.tokens:,} tokens in {seconds:.1f} s ({encoded.tokens / max(seconds, 1e-9):,.0f} tokens/s)"
     )
 
-    splits, mixed = mix(ctx.work, sources, chunks, dtype, tokenizer.eos_token_id, config)
-    from llmforge.data.shards import write_index
-
+    splits, mixed = mix(ctx.work, [s.name for s in sources], encoded.files, dtype, tokenizer.eos_token_id,
+                        weights=config.weights, target_tokens=config.target_tokens,
+                        val_fraction=config.val_fraction, shard_tokens=config.shard_tokens, seed=config.seed)  # fmt: skip
     index = write_index(ctx.work, dtype, len(tokenizer), special_ids_of(tokenizer), splits,
                         sources=mixed, tokenizer_fingerprint=fingerprint)  # fmt: skip
     shutil.rmtree(ctx.work / "checkpoints")  # the shards hold everything now; no second copy in the artifact
@@ -429,194 +433,7 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     ctx.stats["dtype"] = dtype
     ctx.stats["shards"] = len(splits["train"]) + len(splits["val"])
     ctx.stats["sources"] = mixed
-    ctx.stats["encoded_chunks_reused"] = reused
-
-
-# Encoding: documents -> per-source chunks of tokens in ctx.work/checkpoints (the resume unit)
-
-_WORKER_TOKENIZER = None
-
-
-def _start_worker(tokenizer_json: str, threads: bool) -> None:
-    global _WORKER_TOKENIZER
-    if not threads:  # one process per core already; a thread pool inside each would only compete
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from tokenizers import Tokenizer
-
-    _WORKER_TOKENIZER = Tokenizer.from_str(tokenizer_json)
-
-
-def encode_chunk(texts: list[str], directory: Path, number: int, dtype: str, eos_id: int) -> tuple[int, int]:
-    """Encode one chunk of documents into `directory/NNNNN.bin` + `.idx` (EOS after each document)."""
-    from llmforge.data.shards import ShardWriter
-
-    writer = ShardWriter(
-        directory.parent, directory.name, dtype, eos_id, shard_tokens=2**62, first_shard=number
-    )
-    for encoding in _WORKER_TOKENIZER.encode_batch(texts):
-        writer.add(encoding.ids)
-    shards = writer.close()
-    return len(texts), shards[0]["tokens"]
-
-
-def _chunks(texts, chunk_chars: int):
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= chunk_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def _chunk_ends(path: Path):
-    import numpy as np
-
-    return np.fromfile(path.with_suffix(".idx"), dtype=np.uint64)
-
-
-def encode_sources(sources: list[Source], tokenizer_json: str, dtype: str, eos_id: int, cache: Path,
-                   config: EncodeConfig) -> tuple[list[list[Path]], int]:  # fmt: skip
-    """Encode every source into chunk files under `cache`, in parallel; chunks already there are kept.
-
-    Returns the chunk files of each source in document order, and how many were re-used.
-    """
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    from llmforge.console import progress
-    from llmforge.data.documents import count_documents, iter_texts
-
-    workers = config.workers or machine.cpu_count()
-    pool = None
-    if workers > 1:  # spawn: safe with the tokenizers thread pool, and the same on every platform
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(tokenizer_json, False))  # fmt: skip
-    else:
-        _start_worker(tokenizer_json, threads=True)
-    chunks: list[list[Path]] = []
-    reused = 0
-    pending: set = set()
-    try:
-        with progress() as bar:
-            task = bar.add_task(
-                "encoding", total=sum(count_documents(s.artifact) for s in sources), unit="docs"
-            )
-
-            def finished(futures) -> None:
-                for future in futures:
-                    bar.advance(task, future.result()[0])
-
-            for number, source in enumerate(sources):
-                directory = cache / f"{number:03d}-{source.artifact.fingerprint[:16]}"
-                directory.mkdir(parents=True, exist_ok=True)
-                files = []
-                for chunk_number, texts in enumerate(
-                    _chunks(iter_texts(source.artifact), config.chunk_chars)
-                ):
-                    path = directory / f"{chunk_number:05d}.bin"
-                    files.append(path)
-                    if path.is_file():  # written last, by rename: the chunk is complete
-                        reused += 1
-                        bar.advance(task, len(texts))
-                        continue
-                    args = (texts, directory, chunk_number, dtype, eos_id)
-                    if pool is None:
-                        bar.advance(task, encode_chunk(*args)[0])
-                        continue
-                    pending.add(pool.submit(encode_chunk, *args))
-                    if len(pending) >= 2 * workers:  # keep memory bounded: read ahead only a little
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        finished(done)
-                chunks.append(files)
-            finished(wait(pending).done)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return chunks, reused
-
-
-# Mixing: chunks -> shuffled train shards by weight, plus the held-out validation split
-
-
-def mix(root: Path, sources: list[Source], chunks: list[list[Path]], dtype: str, eos_id: int,
-        config: EncodeConfig) -> tuple[dict[str, list[dict]], dict[str, dict]]:  # fmt: skip
-    """Write `root/train` (mixed by weight, documents shuffled) and `root/val`; returns the shard lists and
-    what each source contributed."""
-    import numpy as np
-
-    from llmforge.console import progress, warn
-    from llmforge.data.mixture import budgets, draw, hold_out
-    from llmforge.data.shards import ShardWriter
-
-    rng = np.random.default_rng(config.seed)
-    maps, chunk_of, starts, lengths, owner = [], [], [], [], []
-    for number, files in enumerate(chunks):
-        for path in files:
-            ends = _chunk_ends(path).astype(np.int64)
-            chunk_of.append(np.full(len(ends), len(maps)))
-            starts.append(ends - np.diff(ends, prepend=0))
-            lengths.append(np.diff(ends, prepend=0))
-            owner.append(np.full(len(ends), number))
-            maps.append(np.memmap(path, dtype=dtype, mode="r"))
-    chunk_of, starts, lengths, owner = (np.concatenate(a) for a in (chunk_of, starts, lengths, owner))
-
-    is_val = np.zeros(len(lengths), dtype=bool)
-    natural = {}
-    for number, source in enumerate(sources):
-        mine = np.flatnonzero(owner == number)
-        is_val[mine] = hold_out(lengths[mine], config.val_fraction, rng)
-        natural[source.name] = int(lengths[mine][~is_val[mine]].sum())
-    target = budgets(natural, config.weights, config.target_tokens)
-    available = sum(natural.values())
-    if config.target_tokens and config.target_tokens > available:
-        # Asked for, so done; but pretrain repeats the data in epochs without copies on disk.
-        warn(f"target_tokens {config.target_tokens:,} is {config.target_tokens / max(available, 1):.1f} times the "
-             f"{available:,} training tokens the inputs hold: the shards store the data that many times over. "
-             "To train on more tokens than the data holds, leave target_tokens unset (weights alone set the mix) "
-             "and set pretrain's train_tokens: it repeats the data in epochs")  # fmt: skip
-    counts = np.zeros(len(lengths), dtype=np.int64)
-    for number, source in enumerate(sources):
-        train_docs = np.flatnonzero((owner == number) & ~is_val)
-        counts[train_docs] = draw(lengths[train_docs], target[source.name], rng)
-
-    mixed = {}
-    total = int((counts * lengths).sum())
-    for number, source in enumerate(sources):
-        mine = owner == number
-        tokens = int((counts[mine] * lengths[mine]).sum())
-        passes = tokens / max(natural[source.name], 1)
-        mixed[source.name] = {
-            "weight": round(target[source.name] / max(sum(target.values()), 1), 6),
-            "tokens": tokens,
-            "share": round(tokens / max(total, 1), 6),
-            "natural_tokens": natural[source.name],
-            "passes": round(passes, 4),
-            "max_repeats": int(counts[mine].max()) if mine.any() else 0,
-            "documents": int(counts[mine].sum()),
-            "val_tokens": int(lengths[mine & is_val].sum()),
-        }
-        if passes > USEFUL_PASSES:
-            warn(f"{source.name} is repeated {passes:.1f} times; beyond about {USEFUL_PASSES} passes repeated "
-                 "data helps little: lower its weight or the target, or add data")  # fmt: skip
-
-    order = rng.permutation(np.repeat(np.arange(len(lengths)), counts))
-    splits = {}
-    for split in ("train", "val"):
-        shutil.rmtree(root / split, ignore_errors=True)  # left by an interrupted run: rewritten whole
-    with progress() as bar:
-        for split, documents in (("train", order), ("val", np.flatnonzero(is_val))):
-            writer = ShardWriter(root, split, dtype, eos_id, shard_tokens=config.shard_tokens)
-            task = bar.add_task(f"writing {split}", total=int(lengths[documents].sum()), unit="tokens")
-            for document in documents:
-                start = starts[document]
-                end = start + lengths[document] - 1  # the chunk's EOS; the writer adds it back
-                writer.add(maps[chunk_of[document]][start:end])
-                bar.advance(task, int(lengths[document]))
-            splits[split] = writer.close()
-    return splits, mixed
+    ctx.stats["encoded_chunks_reused"] = encoded.reused
 
 
 # ---------------------------------------------------------------------------------------------------------------
