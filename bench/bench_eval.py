@@ -73,8 +73,8 @@ def plain_lm_eval(model: Path, tasks: list, batch_size: int) -> dict:
     lm = HFLM(pretrained=str(model), device="cpu", batch_size=batch_size)
     lm.model.generation_config.max_new_tokens = None  # as eval does, so both generate the same lengths
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
-    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, apply_chat_template=True,
-                                   bootstrap_iters=1000, fewshot_random_seed=1234)  # fmt: skip
+    return lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, bootstrap_iters=1000,
+                                   fewshot_random_seed=1234)  # fmt: skip
 
 
 def main() -> None:

@@ -120,8 +120,20 @@ OLD_SPELLINGS = {
         (["--limit", "0.5"], "limit", 0.5),
         (["--limit", "20"], "limit", 20),
         (["--num-fewshot", "3"], "num_fewshot", 3),
-        (["--chat-template"], "chat_template", True),
-        (["--no-chat-template"], "chat_template", False),
+        (["--chat-template"], "apply_chat_template", True),
+        (["--no-chat-template"], "apply_chat_template", False),
+        (["--apply-chat-template"], "apply_chat_template", True),
+        (["--no-apply-chat-template"], "apply_chat_template", False),
+        (["--apply-chat-template", "--fewshot-as-multiturn"], "fewshot_as_multiturn", True),
+        (["--apply-chat-template", "--no-fewshot-as-multiturn"], "fewshot_as_multiturn", False),
+        (["--system-instruction", "Be brief."], "system_instruction", "Be brief."),
+        (
+            ["--gen-kwargs", "temperature=0.7,until=['\\n', ',']", "--gen-kwargs", "do_sample=True"],
+            "gen_kwargs",
+            {"temperature": 0.7, "until": ["\n", ","], "do_sample": True},
+        ),
+        (["--gen-kwargs", '{"max_gen_toks": 64}'], "gen_kwargs", {"max_gen_toks": 64}),
+        (["--allow-code-execution"], "allow_code_execution", True),
         (["--backend", "hf"], "backend", "hf"),
         (["--batch-size", "auto"], "batch_size", "auto"),
         (["--batch-size", "4"], "batch_size", 4),
@@ -260,6 +272,8 @@ def test_a_bad_value_is_named_by_its_config_key_whichever_spelling_gave_it():
         (["serve", "m", "--max-model-len", "0"], "config max_model_len"),
         (["crawl-filter", "in.jsonl", "-o", "out", "--workers", "-1"], "config executor.workers"),
         (["tokenize", "encode", "docs", "-o", "out", "--val-fraction", "2"], "config val_fraction"),
+        (["eval", "m", "-o", "out", "--fewshot-as-multiturn"], "config fewshot_as_multiturn"),
+        (["eval", "m", "-o", "out", "--gen-kwargs", "temperature"], "config gen_kwargs"),
     ):
         result = runner.invoke(app, argv)
         assert result.exit_code == 2 and named in result.stderr, (argv, result.output)

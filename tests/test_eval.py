@@ -1,7 +1,8 @@
 """llmforge eval: lm-eval's own numbers on the bundled tasks, perplexity, comparisons, contamination, bad input.
 
-Every evaluation here is real (lm-eval's Hugging Face backend on a tiny random Llama); the reference numbers come
-from calling lm_eval.simple_evaluate directly on the same model and tasks.
+Every evaluation here is real (lm-eval's Hugging Face backend on a tiny random Llama, and on the real
+SmolLM2-135M-Instruct); the reference numbers come from calling lm_eval.simple_evaluate directly on the same model,
+tasks and settings.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def same_scores(ours: dict, theirs: dict) -> None:
 
 @pytest.fixture(scope="module")
 def bundled_report(tiny_model, tmp_path_factory) -> Path:
-    config = eval_stage.Config(limit=LIMIT, log_samples=True)
+    # the bundled tasks are chat exchanges (as the tiny recipe scores them): asked for, as lm-eval's CLI is asked
+    config = eval_stage.Config(limit=LIMIT, log_samples=True, apply_chat_template=True)
     return eval_stage.run([str(tiny_model)], tmp_path_factory.mktemp("eval") / "report", config)
 
 
@@ -87,8 +89,10 @@ def test_bundled_tasks_give_lm_evals_own_numbers(bundled_report, tiny_model):
     manifest = Artifact.open(bundled_report)
     assert manifest.kind == "eval-report"
     again = eval_stage.run(
-        [str(tiny_model)], bundled_report, eval_stage.Config(limit=LIMIT, log_samples=True)
-    )
+        [str(tiny_model)],
+        bundled_report,
+        eval_stage.Config(limit=LIMIT, log_samples=True, chat_template=True),
+    )  # the old name of the setting still reads
     assert (
         again == bundled_report and Artifact.open(bundled_report).manifest == manifest.manifest
     )  # up to date
@@ -192,7 +196,8 @@ def test_compare_table_shows_deltas_against_the_first(bundled_report, random_rep
     assert "—" in next(line for line in text.splitlines() if "strict-match" in line)
 
     assert report.comparability_warnings([first, *others]) == [
-        "llmforge_arith_mc: evaluated on different numbers of items (8, 30)"
+        "prompts differ between the models (chat template; plain prompts); their scores do not compare",
+        "llmforge_arith_mc: evaluated on different numbers of items (8, 30)",
     ]
     eval_stage.compare([str(bundled_report), str(random_report)])  # the CLI's --compare: four columns
     assert capsys.readouterr().out == ""  # no artifact: nothing on stdout
@@ -274,11 +279,8 @@ def test_adapter_and_quantized_model_match_lm_eval(tiny_model, tmp_path):
     config = eval_stage.Config(tasks=["llmforge_arith_mc"])
     out = eval_stage.run([str(tiny_model), str(adapter), str(quantized)], tmp_path / "report", config)
     base, lora, int8 = [m.results for m in report.model_results(out)]
-    kwargs = {"apply_chat_template": True, "fewshot_as_multiturn": True}
-    same_scores(
-        lora, direct({"pretrained": str(tiny_model), "peft": str(adapter)}, ["llmforge_arith_mc"], **kwargs)
-    )
-    same_scores(int8, direct({"pretrained": str(quantized)}, ["llmforge_arith_mc"], **kwargs))
+    same_scores(lora, direct({"pretrained": str(tiny_model), "peft": str(adapter)}, ["llmforge_arith_mc"]))
+    same_scores(int8, direct({"pretrained": str(quantized)}, ["llmforge_arith_mc"]))
     assert lora["config"]["model_args"]["peft"] == str(adapter)
     assert lora["results"] != base["results"]  # the adapter was applied
     assert [m["kind"] for m in (base["llmforge"], lora["llmforge"], int8["llmforge"])] == [
@@ -318,13 +320,20 @@ def test_vllm_backend_without_vllm_or_gpu_is_refused_and_adapters_go_as_lora(tin
     assert set(arguments) <= {a.arg for a in init.args.args + init.args.kwonlyargs}
 
 
-def test_no_chat_template_is_applied_and_recorded(tiny_model, tmp_path):
-    config = eval_stage.Config(tasks=["llmforge_arith_m?"], chat_template=False)  # a glob of task names
+def test_no_chat_template_by_default_as_in_lm_eval(tiny_model, tmp_path, capsys):
+    # every llmforge model's tokenizer has a chat template; a base model is still scored on plain prompts
+    config = eval_stage.Config(tasks=["llmforge_arith_m?"])  # a glob of task names
+    assert config.apply_chat_template is False and config.multiturn is False
     out = eval_stage.run([str(tiny_model)], tmp_path / "report", config)
     results = json.loads((out / "results.json").read_text())
     assert list(results["results"]) == ["llmforge_arith_mc"]
     assert results["llmforge"]["chat_template"] is False and results["chat_template"] is None
+    assert results["fewshot_as_multiturn"] is False and Artifact.open(out).stats["chat_template"] is False
     same_scores(results, direct({"pretrained": str(tiny_model)}, ["llmforge_arith_mc"]))
+    assert f"{tiny_model}: plain prompts, no chat template (lm-eval's default)" in capsys.readouterr().err
+    # few-shot turns are a way of writing chat prompts: without the chat template they are refused, as lm-eval does
+    with pytest.raises(ValueError, match="few-shot turns need the chat template"):
+        eval_stage.Config(fewshot_as_multiturn=True)
 
 
 def user_task(directory: Path, items: list[dict], name: str = "my_quiz") -> Path:
@@ -385,7 +394,7 @@ def test_contamination_check_reads_the_lineage(tiny_model, tmp_path):
     assert stats["my_quiz"] == {"in_decontamination_set": False, "items_overlapping": 1}
 
 
-def test_contamination_check_reads_the_files_post_training_read(tiny_model, tmp_path):
+def test_contamination_check_reads_the_files_post_training_read(tiny_model, tmp_path, capsys):
     from llmforge.artifacts import raw_input
     from llmforge.evaluation.contamination import check
     from llmforge.evaluation.tasks import select_tasks
@@ -406,7 +415,11 @@ def test_contamination_check_reads_the_files_post_training_read(tiny_model, tmp_
     inputs = [Artifact.open(tiny_model).ref(), raw_input(str(data), [str(data)])]  # as sft records them
     model = run_stage("sft", "model", Imported(source="copy"), inputs, tmp_path / "sft", body)
     quiz = user_task(tmp_path / "quiz", LONG_ITEMS)
+    capsys.readouterr()
     out = eval_stage.run([str(model)], tmp_path / "report", eval_stage.Config(tasks=[f"{quiz}/"]))
+    # a chat-tuned model scored without its chat template (lm-eval's default) is pointed at the flag
+    assert (f"{model} is chat-tuned (sft in its lineage) but is scored on plain prompts (lm-eval's default): add "
+            "--apply-chat-template" in " ".join(capsys.readouterr().err.split()))  # fmt: skip
     found = json.loads((out / "results.json").read_text())["llmforge"]["contamination"]
     assert found["training_documents"] == [str(data)] and found["training_data_not_checked"] == []
     assert found["tasks"]["my_quiz"]["overlapping_ids"] == ["q2"]
@@ -536,10 +549,10 @@ def test_an_interrupted_multi_model_run_resumes(tiny_model, tmp_path, capsys):
     shutil.copytree(tiny_model, second)
     template = (second / "chat_template.jinja").read_text()
     (second / "chat_template.jinja").unlink()
-    config = eval_stage.Config(tasks=["llmforge_arith_mc"], limit=4, chat_template=True)
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"], limit=4, apply_chat_template=True)
     models = [str(tiny_model), str(second)]
     with pytest.raises(
-        InputError, match=r"second: --chat-template asked for, but its tokenizer has no chat template"
+        InputError, match=r"second: --apply-chat-template asked for, but its tokenizer has no chat template"
     ):
         eval_stage.run(models, tmp_path / "report", config)
     assert (tmp_path / "report.partial" / "checkpoints" / "model-0.json").is_file()
@@ -551,3 +564,72 @@ def test_an_interrupted_multi_model_run_resumes(tiny_model, tmp_path, capsys):
     first, again = report.model_results(out)
     assert first.results["results"] == again.results["results"]  # the same weights, scored the same
     assert not (out / "checkpoints").exists()
+
+
+def test_code_execution_tasks_run_only_when_allowed(tiny_model, tmp_path):
+    # a task lm-eval marks unsafe_code (as HumanEval and MBPP are), here over local items: no download needed
+    quiz = user_task(tmp_path / "code", LONG_ITEMS, name="code_quiz")
+    task_file = quiz / "code_quiz.yaml"
+    task_file.write_text(task_file.read_text() + "unsafe_code: true\ntag: code_tasks\n")
+    refused = (r"^task code_quiz executes the code the model writes \(lm-eval's unsafe_code\); run in a sandbox and "
+               r"confirm with --allow-code-execution$")  # fmt: skip
+    for config in (eval_stage.Config(tasks=["llmforge_arith_mc", str(task_file)]),
+                   eval_stage.Config(tasks=[f"{quiz}/"]),
+                   eval_stage.Config(tasks=["code_tasks"], include=[str(quiz)])):  # fmt: skip
+        with pytest.raises(InputError, match=refused):
+            eval_stage.run([str(tiny_model)], tmp_path / "out", config)
+        assert not (tmp_path / "out.partial").exists()  # refused before the stage began: no model was loaded
+
+    allowed = eval_stage.Config(
+        tasks=[str(task_file)], allow_code_execution=True
+    )  # lm-eval's confirm_run_unsafe_code
+    out = eval_stage.run([str(tiny_model)], tmp_path / "out", allowed)
+    results = json.loads((out / "results.json").read_text())
+    assert results["n-samples"]["code_quiz"]["effective"] == len(LONG_ITEMS)
+    assert results["configs"]["code_quiz"]["unsafe_code"] is True
+
+
+@pytest.mark.xdist_group("smollm2")  # the session's one import of the real model
+def test_the_real_model_through_the_cli_gives_lm_evals_own_numbers(smollm2, tmp_path):
+    """SmolLM2-135M-Instruct scored by `llmforge eval` and by lm_eval.simple_evaluate with the same settings: the
+    same numbers, bit for bit, on plain prompts (the default) and in its chat template, generation settings given."""
+    from lm_eval.utils import handle_non_serializable
+    from typer.testing import CliRunner
+
+    from llmforge.cli import app
+
+    tasks, limit, instruction = ["llmforge_arith_mc", "llmforge_arith"], 8, "Answer with the number only."
+    settings = {
+        "plain": ([], {}),
+        "chat": (["--apply-chat-template", "--system-instruction", instruction],
+                 {"apply_chat_template": True, "fewshot_as_multiturn": True, "system_instruction": instruction}),
+    }  # fmt: skip
+    reports = {}
+    for name, (flags, kwargs) in settings.items():
+        out = tmp_path / name
+        argv = ["eval", str(smollm2), "-o", str(out), "--tasks", ",".join(tasks), "--limit", str(limit),
+                "--gen-kwargs", "max_gen_toks=8", *flags]  # fmt: skip
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0 and result.stdout == f"{out}\n", result.output[-3000:]
+        ours = json.loads((out / "results.json").read_text())
+        theirs = direct(
+            {"pretrained": str(smollm2)}, tasks, limit=limit, gen_kwargs="max_gen_toks=8", **kwargs
+        )
+        assert ours["results"] == json.loads(json.dumps(theirs["results"], default=handle_non_serializable))
+        assert (
+            ours["configs"]["llmforge_arith"]["generation_kwargs"]["max_gen_toks"] == 8
+        )  # over the task's 32
+        assert ours["config"]["gen_kwargs"] == {"max_gen_toks": 8}
+        reports[name] = (ours, " ".join(result.stderr.split()))
+
+    plain, plain_log = reports["plain"]
+    assert plain["chat_template"] is None and plain["llmforge"]["chat_template"] is False
+    # an outside model whose name says Instruct: told how to score it in chat turns
+    assert (
+        "SmolLM2-135M-Instruct is chat-tuned (its name says so) but is scored on plain prompts" in plain_log
+    )
+    chat, chat_log = reports["chat"]
+    assert "<|im_start|>" in chat["chat_template"] and chat["llmforge"]["chat_template"] is True
+    assert chat["system_instruction"] == instruction and chat["fewshot_as_multiturn"] is True
+    assert "SmolLM2-135M-Instruct: prompts in its chat template (few-shot examples as turns)" in chat_log
+    assert plain["results"] != chat["results"]  # the prompts differed, and so did the model's answers

@@ -174,8 +174,25 @@ def comparison_table(models: list[ModelResults], title: str = "eval: side by sid
     return table
 
 
+def prompt_format(results: dict[str, Any]) -> str:
+    """How a model's prompts were written (lm-eval's settings as the report records them)."""
+    text = "plain prompts"
+    if results.get("llmforge", {}).get("chat_template"):
+        text = "chat template" + ("" if results.get("fewshot_as_multiturn") else " (few-shot in one turn)")
+    if results.get("system_instruction"):
+        text += f", system instruction {results['system_instruction']!r}"
+    return text
+
+
+def generation_settings(results: dict[str, Any]) -> str:
+    """The gen_kwargs given over the tasks' own, as lm-eval records them."""
+    given = (results.get("config") or {}).get("gen_kwargs") or {}
+    return ",".join(f"{key}={value!r}" for key, value in sorted(given.items())) or "each task's own"
+
+
 def comparability_warnings(models: list[ModelResults]) -> list[str]:
-    """Tasks whose version, few-shot count or item count differ between the models: their scores do not compare."""
+    """Tasks whose version, few-shot count or item count differ between the models, and prompt settings that
+    differ: their scores do not compare."""
     warnings = []
     for field, what in (("versions", "version"), ("n-shot", "n-shot")):
         seen: dict[str, set[str]] = {}
@@ -184,6 +201,11 @@ def comparability_warnings(models: list[ModelResults]) -> list[str]:
                 seen.setdefault(task, set()).add(str(value))
         warnings += [f"{task}: {what} differs between the models ({', '.join(sorted(values))}); its scores do not "
                      "compare" for task, values in seen.items() if len(values) > 1]  # fmt: skip
+    for what, setting in (("prompts", prompt_format), ("generation settings", generation_settings)):
+        values = {setting(model.results) for model in models}
+        if len(values) > 1:
+            warnings.append(f"{what} differ between the models ({'; '.join(sorted(values))}); their scores do not "
+                            "compare")  # fmt: skip
     items: dict[str, set[int]] = {}
     for model in models:
         for task, counts in model.results.get("n-samples", {}).items():

@@ -202,6 +202,15 @@ class TaskSet:
             return [(entry.cfg or {}, entry.yaml_path)]
         return [found for member in members if member != name for found in self._configs(member)]
 
+    def unsafe_tasks(self) -> list[str]:
+        """Tasks that execute the code the model writes (lm-eval's `unsafe_code`: HumanEval, MBPP), read from their
+        YAML configs, so they are refused before any dataset or model is loaded."""
+        found = []
+        for entry in self.entries:
+            configs = [(entry, None)] if isinstance(entry, dict) else self._configs(entry)
+            found += [str(config.get("task", entry)) for config, _ in configs if config.get("unsafe_code")]
+        return list(dict.fromkeys(found))
+
     def task_files(self, task_name: str) -> list[Path]:
         """The local files a loaded task depends on: its YAML (and the Python beside it) and its data."""
         configs = self._configs(task_name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
 import typer
-from pydantic import Field
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
 from llmforge import machine
 from llmforge.config import StageConfig, runtime_field
@@ -74,13 +74,23 @@ class Config(StageConfig):
         gt=0,
         description="Items per task: a count, or a fraction below 1 (quick checks only: not comparable scores)",
     )
-    chat_template: bool | None = Field(
+    apply_chat_template: bool = Field(
+        False,
+        validation_alias=AliasChoices("apply_chat_template", "chat_template"),
+        description="Render prompts in the tokenizer's chat template (lm-eval's apply_chat_template); off unless "
+        "asked, as in lm-eval: ask for it for chat-tuned models",
+    )
+    fewshot_as_multiturn: bool | None = Field(
         None,
-        description="Render prompts with the tokenizer's chat template; none = exactly when the tokenizer has one",
+        description="With the chat template: few-shot examples as separate user/assistant turns; none = on exactly "
+        "when the chat template is (lm-eval's CLI)",
     )
     system_instruction: str | None = Field(None, description="System message put before every prompt")
-    fewshot_as_multiturn: bool = Field(
-        True, description="With the chat template: few-shot examples as separate user/assistant turns"
+    gen_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Generation settings of the generating tasks, over each task's own (lm-eval's gen_kwargs: "
+        "key=value pairs such as 'temperature=0.7,do_sample=True,max_gen_toks=64', repeatable, or a JSON object); "
+        "empty = the tasks' own",
     )
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto",
@@ -101,10 +111,44 @@ class Config(StageConfig):
     contamination: ContaminationSettings = Field(
         default_factory=ContaminationSettings, description="The lineage contamination check"
     )
+    allow_code_execution: bool = runtime_field(
+        False,
+        description="Run tasks that execute the code the model writes (HumanEval, MBPP: lm-eval's unsafe_code, "
+        "confirm_run_unsafe_code); only in a sandbox",
+    )
     batch_size: int | Literal["auto"] = runtime_field(
         16, description="Requests per forward pass; 'auto' lets lm-eval find the largest that fits"
     )
     device: str | None = runtime_field(None, description="cpu, cuda, cuda:1, ...; none = cuda when available")
+
+    @field_validator("gen_kwargs", mode="before")
+    @classmethod
+    def _parse_gen_kwargs(cls, value: Any) -> Any:
+        return parse_gen_kwargs(value) if isinstance(value, str | list | tuple) else value
+
+    @field_validator("fewshot_as_multiturn")
+    @classmethod
+    def _multiturn_needs_the_template(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value and not info.data.get("apply_chat_template"):
+            raise ValueError("few-shot turns need the chat template (--apply-chat-template), as in lm-eval")
+        return value
+
+    @property
+    def multiturn(self) -> bool:
+        """Few-shot examples as turns: on with the chat template unless turned off (lm-eval's CLI rule)."""
+        return self.apply_chat_template and self.fewshot_as_multiturn is not False
+
+
+def parse_gen_kwargs(value: str | list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """lm-eval's gen_kwargs as its CLI reads them: a JSON object, or key=value pairs (comma-separated, or one per
+    item of a list) whose values are Python literals where they parse ('temperature=0.7,until=["\\n"]')."""
+    from lm_eval._cli.utils import key_val_to_dict, try_parse_json
+
+    merged: dict[str, Any] = {}
+    for item in [value] if isinstance(value, str) else value:
+        parsed = try_parse_json(item)
+        merged.update(parsed if isinstance(parsed, dict) else key_val_to_dict(item))
+    return merged
 
 
 class ContaminationCheck(TypedDict, total=False):
@@ -341,8 +385,11 @@ def run(models: list[str], out: str | Path, config: Config | None = None, force:
         )
         default = [] if config.perplexity else [BUNDLED_TAG]
         taskset = select_tasks(config.tasks or default, config.include, inline)
+        check_code_execution(taskset.unsafe_tasks(), config.allow_code_execution)
         loaded = taskset.load()  # every task is built (its data read) now, before any model is loaded
         tasks = taskset.leaf_tasks(loaded)
+        check_code_execution([n for n, t in tasks.items() if getattr(t, "UNSAFE_CODE", False)],
+                             config.allow_code_execution)  # fmt: skip
         inputs = []
         for label, source in zip(models, sources, strict=True):
             ref = source.ref()
@@ -351,6 +398,17 @@ def run(models: list[str], out: str | Path, config: Config | None = None, force:
         inputs += task_inputs(taskset, tasks) + perplexity_refs
         body = _Evaluation(models, sources, backend, taskset, loaded, tasks, config)
         return run_stage(STAGE, KIND, config, inputs, out, body, force=force)
+
+
+def check_code_execution(unsafe: list[str], allowed: bool) -> None:
+    """Tasks that run model-written code (lm-eval's unsafe_code) only with --allow-code-execution."""
+    if unsafe and not allowed:
+        names = ", ".join(unsafe)
+        raise InputError(f"task{'s' if len(unsafe) > 1 else ''} {names} execute{'' if len(unsafe) > 1 else 's'} the "
+                         "code the model writes (lm-eval's unsafe_code); run in a sandbox and confirm with "
+                         "--allow-code-execution")  # fmt: skip
+    if unsafe:
+        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")  # what the `evaluate` library's code_eval asks for
 
 
 def task_inputs(taskset, tasks: dict[str, Any]) -> list:
@@ -436,12 +494,12 @@ class _Evaluation:
             )
         log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
         lm, arguments = build_lm(source, self.backend, config)
-        has_template = bool(lm.chat_template(True))
-        use_template = has_template if config.chat_template is None else config.chat_template
-        if use_template and not has_template:
+        use_template, multiturn = config.apply_chat_template, config.multiturn
+        if use_template and not lm.chat_template(True):
             raise InputError(
-                f"{source.path}: --chat-template asked for, but its tokenizer has no chat template"
+                f"{source.path}: --apply-chat-template asked for, but its tokenizer has no chat template"
             )
+        show_prompt_format(label, source, config)
         tracker = GeneralConfigTracker()
         top = self.loaded if number == 0 else self.taskset.load()
         results = simple_evaluate(
@@ -454,7 +512,9 @@ class _Evaluation:
             log_samples=True,  # lm-eval's task hashes are computed from the samples
             system_instruction=config.system_instruction,
             apply_chat_template=use_template,
-            fewshot_as_multiturn=use_template and config.fewshot_as_multiturn,
+            fewshot_as_multiturn=multiturn,
+            gen_kwargs=config.gen_kwargs or None,
+            confirm_run_unsafe_code=config.allow_code_execution,
             random_seed=config.seed,
             numpy_random_seed=config.seed,
             torch_random_seed=config.seed,
@@ -469,7 +529,7 @@ class _Evaluation:
         tracker.log_experiment_args(model_source=self.backend, model_args=arguments,
                                     system_instruction=config.system_instruction,
                                     chat_template=lm.chat_template(True) if use_template else None,
-                                    fewshot_as_multiturn=use_template and config.fewshot_as_multiturn)  # fmt: skip
+                                    fewshot_as_multiturn=multiturn)  # fmt: skip
         tracker.log_end_time()
         results.update(asdict(tracker))
         results["config"].update(model=self.backend, model_args=arguments)
@@ -505,6 +565,39 @@ class _Evaluation:
             if checks:
                 summary.setdefault("contamination", {})[task] = checks
         return summary
+
+
+def chat_tuned_by(source) -> list[str]:
+    """The post-training stages (sft, dpo, grpo) in a model's lineage, or ["its name"] when an outside model's name
+    says instruct or chat (lm-eval's own hint)."""
+    from llmforge.evaluation.contamination import lineage
+    from llmforge.registry import POSTTRAIN_STAGES
+
+    stages = [a.stage for a in lineage(source) if a.stage in POSTTRAIN_STAGES]
+    if stages:
+        return list(dict.fromkeys(stages))
+    name = Path(str((source.base or source).path)).name.lower()
+    return ["its name"] if any(word in name for word in ("instruct", "chat")) else []
+
+
+def show_prompt_format(label: str, source, config: Config) -> None:
+    """Say how a model's prompts are written; warn when a chat-tuned model is scored without its chat template
+    (lm-eval's default, which llmforge keeps)."""
+    from rich.markup import escape
+
+    from llmforge.console import log, warn
+
+    if config.apply_chat_template:
+        turns = "few-shot examples as turns" if config.multiturn else "few-shot examples in one turn"
+        log(f"{escape(label)}: prompts in its chat template ({turns})")
+        return
+    tuned = chat_tuned_by(source)
+    if not tuned:
+        log(f"{escape(label)}: plain prompts, no chat template (lm-eval's default)")
+        return
+    why = "its name says so" if tuned == ["its name"] else f"{', '.join(tuned)} in its lineage"
+    warn(f"{label} is chat-tuned ({why}) but is scored on plain prompts (lm-eval's default): add "
+         "--apply-chat-template to score it in chat turns")  # fmt: skip
 
 
 def show_contamination(model) -> None:
@@ -545,7 +638,15 @@ FLAGS = (
     # a whole number is a count of items, a fraction a share of each task (lm-eval's rule)
     Flag("limit", type=float, convert=lambda limit: int(limit) if limit >= 1 else limit),
     Flag("num_fewshot"),
-    Flag("chat_template", "--chat-template/--no-chat-template"),
+    Flag(
+        "apply_chat_template",
+        "--apply-chat-template/--no-apply-chat-template",
+        "--chat-template/--no-chat-template",
+    ),
+    Flag("fewshot_as_multiturn", "--fewshot-as-multiturn/--no-fewshot-as-multiturn"),
+    Flag("system_instruction"),
+    Flag("gen_kwargs", type=list[str]),  # repeatable; the config parses each as lm-eval does
+    Flag("allow_code_execution", "--allow-code-execution"),
     Flag("backend"),
     Flag("batch_size"),
     Flag("device"),

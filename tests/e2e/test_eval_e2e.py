@@ -51,6 +51,14 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path):
     line = fails("eval", tiny_model, "-o", tmp_path / "a", "--tasks", f"{tmp_path / 'quiz'}/")
     assert f"{data}:3: not valid JSON" in line
 
+    # a task that runs the code the model writes (lm-eval's unsafe_code), without --allow-code-execution
+    (tmp_path / "quiz" / "quiz.yaml").write_text(
+        (tmp_path / "quiz" / "quiz.yaml").read_text() + "unsafe_code: true\n"
+    )
+    line = fails("eval", tiny_model, "-o", tmp_path / "c", "--tasks", tmp_path / "quiz" / "quiz.yaml")
+    assert line.endswith("task quiz executes the code the model writes (lm-eval's unsafe_code); run in a sandbox "
+                         "and confirm with --allow-code-execution")  # fmt: skip
+
     # a model artifact whose weights are cut short
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
