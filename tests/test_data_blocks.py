@@ -1,11 +1,10 @@
 """Our datatrove blocks on their own (PII in test_pii.py): offline language ID (py3langid and a user's fastText model),
 per-language quality rules, the bundled URL blocklist, n-gram decontamination."""
 
-import struct
-
 import numpy as np
 import pytest
 from datatrove.data import Document
+from helpers import write_fasttext_model
 from warc_factory import prose
 
 from llmforge.data import blocks
@@ -28,31 +27,6 @@ def test_py3langid_labels_and_filters_languages():
     assert language_id.filter(mixed) == (False, "low_confidence") and mixed.metadata["language_score"] < 0.65
     # no languages given: every language is kept, and labelled
     assert blocks.Py3LangIdFilter([], 0.65).filter(doc(texts["fr"])) is True
-
-
-def write_fasttext_model(path, words_by_label: dict[str, list[str]]) -> None:
-    """A real fastText supervised model file (format 12) with set weights: each word votes for its label.
-
-    fastText's own training fails on this machine ("Encountered NaN"), so the test writes the weights directly;
-    loading and prediction are fastText's C++ code, through datatrove's LanguageFilter.
-    """
-    labels = list(words_by_label)
-    words = [w for ws in words_by_label.values() for w in ws]
-    dim = len(labels)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<ii", 793712314, 12))  # magic, version
-        # dim ws epoch minCount neg wordNgrams loss(softmax) model(supervised) bucket minn maxn lrUpdateRate, t
-        f.write(struct.pack("<12i", dim, 5, 1, 1, 5, 1, 3, 3, 0, 0, 0, 100) + struct.pack("<d", 1e-4))
-        f.write(struct.pack("<iiiqq", len(words) + len(labels), len(words), len(labels), len(words), -1))
-        for word in words:
-            f.write(word.encode() + b"\0" + struct.pack("<qb", 1, 0))
-        for label in labels:
-            f.write(f"__label__{label}".encode() + b"\0" + struct.pack("<qb", 1, 1))
-        vectors = np.zeros((len(words), dim), dtype=np.float32)
-        vectors[np.arange(len(words)), [labels.index(l) for l, ws in words_by_label.items() for _ in ws]] = 1  # noqa: E741
-        f.write(struct.pack("<?", False) + struct.pack("<qq", *vectors.shape) + vectors.tobytes())
-        output = np.eye(len(labels), dim, dtype=np.float32) * 8
-        f.write(struct.pack("<?", False) + struct.pack("<qq", *output.shape) + output.tobytes())
 
 
 def test_user_supplied_fasttext_model_through_datatrove(tmp_path):

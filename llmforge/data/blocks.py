@@ -13,11 +13,12 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline import extractors as datatrove_extractors
-from datatrove.pipeline.filters import LanguageFilter, URLFilter
+from datatrove.pipeline.filters import FastTextClassifierFilter, LanguageFilter, URLFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.formatters.pii import PIIFormatter, public_ip_validator
@@ -445,6 +446,93 @@ class PIIFilter(BaseFilter):
         if counts:
             return False, "contains_" + "_and_".join(sorted(counts))
         return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-based quality (llmforge.data.quality trains the classifier and runs the passes)
+
+
+def _judge(block: BaseFilter, doc: Document, score: float) -> bool | tuple[bool, str]:
+    """What every quality block does with a document's score: metadata["quality_score"], a histogram (stats
+    `score_bin_<n>`, see quality.score_bin), and the rule: at least `threshold`, or in bin `min_bin` and above (the
+    second pass of a top-share filter, which must decide exactly as the first pass counted), or keep all."""
+    from llmforge.data.quality import SCORE_KEY, score_bin
+
+    doc.metadata[SCORE_KEY] = round(float(score), 6)
+    number = score_bin(score)
+    block.stat_update(f"score_bin_{number}")
+    if block.threshold is not None and score < block.threshold:
+        return False, "below_threshold"
+    if block.min_bin is not None and number < block.min_bin:
+        return False, "below_threshold"
+    return True
+
+
+class QualityFilter(BaseFilter):
+    """Scores documents with a classifier llmforge.data.quality trained, in batches (scikit-learn's hashing has a
+    per-call cost: a document at a time is 10x slower)."""
+
+    name = "⭐ Quality classifier"
+
+    def __init__(self, classifier: str, threshold: float | None = None, min_bin: int | None = None,
+                 exclusion_writer: JsonlWriter | None = None, batch_size: int = 256):  # fmt: skip
+        super().__init__(exclusion_writer, batch_size=batch_size)
+        self.classifier, self.threshold, self.min_bin = classifier, threshold, min_bin
+        self._score = None
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        if self._score is None:
+            from llmforge.data.quality import LinearClassifier
+
+            self._score = LinearClassifier.load(self.classifier).score
+        scores = self._score([doc.text for doc in batch])
+        return [_judge(self, doc, score) for doc, score in zip(batch, scores, strict=True)]
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        return self.filter_batch([doc])[0]
+
+
+class FastTextQualityFilter(FastTextClassifierFilter):
+    """A published fastText classifier (DCLM's, for one) through datatrove's FastTextClassifierFilter, scoring
+    whole documents by the probability of `label`."""
+
+    name = "⭐ Quality classifier (fastText)"
+
+    def __init__(self, model_path: str, label: str = "hq", threshold: float | None = None,
+                 min_bin: int | None = None, exclusion_writer: JsonlWriter | None = None):  # fmt: skip
+        super().__init__(model_path, save_labels_in_metadata=True, newline_replacement=" ",
+                         exclusion_writer=exclusion_writer)  # fmt: skip
+        self.label, self.threshold, self.min_bin = label, threshold, min_bin
+
+    @property
+    def model(self):
+        # datatrove copies a model into its download cache under the file's name, where a classifier replaced at
+        # the same path would be shadowed by the old copy: load the file itself
+        if self._model is None:
+            from llmforge.data.quality import load_fasttext
+
+            self._model = load_fasttext(self.model_url, self.label)
+        return self._model
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        super().filter(
+            doc
+        )  # no keep/remove labels: scores the document, stores every label's score, keeps it
+        doc.text = text
+        scores = {key: doc.metadata.pop(key) for key in list(doc.metadata) if key.startswith("__label__")}
+        return _judge(self, doc, scores.get(f"__label__{self.label}", 0.0))
+
+
+def quality_filter(classifier: str, label: str = "hq", threshold: float | None = None, min_bin: int | None = None,
+                   exclusion_writer: JsonlWriter | None = None) -> BaseFilter:  # fmt: skip
+    """The quality block for a classifier: one llmforge trained (a folder with classifier.json), or a fastText
+    model file scored by `label`."""
+    from llmforge.data.quality import INFO_FILE
+
+    if (Path(classifier) / INFO_FILE).is_file():
+        return QualityFilter(classifier, threshold, min_bin, exclusion_writer)
+    return FastTextQualityFilter(classifier, label, threshold, min_bin, exclusion_writer)
 
 
 # ---------------------------------------------------------------------------------------------------------------
