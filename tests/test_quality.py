@@ -195,6 +195,32 @@ def test_a_published_fasttext_classifier(tmp_path):
         quality.load_scorer(model, "good")
 
 
+def test_the_classifier_is_an_input_with_lineage(classifier, tmp_path):
+    from llmforge.artifacts import InputRef, run_stage
+    from llmforge.config import StageConfig
+
+    out, _ = classifier
+    loose = quality.classifier_input(out)  # a classifier folder outside llmforge: fingerprinted by content
+    assert loose.kind == "raw" and loose.detail["role"] == "quality classifier"
+    model = write_fasttext_model(tmp_path / "m.bin", {"hq": ["a"], "lq": ["b"]})
+    assert quality.classifier_input(model).detail["role"] == "quality classifier"
+
+    class Copied(StageConfig):
+        seed: int = 0
+
+    def copy(ctx):
+        for name in (quality.MODEL_FILE, quality.INFO_FILE):
+            (ctx.work / name).write_bytes((out / name).read_bytes())
+
+    ref = InputRef(path="(test)", kind="raw", fingerprint="0")
+    artifact = run_stage("quality-train", quality.ARTIFACT_KIND, Copied(), [ref], tmp_path / "cls", copy)
+    made = quality.classifier_input(artifact)
+    assert (made.kind, made.stage) == (quality.ARTIFACT_KIND, "quality-train")
+    wrong = run_stage("crawl-filter", "documents", Copied(), [ref], tmp_path / "docs", copy)
+    with pytest.raises(InputError, match="needs a quality-classifier artifact"):
+        quality.classifier_input(wrong)
+
+
 def test_top_share_bin():
     histogram = {-300: 50, 0: 30, 200: 15, 500: 5}
     assert quality.top_share_bin(histogram, 0.05) == 500

@@ -41,6 +41,7 @@ MODEL_FILE = "model.npz"
 INFO_FILE = "classifier.json"
 POSITIVE, NEGATIVE = "hq", "lq"  # DCLM's fastText classifier calls its positive label `hq` too
 SCORE_KEY = "quality_score"
+ARTIFACT_KIND = "quality-classifier"  # what a stage running train_classifier writes
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")  # the first four bytes of every fastText .bin / .ftz model
 
 # Scores are counted in bins 0.01 wide in log-odds (probability p falls in bin floor(100 * ln(p / (1 - p)))),
@@ -319,6 +320,20 @@ def load_scorer(path: str | Path, label: str = POSITIVE):
                          for ls, ps in zip(labels, probabilities, strict=True)])  # fmt: skip
 
     return score
+
+
+def classifier_input(path: str | Path, label: str = POSITIVE, stage: str = "quality-filter"):
+    """The classifier as an input of a filtering stage, checked before any work: an artifact of
+    `train_classifier` (its fingerprint), or a fastText model file or a classifier folder outside llmforge
+    (fingerprinted by content). It decides which documents survive, so it belongs in the output's lineage."""
+    from llmforge.artifacts import MANIFEST, open_artifact, raw_input
+
+    load_scorer(path, label)
+    if (Path(path) / MANIFEST).is_file():
+        return open_artifact(path, stage, [ARTIFACT_KIND]).ref()
+    ref = raw_input(str(path))
+    ref.detail["role"] = "quality classifier"
+    return ref
 
 
 def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, work: Path, executor,
