@@ -21,7 +21,6 @@ import hashlib
 import importlib.metadata
 import random
 import re
-import site
 import sys
 import sysconfig
 import tempfile
@@ -49,7 +48,8 @@ def collect() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(source, text) positives and negatives."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     positives, licences, changelogs = [], [], []
-    for root in [Path(p) for p in site.getsitepackages()] + [stdlib]:
+    # every site-packages folder on the path: a venv that adds another's through a .pth file reads the same text
+    for root in sorted({Path(p) for p in sys.path if p.endswith("site-packages")}) + [stdlib]:
         for path in sorted(root.rglob("*")):
             name = path.name.lower()
             if not path.is_file() or path.stat().st_size > 2_000_000:
