@@ -144,7 +144,7 @@ class PIISettings(StageConfig):
         description="redact: replace PII by <EMAIL>, <IP_ADDRESS>, <SSN>, ...; drop: remove the document",
     )
     kinds: list[Literal["email", "ip", "phone", "credit_card", "ssn"]] = Field(
-        default_factory=lambda: ["email", "credit_card", "ip", "phone"],
+        default_factory=lambda: ["email", "ip", "phone", "credit_card"],
         description="What counts as PII: emails (the domain must end in a real top-level domain), payment cards "
         "(Luhn check), public IP addresses, phone numbers; `ssn` (US social security numbers, 123-45-6789) is "
         "opt-in",
