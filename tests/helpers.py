@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -325,3 +326,31 @@ def smollm2_gguf() -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return path if path.is_file() else None
+
+
+def write_fasttext_model(path: Path, words_by_label: dict[str, list[str]]) -> Path:
+    """A real fastText supervised model file (format 12) with set weights: each word votes for its label.
+
+    The fastText build datatrove installs fails to train here in about half of the runs ("Encountered NaN"), so
+    tests write the weights directly; loading and prediction are fastText's C++ code, through datatrove's blocks.
+    """
+    import numpy as np
+
+    labels = list(words_by_label)
+    words = [w for ws in words_by_label.values() for w in ws]
+    dim = len(labels)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<ii", 793712314, 12))  # magic, version
+        # dim ws epoch minCount neg wordNgrams loss(softmax) model(supervised) bucket minn maxn lrUpdateRate, t
+        f.write(struct.pack("<12i", dim, 5, 1, 1, 5, 1, 3, 3, 0, 0, 0, 100) + struct.pack("<d", 1e-4))
+        f.write(struct.pack("<iiiqq", len(words) + len(labels), len(words), len(labels), len(words), -1))
+        for word in words:
+            f.write(word.encode() + b"\0" + struct.pack("<qb", 1, 0))
+        for label in labels:
+            f.write(f"__label__{label}".encode() + b"\0" + struct.pack("<qb", 1, 1))
+        vectors = np.zeros((len(words), dim), dtype=np.float32)
+        vectors[np.arange(len(words)), [labels.index(l) for l, ws in words_by_label.items() for _ in ws]] = 1  # noqa: E741
+        f.write(struct.pack("<?", False) + struct.pack("<qq", *vectors.shape) + vectors.tobytes())
+        output = np.eye(len(labels), dim, dtype=np.float32) * 8
+        f.write(struct.pack("<?", False) + struct.pack("<qq", *output.shape) + output.tobytes())
+    return path

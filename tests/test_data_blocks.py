@@ -1,11 +1,10 @@
-"""Our datatrove blocks on their own: PII patterns, offline language ID (py3langid and a user's fastText model),
+"""Our datatrove blocks on their own (PII in test_pii.py): offline language ID (py3langid and a user's fastText model),
 per-language quality rules, the bundled URL blocklist, n-gram decontamination."""
-
-import struct
 
 import numpy as np
 import pytest
 from datatrove.data import Document
+from helpers import write_fasttext_model
 from warc_factory import prose
 
 from llmforge.data import blocks
@@ -13,41 +12,6 @@ from llmforge.data import blocks
 
 def doc(text: str, **metadata) -> Document:
     return Document(text=text, id="x", metadata=metadata)
-
-
-@pytest.mark.parametrize(
-    "text, redacted",
-    [
-        ("mail jane.doe@mail-example.org now", "mail <EMAIL> now"),
-        ("call +1 (555) 123-4567.", "call <PHONE_NUMBER>."),
-        ("call 555-123-4567 or 030 1234 5678 or +49 30 12345678", "call <PHONE_NUMBER> or <PHONE_NUMBER> or <PHONE_NUMBER>"),
-        ("card 4111 1111 1111 1111 and 5500-0000-0000-0004", "card <CREDIT_CARD> and <CREDIT_CARD>"),
-        ("host 8.8.8.8 and 2a00:1450:4001:81b::200e.", "host <IP_ADDRESS> and <IP_ADDRESS>."),
-        # not PII: failed Luhn check, private addresses, times, dates, years, plain numbers, version strings
-        ("card 4111 1111 1111 1112", None),
-        ("lan 192.168.1.20, 10.0.0.1, fe80::1 and ::1", None),
-        ("at 12:30:45 on 2023-10-12 or 12.10.2023", None),
-        ("from 1990 2000 2010 to 100 200 300", None),
-        ("version 3.11.7 costs 1,234,567 dollars", None),
-    ],
-)  # fmt: skip
-def test_pii_patterns(text, redacted):
-    scanner = blocks.PIIScanner(list(blocks.PII_KINDS))
-    assert scanner.redact(text)[0] == (redacted or text)
-
-
-def test_pii_counts_and_policies():
-    scanner = blocks.PIIScanner(["email", "phone"])
-    text = "a@b-mail.com, c@d-mail.com, +1 555 123 4567 and 8.8.8.8"
-    assert scanner.redact(text) == ("<EMAIL>, <EMAIL>, <PHONE_NUMBER> and 8.8.8.8", {"email": 2, "phone": 1})
-    assert (
-        blocks.PIIScanner(["ip"], public_ips_only=False).redact("lan 192.168.1.20")[0] == "lan <IP_ADDRESS>"
-    )
-    assert blocks.luhn_valid("79927398713") and not blocks.luhn_valid("79927398710")
-    assert blocks.PIIFilter(["email"]).filter(doc("x@y-mail.com")) == (False, "contains_email")
-    assert blocks.PIIFilter(["email"]).filter(doc("no address here")) is True
-    with pytest.raises(ValueError, match="unknown PII kinds"):
-        blocks.PIIScanner(["ssn"])
 
 
 def test_py3langid_labels_and_filters_languages():
@@ -63,31 +27,6 @@ def test_py3langid_labels_and_filters_languages():
     assert language_id.filter(mixed) == (False, "low_confidence") and mixed.metadata["language_score"] < 0.65
     # no languages given: every language is kept, and labelled
     assert blocks.Py3LangIdFilter([], 0.65).filter(doc(texts["fr"])) is True
-
-
-def write_fasttext_model(path, words_by_label: dict[str, list[str]]) -> None:
-    """A real fastText supervised model file (format 12) with set weights: each word votes for its label.
-
-    fastText's own training fails on this machine ("Encountered NaN"), so the test writes the weights directly;
-    loading and prediction are fastText's C++ code, through datatrove's LanguageFilter.
-    """
-    labels = list(words_by_label)
-    words = [w for ws in words_by_label.values() for w in ws]
-    dim = len(labels)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<ii", 793712314, 12))  # magic, version
-        # dim ws epoch minCount neg wordNgrams loss(softmax) model(supervised) bucket minn maxn lrUpdateRate, t
-        f.write(struct.pack("<12i", dim, 5, 1, 1, 5, 1, 3, 3, 0, 0, 0, 100) + struct.pack("<d", 1e-4))
-        f.write(struct.pack("<iiiqq", len(words) + len(labels), len(words), len(labels), len(words), -1))
-        for word in words:
-            f.write(word.encode() + b"\0" + struct.pack("<qb", 1, 0))
-        for label in labels:
-            f.write(f"__label__{label}".encode() + b"\0" + struct.pack("<qb", 1, 1))
-        vectors = np.zeros((len(words), dim), dtype=np.float32)
-        vectors[np.arange(len(words)), [labels.index(l) for l, ws in words_by_label.items() for _ in ws]] = 1  # noqa: E741
-        f.write(struct.pack("<?", False) + struct.pack("<qq", *vectors.shape) + vectors.tobytes())
-        output = np.eye(len(labels), dim, dtype=np.float32) * 8
-        f.write(struct.pack("<?", False) + struct.pack("<qq", *output.shape) + output.tobytes())
 
 
 def test_user_supplied_fasttext_model_through_datatrove(tmp_path):

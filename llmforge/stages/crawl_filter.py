@@ -140,11 +140,14 @@ class FineWebSettings(StageConfig):
 
 class PIISettings(StageConfig):
     mode: Literal["redact", "drop", "off"] = Field(
-        "redact", description="redact: replace PII by <EMAIL>, <IP_ADDRESS>, ...; drop: remove the document"
+        "redact",
+        description="redact: replace PII by <EMAIL>, <IP_ADDRESS>, <SSN>, ...; drop: remove the document",
     )
-    kinds: list[Literal["email", "ip", "phone", "credit_card"]] = Field(
+    kinds: list[Literal["email", "ip", "phone", "credit_card", "ssn"]] = Field(
         default_factory=lambda: ["email", "ip", "phone", "credit_card"],
-        description="What counts as PII (credit cards must pass the Luhn check)",
+        description="What counts as PII: emails (the domain must end in a real top-level domain), payment cards "
+        "(Luhn check), public IP addresses, phone numbers; `ssn` (US social security numbers, 123-45-6789) is "
+        "opt-in",
     )
     public_ips_only: bool = Field(
         True, description="Only public IP addresses identify someone (datatrove's rule)"

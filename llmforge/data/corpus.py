@@ -1,0 +1,59 @@
+"""The documents a data stage reads: documents artifacts and raw JSONL / Parquet / text files, with their lineage.
+
+Artifacts are read as the JSONL shards they are; raw files are checked up front (llmforge.data.sources) and read by
+datatrove's readers. A stage hands `groups()` to datatrove pipelines, or iterates `documents()` in its own process
+(to train a classifier on them, for example).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from llmforge.data.sources import InputSettings
+from llmforge.errors import InputError
+
+
+class Corpus:
+    """Documents artifacts and raw files given on the command line, and one lineage entry per argument."""
+
+    def __init__(self, inputs: list[str], settings: InputSettings, stage: str,
+                 allowed: tuple[str, ...] = ("jsonl", "parquet", "text")):  # fmt: skip
+        from llmforge.artifacts import MANIFEST, open_artifact
+        from llmforge.data.documents import document_files
+        from llmforge.data.sources import resolve_raw_inputs
+
+        self.artifact_files: list[str] = []
+        self.refs = []
+        raw_arguments = []
+        for argument in inputs:
+            if (Path(argument) / MANIFEST).is_file() or Path(str(argument) + ".partial").exists():
+                artifact = open_artifact(argument, stage, ["documents"])
+                self.artifact_files += [str(f) for f in document_files(artifact)]
+                self.refs.append(artifact.ref())
+            else:
+                raw_arguments.append(argument)
+        self.raw = resolve_raw_inputs(raw_arguments, settings, stage, allowed=allowed)
+        self.refs += self.raw.refs
+        self.settings = settings
+        if not self.artifact_files and not self.raw.files:
+            raise InputError(f"{', '.join(map(str, inputs))}: no documents for {stage}")
+
+    def groups(self) -> list[tuple[str, list[str], InputSettings]]:
+        """(format, paths, how to read them): each group becomes one datatrove reader."""
+        from llmforge.data.sources import reader_groups
+
+        groups = [("jsonl", self.artifact_files, InputSettings())] if self.artifact_files else []
+        return groups + [(fmt, paths, self.settings) for fmt, paths in reader_groups(self.raw.files)]
+
+    def documents(self) -> Iterator:
+        """Every document (datatrove Documents), read in this process, in input order."""
+        from llmforge.data.executors import _quiet_console_logger
+        from llmforge.data.sources import make_reader
+
+        _quiet_console_logger()  # datatrove readers log every file they open
+        with tempfile.TemporaryDirectory(prefix="llmforge-corpus-") as lists:
+            for number, (fmt, paths, settings) in enumerate(self.groups()):
+                reader = make_reader(fmt, paths, Path(lists) / f"{number:02d}.txt", settings)  # type: ignore[arg-type]
+                yield from reader.run()
