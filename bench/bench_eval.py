@@ -23,6 +23,7 @@ from pathlib import Path
 from llmforge.artifacts import InputRef, canonical_hash, run_stage
 from llmforge.config import StageConfig
 from llmforge.evaluation.arithmetic import problems
+from llmforge.evaluation.perplexity import perplexity_tasks
 from llmforge.evaluation.tasks import TASKS_DIR
 from llmforge.stages import eval as eval_stage
 
@@ -93,7 +94,7 @@ def main() -> None:
         model = make_model(root, args.preset)
         held_out = root / "held_out.jsonl"
         held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in prose(400)[-args.documents :]))
-        (ppl_task,), _ = eval_stage.perplexity_tasks([str(held_out)], args.documents, root)  # the same task
+        (ppl_task,), _ = perplexity_tasks([str(held_out)], args.documents, root)  # the same task
         workloads = {
             "bundled tasks": (eval_stage.Config(), ["llmforge"]),
             "perplexity": (eval_stage.Config(perplexity=[str(held_out)]), [ppl_task]),

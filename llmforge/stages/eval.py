@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -22,13 +21,14 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from llmforge import machine
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
+from llmforge.evaluation.models import REPORT_KIND, build_lm, open_models, resolve_backend
+from llmforge.evaluation.perplexity import perplexity_tasks
 from llmforge.files import write_json
 from llmforge.options import Flag, split_list, stage_command
 
 STAGE = "eval"
-KIND = "eval-report"
+KIND = REPORT_KIND
 BUNDLED_TAG = "llmforge"  # the tag of the bundled tasks in llmforge/resources/tasks
-PERPLEXITY_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
 class ContaminationSettings(StageConfig):
@@ -168,199 +168,6 @@ class Stats(Summary, total=False):
     models only `models`, by label."""
 
     models: dict[str, Summary]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Models
-
-
-def open_models(models: list[str]) -> list:
-    """Resolve every model argument and check it can be loaded, before any task or model is loaded."""
-    from llmforge.artifacts import MANIFEST, Artifact
-    from llmforge.model.loading import resolve_model
-
-    if not models:
-        raise InputError("eval needs at least one model (or --compare with eval reports)")
-    sources = []
-    for model in models:
-        if (Path(model) / MANIFEST).is_file() and Artifact.open(model).kind == KIND:
-            raise InputError(f"{model} is an eval report, not a model: compare reports with "
-                             f"`llmforge eval --compare {model} ...`")  # fmt: skip
-        source = resolve_model(model, STAGE)
-        check_loadable(source)
-        sources.append(source)
-    return sources
-
-
-def check_loadable(source) -> None:
-    """Cheap checks that catch a broken model before anything is loaded: its config.json (adapters: their
-    adapter_config.json) parses, and every safetensors header is whole (a truncated file fails here)."""
-    from safetensors import SafetensorError, safe_open
-
-    for part in [source, source.base] if source.is_adapter else [source]:
-        if part.kind == "hub":
-            continue
-        directory = Path(part.path)
-        config = directory / ("adapter_config.json" if part.is_adapter else "config.json")
-        try:
-            settings = json.loads(config.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(
-                f"{config}: the model's configuration cannot be read ({_first_line(exc)})"
-            ) from None
-        if not isinstance(settings, dict) or not ("model_type" in settings or "peft_type" in settings):
-            raise InputError(f"{config}: not a Hugging Face model configuration (no model_type)")
-        for weights in sorted(directory.glob("*.safetensors")):
-            try:
-                with safe_open(str(weights), "numpy"):  # reads the header only
-                    pass
-            except (SafetensorError, OSError) as exc:
-                raise InputError(f"{weights}: the weights cannot be read, the file is truncated or corrupt "
-                                 f"({_first_line(exc)})") from None  # fmt: skip
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def resolve_backend(choice: str) -> str:
-    has_vllm = machine.has_vllm()
-    if choice == "vllm":
-        if not has_vllm:
-            raise InputError("--backend vllm: vllm is not installed (pip install 'llmforge[vllm]', GPU only)")
-        if not machine.has_cuda():
-            raise InputError("--backend vllm needs a GPU and none is visible; use --backend hf")
-        return "vllm"
-    if choice == "auto" and has_vllm and machine.has_cuda():
-        return "vllm"
-    return "hf"
-
-
-def model_arguments(source, backend: str, config: Config) -> dict[str, Any]:
-    """lm-eval model_args: the model path, its own tokenizer, and an adapter on its base (peft / vLLM LoRA)."""
-    from llmforge.model.loading import tokenizer_dir
-
-    base = source.base if source.is_adapter else source
-    arguments: dict[str, Any] = {
-        "pretrained": base.path,
-        "tokenizer": tokenizer_dir(source),
-        "dtype": config.dtype,
-    }
-    if backend == "vllm":
-        arguments.update(max_model_len=config.max_length, seed=config.seed)
-        if source.is_adapter:
-            rank = json.loads((Path(source.path) / "adapter_config.json").read_text()).get("r", 16)
-            arguments.update(lora_local_path=source.path, max_lora_rank=rank)
-    else:
-        arguments["max_length"] = config.max_length
-        if source.is_adapter:
-            arguments["peft"] = source.path
-    return {key: value for key, value in arguments.items() if value is not None}
-
-
-def build_lm(source, backend: str, config: Config):
-    """The lm-eval LM for a model; a model that does not load is bad input, named in one line."""
-    import torch
-    from lm_eval.api.registry import get_model
-
-    arguments = model_arguments(source, backend, config)
-    device = config.device or ("cuda" if machine.has_cuda() else "cpu")
-    try:
-        lm = get_model(backend).create_from_arg_obj(
-            arguments, {"batch_size": config.batch_size, "device": device}
-        )
-    except torch.OutOfMemoryError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{source.path}: cannot load the model ({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
-    generation = getattr(getattr(lm, "model", None), "generation_config", None)
-    if generation is not None:
-        # Our checkpoints (and many on the hub) carry max_new_tokens, which transformers lets override the
-        # max_length lm-eval computes from each task's max_gen_toks: every reply would run to 256 tokens.
-        generation.max_new_tokens = None
-    return lm, arguments
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Perplexity sources become lm-eval loglikelihood_rolling tasks over a JSONL of their documents
-
-
-def perplexity_tasks(paths: list[str], max_documents: int, scratch: Path) -> tuple[list[dict], list]:
-    """One inline lm-eval task per source (word/byte perplexity, bits per byte) and the input refs."""
-    from llmforge.artifacts import MANIFEST, expand_paths, open_artifact, raw_input
-    from llmforge.evaluation.tasks import load_jsonl_splits
-
-    configs, refs, names = [], [], set()
-    for path in paths:
-        if (Path(path) / MANIFEST).is_file():
-            artifact = open_artifact(path, "eval --perplexity", ["tokens", "documents"])
-            texts = _artifact_texts(artifact, max_documents)
-            ref = artifact.ref()
-        else:
-            files = expand_paths([path])
-            texts = _file_texts(files, max_documents)
-            ref = raw_input(path, files)
-        if not texts:
-            raise InputError(f"{path}: no documents to measure perplexity on")
-        ref.detail["role"] = "perplexity"
-        refs.append(ref)
-        name = "perplexity_" + (re.sub(r"\W+", "_", Path(path).resolve().name).strip("_") or "text")
-        while name in names:
-            name += "_"
-        names.add(name)
-        data = scratch / f"{name}.jsonl"
-        data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        configs.append({"task": name, "custom_dataset": load_jsonl_splits,
-                        "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
-                        "output_type": "loglikelihood_rolling", "doc_to_text": "", "doc_to_target": "text",
-                        "metric_list": [{"metric": m} for m in PERPLEXITY_METRICS], "metadata": {"version": 1.0}})  # fmt: skip
-    return configs, refs
-
-
-def _artifact_texts(artifact, max_documents: int) -> list[str]:
-    from itertools import islice
-
-    from llmforge.data.documents import iter_texts
-
-    if artifact.kind == "documents":
-        return list(islice(iter_texts(artifact), max_documents))
-    from llmforge.data.shards import TokenShards
-    from llmforge.data.tokenizer import load_tokenizer
-
-    shards = TokenShards(artifact.path)
-    if not shards.num_tokens("val"):
-        raise InputError(
-            f"{artifact.path}: its held-out 'val' split is empty; encode with --val-fraction > 0"
-        )
-    shards.shards("val", check_ids=True)  # a damaged shard is named before the tokenizer is even loaded
-    tokenizer = load_tokenizer(shards.tokenizer_path)
-    eos = shards.special_ids.get("eos")
-    texts = []
-    for ids in islice(shards.documents("val"), max_documents):
-        ids = ids[:-1] if len(ids) and int(ids[-1]) == eos else ids  # the EOS the encoder appended
-        texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=False))
-    return texts
-
-
-def _file_texts(files: list[str], max_documents: int) -> list[str]:
-    from llmforge.evaluation.tasks import read_jsonl
-
-    texts = []
-    for name in files:
-        if name.endswith(".jsonl"):
-            for number, record in enumerate(read_jsonl(name), 1):
-                if not isinstance(record.get("text"), str):
-                    raise InputError(f"{name}: record {number} has no string 'text' field")
-                texts.append(record["text"])
-        else:
-            try:
-                texts.append(Path(name).read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                raise InputError(f"{name}: not UTF-8 text") from None
-    return texts[:max_documents]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -573,11 +380,18 @@ def chat_tuned_by(source) -> list[str]:
     from llmforge.evaluation.contamination import lineage
     from llmforge.registry import POSTTRAIN_STAGES
 
-    stages = [a.stage for a in lineage(source) if a.stage in POSTTRAIN_STAGES]
+    chain = list(lineage(source))
+    stages = [a.stage for a in chain if a.stage in POSTTRAIN_STAGES]
     if stages:
         return list(dict.fromkeys(stages))
-    name = Path(str((source.base or source).path)).name.lower()
-    return ["its name"] if any(word in name for word in ("instruct", "chat")) else []
+    names = [Path(str((source.base or source).path)).name]
+    # an imported model: the name of the checkpoint it came from
+    for imported in (a for a in chain if a.stage == "import"):
+        origin = imported.extra.get("source", {})
+        names += [origin.get("hub_id") or "", Path(str(origin.get("path", ""))).name,
+                  str((origin.get("metadata") or {}).get("general.name", ""))]  # fmt: skip
+    text = " ".join(names).lower()
+    return ["its name"] if any(word in text for word in ("instruct", "chat")) else []
 
 
 def show_prompt_format(label: str, source, config: Config) -> None:
