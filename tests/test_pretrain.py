@@ -89,6 +89,11 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert stats["loss_final"] < stats["loss_first"] - 1.0
     assert stats["val_loss_final"] < stats["loss_first"] - 1.0
     assert stats_mismatches(pretrained) == []  # what pretrain writes is what it declares, and what cards read
+    assert (stats["attention"], stats["compiled"], stats["kernels"]) == (
+        "sdpa",
+        False,
+        "none",
+    )  # CPU defaults
     assert artifact.extra["tokenizer_fingerprint"] == tokenizer_fingerprint(tokens / "tokenizer")
     assert artifact.extra["tokenizer_fingerprint"] == Artifact.open(tokens).extra["tokenizer_fingerprint"]
     assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [Artifact.open(tokens).fingerprint]
@@ -100,6 +105,13 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert set(steps[0]) >= {"loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu", "memory_gb"}
     assert steps[0]["mfu"] is None and steps[0]["flops_per_s"] > 0  # CPU: no known peak, achieved FLOP/s only
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
+    # what the first step cost beyond a steady one (compilation on GPUs), measured over steps 2-4
+    [first] = [r for r in records if r.get("event") == "first_step"]
+    assert first["step"] == 1 and first["compiled"] is False
+    assert first["first_step_extra_seconds"] == pytest.approx(
+        max(0.0, first["first_step_seconds"] - first["steady_step_seconds"]), abs=1e-3
+    )
+    assert stats["first_step_extra_seconds"] == first["first_step_extra_seconds"]
     assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
 
     # DeepSpeed's monitors get the same numbers: CSV, and TensorBoard's event files read back by TensorBoard
@@ -343,11 +355,53 @@ def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pret
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
     assert run(tokens, tmp_path / "model", config(distributed__zero=3), dry_run=True) is None
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # the table's cells, rewrapped
     for expected in ("pretraining plan", "853k", "tokens per parameter", "Chinchilla", "6ND", "ZeRO-3",
-                     "memory per device", "accumulation 2"):  # fmt: skip
+                     "memory per device", "accumulation 2", "sdpa (auto: SDPA on CPU", "torch.compile",
+                     "off (auto: off on CPU", "none (auto: Liger's Triton kernels need a CUDA GPU",
+                     "MFU: n/a without a known GPU peak"):  # fmt: skip
         assert expected in err, expected
     assert not (tmp_path / "model").exists() and not (tmp_path / "model.partial").exists()
+
+
+def test_attention_compile_and_kernels_settings_on_cpu_and_what_a_gpu_would_get(tmp_path, tokens, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    from llmforge import machine
+    from llmforge.train import pretrain_plan
+
+    # asked for Liger on CPU: the run falls back to PyTorch's kernels, and says so once
+    with pytest.raises(StoppedEarly):
+        run(tokens, tmp_path / "liger", config(kernels="liger", stop_after=1))
+    err = capsys.readouterr().err
+    assert (
+        err.count("kernels liger: Liger's Triton kernels need a CUDA GPU; falling back to PyTorch's kernels")
+        == 1
+    )
+    assert json.loads((tmp_path / "liger.partial/checkpoints/plan.json").read_text())["kernels"] == "none"
+    # FlexAttention cannot train on CPU (no backward pass there): refused before anything is written
+    with pytest.raises(InputError, match="flex_attention: PyTorch's FlexAttention trains on CUDA GPUs only"):
+        run(tokens, tmp_path / "flex", config(model__attention="flex_attention"))
+    assert not (tmp_path / "flex.partial").exists()
+
+    # the same choices where a GPU is (the machine's answers changed; the decisions are plain functions of them)
+    monkeypatch.setattr(machine, "has_cuda", lambda: True)
+    monkeypatch.setattr(machine, "has_package", lambda name: name == "liger_kernel")
+    assert pretrain_plan.resolve_attention("auto", document_masking=True)[0] == "flex_attention"
+    assert pretrain_plan.resolve_attention("auto", document_masking=False)[0] == "sdpa"  # SDPA's causal flash
+    assert pretrain_plan.resolve_compile(None, zero=2)[0] is True
+    assert pretrain_plan.resolve_compile(None, zero=3) == (False, "auto: off with ZeRO-3 (not measured); "
+                                                                  "--compile to try it")  # fmt: skip
+    assert pretrain_plan.resolve_compile(False, zero=2) == (False, "as set")
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama")[0] == "liger"
+    assert pretrain_plan.resolve_kernels("auto", zero=3, model_type="qwen3")[0] == "none"
+    assert pretrain_plan.resolve_kernels("auto", zero=0, model_type="mistral")[1].startswith(
+        "auto: Liger is wired"
+    )
+    monkeypatch.setattr(machine, "has_package", lambda name: name in ("liger_kernel", "flash_attn"))
+    assert pretrain_plan.resolve_attention("auto", document_masking=True)[0] == "flash_attention_2"
+    monkeypatch.setattr(machine, "has_package", lambda name: False)
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama") == (
+        "none", "auto: liger-kernel is not installed (pip install liger-kernel); PyTorch's kernels")  # fmt: skip
 
 
 # -- pieces ---------------------------------------------------------------------------------------------------

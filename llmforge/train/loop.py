@@ -532,8 +532,10 @@ def save_hf_model(spec: RunSpec, state: dict[str, Any]) -> None:
     disable_progress_bar()  # the run's own progress display is on the terminal
     config = AutoConfig.for_model(**spec.model_config)
     config.use_cache = True
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced (minutes for a 7b)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.float().cpu() for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise LLMForgeError(
