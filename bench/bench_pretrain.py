@@ -199,13 +199,15 @@ VARIANTS = {
     "flex eager": {"attention": "flex_attention", "compile": False},
     "flex compiled": {"attention": "flex_attention", "compile": True},
     "flex compiled + liger": {"attention": "flex_attention", "compile": True, "kernels": "liger"},
+    "sdpa-mask eager + liger": {"attention": "sdpa", "compile": False, "kernels": "liger"},
 }
 SWEEP = [
-    (0, "sdpa-mask eager", "llmforge"), (0, "flex compiled", "llmforge"), (0, "flex compiled", "plain"),
-    (1, "flex compiled", "llmforge"), (2, "flex compiled", "llmforge"), (2, "flex compiled + liger", "llmforge"),
+    (0, "sdpa-mask eager", "llmforge"), (0, "flex compiled", "llmforge"), (1, "flex compiled", "llmforge"),
+    (2, "flex compiled", "llmforge"), (0, "flex compiled", "plain"), (2, "flex compiled + liger", "llmforge"),
     (1, "flex compiled + liger", "llmforge"), (0, "flex compiled + liger", "llmforge"),
     (0, "flex eager", "llmforge"), (0, "sdpa-mask compiled", "llmforge"), (1, "sdpa-mask eager", "llmforge"),
     (2, "sdpa-mask eager", "llmforge"), (2, "flex compiled", "plain"), (1, "flex compiled", "plain"),
+    (0, "sdpa-mask eager + liger", "llmforge"),
 ]  # fmt: skip
 MICRO = {"1b": 8}  # sequences per micro-batch where --micro is too many (the 1b's eager runs on an 80 GB GPU)
 
@@ -237,7 +239,7 @@ def sweep(tokens: Path, root: Path, args) -> None:
 
     write()
     started = time.perf_counter()
-    for size, variant, loop in SWEEP:
+    for size, variant, loop in SWEEP[args.start :]:
         if size >= len(presets) or (args.variants and variant not in args.variants.split(",")):
             continue
         preset = presets[size]
@@ -251,9 +253,9 @@ def sweep(tokens: Path, root: Path, args) -> None:
             preset, args.seq_len, micro, args.accumulation, args.sweep_steps, **VARIANTS[variant]
         )
         clock = time.perf_counter()
+        out = root / f"{preset}-{variant}-{loop}".replace(" ", "_")
         try:
-            run = plain_run if loop == "plain" else llmforge_run
-            result = run(tokens, root / f"{preset}-{variant}-{loop}".replace(" ", "_"), config)
+            result = (plain_run if loop == "plain" else llmforge_run)(tokens, out, config)
         except InputError as exc:
             rows.append(f"| {preset} | {variant} | {loop} | refused: {exc} | | | | | | |")
         except Exception as exc:  # noqa: BLE001 (an OOM or a kernel that does not run here: the row says so)
@@ -269,6 +271,11 @@ def sweep(tokens: Path, root: Path, args) -> None:
                         f"{mfu} | {memory} | {'n/a' if extra is None else f'{extra:.1f}'} | "
                         f"{result['loss_final']:.4f} | {time.perf_counter() - clock:.0f} |")  # fmt: skip
         write()
+        for path in (
+            out,
+            out.with_name(out.name + ".partial"),
+        ):  # a 1b model is 5 GB; the disk is not endless
+            shutil.rmtree(path, ignore_errors=True)
         torch._dynamo.reset()  # each model compiles afresh (and never hits dynamo's recompile limit)
         gc.collect()
         if torch.cuda.is_available():
@@ -298,6 +305,7 @@ def main() -> None:
     parser.add_argument("--sweep-steps", type=int, default=20, help="steps per sweep run")
     parser.add_argument("--accumulation", type=int, default=4, help="micro-batches per sweep step")
     parser.add_argument("--deadline", type=float, help="sweep: start no run after this many seconds")
+    parser.add_argument("--start", type=int, default=0, help="sweep: begin at this run of SWEEP's order")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
 
@@ -313,6 +321,7 @@ def main() -> None:
 
     if args.sweep:
         sweep(tokens, root, args)
+        shutil.rmtree(root, ignore_errors=True)
         return
     rows = []
     config = settings(args.preset, args.seq_len, args.micro, 2, args.steps, attention=args.attention,
