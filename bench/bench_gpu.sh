@@ -248,7 +248,7 @@ fi
 
 if wanted sweep; then
     # TORCH_LOGS=recompiles: a recompilation at every step would show in the log (and in the tokens/s)
-    TORCH_LOGS=recompiles run sweep 540 python3 bench/bench_pretrain.py --tokens "$WORK/tokens" \
+    TORCH_LOGS=recompiles run sweep 450 python3 bench/bench_pretrain.py --tokens "$WORK/tokens" \
         --sweep "$SWEEP_PRESETS" $SWEEP_ARGS --deadline "$SWEEP_DEADLINE" --start "$SWEEP_FROM" \
         ${SWEEP_VARIANTS:+--variants "$SWEEP_VARIANTS"} --markdown "$OUT/sweep.md"
     tail -n +4 "$OUT/sweep.md" 2>/dev/null | tee -a "$OUT/summary.txt"

@@ -186,7 +186,7 @@ class Config(StageConfig):
     )
     kernels: Literal["auto", "liger", "none"] = runtime_field(
         "auto",
-        description="Fused Triton kernels from Liger Kernel (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy); "
+        description="Fused Triton kernels from Liger Kernel (RMSNorm, SwiGLU, fused linear cross-entropy); "
         "auto = liger on GPUs where liger-kernel is installed (not with ZeRO-3), none = PyTorch's",
     )
     seed: int = Field(0, description="Seed for the initial weights and the data order")

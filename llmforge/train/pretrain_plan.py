@@ -306,10 +306,7 @@ def resolve_attention(attention: str, document_masking: bool) -> tuple[str, str]
     if attention != "auto":
         return attention, "as set"
     if machine.has_flash_attention():
-        return (
-            "flash_attention_2",
-            "auto: flash-attn's variable-length kernel, documents as separate sequences",
-        )
+        return "flash_attention_2", "auto: flash-attn's varlen kernel, documents as separate sequences"
     if gpu and document_masking and has_flex_attention():
         return "flex_attention", "auto: document masks as FlexAttention block masks, no seq x seq mask"
     if gpu:
@@ -345,7 +342,7 @@ def resolve_kernels(kernels: str, zero: int, model_type: str) -> tuple[str, str]
     elif model_type not in LIGER_MODEL_TYPES:
         missing = f"Liger is wired for {', '.join(LIGER_MODEL_TYPES)}, not {model_type}"
     else:
-        return "liger", f"{kernels}: Liger's RMSNorm, SwiGLU, RoPE and fused linear cross-entropy"
+        return "liger", f"{kernels}: Liger's RMSNorm, SwiGLU and fused linear cross-entropy"
     if kernels == "liger":
         from llmforge.console import warn
 
