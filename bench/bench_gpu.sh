@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # The GPU paths on one GPU, for real: what bench/RESULTS.md's GPU section reports.
 #
-#   bash bench/bench_gpu.sh OUTDIR [STEP...]   # steps: env corpus tokens pretrain check sft grpo bench sft-nods (and variants)
+#   bash bench/bench_gpu.sh --fetch-wheels     # here, with the registry: the wheels the GPU machine lacks, into .whl/
+#   bash bench/bench_gpu.sh OUTDIR [STEP...]   # there; default steps: wheels env corpus tokens sweep
+#   (other steps: pretrain check sft grpo bench sft-nods variants)
 #
+# wheels: installs from the carried .whl/ folder every distribution the machine does not have (into
+#   $WORK/site-packages, first on PYTHONPATH; a machine's package older than the carried one is shadowed)
+# sweep: bench/bench_pretrain.py --sweep: the 125m, 350m and 1b presets at seq 2048 with document masking, SDPA
+#   with the dense mask vs FlexAttention block masks, eager vs torch.compile, Liger kernels, and the plain PyTorch
+#   loop with the same kernels; a markdown table in OUTDIR/sweep.md, rewritten after every run. Runs that would
+#   start after SWEEP_DEADLINE seconds are skipped (listed as such); SWEEP_FROM=N starts at the Nth run of the
+#   sweep's order (a second call picks up where the first stopped)
 # corpus: documents made from the text files of the installed Python packages (real code and prose, no download)
 # tokens: `llmforge tokenize train` + `encode` with recipes/gpu's tokenizer.yaml / encode.yaml
 # pretrain: `llmforge pretrain` with recipes/gpu/pretrain-125m.yaml on this one GPU (bf16, DeepSpeed ZeRO-2, NCCL)
@@ -15,25 +24,70 @@
 #
 # Sizes are environment variables (defaults for an 80 GB GPU and a 10-minute budget); every step has its own
 # time limit and logs to OUTDIR/logs/STEP.log; OUTDIR/summary.txt gets one line per step.
+# Without a CUDA GPU the script stops, unless CPU_REHEARSAL=1: then the sweep runs the tiny and small presets
+# at seq 128 for 6 steps on the CPU (what FlexAttention and Liger cannot do there shows as refused rows).
 set -uo pipefail
+FETCH_WHEELS=false
+[[ ${1:-} == --fetch-wheels ]] && FETCH_WHEELS=true && shift
 OUT=$(realpath -m "${1:-gpu-out}")
 shift || true
-STEPS=${*:-env corpus tokens pretrain check sft grpo bench sft-nods}
+STEPS=${*:-wheels env corpus tokens sweep}
 WORK=${WORK:-/tmp/llmforge-gpu}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RECIPES=$REPO/recipes/gpu
 LF="python3 -m llmforge"
-CORPUS_MB=${CORPUS_MB:-100}         # text for the corpus
-TOKENIZER_MB=${TOKENIZER_MB:-40}    # BPE training sample
+# text for the corpus: 30 MB (about 7M tokens) feeds the sweep; the 20M-token pretrain step needs 100
+if [[ " $STEPS " == *" pretrain "* ]]; then CORPUS_MB=${CORPUS_MB:-100}; else CORPUS_MB=${CORPUS_MB:-30}; fi
+TOKENIZER_MB=${TOKENIZER_MB:-10}    # BPE training sample (40 MB in the first H100 run)
 VOCAB=${VOCAB:-32768}               # the recipe's (pinned in pretrain-125m.yaml)
 PRETRAIN_ARGS=${PRETRAIN_ARGS:---train-tokens 20971520 --set optim.warmup_steps=4 --checkpoint-every 20 --set eval.every=20 --set logging.every=1}
 BENCH_ARGS=${BENCH_ARGS:---preset 125m --seq-len 2048 --micro 16 --steps 20 --zero-preset 125m --zero-steps 10 --zero-nproc 1}
 VARIANT_ARGS=${VARIANT_ARGS:---train-tokens 5242880 --set optim.warmup_steps=2 --checkpoint-every 0 --set eval.every=0 --set logging.every=1}
 SFT_ARGS=${SFT_ARGS:---max-steps 40 --set save_steps=1000 --set logging_steps=5}
+SWEEP_PRESETS=${SWEEP_PRESETS:-125m,350m,1b}
+SWEEP_ARGS=${SWEEP_ARGS:---seq-len 2048 --micro 16 --accumulation 4 --sweep-steps 20}
+SWEEP_DEADLINE=${SWEEP_DEADLINE:-240}  # no sweep run starts later than this (seconds into the sweep)
+SWEEP_FROM=${SWEEP_FROM:-0}
+SWEEP_VARIANTS=${SWEEP_VARIANTS:-}  # only these (comma-separated names of bench_pretrain.py's VARIANTS)
 GRPO_ARGS=${GRPO_ARGS:---max-steps 10 --max-completion-length 64 --max-length 256 --set save_steps=1000}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$REPO:$REPO/tests${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1
+
+if $FETCH_WHEELS; then
+    # Pure-Python wheels, and CPython 3.11-3.13 builds of the few compiled ones, of what llmforge pretrain imports
+    # beyond torch (the GPU machine has torch and its CUDA stack, and no registry). DeepSpeed is an sdist: built
+    # here into a pure-Python wheel (no ops). Each is installed there only if the machine lacks it.
+    cd "$REPO" && mkdir -p .whl || exit 1
+    PURE="liger-kernel==0.8.5 hjson==3.1.0 py-cpuinfo==9.0.0 einops==0.8.2 nvidia-ml-py==13.615.71
+          pydantic==2.14.3 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0 typer==0.29.2
+          click==8.5.1 shellingham==1.5.4 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0
+          annotated-doc==0.0.7 tqdm==4.70.1 packaging==26.3 transformers==5.17.0 huggingface-hub==1.33.0
+          safetensors==0.8.0 filelock==4.3.2 fsspec==2026.9.0 ninja==1.13.2 tokenizers==0.23.3 hf-xet==1.8.0 psutil==7.2.2
+          Jinja2==3.1.6"
+    COMPILED="pydantic-core==2.50.4 msgpack==1.2.4 PyYAML==6.0.3 regex==2026.11.15 orjson==3.13.0 MarkupSafe==3.0.4"
+    PLATFORMS="--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64"
+    python3 -m pip download -q --no-deps --only-binary=:all: --dest .whl $PLATFORMS --python-version 3.12 $PURE ||
+        exit 1
+    for version in 3.11 3.12 3.13; do
+        python3 -m pip download -q --no-deps --only-binary=:all: --dest .whl $PLATFORMS --python-version $version \
+            $COMPILED || exit 1
+    done
+    DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --wheel-dir .whl deepspeed==0.19.8 || exit 1
+    du -sh .whl && ls .whl
+    exit 0
+fi
+if [[ ${CPU_REHEARSAL:-0} == 1 ]]; then  # the whole chain on this CPU, at sizes a CPU runs in minutes
+    SWEEP_PRESETS=${SWEEP_PRESETS_CPU:-tiny,small}
+    SWEEP_ARGS="--seq-len 128 --micro 4 --accumulation 2 --sweep-steps 6"
+    SWEEP_VARIANTS=${SWEEP_VARIANTS:-sdpa-mask eager,flex compiled,flex compiled + liger,sdpa-mask eager + liger}
+    SWEEP_DEADLINE=${SWEEP_DEADLINE_CPU:-900}
+    VOCAB=${VOCAB_CPU:-4096} CORPUS_MB=${CORPUS_MB_CPU:-3} TOKENIZER_MB=3
+elif ! python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "bench_gpu.sh: no CUDA GPU here (CPU_REHEARSAL=1 rehearses the chain on the CPU at tiny sizes)" >&2
+    exit 2
+fi
 mkdir -p "$OUT/logs" "$WORK"
 cd "$REPO" || exit 1
+export PYTHONPATH=$WORK/site-packages:$PYTHONPATH  # the carried wheels the machine lacked (step wheels)
 
 note() { echo "[$(date +%T)] $*" | tee -a "$OUT/summary.txt"; }
 # run NAME SECONDS COMMAND...: the command under a time limit, its output in logs/NAME.log
@@ -48,12 +102,52 @@ run() {
 }
 wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 
+if wanted wheels; then
+    # every carried distribution the machine lacks (by name), unpacked into $WORK/site-packages (on PYTHONPATH)
+    run wheels 300 python3 - "$REPO/.whl" "$WORK/site-packages" <<'EOF'
+import importlib.metadata, subprocess, sys
+from pathlib import Path
+
+def older(installed: str, carried: str) -> bool:
+    try:
+        from packaging.version import Version
+    except ImportError:
+        return False
+    return Version(installed) < Version(carried)
+
+
+wanted = {}
+for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
+    name, version = wheel.name.split("-")[:2]
+    name = name.lower().replace("_", "-")
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is None or older(installed, version):  # the carried one then comes first on PYTHONPATH
+        wanted.setdefault(name, []).append(wheel)
+    else:
+        print(f"{name}: the machine's {installed}")
+for name, wheels in wanted.items():
+    # the first wheel this interpreter can install (the compiled ones come for several Python versions)
+    for wheel in wheels:
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                                 "--no-compile", "--target", sys.argv[2], str(wheel)], capture_output=True, text=True)
+        if result.returncode == 0:
+            print(f"{name}: installed {wheel.name}")
+            break
+    else:
+        print(f"{name}: no carried wheel installs here: {result.stderr.strip().splitlines()[-1:]}")
+EOF
+fi
+
 if wanted env; then
     {
         nvidia-smi
         python3 --version
         python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())'
-        python3 -m pip list 2>/dev/null | grep -i -E '^(torch|transformers|deepspeed|trl|peft|accelerate|datasets|tokenizers|pydantic|flash.attn|vllm|bitsandbytes) '
+        python3 -m pip list 2>/dev/null | grep -i -E '^(torch|triton|transformers|deepspeed|trl|peft|accelerate|datasets|tokenizers|pydantic|flash.attn|vllm|bitsandbytes|liger.kernel) '
+        python3 -c 'import deepspeed, liger_kernel, llmforge.stages.pretrain; print("imports: deepspeed, liger_kernel, llmforge: ok")'
         df -h /tmp
     } >"$OUT/logs/env.log" 2>&1
     note "env: $(grep -m1 -o 'NVIDIA [A-Z0-9 ]*[0-9]GB[A-Z0-9 ]*' "$OUT/logs/env.log" || echo '?')"
@@ -150,6 +244,14 @@ if wanted grpo; then
         --nproc 1 $GRPO_ARGS
     cp "$WORK/grpo/metrics.jsonl" "$OUT/logs/grpo-metrics.jsonl" 2>/dev/null
     $LF show "$WORK/grpo" >"$OUT/logs/grpo-show.log" 2>&1
+fi
+
+if wanted sweep; then
+    # TORCH_LOGS=recompiles: a recompilation at every step would show in the log (and in the tokens/s)
+    TORCH_LOGS=recompiles run sweep 450 python3 bench/bench_pretrain.py --tokens "$WORK/tokens" \
+        --sweep "$SWEEP_PRESETS" $SWEEP_ARGS --deadline "$SWEEP_DEADLINE" --start "$SWEEP_FROM" \
+        ${SWEEP_VARIANTS:+--variants "$SWEEP_VARIANTS"} --markdown "$OUT/sweep.md"
+    tail -n +4 "$OUT/sweep.md" 2>/dev/null | tee -a "$OUT/summary.txt"
 fi
 
 if wanted bench; then

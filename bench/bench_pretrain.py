@@ -1,5 +1,6 @@
 """Training throughput: `llmforge pretrain` against a minimal plain-PyTorch loop on the same model and data, and
-DeepSpeed ZeRO 0 vs 2 vs 3 on two processes (memory and speed).
+DeepSpeed ZeRO 0 vs 2 vs 3 on two processes (memory and speed); on a GPU, a sweep of presets and settings
+(attention kernel, torch.compile, Liger kernels) with tokens/s, MFU, memory and the first step's compile time.
 
 The data is real text found on this machine (docstrings of the Python standard library), encoded with a BPE
 tokenizer trained on it. Both sides train the same randomly initialised Llama on the same packed windows in the
@@ -8,8 +9,10 @@ no metrics log. On a GPU the MFU of both is printed too (peak from llmforge.mode
 
     .venv/bin/python bench/bench_pretrain.py [--preset small] [--steps 30] [--zero-preset 125m] [--threads 1]
     python bench/bench_pretrain.py --tokens TOKENS --preset 125m --seq-len 2048 --micro 16 --zero-nproc 1  # one GPU
+    python bench/bench_pretrain.py --tokens TOKENS --sweep 125m,350m,1b --deadline 420 --markdown sweep.md  # GPU
 
-Prints tables; the figures go to bench/RESULTS.md.
+Prints tables (--markdown also writes them to a file, rewritten after every run); the figures go to
+bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -80,9 +83,10 @@ def tokens_artifact(root: Path, vocab_size: int, megabytes: float) -> Path:
 
 
 def settings(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, processes: int = 1,
-             **extra) -> dict:  # fmt: skip
+             attention: str = "sdpa", compile: bool = False, **extra) -> dict:  # fmt: skip
     batch = seq_len * micro * accumulation * processes
-    return {"model": {"preset": preset}, "seq_len": seq_len, "micro_batch_size": micro, "batch_tokens": batch,
+    return {"model": {"preset": preset, "attention": attention}, "compile": compile, "kernels": "none",
+            "seq_len": seq_len, "micro_batch_size": micro, "batch_tokens": batch,
             "train_tokens": batch * steps, "optim": {"lr": 1e-3, "warmup_steps": 2},
             "checkpoint": {"every": 0}, "eval": {"every": 0}, "logging": {"every": 1, "tensorboard": False},
             **extra}  # fmt: skip
@@ -106,15 +110,20 @@ def llmforge_run(tokens: Path, out: Path, config: dict) -> dict:
     stats = Artifact.open(out).stats
     return {"tokens_per_s": steady([r["tokens_per_s"] for r in records]), "wall_s": seconds,
             "memory_gb": max(r["memory_gb"] for r in records), "loss_final": stats["loss_final"],
-            "mfu": steady([r["mfu"] for r in records]) if records[0]["mfu"] is not None else None}  # fmt: skip
+            "mfu": steady([r["mfu"] for r in records]) if records[0]["mfu"] is not None else None,
+            "first_step_extra_s": stats.get("first_step_extra_seconds"), "parameters": stats["parameters"],
+            "settings": f"{stats['attention']}, {'compiled' if stats['compiled'] else 'eager'}, "
+                        f"kernels {stats['kernels']}"}  # fmt: skip
 
 
 def plain_run(tokens: Path, out: Path, config: dict) -> dict:
-    """The minimal loop a researcher would write: model, AdamW, schedule, clip, accumulate, save."""
+    """The minimal loop a researcher would write: model, AdamW, schedule, clip, accumulate, save; with the same
+    attention kernel (FlexAttention takes llmforge's document block mask) and torch.compile as the llmforge run."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
+    from llmforge.model.attention import model_inputs
     from llmforge.model.estimate import ModelShape, device_peak_flops
     from llmforge.model.llama import build_config, build_model, special_ids_of
     from llmforge.train.data import PackedWindows
@@ -131,7 +140,16 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
     model_config = build_config(config["model"]["preset"], len(tokenizer), special_ids_of(tokenizer),
                                 max_position_embeddings=seq_len)  # fmt: skip
     model_config.use_cache = False
+    attention = config["model"].get("attention", "sdpa")
+    model_config._attn_implementation = attention
     model = build_model(model_config, seed=0).to(device)
+
+    def cross_entropy(logits, targets):
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+    if config.get("compile"):
+        model.compile()
+        cross_entropy = torch.compile(cross_entropy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
                                   fused=device == "cuda")  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule("cosine", steps, 2))
@@ -146,8 +164,8 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
             ids, targets, positions = (torch.from_numpy(a).to(device) for a in
                                        (batch.input_ids, batch.targets, batch.position_ids))  # fmt: skip
             with autocast:
-                logits = model(input_ids=ids, position_ids=positions).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1)) / accumulation
+                logits = model(**model_inputs(ids, positions, attention)).logits
+            loss = cross_entropy(logits, targets) / accumulation
             loss.backward()
             losses.append(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -166,8 +184,102 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    first_extra = config["batch_tokens"] / rates[0] - config["batch_tokens"] / tokens_per_s
     return {"tokens_per_s": tokens_per_s, "wall_s": seconds, "loss_final": final, "memory_gb": memory,
-            "mfu": flops / peak if peak else None}  # fmt: skip
+            "mfu": flops / peak if peak else None, "first_step_extra_s": max(0.0, first_extra),
+            "settings": f"{attention}, {'compiled' if config.get('compile') else 'eager'}, kernels none"}  # fmt: skip
+
+
+# The sweep: what to vary, and the order the runs go in, most telling first (on a GPU: today's eager SDPA with the
+# dense document mask, then the new defaults, the plain loop with the same kernels, the bigger presets, Liger...).
+# Sizes 0, 1, 2 are the presets given to --sweep, in order; runs that would start past --deadline are skipped.
+VARIANTS = {
+    "sdpa-mask eager": {"attention": "sdpa", "compile": False},
+    "sdpa-mask compiled": {"attention": "sdpa", "compile": True},
+    "flex eager": {"attention": "flex_attention", "compile": False},
+    "flex compiled": {"attention": "flex_attention", "compile": True},
+    "flex compiled + liger": {"attention": "flex_attention", "compile": True, "kernels": "liger"},
+    "sdpa-mask eager + liger": {"attention": "sdpa", "compile": False, "kernels": "liger"},
+}
+SWEEP = [
+    (0, "sdpa-mask eager", "llmforge"), (0, "flex compiled", "llmforge"), (1, "flex compiled", "llmforge"),
+    (2, "flex compiled", "llmforge"), (0, "flex compiled", "plain"), (2, "flex compiled + liger", "llmforge"),
+    (1, "flex compiled + liger", "llmforge"), (0, "flex compiled + liger", "llmforge"),
+    (0, "flex eager", "llmforge"), (0, "sdpa-mask compiled", "llmforge"), (1, "sdpa-mask eager", "llmforge"),
+    (2, "sdpa-mask eager", "llmforge"), (2, "flex compiled", "plain"), (1, "flex compiled", "plain"),
+    (0, "sdpa-mask eager + liger", "llmforge"),
+]  # fmt: skip
+MICRO = {"1b": 8}  # sequences per micro-batch where --micro is too many (the 1b's eager runs on an 80 GB GPU)
+
+
+def sweep(tokens: Path, root: Path, args) -> None:
+    """Each (preset, variant, loop) of SWEEP in one process, a table row after each run (written to --markdown
+    as it grows, so a run stopped by a time limit still leaves its table)."""
+    import gc
+
+    import torch
+
+    from llmforge.errors import InputError
+
+    presets = args.sweep.split(",")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    header = (f"Sweep on {device}, torch {torch.__version__}: seq {args.seq_len}, {args.sweep_steps} steps of "
+              f"micro-batch x {args.accumulation} accumulation, bf16 where the GPU has it, document masking on, "
+              "DeepSpeed ZeRO-0 (llmforge) or none (plain); steady = median after step 3; first step + = step "
+              "1's time beyond a steady step (compiling)\n\n"
+              "| preset | variant | loop | settings (as run) | tokens/s | MFU | peak memory (GB) | first step + (s) "
+              "| final loss | run (s) |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    rows: list[str] = []
+
+    def write() -> None:
+        table = header + "\n" + "\n".join(rows)
+        print(table.splitlines()[-1] if rows else table, flush=True)
+        if args.markdown:
+            args.markdown.write_text(table + "\n")
+
+    write()
+    started = time.perf_counter()
+    for size, variant, loop in SWEEP[args.start :]:
+        if size >= len(presets) or (args.variants and variant not in args.variants.split(",")):
+            continue
+        preset = presets[size]
+        if args.deadline and time.perf_counter() - started > args.deadline:
+            rows.append(f"| {preset} | {variant} | {loop} | skipped: past the {args.deadline:.0f} s deadline "
+                        "| | | | | | |")  # fmt: skip
+            write()
+            continue
+        micro = MICRO.get(preset, args.micro)
+        config = settings(
+            preset, args.seq_len, micro, args.accumulation, args.sweep_steps, **VARIANTS[variant]
+        )
+        clock = time.perf_counter()
+        out = root / f"{preset}-{variant}-{loop}".replace(" ", "_")
+        try:
+            result = (plain_run if loop == "plain" else llmforge_run)(tokens, out, config)
+        except InputError as exc:
+            rows.append(f"| {preset} | {variant} | {loop} | refused: {exc} | | | | | | |")
+        except Exception as exc:  # noqa: BLE001 (an OOM or a kernel that does not run here: the row says so)
+            message = (str(exc).strip().splitlines() or [""])[0][:160]
+            rows.append(
+                f"| {preset} | {variant} | {loop} | failed: {type(exc).__name__}: {message} | | | | | | |"
+            )
+        else:
+            mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a"
+            memory = f"{result['memory_gb']:.1f}" if result.get("memory_gb") is not None else "n/a"
+            extra = result.get("first_step_extra_s")
+            rows.append(f"| {preset} | {variant} | {loop} | {result['settings']} | {result['tokens_per_s']:,.0f} | "
+                        f"{mfu} | {memory} | {'n/a' if extra is None else f'{extra:.1f}'} | "
+                        f"{result['loss_final']:.4f} | {time.perf_counter() - clock:.0f} |")  # fmt: skip
+        write()
+        for path in (
+            out,
+            out.with_name(out.name + ".partial"),
+        ):  # a 1b model is 5 GB; the disk is not endless
+            shutil.rmtree(path, ignore_errors=True)
+        torch._dynamo.reset()  # each model compiles afresh (and never hits dynamo's recompile limit)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -184,6 +296,17 @@ def main() -> None:
         "--tokens", type=Path, help="an existing tokens artifact instead of stdlib docstrings"
     )
     parser.add_argument("--zero-nproc", type=int, default=2, help="processes in the ZeRO comparison (GPUs)")
+    parser.add_argument(
+        "--attention", default="sdpa", help="llmforge vs plain: attention (sdpa, flex_attention)"
+    )
+    parser.add_argument("--compile", action="store_true", help="llmforge vs plain: torch.compile both")
+    parser.add_argument("--sweep", help="presets for the sweep instead, e.g. 125m,350m,1b (sizes 0, 1, 2)")
+    parser.add_argument("--variants", help="sweep only these variants (comma-separated names of VARIANTS)")
+    parser.add_argument("--sweep-steps", type=int, default=20, help="steps per sweep run")
+    parser.add_argument("--accumulation", type=int, default=4, help="micro-batches per sweep step")
+    parser.add_argument("--deadline", type=float, help="sweep: start no run after this many seconds")
+    parser.add_argument("--start", type=int, default=0, help="sweep: begin at this run of SWEEP's order")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
 
     import torch
@@ -196,8 +319,13 @@ def main() -> None:
           f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, "
           f"{args.threads} thread(s)", file=sys.stderr)  # fmt: skip
 
+    if args.sweep:
+        sweep(tokens, root, args)
+        shutil.rmtree(root, ignore_errors=True)
+        return
     rows = []
-    config = settings(args.preset, args.seq_len, args.micro, 2, args.steps)
+    config = settings(args.preset, args.seq_len, args.micro, 2, args.steps, attention=args.attention,
+                      compile=args.compile)  # fmt: skip
     for _ in range(2):  # interleaved, best of two: the machine is shared
         rows.append(
             ("llmforge pretrain (ZeRO-0, 1 process)", llmforge_run(tokens, root / "llmforge", config))

@@ -10,6 +10,7 @@ from llmforge.model.estimate import (
     ModelShape,
     device_peak_flops,
     estimate,
+    measured_mfu,
     parse_count,
     resolve_shape,
     training_memory,
@@ -68,6 +69,29 @@ def test_gpu_hours_and_cost():
     assert device_peak_flops("some CPU") is None
     with pytest.raises(InputError, match="peak FLOP/s unknown"):
         estimate(params=1e9, gpu="Voodoo2")
+
+
+def test_the_mfu_to_expect_is_what_was_measured_and_nothing_else():
+    """Only the H100 runs of bench/RESULTS.md are measurements: 125m at 15.9% eager and 25.8% compiled."""
+    h100 = measured_mfu("125m", "NVIDIA H100 80GB HBM3")
+    assert sorted(h100.values()) == [0.159, 0.258]
+    assert all("SDPA with a dense document mask" in setting for setting in h100)
+    for preset, gpu in (("350m", "NVIDIA H100 80GB HBM3"), ("1b", "H100"), ("125m", "NVIDIA H200"),
+                        ("125m", "NVIDIA H100 PCIe"), ("125m", None), (None, "H100")):  # fmt: skip
+        assert measured_mfu(preset, gpu) == {}, (preset, gpu)
+    # a shape knows which preset it is, whatever its vocabulary; explicit dimensions are no preset
+    assert ModelShape.from_preset("350m", 32768).preset() == "350m"
+    assert ModelShape.from_preset("1b", 50000).preset() == "1b"
+    assert ModelShape(**LLAMA2_7B).preset() is None
+    assert estimate(shape=ModelShape.from_preset("125m", 32768), gpu="H100").measured_mfu == h100
+    assert estimate(shape=ModelShape.from_preset("1b", 32768), gpu="H200").measured_mfu == {}
+    assert estimate(shape=ModelShape.from_preset("1b", 32768)).measured_mfu is None  # no GPU named
+
+    table = " ".join(llmforge("estimate", "125m", "--vocab", "32768", "--gpu", "H100").stderr.split())
+    assert "MFU to expect" in table and "measured for 125m on H100: 15.9% eager" in table
+    assert "25.8% torch.compile" in table and "GPU-hours at 40% MFU (--mfu)" in table
+    other = " ".join(llmforge("estimate", "1b", "--gpu", "NVIDIA H200").stderr.split())
+    assert "not measured for 1b on H200 (bench/bench_gpu.sh measures it)" in other
 
 
 def test_shapes_from_presets_dimensions_and_model_directories(tiny_model):

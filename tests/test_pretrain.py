@@ -89,6 +89,11 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert stats["loss_final"] < stats["loss_first"] - 1.0
     assert stats["val_loss_final"] < stats["loss_first"] - 1.0
     assert stats_mismatches(pretrained) == []  # what pretrain writes is what it declares, and what cards read
+    assert (stats["attention"], stats["compiled"], stats["kernels"]) == (
+        "sdpa",
+        False,
+        "none",
+    )  # CPU defaults
     assert artifact.extra["tokenizer_fingerprint"] == tokenizer_fingerprint(tokens / "tokenizer")
     assert artifact.extra["tokenizer_fingerprint"] == Artifact.open(tokens).extra["tokenizer_fingerprint"]
     assert [i["fingerprint"] for i in artifact.manifest["inputs"]] == [Artifact.open(tokens).fingerprint]
@@ -100,6 +105,13 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     assert set(steps[0]) >= {"loss", "lr", "grad_norm", "tokens_per_s", "flops_per_s", "mfu", "memory_gb"}
     assert steps[0]["mfu"] is None and steps[0]["flops_per_s"] > 0  # CPU: no known peak, achieved FLOP/s only
     assert [r["step"] for r in records if "val_loss" in r] == [10, 20]
+    # what the first step cost beyond a steady one (compilation on GPUs), measured over steps 2-4
+    [first] = [r for r in records if r.get("event") == "first_step"]
+    assert first["step"] == 1 and first["compiled"] is False
+    assert first["first_step_extra_seconds"] == pytest.approx(
+        max(0.0, first["first_step_seconds"] - first["steady_step_seconds"]), abs=1e-3
+    )
+    assert stats["first_step_extra_seconds"] == first["first_step_extra_seconds"]
     assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
 
     # DeepSpeed's monitors get the same numbers: CSV, and TensorBoard's event files read back by TensorBoard
@@ -343,11 +355,53 @@ def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pret
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
     assert run(tokens, tmp_path / "model", config(distributed__zero=3), dry_run=True) is None
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # the table's cells, rewrapped
     for expected in ("pretraining plan", "853k", "tokens per parameter", "Chinchilla", "6ND", "ZeRO-3",
-                     "memory per device", "accumulation 2"):  # fmt: skip
+                     "memory per device", "accumulation 2", "sdpa (auto: SDPA on CPU", "torch.compile",
+                     "off (auto: off on CPU", "none (auto: Liger's Triton kernels need a CUDA GPU",
+                     "MFU: n/a without a known GPU peak"):  # fmt: skip
         assert expected in err, expected
     assert not (tmp_path / "model").exists() and not (tmp_path / "model.partial").exists()
+
+
+def test_attention_compile_and_kernels_settings_on_cpu_and_what_a_gpu_would_get(tmp_path, tokens, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    from llmforge import machine
+    from llmforge.train import pretrain_plan
+
+    # asked for Liger on CPU: the run falls back to PyTorch's kernels, and says so once
+    with pytest.raises(StoppedEarly):
+        run(tokens, tmp_path / "liger", config(kernels="liger", stop_after=1))
+    err = capsys.readouterr().err
+    assert (
+        err.count("kernels liger: Liger's Triton kernels need a CUDA GPU; falling back to PyTorch's kernels")
+        == 1
+    )
+    assert json.loads((tmp_path / "liger.partial/checkpoints/plan.json").read_text())["kernels"] == "none"
+    # FlexAttention cannot train on CPU (no backward pass there): refused before anything is written
+    with pytest.raises(InputError, match="flex_attention: PyTorch's FlexAttention trains on CUDA GPUs only"):
+        run(tokens, tmp_path / "flex", config(model__attention="flex_attention"))
+    assert not (tmp_path / "flex.partial").exists()
+
+    # the same choices where a GPU is (the machine's answers changed; the decisions are plain functions of them)
+    monkeypatch.setattr(machine, "has_cuda", lambda: True)
+    monkeypatch.setattr(machine, "has_package", lambda name: name == "liger_kernel")
+    assert pretrain_plan.resolve_attention("auto", document_masking=True)[0] == "flex_attention"
+    assert pretrain_plan.resolve_attention("auto", document_masking=False)[0] == "sdpa"  # SDPA's causal flash
+    assert pretrain_plan.resolve_compile(None, zero=2)[0] is True
+    assert pretrain_plan.resolve_compile(None, zero=3) == (False, "auto: off with ZeRO-3 (not measured); "
+                                                                  "--compile to try it")  # fmt: skip
+    assert pretrain_plan.resolve_compile(False, zero=2) == (False, "as set")
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama")[0] == "liger"
+    assert pretrain_plan.resolve_kernels("auto", zero=3, model_type="qwen3")[0] == "none"
+    assert pretrain_plan.resolve_kernels("auto", zero=0, model_type="mistral")[1].startswith(
+        "auto: Liger is wired"
+    )
+    monkeypatch.setattr(machine, "has_package", lambda name: name in ("liger_kernel", "flash_attn"))
+    assert pretrain_plan.resolve_attention("auto", document_masking=True)[0] == "flash_attention_2"
+    monkeypatch.setattr(machine, "has_package", lambda name: False)
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama") == (
+        "none", "auto: liger-kernel is not installed (pip install liger-kernel); PyTorch's kernels")  # fmt: skip
 
 
 # -- pieces ---------------------------------------------------------------------------------------------------
@@ -391,6 +445,135 @@ def test_packed_documents_do_not_see_each_other(arch):
     assert torch.allclose(masked, alone, atol=1e-5)
     assert not torch.allclose(leaky, alone, atol=1e-3)
     assert torch.allclose(flattened.view(2, 16, -1), by_row, atol=1e-5)
+
+
+# Packed rows for the attention tests: 3 and 4 documents, a window starting mid-document (positions from 7).
+PACKED = [[*range(10), *range(30), *range(24)], [*range(7, 23), *range(20), *range(5), *range(23)]]
+
+
+def test_document_block_mask_is_the_document_mask_without_a_seq_by_seq_tensor():
+    """The FlexAttention block mask holds, tile by tile, exactly what FlexAttention's own builder makes from the
+    dense mask, allows exactly the pairs transformers' SDPA mask allows, and is built from tensors of (rows x
+    blocks x blocks) and (rows x seq) elements only: every op it runs is recorded at seq 1024."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers.masking_utils import (
+        and_masks,
+        causal_mask_function,
+        find_packed_sequence_indices,
+        packed_sequence_mask_function,
+        sdpa_mask,
+    )
+
+    from llmforge.model.attention import document_block_mask, document_ids
+
+    layouts = [
+        PACKED,
+        [[*range(300), *range(500), *range(224)], [*range(1024)]],  # fmt: skip
+        [[*range(130), *range(126), *range(744)], [*range(5, 1005)]],
+    ]  # 1000: a partial last tile
+    for rows in layouts:
+        positions = torch.tensor(rows)
+        seq = positions.shape[1]
+        ours = document_block_mask(positions)
+        # transformers' reading of the same positions, as the SDPA path uses it, and FlexAttention's own builder
+        packed = and_masks(
+            causal_mask_function, packed_sequence_mask_function(find_packed_sequence_indices(positions))
+        )
+        reference = create_block_mask(packed, 2, None, seq, seq, device="cpu")
+        for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+            assert torch.equal(getattr(ours, name), getattr(reference, name)), name
+        allowed = create_mask(
+            ours.mask_mod, 2, 1, seq, seq
+        )  # the pairs, expanded here for the comparison only
+        dense = sdpa_mask(
+            batch_size=2, q_length=seq, kv_length=seq, mask_function=packed, allow_is_causal_skip=False
+        )
+        assert torch.equal(allowed, dense.expand_as(allowed))
+    assert document_ids(torch.tensor(PACKED)).max(dim=1).values.tolist() == [2, 3]
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(tensor, torch.Tensor):
+                    self.largest = max(self.largest, tensor.numel())
+            return out
+
+    positions = torch.tensor(layouts[1])
+    sizes = Sizes()
+    with sizes:
+        document_block_mask(positions)
+    assert 0 < sizes.largest <= 2 * 1024  # the position ids themselves; 1024 x 1024 would be 1M
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+def test_flex_attention_gives_the_loss_and_gradients_of_sdpa_with_the_dense_mask(monkeypatch):
+    """FlexAttention with the document block mask against today's SDPA with transformers' dense mask, on a tiny
+    Llama: what reaches attention (a BlockMask, not a seq x seq tensor), the logits of the real CPU kernel
+    (compiled: FlexAttention runs through torch.compile, forward only on CPU) and the loss and gradients through
+    FlexAttention's reference implementation (torch's eager path; its CPU kernel has no backward pass, its GPU
+    kernel is measured by bench/bench_gpu.sh). Tolerances: float32 summation order, 1e-5 absolute."""
+    import torch
+    import torch.nn.attention.flex_attention as flex
+    import transformers.integrations.flex_attention as hf_flex
+    from torch.nn.attention.flex_attention import BlockMask
+    from transformers.modeling_utils import AttentionInterface
+
+    from llmforge.model.attention import model_inputs
+    from llmforge.model.llama import build_config, build_model
+
+    reached = []
+    for name in ("sdpa", "flex_attention"):
+        original = AttentionInterface._global_mapping[name]
+
+        def recorder(module, query, key, value, attention_mask, *args, _original=original, **kwargs):
+            reached.append(attention_mask)
+            return _original(module, query, key, value, attention_mask, *args, **kwargs)
+
+        monkeypatch.setitem(AttentionInterface._global_mapping, name, recorder)
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids, targets = torch.randint(0, 512, (2, 2, 64), generator=generator)
+    positions = torch.tensor(PACKED)
+    models, outputs = {}, {}
+    for attention in ("sdpa", "flex_attention"):
+        config = build_config("tiny", 512, {}, max_position_embeddings=64)
+        config._attn_implementation = attention
+        models[attention] = model = build_model(config, seed=1).eval()
+        model.config.use_cache = False
+        reached.clear()
+        with torch.no_grad():
+            outputs[attention] = model(**model_inputs(input_ids, positions, attention)).logits
+        masks = list(reached)
+        assert len(masks) == 4  # one call per layer
+        if attention == "sdpa":  # today's path: a dense (rows, 1, seq, seq) mask
+            assert all(isinstance(m, torch.Tensor) and m.shape == (2, 1, 64, 64) for m in masks)
+        else:
+            assert all(isinstance(m, BlockMask) and m.kv_num_blocks.shape == (2, 1, 1) for m in masks)
+    assert torch.allclose(outputs["flex_attention"], outputs["sdpa"], atol=1e-5)
+
+    # gradients: FlexAttention's eager reference path (no compile, the CPU backward check lifted)
+    monkeypatch.setattr(flex, "_validate_device", lambda *tensors: None)
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
+                        lambda query, key, value, training=False, **kwargs: flex.flex_attention(query, key, value,
+                                                                                                **kwargs))  # fmt: skip
+    losses, gradients = {}, {}
+    for attention, model in models.items():
+        model.train()
+        logits = model(**model_inputs(input_ids, positions, attention)).logits
+        losses[attention] = torch.nn.functional.cross_entropy(logits.view(-1, 512), targets.view(-1))
+        losses[attention].backward()
+        gradients[attention] = {name: p.grad for name, p in model.named_parameters()}
+    assert losses["flex_attention"].item() == pytest.approx(losses["sdpa"].item(), abs=1e-5)
+    for name, gradient in gradients["sdpa"].items():
+        assert torch.allclose(gradients["flex_attention"][name], gradient, atol=1e-5), name
+    assert max(g.abs().max() for g in gradients["sdpa"].values()) > 1e-2  # gradients worth comparing
 
 
 def test_windows_are_addressed_by_batch_number(tokens):

@@ -56,12 +56,48 @@ PEAK_BF16_TFLOPS: dict[str, float] = {
 }
 
 
+# Model FLOPs utilisation measured with `llmforge pretrain` (bf16 autocast, seq 2048, document masking on, one GPU,
+# DeepSpeed ZeRO-2), by preset and GPU; bench/RESULTS.md has the runs. Nothing else is measured: a preset or GPU
+# not listed here is "not measured" until bench/bench_gpu.sh runs on it. Keys: (preset, GPU name key, setting).
+MEASURED_MFU: dict[tuple[str, str, str], float] = {
+    ("125m", "H100", "eager, SDPA with a dense document mask"): 0.159,  # 2026-11-23, H100 80GB HBM3 (SXM)
+    ("125m", "H100", "torch.compile, SDPA with a dense document mask"): 0.258,
+}
+MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768, micro-batch 16"
+
+
+def device_key(name: str) -> str | None:
+    """The PEAK_BF16_TFLOPS key a device name matches ('NVIDIA H100 80GB HBM3' -> 'H100'), or None."""
+    for key in PEAK_BF16_TFLOPS:
+        if key.lower() in name.lower():
+            return key
+    return None
+
+
+def measured_mfu(preset: str | None, gpu: str | None) -> dict[str, float]:
+    """The MFU measured for this preset on this GPU, by setting ({} when not measured)."""
+    key = device_key(gpu) if gpu else None
+    if preset is None or key is None:
+        return {}
+    return {
+        setting: mfu for (p, device, setting), mfu in MEASURED_MFU.items() if p == preset and device == key
+    }
+
+
+def describe_measured_mfu(preset: str | None, gpu: str | None) -> str:
+    """One line for a plan or an estimate: the measured MFU with what it was measured on, or 'not measured'."""
+    measured = measured_mfu(preset, gpu)
+    what = f"{preset or 'this model'} on {device_key(gpu) or gpu or 'this device'}"
+    if not measured:
+        return f"not measured for {what} (bench/bench_gpu.sh measures it)"
+    figures = "; ".join(f"{mfu:.1%} {setting}" for setting, mfu in measured.items())
+    return f"measured for {what}: {figures} ({MEASURED_WHERE})"
+
+
 def device_peak_flops(name: str) -> float | None:
     """The bf16 dense peak FLOP/s of a GPU named like torch.cuda.get_device_name() says, or None if unknown."""
-    for key, tflops in PEAK_BF16_TFLOPS.items():
-        if key.lower() in name.lower():
-            return tflops * 1e12
-    return None
+    key = device_key(name)
+    return PEAK_BF16_TFLOPS[key] * 1e12 if key else None
 
 
 @dataclass
@@ -81,6 +117,16 @@ class ModelShape:
     def __post_init__(self) -> None:
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_heads
+
+    def preset(self) -> str | None:
+        """The size preset with these dimensions (any vocabulary), or None."""
+        from llmforge.model.llama import PRESETS
+
+        for name in PRESETS:
+            shape = ModelShape.from_preset(name, self.vocab_size, qk_norm=self.qk_norm)
+            if shape == self:
+                return name
+        return None
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelShape:
@@ -251,6 +297,9 @@ class Estimate:
     gpu_hours: float | None = None
     price_per_gpu_hour: float | None = None
     cost: float | None = None
+    preset: str | None = None  # the size preset the shape is (any vocabulary)
+    gpu: str | None = None
+    measured_mfu: dict[str, float] | None = None  # MFU measured for the preset on the GPU, by setting
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -303,7 +352,11 @@ def estimate(params: float | None = None, shape: ModelShape | None = None, token
         gpu_hours=hours,
         price_per_gpu_hour=price_per_gpu_hour,
         cost=hours * price_per_gpu_hour if hours is not None and price_per_gpu_hour is not None else None,
+        preset=shape.preset() if shape is not None else None,
+        gpu=gpu,
     )
+    if gpu:
+        result.measured_mfu = measured_mfu(result.preset, gpu)
     if shape is not None:
         result.flops_per_token = shape.flops_per_token(seq_len)
         result.kv_cache_bytes = shape.kv_cache_bytes(seq_len, kv_batch)
@@ -357,8 +410,10 @@ def report_rows(result: Estimate) -> list[tuple[str, str]]:
         rows.append(
             (f"KV cache (bf16, {result.seq_len} tokens, per sequence)", human_bytes(result.kv_cache_bytes))
         )
+    if result.gpu:
+        rows.append(("MFU to expect", describe_measured_mfu(result.preset, result.gpu)))
     if result.gpu_hours is not None:
-        rows.append((f"GPU-hours at {result.mfu:.0%} MFU of {result.peak_flops / 1e12:.0f} TFLOP/s",
+        rows.append((f"GPU-hours at {result.mfu:.0%} MFU (--mfu) of {result.peak_flops / 1e12:.0f} TFLOP/s",
                      f"{result.gpu_hours:,.0f} ({result.gpu_hours / result.devices:,.1f} h on {result.devices})"))  # fmt: skip
     if result.cost is not None:
         rows.append((f"cost at {result.price_per_gpu_hour:g}/GPU-hour", f"{result.cost:,.0f}"))

@@ -14,7 +14,7 @@ is llmforge.train.pretrain_plan; the training loop every process runs is llmforg
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 import typer
 from pydantic import Field, field_validator
@@ -48,9 +48,10 @@ class ModelConfig(StageConfig):
         gt=0,
         description="Must equal the tokenizer's vocabulary when set (recipes pin it); none = the tokenizer's",
     )
-    attention: Literal["auto", "sdpa", "flash_attention_2", "eager"] = runtime_field(
+    attention: Literal["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"] = runtime_field(
         "auto",
-        description="Attention kernel; auto = flash_attention_2 on GPUs with flash-attn installed, else sdpa",
+        description="Attention kernel; auto = flash_attention_2 on GPUs with flash-attn installed, else "
+        "flex_attention on GPUs when document masking is on (block masks, no dense mask), else sdpa",
     )
 
     @field_validator("preset")
@@ -176,10 +177,17 @@ class Config(StageConfig):
     activation_checkpointing: bool = runtime_field(
         False, description="Recompute activations in backward to save memory"
     )
-    compile: bool = runtime_field(False, description="torch.compile the model")
+    compile: bool | None = runtime_field(
+        None, description="torch.compile the model and the loss; none = on GPUs (ZeRO 0-2), off on CPU"
+    )
     compile_backend: str = runtime_field(
         "inductor",
         description="torch.compile backend (inductor; aot_eager skips code generation, for debugging)",
+    )
+    kernels: Literal["auto", "liger", "none"] = runtime_field(
+        "auto",
+        description="Fused Triton kernels from Liger Kernel (RMSNorm, SwiGLU, fused linear cross-entropy); "
+        "auto = liger on GPUs where liger-kernel is installed (not with ZeRO-3), none = PyTorch's",
     )
     seed: int = Field(0, description="Seed for the initial weights and the data order")
     distributed: DistributedConfig = Field(
@@ -211,6 +219,10 @@ class Stats(TrainingSummary):
     skipped_batches: list[int]
     processes: int
     zero: int  # DeepSpeed ZeRO stage
+    attention: str  # the attention implementation the run used
+    compiled: bool  # torch.compile on
+    kernels: str  # liger | none
+    first_step_extra_seconds: NotRequired[float]  # step 1 beyond a steady step: torch.compile, allocations
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +254,7 @@ def _train(ctx, config: Config, plan) -> None:
     from llmforge.files import read_jsonl
     from llmforge.train import checkpoint as ckpt
     from llmforge.train.launch import launch
-    from llmforge.train.loop import StoppedEarly, train
+    from llmforge.train.loop import StoppedEarly, first_step_extra, train
     from llmforge.train.metrics import monitor_config, summarize
     from llmforge.train.pretrain_plan import print_plan
 
@@ -291,6 +303,10 @@ def _train(ctx, config: Config, plan) -> None:
         "skipped_batches": result["skipped_batches"],
         "processes": plan.world_size,
         "zero": plan.zero,
+        "attention": plan.attention,
+        "compiled": plan.compile,
+        "kernels": plan.kernels,
+        **first_step_extra(records),
     })  # fmt: skip
 
 
@@ -313,6 +329,8 @@ FLAGS = (
     Flag("checkpoint.every", "--checkpoint-every"),
     Flag("activation_checkpointing"),
     Flag("compile", "--compile/--no-compile"),
+    Flag("model.attention"),
+    Flag("kernels"),
 )
 
 

@@ -55,7 +55,9 @@ class RunSpec:
     steps: int  # optimizer steps
     warmup: int  # warmup steps
     precision: str  # fp32 | bf16 (applied through the DeepSpeed config)
-    attention: str  # sdpa | flash_attention_2 | eager
+    attention: str  # sdpa | flex_attention | flash_attention_2 | eager
+    compile: bool  # torch.compile the model and the loss
+    kernels: str  # liger | none
     deepspeed: dict[str, Any]  # the DeepSpeed config, with llmforge's monitor sections
     flops_per_token: float  # for FLOP/s and MFU
     peak_flops: float | None  # per device; None = not known
@@ -159,6 +161,9 @@ class Trainer:
                                  spec.flops_per_token, spec.peak_flops, self.world, monitors)  # fmt: skip
         self.vocab_size = spec.model_config["vocab_size"]
         self.flatten = config.document_masking and spec.attention == "flash_attention_2"
+        self.cross_entropy = token_cross_entropy
+        if spec.compile:  # fused by inductor: no float32 copy of the logits
+            self.cross_entropy = torch.compile(token_cross_entropy, backend=config.compile_backend)
         self.started = time.perf_counter()
 
     def _validation_windows(self) -> PackedWindows | None:
@@ -199,11 +204,15 @@ class Trainer:
         if settings.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if spec.kernels == "liger":
+            from llmforge.model.kernels import apply_liger
+
+            apply_liger(model)
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=self.deepspeed)  # fmt: skip
-        if settings.compile:
+        if spec.compile:
             engine.compile(backend=settings.compile_backend)
         engine.train()
         return engine
@@ -338,6 +347,7 @@ class Trainer:
         spec, config = self.spec, self.config
         recent = deque(position.recent_losses, maxlen=config.stability.spike_window)
         steps_this_run = 0
+        first_seconds = 0.0
         measured: list[float] = []
         while position.step < spec.steps:
             if config.stop_after is not None and position.step >= config.stop_after:
@@ -364,10 +374,14 @@ class Trainer:
             last = position.step == spec.steps
             self.reporter.step(position.step, batch, loss, lr, grad_norm, seconds,
                                log_now=position.step % config.logging.every == 0 or last or position.step == 1)  # fmt: skip
+            if steps_this_run == 1:
+                first_seconds = seconds
             if 2 <= steps_this_run <= 4:  # the first step pays for warm-up (allocations, compilation)
                 measured.append(seconds)
                 if steps_this_run == 4:
-                    self._report_estimate(sum(measured) / len(measured), position.step)
+                    steady = sum(measured) / len(measured)
+                    self._report_first_step(position.step - 3, first_seconds, steady)
+                    self._report_estimate(steady, position.step)
             if self.val_data is not None and (position.step % config.eval.every == 0 or last):
                 self.reporter.validation(position.step, self.validate(engine))
             if config.checkpoint.every > 0 and position.step % config.checkpoint.every == 0 and not last:
@@ -427,13 +441,14 @@ class Trainer:
         )
 
     def loss(self, engine, tensors, reduction: str = "mean"):
-        import torch.nn.functional as F
+        from llmforge.model.attention import model_inputs
 
         input_ids, targets, position_ids = tensors
-        logits = engine(input_ids=input_ids, position_ids=position_ids).logits
-        return F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction
-        )
+        inputs = model_inputs(input_ids, position_ids, self.spec.attention)
+        if self.spec.kernels == "liger" and engine.module.training and reduction == "mean":
+            # Liger's fused linear cross-entropy: the mean loss straight from the hidden states, no logits
+            return engine(**inputs, shift_labels=targets).loss
+        return self.cross_entropy(engine(**inputs).logits, targets, reduction)
 
     def validate(self, engine) -> float:
         """Mean loss over the first windows of the validation split, dealt evenly to all processes (ZeRO-3 needs
@@ -455,6 +470,16 @@ class Trainer:
         engine.train()
         dist.all_reduce(total)
         return float(total[0] / total[1])
+
+    def _report_first_step(self, step: int, seconds: float, steady: float) -> None:
+        """What the first step of this invocation cost beyond a steady one: torch.compile when on (and FlexAttention's
+        kernels), allocations, autotuning. Logged, and written to metrics.jsonl as a `first_step` event."""
+        extra = max(0.0, seconds - steady)
+        why = "compiling, allocations" if self.spec.compile else "allocations, warm-up"
+        self.reporter.event(f"step {step} took {seconds:.1f} s, {extra:.1f} s more than a steady step ({why})",
+                            event="first_step", step=step, first_step_seconds=round(seconds, 3),
+                            steady_step_seconds=round(steady, 3), first_step_extra_seconds=round(extra, 3),
+                            compiled=self.spec.compile)  # fmt: skip
 
     def _report_estimate(self, seconds_per_step: float, step: int) -> None:
         if self.rank != 0:
@@ -481,6 +506,19 @@ class Trainer:
         dist.barrier()
 
 
+def token_cross_entropy(logits, targets, reduction: str = "mean"):
+    """Next-token cross-entropy in float32 over every position of (rows, seq, vocabulary) logits."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
+
+
+def first_step_extra(records: list[dict[str, Any]]) -> dict[str, float]:
+    """`first_step_extra_seconds` of the last invocation that measured it (metrics.jsonl's `first_step` events)."""
+    events = [r for r in records if r.get("event") == "first_step"]
+    return {"first_step_extra_seconds": events[-1]["first_step_extra_seconds"]} if events else {}
+
+
 def save_hf_model(spec: RunSpec, state: dict[str, Any]) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -494,8 +532,10 @@ def save_hf_model(spec: RunSpec, state: dict[str, Any]) -> None:
     disable_progress_bar()  # the run's own progress display is on the terminal
     config = AutoConfig.for_model(**spec.model_config)
     config.use_cache = True
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    with torch.device("meta"):  # no random initialisation of weights about to be replaced (minutes for a 7b)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {k: v.float().cpu() for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise LLMForgeError(

@@ -37,7 +37,10 @@ class Plan:
     steps: int  # optimizer steps
     warmup: int  # warmup steps
     precision: str  # fp32 | bf16
-    attention: str  # sdpa | flash_attention_2 | eager
+    attention: str  # sdpa | flex_attention | flash_attention_2 | eager
+    compile: bool  # torch.compile the model and the loss
+    kernels: str  # liger | none
+    reasons: dict[str, str]  # why attention, compile and kernels are what they are (shown in the plan)
     deepspeed: dict[str, Any]  # the engine's DeepSpeed config (the run adds the monitor sections)
     available_tokens: int  # tokens in the train split's seq_len windows
     estimate: Estimate  # parameters, FLOPs, memory per device
@@ -58,7 +61,8 @@ class Plan:
         return RunSpec(config=config, tokens_dir=str(Path(self.tokens.path).resolve()), work_dir=str(work.resolve()),
                        model_config=self.model_config.to_dict(), init_from=init_from, world_size=self.world_size,
                        accumulation=self.accumulation, steps=self.steps, warmup=self.warmup, precision=self.precision,
-                       attention=self.attention, deepspeed={**self.deepspeed, **monitors},
+                       attention=self.attention, compile=self.compile, kernels=self.kernels,
+                       deepspeed={**self.deepspeed, **monitors},
                        flops_per_token=self.estimate.flops_per_token, peak_flops=self.peak_flops)  # fmt: skip
 
 
@@ -104,17 +108,21 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     warmup = config.optim.warmup_steps
     if warmup is None:
         warmup = max(1, round(config.optim.warmup_fraction * steps)) if config.optim.warmup_fraction else 0
+    attention, attention_why = resolve_attention(config.model.attention, config.document_masking)
+    compiled, compile_why = resolve_compile(config.compile, zero)
+    kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type)
     return Plan(tokens=artifact, model_config=hf_config, init=source, init_context=context, world_size=world,
                 accumulation=accumulation, steps=steps, warmup=min(warmup, steps), precision=precision,
-                attention=resolve_attention(config.model.attention), deepspeed=ds_config, available_tokens=available,
-                estimate=numbers, peak_flops=peak)  # fmt: skip
+                attention=attention, compile=compiled, kernels=kernels,
+                reasons={"attention": attention_why, "compile": compile_why, "kernels": kernels_why},
+                deepspeed=ds_config, available_tokens=available, estimate=numbers, peak_flops=peak)  # fmt: skip
 
 
 def print_plan(plan: Plan, config: Config) -> None:
     from rich.table import Table
 
     from llmforge.console import console, warn
-    from llmforge.model.estimate import human_bytes, human_count
+    from llmforge.model.estimate import describe_measured_mfu, human_bytes, human_count
 
     numbers = plan.estimate
     hf = plan.model_config
@@ -151,16 +159,21 @@ def print_plan(plan: Plan, config: Config) -> None:
     zero = numbers.zero
     memory = numbers.memory_per_device[zero]
     offload = f", offload {numbers.offload}" if numbers.offload else ""
-    table.add_row("precision / ZeRO", f"{plan.precision}, ZeRO-{zero}{offload}, attention {plan.attention}")
+    table.add_row("precision / ZeRO", f"{plan.precision}, ZeRO-{zero}{offload}")
+    table.add_row("attention", f"{plan.attention} ({plan.reasons['attention']})")
+    table.add_row("torch.compile", f"{'on' if plan.compile else 'off'} ({plan.reasons['compile']})")
+    table.add_row("kernels", f"{plan.kernels} ({plan.reasons['kernels']})")
     table.add_row("memory per device", f"{human_bytes(memory['total'])} for weights, gradients and Adam states "
                   f"+ ~{human_bytes(numbers.activation_bytes)} activations per micro-batch")  # fmt: skip
     if plan.peak_flops:
+        gpu = machine.gpu_name()
+        preset = None if init is not None else config.model.preset
+        table.add_row("MFU to expect", describe_measured_mfu(preset, gpu))
         hours = numbers.training_flops / (plan.peak_flops * plan.world_size * 0.4) / 3600
-        table.add_row(
-            "time at 40% MFU", f"{hours:.3g} h on {plan.world_size} devices (measured after the first steps)"
-        )
+        table.add_row("time at 40% MFU", f"{hours:.3g} h on {plan.world_size} devices (measured after the first "
+                      "steps)")  # fmt: skip
     else:
-        table.add_row("time", "measured after the first steps")
+        table.add_row("time", "measured after the first steps (MFU: n/a without a known GPU peak)")
     console.print(table)
     if passes > USEFUL_PASSES:
         warn(f"{passes:.1f} passes over the same tokens; beyond ~{USEFUL_PASSES}, repeated data adds little")
@@ -277,10 +290,64 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def resolve_attention(attention: str) -> str:
-    if attention == "auto":
-        return "flash_attention_2" if machine.has_flash_attention() else "sdpa"
-    return attention
+def resolve_attention(attention: str, document_masking: bool) -> tuple[str, str]:
+    """The attention implementation, and why. On CPU, SDPA: FlexAttention has no backward pass there (torch 2.13)
+    and its compiled forward was slower than SDPA on small models after a long compile (bench/RESULTS.md)."""
+    from llmforge.model.attention import has_flex_attention
+
+    gpu = machine.has_cuda()
+    if attention == "flex_attention" and not (gpu and has_flex_attention()):
+        raise InputError("model.attention flex_attention: PyTorch's FlexAttention trains on CUDA GPUs only (it has "
+                         "no backward pass on CPU); use sdpa or auto")  # fmt: skip
+    if attention == "flash_attention_2" and not machine.has_flash_attention():
+        raise InputError(
+            "model.attention flash_attention_2: needs the flash-attn package and a CUDA GPU; use auto"
+        )
+    if attention != "auto":
+        return attention, "as set"
+    if machine.has_flash_attention():
+        return "flash_attention_2", "auto: flash-attn's varlen kernel, documents as separate sequences"
+    if gpu and document_masking and has_flex_attention():
+        return "flex_attention", "auto: document masks as FlexAttention block masks, no seq x seq mask"
+    if gpu:
+        return "sdpa", "auto: SDPA's causal FlashAttention kernel (no document masks to apply)"
+    return "sdpa", "auto: SDPA on CPU (FlexAttention has no backward pass there)"
+
+
+def resolve_compile(compile: bool | None, zero: int) -> tuple[bool, str]:
+    """torch.compile on or off, and why: on by default where it was measured to pay (1.63x for 125m on an H100)."""
+    if compile is not None:
+        return compile, "as set"
+    if not machine.has_cuda():
+        return False, "auto: off on CPU (the compile time outweighs any gain on short CPU runs)"
+    if zero == 3:
+        return False, "auto: off with ZeRO-3 (not measured); --compile to try it"
+    return True, "auto: on GPUs (step 1 pays for compiling; the log and metrics.jsonl say how long)"
+
+
+def resolve_kernels(kernels: str, zero: int, model_type: str) -> tuple[str, str]:
+    """liger or none, and why. Liger's kernels are Triton (CUDA GPUs); its fused linear cross-entropy reads the
+    output weights directly, which ZeRO-3 has sharded away, so it is not used there. Asked for where it cannot run,
+    the run falls back to PyTorch's kernels and the plan (printed once per run) says why."""
+    from llmforge.model.kernels import LIGER_MODEL_TYPES
+
+    if kernels == "none":
+        return "none", "as set"
+    if not machine.has_cuda():
+        missing = "Liger's Triton kernels need a CUDA GPU"
+    elif not machine.has_package("liger_kernel"):
+        missing = "liger-kernel is not installed (pip install liger-kernel)"
+    elif zero == 3:
+        missing = "not with ZeRO-3 (the fused cross-entropy reads the sharded output weights)"
+    elif model_type not in LIGER_MODEL_TYPES:
+        missing = f"Liger is wired for {', '.join(LIGER_MODEL_TYPES)}, not {model_type}"
+    else:
+        return "liger", f"{kernels}: Liger's RMSNorm, SwiGLU and fused linear cross-entropy"
+    if kernels == "liger":
+        from llmforge.console import warn
+
+        warn(f"kernels liger: {missing}; falling back to PyTorch's kernels")
+    return "none", f"{kernels}: {missing}; PyTorch's kernels"
 
 
 def accumulation_steps(config: Config, world: int) -> int:
