@@ -211,6 +211,9 @@ class Artifact:
             raise InputError(
                 f"{manifest_path}: schema {manifest['schema']} is not supported (this is {SCHEMA})"
             )
+        missing = [key for key in ("kind", "stage", "fingerprint") if not isinstance(manifest.get(key), str)]
+        if missing:
+            raise InputError(f"{manifest_path}: no {', '.join(missing)}; the manifest is damaged")
         _check_file_entries(manifest_path, manifest.get("files", []))
         return cls(path=path, manifest=manifest)
 
@@ -516,19 +519,21 @@ def run_stage(
         return _run_locked(stage, kind, config, inputs, out, fingerprint, body, force, title)
 
 
-def _up_to_date(out: Path, fingerprint: str, kind: str) -> bool:
+def holds(out: str | Path, fingerprint: str) -> bool:
+    """`out` holds a finished, readable artifact of this fingerprint (anything else, a damaged manifest included,
+    is for run_stage to refuse or, with --force, replace)."""
     try:
-        same = json.loads((out / MANIFEST).read_text()).get("fingerprint") == fingerprint
-    except (OSError, ValueError, AttributeError):
+        return Artifact.open(out).fingerprint == fingerprint
+    except InputError:
         return False
-    if same:
-        try:
-            Artifact.open(out)
-        except InputError:  # otherwise damaged: not trusted; the locked path names it (--force replaces it)
-            return False
-        log(f"[green]up to date:[/] {out} ({kind}, fingerprint {fingerprint[:12]})")
-        emit(out)
-    return same
+
+
+def _up_to_date(out: Path, fingerprint: str, kind: str) -> bool:
+    if not holds(out, fingerprint):
+        return False
+    log(f"[green]up to date:[/] {out} ({kind}, fingerprint {fingerprint[:12]})")
+    emit(out)
+    return True
 
 
 def _run_locked(stage: str, kind: str, config: BaseModel, inputs: list[InputRef], out: Path, fingerprint: str,

@@ -316,7 +316,10 @@ def test_the_staging_mark_is_written_atomically(raw_dir, tmp_path, monkeypatch):
     assert calls == [False]
 
 
-@pytest.mark.parametrize("damage", ["", '{"schema": "llmforge.artifact/1", "kind"', '{"files": 3}'])
+@pytest.mark.parametrize(
+    "damage",
+    ["", '{"schema": "llmforge.artifact/1", "kind"', '{"files": 3}', '{"schema": "llmforge.artifact/1"}'],
+)
 def test_force_replaces_an_artifact_whose_manifest_cannot_be_read(damage, raw_dir, tmp_path):
     out = run_upper(raw_dir, tmp_path / "out")
     (out / MANIFEST).write_text(damage)

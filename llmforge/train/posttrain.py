@@ -598,11 +598,9 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
 
 
 def up_to_date(out: str | Path, stage: str, config: PostTrainConfig, inputs: list[InputRef]) -> bool:
-    from llmforge.artifacts import fingerprint_of
+    from llmforge.artifacts import fingerprint_of, holds
 
-    return (Path(out) / MANIFEST).is_file() and Artifact.open(out).fingerprint == fingerprint_of(
-        stage, config, inputs
-    )
+    return holds(out, fingerprint_of(stage, config, inputs))
 
 
 def describe_method(config: PostTrainConfig, source) -> str:
