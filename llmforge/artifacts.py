@@ -420,7 +420,7 @@ def list_files(root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if not path.is_file() or rel.parts[0] in UNHASHED_DIRS or rel.name in (MANIFEST, STAGING_MARK):
+        if not path.is_file() or rel.parts[0] in UNHASHED_DIRS or rel.as_posix() in (MANIFEST, STAGING_MARK):
             continue
         entries.append({"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return entries
