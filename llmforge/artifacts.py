@@ -29,6 +29,7 @@ from llmforge.config import fingerprinted
 from llmforge.console import emit, log, summary_table
 from llmforge.errors import InputError
 from llmforge.files import write_json
+from llmforge.locks import hold_output
 from llmforge.registry import made_by
 
 SCHEMA = "llmforge.artifact/1"
@@ -96,11 +97,19 @@ class Artifact:
         return InputRef(path=self.path, kind=self.kind, fingerprint=self.fingerprint, stage=self.stage)
 
     def verify(self) -> list[str]:
-        """Files whose size or sha256 no longer match the manifest (empty when intact)."""
+        """What differs from the manifest (empty when intact): listed files missing, resized, re-hashed or replaced
+        by a symbolic link, and files the manifest does not list (resume state under checkpoints/ and logs/
+        aside). The payload is what the manifest lists; anything else in the directory is a problem to report."""
         problems = []
+        listed = set()
         for entry in self.manifest.get("files", []):
+            listed.add(entry["path"])
             file = self.path / entry["path"]
-            if not file.is_file():
+            if self._linked(entry["path"]):
+                problems.append(
+                    f"{entry['path']}: a symbolic link (to {file.resolve()}), not the file listed"
+                )
+            elif not file.is_file():
                 problems.append(f"{entry['path']}: missing")
             elif file.stat().st_size != entry["bytes"]:
                 problems.append(
@@ -108,22 +117,41 @@ class Artifact:
                 )
             elif sha256_file(file) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest")
+        for relative, is_link in _tree(self.path):
+            if relative in listed:
+                continue
+            if is_link:
+                problems.append(f"{relative}: a symbolic link (to {os.readlink(self.path / relative)}), not listed "
+                                "in the manifest")  # fmt: skip
+            elif relative != MANIFEST and relative.split("/")[0] not in UNHASHED_DIRS:
+                problems.append(f"{relative}: not listed in the manifest")
         return problems
 
-    def check_sizes(self, wanted: Callable[[str], bool]) -> None:
+    def _linked(self, relative: str) -> bool:
+        """The file, or a folder on its way down from the artifact's directory, is a symbolic link."""
+        return (self.path / relative).resolve() != self.path.resolve() / relative
+
+    def check_sizes(self, wanted: Callable[[str], bool]) -> list[Path]:
         """Cheap integrity check before reading: each manifest file that `wanted(relative path)` selects must be
-        present with its recorded size (a stat, no hashing); the first mismatch is an InputError naming the file.
-        Stages check the payload they read (shards, weights); `llmforge show --verify` re-hashes everything."""
+        present with its recorded size (a stat, no hashing) and be no symbolic link; the first mismatch is an
+        InputError naming the file. Returns those files, in manifest order: stages read what the manifest lists,
+        never whatever else lies in the directory. `llmforge show --verify` re-hashes everything."""
+        files = []
         for entry in self.manifest.get("files", []):
             if not wanted(entry["path"]):
                 continue
             file = self.path / entry["path"]
+            if self._linked(entry["path"]):
+                raise InputError(f"{file}: a symbolic link, not the file {self.path / MANIFEST} lists "
+                                 f"(`llmforge show --verify {self.path}` checks every file)")  # fmt: skip
             if not file.is_file():
                 raise InputError(f"{file}: missing; {self.path / MANIFEST} lists it")
             size = file.stat().st_size
             if size != entry["bytes"]:
                 raise InputError(f"{file}: {size:,} bytes, {MANIFEST} says {entry['bytes']:,}; the file is truncated "
                                  f"or corrupt (`llmforge show --verify {self.path}` checks every file)")  # fmt: skip
+            files.append(file)
+        return files
 
     def parents(self) -> list[tuple[dict[str, Any], Artifact | None]]:
         """Each input entry with its artifact when it can be found (relative path first, so trees can move)."""
@@ -173,7 +201,36 @@ class Artifact:
             raise InputError(
                 f"{manifest_path}: schema {manifest['schema']} is not supported (this is {SCHEMA})"
             )
+        missing = [key for key in ("kind", "stage", "fingerprint") if not isinstance(manifest.get(key), str)]
+        if missing:
+            raise InputError(f"{manifest_path}: no {', '.join(missing)}; the manifest is damaged")
+        _check_file_entries(manifest_path, manifest.get("files", []))
         return cls(path=path, manifest=manifest)
+
+
+def _check_file_entries(manifest_path: Path, entries: Any) -> None:
+    """Every `files` entry names a file inside the artifact, checked before anything stats or hashes it: a
+    tampered manifest must not send `verify` or a reader to ../../etc/passwd or an absolute path."""
+    if not isinstance(entries, list):
+        raise InputError(f"{manifest_path}: 'files' is not a list")
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)):  # fmt: skip
+            raise InputError(f"{manifest_path}: a 'files' entry needs path, bytes and sha256: {entry!r:.200}")
+        path = entry["path"]
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise InputError(f"{manifest_path}: 'files' lists {path!r}, not a relative path inside the "
+                             "artifact; the manifest is damaged or tampered with")  # fmt: skip
+
+
+def _tree(root: Path) -> Iterable[tuple[str, bool]]:
+    """(relative posix path, is a symbolic link) of every file and link under `root`, links not followed."""
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            if path.is_symlink() or name in files:
+                yield path.relative_to(root).as_posix(), path.is_symlink()
 
 
 def _candidates(base: Path, entry: dict[str, Any]) -> list[Path]:
@@ -353,7 +410,7 @@ def list_files(root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if not path.is_file() or rel.parts[0] in UNHASHED_DIRS or rel.name in (MANIFEST, STAGING_MARK):
+        if not path.is_file() or rel.parts[0] in UNHASHED_DIRS or rel.as_posix() in (MANIFEST, STAGING_MARK):
             continue
         entries.append({"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return entries
@@ -371,6 +428,40 @@ def library_versions() -> dict[str, str]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_output(out: Path, inputs: list[InputRef]) -> None:
+    """Refuse an output that would overwrite, hold or sit inside an input (paths resolved, symlinks followed), or
+    that lies inside an artifact (a finished one must not change) or another run's staging directory."""
+    target = out.resolve()
+    for ref in inputs:
+        for source in _local_paths(ref):
+            if target == source:
+                problem = f"is also an input ({ref.path})"
+            elif source in target.parents:
+                problem = f"lies inside the input {ref.path}"
+            elif target in source.parents:
+                problem = f"holds the input {ref.path}"
+            else:
+                continue
+            raise InputError(f"{out}: the output {problem}; write it elsewhere")
+    for parent in target.parents:
+        if (parent / MANIFEST).is_file():
+            raise InputError(f"{out}: inside the artifact {parent}, which must not change; write the output "
+                             "elsewhere")  # fmt: skip
+        if (parent / STAGING_MARK).is_file():
+            raise InputError(f"{out}: inside {parent}, the staging directory of another run; write the output "
+                             "elsewhere")  # fmt: skip
+
+
+def _local_paths(ref: InputRef) -> list[Path]:
+    """The local files or directories an input reads (a raw input's pattern expanded), resolved."""
+    text = str(ref.path)
+    if ref.kind == "hub" or ("://" in text and not text.startswith("file://")):
+        return []
+    text = text.removeprefix("file://")
+    matches = glob.glob(text, recursive=True) if glob.has_magic(text) and not os.path.exists(text) else [text]
+    return [Path(match).resolve() for match in matches if os.path.exists(match)]
 
 
 def _check_writable(out: Path) -> None:
@@ -397,46 +488,85 @@ def run_stage(
 ) -> Path:
     """Run a stage under the artifact contract and print the output path on stdout.
 
+    - an output equal to, inside or above an input, or inside an artifact: refused;
     - a complete artifact with the same fingerprint in `out`: nothing to do, exit 0;
-    - a different artifact (or other files) in `out`: refused, naming what changed, unless `force`;
-    - partial work of the same fingerprint in `out.partial`: handed to the body as `resumed=True`;
+    - another run writing `out` (it holds `out.lock`): refused, naming it;
+    - a different artifact (or other files, or an unreadable manifest) in `out`: refused, naming what changed,
+      unless `force`;
+    - partial work of the same fingerprint in `out.partial`: handed to the body as `resumed=True`; `force`
+      discards any partial work instead;
     - the body fills `ctx.work`; the manifest is written last and the directory renamed into place.
     """
     out = Path(out)
     fingerprint = fingerprint_of(stage, config, inputs)
-    staging = staging_path(out)
-
-    if (out / MANIFEST).is_file():
-        existing = Artifact.open(out)
-        if existing.fingerprint == fingerprint:
-            log(f"[green]up to date:[/] {out} ({kind}, fingerprint {fingerprint[:12]})")
-            emit(out)
+    check_output(out, inputs)
+    if _up_to_date(out, fingerprint, kind):  # a reader's question: no lock needed
+        return out
+    _check_writable(out)
+    with hold_output(out):
+        if _up_to_date(out, fingerprint, kind):  # finished by a run that ended while we looked
             return out
-        if not force:
-            changed = _what_changed(existing.manifest, stage, config, inputs)
-            raise InputError(
-                f"{out} holds a different {existing.kind} artifact ({changed}); use --force to replace it"
-            )
+        return _run_locked(stage, kind, config, inputs, out, fingerprint, body, force, title)
+
+
+def holds(out: str | Path, fingerprint: str) -> bool:
+    """`out` holds a finished, readable artifact of this fingerprint (anything else, a damaged manifest included,
+    is for run_stage to refuse or, with --force, replace)."""
+    try:
+        return Artifact.open(out).fingerprint == fingerprint
+    except InputError:
+        return False
+
+
+def _up_to_date(out: Path, fingerprint: str, kind: str) -> bool:
+    if not holds(out, fingerprint):
+        return False
+    log(f"[green]up to date:[/] {out} ({kind}, fingerprint {fingerprint[:12]})")
+    emit(out)
+    return True
+
+
+def _run_locked(stage: str, kind: str, config: BaseModel, inputs: list[InputRef], out: Path, fingerprint: str,
+                body: Callable[[StageContext], None], force: bool, title: str | None) -> Path:  # fmt: skip
+    staging = staging_path(out)
+    if (out / MANIFEST).is_file():
+        try:
+            existing = Artifact.open(out)
+        except InputError as exc:
+            if not force:
+                raise InputError(f"{exc}; use --force to replace it") from None
+            log(f"[yellow]replacing[/] {out}: its manifest cannot be read")
+        else:
+            if not force:
+                changed = _what_changed(existing.manifest, stage, config, inputs)
+                raise InputError(
+                    f"{out} holds a different {existing.kind} artifact ({changed}); use --force to replace it"
+                )
     elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise InputError(
             f"{out} exists and is not an llmforge artifact; choose another output or use --force"
         )
 
-    _check_writable(out)
-    if _finished(staging, fingerprint):  # killed after the manifest was written, before the rename
+    resumed = False
+    mark = staging / STAGING_MARK
+    if staging.exists() and force:
+        log(f"[yellow]discarding[/] the partial work in {staging} (--force)")
+        _remove(staging)
+    elif _finished(staging, fingerprint):  # killed after the manifest was written, before the rename
         log(f"[cyan]finishing[/] the interrupted run in {staging}: its work was complete")
         _move_into_place(staging, out)
         emit(out)
         return out
-    resumed = False
-    mark = staging / STAGING_MARK
-    if staging.exists():
-        previous = json.loads(mark.read_text()) if mark.is_file() else {}
-        if previous.get("fingerprint") == fingerprint:
+    elif staging.exists():
+        previous = _read_mark(mark)
+        if previous is None and staging.is_dir() and not any(staging.iterdir()):
+            staging.rmdir()  # created by a run killed before it wrote its mark: nothing to keep
+        elif previous is None:
+            raise InputError(f"{staging} holds partial work of unknown origin (its {STAGING_MARK} is missing or "
+                             "unreadable); use --force to discard it")  # fmt: skip
+        elif previous.get("fingerprint") == fingerprint:
             resumed = True
             log(f"[cyan]resuming[/] the interrupted run in {staging}")
-        elif force:
-            shutil.rmtree(staging)
         else:
             raise InputError(
                 f"{staging} holds an interrupted run with other settings or inputs "
@@ -445,7 +575,7 @@ def run_stage(
     try:
         staging.mkdir(parents=True, exist_ok=True)
         if not resumed:
-            mark.write_text(json.dumps({"fingerprint": fingerprint, "stage": stage, "started": _now()}))
+            write_json(mark, {"fingerprint": fingerprint, "stage": stage, "started": _now()})
     except OSError as exc:
         raise InputError(f"{out}: cannot write the output ({exc.strerror or exc})") from None
 
@@ -485,6 +615,22 @@ def run_stage(
     return out
 
 
+def _read_mark(mark: Path) -> dict[str, Any] | None:
+    """The staging directory's record of the run that made it; None when missing or unreadable."""
+    try:
+        previous = json.loads(mark.read_text())
+    except (OSError, ValueError):
+        return None
+    return previous if isinstance(previous, dict) and isinstance(previous.get("fingerprint"), str) else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def _finished(staging: Path, fingerprint: str) -> bool:
     """The staging directory holds a complete artifact of this fingerprint (its manifest is written last)."""
     try:
@@ -499,6 +645,9 @@ def _move_into_place(staging: Path, out: Path) -> None:
         old = Path(str(out) + f".old-{os.getpid()}")
         os.replace(out, old)
         os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            _remove(old)
+        except OSError:
+            pass
     else:
         os.replace(staging, out)

@@ -81,9 +81,13 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not a text config file (not valid UTF-8: byte {exc.start + 1} of the file, "
+                         f"{exc.reason})") from None  # fmt: skip
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -27,6 +27,12 @@ def json_lines(lines, path) -> Iterator[tuple[int, Any]]:
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if isinstance(line, bytes):  # read in binary: say plainly when the bytes are not text at all
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    raise InputError(f"{where(path, number)}: not valid UTF-8 (byte {bad.start + 1} of the line: "
+                                     f"{bad.reason})") from None  # fmt: skip
             raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
         yield number, value
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 from helpers import llmforge
@@ -135,6 +136,15 @@ def test_config_layers_and_errors(tmp_path):
     yaml_file.write_text("suffix: [unclosed\n")
     with pytest.raises(InputError, match=r"c.yaml:\d+: not valid YAML"):
         load_config(Upper, yaml_file)
+    yaml_file.write_bytes(b"workers: 2\nsuffix: caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(
+        InputError, match=r"c.yaml:2: not a text config file \(not valid UTF-8: byte 23 of the file"
+    ):
+        load_config(Upper, yaml_file)
+    bad = llmforge(
+        "dedup", tmp_path, "-o", tmp_path / "out", "--config", yaml_file, check=False
+    )  # exit 2, named
+    assert bad.returncode == 2 and f"error: {yaml_file}:2: not a text config file" in bad.stderr
 
 
 def test_show_and_lineage_commands(raw_dir, tmp_path):
@@ -179,3 +189,222 @@ def test_input_paths_globs_folders_and_literal_names(tmp_path):
         expand_paths([shards / "c*.jsonl"])
     with pytest.raises(InputError, match="missing.jsonl: no such file or directory"):
         expand_paths([shards / "missing.jsonl"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One writer per output; --force discards partial work; staging that cannot be read does not wedge a run
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from llmforge.locks import hold_output
+with hold_output(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def hold_lock(out):
+    """Another process holding the output's lock until its stdin closes (or it is killed)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(
+    raw_dir, tmp_path
+):
+    import signal
+    import socket
+
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(InputError) as refused:
+            run_upper(raw_dir, out)
+        message = str(refused.value)
+        assert message.startswith(f"{out}: another run is writing this output (pid {holder.pid} on "
+                                  f"{socket.gethostname()}, started 20")  # fmt: skip
+        assert str(out) + ".lock" in message
+        assert not out.exists() and not staging_path(out).exists()  # nothing touched
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the dead holder's lock; its file (and what it said) is still there, and is taken over
+    assert (tmp_path / "out.lock").is_file()
+    calls = []
+    run_upper(raw_dir, out, calls=calls)
+    assert calls == [False] and Artifact.open(out).verify() == []
+    assert not (tmp_path / "out.lock").exists()  # removed by the run that held it
+
+
+def test_an_up_to_date_output_is_read_without_the_lock(raw_dir, tmp_path):
+    out = run_upper(raw_dir, tmp_path / "out")
+    holder = hold_lock(out)
+    try:
+        calls = []
+        assert run_upper(raw_dir, out, calls=calls) == out and calls == []
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_force_discards_partial_work_instead_of_resuming_it(raw_dir, tmp_path):
+    out = tmp_path / "out"
+
+    def crash(ctx):
+        (ctx.work / "half.txt").write_text("partial")
+        raise RuntimeError("killed")
+
+    for config in (Upper(), Upper(suffix="?")):  # partial work of this fingerprint, then of another
+        with pytest.raises(RuntimeError):
+            run_stage("upper", "documents", config, [raw_input(raw_dir)], out, crash)
+        calls = []
+        run_upper(raw_dir, out, calls=calls, force=True)
+        assert calls == [False]  # not resumed
+        assert not (out / "half.txt").exists() and Artifact.open(out).verify() == []
+        shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("mark", ["", '{"fingerprint": "ab', "[1, 2]", None])
+def test_an_unreadable_staging_mark_is_partial_work_of_unknown_origin(mark, raw_dir, tmp_path):
+    out = tmp_path / "out"
+    staging = staging_path(out)
+    staging.mkdir()
+    (staging / "half.txt").write_text("from somewhere")
+    if mark is not None:
+        (staging / "staging.json").write_text(mark)
+    with pytest.raises(InputError, match=rf"^{staging} holds partial work of unknown origin \(its staging.json is "
+                                         r"missing or unreadable\); use --force to discard it$"):  # fmt: skip
+        run_upper(raw_dir, out)
+    calls = []
+    run_upper(raw_dir, out, calls=calls, force=True)
+    assert calls == [False] and not (out / "half.txt").exists() and Artifact.open(out).verify() == []
+
+
+def test_an_empty_staging_directory_is_no_work_at_all(raw_dir, tmp_path):
+    """A run killed between creating OUT.partial and writing its mark left nothing worth keeping."""
+    out = tmp_path / "out"
+    staging_path(out).mkdir()
+    calls = []
+    run_upper(raw_dir, out, calls=calls)
+    assert calls == [False] and Artifact.open(out).verify() == []
+
+
+def test_the_staging_mark_is_written_atomically(raw_dir, tmp_path, monkeypatch):
+    """A kill while the mark is written leaves no half-written staging.json under its name."""
+    import llmforge.files
+
+    def killed_mid_write(self, text, encoding=None):
+        with open(self, "w", encoding=encoding) as handle:
+            handle.write(text[:5])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llmforge.files.Path, "write_text", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_upper(raw_dir, tmp_path / "out")
+    monkeypatch.undo()
+    staging = staging_path(tmp_path / "out")
+    assert not (staging / "staging.json").exists() and list(staging.iterdir()) == []
+    calls = []
+    run_upper(raw_dir, tmp_path / "out", calls=calls)
+    assert calls == [False]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["", '{"schema": "llmforge.artifact/1", "kind"', '{"files": 3}', '{"schema": "llmforge.artifact/1"}'],
+)
+def test_force_replaces_an_artifact_whose_manifest_cannot_be_read(damage, raw_dir, tmp_path):
+    out = run_upper(raw_dir, tmp_path / "out")
+    (out / MANIFEST).write_text(damage)
+    with pytest.raises(InputError, match=rf"^{out / MANIFEST}: .*; use --force to replace it$"):
+        run_upper(raw_dir, out)
+    run_upper(raw_dir, out, force=True)
+    assert Artifact.open(out).verify() == [] and (out / "out.txt").read_text() == "HELLO!"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs against inputs
+
+
+def test_an_output_equal_to_inside_or_above_an_input_is_refused(raw_dir, tmp_path):
+    docs = run_upper(raw_dir, tmp_path / "docs")
+    parent = Artifact.open(docs).ref()
+    (tmp_path / "link").symlink_to(docs)
+
+    def stage(inputs, out, force=True):
+        return run_stage("upper", "documents", Upper(), inputs, out, lambda ctx: None, force=force)
+
+    refusals = {
+        docs: f"{docs}: the output is also an input ({docs}); write it elsewhere",
+        tmp_path / "link": f"{tmp_path / 'link'}: the output is also an input ({docs}); write it elsewhere",
+        tmp_path: f"{tmp_path}: the output holds the input {docs}; write it elsewhere",
+        docs / "data" / "inner": f"{docs / 'data' / 'inner'}: the output lies inside the input {docs}; write it "
+                                 "elsewhere",
+    }  # fmt: skip
+    for out, message in refusals.items():
+        with pytest.raises(InputError) as refused:
+            stage([parent], out)
+        assert str(refused.value) == message
+    assert Artifact.open(docs).verify() == []  # --force changed nothing
+    # raw inputs: the files and folders they name, globs expanded
+    raw = raw_input(raw_dir)
+    with pytest.raises(InputError, match="the output lies inside the input"):
+        stage([raw], raw_dir / "out")
+    with pytest.raises(InputError, match="the output is also an input"):
+        stage([raw_input(raw_dir / "a.txt")], raw_dir / "a.txt")
+    globbed = raw_input(raw_dir / "*.txt")
+    with pytest.raises(InputError, match="the output is also an input"):
+        stage([globbed], raw_dir / "a.txt")
+    assert stage([globbed], raw_dir / "out") == raw_dir / "out"  # beside the files a glob names is fine
+    # inside any artifact, even one that is not an input: a finished artifact must not change
+    with pytest.raises(InputError, match=rf"^{docs / 'data' / 'x'}: inside the artifact {docs}, which must not "
+                                         "change; write the output elsewhere$"):  # fmt: skip
+        stage([raw], docs / "data" / "x")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The payload is what the manifest lists
+
+
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "a/../../x", "", "./out.txt"])
+def test_manifest_entries_outside_the_artifact_are_refused_before_any_stat(entry, raw_dir, tmp_path):
+    out = run_upper(raw_dir, tmp_path / "out")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"].append({"path": entry, "bytes": 1, "sha256": "0" * 64})
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=rf"^{out / MANIFEST}: 'files' lists .*, not a relative path inside the "
+                                         "artifact; the manifest is damaged or tampered with$"):  # fmt: skip
+        Artifact.open(out)
+    verify = llmforge("show", "--verify", out, check=False)
+    assert verify.returncode == 2 and "not a relative path inside the artifact" in verify.stderr
+
+
+def test_verify_flags_unlisted_files_and_symbolic_links(raw_dir, tmp_path):
+    out = run_upper(raw_dir, tmp_path / "out")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("HELLO!")  # same size and bytes as out.txt
+    (out / "extra.txt").write_text("added later")
+    (out / "linked").symlink_to(outside)
+    (out / "logs").mkdir()
+    (out / "logs" / "task.log").write_text("resume state and logs are not payload")
+    (out / "logs" / "escape").symlink_to(tmp_path)
+    assert sorted(Artifact.open(out).verify()) == [
+        "extra.txt: not listed in the manifest",
+        f"linked: a symbolic link (to {outside}), not listed in the manifest",
+        f"logs/escape: a symbolic link (to {tmp_path}), not listed in the manifest",
+    ]
+    (out / "out.txt").unlink()
+    (out / "out.txt").symlink_to(outside)
+    assert f"out.txt: a symbolic link (to {outside}), not the file listed" in Artifact.open(out).verify()
+    with pytest.raises(InputError, match=rf"^{out / 'out.txt'}: a symbolic link, not the file"):
+        Artifact.open(out).check_sizes(lambda path: True)
+    verify = llmforge("show", "--verify", out, check=False)
+    assert verify.returncode == 2 and "extra.txt: not listed in the manifest" in verify.stderr

@@ -343,7 +343,7 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
         first.logging_dir.path == str(tmp_path / "logs" / "filter")
         and first.job_name == "crawl-filter-filter"
     )
-    assert [type(b).__name__ for b in first.pipeline][-3:] == ["PerLanguage", "PIIRedactor", "JsonlWriter"]
+    assert [type(b).__name__ for b in first.pipeline][-3:] == ["PerLanguage", "PIIRedactor", "DocumentWriter"]
     script = first.get_launch_file_contents(first.get_sbatch_args(3), "launch_pickled_pipeline executor.pik")
     for line in (
         "#SBATCH --partition=cpu",

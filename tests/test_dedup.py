@@ -270,3 +270,15 @@ def test_minhash_settings_reach_every_datatrove_step(tmp_path):
             5,
             7,
         )
+
+
+def test_the_same_fingerprint_writes_the_same_bytes(tmp_path):
+    """gzip stamps the time of writing in each file's header; the documents writer stamps 0, so two runs of one
+    fingerprint (or a run and its resume) write identical files."""
+    texts = ["\n\n".join(prose(300 + i)) for i in range(12)]
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in texts + texts[:3]])
+    first, second = (Artifact.open(dedup.run([str(corpus)], tmp_path / name)) for name in ("a", "b"))
+    assert first.fingerprint == second.fingerprint and first.manifest["files"] == second.manifest["files"]
+    shards = [first.path / f["path"] for f in first.manifest["files"]]
+    assert {s.parent.name for s in shards} == {"data", "exact"}  # the documents and the removed sample
+    assert all(s.read_bytes()[4:8] == bytes(4) for s in shards)  # the gzip header's mtime field

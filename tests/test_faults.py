@@ -12,12 +12,19 @@ The crawl-filter kill test lives in tests/e2e/test_data_stages.py (datatrove tas
 import gzip
 import json
 import os
+import shlex
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 from helpers import (
     Imported,
     chat_records,
+    cli_env,
     grpo_records,
     kill_when,
     llmforge,
@@ -28,6 +35,7 @@ from helpers import (
 )
 
 from llmforge.artifacts import Artifact, InputRef, canonical_hash, run_stage
+from llmforge.data.documents import iter_documents
 from llmforge.files import read_jsonl
 
 # Two test workers share two cores: one torch thread per subprocess keeps them from thrashing.
@@ -293,3 +301,149 @@ def test_damaged_model_weights_are_named_by_every_stage_that_loads_them(damage, 
                     ["quantize", model, "--data", data["tokens"], "-o", tmp_path / "quantized"],
                     ["serve", model, "--port", "0"]):  # fmt: skip
         assert expected in fails(*command), command
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two writers, one output: the second is refused while the first lives; --force discards partial work
+
+
+def started(command: list, ready) -> subprocess.Popen:
+    """`llmforge COMMAND` in a process group of its own, frozen (SIGSTOP) as soon as `ready()`: a run caught
+    midway that still holds everything it took."""
+    process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=cli_env(ENV), start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGSTOP)
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    """The issue's reproduction: `dedup docs -o ff &` then `dedup docs -o ff --threshold 0.7 --force` published an
+    artifact without data/. Now the second run stops at once naming the first, which finishes intact."""
+    docs = documents(tmp_path / "docs", [document_lines(150, seed=1), document_lines(150, seed=2)[:100]
+                                         + document_lines(150, seed=1)[:50]])  # fmt: skip
+    ff = tmp_path / "ff"
+    first = ["dedup", docs, "-o", ff, "--workers", "1"]
+    writer = started(first, lambda: (tmp_path / "ff.partial" / "staging.json").is_file())
+    try:
+        holder = f"another run is writing this output (pid {writer.pid} on {socket.gethostname()}, started 20"
+        for second in ([*first[:4], "--threshold", "0.7", "--force"], first):
+            line = fails(*second)
+            assert (
+                line.startswith(f"error: {ff}: {holder}")
+                and f": llmforge {shlex.join(map(str, first))})" in line
+            )
+        assert (tmp_path / "ff.partial" / "staging.json").is_file()  # the partial work was left alone
+    finally:
+        os.killpg(writer.pid, signal.SIGCONT)
+    _, stderr = writer.communicate(timeout=300)
+    assert writer.returncode == 0, stderr[-3000:]
+    artifact = Artifact.open(ff)
+    assert artifact.verify() == [] and artifact.stats["documents"] == 250
+    assert sum(1 for _ in iter_documents(artifact)) == 250 and not (tmp_path / "ff.lock").exists()
+
+    # killed midway, the run's lock goes with it; --force then discards its partial work instead of resuming it
+    again = tmp_path / "again"
+    command = ["dedup", docs, "-o", again, "--workers", "1"]
+    buckets = tmp_path / "again.partial" / "logs" / "minhash-buckets" / "completions"
+    kill_when(command, lambda: buckets.is_dir() and any(buckets.iterdir()), tmp_path / "kill.log", ENV)
+    # datatrove skips every task it finds marked complete: marks of another run are never joined
+    mark = tmp_path / "again.partial" / "logs" / "minhash-buckets" / "llmforge-run.json"
+    mark.write_text(json.dumps({"fingerprint": "f" * 64}))
+    assert fails(*command) == (f"error: {mark.parent} holds datatrove work of another run (fingerprint ffffffffffff), "
+                               "which this run must not join; run again with --force to discard the partial work")  # fmt: skip
+    forced = llmforge(*command, "--force", env=ENV)
+    assert "discarding the partial work" in forced.stderr and "resuming" not in forced.stderr
+    # the same fingerprint, the same bytes: gzip headers carry no time
+    assert Artifact.open(again).manifest["files"] == artifact.manifest["files"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outputs against inputs; the payload is what the manifest lists
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_output_that_would_overwrite_or_sit_inside_an_input_is_refused(tmp_path):
+    docs = documents(tmp_path / "docs", [document_lines(40, seed=1)])
+    (tmp_path / "link").symlink_to(docs)
+    corpus = write_jsonl(tmp_path / "corpus" / "part.jsonl", [{"text": t} for t in sentences(30)]).parent
+    refused = {
+        ("dedup", docs, "-o", docs, "--force"): f"{docs}: the output is also an input ({docs})",
+        ("dedup", tmp_path / "link", "-o", docs, "--force"): f"{docs}: the output is also an input ({tmp_path / 'link'})",
+        ("dedup", docs, "-o", docs / "data" / "inner"): f"{docs / 'data' / 'inner'}: the output lies inside the input {docs}",
+        ("crawl-filter", corpus, "-o", corpus / "out"): f"{corpus / 'out'}: the output lies inside the input {corpus}",
+    }  # fmt: skip
+    for command, message in refused.items():
+        assert fails(*command) == f"error: {message}; write it elsewhere"
+    assert Artifact.open(docs).verify() == [] and sorted(p.name for p in corpus.iterdir()) == ["part.jsonl"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_document_stages_read_only_the_shards_the_manifest_lists(tmp_path):
+    from llmforge.data.documents import count_documents
+
+    docs = documents(tmp_path / "docs", [document_lines(40, seed=1), document_lines(40, seed=2)])
+    outside = tmp_path / "outside.jsonl.gz"
+    with gzip.open(outside, "wt") as handle:
+        handle.writelines(line + "\n" for line in document_lines(25, seed=3))
+    shutil.copy(outside, docs / "data" / "00002.jsonl.gz")  # a shard added after the manifest
+    (docs / "data" / "00003.jsonl.gz").symlink_to(outside)  # and a link to a file outside
+    artifact = Artifact.open(docs)
+    assert count_documents(artifact) == 80 and len(list(iter_documents(artifact))) == 80
+    llmforge("dedup", docs, "-o", tmp_path / "deduped", "--workers", "1", env=ENV)
+    assert Artifact.open(tmp_path / "deduped").stats["input"]["documents"] == 80
+    verify = llmforge("show", "--verify", docs, check=False)
+    assert verify.returncode == 2
+    assert "data/00002.jsonl.gz: not listed in the manifest" in verify.stderr
+    assert f"data/00003.jsonl.gz: a symbolic link (to {outside}), not listed in the manifest" in verify.stderr
+    # a listed shard swapped for a link: refused before reading
+    shard = docs / "data" / "00001.jsonl.gz"
+    shard.unlink()
+    shard.symlink_to(outside)
+    assert fails("dedup", docs, "-o", tmp_path / "d2").startswith(
+        f"error: {shard}: a symbolic link, not the file"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small lies: every bad input named, exit 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_invalid_utf8_in_a_dataset_names_its_line(data, tiny_model, tmp_path):
+    lines = (data["chat"].read_bytes().splitlines(keepends=True) * 10)[:200]  # past one decoding block
+    lines[170] = lines[170].replace(b"Answer", b"Answ\xff\xfer", 1)
+    bad = tmp_path / "chat.jsonl"
+    bad.write_bytes(b"".join(lines))
+    line = fails("sft", tiny_model, bad, "-o", tmp_path / "sft", "--dry-run")
+    assert line.startswith(f"error: {bad}:171: not valid UTF-8 (byte ")
+    pairs = data["pairs"].read_bytes().splitlines(keepends=True)
+    pairs[4] = pairs[4].replace(b"Repeat", b"Rep\xc3eat", 1)
+    gz = tmp_path / "pairs.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"".join(pairs)))
+    line = fails("dpo", tiny_model, gz, "-o", tmp_path / "dpo", "--dry-run")
+    assert line.startswith(f"error: {gz}:5: not valid UTF-8 (byte ")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_model_directory_without_its_config_is_named(data, tiny_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "config.json").unlink()
+    expected = f"error: {model}: not a Hugging Face model directory (no config.json)"
+    for command in (["quantize", model, "--data", data["tokens"], "-o", tmp_path / "quantized"],
+                    ["serve", model, "--port", "0"],
+                    ["sft", model, data["chat"], "-o", tmp_path / "sft", "--dry-run"]):  # fmt: skip
+        assert fails(*command) == expected, command
+    (model / "config.json").write_text('{"hidden_size": 64}')
+    assert fails("serve", model, "--port", "0") == (f"error: {model / 'config.json'}: no 'model_type' in the model's "
+                                                    "configuration; it is not a transformers model config")  # fmt: skip

@@ -103,12 +103,30 @@ def test_gptq_w4a16_merges_the_adapter_and_reports_size_and_perplexity(tiny_mode
     assert 0.9 < similarity(merged, out) < 0.9999  # 4-bit: close, not equal
 
 
+def test_gptq_makes_the_same_bytes_on_every_run_of_a_fingerprint(tiny_model, tokens, tmp_path):
+    """llm-compressor shuffled the calibration windows with an unseeded generator: every run gave other weights and
+    another perplexity under the same fingerprint. What still depends on the machine is recorded."""
+    import torch
+
+    config = quantize.Config(method="w4a16", **SMALL)
+    first, second = (manifest(quantize.run(tiny_model, tokens, tmp_path / name, config)) for name in "ab")
+    assert first["fingerprint"] == second["fingerprint"] and first["files"] == second["files"]
+    assert first["stats"] == second["stats"]
+    reproducibility = first["extra"]["reproducibility"]
+    assert reproducibility["deterministic"] == "same torch version, device and thread count"
+    assert (
+        reproducibility["torch_threads"] == torch.get_num_threads()
+        and "thread count" in reproducibility["why"]
+    )
+
+
 @pytest.mark.parametrize("method", ["w8a16", "w8a8", "torchao-int8", "torchao-int8-dynamic"])
 def test_round_to_nearest_methods_reload_close_to_the_original(method, tiny_model, tokens, tmp_path):
     out = quantize.run(
         tiny_model, tokens, tmp_path / method, quantize.Config(method=method, algorithm="rtn", **SMALL)
     )
     stats = manifest(out)["stats"]
+    assert manifest(out)["extra"]["reproducibility"] == {"deterministic": True}
     assert stats["algorithm"] == "rtn" and stats["calibration_windows"] == 0
     assert stats["budget_pct"] == 1.0 and abs(stats["perplexity_delta_pct"]) < 1.0 and stats["within_budget"]
     assert 2.5 < stats["compression"] < 4  # int8 weights (scales and the full-precision embedding stay)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import importlib
 import ipaddress
 import re
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import fsspec.compression
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline import extractors as datatrove_extractors
@@ -98,14 +100,33 @@ class StrictJsonlReader(JsonlReader):
             raise InputError(f"{path}: corrupt or truncated{after} ({exc})") from None
 
 
-class SampleWriter(JsonlWriter):
+# gzip stamps the time of writing into every file's header, so two runs of the same fingerprint wrote different
+# bytes. Files of this compression carry mtime 0 (registered at import, so in every worker that unpickles a
+# DocumentWriter): the same documents make the same bytes.
+REPRODUCIBLE_GZIP = "gzip-mtime0"
+if REPRODUCIBLE_GZIP not in fsspec.compression.compr:
+    fsspec.compression.register_compression(
+        REPRODUCIBLE_GZIP, lambda file, mode="rb", **kwargs: gzip.GzipFile(fileobj=file, mode=mode, mtime=0, **kwargs),
+        extensions=[],
+    )  # fmt: skip
+
+
+class DocumentWriter(JsonlWriter):
+    """datatrove's JSONL writer, one gzip file per task (`${rank}.jsonl.gz`), whose bytes depend only on the
+    documents written (no time in the gzip header)."""
+
+    def __init__(self, output_folder: str):
+        super().__init__(output_folder, output_filename="${rank}.jsonl.gz", compression=REPRODUCIBLE_GZIP)
+
+
+class SampleWriter(DocumentWriter):
     """An exclusion writer that keeps the first `limit` removed documents of each task (-1 keeps all).
 
     Crawls lose most of their documents to filters; a sample per filter shows why without doubling the data.
     """
 
     def __init__(self, output_folder: str, limit: int):
-        super().__init__(output_folder, output_filename="${rank}.jsonl.gz")
+        super().__init__(output_folder)
         self.limit = limit
         self.kept = 0
 

@@ -19,10 +19,10 @@ DATA_DIR = "data"
 
 
 def document_files(artifact: Artifact) -> list[Path]:
-    """The artifact's document shards, each checked against the manifest first (present, same size), so a
-    truncated or missing shard is named before any work starts instead of silently losing documents."""
-    artifact.check_sizes(lambda path: path.startswith(f"{DATA_DIR}/") and ".jsonl" in path)
-    return sorted((artifact.path / DATA_DIR).glob("*.jsonl*"))
+    """The document shards the manifest lists, each checked against it first (present, same size, no symbolic
+    link), so a truncated or missing shard is named before any work starts instead of silently losing documents,
+    and a shard added to data/ after the manifest was written is never read under the artifact's fingerprint."""
+    return artifact.check_sizes(lambda path: path.startswith(f"{DATA_DIR}/") and ".jsonl" in path)
 
 
 @contextlib.contextmanager
@@ -36,12 +36,19 @@ def damage_named(file: Path, position: list[int]):
 
 
 def read_lines(file: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a .jsonl or .jsonl.gz file; damage is an InputError naming the file."""
+    """(line number, line) of a .jsonl or .jsonl.gz file; damage is an InputError naming the file, and a line that
+    is not UTF-8 is named by its number (decoded line by line: a text-mode reader decodes in blocks and would
+    blame the block, lines away)."""
     opener = gzip.open if file.suffix == ".gz" else open
     position = [0]
-    with damage_named(file, position), opener(file, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with damage_named(file, position), opener(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
             position[0] = number
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where(file, number)}: not valid UTF-8 (byte {exc.start + 1} of the line: "
+                                 f"{exc.reason})") from None  # fmt: skip
             yield number, line
 
 

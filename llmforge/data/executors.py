@@ -3,7 +3,8 @@
 A stage describes its work as `Step`s (a name, a function that builds the pipeline, a task count). Pipelines are
 built by functions, never at import time: datatrove's local workers start through forkserver and would re-run
 module-level code. Every step logs into its own folder under the artifact's `logs/` (unhashed, kept across an
-interrupted run): datatrove marks each finished task there and skips it when the same command runs again.
+interrupted run): datatrove marks each finished task there and skips it when the same command runs again. The
+folder records the fingerprint of the run that started it, so marks of another run are never taken as ours.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class ExecutorSettings(StageConfig):
     )
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="Slurm settings")
     ray: RaySettings = Field(default_factory=RaySettings, description="Ray settings")
+
+
+# In each step's logging folder: the fingerprint of the run whose completion marks it holds.
+RUN_MARK = "llmforge-run.json"
 
 
 @dataclass
@@ -159,17 +164,43 @@ def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, j
     return executors
 
 
+def claim_logs(steps: list[Step], logs: Path, fingerprint: str) -> None:
+    """datatrove skips every task whose completion mark it finds in the step's logging folder, so only the marks
+    of a run with this fingerprint may be there: each step folder records the fingerprint that started it, and a
+    folder holding work of another fingerprint, or of unknown origin, stops the stage instead of being joined."""
+    from llmforge.files import write_json
+
+    for step in steps:
+        folder = logs / step.name
+        try:
+            owner = json.loads((folder / RUN_MARK).read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner == fingerprint:
+            continue
+        if folder.is_dir() and any(folder.iterdir()):
+            origin = f"another run (fingerprint {str(owner)[:12]})" if owner else "unknown origin"
+            raise InputError(f"{folder} holds datatrove work of {origin}, which this run must not join; run again "
+                             "with --force to discard the partial work")  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / RUN_MARK, {"fingerprint": fingerprint})
+
+
 def completed_tasks(logging_dir: Path) -> int:
     folder = Path(logging_dir) / "completions"
     return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
 
 
-def run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> None:
-    """Run the steps in order (resuming finished tasks) with a progress bar per step; raises if a task failed."""
+def run_steps(
+    steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str, fingerprint: str
+) -> None:
+    """Run the steps in order (resuming finished tasks of this fingerprint) with a progress bar per step; raises if
+    a task failed."""
     from llmforge.console import log
 
     _quiet_console_logger()
     check_executor(settings)
+    claim_logs(steps, logs, fingerprint)
     if settings.kind == "ray":
         import ray
 

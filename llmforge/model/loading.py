@@ -79,12 +79,14 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         source = ModelSource(
             path=str(path), kind=artifact.kind, fingerprint=artifact.fingerprint, artifact=artifact
         )
+        check_model_files(path, adapter=artifact.kind == "adapter")
         check_weights(source)
         if artifact.kind == "adapter":
             source.base = _adapter_base(artifact, stage)
         return source
     if path.is_dir():
         if (path / "adapter_config.json").is_file():
+            check_model_files(path, adapter=True)
             base_id = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
             source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
             check_weights(source)
@@ -94,6 +96,7 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
             raise InputError(
                 f"{path}: neither an llmforge artifact nor a Hugging Face model (no config.json)"
             )
+        check_model_files(path, adapter=False)
         source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
         check_weights(source)
         return source
@@ -102,6 +105,24 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
     if os.environ.get("LLMFORGE_ONLINE") != "1" or text.startswith((".", "/")) or text.count("/") != 1:
         raise InputError(f"{text}: no such model directory (hub ids like org/name need `llmforge --online`)")
     return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(f"hub:{text}".encode()).hexdigest())
+
+
+def check_model_files(path: Path, adapter: bool) -> None:
+    """The configuration transformers (or peft) needs is there and names a model type, checked before anything
+    loads it (transformers would fail later with an error that names no file)."""
+    name = "adapter_config.json" if adapter else "config.json"
+    file = path / name
+    if not file.is_file():
+        what = "a peft adapter" if adapter else "a Hugging Face model"
+        raise InputError(f"{path}: not {what} directory (no {name})")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file}: the model's configuration cannot be read ({exc})") from None
+    key = "peft_type" if adapter else "model_type"
+    if not isinstance(config, dict) or not config.get(key):
+        raise InputError(f"{file}: no '{key}' in the model's configuration; it is not a transformers "
+                         f"{'adapter' if adapter else 'model'} config")  # fmt: skip
 
 
 def check_weights(source: ModelSource) -> None:

@@ -233,7 +233,6 @@ def _fineweb_quality(settings: dict, language: str):
 def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list[str]]:
     """The datatrove pipeline and, aligned with its blocks, the name each block has in the stats."""
     from datatrove.pipeline.filters import C4ParagraphFilter
-    from datatrove.pipeline.writers import JsonlWriter
 
     from llmforge.data import blocks
     from llmforge.data.sources import make_reader
@@ -290,7 +289,7 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
         steps.append(("pii", blocks.PIIRedactor(config.pii.kinds, config.pii.public_ips_only)))
     elif config.pii.mode == "drop":
         steps.append(("pii", blocks.PIIFilter(config.pii.kinds, config.pii.public_ips_only, removed("pii"))))
-    steps.append(("write", JsonlWriter(str(work / "data"), output_filename="${rank}.jsonl.gz")))
+    steps.append(("write", blocks.DocumentWriter(str(work / "data"))))
     return [block for _, block in steps], [name for name, _ in steps]
 
 
@@ -358,7 +357,7 @@ def _filter(ctx, raw, config: Config) -> None:
     languages = ",".join(config.language.languages) or "all"
     log(f"{STAGE}: {len(raw.files)} files ({', '.join(f'{n} {f}' for f, n in raw.by_format.items())}), "
         f"{tasks} tasks, languages {languages}, PII {config.pii.mode}")  # fmt: skip
-    run_steps([Step("filter", build, tasks)], config.executor, ctx.work / "logs", STAGE)
+    run_steps([Step("filter", build, tasks)], config.executor, ctx.work / "logs", STAGE, ctx.fingerprint)
 
     blocks = list(zip(names, step_stats(ctx.work / "logs" / "filter"), strict=True))
     read = sum(int(c.get("documents", 0)) for name, c in blocks if name.startswith("read_"))

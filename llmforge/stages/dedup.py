@@ -377,13 +377,9 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
                   Step("minhash-clusters", minhash_clusters, 1)]  # fmt: skip
 
     def final() -> list:
-        from datatrove.pipeline.writers import JsonlWriter
+        from llmforge.data.blocks import DocumentWriter
 
-        return (
-            readers()
-            + filters(True, "all")
-            + [JsonlWriter(str(work / "data"), output_filename="${rank}.jsonl.gz")]
-        )
+        return readers() + filters(True, "all") + [DocumentWriter(str(work / "data"))]
 
     steps.append(Step("filter", final, tasks))
     return steps
@@ -454,7 +450,7 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
         print_candidate_curve(config.minhash)
 
     steps = build_steps(corpus, config, ctx.work, index)
-    run_steps(steps, config.executor, ctx.work / "logs", STAGE)
+    run_steps(steps, config.executor, ctx.work / "logs", STAGE, ctx.fingerprint)
 
     logs = ctx.work / "logs"
     final = step_stats(logs / "filter")

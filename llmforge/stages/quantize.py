@@ -221,6 +221,24 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config) -> None:
     ctx.extra["method"] = config.method
     ctx.extra["format"] = "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao"
     ctx.extra["base_model"] = base_model_entry(source, ctx.out)
+    ctx.extra["reproducibility"] = reproducibility(texts)
+
+
+def reproducibility(texts: Texts) -> dict:
+    """What the same fingerprint promises about the weights (manifest `extra.reproducibility`).
+
+    Round to nearest (rtn, torchao) scales each weight row by its own maximum: the same bytes anywhere. GPTQ feeds
+    the calibration windows in a fixed order (llm-compressor would shuffle them with an unseeded generator), so a
+    re-run gives the same bytes, but its Hessians are sums over the calibration activations whose order of
+    addition, and so the last bits, follow torch's thread count and the CPU or GPU kernels: recorded here."""
+    import torch
+
+    if not texts.calibration:
+        return {"deterministic": True}
+    return {"deterministic": "same torch version, device and thread count",
+            "torch_threads": torch.get_num_threads(),
+            "why": "GPTQ sums calibration activations into Hessians; the order of those float sums follows the "
+                   "thread count and kernels, so the weights can differ in the last bits elsewhere"}  # fmt: skip
 
 
 def _llm_compressor(model, texts: Texts, config: Config, work: Path) -> None:
@@ -235,8 +253,10 @@ def _llm_compressor(model, texts: Texts, config: Config, work: Path) -> None:
             dataset = Dataset.from_dict({"input_ids": texts.calibration,
                                          "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
             recipe = GPTQModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
+            # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
             oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
-                    max_seq_length=max(len(w) for w in texts.calibration))  # fmt: skip
+                    max_seq_length=max(len(w) for w in texts.calibration),
+                    shuffle_calibration_samples=False)  # fmt: skip
         else:
             recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
             oneshot(model=model, recipe=recipe)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from llmforge import machine
-from llmforge.artifacts import MANIFEST, Artifact, InputRef, run_stage
+from llmforge.artifacts import InputRef, run_stage
 from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
 from llmforge.data.records import Records, Validator, dataset_ref, read_records
@@ -277,11 +277,9 @@ def _location(source) -> str:
 
 
 def up_to_date(out: str | Path, stage: str, config: PostTrainConfig, inputs: list[InputRef]) -> bool:
-    from llmforge.artifacts import fingerprint_of
+    from llmforge.artifacts import fingerprint_of, holds
 
-    return (Path(out) / MANIFEST).is_file() and Artifact.open(out).fingerprint == fingerprint_of(
-        stage, config, inputs
-    )
+    return holds(out, fingerprint_of(stage, config, inputs))
 
 
 def describe_method(config: PostTrainConfig, source) -> str:
