@@ -33,6 +33,7 @@ from llmforge.locks import hold_output
 from llmforge.registry import made_by
 
 SCHEMA = "llmforge.artifact/1"
+UPDATE = "update"  # run_stage(force=UPDATE): replace what changed, resume what did not (--update)
 MANIFEST = "artifact.json"
 STAGING_SUFFIX = ".partial"
 STAGING_MARK = "staging.json"
@@ -483,7 +484,7 @@ def run_stage(
     inputs: list[InputRef],
     out: str | Path,
     body: Callable[[StageContext], None],
-    force: bool = False,
+    force: bool | str = False,
     title: str | None = None,
 ) -> Path:
     """Run a stage under the artifact contract and print the output path on stdout.
@@ -494,7 +495,8 @@ def run_stage(
     - a different artifact (or other files, or an unreadable manifest) in `out`: refused, naming what changed,
       unless `force`;
     - partial work of the same fingerprint in `out.partial`: handed to the body as `resumed=True`; `force`
-      discards any partial work instead;
+      discards any partial work instead, and `force=UPDATE` (--update, what a Makefile wants) discards only
+      partial work of other settings or of unknown origin, and resumes its own;
     - the body fills `ctx.work`; the manifest is written last and the directory renamed into place.
     """
     out = Path(out)
@@ -549,7 +551,7 @@ def _run_locked(stage: str, kind: str, config: BaseModel, inputs: list[InputRef]
 
     resumed = False
     mark = staging / STAGING_MARK
-    if staging.exists() and force:
+    if staging.exists() and force is True:
         log(f"[yellow]discarding[/] the partial work in {staging} (--force)")
         _remove(staging)
     elif _finished(staging, fingerprint):  # killed after the manifest was written, before the rename
@@ -561,12 +563,17 @@ def _run_locked(stage: str, kind: str, config: BaseModel, inputs: list[InputRef]
         previous = _read_mark(mark)
         if previous is None and staging.is_dir() and not any(staging.iterdir()):
             staging.rmdir()  # created by a run killed before it wrote its mark: nothing to keep
-        elif previous is None:
+        elif previous is None and not force:
             raise InputError(f"{staging} holds partial work of unknown origin (its {STAGING_MARK} is missing or "
                              "unreadable); use --force to discard it")  # fmt: skip
-        elif previous.get("fingerprint") == fingerprint:
+        elif previous is not None and previous.get("fingerprint") == fingerprint:
             resumed = True
             log(f"[cyan]resuming[/] the interrupted run in {staging}")
+        elif force:  # --update: partial work that is not this run's
+            log(
+                f"[yellow]discarding[/] the partial work in {staging}: other settings or unknown origin (--update)"
+            )
+            _remove(staging)
         else:
             raise InputError(
                 f"{staging} holds an interrupted run with other settings or inputs "

@@ -12,7 +12,7 @@ function with its positional arguments (and any option of its own, typer-annotat
         run(inputs, output, config, force=force)
 
 `stage_command` hands typer a function whose signature holds those parameters, with `output` as -o/--output,
-`config` as --config/-c and --set, `force` as --force and `dry_run` as --dry-run, then one option per flag whose
+`config` as --config/-c and --set, `force` as --force (and --update beside it) and `dry_run` as --dry-run, then one option per flag whose
 help is the config field's description, default and key. When it runs, the flags given (None: not given) and --set
 override the YAML file, and the function receives the resolved config.
 """
@@ -30,12 +30,22 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import typer
 from pydantic import BaseModel
 
+from llmforge.artifacts import UPDATE
 from llmforge.config import StageConfig, field_info, load_config
 from llmforge.console import error
-from llmforge.errors import LLMForgeError
+from llmforge.errors import InputError, LLMForgeError
 
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML file of settings (see `llmforge defaults STAGE`).")
+]
+# Beside --force wherever it is offered: what a Makefile wants after a config changed (see artifacts.run_stage).
+Update = Annotated[
+    bool,
+    typer.Option(
+        "--update",
+        help="Replace a different or unreadable artifact, discard partial work of other settings, resume partial "
+        "work of these settings (for Makefiles).",
+    ),
 ]
 Sets = Annotated[
     list[str] | None, typer.Option("--set", help="Override one setting: key=value (dotted keys; repeatable).")
@@ -43,7 +53,10 @@ Sets = Annotated[
 # The options of the parameters a command function may ask for by name (a typer annotation of its own wins).
 COMMON_OPTIONS = {
     "output": typer.Option("--output", "-o", help="Output artifact directory."),
-    "force": typer.Option("--force", help="Replace a different artifact (or discard other partial work)."),
+    "force": typer.Option(
+        "--force",
+        help="Replace a different or unreadable artifact and discard any partial work (start over).",
+    ),
     "dry_run": typer.Option(
         "--dry-run", help="Check the inputs and settings and print the plan; train nothing."
     ),
@@ -130,6 +143,8 @@ def stage_command(flags: Iterable[Flag] = ()) -> Callable[[Callable], Callable]:
             elif param.name in COMMON_OPTIONS and get_origin(param.annotation) is not Annotated:
                 option = Annotated[param.annotation, COMMON_OPTIONS[param.name]]
                 params.append(param.replace(kind=keyword, annotation=option))
+                if param.name == "force":
+                    params.append(inspect.Parameter("update", keyword, default=False, annotation=Update))
             else:
                 params.append(param.replace(kind=keyword))
         for flag in flags:
@@ -148,6 +163,10 @@ def stage_command(flags: Iterable[Flag] = ()) -> Callable[[Callable], Callable]:
             config = config_from(values)
             for name in ("config_file", "sets", *(flag.param for flag in flags)):
                 del values[name]
+            if values.pop("update", False):
+                if values["force"]:
+                    raise InputError("--force starts over and --update resumes what it can: give one of them")
+                values["force"] = UPDATE
             return func(**values, config=config)
 
         for attribute in ("__name__", "__qualname__", "__doc__", "__module__"):

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from helpers import llmforge
 
-from llmforge.artifacts import MANIFEST, Artifact, open_artifact, raw_input, run_stage, staging_path
+from llmforge.artifacts import MANIFEST, UPDATE, Artifact, open_artifact, raw_input, run_stage, staging_path
 from llmforge.config import StageConfig, fingerprinted, load_config, runtime_field
 from llmforge.errors import InputError
 
@@ -269,6 +269,33 @@ def test_force_discards_partial_work_instead_of_resuming_it(raw_dir, tmp_path):
         assert calls == [False]  # not resumed
         assert not (out / "half.txt").exists() and Artifact.open(out).verify() == []
         shutil.rmtree(out)
+
+
+def test_update_replaces_what_changed_and_resumes_its_own_partial_work(raw_dir, tmp_path):
+    """--update, what a Makefile runs after a config changed: a different artifact is replaced and partial work of
+    other settings discarded, as with --force, but partial work of these same settings is resumed."""
+    out = tmp_path / "out"
+
+    def crash(ctx):
+        (ctx.work / "half.txt").write_text("partial")
+        raise RuntimeError("killed")
+
+    run_upper(raw_dir, out)  # a finished artifact of other settings in the way
+    with pytest.raises(InputError, match="holds a different documents artifact"):
+        run_stage("upper", "documents", Upper(suffix="?"), [raw_input(raw_dir)], out, crash)
+    with pytest.raises(RuntimeError):  # killed while replacing it: partial work of these settings
+        run_stage("upper", "documents", Upper(suffix="?"), [raw_input(raw_dir)], out, crash, force=UPDATE)
+    calls = []
+    run_upper(raw_dir, out, config=Upper(suffix="?"), calls=calls, force=UPDATE)
+    # resumed, then replaced the old one
+    assert calls == [True] and Artifact.open(out).config["suffix"] == "?"
+    with pytest.raises(RuntimeError):  # partial work of yet other settings: not this run's, discarded
+        run_stage("upper", "documents", Upper(suffix="."), [raw_input(raw_dir)], out, crash, force=UPDATE)
+    calls = []
+    run_upper(raw_dir, out, config=Upper(suffix=";"), calls=calls, force=UPDATE)
+    assert calls == [False] and not (out / "half.txt").exists() and Artifact.open(out).verify() == []
+    both = llmforge("dedup", raw_dir, "-o", tmp_path / "x", "--force", "--update", check=False)
+    assert both.returncode == 2 and "give one of them" in both.stderr
 
 
 @pytest.mark.parametrize("mark", ["", '{"fingerprint": "ab', "[1, 2]", None])

@@ -170,7 +170,7 @@ OLD_SPELLINGS = {
 }
 
 # Options that set no config key, or every stage has: their spellings must stay.
-COMMON = ["--output", "-o", "--config", "-c", "--set", "--force"]
+COMMON = ["--output", "-o", "--config", "-c", "--set", "--force", "--update"]
 OTHER_OPTIONS = {
     "crawl-filter": COMMON,
     "dedup": [*COMMON, "--decontaminate"],
@@ -242,7 +242,7 @@ def test_every_old_spelling_sets_the_same_key_and_value(name):
     spelled = {word for argv, _, _ in OLD_SPELLINGS[name] for word in argv if word.startswith("-")}
     assert spelled | set(OTHER_OPTIONS[name]) <= options, (spelled | set(OTHER_OPTIONS[name])) - options
     for option in OTHER_OPTIONS[name]:  # the options of no config key still parse
-        argv = [] if option in ("--force", "--dry-run", "--compare") else [option, "x"]
+        argv = [] if option in ("--force", "--update", "--dry-run", "--compare") else [option, "x"]
         if option in ("--output", "-o", "--config", "-c", "--data"):
             continue  # given in POSITIONAL, or a file read when the command runs (below)
         click_command(name).make_context(name, [*POSITIONAL[name], *argv])

@@ -79,7 +79,7 @@ def test_makefile_chains_every_stage(tmp_path):
     assert training == ["pretrain", "sft", "dpo", "grpo", "quantize"]
     assert stages[:4] == ["crawl-filter", "dedup", "tokenize train", "tokenize encode"]
     assert stages.count("eval") == 6  # after each training stage and of the quantized model, then --compare
-    assert all("--force -c configs/" in c for c in commands if " --compare " not in c and " card " not in c)
+    assert all("--update -c configs/" in c for c in commands if " --compare " not in c and " card " not in c)
     assert "--decontaminate" in next(c for c in commands if c.startswith("llmforge dedup"))
     assert any(line.endswith(f"ask.py llmforge {tmp_path}/runs/quantized \"What is 3 + 4?\" {tmp_path}/runs/answer.json")
                for line in result.stdout.splitlines())  # fmt: skip
