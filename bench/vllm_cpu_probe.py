@@ -220,6 +220,7 @@ def server(root: Path) -> None:
         check("response_format json_object",
               lambda: json.loads(chat(model="tiny", messages=ask, max_tokens=60, temperature=0,
                                       response_format={"type": "json_object"}).choices[0].message.content))  # fmt: skip
+        os.environ["OPENAI_API_KEY"] = "k"  # lm-eval's API models send it as the bearer token
         lm_eval_run("local-completions", {"model": "tiny", "base_url": f"{serving.url}/v1/completions",
                                           "tokenizer": str(root / "toolcall"), "tokenizer_backend": "huggingface",
                                           "num_concurrent": 1, "max_retries": 1})  # fmt: skip
@@ -249,7 +250,7 @@ def lora(root: Path) -> None:
               lambda: len(client.completions.create(model="tiny", prompt=["The model", "The model learns from data",
                           "Training runs", "What is the sum of two numbers"], max_tokens=1, echo=True, logprobs=1)
                           .choices),
-              expect_error="Internal Server Error")  # fmt: skip
+              expect_error="EngineCore encountered an issue")  # fmt: skip
     finally:
         serving.stop()
 
