@@ -344,9 +344,16 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
 
 
 def non_finite(named_tensors) -> list[str]:
-    """The names of the floating-point tensors holding inf or NaN."""
-    return [name for name, tensor in named_tensors
-            if tensor.is_floating_point() and not bool(tensor.isfinite().all())]  # fmt: skip
+    """The names of the floating-point tensors holding inf or NaN (one device sync for all of them, not one each:
+    the training guard asks every step)."""
+    import torch
+
+    named = [(name, tensor) for name, tensor in named_tensors if tensor.is_floating_point()]
+    if not named:
+        return []
+    checks = [tensor.isfinite().all() for _, tensor in named]
+    finite = torch.stack([check.to(checks[0].device) for check in checks]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
 
 
 def refuse_non_finite(named_tensors, ctx) -> None:
