@@ -18,7 +18,7 @@ from llmforge.errors import InputError
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def runtime_field(default: Any = None, **kwargs: Any) -> Any:

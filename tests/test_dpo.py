@@ -1,11 +1,12 @@
 import pytest
 from helpers import chat_records, preference_records, stats_mismatches, write_jsonl
-from test_sft import StopAtStep
+from test_sft import StopAtStep, finite
 
 from llmforge.artifacts import Artifact
 from llmforge.files import read_jsonl
 from llmforge.stages import dpo, sft
 from llmforge.train.posttrain import LoraSettings
+from llmforge.train.trl_job import Diverged
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,20 @@ def test_dpo_preference_accuracy_rises_on_a_separable_set(tmp_path, tiny_model, 
     logged = [r for r in read_jsonl(out / "metrics.jsonl") if "rewards/margins" in r]
     assert len(logged) == 6
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_dpo_stops_at_the_first_non_finite_loss_and_keeps_the_checkpoint_before(
+    tmp_path, tiny_model, preferences
+):
+    config = small(max_steps=4, save_steps=1, learning_rate=1e10)
+    with pytest.raises(
+        Diverged, match=r"^dpo diverged at step 2: the training loss is nan\. .*checkpoint-1 \(step 1\)"
+    ):
+        dpo.run(tiny_model, preferences, tmp_path / "dpo", config)
+    checkpoints = tmp_path / "dpo.partial" / "checkpoints"
+    assert not (tmp_path / "dpo").exists()
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert finite(checkpoints / "checkpoint-1" / "model.safetensors")
 
 
 def test_dpo_lora_continues_an_sft_adapter_and_resumes(tmp_path, tiny_model, sft_adapter, preferences):

@@ -4,7 +4,9 @@
   again: it resumes from its last complete checkpoint, throws away a checkpoint the kill cut short, and finishes
   with the steps of an uninterrupted run and an artifact that verifies;
 - damage one shard of an input (truncated, bytes flipped, a broken line): the stage that reads it names the file
-  in one line and exits 2, before any work where a cheap check can tell.
+  in one line and exits 2, before any work where a cheap check can tell;
+- settings that make no sense as numbers (inf, NaN) are refused by every stage, naming the key; a post-training
+  run that diverges (a non-finite loss, gradient or weight) stops with exit 1 and publishes nothing.
 
 The crawl-filter kill test lives in tests/e2e/test_data_stages.py (datatrove task completions).
 """
@@ -12,6 +14,7 @@ The crawl-filter kill test lives in tests/e2e/test_data_stages.py (datatrove tas
 import gzip
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -19,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing
 
 import pytest
 from helpers import (
@@ -33,9 +37,13 @@ from helpers import (
     tokens_artifact,
     write_jsonl,
 )
+from pydantic import BaseModel
+from test_cli import parse, stage_function
 
+from llmforge import registry
 from llmforge.artifacts import Artifact, InputRef, canonical_hash, run_stage
 from llmforge.data.documents import iter_documents
+from llmforge.errors import InputError
 from llmforge.files import read_jsonl
 
 # Two test workers share two cores: one torch thread per subprocess keeps them from thrashing.
@@ -320,6 +328,80 @@ def started(command: list, ready) -> subprocess.Popen:
     return process
 
 
+# Non-finite numbers: in the settings, and in training
+
+
+def float_settings(model: type[BaseModel], prefix: str = ""):
+    """(dotted key, type) of every setting that holds floating-point numbers, nested sections included."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from float_settings(field.annotation, f"{prefix}{name}.")
+        elif holds_floats(field.annotation):
+            yield f"{prefix}{name}", field.annotation
+
+
+def holds_floats(annotation) -> bool:
+    return annotation is float or any(holds_floats(a) for a in typing.get_args(annotation))
+
+
+def as_yaml(annotation, number: str) -> str:
+    """`number` shaped as the setting's value: itself, or inside the mapping or sequence the setting holds."""
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return f"{{x: {number}}}"
+    if origin in (list, tuple):
+        return "[" + ", ".join([number] * max(1, len(typing.get_args(annotation)))) + "]"
+    return number
+
+
+@pytest.mark.parametrize("name", [stage.name for stage in registry.STAGES])
+def test_every_float_setting_refuses_inf_and_nan_naming_its_key(name):
+    """Through the command line's own parsing (flags and --set), every stage: exit 2 (InputError) and the key."""
+    command = stage_function(name)
+    settings = list(float_settings(command.config_model))
+    assert settings, name
+    for key, annotation in settings:
+        for number in (".inf", "-.inf", ".nan", "inf", "nan", "1e999"):
+            with pytest.raises(InputError, match=rf"^config {re.escape(key)}\b"):
+                parse(name, ["--set", f"{key}={as_yaml(annotation, number)}"])
+    for flag in command.flags:
+        if flag.key in dict(settings) and typing.get_origin(dict(settings)[flag.key]) is None:
+            with pytest.raises(
+                InputError, match=rf"^config {re.escape(flag.key)}: Input should be a finite number"
+            ):
+                parse(name, [flag.names[0], "inf"])
+
+
+def test_sft_with_an_infinite_learning_rate_is_refused_and_one_that_overflows_stops(
+    data, tiny_model, tmp_path
+):
+    """Issue 16: `llmforge sft ... --set learning_rate=inf` exited 0 with `loss 0.0` logged and every weight NaN."""
+    out = tmp_path / "sft"
+    command = ["sft", tiny_model, data["chat"], "-o", out, "--batch-size", "4", "--max-length", "64",
+               "--max-steps", "4", "--set", "save_steps=1", "--set", "warmup_ratio=0"]  # fmt: skip
+    assert (
+        fails(*command, "--set", "learning_rate=inf")
+        == "error: config learning_rate: Input should be a finite number"
+    )
+    assert not (tmp_path / "sft.partial").exists()
+
+    result = llmforge(*command, "--lr", "1e30", check=False, env=ENV)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr, result.stderr[
+        -3000:
+    ]
+    assert len(errors) == 1 and errors[0].startswith("error: sft diverged at step 2: "), errors
+    assert "checkpoint-1 (step 1)" in errors[0] and "Lower the learning rate (now 1e+30)" in errors[0]
+    checkpoints = tmp_path / "sft.partial" / "checkpoints"
+    assert not out.exists() and (checkpoints / "checkpoint-1" / "complete.json").is_file()
+    assert not (checkpoints / "checkpoint-2").exists()
+
+
+def test_grpo_refuses_a_reward_weight_that_is_not_finite(data, tiny_model, tmp_path):
+    line = fails("grpo", tiny_model, data["prompts"], "-o", tmp_path / "grpo", "--reward", "math:1e999")
+    assert line == "error: --reward 'math:1e999': the weight must be a finite number"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_writes(tmp_path):
@@ -447,3 +529,15 @@ def test_a_model_directory_without_its_config_is_named(data, tiny_model, tmp_pat
     (model / "config.json").write_text('{"hidden_size": 64}')
     assert fails("serve", model, "--port", "0") == (f"error: {model / 'config.json'}: no 'model_type' in the model's "
                                                     "configuration; it is not a transformers model config")  # fmt: skip
+
+
+def test_a_diverged_run_under_the_launcher_reports_its_own_error(data, tiny_model, tmp_path):
+    """Two processes (torchrun) reach the same verdict; the user's process says why, not just that workers failed."""
+    result = llmforge("sft", tiny_model, data["chat"], "-o", tmp_path / "sft", "--nproc", "2", "--batch-size", "2",
+                      "--max-length", "64", "--max-steps", "4", "--lr", "1e30", "--set", "save_steps=1",
+                      "--set", "warmup_ratio=0", check=False, env=ENV)  # fmt: skip
+    assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+    last = [line for line in result.stderr.splitlines() if line.startswith("error:")][-1]
+    assert last.startswith("error: sft diverged at step 2: ") and "checkpoint-1 (step 1)" in last, last
+    assert "training processes failed" not in result.stderr
+    assert not (tmp_path / "sft").exists()

@@ -6,10 +6,11 @@ from transformers import TrainerCallback
 
 from llmforge.artifacts import Artifact
 from llmforge.data.records import read_records
+from llmforge.errors import InputError, LLMForgeError
 from llmforge.files import read_jsonl
 from llmforge.stages import sft
 from llmforge.train.posttrain import LoraSettings
-from llmforge.train.trl_job import to_dataset, training_arguments
+from llmforge.train.trl_job import Diverged, to_dataset, training_arguments
 
 
 class StopAtStep(TrainerCallback):
@@ -21,6 +22,28 @@ class StopAtStep(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise KeyboardInterrupt
+
+
+class PoisonWeights(TrainerCallback):
+    """A fault inside training: one trainable weight becomes NaN at the start of optimizer step `step` (its loss is
+    then NaN), or at the end of training with step=None (after the last step was checked)."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def poison(self, model) -> None:
+        import torch
+
+        with torch.no_grad():
+            next(p for p in model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.step is not None and state.global_step + 1 == self.step:
+            self.poison(model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.step is None:
+            self.poison(model)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +120,70 @@ def test_sft_merge_writes_the_model_the_adapter_gives(tmp_path, tiny_model, chat
                                  for path in (tiny_model, adapter, merged))  # fmt: skip
     torch.testing.assert_close(folded, on_base, rtol=1e-4, atol=1e-4)  # the adapter folded into its base
     assert not torch.allclose(folded, base, atol=1e-4)
+
+
+def finite(weights_file) -> bool:
+    from safetensors.torch import load_file
+
+    return all(bool(tensor.isfinite().all()) for tensor in load_file(weights_file).values())
+
+
+def test_sft_stops_at_the_step_whose_learning_rate_overflows_the_weights(
+    tmp_path, tiny_model, chat_data, capfd
+):
+    """Issue 16: with a learning rate the weights cannot take, sft exited 0 with `loss 0.0` logged and every
+    weight NaN. It stops at the step that overflows, publishes nothing and keeps the checkpoint before it, which
+    the same command resumes from (and overflows again)."""
+    config = small(max_steps=4, save_steps=1, learning_rate=1e30, warmup_ratio=0.0)
+    out = tmp_path / "sft"
+    for _ in range(2):
+        with pytest.raises(Diverged) as failure:
+            sft.run(tiny_model, chat_data, out, config)
+        message = str(failure.value)
+        assert message.startswith("sft diverged at step 2: ") and ("nan" in message or "inf" in message)
+        assert "checkpoint-1 (step 1)" in message and "Lower the learning rate (now 1e+30)" in message
+    assert "resuming from checkpoint-1 (step 1)" in capfd.readouterr().err
+    assert not out.exists()
+    checkpoints = tmp_path / "sft.partial" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert (checkpoints / "checkpoint-1" / "complete.json").is_file()
+    assert finite(checkpoints / "checkpoint-1" / "model.safetensors")
+    assert [r["step"] for r in read_jsonl(tmp_path / "sft.partial" / "metrics.jsonl")] == [1]
+
+
+def test_sft_names_the_step_whose_loss_is_not_finite(tmp_path, tiny_model, chat_data):
+    config = small(max_steps=5, save_steps=2)
+    with pytest.raises(Diverged, match=r"^sft diverged at step 3: the training loss is nan\. Nothing is published; "
+                                       r"the last complete checkpoint, checkpoint-2 \(step 2\), stays in "):  # fmt: skip
+        sft.run(tiny_model, chat_data, tmp_path / "sft", config, callbacks=[PoisonWeights(3)])
+    checkpoint = tmp_path / "sft.partial" / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "complete.json").is_file() and finite(checkpoint / "model.safetensors")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["model", "adapter"])
+def test_sft_never_publishes_non_finite_weights(tmp_path, tiny_model, chat_data, lora):
+    """The last check, on the weights about to be written, whatever happened after the last step."""
+    config = small(max_steps=1, lora=LoraSettings(enabled=lora))
+    with pytest.raises(LLMForgeError, match=r"^sft: the trained weights hold inf or NaN values \("):
+        sft.run(tiny_model, chat_data, tmp_path / "sft", config, callbacks=[PoisonWeights(None)])
+    assert not (tmp_path / "sft").exists()
+    assert not (tmp_path / "sft.partial" / "artifact.json").exists()
+
+
+def test_sft_refuses_an_input_model_with_non_finite_weights(tmp_path, tiny_model, chat_data):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    # a Hugging Face directory: an artifact's files would no longer match its hashes
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("artifact.json"))
+    weights = load_file(model / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("inf")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"^sft: the input model already holds inf or NaN weights "
+                                         r"\(model\.layers\.0\.mlp\.up_proj\.weight\) before any training"):  # fmt: skip
+        sft.run(model, chat_data, tmp_path / "sft", small(max_steps=1))
 
 
 def _trainer(tmp_path, tiny_model, records, shape, **settings):

@@ -10,6 +10,7 @@ Generation runs on transformers (CPU or GPU); `--use-vllm` hands it to vLLM on a
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
@@ -64,11 +65,13 @@ class Config(PostTrainConfig):
 
 
 class RewardStats(TypedDict):
-    """One reward function's figures, from TRL's `rewards/<name>/mean` and `rewards/<name>/std`."""
+    """One reward function's figures, from TRL's `rewards/<name>/mean` and `rewards/<name>/std`, and its
+    `rewards/<name>/failures` (llmforge.train.trl_job.RewardFailures)."""
 
     mean_first: float  # mean reward at the first and the last logged step (`train.stats`)
     mean_final: float
     std: float  # its spread across completions, last logged
+    failures: int  # completions it failed to score (each scored 0), over the whole run
 
 
 class Stats(PostTrainStats):
@@ -78,6 +81,7 @@ class Stats(PostTrainStats):
     reward_final: float
     reward_std: float  # last logged
     rewards: dict[str, RewardStats]  # per reward function, by its name
+    reward_failures: int  # completions a reward failed to score, all rewards together, over the whole run
     kl: NotRequired[float]  # to the reference model, last logged (with kl_beta > 0)
     completion_length_mean: NotRequired[float]  # mean completion length over the logged steps
 
@@ -85,7 +89,11 @@ class Stats(PostTrainStats):
 def _specs(config: Config):
     from llmforge.rewards import parse_spec
 
-    return [parse_spec(text) for text in config.rewards]
+    specs = [parse_spec(text) for text in config.rewards]
+    for text, spec in zip(config.rewards, specs, strict=True):
+        if not math.isfinite(spec.weight):
+            raise InputError(f"--reward {text!r}: the weight must be a finite number")
+    return specs
 
 
 def validator(config: Config):
@@ -180,6 +188,8 @@ def reward_functions(config: Config):
 def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
     from trl import GRPOConfig, GRPOTrainer
 
+    from llmforge.train.trl_job import RewardFailures
+
     args = GRPOConfig(
         **arguments,
         num_generations=config.num_generations,
@@ -191,16 +201,21 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
     )
-    return GRPOTrainer(model=model, reward_funcs=reward_functions(config), args=args, train_dataset=dataset,
-                       processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)  # fmt: skip
+    failures = RewardFailures([spec.label for spec in _specs(config)])
+    rewards = [failures.counted(function) for function in reward_functions(config)]
+    return GRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset, processing_class=tokenizer,
+                       peft_config=peft_config, callbacks=[failures, *callbacks])  # fmt: skip
 
 
 def summarize(history: list[dict]) -> dict[str, Any]:
-    """Mean reward (weighted sum) and each reward's mean and spread, KL and completion length."""
+    """Mean reward (weighted sum) and each reward's mean, spread and failures, KL and completion length."""
     stats = {**first_final(history, "reward"), **final_value(history, "reward_std")}
     names = sorted({key.split("/")[1] for entry in history for key in entry if key.startswith("rewards/")})
     stats["rewards"] = {name: {**first_final(history, f"rewards/{name}/mean", "mean"),
-                               **final_value(history, f"rewards/{name}/std", "std")} for name in names}  # fmt: skip
+                               **final_value(history, f"rewards/{name}/std", "std"),
+                               "failures": int(sum(series(history, f"rewards/{name}/failures")))}
+                        for name in names}  # fmt: skip
+    stats["reward_failures"] = sum(reward["failures"] for reward in stats["rewards"].values())
     stats.update(final_value(history, "kl"))
     lengths = series(history, "completions/mean_length")
     if lengths:

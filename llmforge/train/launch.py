@@ -3,11 +3,14 @@ deepspeed launcher across the nodes of a hostfile (`--hostfile FILE`, one `host 
 ssh/pdsh from the first node).
 
 Both run `python -m llmforge.train.worker JOB` in every process and set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and
-MASTER_PORT, which is all the worker reads. Multi-node runs need OUT on a filesystem every node shares.
+MASTER_PORT, which is all the worker reads. Multi-node runs need OUT on a filesystem every node shares. A worker
+that stops on llmforge's own error (a diverged run, a bad checkpoint) leaves it in failure.json beside the job file,
+and `launch` raises it here, with its exit code, instead of a bare "training processes failed".
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from llmforge import machine
 from llmforge.errors import InputError, LLMForgeError, where
+from llmforge.files import write_json
 
 WORKER = "llmforge.train.worker"
 
@@ -83,7 +87,26 @@ def launch(job: Path, nproc: int, hostfile: str | Path | None) -> None:
         )
     log(f"launching: {' '.join(command)}")
     sys.stderr.flush()
+    failure = failure_path(job)
+    failure.unlink(missing_ok=True)
     result = subprocess.run(command, stdout=sys.stderr.fileno(), env=env)
+    if (
+        result.returncode != 0 and failure.is_file()
+    ):  # the workers' own error (a diverged run...): raised as ours
+        reported = json.loads(failure.read_text())
+        raise (InputError if reported["exit_code"] == InputError.exit_code else LLMForgeError)(
+            reported["message"]
+        )
     if result.returncode != 0:
         raise LLMForgeError(f"training processes failed (exit {result.returncode}; their log is above); "
                             "re-run the same command to resume from the last checkpoint")  # fmt: skip
+
+
+def failure_path(job: Path) -> Path:
+    return Path(job).with_name("failure.json")
+
+
+def record_failure(job: Path, exc: LLMForgeError) -> None:
+    """A worker's LLMForgeError, for `launch` to raise in the user's process (every process that fails writes it,
+    atomically: the launcher may stop the others before rank 0 gets there)."""
+    write_json(failure_path(job), {"message": str(exc), "exit_code": exc.exit_code})

@@ -7,6 +7,10 @@ process, or in workers started by llmforge.train.launch when `--nproc` > 1, `--z
 job itself is llmforge.train.trl_job), then turns the final weights into the artifact: a model, an adapter
 (`--lora`) or a merged model (`--lora --merge`). `--dry-run` prints the plan (llmforge.train.posttrain_plan).
 
+Nothing non-finite is published: training stops at the first step whose loss, gradient norm or weights are inf or
+NaN (trl_job.FiniteGuard, exit 1, the last complete checkpoint kept), and the final weights are checked once more
+before the artifact is written.
+
 Chaining: an adapter input is loaded on its base. With `--lora` the same adapter keeps training (TRL keeps a frozen
 copy of it as the DPO/GRPO reference) and the output is an adapter on the same base; without `--lora` the adapter
 is merged into its base first and every weight is trained.
@@ -30,7 +34,7 @@ from llmforge.artifacts import InputRef, run_stage
 from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
 from llmforge.data.records import Records, Validator, dataset_ref, read_records
-from llmforge.errors import InputError
+from llmforge.errors import InputError, LLMForgeError
 from llmforge.files import write_json, write_jsonl
 from llmforge.train import checkpoint as ckpt
 from llmforge.train import launch
@@ -316,22 +320,57 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
         if config.lora.merge:
             adapter = ModelSource(path=str(ctx.work), kind="hf-dir", fingerprint="", base=base)
             merged = load_model(adapter, dtype="auto", merge=True)
+            refuse_non_finite(merged.state_dict().items(), ctx)
             for name in (*ADAPTER_FILES, "README.md"):
                 (ctx.work / name).unlink(missing_ok=True)
             save_model_payload(merged, tokenizer, ctx.work)
         else:
+            refuse_non_finite(adapter_weights(ctx.work), ctx)
             tokenizer.save_pretrained(ctx.work)
             ctx.extra["base_model"] = base_model_entry(base, ctx.out)
     else:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(final, dtype="auto")
+        refuse_non_finite(model.state_dict().items(), ctx)
         save_model_payload(model, tokenizer, ctx.work)
     shutil.rmtree(final, ignore_errors=True)
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
     expected = source.tokenizer_fingerprint
     if expected and expected != ctx.extra["tokenizer_fingerprint"]:
         warn("the tokenizer written differs from the input model's (fingerprint changed on save)")
+
+
+def non_finite(named_tensors) -> list[str]:
+    """The names of the floating-point tensors holding inf or NaN (one device sync for all of them, not one each:
+    the training guard asks every step)."""
+    import torch
+
+    named = [(name, tensor) for name, tensor in named_tensors if tensor.is_floating_point()]
+    if not named:
+        return []
+    checks = [tensor.isfinite().all() for _, tensor in named]
+    finite = torch.stack([check.to(checks[0].device) for check in checks]).tolist()
+    return [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+
+
+def refuse_non_finite(named_tensors, ctx) -> None:
+    """The last check before the artifact is written: a model with any inf or NaN weight is never published."""
+    bad = non_finite(named_tensors)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise LLMForgeError(f"{ctx.stage}: the trained weights hold inf or NaN values ({bad[0]}{more}); nothing is "
+                            f"published and the run's checkpoints stay in {ctx.work / CHECKPOINTS}")  # fmt: skip
+
+
+def adapter_weights(directory: Path):
+    """(name, tensor) of the adapter peft saved in `directory`."""
+    import torch
+    from safetensors.torch import load_file
+
+    if (directory / "adapter_model.safetensors").is_file():
+        return load_file(directory / "adapter_model.safetensors").items()
+    return torch.load(directory / "adapter_model.bin", weights_only=True).items()
 
 
 def _point_adapter_at(adapter_config: Path, base) -> None:

@@ -1,5 +1,6 @@
 """The post-training job inside a training process: load the policy, build the stage's TRL trainer, train
-(resuming from the last complete checkpoint), save checkpoints/final and report back in logs/result.json.
+(resuming from the last complete checkpoint), save checkpoints/final and report back in logs/result.json. A step
+whose loss, gradient norm or weights are not finite stops the run before it is logged or saved (FiniteGuard).
 
 It runs in the user's process for a single-process run, or in every worker (`python -m llmforge.train.worker
 OUT.partial/logs/job.json`) under torchrun or the deepspeed launcher. `llmforge.train.posttrain` prepared the job
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from llmforge import machine
 from llmforge.console import log, progress
+from llmforge.errors import InputError, LLMForgeError
 from llmforge.files import read_jsonl, write_json, write_jsonl
 from llmforge.model.loading import load_model, load_tokenizer
 from llmforge.train import checkpoint as ckpt
@@ -34,8 +37,12 @@ from llmforge.train.posttrain import (
     Job,
     PostTrainConfig,
     Stage,
+    non_finite,
     open_model,
 )
+
+# torch.multinomial's error for inf or NaN probabilities: how an overflowing policy shows up while GRPO samples
+SAMPLING_NON_FINITE = "probability tensor contains either `inf`, `nan`"
 
 
 def train_job(job: Job, callbacks: list | None = None) -> None:
@@ -64,13 +71,23 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
                                  peft_config=peft_config, arguments=arguments,
                                  callbacks=[display, MarkComplete(), *(callbacks or [])], shape=job.shape)  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the output path
+    guard = FiniteGuard(trainer, stage.name, config)
+    trainer.add_callback(guard)
     trainable, total = parameter_counts(trainer.model)
     if trainer.is_world_process_zero():
         log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3g}%)")
         if last:
             log(f"[cyan]resuming[/] from {Path(last).name} (step {resumed_step})")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except RuntimeError as exc:
+        if SAMPLING_NON_FINITE in str(exc):  # GRPO's rollouts meet an overflowing policy before its loss does
+            guard.stop(arguments["output_dir"], trainer.state.global_step + 1,
+                       "sampling the rollouts met inf or NaN probabilities (the policy's logits overflow)")  # fmt: skip
+        raise
+    finally:
+        display.close()  # a run that fails leaves no live progress bar over the error
     trainer.save_model(str(checkpoints / FINAL))
     if trainer.is_world_process_zero():
         result = {"trainable_parameters": trainable, "total_parameters": total,
@@ -106,6 +123,7 @@ def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
         save_total_limit=config.keep_checkpoints,
         report_to="none",
         disable_tqdm=True,  # the live display below replaces tqdm
+        logging_nan_inf_filter=False,  # log a non-finite loss as it is (the filter logs a made-up one)
         use_cpu=cpu,
         bf16=machine.bf16_supported(),  # TRL defaults to bf16, which a CPU run must not ask for
         gradient_checkpointing=config.gradient_checkpointing,
@@ -237,5 +255,125 @@ class LiveMetrics(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
+        self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class Diverged(LLMForgeError):
+    """Training produced a non-finite loss, gradient norm or weight (exit 1); nothing of it is published."""
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops the run at the first optimizer step whose loss, gradient norm or trainable weights are not finite,
+    before the trainer logs or saves that step: a checkpoint never holds inf or NaN, so the last complete one
+    stays a sound place to resume from.
+
+    A rewind (pretrain's answer) needs a loop that can skip a batch; here a non-finite value nearly always comes
+    from the settings (a learning rate too high for the model, fp16 overflow) and would come back on replay, so
+    the run fails with exit 1, naming the step, what went non-finite and what to change. The loss is the trainer's
+    running sum since its last log (`_tr_loss`, kept non-finite with `logging_nan_inf_filter` off), checked
+    every step; the gradient norm as logged (logging steps); the weights every step. Every process gets the same
+    verdict (the flags are gathered), so they all stop together.
+    """
+
+    def __init__(self, trainer, stage: str, config: PostTrainConfig) -> None:
+        self.trainer, self.stage, self.config = trainer, stage, config
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        bad = self._gathered(0.0, self._non_finite_weights())[1]
+        if bad:
+            what = (f"the checkpoint resumed from (step {state.global_step})" if state.global_step
+                    else "the input model")  # fmt: skip
+            raise InputError(f"{self.stage}: {what} already holds inf or NaN weights ({bad}) before any "
+                             "training; train from a sound model")  # fmt: skip
+
+    def on_step_end(self, args, state, control, **kwargs):
+        running = getattr(self.trainer, "_tr_loss", None)  # transformers' loss sum since its last log
+        loss = float(running.detach().float().item()) if running is not None else 0.0
+        losses, weights = self._gathered(loss, self._non_finite_weights())
+        if (value := next((v for v in losses if not math.isfinite(v)), None)) is not None:
+            self.stop(args.output_dir, state.global_step, f"the training loss is {value}")
+        if weights:
+            self.stop(
+                args.output_dir, state.global_step, f"the optimizer step made weights inf or NaN ({weights})"
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # the gradient norm reaches callbacks only here; the loss too, should transformers drop `_tr_loss`
+        for key, name in (("loss", "the logged loss"), ("grad_norm", "the gradient norm")):
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                self.stop(args.output_dir, state.global_step, f"{name} is {value}")
+
+    def _non_finite_weights(self) -> str:
+        """The trainable tensors of this process holding inf or NaN, as 'NAME and N more' ('' when none). ZeRO-3
+        leaves each process its partition of every weight (ds_tensor)."""
+        trainable = ((name, getattr(p, "ds_tensor", p)) for name, p in self.trainer.model.named_parameters()
+                     if p.requires_grad)  # fmt: skip
+        bad = non_finite(trainable)
+        return f"{bad[0]}" + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "") if bad else ""
+
+    def _gathered(self, loss: float, weights: str) -> tuple[list[float], str]:
+        """Every process's loss, and which weights are not finite: this process's, "on another process", or ''
+        when none anywhere."""
+        accelerator = self.trainer.accelerator
+        local = torch.tensor([loss, float(bool(weights))], dtype=torch.float32, device=accelerator.device)
+        rows = accelerator.gather(local).view(-1, 2).tolist()
+        if weights or not any(flag for _, flag in rows):
+            return [row[0] for row in rows], weights
+        return [row[0] for row in rows], "on another process"
+
+    def stop(self, checkpoints: str, step: int, what: str) -> None:
+        """Raise Diverged: what went non-finite at `step`, what is kept, what to do."""
+        found = ckpt.latest(Path(checkpoints), ckpt.TRAINER_PREFIX)
+        kept = (f"the last complete checkpoint, {found[0].name} (step {found[1]['step']}), stays in {found[0].parent}"
+                if found else f"no checkpoint was complete yet (save_steps {self.config.save_steps})")  # fmt: skip
+        again = "resumes from that checkpoint" if found else "starts over"
+        raise Diverged(f"{self.stage} diverged at step {step}: {what}. Nothing is published; {kept}. Lower the "
+                       f"learning rate (now {self.config.learning_rate:g}) or check the data of that step, then "
+                       f"re-run with --force (changed settings start over); the same command {again}")  # fmt: skip
+
+
+class RewardFailures(TrainerCallback):
+    """GRPO: the completions each reward failed to score (each scored 0), counted exactly. The reward wrapper
+    (llmforge.rewards.load_reward) reports each batch's count through TRL's `log_metric`, which averages over
+    batches and processes; `counted` takes those counts instead, and every log gets their sum over the processes
+    since the previous log as `rewards/<name>/failures`, so the series adds up to the run's total. A save step is
+    made a log step too: counts a checkpoint has not logged would be lost by a resume from it."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.keys = list(dict.fromkeys(f"rewards/{label}/failures" for label in labels))
+        self.counts = dict.fromkeys(self.keys, 0)
+
+    def counted(self, reward):
+        """`reward` with its failure counts taken here; its other metrics still go to TRL."""
+
+        def scored(*args, log_metric=None, **kwargs):
+            def take(name, value):
+                if name in self.counts:
+                    self.counts[name] += value
+                elif log_metric is not None:
+                    log_metric(name, value)
+
+            return reward(*args, log_metric=take, **kwargs)
+
+        scored.__name__ = reward.__name__  # TRL logs rewards/<__name__>/mean
+        return scored
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        counts = torch.tensor([self.counts[key] for key in self.keys], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            nccl = torch.distributed.get_backend() == "nccl"
+            counts = counts.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
+            torch.distributed.all_reduce(counts)
+        self.counts = dict.fromkeys(self.keys, 0)
+        for key, count in zip(self.keys, counts.tolist(), strict=True):
+            logs[key] = state.log_history[-1][key] = int(count)  # the history is what the manifest sums

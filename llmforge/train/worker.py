@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from llmforge.errors import LLMForgeError
+
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
@@ -19,6 +21,18 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     job = Path(argv[0])
+    try:
+        return run(job)
+    except LLMForgeError as exc:  # launch.launch raises it in the user's process, with its exit code
+        from llmforge.console import error
+        from llmforge.train.launch import record_failure
+
+        error(str(exc))
+        record_failure(job, exc)
+        return exc.exit_code
+
+
+def run(job: Path) -> int:
     kind = json.loads(job.read_text()).get("kind")
     if kind == "pretrain":
         from llmforge.train.loop import RunSpec, train
