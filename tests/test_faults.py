@@ -312,22 +312,6 @@ def test_damaged_model_weights_are_named_by_every_stage_that_loads_them(damage, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Two writers, one output: the second is refused while the first lives; --force discards partial work
-
-
-def started(command: list, ready) -> subprocess.Popen:
-    """`llmforge COMMAND` in a process group of its own, frozen (SIGSTOP) as soon as `ready()`: a run caught
-    midway that still holds everything it took."""
-    process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=cli_env(ENV), start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not ready():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGSTOP)
-    return process
-
-
 # Non-finite numbers: in the settings, and in training
 
 
@@ -400,6 +384,23 @@ def test_sft_with_an_infinite_learning_rate_is_refused_and_one_that_overflows_st
 def test_grpo_refuses_a_reward_weight_that_is_not_finite(data, tiny_model, tmp_path):
     line = fails("grpo", tiny_model, data["prompts"], "-o", tmp_path / "grpo", "--reward", "math:1e999")
     assert line == "error: --reward 'math:1e999': the weight must be a finite number"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two writers, one output: the second is refused while the first lives; --force discards partial work
+
+
+def started(command: list, ready) -> subprocess.Popen:
+    """`llmforge COMMAND` in a process group of its own, frozen (SIGSTOP) as soon as `ready()`: a run caught
+    midway that still holds everything it took."""
+    process = subprocess.Popen([sys.executable, "-m", "llmforge", *map(str, command)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=cli_env(ENV), start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGSTOP)
+    return process
 
 
 @pytest.mark.slow
