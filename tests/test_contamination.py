@@ -222,7 +222,7 @@ def test_worker_processes_spilled_runs_and_merge_passes_give_the_same_index(tmp_
     np.testing.assert_array_equal(index_of(docs, workers=1, cache=False), expected)
 
 
-def test_a_bad_document_is_named(tmp_path):
+def test_a_bad_document_is_named_and_leaves_no_partial_index(tmp_path, cache):
     from llmforge.errors import InputError
 
     docs = documents_artifact(tmp_path / "docs", TEXTS[:5])
@@ -234,3 +234,4 @@ def test_a_bad_document_is_named(tmp_path):
     with pytest.raises(InputError, match=rf"{shard}:2: a document needs a string 'text' field"):
         with training_index(bad, 13, False):
             pass
+    assert entries(cache) == []  # the staging directory went with the failed build

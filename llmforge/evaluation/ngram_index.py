@@ -46,7 +46,7 @@ DTYPE = np.dtype("<u8")
 RUN_HASHES = 1 << 24  # n-gram hashes a worker holds before spilling a sorted run (128 MB)
 MERGE_BYTES = 256 << 20  # read buffers of the k-way merge, all runs together
 FAN_IN = 64  # runs merged at once; more are merged in passes (open files stay few)
-POOL_MIN_BYTES = 32 << 20  # smaller sources are read in this process: starting workers costs more
+POOL_MIN_BYTES = 2 << 20  # smaller sources (on disk) are read in this process: starting workers costs more
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,11 @@ def _cached(root: Path, key: dict, source: Source, n: int, keep_numbers: bool, w
         for stale in root.glob(f"{digest}.building-*"):  # left by a build that died (we hold the lock)
             _discard(stale)
         staging = root / f"{digest}.building-{os.getpid()}"
-        _build(staging, key, source, n, keep_numbers, workers)
+        try:
+            _build(staging, key, source, n, keep_numbers, workers)
+        except BaseException:  # bad input, a full disk, Ctrl-C: no half-built index stays behind
+            _discard(staging)
+            raise
         _publish(staging, final)
     index, problem = load(final, key)
     if index is None:
@@ -148,11 +152,14 @@ def load(path: Path, key: dict) -> tuple[np.ndarray | None, str]:
         return None, f"{MANIFEST} describes another index"
     file = path / HASHES
     expected = manifest.get("ngrams", -1) * DTYPE.itemsize
-    size = file.stat().st_size if file.is_file() else None
-    if size != expected:
-        return None, f"{HASHES} has {size} bytes, {MANIFEST} says {expected}"
-    if sha256_file(file) != manifest.get("sha256"):
-        return None, f"{HASHES} does not match the sha256 in {MANIFEST}"
+    try:
+        size = file.stat().st_size
+        if size != expected:
+            return None, f"{HASHES} has {size} bytes, {MANIFEST} says {expected}"
+        if sha256_file(file) != manifest.get("sha256"):
+            return None, f"{HASHES} does not match the sha256 in {MANIFEST}"
+    except OSError as exc:
+        return None, f"unreadable {HASHES} ({exc.strerror})"
     if not size:
         return np.zeros(0, dtype=DTYPE), ""
     return np.memmap(file, dtype=DTYPE, mode="r"), ""
