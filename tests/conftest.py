@@ -14,6 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from helpers import smollm2_gguf, tiny_model_artifact, train_tiny_tokenizer  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def llmforge_cache(tmp_path_factory) -> Path:
+    """What llmforge caches (eval's training n-gram indexes) goes to the session's temporary directory, never to
+    the user's ~/.cache; CLI subprocesses inherit it."""
+    os.environ["LLMFORGE_CACHE"] = str(tmp_path_factory.mktemp("llmforge-cache"))
+    return Path(os.environ["LLMFORGE_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     """A byte-level BPE tokenizer (vocab 512, our specials and chat template) trained for this session."""

@@ -443,6 +443,47 @@ def test_contamination_check_reads_the_files_post_training_read(tiny_model, tmp_
     )
 
 
+def test_contamination_report_same_with_index_cache_cold_warm_or_off(tiny_model, tmp_path, monkeypatch):
+    from llmforge.artifacts import raw_input
+    from llmforge.evaluation.contamination import check
+    from llmforge.evaluation.tasks import select_tasks
+    from llmforge.model.loading import resolve_model
+
+    # two sources of training text: documents quoting item q0, and SFT chats quoting item q2 with its answer
+    docs = documents_artifact(tmp_path / "docs", sentences(60) + [f"Seen: {LONG_ITEMS[0]['question']} data."])
+    chats = [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "Noted."}]}
+             for t in sentences(6, seed=1)]  # fmt: skip
+    chats.append({"messages": [{"role": "user", "content": LONG_ITEMS[2]["question"]},
+                               {"role": "assistant", "content": "data"}]})  # fmt: skip
+    data = write_jsonl(tmp_path / "sft.jsonl", chats)
+
+    def body(ctx):
+        for file in tiny_model.iterdir():
+            if file.name != "artifact.json":
+                shutil.copy2(file, ctx.work / file.name)
+
+    inputs = [Artifact.open(tiny_model).ref(), Artifact.open(docs).ref(), raw_input(str(data), [str(data)])]
+    model = resolve_model(str(run_stage("sft", "model", Imported(source="copy"), inputs, tmp_path / "sft", body)),
+                          "eval")  # fmt: skip
+    taskset = select_tasks([f"{user_task(tmp_path / 'quiz', LONG_ITEMS)}/"])
+    tasks = taskset.leaf_tasks(taskset.load())
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LLMFORGE_CACHE", str(cache))
+    off = check(model, tasks, {}, 13, cache=False)
+    assert not cache.exists()
+    cold = check(model, tasks, {}, 13)
+    assert len([p for p in (cache / "contamination").iterdir() if p.is_dir()]) == 2  # one index per source
+    warm = check(model, tasks, {}, 13)
+    assert off == cold == warm
+    assert cold["training_documents"] == [str(docs), str(data)]
+    assert cold["tasks"]["my_quiz"] == {"in_decontamination_set": False, "decontaminated_by": [], "items": 3,
+                                        "items_checked": 3, "items_overlapping": 2, "overlapping_ids": ["q0", "q2"]}  # fmt: skip
+    # other n-gram settings are another index: 4-grams find what 13-grams find here, and the same in every mode
+    assert check(model, tasks, {}, 4, keep_numbers=True) == check(model, tasks, {}, 4, True, cache=False)
+    assert len([p for p in (cache / "contamination").iterdir() if p.is_dir()]) == 4
+
+
 def test_standard_task_from_the_local_datasets_cache(tiny_model, tmp_path, monkeypatch):
     import datasets
 

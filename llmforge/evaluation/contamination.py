@@ -9,21 +9,21 @@
   decontamination does it
   (llmforge.data.blocks.ngram_hashes: datatrove's lowercase, punctuation-free, numbers-as-0 words). An item shorter
   than n words has no n-gram: it is counted as not checked, as dedup counts it.
+
+The training side is read once per training data and n-gram settings: evaluation/ngram_index.py keeps each
+source's n-grams in a cache that later evals read instead of rescanning the documents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from llmforge.artifacts import Artifact, sha256_file
+from llmforge.evaluation.ngram_index import Source
 from llmforge.registry import POSTTRAIN_STAGES  # their raw input files are training data
 
 EXAMPLES = 20  # item ids listed per task in the report
-
-# A source of training text: its name, its number of texts (None: unknown), and how to read them.
-Source = tuple[str, int | None, Callable[[], Iterable[str]]]
 
 
 def lineage(source) -> list[Artifact]:
@@ -50,9 +50,23 @@ def training_documents(artifacts: list[Artifact]) -> list[Artifact]:
     return list(chosen.values())
 
 
-def training_files(artifacts: list[Artifact]) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """The raw data files sft, dpo and grpo read (JSONL, JSON, Parquet): (path, files) for each one still on disk
-    with the content its manifest entry fingerprinted, and 'path (why not)' for the others."""
+def documents_source(artifact: Artifact) -> Source:
+    """A documents artifact as training text, identified by the sha256 of each shard (from its manifest: no
+    hashing here), so that copies of one artifact share an index and a rebuilt one with other content does not."""
+    from llmforge.data.documents import document_files
+
+    recorded = {entry["path"]: entry.get("sha256") for entry in artifact.manifest.get("files", [])}
+    files = document_files(artifact)  # checks each shard's size against the manifest
+    identity = []
+    for file in files:
+        relative = file.relative_to(artifact.path).as_posix()
+        identity.append([relative, recorded.get(relative) or sha256_file(file)])
+    return Source(str(artifact.path), "documents", tuple(str(f) for f in files), {"documents": identity})
+
+
+def training_files(artifacts: list[Artifact]) -> tuple[list[Source], list[str]]:
+    """The raw data files sft, dpo and grpo read (JSONL, JSON, Parquet): a Source for each one still on disk with
+    the content its manifest entry fingerprinted, and 'path (why not)' for the others."""
     from llmforge.artifacts import raw_input
     from llmforge.data.records import dataset_files
     from llmforge.errors import InputError
@@ -77,27 +91,8 @@ def training_files(artifacts: list[Artifact]) -> tuple[list[tuple[str, list[str]
             if raw_input(path, files).fingerprint != entry["fingerprint"]:
                 unreadable.append(f"{path} (changed since {artifact.stage} trained on it)")
                 continue
-            found.append((path, files))
+            found.append(Source(path, "records", tuple(files), {"raw": entry["fingerprint"]}))
     return found, unreadable
-
-
-def record_text(record: Any) -> str:
-    """Every string in a training record (prompt, completion, chosen, rejected, message contents), one per line."""
-    if isinstance(record, str):
-        return record
-    if isinstance(record, dict):
-        return "\n".join(record_text(v) for k, v in record.items() if k != "role" and v is not None)
-    if isinstance(record, list | tuple):
-        return "\n".join(record_text(v) for v in record)
-    return ""
-
-
-def _file_texts(files: list[str]) -> Iterator[str]:
-    from llmforge.data.records import file_rows
-
-    for file in files:
-        for _, record in file_rows(file):
-            yield record_text(record)
 
 
 def item_text(task, doc: dict) -> str:
@@ -118,24 +113,21 @@ def item_id(doc: dict, position: int) -> Any:
 
 
 def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngram: int,
-          keep_numbers: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The contamination section of a report for one model: per task, decontamination and n-gram overlap."""
+          keep_numbers: bool = False, cache: bool = True, workers: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The contamination section of a report for one model: per task, decontamination and n-gram overlap. The
+    training n-grams come from the index cache (`cache`; built there with `workers` processes when missing)."""
     artifacts = lineage(source)
     dedups = [a for a in artifacts if a.stage == "dedup" and "decontamination" in a.extra]
-    from llmforge.data.documents import count_documents, iter_texts
-
-    documents = training_documents(artifacts)
     files, unreadable = training_files(artifacts)
-    sources: list[Source] = [(str(a.path), count_documents(a), lambda a=a: iter_texts(a)) for a in documents]
-    sources += [(path, None, lambda names=names: _file_texts(names)) for path, names in files]
+    sources = [documents_source(a) for a in training_documents(artifacts)] + files
     report: dict[str, Any] = {"lineage": bool(artifacts), "dedup": [str(a.path) for a in dedups],
-                              "training_documents": [name for name, _, _ in sources],
+                              "training_documents": [s.name for s in sources],
                               "training_data_not_checked": unreadable, "ngram": ngram, "tasks": {}}  # fmt: skip
     if not artifacts:
         return report
     items = {name: [(item_id(doc, i), item_text(task, doc)) for i, doc in enumerate(task.eval_docs)]
              for name, task in tasks.items()}  # fmt: skip
-    overlapping = _overlap(items, sources, ngram, keep_numbers) if sources else {}
+    overlapping = _overlap(items, sources, ngram, keep_numbers, cache, workers) if sources else {}
     for name in tasks:
         hashes = {sha256_file(path) for path in data_files.get(name, []) if path.is_file()}
         decontaminated = [
@@ -154,12 +146,13 @@ def check(source, tasks: dict[str, Any], data_files: dict[str, list[Path]], ngra
     return report
 
 
-def _overlap(items: dict[str, list[tuple[Any, str]]], sources: list[Source], ngram: int, keep_numbers: bool):
-    """{task: (ids of items sharing an n-gram with a training document, items long enough to check)}."""
+def _overlap(items: dict[str, list[tuple[Any, str]]], sources: list[Source], ngram: int, keep_numbers: bool,
+             cache: bool, workers: int) -> dict[str, tuple[list, int]]:  # fmt: skip
+    """{task: (ids of items sharing an n-gram with a training text, items long enough to check)}."""
     import numpy as np
 
-    from llmforge.console import progress
     from llmforge.data.blocks import ngram_hashes
+    from llmforge.evaluation.ngram_index import contains, training_index
 
     owners = [(name, ident) for name, task_items in items.items() for ident, _ in task_items]
     hashes, numbers = [], []
@@ -169,27 +162,14 @@ def _overlap(items: dict[str, list[tuple[Any, str]]], sources: list[Source], ngr
         checked[name] += bool(len(grams))
         hashes.append(grams)
         numbers.append(np.full(len(grams), number, dtype=np.int64))
-    index = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
+    grams = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
     owner = np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
-    order = np.argsort(index, kind="stable")
-    index, owner = index[order], owner[order]
 
     hit: set[int] = set()
-    if len(index):
-        with progress(transient=True) as bar:
-            counts = [count for _, count, _ in sources]
-            total = None if None in counts else sum(counts)
-            task = bar.add_task("contamination check", total=total, unit="docs")
-            for _, _, texts in sources:
-                for text in texts():
-                    grams = np.unique(ngram_hashes(text, ngram, keep_numbers=keep_numbers))
-                    left, right = (
-                        np.searchsorted(index, grams, "left"),
-                        np.searchsorted(index, grams, "right"),
-                    )
-                    for a, b in zip(left[right > left], right[right > left], strict=True):
-                        hit.update(int(i) for i in owner[a:b])
-                    bar.advance(task)
+    if len(grams):  # no item has an n-gram: nothing to look up, no index to build
+        for source in sources:
+            with training_index(source, ngram, keep_numbers, cache=cache, workers=workers) as index:
+                hit.update(int(i) for i in np.unique(owner[contains(index, grams)]))
     found: dict[str, tuple[list, int]] = {name: ([], checked[name]) for name in items}
     for number in sorted(hit):
         name, ident = owners[number]

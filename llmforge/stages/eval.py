@@ -44,6 +44,15 @@ class ContaminationSettings(StageConfig):
         False,
         description="Match numbers as written (as dedup's decontamination.keep_numbers) instead of as 0",
     )
+    cache: bool = runtime_field(
+        True,
+        description="Keep the training data's n-grams in $LLMFORGE_CACHE/contamination (default "
+        "~/.cache/llmforge/contamination), built once per training data and n-gram settings; false: rescan the "
+        "training data at every eval",
+    )
+    workers: int = runtime_field(
+        0, ge=0, description="Processes that build a missing n-gram index (0: every core)"
+    )
 
 
 class Config(StageConfig):
@@ -298,6 +307,8 @@ class _Evaluation:
                 files,
                 config.contamination.ngram,
                 keep_numbers=config.contamination.keep_numbers,
+                cache=config.contamination.cache,
+                workers=config.contamination.workers,
             )
         log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
         lm, arguments = build_lm(source, self.backend, config)
