@@ -139,7 +139,7 @@ def test_keep_a_top_share_in_two_passes(classifier, tmp_path):
     documents = documents_artifact(tmp_path / "docs", texts)
     work = tmp_path / "work"
     stats = quality.filter_documents(corpus(documents, "quality-filter"), out, quality.FilterSettings(keep=0.25),
-                                     work, ExecutorSettings(workers=1), removed_sample=5)  # fmt: skip
+                                     work, ExecutorSettings(workers=1), "run-a", removed_sample=5)  # fmt: skip
     scores = quality.load_scorer(out)(texts)
     # the 50 best documents, give or take a few tied within one histogram bin (0.01 in log-odds)
     assert 50 <= stats["documents"] <= 53 and stats["removed"] == 200 - stats["documents"], stats
@@ -153,7 +153,7 @@ def test_keep_a_top_share_in_two_passes(classifier, tmp_path):
     assert len(list(_lines(work / "removed" / "quality"))) == 5  # the sample of removed documents
     # an interrupted or repeated run reads the first pass back and decides the same
     assert quality.filter_documents(corpus(documents, "quality-filter"), out, quality.FilterSettings(keep=0.25),
-                                    work, ExecutorSettings(workers=1), removed_sample=5) == stats  # fmt: skip
+                                    work, ExecutorSettings(workers=1), "run-a", removed_sample=5) == stats  # fmt: skip
 
 
 def test_keep_by_threshold(classifier, tmp_path):
@@ -162,7 +162,7 @@ def test_keep_by_threshold(classifier, tmp_path):
     texts = [graded(seed, share=seed / 99) for seed in range(100)]
     raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in texts])
     stats = quality.filter_documents(corpus(raw, "quality-filter"), out, quality.FilterSettings(threshold=0.5),
-                                     tmp_path / "work", ExecutorSettings(workers=1))  # fmt: skip
+                                     tmp_path / "work", ExecutorSettings(workers=1), "run-a")  # fmt: skip
     scores = quality.load_scorer(out)(texts)
     assert stats["documents"] == int((scores >= 0.5).sum()) and 10 < stats["documents"] < 90
     assert stats["threshold"] == 0.5 and stats["rule"] == {"threshold": 0.5}
@@ -189,7 +189,7 @@ def test_a_published_fasttext_classifier(tmp_path):
     texts = [f"river museum {'cheap ' * n}" for n in range(40)]
     raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in texts])
     stats = quality.filter_documents(corpus(raw, "quality-filter"), model, quality.FilterSettings(keep=0.25),
-                                     tmp_path / "work", ExecutorSettings(workers=1))  # fmt: skip
+                                     tmp_path / "work", ExecutorSettings(workers=1), "run-a")  # fmt: skip
     assert 10 <= stats["documents"] <= 12, stats
     with pytest.raises(InputError, match="no label 'good'.*labels: cc, hq"):
         quality.load_scorer(model, "good")

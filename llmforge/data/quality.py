@@ -336,12 +336,12 @@ def classifier_input(path: str | Path, label: str = POSITIVE, stage: str = "qual
     return ref
 
 
-def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, work: Path, executor,
+def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, work: Path, executor, fingerprint: str,
                      removed_sample: int = 100, stage: str = "quality-filter") -> dict:  # fmt: skip
     """Score every document of a Corpus (llmforge.data.corpus) and write those kept to `work`/data (datatrove's
     JSONL, like every documents artifact), samples of the removed ones to `work`/removed/quality; returns the
-    figures for the manifest's stats. Resumes like every data stage: finished datatrove tasks are skipped, and the
-    first pass's histogram is read back from its stats."""
+    figures for the manifest's stats. Resumes like every data stage: finished datatrove tasks of the run with this
+    `fingerprint` (the calling stage's) are skipped, and the first pass's histogram is read back from its stats."""
     import shutil
 
     from datatrove.pipeline.writers import JsonlWriter
@@ -364,7 +364,7 @@ def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, w
     cut: dict = {"threshold": settings.threshold}
     if settings.keep is not None:
         score = Step("score", lambda: [*readers(), blocks.quality_filter(classifier, settings.label)], tasks)
-        run_steps([score], executor, logs, stage)
+        run_steps([score], executor, logs, stage, fingerprint)
         histogram = histogram_of(step_stats(logs / "score")[len(groups)])
         cut = {"min_bin": top_share_bin(histogram, settings.keep)}
         log(f"{stage}: the top {settings.keep:.1%} of {sum(histogram.values()):,} documents score at least "
@@ -377,7 +377,7 @@ def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, w
         return [*readers(), blocks.quality_filter(classifier, settings.label, exclusion_writer=removed, **cut),
                 JsonlWriter(str(work / "data"), output_filename="${rank}.jsonl.gz")]  # fmt: skip
 
-    run_steps([Step("filter", keep, tasks)], executor, logs, stage)
+    run_steps([Step("filter", keep, tasks)], executor, logs, stage, fingerprint)
     counters = step_stats(logs / "filter")
     read = sum(int(c.get("documents", 0)) for c in counters[: len(groups)])
     scored = counters[len(groups)]

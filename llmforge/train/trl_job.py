@@ -375,5 +375,7 @@ class RewardFailures(TrainerCallback):
             counts = counts.to(f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
             torch.distributed.all_reduce(counts)
         self.counts = dict.fromkeys(self.keys, 0)
+        if "train_runtime" in logs and not counts.any():
+            return  # the end-of-training summary: only counts of steps no log has carried yet belong there
         for key, count in zip(self.keys, counts.tolist(), strict=True):
             logs[key] = state.log_history[-1][key] = int(count)  # the history is what the manifest sums
