@@ -102,7 +102,8 @@ def datatrove_crawl_filter(warcs: list[Path], out: Path, config: crawl_filter.Co
     from datatrove.pipeline.readers import WarcReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from llmforge.data.blocks import PIIRedactor, Py3LangIdFilter
+    from llmforge.data.blocks import Py3LangIdFilter
+    from llmforge.data.pii import PIIRedactor
 
     def removed(name):
         return JsonlWriter(str(out / "removed" / name))

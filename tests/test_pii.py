@@ -15,7 +15,7 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.formatters.pii import PIIFormatter
 
-from llmforge.data import blocks
+from llmforge.data import pii
 
 # fmt: off
 LABELLED = [
@@ -186,11 +186,11 @@ def test_labelled_set_is_large_and_mixed():
     truths = [parse(example)[1] for example in LABELLED]
     assert len(LABELLED) >= 100
     assert sum(not truth for truth in truths) >= 50  # examples where nothing may be redacted
-    assert {kind for truth in truths for kind, _ in truth} == set(blocks.PII_KINDS)
+    assert {kind for truth in truths for kind, _ in truth} == set(pii.PII_KINDS)
 
 
 def test_precision_and_recall_on_the_labelled_set():
-    ours = scores(blocks.PIIScanner(list(blocks.PII_KINDS)).find)
+    ours = scores(pii.PIIScanner(list(pii.PII_KINDS)).find)
     # measured: all kinds 60 found, 1 wrong (the OID 2.5.4.3, shaped like an address), 2 missed (an obfuscated
     # address, a Chinese mobile number without prefix)
     assert ours["all"]["precision"] >= 0.98 and ours["all"]["recall"] >= 0.96, ours["all"]
@@ -206,7 +206,7 @@ def test_precision_and_recall_on_the_labelled_set():
 
 
 def test_top_level_domains_come_from_the_bundled_public_suffix_list():
-    tlds = blocks.top_level_domains()
+    tlds = pii.top_level_domains()
     assert {"com", "org", "uk", "de", "io", "ai", "museum", "xn--p1ai", "рф"} <= tlds
     assert not {"local", "lan", "internal", "localhost", "example", "test", "5", "transpose", "t"} & tlds
 
@@ -230,7 +230,7 @@ def test_top_level_domains_come_from_the_bundled_public_suffix_list():
     ],
 )  # fmt: skip
 def test_pii_patterns(text, redacted):
-    scanner = blocks.PIIScanner(list(blocks.PII_KINDS))
+    scanner = pii.PIIScanner(list(pii.PII_KINDS))
     assert scanner.redact(text)[0] == (redacted or text)
 
 
@@ -239,28 +239,24 @@ def doc(text: str) -> Document:
 
 
 def test_pii_counts_and_policies():
-    scanner = blocks.PIIScanner(["email", "phone"])
+    scanner = pii.PIIScanner(["email", "phone"])
     text = "a@b-mail.com, c@d-mail.com, +1 555 123 4567 and 8.8.8.8"
     assert scanner.redact(text) == ("<EMAIL>, <EMAIL>, <PHONE_NUMBER> and 8.8.8.8", {"email": 2, "phone": 1})
-    assert (
-        blocks.PIIScanner(["ip"], public_ips_only=False).redact("lan 192.168.1.20")[0] == "lan <IP_ADDRESS>"
-    )
-    assert blocks.luhn_valid("79927398713") and not blocks.luhn_valid("79927398710")
-    assert blocks.PIIFilter(["email"]).filter(doc("x@y-mail.com")) == (False, "contains_email")
-    assert blocks.PIIFilter(["email"]).filter(doc("no address here")) is True
+    assert pii.PIIScanner(["ip"], public_ips_only=False).redact("lan 192.168.1.20")[0] == "lan <IP_ADDRESS>"
+    assert pii.luhn_valid("79927398713") and not pii.luhn_valid("79927398710")
+    assert pii.PIIFilter(["email"]).filter(doc("x@y-mail.com")) == (False, "contains_email")
+    assert pii.PIIFilter(["email"]).filter(doc("no address here")) is True
     with pytest.raises(ValueError, match="unknown PII kinds"):
-        blocks.PIIScanner(["passport"])
+        pii.PIIScanner(["passport"])
 
 
 def test_ssn_is_opt_in():
     from llmforge.stages.crawl_filter import PIISettings
 
     text = "SSN 536-22-8145"
-    assert "ssn" not in PIISettings().kinds and set(PIISettings().kinds) == set(blocks.DEFAULT_PII_KINDS)
-    assert blocks.PIIScanner(PIISettings().kinds).redact(text)[0] == text  # nor read as a phone number
-    opted = PIISettings.model_validate({"kinds": [*blocks.DEFAULT_PII_KINDS, "ssn"]})
-    assert blocks.PIIScanner(opted.kinds).redact(text) == ("SSN <SSN>", {"ssn": 1})
+    assert "ssn" not in PIISettings().kinds and set(PIISettings().kinds) == set(pii.DEFAULT_PII_KINDS)
+    assert pii.PIIScanner(PIISettings().kinds).redact(text)[0] == text  # nor read as a phone number
+    opted = PIISettings.model_validate({"kinds": [*pii.DEFAULT_PII_KINDS, "ssn"]})
+    assert pii.PIIScanner(opted.kinds).redact(text) == ("SSN <SSN>", {"ssn": 1})
     # numbers the SSA never issues
-    assert (
-        blocks.PIIScanner(["ssn"]).find("000-12-3456 666-12-3456 912-34-5678 123-00-4567 123-45-0000") == []
-    )
+    assert pii.PIIScanner(["ssn"]).find("000-12-3456 666-12-3456 912-34-5678 123-00-4567 123-45-0000") == []

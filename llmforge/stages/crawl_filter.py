@@ -234,7 +234,7 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
     """The datatrove pipeline and, aligned with its blocks, the name each block has in the stats."""
     from datatrove.pipeline.filters import C4ParagraphFilter
 
-    from llmforge.data import blocks
+    from llmforge.data import blocks, pii
     from llmforge.data.sources import make_reader
 
     def removed(name: str):
@@ -286,9 +286,9 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
             paragraphs.min_paragraph_len = config.c4.min_paragraph_length
             steps.append(("c4_paragraphs", paragraphs))
     if config.pii.mode == "redact":
-        steps.append(("pii", blocks.PIIRedactor(config.pii.kinds, config.pii.public_ips_only)))
+        steps.append(("pii", pii.PIIRedactor(config.pii.kinds, config.pii.public_ips_only)))
     elif config.pii.mode == "drop":
-        steps.append(("pii", blocks.PIIFilter(config.pii.kinds, config.pii.public_ips_only, removed("pii"))))
+        steps.append(("pii", pii.PIIFilter(config.pii.kinds, config.pii.public_ips_only, removed("pii"))))
     steps.append(("write", blocks.DocumentWriter(str(work / "data"))))
     return [block for _, block in steps], [name for name, _ in steps]
 
