@@ -64,6 +64,9 @@ def byte_decoder() -> dict[str, int]:
 def plan(tokenizer_json: str) -> Plan:
     """Map a serialized `tokenizers` tokenizer onto tiktoken, or raise `Unmappable` saying why not."""
     config = json.loads(tokenizer_json)
+    model = config["model"]
+    if model.get("type") != "BPE":
+        raise Unmappable(f"its model is {model.get('type')}, not BPE")
     for part in ("truncation", "padding"):
         if config.get(part):
             raise Unmappable(f"it has {part}")
@@ -71,9 +74,6 @@ def plan(tokenizer_json: str) -> Plan:
     if normalizer and not (normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")):
         raise Unmappable(f"it has a normalizer ({normalizer.get('type')})")
     pattern = _pattern(config.get("pre_tokenizer"))
-    model = config["model"]
-    if model.get("type") != "BPE":
-        raise Unmappable(f"its model is {model.get('type')}, not BPE")
     if model.get("dropout"):
         raise Unmappable("its BPE has dropout (random merges)")
     for option in ("continuing_subword_prefix", "end_of_word_suffix"):

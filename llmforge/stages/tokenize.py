@@ -393,6 +393,10 @@ def encode(inputs: list[str], out: str | Path, tokenizer: str | Path | None = No
     tokenizer_source = resolve_tokenizer(tokenizer, model)
     sources, weights = open_sources(inputs, config.weights, ENCODE_STAGE)
     config = _with_weights(config, weights)
+    if config.encoder == "tiktoken" and Path(tokenizer_source.location).is_dir():
+        _refuse_unmappable(
+            _backend(Path(tokenizer_source.location))[1], tokenizer_source
+        )  # before any output
     refs = [s.ref() for s in sources] + tokenizer_source.refs
     return run_stage(ENCODE_STAGE, "tokens", config, refs, out,
                      lambda ctx: _encode(ctx, sources, tokenizer_source, config), force=force)  # fmt: skip
@@ -401,25 +405,18 @@ def encode(inputs: list[str], out: str | Path, tokenizer: str | Path | None = No
 def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, config: EncodeConfig) -> None:
     import time
 
-    from transformers import AutoTokenizer
-
     from llmforge.console import log
     from llmforge.data.encode import encode_sources, mix
     from llmforge.data.shards import dtype_for_vocab, write_index
     from llmforge.model.llama import special_ids_of
 
     fingerprint = copy_tokenizer(tokenizer_source, ctx.work / "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(ctx.work / "tokenizer")
+    tokenizer, tokenizer_json = _backend(ctx.work / "tokenizer")
     if tokenizer.eos_token_id is None:
         raise InputError(f"{tokenizer_source.location}: the tokenizer has no EOS token to end documents with")
     dtype = dtype_for_vocab(len(tokenizer))
-    # The backend exactly as transformers configured it, so shards match `tokenizer(text)["input_ids"]`.
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
 
     started = time.perf_counter()
-    tokenizer_json = backend.to_str()
     encoder = _choose_encoder(config.encoder, tokenizer_json, sources, tokenizer_source)
     encoded = encode_sources([s.artifact for s in sources], tokenizer_json, dtype, tokenizer.eos_token_id,
                              ctx.work / "checkpoints" / f"encoded-{config.chunk_chars}", workers=config.workers,
@@ -448,6 +445,32 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     ctx.stats["encoder"] = encoder
 
 
+def _backend(directory: Path):
+    """The transformers tokenizer in `directory` and its `tokenizers` backend serialized exactly as transformers
+    configured it (no truncation, no padding), so that shards match `tokenizer(text)["input_ids"]`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    return tokenizer, backend.to_str()
+
+
+def _refuse_unmappable(tokenizer_json: str, tokenizer_source: TokenizerSource) -> None:
+    from llmforge.data.tiktoken_bpe import Unmappable, plan
+
+    try:
+        plan(tokenizer_json).encoding()
+    except Unmappable as error:
+        _refuse(f"tiktoken cannot encode this tokenizer exactly: {error}", tokenizer_source)
+
+
+def _refuse(why: str, tokenizer_source: TokenizerSource) -> None:
+    raise InputError(f"{tokenizer_source.location}/tokenizer.json: --encoder tiktoken: {why}; "
+                     "use --encoder auto or tokenizers")  # fmt: skip
+
+
 def _choose_encoder(requested: str, tokenizer_json: str, sources: list[Source],
                     tokenizer_source: TokenizerSource) -> str:  # fmt: skip
     """tiktoken where it maps the tokenizer and gives `tokenizers`' ids on the first documents of every input;
@@ -471,8 +494,7 @@ def _choose_encoder(requested: str, tokenizer_json: str, sources: list[Source],
         texts.close()
     encoder, why_not = choose(requested, tokenizer_json, sample)
     if why_not and requested == "tiktoken":
-        raise InputError(f"{tokenizer_source.location}/tokenizer.json: --encoder tiktoken: {why_not}; "
-                         "use --encoder auto or tokenizers")  # fmt: skip
+        _refuse(why_not, tokenizer_source)
     if why_not:
         log(f"encoding with tokenizers: {why_not}")
     return encoder
