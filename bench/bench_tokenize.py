@@ -73,35 +73,11 @@ def documents_artifact(out: Path, texts: list[str], files: int = 1) -> Path:
     return run_stage("crawl-filter", "documents", BenchCorpus(), [ref], out, body)
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def tiktoken_encoding(tokenizer_json: Path):
-    """A tiktoken Encoding with our BPE's ranks (token id = merge rank) and our pre-tokenization regex."""
-    import tiktoken
+    """A bare tiktoken Encoding with our BPE's ranks and split regex (llmforge/data/tiktoken_bpe.py)."""
+    from llmforge.data.tiktoken_bpe import plan
 
-    from llmforge.data.tokenizer import CONTROL_TOKENS, SPLIT_PATTERN, TAG_TOKENS
-
-    model = json.loads(tokenizer_json.read_text())
-    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
-    added = {entry["content"]: entry["id"] for entry in model["added_tokens"]}
-    ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["model"]["vocab"].items()
-             if token not in added}  # fmt: skip
-    special = {token: added[token] for token in CONTROL_TOKENS + TAG_TOKENS}
-    return tiktoken.Encoding(
-        "llmforge-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special
-    )
+    return plan(tokenizer_json.read_text()).encoding()
 
 
 def datatrove_encode(docs: Path, tokenizer_json: Path, out: Path, workers: int):
@@ -122,7 +98,9 @@ def datatrove_encode(docs: Path, tokenizer_json: Path, out: Path, workers: int):
                               save_final_metadata=False),
         ]  # fmt: skip
 
-    run_steps([Step("encode", build, files)], ExecutorSettings(workers=workers), out / "logs", "bench", out.name)
+    run_steps(
+        [Step("encode", build, files)], ExecutorSettings(workers=workers), out / "logs", "bench", out.name
+    )
     shards = sorted((out / "tokens").glob("*.ds"))
     return np.concatenate([np.fromfile(path, dtype=np.uint16) for path in shards])
 

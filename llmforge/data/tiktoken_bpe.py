@@ -10,6 +10,7 @@ merge loops can still disagree on rare input, so the caller also compares ids on
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ def _post_processor(processor: dict | None) -> tuple[list[int], list[int]]:
     return prefix, suffix
 
 
+@functools.lru_cache(maxsize=2)  # built once for the sample check and the encoding threads
 def make_tiktoken_encoder(tokenizer_json: str) -> Callable[[list[str]], list[np.ndarray]]:
     """encode_batch with tiktoken: each text's ids as a uint32 array, added tokens in the text matched as
     `tokenizers` matches them, the post-processor's ids around them."""
