@@ -87,7 +87,11 @@ class EncodeConfig(StageConfig):
     seed: int = Field(
         0, description="Seed for the validation split, the mixing draw and the document shuffle"
     )
-    workers: int = runtime_field(0, ge=0, description="Processes encoding in parallel; 0 = one per CPU core")
+    workers: int = runtime_field(
+        0,
+        ge=0,
+        description="Threads (tiktoken) or processes (tokenizers) encoding in parallel; 0 = one per CPU core",
+    )
     chunk_chars: int = runtime_field(
         2_000_000,
         gt=0,
