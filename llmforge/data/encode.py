@@ -7,7 +7,7 @@ Two passes:
   under the run's checkpoints, in the shard layout of data/shards.py (`NNNNN.bin` + `.idx`, EOS after each
   document). A chunk file is renamed into place last, so an interrupted run keeps every finished chunk and encodes
   only the rest. tiktoken releases the GIL, so threads share its one encoder and need no texts sent to other
-  processes: on 2 cores they encoded about 3x faster than the same encoder in 2 worker processes.
+  processes: on 2 busy cores they encoded 1.5x as fast as the same encoder in 2 worker processes (bench/RESULTS.md).
 - `mix`: holds out each source's validation documents, draws the training documents by weight
   (data/mixture.py: repeated or subsampled), shuffles them across sources and writes `train/` and `val/` shards.
 
