@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import documents_artifact, llmforge, sentences
+from helpers import documents_artifact, llmforge, sentences, stats_mismatches
 from test_tokenize import CODE, NUMBERS, UNICODE, code_documents, direct, read_documents
 
 from llmforge.artifacts import Artifact, InputRef, canonical_hash, run_stage
@@ -188,6 +188,7 @@ def test_both_encoders_write_the_same_artifact(bpe, corpus, tmp_path):
         fast.stats["encoder"] == auto.stats["encoder"] == "tiktoken" and slow.stats["encoder"] == "tokenizers"
     )
     assert fast.fingerprint == slow.fingerprint == auto.fingerprint
+    assert stats_mismatches(fast.path) == []  # the stats are what EncodeStats declares
     assert fast.manifest["files"] == slow.manifest["files"] == auto.manifest["files"]  # byte for byte
     train, val = read_documents(fast.path, "train"), read_documents(fast.path, "val")
     assert Counter(train) + Counter(val) == Counter(direct(load_tokenizer(bpe), texts))
