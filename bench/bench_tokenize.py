@@ -1,11 +1,12 @@
 """Encoding throughput: `llmforge tokenize encode` against `tokenizers` encode_batch on the same text.
 
 The stage runs twice: as it chooses (tiktoken, checked against `tokenizers` on a sample) and with
-`--encoder tokenizers`; its encoding phase alone runs with tiktoken in threads and in worker processes. Also trains the tokenizer both ways, runs datatrove's DocumentTokenizer under the data stages' local executor (one
-task per documents file; the corpus is written as one file per worker so it can use them all), and builds a
-tiktoken Encoding from the same merges and regex (the bench's own, as a reference). The corpus is real text found on this machine:
-the Python standard library's sources (code) and the README/licence/docs files of installed packages (prose), one
-document per file.
+`--encoder tokenizers`; its encoding phase alone runs with tiktoken in threads and in worker processes, and with
+`tokenizers` in processes. Also trains the tokenizer both ways, runs datatrove's DocumentTokenizer under the data
+stages' local executor (one task per documents file; the corpus is written as one file per worker so it can use
+them all), and times a bare tiktoken Encoding built from the same merges and regex. The corpus is real text found
+on this machine: the Python standard library's sources (code) and the README/licence/docs files of installed
+packages (prose), one document per file.
 
     .venv/bin/python bench/bench_tokenize.py [--mb 40] [--vocab 8192] [--workers 0]
 
