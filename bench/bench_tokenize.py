@@ -1,10 +1,12 @@
 """Encoding throughput: `llmforge tokenize encode` against `tokenizers` encode_batch on the same text.
 
-Also trains the tokenizer both ways, runs datatrove's DocumentTokenizer under the data stages' local executor (one
-task per documents file; the corpus is written as one file per worker so it can use them all), and builds a
-tiktoken Encoding from the same merges and regex as a reference. The corpus is real text found on this machine:
-the Python standard library's sources (code) and the README/licence/docs files of installed packages (prose), one
-document per file.
+The stage runs twice: as it chooses (tiktoken, checked against `tokenizers` on a sample) and with
+`--encoder tokenizers`; its encoding phase alone runs with tiktoken in threads and in worker processes, and with
+`tokenizers` in processes. Also trains the tokenizer both ways, runs datatrove's DocumentTokenizer under the data
+stages' local executor (one task per documents file; the corpus is written as one file per worker so it can use
+them all), and times a bare tiktoken Encoding built from the same merges and regex. The corpus is real text found
+on this machine: the Python standard library's sources (code) and the README/licence/docs files of installed
+packages (prose), one document per file.
 
     .venv/bin/python bench/bench_tokenize.py [--mb 40] [--vocab 8192] [--workers 0]
 
@@ -72,35 +74,11 @@ def documents_artifact(out: Path, texts: list[str], files: int = 1) -> Path:
     return run_stage("crawl-filter", "documents", BenchCorpus(), [ref], out, body)
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE vocabularies are written in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def tiktoken_encoding(tokenizer_json: Path):
-    """A tiktoken Encoding with our BPE's ranks (token id = merge rank) and our pre-tokenization regex."""
-    import tiktoken
+    """A bare tiktoken Encoding with our BPE's ranks and split regex (llmforge/data/tiktoken_bpe.py)."""
+    from llmforge.data.tiktoken_bpe import plan
 
-    from llmforge.data.tokenizer import CONTROL_TOKENS, SPLIT_PATTERN, TAG_TOKENS
-
-    model = json.loads(tokenizer_json.read_text())
-    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
-    added = {entry["content"]: entry["id"] for entry in model["added_tokens"]}
-    ranks = {bytes(to_byte[c] for c in token): rank for token, rank in model["model"]["vocab"].items()
-             if token not in added}  # fmt: skip
-    special = {token: added[token] for token in CONTROL_TOKENS + TAG_TOKENS}
-    return tiktoken.Encoding(
-        "llmforge-bpe", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=special
-    )
+    return plan(tokenizer_json.read_text()).encoding()
 
 
 def datatrove_encode(docs: Path, tokenizer_json: Path, out: Path, workers: int):
@@ -121,7 +99,9 @@ def datatrove_encode(docs: Path, tokenizer_json: Path, out: Path, workers: int):
                               save_final_metadata=False),
         ]  # fmt: skip
 
-    run_steps([Step("encode", build, files)], ExecutorSettings(workers=workers), out / "logs", "bench")
+    run_steps(
+        [Step("encode", build, files)], ExecutorSettings(workers=workers), out / "logs", "bench", out.name
+    )
     shards = sorted((out / "tokens").glob("*.ds"))
     return np.concatenate([np.fromfile(path, dtype=np.uint16) for path in shards])
 
@@ -174,15 +154,22 @@ def main() -> None:
         plain = Tokenizer.from_file(str(tok / "tokenizer.json"))
         encoding = tiktoken_encoding(tok / "tokenizer.json")
         encode_config = tokenize.EncodeConfig(workers=workers, val_fraction=0)
-        best = {"stage": [], "phase": [], "datatrove": [], "plain": [], "tiktoken": []}
+        slow_config = encode_config.model_copy(update={"encoder": "tokenizers"})
+        best = {name: [] for name in ("stage", "stage-tokenizers", "threads", "processes", "phase", "datatrove",
+                                      "plain", "tiktoken")}  # fmt: skip
         for run in range(args.repeat):
             out, seconds = timed(tokenize.encode, [str(docs)], root / f"tokens-{run}", tokenizer=tok,
                                  config=encode_config)  # fmt: skip
             best["stage"].append(seconds)
-            _, seconds = timed(encode_sources, [Artifact.open(docs)], plain.to_str(), "uint16",
-                               plain.token_to_id(EOS), root / f"chunks-{run}", workers=workers,
-                               chunk_chars=encode_config.chunk_chars)  # fmt: skip
-            best["phase"].append(seconds)
+            slow, seconds = timed(tokenize.encode, [str(docs)], root / f"slow-{run}", tokenizer=tok,
+                                  config=slow_config)  # fmt: skip
+            best["stage-tokenizers"].append(seconds)
+            for name, encoder, threads in (("threads", "tiktoken", True), ("processes", "tiktoken", False),
+                                           ("phase", "tokenizers", False)):  # fmt: skip
+                _, seconds = timed(encode_sources, [Artifact.open(docs)], plain.to_str(), "uint16",
+                                   plain.token_to_id(EOS), root / f"chunks-{name}-{run}", workers=workers,
+                                   chunk_chars=encode_config.chunk_chars, encoder=encoder, threads=threads)  # fmt: skip
+                best[name].append(seconds)
             datatrove_ids, seconds = timed(datatrove_encode, docs, tok / "tokenizer.json", root / f"datatrove-{run}",
                                            workers)  # fmt: skip
             best["datatrove"].append(seconds)
@@ -193,6 +180,8 @@ def main() -> None:
         plain_ids = [e.ids for e in encodings]
         tokens = sum(map(len, plain_ids))
         assert TokenShards(out).num_tokens("train") == tokens + len(texts)  # the same ids, plus one EOS each
+        assert Artifact.open(out).stats["encoder"] == "tiktoken"
+        assert Artifact.open(out).manifest["files"] == Artifact.open(slow).manifest["files"]  # the same bytes
         with_eos = np.concatenate([np.append(np.asarray(ids, dtype=np.uint16), plain.token_to_id(EOS))
                                    for ids in plain_ids])  # fmt: skip
         assert np.array_equal(datatrove_ids, with_eos)  # the same ids as ours, in document order
@@ -208,17 +197,20 @@ def main() -> None:
         ),
         ("train BPE: tokenizers BpeTrainer, texts in memory", size / train_plain / 1e6, "MB/s", 1.0),
     ]
-    for name, what in (("stage", "llmforge tokenize encode, whole stage"),
-                       ("phase", "llmforge encoding phase (read, encode, write chunks)"),
+    for name, what in (("stage", "llmforge tokenize encode, whole stage (tiktoken, checked on a sample)"),
+                       ("stage-tokenizers", "llmforge tokenize encode --encoder tokenizers, whole stage"),
+                       ("threads", f"llmforge encoding phase, tiktoken, {workers} threads"),
+                       ("processes", f"llmforge encoding phase, tiktoken, {workers} processes"),
+                       ("phase", f"llmforge encoding phase, tokenizers, {workers} processes"),
                        ("datatrove", f"datatrove DocumentTokenizer, local executor, {workers} tasks"),
                        ("plain", "tokenizers encode_batch, texts in memory"),
                        ("tiktoken", f"tiktoken from the same merges ({same:.1%} of documents identical)")):  # fmt: skip
         rows.append(
             (f"encode: {what}", tokens / seconds[name] / 1e6, "M tokens/s", seconds["plain"] / seconds[name])
         )
-    print(f"\n{'what':<72} {'rate':>8}  {'unit':<11} {'vs tokenizers':>13}")
+    print(f"\n{'what':<84} {'rate':>8}  {'unit':<11} {'vs tokenizers':>13}")
     for what, rate, unit, ratio in rows:
-        print(f"{what:<72} {rate:>8.2f}  {unit:<11} {ratio:>12.2f}x")
+        print(f"{what:<84} {rate:>8.2f}  {unit:<11} {ratio:>12.2f}x")
 
 
 if __name__ == "__main__":

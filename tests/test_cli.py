@@ -79,6 +79,7 @@ OLD_SPELLINGS = {
         (["--target-tokens", "1000"], "target_tokens", 1000),
         (["--val-fraction", "0.1"], "val_fraction", 0.1),
         (["--workers", "2"], "workers", 2),
+        (["--encoder", "tokenizers"], "encoder", "tokenizers"),
     ],
     "pretrain": [
         (["--preset", "tiny"], "model.preset", "tiny"),
