@@ -41,7 +41,10 @@ def test_qlora_trains_on_a_4bit_base_and_the_adapter_reloads_and_merges_on_the_f
     assert artifact.kind == "adapter" and artifact.config["lora"]["qlora"] is True
     assert math.isfinite(stats["loss_first"]) and stats["loss_final"] < stats["loss_first"]
     # the 4-bit weights count by their values (two to a byte in storage), so the total is the float model's
-    assert stats["total_parameters"] == Artifact.open(tiny_model).stats["parameters"] + stats["trainable_parameters"]
+    assert (
+        stats["total_parameters"]
+        == Artifact.open(tiny_model).stats["parameters"] + stats["trainable_parameters"]
+    )
     assert artifact.verify() == [] and stats_mismatches(adapter) == []
     assert "held in 4-bit NF4 with double quantization" in capfd.readouterr().err
 
@@ -55,7 +58,9 @@ def test_qlora_trains_on_a_4bit_base_and_the_adapter_reloads_and_merges_on_the_f
     merged = sft.run(tiny_model, chat_data, tmp_path / "merged", small(merge=True))
     assert "merging the adapter into the base reloaded un-quantized" in capfd.readouterr().err
     assert Artifact.open(merged).kind == "model" and not (merged / "adapter_config.json").exists()
-    assert "quantization_config" not in json.loads((merged / "config.json").read_text())  # a plain float model
+    assert "quantization_config" not in json.loads(
+        (merged / "config.json").read_text()
+    )  # a plain float model
     model = AutoModelForCausalLM.from_pretrained(merged)
     assert model.dtype == torch.float32
     with torch.no_grad():

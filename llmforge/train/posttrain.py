@@ -267,6 +267,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             logs = ctx.work / LOGS
             logs.mkdir(exist_ok=True)
             ckpt.discard_unfinished(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
+            # the workers resume from this checkpoint, whose files are loaded with pickle: checked here, once
+            ckpt.verified_latest(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
             write_jsonl(logs / "dataset.jsonl", records.items)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"),
                       model=_location(source), data=str((logs / "dataset.jsonl").resolve()),
