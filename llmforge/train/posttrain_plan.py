@@ -1,5 +1,6 @@
 """What `llmforge sft|dpo|grpo --dry-run` prints once every record is checked: the model, the method, the data, the
-steps, the batch and where it runs. Nothing is loaded: parameter counts come from the safetensors headers."""
+steps, the batch, where it runs, the base's precision and the memory per process. Nothing is loaded: parameter
+counts, dtypes and the memory estimate come from the safetensors headers and config.json."""
 
 from __future__ import annotations
 
