@@ -87,8 +87,19 @@ def test_sft_lora_resumes_after_an_interruption(tmp_path, tiny_model, chat_data)
     config = small(max_steps=4, save_steps=2, lora=LoraSettings(enabled=True))
     with pytest.raises(KeyboardInterrupt):
         sft.run(tiny_model, chat_data, tmp_path / "lora", config, callbacks=[StopAtStep(3)])
-    assert (tmp_path / "lora.partial" / "checkpoints" / "checkpoint-2").is_dir()
+    checkpoint = tmp_path / "lora.partial" / "checkpoints" / "checkpoint-2"
     assert not (tmp_path / "lora").exists()
+    # issue 16: resume state is loaded with pickle, so complete.json lists every file's sha256 and a changed or
+    # added file stops the resume before anything is loaded
+    listed = json.loads((checkpoint / "complete.json").read_text())["files"]
+    assert {"optimizer.pt", "rng_state.pth", "adapter_model.safetensors"} <= set(listed)
+    optimizer = (checkpoint / "optimizer.pt").read_bytes()
+    (checkpoint / "optimizer.pt").write_bytes(optimizer + b"\0")
+    with pytest.raises(
+        InputError, match=r"checkpoint-2/optimizer.pt: changed since the checkpoint was written"
+    ):
+        sft.run(tiny_model, chat_data, tmp_path / "lora", config)
+    (checkpoint / "optimizer.pt").write_bytes(optimizer)
 
     out = sft.run(tiny_model, chat_data, tmp_path / "lora", config)
     artifact = Artifact.open(out)

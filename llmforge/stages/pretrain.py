@@ -261,7 +261,9 @@ def _train(ctx, config: Config, plan) -> None:
     checkpoints = ctx.work / "checkpoints"
     checkpoints.mkdir(exist_ok=True)
     ckpt.discard_unfinished(checkpoints)
-    found = ckpt.latest(checkpoints)
+    found = ckpt.verified_latest(
+        checkpoints
+    )  # its files are loaded with pickle: checked against their hashes
     if found and (found[1]["world_size"], found[1]["zero"]) != (plan.world_size, plan.zero):
         raise InputError(
             f"{found[0]}: written by {found[1]['world_size']} processes with ZeRO-{found[1]['zero']}, this run has "

@@ -13,6 +13,13 @@ pretrain (DeepSpeed engine, saved by llmforge.train.loop):
 sft, dpo, grpo (TRL / HF Trainer, saved by llmforge.train.trl_job):
     checkpoints/checkpoint-100/     the Trainer's files (weights or adapter, optimizer, trainer_state.json...)
     checkpoints/checkpoint-100/complete.json    {"step": 100}, written by a callback once every process saved
+
+Resume state is loaded with pickle (DeepSpeed's engine, the Trainer's optimizer and RNG files, our rng-rank*.pt):
+loading a file that someone swapped can run their code. So complete.json also lists every other file of its
+checkpoint with its sha256, and before a run resumes (in the user's process, before any worker starts) `verify`
+refuses a checkpoint holding a file it does not list, missing or changed one, or a symlink. A checkpoint with no
+list (hand-made or from an older llmforge) is refused too. The list guards against files changed or dropped in
+after the fact; it is not a signature: whoever can rewrite complete.json can rewrite the list.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from llmforge import machine
-from llmforge.files import write_json
+from llmforge.errors import InputError
+from llmforge.files import sha256_file, write_json
 
 COMPLETE = "complete.json"
 SKIPPED = "skipped.json"
@@ -47,8 +55,57 @@ def checkpoint_dirs(directory: Path, prefix: str = PREFIX) -> list[tuple[int, Pa
 
 
 def mark_complete(checkpoint: Path, info: dict[str, Any]) -> None:
-    """Written last, once every process has saved its part: from now on the checkpoint counts."""
-    write_json(Path(checkpoint) / COMPLETE, info)
+    """Written last, once every process has saved its part: from now on the checkpoint counts. It lists the
+    checkpoint's files with their sha256 (`verify` checks them before a resume)."""
+    write_json(Path(checkpoint) / COMPLETE, {**info, "files": file_hashes(Path(checkpoint))})
+
+
+def _files(checkpoint: Path) -> list[str]:
+    """Every file under a checkpoint but its complete.json, as relative POSIX paths (symlinks included)."""
+    return sorted(path.relative_to(checkpoint).as_posix() for path in checkpoint.rglob("*")
+                  if (path.is_file() or path.is_symlink()) and path != checkpoint / COMPLETE)  # fmt: skip
+
+
+def file_hashes(checkpoint: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file of a checkpoint (hashed in threads: hashlib lets go of the GIL, and a
+    full checkpoint holds tens of GB)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = _files(checkpoint)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, machine.cpu_count()))) as pool:
+        return dict(zip(names, pool.map(lambda name: sha256_file(checkpoint / name), names), strict=True))
+
+
+def verify(checkpoint: Path, info: dict[str, Any]) -> None:
+    """Refuse (exit 2) a checkpoint whose files are not exactly those its complete.json lists, unchanged: its
+    pickled state is never loaded then. The listed names are only compared, never opened."""
+    checkpoint = Path(checkpoint)
+    again = "delete it to resume from an earlier one, or re-run with --force to start over"
+    listed = info.get("files")
+    if not isinstance(listed, dict):
+        raise InputError(f"{checkpoint}: its {COMPLETE} lists no file hashes (made by hand or by an older llmforge); "
+                         f"its state is loaded with pickle, so it is not resumed from unchecked: {again}")  # fmt: skip
+    present = _files(checkpoint)
+    if link := next((name for name in present if (checkpoint / name).is_symlink()), None):
+        raise InputError(f"{checkpoint / link}: a symlink in a checkpoint; not resumed from: {again}")
+    if extra := sorted(set(present) - set(listed)):
+        raise InputError(f"{checkpoint / extra[0]}: a file its {COMPLETE} does not list (added after the checkpoint "
+                         f"was written); not resumed from: {again}")  # fmt: skip
+    if missing := sorted(set(listed) - set(present)):
+        raise InputError(f"{checkpoint}: {missing[0]} is listed in its {COMPLETE} but missing; not resumed from: "
+                         f"{again}")  # fmt: skip
+    hashes = file_hashes(checkpoint)
+    if changed := [name for name in present if hashes[name] != listed[name]]:
+        raise InputError(f"{checkpoint / changed[0]}: changed since the checkpoint was written (its sha256 is not "
+                         f"the one {COMPLETE} lists); not resumed from: {again}")  # fmt: skip
+
+
+def verified_latest(directory: Path, prefix: str = PREFIX) -> tuple[Path, dict[str, Any]] | None:
+    """`latest`, checked by `verify`: what a run about to resume calls (once, in the user's process)."""
+    found = latest(directory, prefix)
+    if found is not None:
+        verify(*found)
+    return found
 
 
 def complete_checkpoints(directory: Path, prefix: str = PREFIX) -> list[tuple[Path, dict[str, Any]]]:

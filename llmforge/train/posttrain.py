@@ -62,7 +62,8 @@ class LoraSettings(StageConfig):
         description="Layers that get adapters: all-linear (attention and MLP) or a list of names",
     )
     qlora: bool = Field(
-        False, description="QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes; needs a CUDA GPU)"
+        False,
+        description="QLoRA: hold the frozen base in 4-bit NF4 with double quantization (bitsandbytes, CPU or GPU)",
     )
     merge: bool = Field(
         False, description="Merge the trained adapter into its base and write a full model artifact"
@@ -140,13 +141,22 @@ def output_kind(config: PostTrainConfig) -> str:
 
 
 def qlora_unavailable() -> str | None:
-    """Why QLoRA cannot run here, or None when it can."""
-    if not machine.has_cuda():
-        return ("--qlora needs bitsandbytes' 4-bit kernels on a CUDA GPU, and this machine has no GPU "
-                "(no CUDA device visible to torch); use --lora to train an adapter on the full-precision base")  # fmt: skip
+    """Why QLoRA cannot run here, or None when it can (bitsandbytes' 4-bit layers run on CPU and CUDA alike)."""
     if not machine.has_package("bitsandbytes"):
-        return "--qlora needs the bitsandbytes package (pip install bitsandbytes); use --lora without it"
+        return ("--qlora needs the bitsandbytes package (pip install 'llmforge[qlora]' or bitsandbytes); "
+                "use --lora to train an adapter on the full-precision base")  # fmt: skip
     return None
+
+
+def qlora_compute_dtype() -> str:
+    """What QLoRA's 4-bit layers compute in: bf16 where training runs in bf16 (a GPU with bf16), else float32."""
+    return "bfloat16" if machine.bf16_supported() else "float32"
+
+
+def qlora_precision() -> str:
+    """How QLoRA holds the frozen base while training (the plan and the logs say it)."""
+    return (f"4-bit NF4 with double quantization (bitsandbytes), compute dtype {qlora_compute_dtype()}; "
+            "embeddings, norms and the output head in float32")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,6 +251,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             stage.check(records, tokenizer, config)
         log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
             f"{describe_method(config, source)}")  # fmt: skip
+        if config.lora.qlora:
+            log(f"{stage.name}: the frozen base is held in {qlora_precision()}")
         if dry_run:
             from llmforge.train.posttrain_plan import print_plan
 
@@ -255,6 +267,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             logs = ctx.work / LOGS
             logs.mkdir(exist_ok=True)
             ckpt.discard_unfinished(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
+            # the workers resume from this checkpoint, whose files are loaded with pickle: checked here, once
+            ckpt.verified_latest(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
             write_jsonl(logs / "dataset.jsonl", records.items)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"),
                       model=_location(source), data=str((logs / "dataset.jsonl").resolve()),
@@ -318,6 +332,9 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
                 shutil.copy2(final / name, ctx.work / name)
         _point_adapter_at(ctx.work / "adapter_config.json", base)
         if config.lora.merge:
+            if config.lora.qlora:  # a 4-bit base cannot hold the merged weights: the float one can
+                log(f"{ctx.stage}: merging the adapter into the base reloaded un-quantized from {base.path} (in "
+                    "the dtype it is stored in), not into the 4-bit copy it was trained on")  # fmt: skip
             adapter = ModelSource(path=str(ctx.work), kind="hf-dir", fingerprint="", base=base)
             merged = load_model(adapter, dtype="auto", merge=True)
             refuse_non_finite(merged.state_dict().items(), ctx)

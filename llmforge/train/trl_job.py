@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from llmforge.train.posttrain import (
     Stage,
     non_finite,
     open_model,
+    qlora_compute_dtype,
 )
 
 # torch.multinomial's error for inf or NaN probabilities: how an overflowing policy shows up while GRPO samples
@@ -155,11 +157,16 @@ def load_policy(source, config: PostTrainConfig):
 
 
 def _load_4bit(source, config: PostTrainConfig):
+    """QLoRA: the frozen base in 4-bit NF4 with double quantization (bitsandbytes' Linear4bit, on CPU or the
+    process's GPU), its other weights upcast to float32 by peft, and LoRA (or the input adapter) on top."""
+    compute = getattr(torch, qlora_compute_dtype())
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+                                      bnb_4bit_compute_dtype=compute)  # fmt: skip
+    # each process quantizes onto its own device (under torchrun LOCAL_RANK names it)
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if machine.has_cuda() else "cpu"
     base = source.base if source.is_adapter else source
     model = AutoModelForCausalLM.from_pretrained(
-        base.path, quantization_config=quantization, dtype=torch.bfloat16
+        base.path, quantization_config=quantization, dtype=compute, device_map={"": device}
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     if source.is_adapter:
@@ -169,12 +176,18 @@ def _load_4bit(source, config: PostTrainConfig):
 
 def parameter_counts(model) -> tuple[int, int]:
     """(trainable, total) of the policy. ZeRO-3 partitions parameters (their full size is then in ds_numel);
-    the frozen copy TRL keeps of a continued adapter (adapter "ref") is the reference, not the policy."""
+    a 4-bit weight packs two values a byte (its own shape is in quant_state); the frozen copy TRL keeps of a
+    continued adapter (adapter "ref") is the reference, not the policy."""
     trainable = total = 0
     for name, parameter in model.named_parameters():
         if ".ref." in name:
             continue
-        count = getattr(parameter, "ds_numel", parameter.numel())
+        quantized = getattr(parameter, "quant_state", None)
+        count = (
+            math.prod(quantized.shape)
+            if quantized is not None
+            else getattr(parameter, "ds_numel", parameter.numel())
+        )
         total += count
         if parameter.requires_grad:
             trainable += count
