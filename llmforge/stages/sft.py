@@ -37,7 +37,7 @@ class Config(PostTrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the dataset (1-3 avoids overfitting)")
     packing: bool = Field(False, description="Pack several records into each max_length sequence")
     assistant_only_loss: bool = Field(
-        True, description="Chat records: loss on the assistant's tokens only (their end-of-turn token included)"
+        True, description="Chat records: loss on the assistant's tokens only (end-of-turn token included)"
     )
     completion_only_loss: bool = Field(
         True, description="prompt/completion records: loss on the completion only"

@@ -214,7 +214,8 @@ def open_model(path: str | Path, stage: str):
 
         ours, base = source.tokenizer_fingerprint, source.base.tokenizer_fingerprint
         # the chat template may differ (trained with --chat-template); the vocabulary may not
-        if ours and base and ours != base and not same_vocabulary(tokenizer_dir(source), tokenizer_dir(source.base)):
+        vocabulary = same_vocabulary(tokenizer_dir(source), tokenizer_dir(source.base))
+        if ours and base and ours != base and not vocabulary:
             raise InputError(
                 f"{path}: the adapter's tokenizer differs from its base model's ({source.base.path})"
             )
@@ -307,7 +308,7 @@ def template_input(path: str) -> InputRef:
     from llmforge.artifacts import raw_input
 
     if not Path(path).is_file():
-        raise InputError(f"--chat-template {path}: no such file (a Jinja chat template, such as chat_template.jinja)")
+        raise InputError(f"--chat-template {path}: no such file (a Jinja chat template file)")
     ref = raw_input(path)
     ref.detail["role"] = "chat template"
     return ref
