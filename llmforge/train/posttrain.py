@@ -304,14 +304,15 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
 
 
 def template_input(path: str) -> InputRef:
-    """A user's chat template file, fingerprinted by content: it decides what the model is trained on."""
-    from llmforge.artifacts import raw_input
+    """A user's chat template file, fingerprinted by its bytes alone (not its name or place): it decides what the
+    model is trained on. No file count: eval's contamination check reads such entries as training data."""
+    from llmforge.files import sha256_file
 
-    if not Path(path).is_file():
+    file = Path(path)
+    if not file.is_file():
         raise InputError(f"--chat-template {path}: no such file (a Jinja chat template file)")
-    ref = raw_input(path)
-    ref.detail["role"] = "chat template"
-    return ref
+    detail = {"role": "chat template", "bytes": file.stat().st_size}
+    return InputRef(path=str(path), kind="raw", fingerprint=sha256_file(file), detail=detail)
 
 
 def is_chat(records: Records) -> bool:
