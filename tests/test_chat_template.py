@@ -141,3 +141,12 @@ def test_an_adapter_trained_with_its_own_template_chains_on_its_base(tmp_path, t
     out = dpo.run(adapter, pairs, tmp_path / "dpo", small(dpo, max_length=64, lora={"enabled": True}))
     assert AutoTokenizer.from_pretrained(out).chat_template == HEADERS
     assert Artifact.open(out).stats["chat_template"] == "model"
+
+    # served beside its base, each renders chats with its own template; vLLM cannot do that and says so
+    from llmforge.serving import models, vllm_backend
+    from llmforge.stages import serve
+
+    plan = models.plan(tiny_model, None, {"headers": str(adapter)})
+    assert [m.chat_template for m in plan.models] == [None, HEADERS]
+    with pytest.raises(InputError, match="adapter headers has a chat template of its own"):
+        vllm_backend.command(plan, serve.Config(), 8000)
