@@ -280,6 +280,11 @@ def test_a_template_file_replaces_the_models(tmp_path, smollm2_tokenizer):
     assert template.origin == "file" and template.text == CHAT_TEMPLATE
     with pytest.raises(InputError, match="missing.jinja: cannot read"):
         resolve_template(smollm2_tokenizer, tmp_path / "missing.jinja")
+    file.write_text("{{ messages[0]['content'] | no_such_filter }}")
+    with pytest.raises(
+        InputError, match="chat_template.jinja: the chat template cannot render a user/assistant"
+    ):
+        resolve_template(smollm2_tokenizer, file)
 
 
 def test_records_that_leave_nothing_to_train_on_are_refused_by_location(smollm2, smollm2_tokenizer):
@@ -299,6 +304,11 @@ def test_records_that_leave_nothing_to_train_on_are_refused_by_location(smollm2,
         InputError, match=r"chats.jsonl:2: the loss mask is empty \(the assistant's turns start "
     ):
         chat_examples(records[1:], ["chats.jsonl:2"], tokenizer, template, stops, 20)
+    # prompt/completion chats trained on the completion only: the prompt's replies are context
+    [completion] = chat_examples(records[1:], ["chats.jsonl:2"], tokenizer, template, stops, 512,
+                                 completion_only=True)  # fmt: skip
+    assert completion["input_ids"] == examples[1]["input_ids"]
+    assert masked_runs(tokenizer, completion) == ["Bye!<|im_end|>"]
     gemma, gemma_stops = family_tokenizer("gemma3", smollm2)
     alternating = [{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                                  {"role": "assistant", "content": "c"}]}]  # fmt: skip

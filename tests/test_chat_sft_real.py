@@ -10,8 +10,13 @@ import random
 
 import pytest
 import torch
+from helpers import write_jsonl
+from test_chat_template import TrainData
 
+from llmforge.artifacts import Artifact
 from llmforge.data.chat_masks import chat_examples, resolve_template, stop_token_ids
+from llmforge.stages import sft
+from llmforge.train.posttrain import LoraSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2"), pytest.mark.usefixtures("one_thread")]
 
@@ -44,44 +49,40 @@ def masked_loss(model, examples: list[dict]) -> float:
     return total / len(examples)
 
 
-def test_lora_sft_on_multi_turn_chats_lowers_the_loss_and_the_adapter_reloads(smollm2, tmp_path):
-    import datasets
-    from peft import LoraConfig, PeftModel
+def test_lora_sft_on_multi_turn_chats_lowers_the_loss_and_the_adapter_reloads(smollm2, tmp_path, capfd):
+    """`llmforge sft MODEL chats.jsonl --lora` on the real model, through the stage: its template has no
+    {% generation %} markers, the loss falls on exactly the replies and their <|im_end|>, the held-out loss drops and
+    the adapter reloads with peft."""
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     template = resolve_template(tokenizer)
-    stops = stop_token_ids(tokenizer, smollm2, template)
+    assert "{% generation %}" not in template.text
+    chats = arithmetic_chats(12, seed=0)
+    held_out = chat_examples(arithmetic_chats(4, seed=1), [f"chat {i}" for i in range(4)], tokenizer, template,
+                             stop_token_ids(tokenizer, smollm2, template), 128)  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(smollm2)
+    before = masked_loss(base, held_out)
 
-    def examples(count: int, seed: int) -> list[dict]:
-        chats = arithmetic_chats(count, seed)
-        return chat_examples(chats, [f"chat {i}" for i in range(count)], tokenizer, template, stops, 128)
-
-    train, held_out = examples(12, seed=0), examples(4, seed=1)
-    model = AutoModelForCausalLM.from_pretrained(smollm2)
-    args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
-                     learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, max_length=128,
-                     assistant_only_loss=False,  # the masks are in the dataset: TRL turns them into labels
-                     use_cpu=True, bf16=False, save_strategy="no", report_to="none", disable_tqdm=True,
-                     logging_steps=1, dataloader_num_workers=0, seed=0)  # fmt: skip
-    torch.manual_seed(0)  # the LoRA weights are drawn when the trainer wraps the model
-    lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    data = TrainData()
+    config = sft.Config(lora=LoraSettings(enabled=True, rank=8, dropout=0.0), max_steps=3, batch_size=4,
+                        learning_rate=1e-3, lr_scheduler="constant", warmup_ratio=0.0, max_length=128)  # fmt: skip
+    out = sft.run(smollm2, write_jsonl(tmp_path / "chats.jsonl", chats), tmp_path / "adapter", config,
+                  callbacks=[data])  # fmt: skip
+    assert "chat template: the model's own" in capfd.readouterr().err
+    trained = sorted(
+        tokenizer.decode(
+            [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+        )
+        for row in data.rows
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train),
-                         processing_class=tokenizer, peft_config=lora)  # fmt: skip
-    # TRL trains on exactly our assistant tokens
-    prepared = {tuple(row["input_ids"]): row["labels"] for row in trainer.train_dataset}
-    for example in train:
-        labels = prepared[tuple(example["input_ids"])]
-        assert [label != -100 for label in labels] == [bool(m) for m in example["assistant_masks"]]
+    replies = ["".join(m["content"] + "<|im_end|>" for m in chat["messages"] if m["role"] == "assistant")
+               for chat in chats]  # fmt: skip
+    assert trained == sorted(replies)
+    assert Artifact.open(out).kind == "adapter" and Artifact.open(out).stats["steps"] == 3
 
-    before = masked_loss(trainer.model, held_out)
-    trainer.train()
-    after = masked_loss(trainer.model, held_out)
+    reloaded = PeftModel.from_pretrained(base, out)
+    after = masked_loss(reloaded, held_out)
     assert after < 0.75 * before, (before, after)
-
-    trainer.save_model(str(tmp_path / "adapter"))
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2), tmp_path / "adapter")
-    assert masked_loss(reloaded, held_out) == pytest.approx(after, rel=1e-4)
+    assert AutoTokenizer.from_pretrained(out).chat_template == tokenizer.chat_template

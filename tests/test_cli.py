@@ -12,6 +12,7 @@ import pytest
 import typer
 import yaml
 from helpers import llmforge
+from typer.exceptions import TyperException
 from typer.testing import CliRunner
 
 from llmforge import registry
@@ -47,6 +48,7 @@ POSTTRAIN = [
     (["--offload", "cpu"], "offload", "cpu"),
     (["--nproc", "2"], "nproc", 2),
     (["--hostfile", "hosts"], "hostfile", "hosts"),
+    (["--chat-template", "chat.jinja"], "chat_template", "chat.jinja"),
 ]
 OLD_SPELLINGS = {
     "crawl-filter": [
@@ -247,6 +249,21 @@ def test_every_old_spelling_sets_the_same_key_and_value(name):
         if option in ("--output", "-o", "--config", "-c", "--data"):
             continue  # given in POSITIONAL, or a file read when the command runs (below)
         click_command(name).make_context(name, [*POSITIONAL[name], *argv])
+
+
+def test_chat_template_is_a_file_when_training_and_a_switch_in_eval():
+    """sft/dpo/grpo --chat-template FILE: the template to train with; eval --chat-template: lm-eval's
+    --apply-chat-template (render the task's prompts with the model's own template), taking no value."""
+    for name in ("sft", "dpo", "grpo"):
+        assert parse(name, ["--chat-template", "t.jinja"]).chat_template == "t.jinja"
+        with pytest.raises(TyperException, match="'--chat-template' requires an argument"):
+            parse(name, ["--chat-template"])
+    [switch] = [p for p in click_command("eval").params if "--chat-template" in p.opts]
+    assert switch.is_flag and switch.name == "apply_chat_template"
+    assert parse("eval", ["--chat-template"]).apply_chat_template is True
+    # eval takes several models: a file after its --chat-template is one more model argument, never a template
+    context = click_command("eval").make_context("eval", ["model", "--chat-template", "t.jinja"])
+    assert context.params["models"] == ["model", "t.jinja"]
 
 
 def test_flags_given_override_the_yaml_file_and_set_overrides_flags(tmp_path):

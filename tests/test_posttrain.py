@@ -116,6 +116,11 @@ def test_training_dataset_keeps_every_record_as_written():
     assert dataset.column_names == columns
     assert list(dataset) == [{column: row.get(column) for column in columns} for row in rows]
     assert dataset.features["answer"].dtype == "string"  # one plain type stays a plain column
+    tokenized = to_dataset(
+        [{"input_ids": [5, 6, 7], "assistant_masks": [0, 1, 1]}, {"input_ids": [8], "assistant_masks": [1]}]
+    )
+    assert tokenized.features["input_ids"].feature.dtype == "int64"  # sft's pre-tokenized chats: token lists
+    assert tokenized[0] == {"input_ids": [5, 6, 7], "assistant_masks": [0, 1, 1]}
 
 
 def test_parquet_and_documents_inputs(tmp_path):

@@ -198,12 +198,22 @@ def test_sft_refuses_an_input_model_with_non_finite_weights(tmp_path, tiny_model
 
 
 def _trainer(tmp_path, tiny_model, records, shape, **settings):
+    """The trainer sft builds, on the rows its data path prepares (chats pre-tokenized with their masks)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmforge.data.chat_masks import resolve_template
+    from llmforge.data.records import Records
+    from llmforge.model.loading import resolve_model
+    from llmforge.train.posttrain import stop_ids
 
     config = sft.Config(**settings)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    template = resolve_template(tokenizer)
+    prepared = Records(records, shape, [f"data.jsonl:{n + 1}" for n in range(len(records))])
+    rows = sft.prepare(prepared, tokenizer, config, template, stop_ids(resolve_model(tiny_model, "sft"), tokenizer,
+                                                                       template))  # fmt: skip
     trainer = sft.make_trainer(config=config, model=AutoModelForCausalLM.from_pretrained(tiny_model),
-                               tokenizer=tokenizer, dataset=to_dataset(records), peft_config=None,
+                               tokenizer=tokenizer, dataset=to_dataset(rows), peft_config=None,
                                arguments=training_arguments(config, tmp_path), callbacks=[], shape=shape)  # fmt: skip
     return trainer, tokenizer
 

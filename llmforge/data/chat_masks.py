@@ -80,9 +80,18 @@ def resolve_template(tokenizer, template_file: str | Path | None = None) -> Temp
     """The template to train with: a file the user gives, else the model's own, else a default for its vocabulary."""
     if template_file is not None:
         try:
-            return Template(Path(template_file).read_text(), "file")
+            text = Path(template_file).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{template_file}: cannot read the chat template ({exc})") from None
+        try:  # a syntax error or a template for another message format: one line now, not a traceback in TRL
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                chat_template=text, tokenize=False,
+            )  # fmt: skip
+        except Exception as exc:
+            raise InputError(f"{template_file}: the chat template cannot render a user/assistant chat "
+                             f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        return Template(text, "file")
     own = tokenizer.chat_template
     if isinstance(own, dict):  # named variants: the default one is the chat template
         own = own.get("default")
@@ -232,9 +241,11 @@ def record_chat(record: dict[str, Any]) -> tuple[list[dict], list | None]:
 
 
 def chat_examples(records: Sequence[dict], locations: Sequence[str], tokenizer, template: Template,
-                  stop_ids: Iterable[int], max_length: int) -> list[dict[str, list[int]]]:  # fmt: skip
+                  stop_ids: Iterable[int], max_length: int,
+                  completion_only: bool = False) -> list[dict[str, list[int]]]:  # fmt: skip
     """Pre-tokenized examples for TRL's SFTTrainer (it builds labels from `assistant_masks`); a record that cannot
-    be rendered, or whose assistant tokens all fall beyond max_length, is refused naming its location."""
+    be rendered, or whose assistant tokens all fall beyond max_length, is refused naming its location.
+    `completion_only`: in chat prompt/completion records, the assistant turns of the prompt are context only."""
     stop_tokens = tokenizer.convert_ids_to_tokens(list(stop_ids))
     examples, unstopped = [], []
     for record, location in zip(records, locations, strict=True):
@@ -243,7 +254,11 @@ def chat_examples(records: Sequence[dict], locations: Sequence[str], tokenizer, 
             renderings = render_turns(tokenizer, messages, template.text, stop_tokens, tools)
         except ChatMaskError as exc:
             raise InputError(f"{location}: {exc}") from None
+        first = len(record["prompt"]) if completion_only and "messages" not in record else 0
+        renderings = [_from_turn(rendered, first) for rendered in renderings]
         for rendered in renderings:
+            if not rendered.spans:
+                continue  # a separate rendering of a prompt turn: context only
             example = encode(tokenizer, rendered)
             if not any(example["assistant_masks"][:max_length]):
                 reason = (f"the assistant's turns start after max_length ({max_length} tokens)"
@@ -256,3 +271,10 @@ def chat_examples(records: Sequence[dict], locations: Sequence[str], tokenizer, 
         warn(f"{len(unstopped)} assistant turn(s) end without a stop token ({', '.join(stop_tokens)}) in the chat "
              f"template's rendering, first {unstopped[0]}: the model does not learn to stop there")  # fmt: skip
     return examples
+
+
+def _from_turn(rendered: Rendered, first: int) -> Rendered:
+    """The rendering with only the assistant spans of message `first` onwards."""
+    kept = [i for i, turn in enumerate(rendered.turns) if turn >= first]
+    return Rendered(rendered.text, [rendered.spans[i] for i in kept], [rendered.turns[i] for i in kept],
+                    [turn for turn in rendered.unstopped if turn >= first])  # fmt: skip

@@ -143,6 +143,12 @@ def tokenizer_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def same_vocabulary(first: str | Path, second: str | Path) -> bool:
+    """Two tokenizer directories encode text alike (same tokenizer.json), whatever their chat templates."""
+    files = [Path(first) / "tokenizer.json", Path(second) / "tokenizer.json"]
+    return all(f.is_file() for f in files) and files[0].read_bytes() == files[1].read_bytes()
+
+
 def fertility(tokenizer_object, texts: list[str]) -> dict[str, float | int]:
     """How well a `tokenizers.Tokenizer` compresses `texts`: UTF-8 bytes per token (higher is better) and tokens
     per whitespace-separated word (lower is better; a language the tokenizer knows badly costs more per word)."""

@@ -94,7 +94,8 @@ class LocalChat:
     def reply(self, messages: list[dict[str, str]], settings: Settings) -> Iterator[str]:
         from llmforge.serving.engine import GenerationRequest, SamplingParams
 
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                  chat_template=self.model.chat_template)  # fmt: skip
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = self.engine.max_model_len - len(ids)
         if room < 1:

@@ -26,6 +26,13 @@ class ServedModel:
     def fingerprint(self) -> str:
         return self.source.fingerprint
 
+    @property
+    def chat_template(self) -> str | None:
+        """An adapter's own chat template (trained with `--chat-template`, or a default its base lacked); None: the
+        base tokenizer's."""
+        file = Path(self.source.path) / "chat_template.jinja"
+        return file.read_text() if self.adapter is not None and file.is_file() else None
+
     def card(self) -> dict[str, Any]:
         """The /v1/models entry: OpenAI's fields plus where the model comes from."""
         entry = {"id": self.name, "object": "model", "created": 0, "owned_by": "llmforge",
@@ -95,10 +102,15 @@ def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -
     for name in names:
         if names.count(name) > 1:
             raise InputError(f"two served models would be called {name!r}; rename one with NAME=PATH")
+    from llmforge.data.tokenizer import same_vocabulary
+    from llmforge.model.loading import tokenizer_dir
+
     expected = base.tokenizer_fingerprint
     for served in models:
         found = served.source.tokenizer_fingerprint
-        if expected and found and found != expected:
+        # an adapter may carry its own chat template (each served model renders with its own), not its own vocabulary
+        vocabulary = same_vocabulary(tokenizer_dir(served.source), tokenizer_dir(base))
+        if expected and found and found != expected and not vocabulary:
             raise InputError(
                 f"{served.source.path}: its tokenizer differs from the base model's ({base.path})"
             )

@@ -236,7 +236,8 @@ def chat_job(state: ServerState, body: ChatRequest) -> Job:
     target = served(state, body.model)
     messages = [{"role": m.role, "content": message_text(m)} for m in body.messages]
     try:
-        text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                   chat_template=target.chat_template)  # fmt: skip
     except Exception as exc:  # the template itself rejects the conversation (roles out of order...)
         raise APIError(400, f"the chat template rejected the messages: {exc}", param="messages") from None
     ids = state.tokenizer(text, add_special_tokens=False)["input_ids"]

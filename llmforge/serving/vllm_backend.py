@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from llmforge import machine
@@ -57,11 +58,21 @@ def command(serving: ServingPlan, config: Any, port: int) -> list[str]:
     if config.api_key:
         argv += ["--api-key", config.api_key]
     adapters = serving.adapters
+    base_template = _base_template(serving)
+    own = [a.name for a in adapters if a.chat_template not in (None, base_template)]
+    if own:
+        raise InputError(f"adapter {own[0]} has a chat template of its own, and vLLM renders every adapter with the "
+                         "base model's: serve it with --backend embedded, or merge it (--merge) and serve that")  # fmt: skip
     if adapters:
         argv += ["--enable-lora", "--max-loras", str(len(adapters)),
                  "--max-lora-rank", str(max(adapter_rank(a.source) for a in adapters)), "--lora-modules"]  # fmt: skip
         argv += [f"{a.name}={a.source.path}" for a in adapters]
     return argv
+
+
+def _base_template(serving: ServingPlan) -> str | None:
+    file = Path(serving.base.path) / "chat_template.jinja"
+    return file.read_text() if file.is_file() else None
 
 
 async def fingerprint_header(request, call_next):

@@ -260,6 +260,7 @@ FLAGS = (
     Flag("learning_rate", "--lr", "--learning-rate"),
     Flag("batch_size", "--micro-batch-size", "--batch-size"),
     Flag("max_length", "--seq-len", "--max-length"),
+    Flag("chat_template", "--chat-template"),
     Flag("zero"),
     Flag("offload"),
     Flag("nproc"),

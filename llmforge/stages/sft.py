@@ -1,8 +1,11 @@
 """Supervised fine-tuning: teach a base model the assistant's manners on chat, prompt/completion or plain text.
 
-Chats are rendered with the chat template the model's tokenizer carries (the one serving will use) and the loss
-falls on the assistant's tokens only; prompt/completion records train on the completion only. Full fine-tuning, or
-LoRA / QLoRA with `--lora` / `--qlora` (an adapter artifact; `--merge` folds it into a full model).
+Chats are rendered with the model's own chat template (the one serving will use), a file given with
+`--chat-template`, or a default for a model without one, and the loss falls on the assistant's tokens only, its
+end-of-turn token included: llmforge.data.chat_masks finds them by rendering each conversation prefix, so any
+template works, with or without `{% generation %}` markers, and TRL gets the chats pre-tokenized with their masks.
+Prompt/completion records train on the completion only. Full fine-tuning, or LoRA / QLoRA with `--lora` /
+`--qlora` (an adapter artifact; `--merge` folds it into a full model).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Config(PostTrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the dataset (1-3 avoids overfitting)")
     packing: bool = Field(False, description="Pack several records into each max_length sequence")
     assistant_only_loss: bool = Field(
-        True, description="Chat records: loss on the assistant's tokens only (needs {% generation %} markers)"
+        True, description="Chat records: loss on the assistant's tokens only (end-of-turn token included)"
     )
     completion_only_loss: bool = Field(
         True, description="prompt/completion records: loss on the completion only"
@@ -84,10 +87,9 @@ def validator(config: Config):
 
 
 def check(records: Records, tokenizer, config: Config) -> None:
-    """What only the tokenizer can tell: the loss mask of every record is not empty."""
-    if records.shape in CHAT_SHAPES and config.assistant_only_loss:
-        check_assistant_masks(records, tokenizer, config.max_length)
-    elif records.shape == "prompt-completion" and config.completion_only_loss:
+    """What only the tokenizer can tell: the loss mask of every prompt/completion record is not empty (chats are
+    checked as they are tokenized, in `prepare`)."""
+    if records.shape == "prompt-completion" and config.completion_only_loss:
         for record, location in zip(records.items, records.locations, strict=True):
             if len(tokenizer(record["prompt"])["input_ids"]) >= config.max_length:
                 raise InputError(
@@ -96,27 +98,19 @@ def check(records: Records, tokenizer, config: Config) -> None:
                 )
 
 
-def check_assistant_masks(records: Records, tokenizer, max_length: int) -> None:
-    """Every chat record must leave assistant tokens to train on within max_length (the loss mask is not empty)."""
-    template = tokenizer.chat_template or ""
-    if "{% generation %}" not in template.replace("{%- generation %}", "{% generation %}"):
-        raise InputError("the model's chat template has no {% generation %} markers, so assistant-only loss cannot "
-                         "find the assistant's tokens; use a tokenizer made by `llmforge tokenize train` or add "
-                         "the markers to chat_template.jinja")  # fmt: skip
-    for record, location in zip(records.items, records.locations, strict=True):
-        messages = record.get("messages") or (record["prompt"] + record["completion"])
-        tools = record.get("tools")
-        rendered = tokenizer.apply_chat_template(
-            messages, tools=json.loads(tools) if isinstance(tools, str) else tools, tokenize=True,
-            return_dict=True, return_assistant_tokens_mask=True,
-        )  # fmt: skip
-        mask = rendered["assistant_masks"][:max_length]
-        if not any(mask):
-            reason = ("the assistant's turns start after max_length "
-                      f"({max_length} tokens)") if any(rendered["assistant_masks"]) else "no assistant tokens"  # fmt: skip
-            raise InputError(
-                f"{location}: the loss mask is empty ({reason}); nothing of this record is trained on"
-            )
+def prepare(records: Records, tokenizer, config: Config, template, stop_ids: list[int]) -> list[dict]:
+    """Chats as TRL's SFTTrainer takes them pre-tokenized: `input_ids` and `assistant_masks` (TRL builds the labels
+    from the mask and truncates to max_length). A record whose mask is empty within max_length is refused."""
+    if records.shape not in CHAT_SHAPES:
+        return records.items
+    from llmforge.data.chat_masks import chat_examples
+
+    completion_only = records.shape == "prompt-completion chat" and config.completion_only_loss
+    examples = chat_examples(records.items, records.locations, tokenizer, template, stop_ids, config.max_length,
+                             completion_only=completion_only)  # fmt: skip
+    if not (config.assistant_only_loss or completion_only):  # every token of the rendering
+        return [{"input_ids": example["input_ids"]} for example in examples]
+    return examples
 
 
 def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
@@ -128,8 +122,9 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         packing=config.packing,
         # bfd packing needs FlashAttention to keep packed records apart; without it, wrap into fixed blocks
         packing_strategy="bfd" if machine.has_flash_attention() else "wrapped",
-        assistant_only_loss=config.assistant_only_loss and shape in CHAT_SHAPES,
-        completion_only_loss=config.completion_only_loss if shape.startswith("prompt-completion") else None,
+        # chats come pre-tokenized with their masks (`prepare`): TRL's own masking would need {% generation %}
+        assistant_only_loss=False,
+        completion_only_loss=config.completion_only_loss if shape == "prompt-completion" else None,
     )
     return SFTTrainer(
         model=model,
@@ -167,6 +162,7 @@ STAGE = Stage(
     default_rates=(2e-5, 2e-4),
     check=check,
     describe=describe,
+    prepare=prepare,
 )
 
 
@@ -196,6 +192,7 @@ FLAGS = (
     Flag("batch_size", "--micro-batch-size", "--batch-size"),
     Flag("max_length", "--seq-len", "--max-length"),
     Flag("packing"),
+    Flag("chat_template", "--chat-template"),
     Flag("zero"),
     Flag("offload"),
     Flag("nproc"),

@@ -113,6 +113,12 @@ class PostTrainConfig(StageConfig):
         description="Multi-node: a hostfile ('HOST slots=N' lines) for the deepspeed launcher; OUT must be on a "
         "filesystem every node shares",
     )
+    chat_template: str | None = runtime_field(
+        None,
+        description="A Jinja chat template file to train chats with, saved into the output's tokenizer (it replaces "
+        "the model's; its bytes, not its path, are an input of the artifact); none = the model's own, or a default "
+        "for a model without one",
+    )
     gradient_checkpointing: bool = runtime_field(False, description="Recompute activations to save memory")
     save_steps: int = runtime_field(50, ge=1, description="Save a resumable checkpoint every N steps")
     keep_checkpoints: int = runtime_field(2, ge=1, description="Checkpoints kept in OUT/checkpoints")
@@ -177,6 +183,8 @@ class Stage:
     default_rates: tuple[float, float]  # learning rate: full fine-tuning, LoRA
     check: Callable[[Records, Any, PostTrainConfig], None] | None = None  # extra checks needing the tokenizer
     describe: Callable[[PostTrainConfig], list[tuple[str, str]]] | None = None  # the stage's rows in the plan
+    # the rows the trainer gets, when not the records as validated: (records, tokenizer, config, template, stop ids)
+    prepare: Callable[..., list[dict]] | None = None
 
 
 @dataclass
@@ -190,6 +198,7 @@ class Job:
     data: str
     work: str
     shape: str
+    chat_template: str | None = None  # the template text chats are rendered with (set on the tokenizer)
 
     def save(self, path: Path) -> None:
         write_json(path, {"kind": JOB_KIND, **asdict(self)})
@@ -210,8 +219,13 @@ def open_model(path: str | Path, stage: str):
         raise InputError(f"{stage} trains a model or adapter; {path} is a quantized-model artifact (made by "
                          "`llmforge quantize`): train its source model instead, or use --qlora on it")  # fmt: skip
     if source.is_adapter and source.base is not None:
+        from llmforge.data.tokenizer import same_vocabulary
+        from llmforge.model.loading import tokenizer_dir
+
         ours, base = source.tokenizer_fingerprint, source.base.tokenizer_fingerprint
-        if ours and base and ours != base:
+        # the chat template may differ (trained with --chat-template); the vocabulary may not
+        vocabulary = same_vocabulary(tokenizer_dir(source), tokenizer_dir(source.base))
+        if ours and base and ours != base and not vocabulary:
             raise InputError(
                 f"{path}: the adapter's tokenizer differs from its base model's ({source.base.path})"
             )
@@ -228,6 +242,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
     source = open_model(model, stage.name)
     kind = output_kind(config)
     inputs = [source.ref(), dataset_ref(data, stage.name)]
+    if config.chat_template is not None:
+        inputs.append(template_input(config.chat_template))
     if not dry_run and up_to_date(out, stage.name, config, inputs):  # nothing to validate or load
         return run_stage(stage.name, kind, config, inputs, out, lambda ctx: None, force=force)
     # stdout carries only the output path: libraries that print or log to stdout (DeepSpeed's logger, TRL) are
@@ -247,8 +263,15 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
         config.world_size()  # a hostfile that cannot be used is one line before any work
         records = read_records(data, stage.name, stage.validate(config))
         tokenizer = load_tokenizer(source)
+        template = training_template(records, tokenizer, config)
+        if template is not None:
+            tokenizer.chat_template = template.text
+            log(template.note)
         if stage.check is not None:
             stage.check(records, tokenizer, config)
+        rows = records.items
+        if stage.prepare is not None:
+            rows = stage.prepare(records, tokenizer, config, template, stop_ids(source, tokenizer, template))
         log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
             f"{describe_method(config, source)}")  # fmt: skip
         if config.lora.qlora:
@@ -269,10 +292,11 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             ckpt.discard_unfinished(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
             # the workers resume from this checkpoint, whose files are loaded with pickle: checked here, once
             ckpt.verified_latest(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
-            write_jsonl(logs / "dataset.jsonl", records.items)
+            write_jsonl(logs / "dataset.jsonl", rows)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"),
                       model=_location(source), data=str((logs / "dataset.jsonl").resolve()),
-                      work=str(ctx.work.resolve()), shape=records.shape)  # fmt: skip
+                      work=str(ctx.work.resolve()), shape=records.shape,
+                      chat_template=template.text if template else None)  # fmt: skip
             job.save(logs / "job.json")
             if config.uses_launcher():
                 launch.launch(logs / "job.json", config.nproc, config.hostfile)
@@ -281,12 +305,50 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
 
                 train_job(job, callbacks=callbacks)
             result = json.loads((logs / "result.json").read_text())
-            write_payload(ctx, source, config, kind)
+            write_payload(ctx, source, config, kind, template)
             history = result.pop("log_history")
             ctx.stats.update({"records": len(records.items), "shape": records.shape, **result,
                               **stage.summarize(history)})  # fmt: skip
+            if template is not None:
+                ctx.stats["chat_template"] = template.origin
+            if rows is not records.items:
+                ctx.stats["examples"] = len(rows)  # sequences trained on: a chat can give more than one
 
     return run_stage(stage.name, kind, config, inputs, out, body, force=force)
+
+
+def template_input(path: str) -> InputRef:
+    """A user's chat template file, fingerprinted by its bytes alone (not its name or place): it decides what the
+    model is trained on. No file count: eval's contamination check reads such entries as training data."""
+    from llmforge.files import sha256_file
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--chat-template {path}: no such file (a Jinja chat template file)")
+    detail = {"role": "chat template", "bytes": file.stat().st_size}
+    return InputRef(path=str(path), kind="raw", fingerprint=sha256_file(file), detail=detail)
+
+
+def is_chat(records: Records) -> bool:
+    return any("messages" in r or isinstance(r.get("prompt"), list) for r in records.items)
+
+
+def training_template(records: Records, tokenizer, config: PostTrainConfig):
+    """The template chats are rendered with (llmforge.data.chat_masks.Template): the user's file, the model's own,
+    or a default for a model without one; None for text data and no file (nothing is rendered or changed)."""
+    from llmforge.data.chat_masks import resolve_template
+
+    if config.chat_template is None and not is_chat(records):
+        return None
+    return resolve_template(tokenizer, config.chat_template)
+
+
+def stop_ids(source, tokenizer, template) -> list[int]:
+    """The tokens that end the model's turn (its generation config sits with the weights: an adapter's base)."""
+    from llmforge.data.chat_masks import stop_token_ids
+
+    weights = source.base if source.is_adapter and source.base is not None else source
+    return stop_token_ids(tokenizer, None if weights.kind == "hub" else weights.path, template)
 
 
 def _location(source) -> str:
@@ -309,8 +371,9 @@ def describe_method(config: PostTrainConfig, source) -> str:
     return f"{method} rank {config.lora.rank}, alpha {config.lora.alpha}, dropout {config.lora.dropout}"
 
 
-def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
-    """checkpoints/final -> the artifact root: a model directory, an adapter directory or a merged model."""
+def write_payload(ctx, source, config: PostTrainConfig, kind: str, template=None) -> None:
+    """checkpoints/final -> the artifact root: a model directory, an adapter directory or a merged model. The chat
+    template trained with goes into the output's tokenizer, so that serving and eval render chats the same way."""
     import transformers
 
     from llmforge.data.tokenizer import tokenizer_fingerprint
@@ -325,6 +388,9 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
     transformers.utils.logging.disable_progress_bar()
     final = ctx.work / CHECKPOINTS / FINAL
     tokenizer = load_tokenizer(source)
+    retemplated = template is not None and template.text != tokenizer.chat_template
+    if retemplated:
+        tokenizer.chat_template = template.text
     base = source.base if source.is_adapter else source
     if kind == "adapter" or config.lora.merge:
         for name in ADAPTER_FILES:  # only the trained adapter ("default"), not TRL's frozen reference copy
@@ -354,7 +420,7 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str) -> None:
     shutil.rmtree(final, ignore_errors=True)
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
     expected = source.tokenizer_fingerprint
-    if expected and expected != ctx.extra["tokenizer_fingerprint"]:
+    if expected and expected != ctx.extra["tokenizer_fingerprint"] and not retemplated:
         warn("the tokenizer written differs from the input model's (fingerprint changed on save)")
 
 

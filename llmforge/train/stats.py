@@ -43,3 +43,8 @@ class PostTrainStats(TypedDict):
     steps: int  # optimizer steps
     resumed_from_step: int  # the checkpoint the last invocation started from (0: none)
     train_seconds: float
+    # chat data: whose chat template rendered it (model, file, default-chatml, default-plain; chat_masks.Template)
+    chat_template: NotRequired[str]
+    examples: NotRequired[
+        int
+    ]  # sft chats: sequences trained on (a chat whose template rewrites old turns gives more)

@@ -63,6 +63,8 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     arguments = training_arguments(config, work)  # before loading: ZeRO-3 then loads the model partitioned
     source = open_model(job.model, stage.name)
     tokenizer = load_tokenizer(source)
+    if job.chat_template is not None:  # the user's, or a default for a model without one: TRL renders with it
+        tokenizer.chat_template = job.chat_template
     model, peft_config = load_policy(source, config)
     dataset = to_dataset(read_jsonl(job.data))
     checkpoints = work / CHECKPOINTS
@@ -209,6 +211,9 @@ def to_dataset(rows: list[dict]) -> datasets.Dataset:
     for column in columns:
         kinds = {type(row[column]) for row in rows if row[column] is not None}
         plain = PLAIN_TYPES.get(next(iter(kinds))) if len(kinds) == 1 else None
+        if kinds == {list} and all(type(v) is int for row in rows for v in row[column] or ()):
+            features[column] = datasets.List(datasets.Value("int64"))  # token ids and masks (sft's chats)
+            continue
         features[column] = datasets.Value(plain) if plain else datasets.Json()
     return datasets.Dataset.from_list(rows, features=datasets.Features(features))
 
