@@ -173,3 +173,18 @@ def test_top_p_and_temperature_shape_the_sampling(peaky):
         engine.stop()
     assert all(ids != greedy for ids in free) and len({tuple(ids) for ids in free}) == 4
     assert nucleus == [greedy] * 4 and cold == [greedy] * 4
+
+
+def test_incremental_decoding_gives_the_whole_answer_decoded_at_once(peaky):
+    model, tokenizer = peaky
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=4)
+    engine.start()
+    try:
+        params = [SamplingParams(max_tokens=60, temperature=1.0, seed=s, ignore_eos=True) for s in range(3)]
+        answers = run(engine, tokenizer, ["déjà vu: naïve café", *PROMPTS[:2]], params)
+    finally:
+        engine.stop()
+    for request, text, final in answers:
+        assert final.completion_tokens == 60
+        assert text == tokenizer.decode(request.output_ids, skip_special_tokens=True)
+        assert request.decoder is not None  # the Rust tokenizer's DecodeStream did the decoding
