@@ -70,7 +70,7 @@ class Event:
     completion_tokens: int = 0
     error: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the final event: None for the first token
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first event; None for the first token
 
 
 _ids = itertools.count(1)
@@ -109,6 +109,7 @@ class Engine:
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.log_batches = log_batches
         self.is_peft = hasattr(model, "peft_config")
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]  # the logits' width
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # the Rust tokenizer, for incremental decoding (a slow tokenizer falls back to decoding the whole answer)
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -349,8 +350,9 @@ class Engine:
                         break
             end -= hold
         if end > request.sent:
-            request.on_event(Event(text=text[request.sent : end], logprobs=request.pending_logprobs))
-            request.pending_logprobs = []
+            request.on_event(Event(text=text[request.sent : end], logprobs=request.pending_logprobs,
+                                   prompt_logprobs=request.prompt_logprobs))  # fmt: skip
+            request.pending_logprobs, request.prompt_logprobs = [], None
             request.sent = end
         return reason
 
@@ -360,7 +362,7 @@ class Engine:
         request.on_event(Event(finish_reason=reason, prompt_tokens=len(request.prompt_ids),
                                completion_tokens=len(request.output_ids), logprobs=request.pending_logprobs,
                                prompt_logprobs=request.prompt_logprobs))  # fmt: skip
-        request.pending_logprobs = []
+        request.pending_logprobs, request.prompt_logprobs = [], None
 
     def _finish_cancelled(self, request: GenerationRequest) -> None:
         self.stats["cancelled"] += 1
