@@ -90,7 +90,9 @@ def chat_job(state: ServerState, body: ChatRequest) -> Job:
 
     def constraint():
         if use_tools and choice != "auto":
-            grammar = call_grammar(fmt, tools, choice, state.grammars.marker, body.parallel_tool_calls is not False)
+            grammar = call_grammar(
+                fmt, tools, choice, state.grammars.marker, body.parallel_tool_calls is not False
+            )
             return state.grammars.lark(grammar, "tool_choice")
         return state.grammars.response_format(body.response_format or {})
 

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -192,13 +193,16 @@ async def model(name: str, state: State):
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: State):
     body = await read(request, ChatRequest)
-    return await answer(state, request, chat_job(state, body), chat=True, streaming=bool(body.stream))
+    # off the event loop: the template, the tokenizer and a grammar's compilation take CPU time
+    job = await run_in_threadpool(chat_job, state, body)
+    return await answer(state, request, job, chat=True, streaming=bool(body.stream))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, state: State):
     body = await read(request, CompletionRequest)
-    return await answer(state, request, completion_job(state, body), chat=False, streaming=bool(body.stream))
+    job = await run_in_threadpool(completion_job, state, body)
+    return await answer(state, request, job, chat=False, streaming=bool(body.stream))
 
 
 async def read(request: Request, kind: type[Params]) -> Params:
