@@ -60,3 +60,15 @@ def test_formats_are_recognised_from_the_template_and_arguments_given_to_it_as_o
     call = {"id": "c", "type": "function", "function": {"name": "now", "arguments": '{"tz": "UTC"}'}}
     (message,) = template_messages([{"role": "assistant", "tool_calls": [call]}])
     assert message["tool_calls"][0]["function"]["arguments"] == {"tz": "UTC"}
+
+
+def test_vllm_is_started_with_the_tool_parser_of_the_template(tiny_model, tmp_path):
+    from llmforge.serving import models, vllm_backend
+    from llmforge.serving.tools import directory_format
+    from llmforge.stages.serve import Config
+
+    assert directory_format(tiny_model) == "hermes"
+    argv = vllm_backend.command(models.plan(tiny_model, None, {}), Config(), 8000)
+    assert " ".join(argv).count("--enable-auto-tool-choice --tool-call-parser hermes") == 1
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert directory_format(tmp_path) is None

@@ -90,6 +90,7 @@ class GenerationRequest:
     sent: int = 0  # characters of `text` already delivered
     generator: Any = None
     decoder: Any = None  # tokenizers' DecodeStream: only the new token is decoded at each step
+    held: bool = False  # the decoder holds bytes it could not turn into text yet
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
@@ -325,7 +326,9 @@ class Engine:
                 from tokenizers.decoders import DecodeStream
 
                 request.decoder = DecodeStream(skip_special_tokens=skip)
-            return request.decoder.step(self._backend, token) or ""
+            piece = request.decoder.step(self._backend, token)
+            request.held = piece is None  # bytes of an unfinished character wait in the decoder
+            return piece or ""
         text = self.tokenizer.decode(request.output_ids, skip_special_tokens=skip)
         done = len(request.text)
         return "" if text.endswith("\ufffd") else text[done:]
@@ -334,7 +337,7 @@ class Engine:
         """Send the text not yet sent (with the log-probabilities of its tokens); while running, hold back what
         may be the start of a stop string. `flush`: the answer ends here, so bytes the incremental decoder still
         holds (an unfinished UTF-8 character) come out as the whole decode shows them."""
-        if flush and request.decoder is not None:
+        if flush and request.held:
             ids = [t for t in request.output_ids if t not in self.eos_token_ids or request.params.ignore_eos]
             whole = self.tokenizer.decode(ids, skip_special_tokens=request.params.skip_special_tokens)
             if whole.startswith(request.text):  # only ever adds a tail

@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MARKERS = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]", "llama3_json": "<|python_tag|>"}
@@ -50,6 +51,23 @@ def template_format(template: str | None) -> str | None:
     if "<|python_tag|>" in template or "ipython" in template:
         return "llama3_json"
     return None
+
+
+def directory_format(model_dir: str | Path) -> str | None:
+    """The tool-call format of the chat template saved in a model directory (chat_template.jinja, or the
+    template in tokenizer_config.json), without loading the tokenizer."""
+    directory = Path(model_dir)
+    texts = []
+    if (directory / "chat_template.jinja").is_file():
+        texts.append((directory / "chat_template.jinja").read_text())
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name", "template"}]
+            texts += [t.get("template", "") for t in template if isinstance(t, dict)]
+        elif isinstance(template, str):
+            texts.append(template)
+    return next((fmt for fmt in map(template_format, texts) if fmt), None)
 
 
 def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
