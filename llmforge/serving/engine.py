@@ -4,8 +4,11 @@ One background thread owns the model. Every iteration it prefills the requests t
 (left-padded into one forward pass), merges them into the running batch's KV cache, and then advances every
 running sequence by one token in a single batched forward. Each sequence samples with its own temperature,
 top_p and seeded generator, and stops on its own (EOS, stop strings, max_tokens, the context length, or a
-cancellation when its client went away); finished rows leave the batch at once, so a long answer never holds
-back the others. Rows are left-padded; every row carries explicit position ids, so padding never shifts RoPE.
+cancellation when its client went away, a grammar that is complete); finished rows leave the batch at once, so
+a long answer never holds back the others. Rows are left-padded; every row carries explicit position ids, so
+padding never shifts RoPE. Text is decoded incrementally (tokenizers' DecodeStream), log-probabilities of the
+answer and of the prompt (echo) come from the same forward passes, and a request's `constraint` (serving/grammar.py)
+masks the logits before sampling.
 
 Why our own engine rather than transformers' continuous batching (`model.generate_batch` /
 `init_continuous_batching`, transformers 5.17): it does what that lacks, a seed per request (transformers seeds its

@@ -2,7 +2,7 @@
 
 Unknown fields are ignored, as OpenAI does; known fields the server cannot honour are refused with a 400 that
 names them (`unsupported`), so a client never gets an answer that silently ignored what it asked for. Supporting
-a parameter means computing it in the routes (serving/openai_api.py) and dropping its line from `unsupported`.
+a parameter means computing it (serving/jobs.py, answers.py) and dropping its line from `unsupported`.
 """
 
 from __future__ import annotations
