@@ -173,3 +173,52 @@ def test_top_p_and_temperature_shape_the_sampling(peaky):
         engine.stop()
     assert all(ids != greedy for ids in free) and len({tuple(ids) for ids in free}) == 4
     assert nucleus == [greedy] * 4 and cold == [greedy] * 4
+
+
+def test_incremental_decoding_gives_the_whole_answer_decoded_at_once(peaky):
+    model, tokenizer = peaky
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=4)
+    engine.start()
+    try:
+        params = [SamplingParams(max_tokens=60, temperature=1.0, seed=s, ignore_eos=True) for s in range(3)]
+        answers = run(engine, tokenizer, ["déjà vu: naïve café", *PROMPTS[:2]], params)
+    finally:
+        engine.stop()
+    for request, text, final in answers:
+        assert final.completion_tokens == 60
+        assert text == tokenizer.decode(request.output_ids, skip_special_tokens=True)
+        assert request.decoder is not None  # the Rust tokenizer's DecodeStream did the decoding
+
+
+def test_logprobs_of_prompts_and_answers_in_a_padded_batch_are_the_models_own(peaky):
+    import torch
+
+    model, tokenizer = peaky
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=4)
+    params = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, logprobs=2, prompt_logprobs=2)
+    pending = [(GenerationRequest(tokenizer(p)["input_ids"], params, on_event=(events := queue.Queue()).put), events)
+               for p in PROMPTS[:2]]  # fmt: skip
+    for request, _ in pending:  # prefilled together: the shorter prompt is left-padded
+        engine.submit(request)
+    engine.start()
+    try:
+        for request, events in pending:
+            prompt_logprobs, logprobs = None, []
+            while True:
+                event = events.get(timeout=60)
+                prompt_logprobs = prompt_logprobs or event.prompt_logprobs
+                logprobs += event.logprobs
+                if event.finish_reason:
+                    break
+            ids = request.prompt_ids + request.output_ids
+            with torch.no_grad():
+                scores = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+            assert prompt_logprobs[0] is None and len(prompt_logprobs) == len(request.prompt_ids)
+            entries = prompt_logprobs[1:] + logprobs
+            assert [token for token, _, _ in entries] == ids[1:]
+            for position, (token, value, top) in enumerate(entries):
+                assert abs(value - float(scores[position, token])) < 1e-5
+                best = scores[position].topk(2)
+                assert [t for t, _ in top] == best.indices.tolist()
+    finally:
+        engine.stop()

@@ -4,8 +4,11 @@ One background thread owns the model. Every iteration it prefills the requests t
 (left-padded into one forward pass), merges them into the running batch's KV cache, and then advances every
 running sequence by one token in a single batched forward. Each sequence samples with its own temperature,
 top_p and seeded generator, and stops on its own (EOS, stop strings, max_tokens, the context length, or a
-cancellation when its client went away); finished rows leave the batch at once, so a long answer never holds
-back the others. Rows are left-padded; every row carries explicit position ids, so padding never shifts RoPE.
+cancellation when its client went away, a grammar that is complete); finished rows leave the batch at once, so
+a long answer never holds back the others. Rows are left-padded; every row carries explicit position ids, so
+padding never shifts RoPE. Text is decoded incrementally (tokenizers' DecodeStream), log-probabilities of the
+answer and of the prompt (echo) come from the same forward passes, and a request's `constraint` (serving/grammar.py)
+masks the logits before sampling.
 
 Why our own engine rather than transformers' continuous batching (`model.generate_batch` /
 `init_continuous_batching`, transformers 5.17): it does what that lacks, a seed per request (transformers seeds its
@@ -49,17 +52,28 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
+    logprobs: int | None = None  # None: none; k: each sampled token's log-probability and the k most likely
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (echo)
+    skip_special_tokens: bool = True
+    constraint: Any = None  # a serving.grammar.Constraint: a logits mask that follows what was generated
+
+
+# (token id, its log-probability, the k most likely (token id, log-probability) at that step)
+TokenLogprob = tuple[int, float, list[tuple[int, float]]]
 
 
 @dataclass
 class Event:
-    """What a request's consumer receives: text deltas, then one final event with the finish reason."""
+    """What a request's consumer receives: text deltas, then one final event with the finish reason. Each
+    event carries the log-probabilities of the tokens generated since the previous one (when asked for)."""
 
     text: str = ""
     finish_reason: str | None = None  # stop | length | cancelled | error
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first event; None for the first token
 
 
 _ids = itertools.count(1)
@@ -78,6 +92,10 @@ class GenerationRequest:
     text: str = ""
     sent: int = 0  # characters of `text` already delivered
     generator: Any = None
+    decoder: Any = None  # tokenizers' DecodeStream: only the new token is decoded at each step
+    held: bool = False  # the decoder holds bytes it could not turn into text yet
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -95,7 +113,10 @@ class Engine:
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.log_batches = log_batches
         self.is_peft = hasattr(model, "peft_config")
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]  # the logits' width
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # the Rust tokenizer, for incremental decoding (a slow tokenizer falls back to decoding the whole answer)
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self.waiting: queue.Queue[GenerationRequest] = queue.Queue()
         self.stats: dict[str, Any] = {"requests": 0, "finished": 0, "cancelled": 0, "prompt_tokens": 0,
                                       "completion_tokens": 0, "prefills": 0, "decode_steps": 0,
@@ -202,6 +223,14 @@ class Engine:
         ).logits
         self.stats["prefills"] += 1
         self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in requests)
+        for i, request in enumerate(requests):
+            if request.params.prompt_logprobs is not None:
+                start = length - len(request.prompt_ids)
+                scores = logits[i, start : length - 1].float().log_softmax(-1)
+                request.prompt_logprobs = [None] + [
+                    _logprob(row, token, request.params.prompt_logprobs)
+                    for row, token in zip(scores, request.prompt_ids[1:], strict=True)
+                ]
         self._merge(requests, cache, mask, mask.sum(-1))
         if self.log_batches:
             log(f"[dim]batch: {len(requests)} new request(s) prefilled, {len(self._rows)} running[/]")
@@ -223,27 +252,36 @@ class Engine:
         self._after_sampling(self._rows, self._sample(logits[:, -1, :], self._rows), first=0)
 
     def _sample(self, logits, requests: list[GenerationRequest]) -> list[int]:
-        import torch
 
         logits = logits.float()
         tokens = []
-        for row, request in zip(logits, requests, strict=True):
-            params = request.params
+        for raw, request in zip(logits, requests, strict=True):
+            params, row = request.params, raw
             if params.ignore_eos or len(request.output_ids) < params.min_tokens:
                 row = row.clone()
                 row[list(self.eos_token_ids)] = float("-inf")
-            if params.temperature == 0:
-                tokens.append(int(row.argmax()))
-                continue
-            probs = torch.softmax(row / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
-                drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
-                sorted_probs[drop] = 0
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            tokens.append(int(torch.multinomial(probs, 1, generator=request.generator)))
+            if params.constraint is not None:
+                row = params.constraint.mask(row)
+            token = self._choose(row, params, request.generator)
+            if params.logprobs is not None:  # the model's own distribution, before temperature or masks
+                request.pending_logprobs.append(_logprob(raw.log_softmax(-1), token, params.logprobs))
+            tokens.append(token)
         return tokens
+
+    @staticmethod
+    def _choose(row, params: SamplingParams, generator) -> int:
+        import torch
+
+        if params.temperature == 0:
+            return int(row.argmax())
+        probs = torch.softmax(row / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+            sorted_probs[drop] = 0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=generator))
 
     def _after_sampling(self, requests: list[GenerationRequest], tokens: list[int], first: int) -> None:
         """Append each row's token, deliver new text, and drop the rows that finished."""
@@ -267,26 +305,50 @@ class Engine:
         request.output_ids.append(token)
         params = request.params
         if token in self.eos_token_ids and not params.ignore_eos:
-            return self._deliver(request, "stop")
-        text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
-        request.text = text
+            return self._deliver(request, "stop", flush=True)
+        request.text += self._decode(request, token)
+        text = request.text
         for stop in params.stop:
             at = text.find(stop, max(0, request.sent - len(stop)))
             if at != -1:
                 request.text = text[:at]
                 return self._deliver(request, "stop")
+        if params.constraint is not None and params.constraint.advance(token):
+            return self._deliver(request, "stop", flush=True)  # the grammar is complete: nothing may follow
         if len(request.output_ids) >= params.max_tokens or length >= self.max_model_len:
-            return self._deliver(request, "length")
+            return self._deliver(request, "length", flush=True)
         self._deliver(request, None)
         return None
 
-    def _deliver(self, request: GenerationRequest, reason: str | None) -> str | None:
-        """Send the text not yet sent; while running, hold back what may be the start of a stop string or a
-        half-decoded UTF-8 character."""
+    def _decode(self, request: GenerationRequest, token: int) -> str:
+        """The text `token` adds: incremental with the Rust tokenizer (re-decoding the whole answer at every
+        token grows with the square of its length), which holds a half UTF-8 character back by itself."""
+        skip = request.params.skip_special_tokens
+        if self._backend is not None:
+            if request.decoder is None:
+                from tokenizers.decoders import DecodeStream
+
+                request.decoder = DecodeStream(skip_special_tokens=skip)
+            piece = request.decoder.step(self._backend, token)
+            request.held = piece is None  # bytes of an unfinished character wait in the decoder
+            return piece or ""
+        text = self.tokenizer.decode(request.output_ids, skip_special_tokens=skip)
+        done = len(request.text)
+        return "" if text.endswith("\ufffd") else text[done:]
+
+    def _deliver(self, request: GenerationRequest, reason: str | None, flush: bool = False) -> str | None:
+        """Send the text not yet sent (with the log-probabilities of its tokens); while running, hold back what
+        may be the start of a stop string. `flush`: the answer ends here, so bytes the incremental decoder still
+        holds (an unfinished UTF-8 character) come out as the whole decode shows them."""
+        if flush and request.held:
+            ids = [t for t in request.output_ids if t not in self.eos_token_ids or request.params.ignore_eos]
+            whole = self.tokenizer.decode(ids, skip_special_tokens=request.params.skip_special_tokens)
+            if whole.startswith(request.text):  # only ever adds a tail
+                request.text = whole
         text = request.text
         end = len(text)
         if reason is None:
-            hold = 1 if text.endswith("\ufffd") else 0
+            hold = 0
             for stop in request.params.stop:
                 for k in range(min(len(stop) - 1, len(text)), hold, -1):
                     if text.endswith(stop[:k]):
@@ -294,7 +356,9 @@ class Engine:
                         break
             end -= hold
         if end > request.sent:
-            request.on_event(Event(text=text[request.sent : end]))
+            request.on_event(Event(text=text[request.sent : end], logprobs=request.pending_logprobs,
+                                   prompt_logprobs=request.prompt_logprobs))  # fmt: skip
+            request.pending_logprobs, request.prompt_logprobs = [], None
             request.sent = end
         return reason
 
@@ -302,7 +366,9 @@ class Engine:
         self.stats["finished"] += 1
         self.stats["completion_tokens"] += len(request.output_ids)
         request.on_event(Event(finish_reason=reason, prompt_tokens=len(request.prompt_ids),
-                               completion_tokens=len(request.output_ids)))  # fmt: skip
+                               completion_tokens=len(request.output_ids), logprobs=request.pending_logprobs,
+                               prompt_logprobs=request.prompt_logprobs))  # fmt: skip
+        request.pending_logprobs, request.prompt_logprobs = [], None
 
     def _finish_cancelled(self, request: GenerationRequest) -> None:
         self.stats["cancelled"] += 1
@@ -351,6 +417,15 @@ class Engine:
             self._mask = self._mask[:, start:]
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+
+
+def _logprob(scores, token: int, k: int) -> TokenLogprob:
+    """`token`'s entry in one row of log-probabilities, with the k most likely entries."""
+    top = []
+    if k > 0:
+        values, ids = scores.topk(min(k, scores.shape[-1]))
+        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return token, float(scores[token]), top
 
 
 def _is_plain_layer(layer) -> bool:

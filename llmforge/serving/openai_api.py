@@ -7,8 +7,9 @@ artifact for routes that name no model).
 
 The routes are plain module-level functions on one `APIRouter`. What they share (engine, tokenizer, served
 models, defaults) is the `ServerState` that `build_app` puts on `app.state`; the `State` dependency hands it to
-each route. A completion route reads the body (`read`), turns it into a `Job` (prompts and sampling settings, one
-per choice), runs it on the engine (`generate`), and shapes the engine's events into OpenAI's answer or stream.
+each route. A completion route reads the body (`read`), turns it into a `Job` (serving/jobs.py: prompts and
+sampling settings, one per choice), runs it on the engine (`generate`), and shapes the engine's events into
+OpenAI's answer or stream (serving/answers.py).
 """
 
 from __future__ import annotations
@@ -16,22 +17,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmforge.serving.engine import Engine, Event, GenerationRequest, SamplingParams
+from llmforge.serving.answers import answers, usage
+from llmforge.serving.engine import Engine, Event, GenerationRequest
+from llmforge.serving.grammar import Grammars
+from llmforge.serving.jobs import Job, chat_job, completion_job, served
+from llmforge.serving.logprobs import TokenTexts
 from llmforge.serving.models import ServedModel
-from llmforge.serving.protocol import APIError, ChatRequest, CompletionRequest, Params, message_text, parse
+from llmforge.serving.protocol import APIError, ChatRequest, CompletionRequest, Params, parse
+from llmforge.serving.tools import template_format
 
 FINGERPRINT_HEADER = "x-llmforge-fingerprint"
 # how often a non-streaming request checks whether its client is still there
@@ -56,6 +61,19 @@ class ServerState:
     defaults: Defaults
     api_key: str | None = None
     on_ready: Callable[[], None] | None = None
+    max_body_bytes: int = 8 * 2**20  # bigger bodies get a 413
+    # derived from the engine and tokenizer
+    grammars: Grammars | None = field(default=None, init=False)
+    token_texts: TokenTexts | None = field(default=None, init=False)
+    tool_format: str | None = field(default=None, init=False)  # how the chat template writes tool calls
+
+    def __post_init__(self):
+        if self.tokenizer is not None:
+            self.grammars = Grammars(
+                self.tokenizer, sorted(self.engine.eos_token_ids), self.engine.vocab_size
+            )
+            self.token_texts = TokenTexts(self.tokenizer)
+            self.tool_format = template_format(getattr(self.tokenizer, "chat_template", None))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,118 +193,48 @@ async def model(name: str, state: State):
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: State):
     body = await read(request, ChatRequest)
-    job = chat_job(state, body)
-    if body.stream:
-        return sse(chat_stream(state, request, job), job.target)
-    answer = await collect(state, request, job)
-    if answer is None:  # the client disconnected
-        return JSONResponse({}, status_code=499)
-    texts, finals = answer
-    choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": final.finish_reason,
-                "logprobs": None} for i, (text, final) in enumerate(zip(texts, finals, strict=True))]  # fmt: skip
-    return JSONResponse({**job.meta, "object": "chat.completion", "choices": choices, "usage": usage(finals)},
-                        headers=headers_for(job.target))  # fmt: skip
+    # off the event loop: the template, the tokenizer and a grammar's compilation take CPU time
+    job = await run_in_threadpool(chat_job, state, body)
+    return await answer(state, request, job, chat=True, streaming=bool(body.stream))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, state: State):
     body = await read(request, CompletionRequest)
-    job = completion_job(state, body)
-    if body.stream:
-        return sse(completion_stream(state, request, job), job.target)
-    answer = await collect(state, request, job)
-    if answer is None:  # the client disconnected
-        return JSONResponse({}, status_code=499)
-    texts, finals = answer
-    choices = [{"index": i, "text": text, "finish_reason": final.finish_reason, "logprobs": None}
-               for i, (text, final) in enumerate(zip(texts, finals, strict=True))]  # fmt: skip
-    return JSONResponse({**job.meta, "object": "text_completion", "choices": choices, "usage": usage(finals)},
-                        headers=headers_for(job.target))  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# From a request to a job for the engine
-
-
-@dataclass
-class Job:
-    """A validated completion request, ready for the engine: one prompt and its sampling settings per choice."""
-
-    target: ServedModel
-    prompts: list[list[int]]
-    params: list[SamplingParams]
-    meta: dict[str, Any]  # id, created, model, system_fingerprint: the same in every chunk
-    include_usage: bool  # streaming: a last chunk with the usage
+    job = await run_in_threadpool(completion_job, state, body)
+    return await answer(state, request, job, chat=False, streaming=bool(body.stream))
 
 
 async def read(request: Request, kind: type[Params]) -> Params:
-    """The request's body as `kind` (every problem an APIError): the one place a request's bytes are read."""
-    return parse(await request.body(), kind)
+    """The request's body as `kind` (every problem an APIError): the one place a request's bytes are read. A body
+    over the cap is refused (413) before it is all read."""
+    cap = request.app.state.server.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise APIError(413, f"the request body is {declared} bytes; this server takes at most {cap}",
+                       code="request_too_large")  # fmt: skip
+    raw = bytearray()
+    async for piece in request.stream():
+        raw += piece
+        if len(raw) > cap:
+            raise APIError(413, f"the request body is over {cap} bytes, the most this server takes",
+                           code="request_too_large")  # fmt: skip
+    return parse(bytes(raw), kind)
 
 
-def served(state: ServerState, name: str) -> ServedModel:
-    if name not in state.models:
-        raise APIError(404, f"The model '{name}' does not exist; served: {', '.join(state.models)}",
-                       param="model", code="model_not_found")  # fmt: skip
-    return state.models[name]
-
-
-def chat_job(state: ServerState, body: ChatRequest) -> Job:
-    """The conversation through the model's own chat template, ready to answer."""
-    target = served(state, body.model)
-    messages = [{"role": m.role, "content": message_text(m)} for m in body.messages]
-    try:
-        text = state.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                   chat_template=target.chat_template)  # fmt: skip
-    except Exception as exc:  # the template itself rejects the conversation (roles out of order...)
-        raise APIError(400, f"the chat template rejected the messages: {exc}", param="messages") from None
-    ids = state.tokenizer(text, add_special_tokens=False)["input_ids"]
-    params = sampling(state, body, len(ids), body.max_completion_tokens or body.max_tokens, "messages")
-    return Job(target, [ids], [params], meta("chatcmpl", target), wants_usage(body))
-
-
-def completion_job(state: ServerState, body: CompletionRequest) -> Job:
-    """One choice per prompt (a string or a list of them)."""
-    target = served(state, body.model)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if not prompts:
-        raise APIError(400, "prompt must not be empty", param="prompt", code="invalid_value")
-    ids = [state.tokenizer(p)["input_ids"] for p in prompts]
-    params = [sampling(state, body, len(i), body.max_tokens, "prompt") for i in ids]
-    return Job(target, ids, params, meta("cmpl", target), wants_usage(body))
-
-
-def meta(prefix: str, target: ServedModel) -> dict[str, Any]:
-    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name,
-            "system_fingerprint": target.fingerprint}  # fmt: skip
-
-
-def wants_usage(body: Params) -> bool:
-    return bool(body.stream_options and body.stream_options.include_usage)
-
-
-def sampling(state: ServerState, body: Params, prompt_tokens: int, max_tokens: int | None,
-             prompt_param: str) -> SamplingParams:  # fmt: skip
-    """The engine's settings for one prompt: the request's, else the artifact's generation config; the context
-    length checked."""
-    limit = state.engine.max_model_len
-    if prompt_tokens + 1 > limit:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens; the prompt has "
-                            f"{prompt_tokens}", param=prompt_param, code="context_length_exceeded")  # fmt: skip
-    if max_tokens is not None and prompt_tokens + max_tokens > limit:
-        raise APIError(400, f"This model's maximum context length is {limit} tokens; you requested "
-                            f"{prompt_tokens + max_tokens} ({prompt_tokens} in the prompt, {max_tokens} to "
-                            f"generate)", param="max_tokens", code="context_length_exceeded")  # fmt: skip
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if any(not s for s in stop):
-        raise APIError(400, "stop sequences must not be empty", param="stop", code="invalid_value")
-    defaults = state.defaults
-    return SamplingParams(
-        max_tokens=max_tokens or min(defaults.max_tokens, limit - prompt_tokens),
-        temperature=defaults.temperature if body.temperature is None else body.temperature,
-        top_p=defaults.top_p if body.top_p is None else body.top_p,
-        stop=stop, seed=body.seed, ignore_eos=body.ignore_eos, min_tokens=body.min_tokens,
-    )  # fmt: skip
+async def answer(state: ServerState, request: Request, job: Job, chat: bool, streaming: bool):
+    """The whole answer, or its stream of chunks."""
+    kind = "chat.completion" if chat else "text_completion"
+    if streaming:
+        return sse(stream(state, request, job, chat), job.target)
+    built = answers(job, chat, state.token_texts)
+    async for index, event in generate(state, request, job, stream=False):
+        built[index].feed(event)
+    if any(b.final is None for b in built):  # the client disconnected
+        return JSONResponse({}, status_code=499)
+    body = {**job.meta, "object": kind, "choices": [b.choice() for b in built],
+            "usage": usage(job, [b.final for b in built])}  # fmt: skip
+    return JSONResponse(body, headers=headers_for(job.target))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,9 +249,9 @@ async def generate(
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     pending = []
-    for index, (ids, sampling_params) in enumerate(zip(job.prompts, job.params, strict=True)):
+    for index, choice in enumerate(job.choices):
         pending.append(GenerationRequest(
-            ids, sampling_params, adapter=job.target.adapter,
+            choice.prompt_ids, choice.params, adapter=job.target.adapter,
             on_event=lambda event, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, event)),
         ))  # fmt: skip
     for engine_request in pending:
@@ -335,49 +283,21 @@ async def generate(
             engine_request.cancel()
 
 
-async def collect(state: ServerState, request: Request, job: Job) -> tuple[list[str], list[Event]] | None:
-    """Every choice's whole text and final event; None when the client went away before the end."""
-    texts: list[str] = [""] * len(job.prompts)
-    finals: list[Event | None] = [None] * len(job.prompts)
-    async for index, event in generate(state, request, job, stream=False):
-        texts[index] += event.text
-        finals[index] = event if event.finish_reason else finals[index]
-    if any(final is None for final in finals):
-        return None
-    return texts, finals
-
-
-async def chat_stream(state: ServerState, request: Request, job: Job) -> AsyncIterator[dict[str, Any]]:
-    """chat.completion.chunk objects: the role, then content deltas, a finish reason per choice, the usage."""
-
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**job.meta, "object": "chat.completion.chunk",
-                "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}]}  # fmt: skip
-
-    for index in range(len(job.prompts)):
-        yield chunk(index, {"role": "assistant", "content": ""})
-    finals = []
+async def stream(state: ServerState, request: Request, job: Job, chat: bool) -> AsyncIterator[dict[str, Any]]:
+    """Chunks as OpenAI streams them: (chat) each choice's role first, then deltas with the choice's index,
+    a finish reason per choice, and the usage last when asked for."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    built = answers(job, chat, state.token_texts)
+    if chat:
+        for index in range(len(built)):
+            yield {**job.meta, "object": kind, "choices": [
+                {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                 "logprobs": None}]}  # fmt: skip
     async for index, event in generate(state, request, job, stream=True):
-        if event.text:
-            yield chunk(index, {"content": event.text})
-        if event.finish_reason:
-            yield chunk(index, {}, event.finish_reason)
-            finals.append(event)
+        for entry in built[index].feed(event):
+            yield {**job.meta, "object": kind, "choices": [entry]}
     if job.include_usage:
-        yield {**job.meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(finals)}
-
-
-async def completion_stream(state: ServerState, request: Request, job: Job) -> AsyncIterator[dict[str, Any]]:
-    """text_completion objects: text deltas and a finish reason per choice, then the usage."""
-    finals = []
-    async for index, event in generate(state, request, job, stream=True):
-        if event.text or event.finish_reason:
-            yield {**job.meta, "object": "text_completion", "choices": [
-                {"index": index, "text": event.text, "finish_reason": event.finish_reason, "logprobs": None}]}  # fmt: skip
-        if event.finish_reason:
-            finals.append(event)
-    if job.include_usage:
-        yield {**job.meta, "object": "text_completion", "choices": [], "usage": usage(finals)}
+        yield {**job.meta, "object": kind, "choices": [], "usage": usage(job, [b.final for b in built])}
 
 
 def sse(chunks: AsyncIterator[dict[str, Any]], target: ServedModel) -> EventSourceResponse:
@@ -392,12 +312,6 @@ def sse(chunks: AsyncIterator[dict[str, Any]], target: ServedModel) -> EventSour
         yield {"data": "[DONE]"}
 
     return EventSourceResponse(events(), headers=headers_for(target), ping=15)
-
-
-def usage(finals: list[Event]) -> dict[str, int]:
-    prompt = sum(e.prompt_tokens for e in finals)
-    completion = sum(e.completion_tokens for e in finals)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def headers_for(target: ServedModel) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Unknown fields are ignored, as OpenAI does; known fields the server cannot honour are refused with a 400 that
 names them (`unsupported`), so a client never gets an answer that silently ignored what it asked for. Supporting
-a parameter means computing it in the routes (serving/openai_api.py) and dropping its line from `unsupported`.
+a parameter means computing it (serving/jobs.py, answers.py) and dropping its line from `unsupported`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class APIError(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 # Request bodies
 
+MAX_N = 64  # choices per prompt
+MAX_LOGPROBS = 20  # most likely alternatives per token (OpenAI's limit for chat)
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
@@ -43,6 +46,21 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Function(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: Function
 
 
 class Params(BaseModel):
@@ -51,15 +69,14 @@ class Params(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int | None = Field(1, ge=1)
+    n: int | None = Field(1, ge=1, le=MAX_N)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     presence_penalty: float | None = 0
     frequency_penalty: float | None = 0
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
     user: str | None = None
     # vLLM's extensions, so benchmarks and tests can ask for an exact number of tokens
     ignore_eos: bool = False
@@ -69,14 +86,18 @@ class Params(BaseModel):
 class ChatRequest(Params):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = True
     response_format: dict[str, Any] | None = None
 
 
 class CompletionRequest(Params):
-    prompt: str | list[str]
+    # text, texts, token ids or lists of token ids (lm-eval's local-completions sends token ids)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool | None = False
     suffix: str | None = None
     best_of: int | None = None
@@ -98,25 +119,24 @@ def unsupported(body: Params) -> tuple[str, str] | None:
     foreign = [name for name, neutral in FOREIGN_NEUTRAL.items() if extra.get(name) not in neutral]
     checks = [
         *((name, True, f"{name} is not supported by this server") for name in foreign),
-        ("n", body.n not in (None, 1), "n > 1 is not supported; send several requests (they are batched)"),
-        ("logprobs", bool(body.logprobs), "logprobs are not supported by this server"),
         ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
         ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
     ]
     if isinstance(body, ChatRequest):
+        kind = (body.response_format or {}).get("type", "text")
         checks += [
-            ("tools", bool(body.tools) or body.tool_choice not in (None, "none"), "tools are not supported"),
-            ("top_logprobs", bool(body.top_logprobs), "logprobs are not supported by this server"),
-            (
-                "response_format",
-                (body.response_format or {}).get("type", "text") != "text",
-                'only response_format {"type": "text"} is supported',
-            ),  # fmt: skip
-        ]
+            ("top_logprobs", body.top_logprobs is not None and not body.logprobs,
+             "top_logprobs needs logprobs: true"),
+            ("tool_choice", body.tool_choice not in (None, "none", "auto") and not body.tools,
+             "tool_choice needs tools"),
+            ("response_format", kind not in ("text", "json_object", "json_schema"),
+             f"response_format type {kind!r}: expected text, json_object or json_schema"),
+            ("response_format", bool(body.tools) and kind != "text" and body.tool_choice != "none",
+             "response_format and tools cannot be combined (one grammar per answer)"),
+        ]  # fmt: skip
     else:
         checks += [
-            ("echo", bool(body.echo), "echo is not supported"),
             ("suffix", bool(body.suffix), "suffix is not supported"),
             ("best_of", body.best_of not in (None, 1), "best_of > 1 is not supported"),
         ]

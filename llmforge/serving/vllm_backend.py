@@ -25,6 +25,7 @@ from llmforge.console import emit, log
 from llmforge.errors import InputError, LLMForgeError
 from llmforge.serving.embedded import base_url
 from llmforge.serving.models import ServingPlan, adapter_rank
+from llmforge.serving.tools import directory_format
 
 FINGERPRINT_ENV = "LLMFORGE_FINGERPRINT"
 FINGERPRINT_HEADER = "x-llmforge-fingerprint"
@@ -57,6 +58,11 @@ def command(serving: ServingPlan, config: Any, port: int) -> list[str]:
         argv += ["--max-num-seqs", str(config.max_batch_size)]
     if config.api_key:
         argv += ["--api-key", config.api_key]
+    tool_format = directory_format(serving.base.path)
+    if (
+        tool_format
+    ):  # the parser named as vLLM names it: tool calls come back as the embedded server reads them
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", tool_format]
     adapters = serving.adapters
     base_template = _base_template(serving)
     own = [a.name for a in adapters if a.chat_template not in (None, base_template)]
