@@ -127,8 +127,11 @@ class AuthAndFingerprint:
             return
         fingerprint = self.state.fingerprint
         if self.state.api_key and scope["path"] != "/health":
-            given = Headers(scope=scope).get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.state.api_key}".encode()):
+            scheme, _, given = Headers(scope=scope).get("authorization", "").strip().partition(" ")
+            # the scheme is case-insensitive (RFC 9110), the key is not
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), self.state.api_key.encode()
+            ):
                 error = APIError(401, "Incorrect API key provided: send 'Authorization: Bearer <key>'",
                                  code="invalid_api_key")  # fmt: skip
                 response = JSONResponse(

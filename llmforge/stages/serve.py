@@ -57,6 +57,7 @@ class Config(StageConfig):
 
 def run(model: str | Path, config: Config | None = None) -> None:
     """Serve until stopped. Bad inputs (not a model, an adapter on another base) fail before anything loads."""
+    from llmforge.console import warn
     from llmforge.model.loading import resolve_model
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
@@ -68,6 +69,9 @@ def run(model: str | Path, config: Config | None = None) -> None:
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)
     )
     fingerprint = resolve_model(model, STAGE).fingerprint
+    if not config.api_key and not is_loopback(config.host):
+        warn(f"serving on {config.host} without an API key: anyone who can reach this machine can use the model "
+             "(set --api-key or LLMFORGE_API_KEY)")  # fmt: skip
     backend = choose_backend(config)
     if backend == "vllm":
         vllm_backend.serve(serving, config, fingerprint)
@@ -75,6 +79,18 @@ def run(model: str | Path, config: Config | None = None) -> None:
         from llmforge.serving import embedded
 
         embedded.serve(serving, config, fingerprint)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the server on this machine (a name is resolved as the socket would be)."""
+    import ipaddress
+    import socket
+
+    try:
+        return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback
+                   for info in socket.getaddrinfo(host, None))  # fmt: skip
+    except (OSError, ValueError):
+        return False
 
 
 def choose_backend(config: Config) -> str:
