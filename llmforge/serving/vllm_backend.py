@@ -76,7 +76,9 @@ def candidates(explicit: bool) -> list[str]:
     found = [sys.executable] if machine.has_vllm() else []
     if explicit:
         folders = [checkout(), Path.cwd()]
-        found += [str(f / VENV / "bin" / "python") for f in folders if f and (f / VENV / "bin" / "python").is_file()]
+        found += [
+            str(f / VENV / "bin" / "python") for f in folders if f and (f / VENV / "bin" / "python").is_file()
+        ]
     return list(dict.fromkeys(found))
 
 
@@ -93,7 +95,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def probe(python: str) -> dict[str, Any] | str:
     """What PROBE prints in `python`, or why it could not run."""
     try:
-        done = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, timeout=120, env=child_env())
+        done = subprocess.run(
+            [python, "-c", PROBE], capture_output=True, text=True, timeout=120, env=child_env()
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{python} does not run ({exc})"
     if done.returncode:
@@ -230,13 +234,17 @@ def free_port(host: str, port: int) -> int:
     return port
 
 
-def launch(serving: ServingPlan, config: Any, fingerprint: str, found: Runtime) -> tuple[subprocess.Popen, str]:
+def launch(
+    serving: ServingPlan, config: Any, fingerprint: str, found: Runtime
+) -> tuple[subprocess.Popen, str]:
     """vLLM's server as a child process; its log goes to our stderr (stdout carries only the URL)."""
     from llmforge.serving.embedded import base_url
 
     port = free_port(config.host, config.port)
     argv = command(serving, config, port, found)
-    log(f"starting vLLM {found.version} ({'CPU' if found.cpu else 'GPU'}, {found.python}): {' '.join(argv[1:])}")
+    log(
+        f"starting vLLM {found.version} ({'CPU' if found.cpu else 'GPU'}, {found.python}): {' '.join(argv[1:])}"
+    )
     env = environment(found, fingerprint, config.api_key)
     process = subprocess.Popen(argv, env=env, stdout=_stderr_fd(), stdin=subprocess.DEVNULL)
     return process, base_url(config.host, port)

@@ -21,7 +21,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from llmforge import machine
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
-from llmforge.evaluation.models import REPORT_KIND, build_lm, open_models, resolve_backend
+from llmforge.evaluation.models import REPORT_KIND, open_lm, open_models, resolve_backend
 from llmforge.evaluation.perplexity import perplexity_tasks
 from llmforge.files import write_json
 from llmforge.options import Flag, split_list, stage_command
@@ -311,33 +311,34 @@ class _Evaluation:
                 workers=config.contamination.workers,
             )
         log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
-        lm, arguments = build_lm(source, self.backend, config)
         use_template, multiturn = config.apply_chat_template, config.multiturn
-        if use_template and not lm.chat_template(True):
-            raise InputError(
-                f"{source.path}: --apply-chat-template asked for, but its tokenizer has no chat template"
+        with open_lm(source, self.backend, config) as (lm, arguments):
+            template = lm.chat_template(True) if use_template else None
+            if use_template and not template:
+                raise InputError(
+                    f"{source.path}: --apply-chat-template asked for, but its tokenizer has no chat template"
+                )
+            show_prompt_format(label, source, config)
+            tracker = GeneralConfigTracker()
+            top = self.loaded if number == 0 else self.taskset.load()
+            results = simple_evaluate(
+                model=lm,
+                tasks=top,
+                task_manager=self.taskset.local,
+                num_fewshot=config.num_fewshot,
+                limit=config.limit,
+                bootstrap_iters=config.bootstrap_iters,
+                log_samples=True,  # lm-eval's task hashes are computed from the samples
+                system_instruction=config.system_instruction,
+                apply_chat_template=use_template,
+                fewshot_as_multiturn=multiturn,
+                gen_kwargs=config.gen_kwargs or None,
+                confirm_run_unsafe_code=config.allow_code_execution,
+                random_seed=config.seed,
+                numpy_random_seed=config.seed,
+                torch_random_seed=config.seed,
+                fewshot_random_seed=config.seed,
             )
-        show_prompt_format(label, source, config)
-        tracker = GeneralConfigTracker()
-        top = self.loaded if number == 0 else self.taskset.load()
-        results = simple_evaluate(
-            model=lm,
-            tasks=top,
-            task_manager=self.taskset.local,
-            num_fewshot=config.num_fewshot,
-            limit=config.limit,
-            bootstrap_iters=config.bootstrap_iters,
-            log_samples=True,  # lm-eval's task hashes are computed from the samples
-            system_instruction=config.system_instruction,
-            apply_chat_template=use_template,
-            fewshot_as_multiturn=multiturn,
-            gen_kwargs=config.gen_kwargs or None,
-            confirm_run_unsafe_code=config.allow_code_execution,
-            random_seed=config.seed,
-            numpy_random_seed=config.seed,
-            torch_random_seed=config.seed,
-            fewshot_random_seed=config.seed,
-        )
         # What lm-eval's own CLI adds when it saves results (EvaluationTracker.save_results_aggregated).
         samples = results.pop("samples", {})
         results["task_hashes"] = {
@@ -346,7 +347,7 @@ class _Evaluation:
         }
         tracker.log_experiment_args(model_source=self.backend, model_args=arguments,
                                     system_instruction=config.system_instruction,
-                                    chat_template=lm.chat_template(True) if use_template else None,
+                                    chat_template=template,
                                     fewshot_as_multiturn=multiturn)  # fmt: skip
         tracker.log_end_time()
         results.update(asdict(tracker))

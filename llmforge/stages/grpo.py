@@ -51,7 +51,10 @@ class Config(PostTrainConfig):
         5.0, gt=0, description="code reward: wall-clock (and CPU) seconds per program"
     )
     code_memory_mb: int = Field(512, ge=64, description="code reward: memory (address space) per program")
-    use_vllm: bool = runtime_field(False, description="Generate with vLLM through TRL (CUDA GPU only, vLLM installed in this environment)")
+    use_vllm: bool = runtime_field(
+        False,
+        description="Generate with vLLM through TRL (CUDA GPU only, vLLM installed in this environment)",
+    )
     vllm_mode: Literal["colocate", "server"] = runtime_field(
         "colocate", description="vLLM in the training process (colocate) or a `trl vllm-serve` server"
     )
