@@ -369,9 +369,11 @@ def test_auto_backend_says_why_it_serves_on_cpu_and_what_it_ignores(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
+def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters, monkeypatch):
     from llmforge.serving import models, vllm_backend
     from llmforge.stages.serve import Config
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
 
     first, second = adapters["first"], adapters["second"]
     plan = models.plan(first, None, {"second": str(second)})
@@ -389,6 +391,10 @@ def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
         assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
                                 f"second={second}")  # fmt: skip
         assert ("--enforce-eager" in argv) is cpu and ("--gpu-memory-utilization" in argv) is not cpu
+        # a CPU gets a KV cache of 4 GiB unless told (vLLM's own default wants 92% of the memory free)
+        assert ("--kv-cache-memory-bytes 4294967296" in options) is cpu
+        sized = vllm_backend.command(plan, config.model_copy(update={"kv_cache_gib": 0.5}), 9000, found)
+        assert "--kv-cache-memory-bytes 536870912" in " ".join(sized)
         assert "k" not in argv  # the key travels in the environment, out of `ps`
         env = vllm_backend.environment(found, "abc", "k")
         assert env["VLLM_API_KEY"] == "k" and env["LLMFORGE_FINGERPRINT"] == "abc"

@@ -115,14 +115,17 @@ def servers(tiny_model, adapter, w4a16, tmp_path_factory):
             server.stop()
 
 
-def greedy(client, model: str) -> list[str]:
-    """Chat and completion answers, greedy, through the official client."""
+def greedy(client, model: str) -> list[tuple[str, int]]:
+    """Chat and completion answers, greedy, through the official client: (text, completion tokens) each. A random
+    model emits byte tokens that are no UTF-8: the embedded server writes U+FFFD for them where vLLM's detokenizer
+    holds incomplete bytes back, so the replacement character is left out of the comparison."""
     chats = [client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                            temperature=0, max_tokens=16).choices[0].message.content
-             for text in CHATS]  # fmt: skip
-    completions = [client.completions.create(model=model, prompt=text, temperature=0, max_tokens=16).choices[0].text
+                                            temperature=0, max_tokens=16) for text in CHATS]  # fmt: skip
+    completions = [client.completions.create(model=model, prompt=text, temperature=0, max_tokens=16)
                    for text in PROMPTS]  # fmt: skip
-    return chats + completions
+    texts = [c.choices[0].message.content for c in chats] + [c.choices[0].text for c in completions]
+    return [(text.replace("\ufffd", ""), c.usage.completion_tokens)
+            for text, c in zip(texts, chats + completions, strict=True)]  # fmt: skip
 
 
 def test_vllm_serves_the_tiny_model_and_its_adapter_greedy_like_the_embedded_server(
@@ -135,7 +138,7 @@ def test_vllm_serves_the_tiny_model_and_its_adapter_greedy_like_the_embedded_ser
     client = vllm.client()
     assert {m.id for m in client.models.list()} == {"tiny", "first"}
     base = greedy(client, "tiny")
-    assert all(base) and base == greedy(embedded.client(), "tiny")
+    assert any(text for text, _ in base) and base == greedy(embedded.client(), "tiny")
     tuned = greedy(client, "first")  # the adapter, by name
     assert tuned == greedy(embedded.client(), "first") and tuned != base
     # the fingerprint header on every answer; the API key is enforced
@@ -166,8 +169,10 @@ def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16):
     assert text
 
 
-def test_eval_with_vllm_scores_like_hf_within_the_standard_error(tiny_model, tmp_path):
+def test_eval_with_vllm_scores_like_hf_within_the_standard_error(tiny_model, tmp_path, monkeypatch):
     from llmforge.stages import eval as eval_stage
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
 
     scores = {}
     for backend in ("hf", "vllm"):

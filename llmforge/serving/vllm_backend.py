@@ -39,6 +39,7 @@ FINGERPRINT_ENV = "LLMFORGE_FINGERPRINT"
 FINGERPRINT_HEADER = "x-llmforge-fingerprint"
 PYTHON_ENV = "LLMFORGE_VLLM_PYTHON"
 VENV = ".venv-vllm"
+CPU_KV_CACHE_GIB = 4
 # vLLM accepts only these LoRA ranks (vllm/config/lora.py MaxLoRARanks); an adapter's rank is rounded up
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # run in the candidate interpreter: is vLLM there, which build, and can it import llmforge (the middleware)
@@ -196,6 +197,13 @@ def command(serving: ServingPlan, config: Any, port: int, found: Runtime | None 
         argv += ["--enforce-eager"]
     else:
         argv += ["--gpu-memory-utilization", str(config.gpu_memory_utilization)]
+    kv_cache_gib = getattr(config, "kv_cache_gib", None)
+    if not kv_cache_gib and found.cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # on a CPU, without a size, vLLM reserves gpu_memory_utilization (92%) of the machine's memory and stops
+        # at startup ("Available memory ... is less than desired CPU memory utilization") where it is not free
+        kv_cache_gib = CPU_KV_CACHE_GIB
+    if kv_cache_gib:
+        argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))]
     if config.max_model_len:
         argv += ["--max-model-len", str(config.max_model_len)]
     if config.max_batch_size:

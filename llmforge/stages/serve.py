@@ -58,8 +58,14 @@ class Config(StageConfig):
         0.9,
         gt=0,
         le=1,
-        description="vLLM on a GPU: share of GPU memory for weights and KV cache (on a CPU: VLLM_CPU_KVCACHE_SPACE, "
-        "GiB)",
+        description="vLLM on a GPU: share of GPU memory for weights and KV cache",
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="vLLM: GiB for the KV cache (--kv-cache-memory-bytes); none = on a GPU what "
+        "gpu_memory_utilization leaves, on a CPU $VLLM_CPU_KVCACHE_SPACE or 4 (vLLM's own CPU default reserves 92% "
+        "of the machine's memory and refuses to start where that much is not free)",
     )
 
 
@@ -101,6 +107,7 @@ def choose_backend(config: Config) -> str:
         shown = {
             "tensor_parallel_size": "--tensor-parallel-size",
             "gpu_memory_utilization": "gpu_memory_utilization",
+            "kv_cache_gib": "--kv-cache-gib",
         }
         ignored = [f"{shown[name]} {getattr(config, name)}" for name in shown
                    if getattr(config, name) != getattr(defaults, name)]  # fmt: skip
@@ -119,6 +126,7 @@ FLAGS = (
     Flag("max_model_len", "--seq-len", "--max-model-len"),
     Flag("max_batch_size"),
     Flag("tensor_parallel_size"),
+    Flag("kv_cache_gib"),
 )
 
 
