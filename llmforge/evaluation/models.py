@@ -136,10 +136,11 @@ def in_process_vllm(source, config) -> dict[str, Any]:
     base = source.base if source.is_adapter else source
     settings = {"dtype": vllm_backend.dtype_for(base.path, config.dtype, found.cpu)}
     if found.cpu:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
-            "0"  # no spawned engine process (and no __main__ guard)
-        )
+        # no spawned engine process (and no __main__ guard); a KV cache of a set size, as serve gives it
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         settings["enforce_eager"] = True
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            settings["kv_cache_memory_bytes"] = vllm_backend.CPU_KV_CACHE_GIB * 2**30
     return settings
 
 
