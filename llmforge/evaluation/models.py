@@ -135,6 +135,7 @@ def in_process_vllm(source, config) -> dict[str, Any]:
     refuse_cpu_lora(source, found)
     base = source.base if source.is_adapter else source
     settings = {"dtype": vllm_backend.dtype_for(base.path, config.dtype, found.cpu)}
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the report's path only
     if found.cpu:
         # no spawned engine process (and no __main__ guard); a KV cache of a set size, as serve gives it
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
