@@ -1,7 +1,8 @@
 """Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare reports side by side.
 
 `llmforge eval MODEL... -o OUT` evaluates model, adapter and quantized-model artifacts (or Hugging Face directories)
-with lm-eval's Hugging Face backend (its vLLM backend on a GPU where vllm is installed) and writes an eval-report
+with lm-eval's Hugging Face backend (or vLLM: lm-eval's vllm model where vLLM is importable, else its
+local-completions model against a vLLM server run from vLLM's own environment) and writes an eval-report
 artifact: lm-eval's full results (scores with standard errors, n-shot, task versions, hashes and configs) in
 OUT/results.json, the headline scores in the manifest, and a contamination check read from the model's lineage.
 `llmforge eval --compare REPORT...` prints existing reports side by side without evaluating anything.
@@ -103,7 +104,8 @@ class Config(StageConfig):
     )
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto",
-        description="lm-eval backend: hf (transformers), vllm (GPU), auto = vllm when installed and a GPU is seen",
+        description="lm-eval backend: hf (transformers), vllm (GPU, or vLLM's CPU build; from .venv-vllm when not "
+        "importable here), auto = vllm when importable here and a GPU is seen",
     )
     dtype: str = Field("auto", description="Weights dtype while evaluating (auto = the checkpoint's)")
     max_length: int | None = Field(None, gt=0, description="Context length in tokens; none = the model's")
