@@ -189,3 +189,14 @@ def test_eval_with_vllm_scores_like_hf_within_the_standard_error(tiny_model, tmp
         hf, vllm = scores["hf"][metric], scores["vllm"][metric]
         stderr = scores["hf"][metric.replace(",", "_stderr,")]
         assert abs(hf - vllm) <= stderr, (metric, hf, vllm, stderr)
+
+
+def test_eval_refuses_an_adapter_on_vllms_cpu_build_before_any_work(adapter, tmp_path):
+    from llmforge.errors import InputError
+    from llmforge.stages import eval as eval_stage
+
+    if not FOUND.cpu:
+        pytest.skip("vLLM's CUDA build here: adapters go as LoRA requests")
+    with pytest.raises(InputError, match=r"cannot be scored with vLLM's CPU build: .*punica_cpu.py:349"):
+        eval_stage.run([str(adapter)], tmp_path / "out", eval_stage.Config(backend="vllm"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -118,6 +118,15 @@ def open_lm(source, backend: str, config) -> Iterator[tuple[Any, dict[str, Any]]
     yield build_lm(source, backend, config, **settings)
 
 
+def check_vllm_models(sources: list) -> None:
+    """Before anything is written: what vLLM's CPU build cannot score is refused."""
+    from llmforge.serving import vllm_backend
+
+    found = vllm_backend.runtime(explicit=not machine.has_vllm())
+    for source in sources:
+        refuse_cpu_lora(source, found)
+
+
 def refuse_cpu_lora(source, found) -> None:
     if found.cpu and source.is_adapter:
         # bench/VLLM_CPU_NOTES.md: scoring several prompts with a LoRA on vLLM's CPU build kills its engine

@@ -22,7 +22,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from llmforge import machine
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
-from llmforge.evaluation.models import REPORT_KIND, open_lm, open_models, resolve_backend
+from llmforge.evaluation.models import REPORT_KIND, check_vllm_models, open_lm, open_models, resolve_backend
 from llmforge.evaluation.perplexity import perplexity_tasks
 from llmforge.files import write_json
 from llmforge.options import Flag, split_list, stage_command
@@ -197,6 +197,8 @@ def run(models: list[str], out: str | Path, config: Config | None = None, force:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     sources = open_models(models)
     backend = resolve_backend(config.backend)
+    if backend == "vllm":
+        check_vllm_models(sources)
     with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as scratch:
         inline, perplexity_refs = perplexity_tasks(
             config.perplexity, config.perplexity_documents, Path(scratch)
