@@ -134,10 +134,6 @@ def unavailable_reason(explicit: bool = False) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def available() -> bool:
-    return unavailable_reason() is None
-
-
 def runtime(explicit: bool = True) -> Runtime:
     found = find(explicit)
     if isinstance(found, str):
