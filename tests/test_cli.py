@@ -163,6 +163,7 @@ OLD_SPELLINGS = {
         (["--max-model-len", "512"], "max_model_len", 512),
         (["--max-batch-size", "4"], "max_batch_size", 4),
         (["--tensor-parallel-size", "2"], "tensor_parallel_size", 2),
+        (["--kv-cache-gib", "2"], "kv_cache_gib", 2.0),
     ],
     "import": [
         (["--dtype", "bf16"], "dtype", "bf16"),

@@ -339,8 +339,13 @@ def test_bad_serve_inputs_are_refused_before_loading(tiny_model, adapters, tmp_p
     for model, extra, message in cases:
         with pytest.raises(InputError, match=message):
             serve.run(model, serve.Config(adapters=extra, port=0))
-    result = llmforge("serve", tiny_model, "--backend", "vllm", "--port", "0", check=False, timeout=120)
-    assert result.returncode == 2 and "needs vLLM and a CUDA GPU" in result.stderr and result.stdout == ""
+    # a Python without vLLM named as vLLM's (so a .venv-vllm beside the checkout is not used)
+    env = {"LLMFORGE_VLLM_PYTHON": sys.executable}
+    result = llmforge(
+        "serve", tiny_model, "--backend", "vllm", "--port", "0", check=False, timeout=120, env=env
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"the vllm backend needs vLLM: {sys.executable} has no vLLM" in " ".join(result.stderr.split())
 
 
 def test_auto_backend_says_why_it_serves_on_cpu_and_what_it_ignores(capsys):
@@ -356,27 +361,62 @@ def test_auto_backend_says_why_it_serves_on_cpu_and_what_it_ignores(capsys):
     vllm_only = serve.Config(tensor_parallel_size=2, gpu_memory_utilization=0.5)
     assert serve.choose_backend(vllm_only) == "embedded"
     err = " ".join(capsys.readouterr().err.split())
-    assert "--tensor-parallel-size 2, gpu_memory_utilization 0.5: vLLM settings, ignored" in err
+    assert (
+        "--tensor-parallel-size 2, gpu_memory_utilization 0.5: vLLM settings, ignored by the embedded" in err
+    )
     assert serve.choose_backend(serve.Config(backend="vllm", tensor_parallel_size=2)) == "vllm"
     assert capsys.readouterr().err == ""
 
 
-def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters):
+def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters, monkeypatch):
     from llmforge.serving import models, vllm_backend
     from llmforge.stages.serve import Config
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
 
     first, second = adapters["first"], adapters["second"]
     plan = models.plan(first, None, {"second": str(second)})
     config = Config(tensor_parallel_size=2, max_model_len=256, api_key="k", port=9000)
-    argv = vllm_backend.command(plan, config, 9000)
-    assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
-    options = " ".join(argv[3:])
-    assert f"--model {tiny_model} --served-model-name tiny --host 127.0.0.1 --port 9000" in options
-    assert "--tensor-parallel-size 2" in options and "--max-model-len 256" in options
-    assert "--api-key k" in options and "--generation-config auto" in options
-    assert "--middleware llmforge.serving.vllm_backend.fingerprint_header" in options
-    assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
-                            f"second={second}")  # fmt: skip
+    for cpu in (True, False):
+        found = vllm_backend.Runtime("/venv/bin/python", "0.32.0", cpu=cpu)
+        argv = vllm_backend.command(plan, config, 9000, found)
+        assert argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+        options = " ".join(argv[3:])
+        assert f"--model {tiny_model} --served-model-name tiny --host 127.0.0.1 --port 9000" in options
+        assert "--tensor-parallel-size 2" in options and "--max-model-len 256" in options
+        assert "--dtype float32" in options and "--generation-config auto" in options  # as stored
+        assert "--middleware llmforge.serving.vllm_backend.fingerprint_header" in options
+        # ranks 4 and 16: vLLM takes 1, 8, 16, ... only
+        assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
+                                f"second={second}")  # fmt: skip
+        assert ("--enforce-eager" in argv) is cpu and ("--gpu-memory-utilization" in argv) is not cpu
+        # a CPU gets a KV cache of 4 GiB unless told (vLLM's own default wants 92% of the memory free)
+        assert ("--kv-cache-memory-bytes 4294967296" in options) is cpu
+        sized = vllm_backend.command(plan, config.model_copy(update={"kv_cache_gib": 0.5}), 9000, found)
+        assert "--kv-cache-memory-bytes 536870912" in " ".join(sized)
+        assert "k" not in argv  # the key travels in the environment, out of `ps`
+        env = vllm_backend.environment(found, "abc", "k")
+        assert env["VLLM_API_KEY"] == "k" and env["LLMFORGE_FINGERPRINT"] == "abc"
+        assert env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == ("0" if cpu else None)
+
+
+def test_vllm_dtype_follows_the_checkpoint(tiny_model, tmp_path):
+    import shutil
+
+    from llmforge.errors import InputError
+    from llmforge.serving.vllm_backend import dtype_for
+
+    assert dtype_for(tiny_model, "auto", cpu=True) == "float32"  # vLLM's own auto would pick float16
+    assert dtype_for(tiny_model, "bfloat16", cpu=True) == "bfloat16"
+    int4 = shutil.copytree(tiny_model, tmp_path / "int4")
+    config = json.loads((int4 / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors",
+                                     "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}  # fmt: skip
+    (int4 / "config.json").write_text(json.dumps(config))
+    assert dtype_for(int4, "auto", cpu=True) == "bfloat16"  # vLLM's CPU INT4 kernel has no float32 path
+    assert dtype_for(int4, "auto", cpu=False) == "auto"  # a GPU's kernels pick
+    with pytest.raises(InputError, match="cpu_gemm_wna16 not implemented for 'Float'"):
+        dtype_for(int4, "float32", cpu=True)
 
 
 def test_middleware_tags_every_response_and_turns_a_crash_into_an_openai_error():

@@ -4,6 +4,9 @@ backend, or vLLM's where it runs)."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +68,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def resolve_backend(choice: str) -> str:
-    has_vllm = machine.has_vllm()
+    """hf or vllm. auto: vllm only where vLLM is importable here and a GPU is seen (vLLM on a CPU loads for a
+    minute before scoring anything: asked for by name, with --backend vllm)."""
+    from llmforge.serving import vllm_backend
+
     if choice == "vllm":
-        if not has_vllm:
-            raise InputError("--backend vllm: vllm is not installed (pip install 'llmforge[vllm]', GPU only)")
-        if not machine.has_cuda():
-            raise InputError("--backend vllm needs a GPU and none is visible; use --backend hf")
+        found = vllm_backend.find(explicit=True)
+        if isinstance(found, str):
+            raise InputError(f"--backend vllm: {found}; build vLLM's environment with `make install-vllm`, or use "
+                             "--backend hf")  # fmt: skip
         return "vllm"
-    if choice == "auto" and has_vllm and machine.has_cuda():
+    if choice == "auto" and machine.has_vllm() and machine.has_cuda():
         return "vllm"
     return "hf"
 
@@ -99,12 +105,96 @@ def model_arguments(source, backend: str, config) -> dict[str, Any]:
     return {key: value for key, value in arguments.items() if value is not None}
 
 
-def build_lm(source, backend: str, config):
+@contextmanager
+def open_lm(source, backend: str, config) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The lm-eval LM for a model and its model_args, for the duration of the block. vllm: lm-eval's vLLM model
+    where vLLM is importable here, else lm-eval's local-completions model against a vLLM server started under
+    vLLM's own environment (and stopped after)."""
+    if backend == "vllm" and not machine.has_vllm():
+        with vllm_server_lm(source, config) as opened:
+            yield opened
+        return
+    settings = in_process_vllm(source, config) if backend == "vllm" else {}
+    yield build_lm(source, backend, config, **settings)
+
+
+def check_vllm_models(sources: list) -> None:
+    """Before anything is written: what vLLM's CPU build cannot score is refused."""
+    from llmforge.serving import vllm_backend
+
+    found = vllm_backend.runtime(explicit=not machine.has_vllm())
+    for source in sources:
+        refuse_cpu_lora(source, found)
+
+
+def refuse_cpu_lora(source, found) -> None:
+    if found.cpu and source.is_adapter:
+        # bench/VLLM_CPU_NOTES.md: scoring several prompts with a LoRA on vLLM's CPU build kills its engine
+        raise InputError(f"{source.path}: an adapter cannot be scored with vLLM's CPU build: prompt log-likelihoods "
+                         "of several prompts under a LoRA kill its engine (vllm/lora/punica_wrapper/punica_cpu.py:349 "
+                         "add_lora_logits: einsum() size mismatch). Merge the adapter into its base, or use "
+                         "--backend hf")  # fmt: skip
+
+
+def in_process_vllm(source, config) -> dict[str, Any]:
+    """lm-eval's vLLM model in this process: on vLLM's CPU build eager and in one process, dtype as served."""
+    from llmforge.serving import vllm_backend
+
+    found = vllm_backend.runtime(explicit=False)
+    refuse_cpu_lora(source, found)
+    base = source.base if source.is_adapter else source
+    settings = {"dtype": vllm_backend.dtype_for(base.path, config.dtype, found.cpu)}
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the report's path only
+    if found.cpu:
+        # no spawned engine process (and no __main__ guard); a KV cache of a set size, as serve gives it
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        settings["enforce_eager"] = True
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            settings["kv_cache_memory_bytes"] = vllm_backend.CPU_KV_CACHE_GIB * 2**30
+    return settings
+
+
+@contextmanager
+def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
+    from lm_eval.api.registry import get_model
+
+    from llmforge.model.loading import tokenizer_dir
+    from llmforge.serving import models as serving_models
+    from llmforge.serving import vllm_backend
+    from llmforge.stages.serve import Config as ServeConfig
+
+    found = vllm_backend.runtime(explicit=True)
+    refuse_cpu_lora(source, found)
+    serving = serving_models.plan(source.path, None, {})
+    base = serving.base
+    length = config.max_length or vllm_backend.model_settings(base.path).get("max_position_embeddings")
+    batch = config.batch_size if isinstance(config.batch_size, int) else 16
+    server = ServeConfig(
+        port=0, dtype=config.dtype, max_model_len=length, max_batch_size=batch, log_level="warning"
+    )
+    with vllm_backend.running(serving, server, source.fingerprint, found) as (url, key):
+        arguments = {"model": serving.models[0].name, "base_url": f"{url}/completions",
+                     "tokenizer": tokenizer_dir(source), "tokenizer_backend": "huggingface",
+                     "tokenized_requests": True, "max_length": length, "batch_size": batch,
+                     "seed": config.seed, "max_retries": 1}  # fmt: skip
+        previous = os.environ.get("OPENAI_API_KEY")
+        os.environ["OPENAI_API_KEY"] = key  # lm-eval's local-completions sends it as the bearer token
+        try:
+            lm = get_model("local-completions").create_from_arg_obj({k: v for k, v in arguments.items() if v})
+            yield lm, {**arguments, "server": f"vLLM {found.version} ({'CPU' if found.cpu else 'GPU'})"}
+        finally:
+            if previous is None:
+                os.environ.pop("OPENAI_API_KEY", None)
+            else:
+                os.environ["OPENAI_API_KEY"] = previous
+
+
+def build_lm(source, backend: str, config, **settings):
     """The lm-eval LM for a model; a model that does not load is bad input, named in one line."""
     import torch
     from lm_eval.api.registry import get_model
 
-    arguments = model_arguments(source, backend, config)
+    arguments = {**model_arguments(source, backend, config), **settings}
     device = config.device or ("cuda" if machine.has_cuda() else "cpu")
     try:
         lm = get_model(backend).create_from_arg_obj(

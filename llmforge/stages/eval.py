@@ -1,7 +1,8 @@
 """Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare reports side by side.
 
 `llmforge eval MODEL... -o OUT` evaluates model, adapter and quantized-model artifacts (or Hugging Face directories)
-with lm-eval's Hugging Face backend (its vLLM backend on a GPU where vllm is installed) and writes an eval-report
+with lm-eval's Hugging Face backend (or vLLM: lm-eval's vllm model where vLLM is importable, else its
+local-completions model against a vLLM server run from vLLM's own environment) and writes an eval-report
 artifact: lm-eval's full results (scores with standard errors, n-shot, task versions, hashes and configs) in
 OUT/results.json, the headline scores in the manifest, and a contamination check read from the model's lineage.
 `llmforge eval --compare REPORT...` prints existing reports side by side without evaluating anything.
@@ -21,7 +22,7 @@ from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from llmforge import machine
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
-from llmforge.evaluation.models import REPORT_KIND, build_lm, open_models, resolve_backend
+from llmforge.evaluation.models import REPORT_KIND, check_vllm_models, open_lm, open_models, resolve_backend
 from llmforge.evaluation.perplexity import perplexity_tasks
 from llmforge.files import write_json
 from llmforge.options import Flag, split_list, stage_command
@@ -103,7 +104,8 @@ class Config(StageConfig):
     )
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto",
-        description="lm-eval backend: hf (transformers), vllm (GPU), auto = vllm when installed and a GPU is seen",
+        description="lm-eval backend: hf (transformers), vllm (GPU, or vLLM's CPU build; from .venv-vllm when not "
+        "importable here), auto = vllm when importable here and a GPU is seen",
     )
     dtype: str = Field("auto", description="Weights dtype while evaluating (auto = the checkpoint's)")
     max_length: int | None = Field(None, gt=0, description="Context length in tokens; none = the model's")
@@ -195,6 +197,8 @@ def run(models: list[str], out: str | Path, config: Config | None = None, force:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     sources = open_models(models)
     backend = resolve_backend(config.backend)
+    if backend == "vllm":
+        check_vllm_models(sources)
     with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as scratch:
         inline, perplexity_refs = perplexity_tasks(
             config.perplexity, config.perplexity_documents, Path(scratch)
@@ -311,33 +315,34 @@ class _Evaluation:
                 workers=config.contamination.workers,
             )
         log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
-        lm, arguments = build_lm(source, self.backend, config)
         use_template, multiturn = config.apply_chat_template, config.multiturn
-        if use_template and not lm.chat_template(True):
-            raise InputError(
-                f"{source.path}: --apply-chat-template asked for, but its tokenizer has no chat template"
+        with open_lm(source, self.backend, config) as (lm, arguments):
+            template = lm.chat_template(True) if use_template else None
+            if use_template and not template:
+                raise InputError(
+                    f"{source.path}: --apply-chat-template asked for, but its tokenizer has no chat template"
+                )
+            show_prompt_format(label, source, config)
+            tracker = GeneralConfigTracker()
+            top = self.loaded if number == 0 else self.taskset.load()
+            results = simple_evaluate(
+                model=lm,
+                tasks=top,
+                task_manager=self.taskset.local,
+                num_fewshot=config.num_fewshot,
+                limit=config.limit,
+                bootstrap_iters=config.bootstrap_iters,
+                log_samples=True,  # lm-eval's task hashes are computed from the samples
+                system_instruction=config.system_instruction,
+                apply_chat_template=use_template,
+                fewshot_as_multiturn=multiturn,
+                gen_kwargs=config.gen_kwargs or None,
+                confirm_run_unsafe_code=config.allow_code_execution,
+                random_seed=config.seed,
+                numpy_random_seed=config.seed,
+                torch_random_seed=config.seed,
+                fewshot_random_seed=config.seed,
             )
-        show_prompt_format(label, source, config)
-        tracker = GeneralConfigTracker()
-        top = self.loaded if number == 0 else self.taskset.load()
-        results = simple_evaluate(
-            model=lm,
-            tasks=top,
-            task_manager=self.taskset.local,
-            num_fewshot=config.num_fewshot,
-            limit=config.limit,
-            bootstrap_iters=config.bootstrap_iters,
-            log_samples=True,  # lm-eval's task hashes are computed from the samples
-            system_instruction=config.system_instruction,
-            apply_chat_template=use_template,
-            fewshot_as_multiturn=multiturn,
-            gen_kwargs=config.gen_kwargs or None,
-            confirm_run_unsafe_code=config.allow_code_execution,
-            random_seed=config.seed,
-            numpy_random_seed=config.seed,
-            torch_random_seed=config.seed,
-            fewshot_random_seed=config.seed,
-        )
         # What lm-eval's own CLI adds when it saves results (EvaluationTracker.save_results_aggregated).
         samples = results.pop("samples", {})
         results["task_hashes"] = {
@@ -346,7 +351,7 @@ class _Evaluation:
         }
         tracker.log_experiment_args(model_source=self.backend, model_args=arguments,
                                     system_instruction=config.system_instruction,
-                                    chat_template=lm.chat_template(True) if use_template else None,
+                                    chat_template=template,
                                     fewshot_as_multiturn=multiturn)  # fmt: skip
         tracker.log_end_time()
         results.update(asdict(tracker))

@@ -4,7 +4,8 @@ rewards that check the answer, and push the policy towards the better half of ea
 Records hold a `prompt` (string or chat messages) and what the rewards check: `answer` (math, exact), `tests`
 (code), `schema` (json, optional); other fields reach user rewards as keyword arguments. Rewards combine with
 weights: `--reward math:1.0 --reward format:0.2`, or your own as `module:function` / `file.py:function`.
-Generation runs on transformers (CPU or GPU); `--use-vllm` hands it to vLLM on a GPU machine.
+Generation runs on transformers (CPU or GPU); `--use-vllm` hands it to vLLM through TRL, on a CUDA GPU only: TRL
+cannot update the weights of vLLM's CPU build (see CPU_VLLM_REFUSAL).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class Config(PostTrainConfig):
         5.0, gt=0, description="code reward: wall-clock (and CPU) seconds per program"
     )
     code_memory_mb: int = Field(512, ge=64, description="code reward: memory (address space) per program")
-    use_vllm: bool = runtime_field(False, description="Generate with vLLM (GPU only; vllm extra installed)")
+    use_vllm: bool = runtime_field(
+        False,
+        description="Generate with vLLM through TRL (CUDA GPU only, vLLM installed in this environment)",
+    )
     vllm_mode: Literal["colocate", "server"] = runtime_field(
         "colocate", description="vLLM in the training process (colocate) or a `trl vllm-serve` server"
     )
@@ -140,13 +144,22 @@ def _checked_schema(schema: Any) -> str:
     return json.dumps(schema)  # one Arrow type whatever each schema looks like
 
 
+# What TRL 1.16 + vLLM 0.32's CPU build do (bench/VLLM_CPU_NOTES.md); GRPO pushes new weights into vLLM every step.
+CPU_VLLM_REFUSAL = (
+    "--use-vllm needs a CUDA GPU: TRL cannot hand new weights to vLLM on a CPU. colocate: vLLM's CPU build repacks "
+    "every linear weight for its CPU GEMM and drops weight_loader, so TRL's weight sync fails (vllm/model_executor/"
+    "layers/linear.py:1341 AttributeError: 'Parameter' object has no attribute 'weight_loader'); server: TRL syncs "
+    "weights over NCCL (trl/generation/vllm_client.py:757 init_communicator: NotImplementedError, needs a CUDA "
+    "device). Leave --use-vllm off: generation runs on transformers"
+)
+
+
 def check(records: Records, tokenizer, config: Config) -> None:
     """User rewards import, and every prompt leaves room for a full completion within max_length."""
     from llmforge.rewards import load_reward
 
     if config.use_vllm and not machine.has_cuda():
-        raise InputError("--use-vllm needs a CUDA GPU and the vllm extra; without them generation runs on "
-                         "transformers (leave --use-vllm off)")  # fmt: skip
+        raise InputError(CPU_VLLM_REFUSAL)
     if config.use_vllm and not machine.has_vllm():  # TRL would fail later, after loading
         raise InputError("--use-vllm needs vLLM, which is not installed here (llmforge's vllm extra); leave "
                          "--use-vllm off to generate with transformers")  # fmt: skip

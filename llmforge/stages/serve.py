@@ -1,8 +1,9 @@
 """Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API.
 
 /v1/chat/completions (with SSE streaming), /v1/completions, /v1/models and /health, using the artifact's own
-chat template and generation config. vLLM serves it when installed with a GPU; otherwise an embedded CPU server
-(transformers, continuous batching) does. Once the server listens, its base URL (`http://HOST:PORT/v1`) is the
+chat template and generation config. vLLM serves it (`--backend vllm`, on a GPU or with vLLM's CPU build; vLLM's
+own environment, `make install-vllm`, is found by itself) or an embedded server (transformers, continuous batching)
+does; `auto` picks vLLM when it is importable in llmforge's own environment or $LLMFORGE_VLLM_PYTHON names one. Once the server listens, its base URL (`http://HOST:PORT/v1`) is the
 one line on stdout, so `url=$(llmforge serve M --port 0 | head -1)` captures it. Unlike the other stages it
 writes no artifact; it runs until SIGTERM or Ctrl-C, finishing the requests in flight.
 """
@@ -23,7 +24,10 @@ STAGE = "serve"
 
 class Config(StageConfig):
     backend: Literal["auto", "embedded", "vllm"] = Field(
-        "auto", description="auto: vLLM when installed with a GPU, else the embedded CPU server"
+        "auto",
+        description="vllm: vLLM's server (GPU, or vLLM's CPU build; runs under $LLMFORGE_VLLM_PYTHON, this Python, or "
+        ".venv-vllm of the checkout or working directory); auto: vLLM when importable here or $LLMFORGE_VLLM_PYTHON "
+        "is set, else the embedded server",
     )
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on; 0 picks a free one")
@@ -51,7 +55,17 @@ class Config(StageConfig):
     )
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs to shard the model across")
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1, description="vLLM: share of GPU memory for weights and KV cache"
+        0.9,
+        gt=0,
+        le=1,
+        description="vLLM on a GPU: share of GPU memory for weights and KV cache",
+    )
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="vLLM: GiB for the KV cache (--kv-cache-memory-bytes); none = on a GPU what "
+        "gpu_memory_utilization leaves, on a CPU $VLLM_CPU_KVCACHE_SPACE or 4 (vLLM's own CPU default reserves 92% "
+        "of the machine's memory and refuses to start where that much is not free)",
     )
 
 
@@ -109,12 +123,12 @@ def choose_backend(config: Config) -> str:
         shown = {
             "tensor_parallel_size": "--tensor-parallel-size",
             "gpu_memory_utilization": "gpu_memory_utilization",
+            "kv_cache_gib": "--kv-cache-gib",
         }
         ignored = [f"{shown[name]} {getattr(config, name)}" for name in shown
                    if getattr(config, name) != getattr(defaults, name)]  # fmt: skip
         if ignored:
-            warn(f"{', '.join(ignored)}: vLLM settings, ignored by the embedded CPU server (the vllm backend needs "
-                 "vLLM and a CUDA GPU)")  # fmt: skip
+            warn(f"{', '.join(ignored)}: vLLM settings, ignored by the embedded server")
     return backend
 
 
@@ -128,6 +142,7 @@ FLAGS = (
     Flag("max_model_len", "--seq-len", "--max-model-len"),
     Flag("max_batch_size"),
     Flag("tensor_parallel_size"),
+    Flag("kv_cache_gib"),
 )
 
 

@@ -1,0 +1,202 @@
+"""vLLM for real, on CPU: `serve --backend vllm` and `eval --backend vllm` run vLLM's CPU build from its own
+environment (`make install-vllm` builds .venv-vllm; .ci/run builds it before the suite). Without it every test here
+skips, saying so. vLLM takes a minute or more to load on 2 cores: the module starts its servers once, together."""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from helpers import cli_env, random_adapter_artifact, sentences, tokens_artifact
+
+from llmforge.serving import vllm_backend
+
+FOUND = vllm_backend.find(explicit=True)
+if isinstance(FOUND, str):
+    pytest.skip(
+        f"vLLM's environment is not here ({FOUND}): `make install-vllm` builds it", allow_module_level=True
+    )
+
+# one worker runs them all (the servers are module fixtures); startup counts against the first test's timeout
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vllm"), pytest.mark.timeout(1800)]
+KEY = "sk-vllm-test"
+CHATS = ["What is 3 + 4?", "Name a colour.", "Say hello."]
+PROMPTS = ["The model learns", "Once upon a time", "1, 2, 3,"]
+# one GiB of KV cache: vLLM's CPU default sizes it from free memory
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+class Server:
+    """`llmforge serve MODEL --port 0 ...` in a subprocess; its first stdout line is the URL."""
+
+    def __init__(self, model: Path, *args: str, log: Path):
+        self.log = log
+        command = [
+            sys.executable,
+            "-m",
+            "llmforge",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--api-key",
+            KEY,
+            *args,
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
+                                        env=cli_env(VLLM_ENV))  # fmt: skip
+        self.url = ""
+
+    def wait(self, timeout: float = 1500) -> Server:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        self.url = self.process.stdout.readline().strip() if ready else ""
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.stop()
+            raise AssertionError(f"the server did not start: {self.url!r}\n{self.log.read_text()[-4000:]}")
+        return self
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url, api_key=KEY, max_retries=0, timeout=300)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> Path:
+    return random_adapter_artifact(tmp_path_factory.mktemp("adapter") / "first", tiny_model, seed=1, rank=4)
+
+
+@pytest.fixture(scope="module")
+def w4a16(tiny_model, tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """The tiny model quantized to W4A16 compressed-tensors by `llmforge quantize` (the main environment)."""
+    from llmforge.stages import quantize
+
+    root = tmp_path_factory.mktemp("w4a16")
+    tokens = tokens_artifact(root / "tokens", tiny_tokenizer_dir, sentences(200))
+    config = quantize.Config(
+        method="w4a16", algorithm="rtn", calibration_samples=4, seq_len=64, eval_tokens=512
+    )
+    return quantize.run(tiny_model, tokens, root / "q", config)
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model, adapter, w4a16, tmp_path_factory):
+    """vLLM serving the tiny model with the adapter by name, vLLM serving the W4A16 artifact, and the embedded
+    server with the same model and adapter; the vLLM ones load side by side."""
+    logs = tmp_path_factory.mktemp("servers")
+    started = {
+        "vllm": Server(
+            tiny_model, "--backend", "vllm", "--adapter", f"first={adapter}", log=logs / "vllm.log"
+        ),
+        "w4a16": Server(w4a16, "--backend", "vllm", log=logs / "w4a16.log"),
+        "embedded": Server(
+            tiny_model, "--backend", "embedded", "--adapter", f"first={adapter}", log=logs / "embedded.log"
+        ),  # fmt: skip
+    }
+    try:
+        yield {name: server.wait() for name, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def greedy(client, model: str) -> list[tuple[str, int]]:
+    """Chat and completion answers, greedy, through the official client: (text, completion tokens) each. A random
+    model emits byte tokens that are no UTF-8: the embedded server writes U+FFFD for them where vLLM's detokenizer
+    holds incomplete bytes back, so the replacement character is left out of the comparison."""
+    chats = [client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
+                                            temperature=0, max_tokens=16) for text in CHATS]  # fmt: skip
+    completions = [client.completions.create(model=model, prompt=text, temperature=0, max_tokens=16)
+                   for text in PROMPTS]  # fmt: skip
+    texts = [c.choices[0].message.content for c in chats] + [c.choices[0].text for c in completions]
+    return [(text.replace("\ufffd", ""), c.usage.completion_tokens)
+            for text, c in zip(texts, chats + completions, strict=True)]  # fmt: skip
+
+
+def test_vllm_serves_the_tiny_model_and_its_adapter_greedy_like_the_embedded_server(
+    servers, tiny_model, adapter
+):
+    from llmforge.model.loading import resolve_model
+
+    vllm, embedded = servers["vllm"], servers["embedded"]
+    assert "starting vLLM" in vllm.log.read_text() and "--enforce-eager" in vllm.log.read_text()
+    client = vllm.client()
+    assert {m.id for m in client.models.list()} == {"tiny", "first"}
+    base = greedy(client, "tiny")
+    assert any(text for text, _ in base) and base == greedy(embedded.client(), "tiny")
+    tuned = greedy(client, "first")  # the adapter, by name
+    assert tuned == greedy(embedded.client(), "first") and tuned != base
+    # the fingerprint header on every answer; the API key is enforced
+    response = httpx.post(f"{vllm.url}/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}, timeout=300)  # fmt: skip
+    assert response.status_code == 200
+    assert response.headers["x-llmforge-fingerprint"] == resolve_model(tiny_model, "serve").fingerprint
+    refused = httpx.post(f"{vllm.url}/completions", headers={"Authorization": "Bearer wrong"},
+                         json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}, timeout=300)  # fmt: skip
+    assert refused.status_code == 401
+
+
+def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16):
+    from llmforge.model.loading import resolve_model
+
+    server = servers["w4a16"]
+    assert "--dtype bfloat16" in server.log.read_text()  # its float32 CPU kernel is missing
+    client = server.client()
+    answer = client.chat.completions.with_raw_response.create(
+        model="q", messages=[{"role": "user", "content": CHATS[0]}], temperature=0, max_tokens=8
+    )
+    assert answer.headers["x-llmforge-fingerprint"] == resolve_model(w4a16, "serve").fingerprint
+    parsed = answer.parse()
+    assert parsed.usage.completion_tokens > 0 and parsed.choices[0].finish_reason in ("stop", "length")
+    text = (
+        client.completions.create(model="q", prompt=PROMPTS[0], temperature=0, max_tokens=8).choices[0].text
+    )
+    assert text
+
+
+def test_eval_with_vllm_scores_like_hf_within_the_standard_error(tiny_model, tmp_path, monkeypatch):
+    from llmforge.stages import eval as eval_stage
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+
+    scores = {}
+    for backend in ("hf", "vllm"):
+        config = eval_stage.Config(tasks=["llmforge_arith_mc"], backend=backend)
+        started = time.monotonic()
+        out = eval_stage.run([str(tiny_model)], tmp_path / backend, config)
+        results = json.loads((out / "results.json").read_text())
+        scores[backend] = results["results"]["llmforge_arith_mc"]
+        print(f"{backend}: {time.monotonic() - started:.0f}s {scores[backend]}")
+        assert results["llmforge"]["backend"] == backend
+    assert results["config"]["model"] == "vllm"
+    assert results["config"]["model_args"]["server"].startswith("vLLM")
+    for metric in ("acc,none", "acc_norm,none"):
+        hf, vllm = scores["hf"][metric], scores["vllm"][metric]
+        stderr = scores["hf"][metric.replace(",", "_stderr,")]
+        assert abs(hf - vllm) <= stderr, (metric, hf, vllm, stderr)
+
+
+def test_eval_refuses_an_adapter_on_vllms_cpu_build_before_any_work(adapter, tmp_path):
+    from llmforge.errors import InputError
+    from llmforge.stages import eval as eval_stage
+
+    if not FOUND.cpu:
+        pytest.skip("vLLM's CUDA build here: adapters go as LoRA requests")
+    with pytest.raises(InputError, match=r"cannot be scored with vLLM's CPU build: .*punica_cpu.py:349"):
+        eval_stage.run([str(adapter)], tmp_path / "out", eval_stage.Config(backend="vllm"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
