@@ -81,9 +81,11 @@ def test_data_card_reports_every_filter_dedup_step_and_the_mixture(chain):
     docs, deduped, tok, tokens = (chain[k] for k in ("docs", "dedup", "tok", "tokens"))
     # the Hub's front matter, read back by huggingface_hub
     front = DatasetCard(card).data
-    assert front.pretty_name == "tokens" and front.language == ["en", "de"] and front.task_categories == [
-        "text-generation"
-    ]
+    assert (
+        front.pretty_name == "tokens"
+        and front.language == ["en", "de"]
+        and front.task_categories == ["text-generation"]
+    )
     assert front.size_categories == "n<1K" and front.license is None
     assert front.tags == ["llmforge", "tokens", "crawl-filter", "dedup", "tokenize-train", "tokenize-encode"]
     assert "\n---\n\n# Data card: tokens\n" in card

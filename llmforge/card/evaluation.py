@@ -67,7 +67,9 @@ def eval_reports(chain: list[Artifact], evals: list[str | Path] | None) -> list[
     return find_reports(chain)
 
 
-def evaluated_in(report: Artifact, models: Mapping[str, Artifact]) -> list[tuple[Artifact, Mapping[str, Any]]]:
+def evaluated_in(
+    report: Artifact, models: Mapping[str, Artifact]
+) -> list[tuple[Artifact, Mapping[str, Any]]]:
     """(model, its summary in the report) for each model of `models` (by fingerprint) that the report evaluates."""
     stats, found = stats_of(report), []
     for entry in evaluated_models(report.manifest.get("inputs", [])):

@@ -88,7 +88,9 @@ def model_card_data(artifact: Artifact, chain: list[Artifact], start: Mapping[st
     if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN_STAGES):
         tags.append("lora")
     if artifact.kind == "quantized-model":
-        tags += [t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t and t not in tags]
+        tags += [
+            t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t and t not in tags
+        ]
     metadata = source_record(chain).get("metadata") or {}
     base = hub_base(chain, start)
     results = eval_results(artifact, reports)
@@ -118,7 +120,9 @@ def dataset_card_data(artifact: Artifact, lineage: list[Artifact], license: str 
     hub_sources: list[str] = []
     for step in lineage:
         if step.stage == "crawl-filter":
-            languages += [lang for lang in lookup(step.config, "language.languages") or [] if lang not in languages]
+            languages += [
+                lang for lang in lookup(step.config, "language.languages") or [] if lang not in languages
+            ]
         for entry, parent in step.parents():
             if parent is None and entry.get("kind") == "hub" and entry["path"] not in hub_sources:
                 hub_sources.append(entry["path"])
@@ -129,7 +133,9 @@ def dataset_card_data(artifact: Artifact, lineage: list[Artifact], license: str 
         size_categories=size,
         source_datasets=hub_sources or None,
         task_categories=["text-generation"],
-        tags=list(dict.fromkeys(["llmforge", artifact.kind, *(step.stage.replace(" ", "-") for step in lineage)])),
+        tags=list(
+            dict.fromkeys(["llmforge", artifact.kind, *(step.stage.replace(" ", "-") for step in lineage)])
+        ),
     )
 
 
