@@ -8,6 +8,7 @@ reports give for this very model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,13 @@ def relation(artifact: Artifact, chain: list[Artifact]) -> str | None:
     return None
 
 
+def source_license(metadata: Mapping[str, Any]) -> str | None:
+    """The license a GGUF's metadata records, when it is written as a Hub license id (apache-2.0, mit, llama3.1);
+    free text such as "Apache License" is left to --license."""
+    value = metadata.get("license")
+    return value if isinstance(value, str) and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value) else None
+
+
 def eval_results(artifact: Artifact, reports: list[Artifact]) -> list:
     """model-index entries: every task and metric the reports scored for this very model (not its predecessors)."""
     from huggingface_hub import EvalResult
@@ -96,7 +104,7 @@ def model_card_data(artifact: Artifact, chain: list[Artifact], start: Mapping[st
     results = eval_results(artifact, reports)
     languages = metadata.get("languages")
     return ModelCardData(
-        license=license or metadata.get("license"),
+        license=license or source_license(metadata),
         language=languages if isinstance(languages, list) and languages else None,
         library_name="peft" if artifact.kind == "adapter" else "transformers",
         pipeline_tag="text-generation",
