@@ -78,8 +78,7 @@ def eval_results(artifact: Artifact, reports: list[Artifact]) -> list:
                     results.append(EvalResult(
                         task_type="text-generation", dataset_type=task, dataset_name=task, metric_type=metric,
                         metric_value=value, metric_name=metric if filter_ in ("", "none") else f"{metric} ({filter_})",
-                        dataset_args={"num_fewshot": shots} if shots is not None else None,
-                        source_name=f"llmforge eval ({name_of(report)})"))  # fmt: skip
+                        dataset_args={"num_fewshot": shots} if shots is not None else None))  # fmt: skip
     return results
 
 
