@@ -3,8 +3,9 @@
 Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4 in groups of input columns, GPTQ calibrated on `--data`, or
 round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest of 128/64/32 that divides every
 quantized layer's input width, else one scale per output channel) and `w8a8` (INT8 weights and dynamic per-token
-INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves; `torchao-int8` (weight-only) and `torchao-int8-dynamic`
-(dynamic activations), torchao checkpoints that transformers, and so the embedded CPU server, run directly.
+INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
+`torchao-int8` (weight-only) and `torchao-int8-dynamic` (dynamic activations), torchao checkpoints that
+transformers, and so the embedded CPU server, run directly.
 The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config.
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
 measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
