@@ -235,7 +235,7 @@ def test_an_explicit_group_size_must_divide_and_auto_falls_back_to_channels(tiny
         manifest(out)["stats"]["group_size"] == "channel" and manifest(out)["config"]["group_size"] == "auto"
     )
     assert stats_mismatches(out) == []
-    assert similarity(tmp_path / "odd", out) > 0.99
+    assert 0.9 < similarity(tmp_path / "odd", out) < 0.9999  # 4-bit with one scale per row: close, not equal
 
 
 def test_cli_group_size_is_one_line_and_exit_2(tiny_model, tokens, tmp_path):
