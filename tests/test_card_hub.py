@@ -107,3 +107,12 @@ def test_a_model_without_eval_reports_or_hub_id_has_no_model_index(tiny_model, t
     data = ModelCard(card).data
     assert data.eval_results is None and data.base_model is None and "model-index" not in card
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+
+
+def test_an_imported_ggufs_license_is_taken_only_as_a_hub_license_id():
+    from llmforge.card.front_matter import source_license
+
+    assert source_license({"license": "apache-2.0"}) == "apache-2.0"  # SmolLM2's GGUF records this
+    assert source_license({"license": "llama3.1"}) == "llama3.1"
+    assert source_license({"license": "Apache License 2.0"}) is None  # free text: left to --license
+    assert source_license({}) is None
