@@ -208,7 +208,8 @@ def test_train_on_annotations(tmp_path):
 
 @pytest.mark.xdist_group("smollm2")
 def test_annotate_with_smollm2(smollm2, tmp_path):
-    """A real instruct model scores three short documents with the rubric: every score an integer 0-5."""
+    """A real instruct model scores three short documents with the rubric, through the CLI (a process of its own:
+    the engine's thread and this process's OpenMP workers would compete): every score an integer 0-5."""
     texts = [
         "Photosynthesis is how green plants make food. Using sunlight, they turn water and carbon dioxide into "
         "glucose and oxygen inside their chloroplasts. Try it: put a pond weed under a lamp and count the bubbles.",
@@ -216,11 +217,11 @@ def test_annotate_with_smollm2(smollm2, tmp_path):
         "The water cycle: water evaporates from the sea, condenses into clouds and falls as rain.",
     ]
     raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": t} for t in texts])
-    out = quality.annotate([str(raw)], tmp_path / "ann", str(smollm2),
-                           quality.AnnotateConfig(max_tokens=12, batch_size=3))  # fmt: skip
+    out = tmp_path / "ann"
+    llmforge("quality", "annotate", raw, "--model", smollm2, "-o", out, "--max-tokens", 8, "--batch-size", 3)
     records = read_records(out)
     assert [r["text"] for r in records] == texts
     assert all(r["metadata"][annotation.SCORE_KEY] in range(6) for r in records)
     assert all(r["metadata"][annotation.REPLY_KEY].strip() for r in records)  # the model did answer
     stats = Artifact.open(out).stats
-    assert stats["parsed"] + stats["forced"] == 3 and stats["completion_tokens"] > 0
+    assert stats["parsed"] + stats["forced"] == 3 and 0 < stats["completion_tokens"] <= 3 * 8
