@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import collect  # noqa: E402
 
 SEQ_LEN = 128
-BATCH_TOKENS = 4096
 
 
 def bucket(source: str) -> int:
@@ -87,12 +86,13 @@ def val_texts(tokens_dir: Path, limit: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps of 4,096 tokens per model")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per model")
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step")
     parser.add_argument(
         "--web-quality", type=float, default=0.25, help="share of positives in the web corpus"
     )
     parser.add_argument("--web-documents", type=int, default=4000)
-    parser.add_argument("--eval-tokens", type=int, default=100_000)
+    parser.add_argument("--eval-tokens", type=int, default=100_000, help="held-out tokens scored per model")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-quality-filter"))
     args = parser.parse_args()
     work = args.work
@@ -128,15 +128,15 @@ def main() -> None:
     seconds["tokenize train"] = cli(
         "tokenize", "train", runs / "web", "-o", runs / "tokenizer", "--vocab-size", 4096
     )
-    train_tokens = args.steps * BATCH_TOKENS
+    train_tokens = args.steps * args.batch_tokens
     results = {}
     for name, documents in (("unfiltered", runs / "web"), ("filtered", runs / "filtered")):
         seconds[f"encode {name}"] = cli("tokenize", "encode", documents, "--tokenizer", runs / "tokenizer", "-o",
                                         runs / f"tokens-{name}", "--val-fraction", 0.05)  # fmt: skip
         seconds[f"pretrain {name}"] = cli(
             "pretrain", runs / f"tokens-{name}", "-o", runs / f"model-{name}", "--preset", "tiny", "--seq-len",
-            SEQ_LEN, "--batch-tokens", BATCH_TOKENS, "--micro-batch-size", 16, "--train-tokens", train_tokens,
-            "--lr", 0.002, "--set", "checkpoint.every=0", "--set", "eval.every=0", "--set", "seed=0",
+            SEQ_LEN, "--batch-tokens", args.batch_tokens, "--micro-batch-size", 16, "--train-tokens", train_tokens,
+            "--lr", 0.002, "--set", "checkpoint.every=0", "--set", "eval.every=0", "--set", "seed=0", "--update",
         )  # fmt: skip
         results[name] = json.loads((runs / f"tokens-{name}" / "artifact.json").read_text())["stats"]
     kept = json.loads((runs / "filtered" / "artifact.json").read_text())["stats"]
@@ -151,7 +151,7 @@ def main() -> None:
           f"{heldout['roc_auc']}; filter kept {kept['documents']} of {kept['input']['documents']} web documents "
           f"(keep {args.web_quality})")  # fmt: skip
     print(
-        f"tiny Llama, {args.steps} steps x {BATCH_TOKENS} tokens (seq {SEQ_LEN}), same tokenizer and settings\n"
+        f"tiny Llama, {args.steps} steps x {args.batch_tokens} tokens (seq {SEQ_LEN}), same tokenizer and settings\n"
     )
     print("| data | train tokens | passes | loss, held-out high-quality text | loss, unfiltered web (val) |")
     print("|---|---:|---:|---:|---:|")

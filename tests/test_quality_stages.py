@@ -225,3 +225,27 @@ def test_annotate_with_smollm2(smollm2, tmp_path):
     assert all(r["metadata"][annotation.REPLY_KEY].strip() for r in records)  # the model did answer
     stats = Artifact.open(out).stats
     assert stats["parsed"] + stats["forced"] == 3 and 0 < stats["completion_tokens"] <= 3 * 8
+
+
+def test_a_classifiers_documents_are_not_training_data(tmp_path):
+    """Eval's contamination check reads the documents a later stage trained on: a quality classifier's positives
+    and negatives, or an annotated sample, are not what the model saw."""
+    from llmforge.evaluation.contamination import training_documents
+
+    web = documents_artifact(tmp_path / "web", ["web page"])
+    wiki = documents_artifact(tmp_path / "wiki", ["good page"])
+
+    def made(name, kind, inputs):
+        def body(ctx):
+            (ctx.work / "payload").write_text(name)
+
+        return Artifact.open(
+            run_stage("quality train", kind, Made(), [i.ref() for i in inputs], tmp_path / name, body)
+        )
+
+    classifier = made("cls", "quality-classifier", [Artifact.open(wiki), Artifact.open(web)])
+    labels = made("ann", "annotations", [Artifact.open(web)])
+    kept = made("kept", "documents", [Artifact.open(web), classifier])
+    tokens = made("tokens", "tokens", [kept])
+    chosen = training_documents([tokens, kept, classifier, labels, Artifact.open(web), Artifact.open(wiki)])
+    assert [a.path for a in chosen] == [kept.path]
