@@ -93,6 +93,7 @@ def main() -> None:
     )
     parser.add_argument("--web-documents", type=int, default=4000)
     parser.add_argument("--eval-tokens", type=int, default=100_000, help="held-out tokens scored per model")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both models' weights and data order")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-quality-filter"))
     args = parser.parse_args()
     work = args.work
@@ -134,9 +135,9 @@ def main() -> None:
         seconds[f"encode {name}"] = cli("tokenize", "encode", documents, "--tokenizer", runs / "tokenizer", "-o",
                                         runs / f"tokens-{name}", "--val-fraction", 0.05)  # fmt: skip
         seconds[f"pretrain {name}"] = cli(
-            "pretrain", runs / f"tokens-{name}", "-o", runs / f"model-{name}", "--preset", "tiny", "--seq-len",
+            "pretrain", runs / f"tokens-{name}", "-o", runs / f"model-{name}-{args.seed}", "--preset", "tiny", "--seq-len",
             SEQ_LEN, "--batch-tokens", args.batch_tokens, "--micro-batch-size", 16, "--train-tokens", train_tokens,
-            "--lr", 0.002, "--set", "checkpoint.every=0", "--set", "eval.every=0", "--set", "seed=0", "--update",
+            "--lr", 0.002, "--set", "checkpoint.every=0", "--set", "eval.every=0", "--set", f"seed={args.seed}", "--update",
         )  # fmt: skip
         results[name] = json.loads((runs / f"tokens-{name}" / "artifact.json").read_text())["stats"]
     kept = json.loads((runs / "filtered" / "artifact.json").read_text())["stats"]
@@ -144,14 +145,14 @@ def main() -> None:
     web_val = val_texts(runs / "tokens-unfiltered", 400)
     rows = []
     for name in ("unfiltered", "filtered"):
-        model = runs / f"model-{name}"
+        model = runs / f"model-{name}-{args.seed}"
         rows.append((name, results[name]["tokens"], train_tokens / results[name]["tokens"],
                      loss_on(model, held, args.eval_tokens), loss_on(model, web_val, args.eval_tokens)))  # fmt: skip
     print(f"\nclassifier held out: precision {heldout['precision']}, recall {heldout['recall']}, ROC AUC "
           f"{heldout['roc_auc']}; filter kept {kept['documents']} of {kept['input']['documents']} web documents "
           f"(keep {args.web_quality})")  # fmt: skip
     print(
-        f"tiny Llama, {args.steps} steps x {args.batch_tokens} tokens (seq {SEQ_LEN}), same tokenizer and settings\n"
+        f"tiny Llama, {args.steps} steps x {args.batch_tokens} tokens (seq {SEQ_LEN}), seed {args.seed}, same tokenizer and settings\n"
     )
     print("| data | train tokens | passes | loss, held-out high-quality text | loss, unfiltered web (val) |")
     print("|---|---:|---:|---:|---:|")
