@@ -13,7 +13,10 @@ from dataclasses import dataclass
 # The kinds of artifact the stages write ("raw" inputs are files outside llmforge, "hub" a model hub id).
 DATA_KINDS = ("documents", "tokenizer", "tokens")
 MODEL_KINDS = ("model", "adapter", "quantized-model")  # each loads as a model (an adapter on its base)
-KINDS = (*DATA_KINDS, *MODEL_KINDS, "eval-report")
+# Kinds that describe data rather than hold what a model trains on: a quality classifier, a model's scores of a
+# sample (read by `quality train`); lineage walks through them, but they are no training data.
+QUALITY_KINDS = ("quality-classifier", "annotations")
+KINDS = (*DATA_KINDS, *MODEL_KINDS, "eval-report", *QUALITY_KINDS)
 # Kinds a stage writes only when asked to: sft, dpo and grpo write an adapter with --lora.
 WRITTEN_WITH = {"adapter": "--lora"}
 
@@ -44,6 +47,18 @@ STAGES = (
     Stage("dedup", "dedup", reads=("documents", "raw"), writes=("documents",),
           summary="Remove duplicate and benchmark-contaminated documents: exact dedup, MinHash-LSH near-dup "
                   "dedup, n-gram decontamination."),
+    Stage("quality annotate", "quality", reads=("documents", "raw", *MODEL_KINDS), writes=("annotations",),
+          function="annotate_command",
+          summary="Have a local instruct model score a sample of documents with FineWeb-Edu's additive 0-5 "
+                  "educational rubric; the scores can train a classifier."),
+    Stage("quality train", "quality", reads=("documents", "raw", "annotations"), writes=("quality-classifier",),
+          function="train_command",
+          summary="Train a quality classifier on positive against negative documents (or annotations); held-out "
+                  "precision, recall and score distribution."),
+    Stage("quality filter", "quality", reads=("documents", "raw", "quality-classifier"), writes=("documents",),
+          function="filter_command",
+          summary="Score every document with a quality classifier and keep the best: a top share (DCLM's 10%) "
+                  "or a threshold."),
     Stage("tokenize train", "tokenize", reads=("documents",), writes=("tokenizer",), function="train_command",
           summary="Train a tokenizer (byte-level BPE or Unigram, special tokens, chat template) on a weighted "
                   "sample."),

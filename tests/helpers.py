@@ -66,13 +66,15 @@ class RandomInit(StageConfig):
     max_position_embeddings: int = 512
 
 
-def tiny_model_artifact(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+def tiny_model_artifact(
+    out: Path, tokenizer_dir: Path, seed: int = 0, max_position_embeddings: int = 512
+) -> Path:
     """A model artifact (HF directory + manifest) holding a random ~1M-parameter Llama and our tokenizer."""
     from llmforge.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from llmforge.model.llama import build_config, build_model, special_ids_of
     from llmforge.model.loading import save_model_payload
 
-    config = RandomInit(seed=seed)
+    config = RandomInit(seed=seed, max_position_embeddings=max_position_embeddings)
     tokenizer = load_tokenizer(tokenizer_dir)
 
     def body(ctx):

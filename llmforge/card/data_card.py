@@ -169,6 +169,39 @@ def dedup_section(md: Markdown, artifact: Artifact, level: int) -> None:
                 "cannot be matched by n-gram overlap; they are not checked.")  # fmt: skip
 
 
+def quality_filter_section(md: Markdown, artifact: Artifact, level: int) -> None:
+    c, s = artifact.config, stats_of(artifact)
+    classifiers = [(e, p) for e, p in artifact.parents()
+                   if (p is not None and p.kind == "quality-classifier") or e.get("role") == "quality classifier"]  # fmt: skip
+    lines = []
+    for entry, parent in classifiers:
+        if parent is None:  # a fastText model file or a classifier folder made elsewhere
+            lines.append(f"classifier: `{entry['path']}` (outside llmforge, label `{c.get('label')}`, content "
+                         f"`{entry['fingerprint'][:12]}`)")  # fmt: skip
+            continue
+        trained, held = stats_of(parent), lookup(parent.stats, "heldout") or {}
+        line = (f"classifier: `{name_of(parent)}` (`{parent.fingerprint[:12]}`), trained on "
+                f"{fmt(lookup(trained, 'train.positive'))} positive and {fmt(lookup(trained, 'train.negative'))} "
+                f"negative documents; held out: precision {fmt(held.get('precision'))}, recall "
+                f"{fmt(held.get('recall'))}, ROC AUC {fmt(held.get('roc_auc'))}")  # fmt: skip
+        annotators = [p for e, p in parent.parents() if p is not None and p.kind == "annotations"]
+        for labels in annotators:
+            model = next((e for e, _ in labels.parents() if e.get("role") == "annotator"), {})
+            line += (f"; labels from `{name_of(labels)}`: {fmt(lookup(labels.stats, 'documents'))} "
+                     f"documents scored 0-5 by `{show_path(model.get('path', '?'))}` with FineWeb-Edu's rubric, "
+                     f"positive at {fmt(lookup(parent.config, 'positive_min'))} or more")  # fmt: skip
+        lines.append(line)
+    rule = s.get("rule", {})
+    lines.append(f"kept the top {percent(rule['keep'])} by score" if "keep" in rule
+                 else f"kept documents scoring at least {fmt(rule.get('threshold'))}")  # fmt: skip
+    md.bullets([*lines, f"lowest score kept: {fmt(s.get('threshold'))}", kept_line(s)])
+    quantiles = s.get("score_quantiles", {})
+    if quantiles:
+        md.table(["score quantile of the input", *quantiles], [["score", *quantiles.values()]])
+    if (Path(artifact.path) / "removed").is_dir():
+        md.bullets([f"samples of the removed documents: `{show_path(Path(artifact.path) / 'removed')}`"])
+
+
 def tokenize_train_section(md: Markdown, artifact: Artifact, level: int) -> None:
     c, s = artifact.config, stats_of(artifact)
     sources = s.get("sources", {})
@@ -223,6 +256,7 @@ def generic_section(md: Markdown, artifact: Artifact, level: int) -> None:
 DATA_SECTIONS = {
     "crawl-filter": crawl_filter_section,
     "dedup": dedup_section,
+    "quality filter": quality_filter_section,
     "tokenize train": tokenize_train_section,
     "tokenize encode": tokenize_encode_section,
 }

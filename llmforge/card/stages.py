@@ -7,12 +7,15 @@ from typing import Any
 
 from llmforge.artifacts import Artifact
 from llmforge.card.stats import Declared
-from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quantize, sft, tokenize
+from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quality, quantize, sft, tokenize
 from llmforge.stages import eval as eval_stage
 
 STATS = {
     crawl_filter.STAGE: crawl_filter.Stats,
     dedup.STAGE: dedup.Stats,
+    quality.TRAIN_STAGE: quality.TrainStats,
+    quality.FILTER_STAGE: quality.FilterStats,
+    quality.ANNOTATE_STAGE: quality.AnnotateStats,
     tokenize.TRAIN_STAGE: tokenize.TrainStats,
     tokenize.ENCODE_STAGE: tokenize.EncodeStats,
     pretrain.STAGE: pretrain.Stats,

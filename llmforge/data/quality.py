@@ -328,9 +328,11 @@ def classifier_input(path: str | Path, label: str = POSITIVE, stage: str = "qual
     (fingerprinted by content). It decides which documents survive, so it belongs in the output's lineage."""
     from llmforge.artifacts import MANIFEST, open_artifact, raw_input
 
-    load_scorer(path, label)
     if (Path(path) / MANIFEST).is_file():
-        return open_artifact(path, stage, [ARTIFACT_KIND]).ref()
+        artifact = open_artifact(path, stage, [ARTIFACT_KIND])  # the wrong kind of artifact is named as such
+        load_scorer(path, label)
+        return artifact.ref()
+    load_scorer(path, label)
     ref = raw_input(str(path))
     ref.detail["role"] = "quality classifier"
     return ref

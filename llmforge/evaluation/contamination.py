@@ -21,7 +21,9 @@ from typing import Any
 
 from llmforge.artifacts import Artifact, sha256_file
 from llmforge.evaluation.ngram_index import Source
-from llmforge.registry import POSTTRAIN_STAGES  # their raw input files are training data
+
+# post-training stages: their raw input files are training data; quality kinds: no training data
+from llmforge.registry import POSTTRAIN_STAGES, QUALITY_KINDS
 
 EXAMPLES = 20  # item ids listed per task in the report
 
@@ -42,7 +44,7 @@ def training_documents(artifacts: list[Artifact]) -> list[Artifact]:
     only fed another documents stage (crawl output before dedup) are not: dedup may have removed the hits."""
     chosen: dict[str, Artifact] = {}
     for artifact in artifacts:
-        if artifact.kind == "documents":
+        if artifact.kind == "documents" or artifact.kind in QUALITY_KINDS:  # a classifier trains on no model
             continue
         for _, parent in artifact.parents():
             if parent is not None and parent.kind == "documents":
