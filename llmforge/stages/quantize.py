@@ -335,6 +335,13 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
                 max_seq_length=max(len(w) for w in texts.calibration), shuffle_calibration_samples=False)  # fmt: skip
     else:
         oneshot(model=model, recipe=QuantizationModifier(ignore=config.ignore, **scheme))
+    # oneshot leaves every module wrapped in compressed-tensors' offload cache (onload and offload both on the CPU
+    # here). Saving converts those to accelerate hooks and back, and the way back failed now and then on packed
+    # int32 weights ("cannot assign 'torch.IntTensor' as parameter 'weight_packed'", seen in a full suite run):
+    # unwrapping first leaves the tensors where they are and the save nothing to convert.
+    from compressed_tensors.offload import remove_dispatch
+
+    remove_dispatch(model)
     model.save_pretrained(work, save_compressed=True)
 
 
