@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=600, help="training problems drawn")
+    parser.add_argument("--train", type=int, default=480, help="training problems drawn")
     parser.add_argument("--heldout", type=Path, help="write the held-out eval file instead")
     args = parser.parse_args()
     if args.heldout:
