@@ -75,9 +75,20 @@ def n(value) -> str:
 
 
 def test_data_card_reports_every_filter_dedup_step_and_the_mixture(chain):
+    from huggingface_hub import DatasetCard
+
     card = make_card(chain["tokens"].path)
     docs, deduped, tok, tokens = (chain[k] for k in ("docs", "dedup", "tok", "tokens"))
-    assert card.startswith("# Data card: tokens\n")
+    # the Hub's front matter, read back by huggingface_hub
+    front = DatasetCard(card).data
+    assert (
+        front.pretty_name == "tokens"
+        and front.language == ["en", "de"]
+        and front.task_categories == ["text-generation"]
+    )
+    assert front.size_categories == "n<1K" and front.license is None
+    assert front.tags == ["llmforge", "tokens", "crawl-filter", "dedup", "tokenize-train", "tokenize-encode"]
+    assert "\n---\n\n# Data card: tokens\n" in card
 
     # raw input: its path, size and content fingerprint
     raw = docs.manifest["inputs"][0]
@@ -135,10 +146,10 @@ def test_model_card_has_front_matter_training_chain_data_and_eval_scores(chain):
     card = make_card(chain["sft"].path)
     base, tuned, report = chain["base"], chain["sft"], chain["report"]
     front = yaml.safe_load(card.split("---\n")[1])
-    assert (
-        front["library_name"] == "peft" and front["base_model"] == "base"
-    )  # an adapter on the pretrained model
-    assert front["base_model_relation"] == "adapter" and "license" not in front
+    assert front["library_name"] == "peft" and "license" not in front
+    # an adapter on a model pretrained here: no Hub id to name as base_model (the Hub takes only its own ids)
+    assert "base_model" not in front and "base_model_relation" not in front
+    assert row(card, "base model")[1] == "`base`"
     assert front["datasets"] == ["tokens", "chat.jsonl"] and {"pretrain", "sft", "lora"} <= set(front["tags"])
 
     # architecture and size from the model itself

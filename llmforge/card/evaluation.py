@@ -20,24 +20,14 @@ def evaluation(
     """A table of scores, one column per evaluated model of the chain (and per report when one model has several),
     then what each report ran and its contamination check."""
     by_fingerprint = {a.fingerprint: a for a in chain}
-    if evals:
-        reports = [open_artifact(path, "card --eval", ["eval-report"]) for path in evals]
-        source = "given with --eval"
-    else:
-        reports = find_reports(chain)
-        source = "found next to the model"
+    reports = eval_reports(chain, evals)
+    source = "given with --eval" if evals else "found next to the model"
     # (task, metric) -> {(model, report number): value}
     scores: dict[tuple[str, str], dict[tuple[str, int], Any]] = {}
     notes = []
     for number, report in enumerate(reports):
-        stats = stats_of(report)
-        evaluated = []
-        for entry in evaluated_models(report.manifest.get("inputs", [])):
-            model = by_fingerprint.get(entry.get("fingerprint"))
-            if model is None:
-                continue
-            summary = stats["models"].get(entry.get("label"), {}) if "models" in stats else stats
-            evaluated.append((model, summary))
+        evaluated = evaluated_in(report, by_fingerprint)
+        for model, summary in evaluated:
             for task, metrics in summary.get("scores", {}).items():
                 for metric, value in metrics.items():
                     scores.setdefault((task, metric), {})[(model.fingerprint, number)] = value
@@ -68,6 +58,25 @@ def evaluation(
     md.table(header, rows)
     md.para(f"Eval reports ({source}):")
     md.bullets(notes)
+
+
+def eval_reports(chain: list[Artifact], evals: list[str | Path] | None) -> list[Artifact]:
+    """The reports given with --eval, else those found next to the models of the chain."""
+    if evals:
+        return [open_artifact(path, "card --eval", ["eval-report"]) for path in evals]
+    return find_reports(chain)
+
+
+def evaluated_in(
+    report: Artifact, models: Mapping[str, Artifact]
+) -> list[tuple[Artifact, Mapping[str, Any]]]:
+    """(model, its summary in the report) for each model of `models` (by fingerprint) that the report evaluates."""
+    stats, found = stats_of(report), []
+    for entry in evaluated_models(report.manifest.get("inputs", [])):
+        model = models.get(entry.get("fingerprint"))
+        if model is not None:
+            found.append((model, stats["models"].get(entry.get("label"), {}) if "models" in stats else stats))
+    return found
 
 
 def report_note(report: Artifact, evaluated: list[tuple[Artifact, Mapping[str, Any]]]) -> str:

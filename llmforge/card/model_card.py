@@ -9,7 +9,8 @@ from typing import Any
 
 from llmforge.artifacts import Artifact
 from llmforge.card.data_card import data_card
-from llmforge.card.evaluation import evaluation
+from llmforge.card.evaluation import eval_reports, evaluation
+from llmforge.card.front_matter import dataset_names, model_card_data, with_front_matter
 from llmforge.card.lineage import hf_config, model_chain, parameters, safetensors_parameters
 from llmforge.card.markdown import Markdown, fmt, lineage_table, lookup, name_of, show_path
 from llmforge.card.stages import stats_of
@@ -18,7 +19,9 @@ from llmforge.registry import DATA_KINDS, MODEL_KINDS, POSTTRAIN_STAGES
 
 
 def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str | None) -> str:
-    """The Markdown model card of a model, adapter or quantized-model artifact."""
+    """The Markdown model card of a model, adapter or quantized-model artifact, with the Hub's front matter."""
+    from huggingface_hub import ModelCard
+
     chain, start = model_chain(artifact)
     md = Markdown()
     config = hf_config(artifact) or {}
@@ -26,7 +29,6 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     datasets = training_data(chain)
     base = base_model(artifact, chain, start)
 
-    md.blocks.append(front_matter(artifact, chain, config, base, datasets, license))
     name = name_of(artifact)
     md.heading(1, name)
     arch = config.get("model_type", "unknown")
@@ -68,7 +70,9 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     lineage_table(md, chain)
     versions = lookup(artifact.manifest, "provenance.versions", {})
     md.para("Made with " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "." if versions else "")
-    return md.text()
+    data = model_card_data(artifact, chain, start, config, dataset_names(datasets), license,
+                           eval_reports(chain, evals))  # fmt: skip
+    return with_front_matter(data, md.text(), ModelCard)
 
 
 def base_model(artifact: Artifact, chain: list[Artifact], start: dict[str, Any] | None) -> str | None:
@@ -82,38 +86,6 @@ def base_model(artifact: Artifact, chain: list[Artifact], start: dict[str, Any] 
     if start is not None:
         return start["path"] if start.get("kind") == "hub" else Path(start["path"]).name
     return None
-
-
-def front_matter(artifact: Artifact, chain: list[Artifact], config: dict[str, Any], base: str | None,
-                 datasets: list[tuple[Artifact, dict[str, Any], Artifact | None]], license: str | None) -> str:  # fmt: skip
-    import yaml
-
-    tags = ["llmforge"]
-    if config.get("model_type"):
-        tags.append(config["model_type"])
-    tags += [a.stage for a in chain if a.stage not in tags]
-    if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN_STAGES):
-        tags.append("lora")
-    if artifact.kind == "quantized-model":
-        tags += [t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t]
-    front: dict[str, Any] = {}
-    if license:
-        front["license"] = license
-    front["library_name"] = "peft" if artifact.kind == "adapter" else "transformers"
-    front["pipeline_tag"] = "text-generation"
-    front["tags"] = tags
-    if base:
-        front["base_model"] = base
-        relation = {"adapter": "adapter", "quantized-model": "quantized"}.get(artifact.kind, "finetune")
-        front["base_model_relation"] = relation
-    names = []
-    for _, entry, data in datasets:
-        label = name_of(data) if data is not None else Path(str(entry["path"])).name
-        if label not in names:
-            names.append(label)
-    if names:
-        front["datasets"] = names
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---"
 
 
 def model_details(artifact: Artifact, config: dict[str, Any], count: int | None, base: str | None) -> list:

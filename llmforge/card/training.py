@@ -156,6 +156,7 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
     calibration = data_label(parents[1]) if len(parents) > 1 else None
     return [
         ("method", f"{s.get('method', c.get('method'))} ({step.extra.get('format')}), {s.get('algorithm')}"),
+        ("group size", group_size_text(s.get("group_size"))),
         ("not quantized", fmt(c.get("ignore")) if c.get("ignore") else None),
         ("calibration / evaluation data", calibration),
         ("calibration windows", s.get("calibration_windows") or None),
@@ -166,6 +167,13 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
                                 f"{fmt(s.get('budget_pct'))}%, {'within' if s.get('within_budget') else 'BEYOND'} it)"
          if "perplexity_after" in s else None),
     ]  # fmt: skip
+
+
+def group_size_text(group: int | str | None) -> str | None:
+    """Input columns sharing a scale, or per channel (None for quantized models made before it was recorded)."""
+    if group is None:
+        return None
+    return "per channel (one scale per output row)" if group == "channel" else f"{fmt(group)} input columns"
 
 
 def generic_rows(step: Artifact, previous: Artifact | None) -> list:

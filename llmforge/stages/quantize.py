@@ -1,9 +1,11 @@
 """Quantize a model (LoRA adapters are merged first) and report what it cost: size and held-out perplexity.
 
-Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4, GPTQ calibrated on `--data`, or round-to-nearest with
-`--algorithm rtn`) and `w8a8` (INT8 weights and dynamic per-token INT8 activations), written by llm-compressor as
-compressed-tensors checkpoints, the format vLLM serves; `torchao-int8` (weight-only) and `torchao-int8-dynamic`
-(dynamic activations), torchao checkpoints that transformers, and so the embedded CPU server, run directly.
+Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4 in groups of input columns, GPTQ calibrated on `--data`, or
+round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest of 128/64/32 that divides every
+quantized layer's input width, else one scale per output channel) and `w8a8` (INT8 weights and dynamic per-token
+INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
+`torchao-int8` (weight-only) and `torchao-int8-dynamic` (dynamic activations), torchao checkpoints that
+transformers, and so the embedded CPU server, run directly.
 The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config.
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
 measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypedDict
 
 import typer
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmforge.config import StageConfig
 from llmforge.errors import InputError
@@ -31,6 +33,9 @@ LLM_COMPRESSOR_SCHEMES = {"w8a16": "W8A16", "w4a16": "W4A16", "w8a8": "W8A8"}
 BITS = {"w8a16": 8, "w4a16": 4, "w8a8": 8, "torchao-int8": 8, "torchao-int8-dynamic": 8}
 # Perplexity drift the seeds accept: INT8 loses under 1%, INT4 1-5%.
 BUDGET_PCT = {8: 1.0, 4: 5.0}
+# `--group-size auto` tries these, largest first (128 is llm-compressor's preset; SmolLM2's 576 takes 64).
+AUTO_GROUP_SIZES = (128, 64, 32)
+GROUPED = ("w8a16", "w4a16")  # the methods with a group size; the others quantize per output channel
 # Documents artifacts: every HELD_OUT_EVERY-th document is held out for perplexity, the rest calibrate.
 HELD_OUT_EVERY = 10
 
@@ -46,6 +51,11 @@ class Config(StageConfig):
         description="llm-compressor methods: gptq calibrates on --data; rtn rounds to nearest, no calibration "
         "(torchao methods always round to nearest)",
     )
+    group_size: int | Literal["auto", "channel"] = Field(
+        "auto",
+        description="w8a16 / w4a16: input columns sharing a scale; auto = the largest of 128/64/32 dividing every "
+        "quantized layer's input width, else channel (one scale per output row)",
+    )
     ignore: list[str] = Field(
         default_factory=lambda: ["lm_head"], description="Modules kept in full precision (names or re:regex)"
     )
@@ -60,12 +70,20 @@ class Config(StageConfig):
         None, gt=0, description="Accepted perplexity increase in percent; none = 1 for 8-bit, 5 for 4-bit"
     )
 
+    @field_validator("group_size")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a group size is a positive number of input columns, auto or channel")
+        return value
+
 
 class Stats(TypedDict):
     """What quantize writes in its manifest's stats (read by `llmforge card`)."""
 
     method: str
     algorithm: str  # gptq or rtn (round to nearest)
+    group_size: int | str  # input columns per scale, or "channel" (one scale per output row)
     calibration_windows: int
     bytes_before: int  # weight files of the (merged) input model
     bytes_after: int
@@ -106,25 +124,77 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
     if dataset.kind == "tokens" and expected and found != expected:
         raise InputError(f"{data}: encoded with another tokenizer than {model}'s (tokenizer fingerprint "
                          f"{str(found)[:12]} vs {expected[:12]}); encode the text with `--model {model}`")  # fmt: skip
+    model_config = _model_config(source)
+    group = choose_group_size(config, quantized_widths(model_config, config), model)
     tokenizer = load_tokenizer(source)
-    texts = _texts(dataset, tokenizer, config, _context(source))
+    texts = _texts(dataset, tokenizer, config, int(getattr(model_config, "max_position_embeddings", 2048)))
     inputs = [source.ref(), dataset.ref()]
     return run_stage(STAGE, "quantized-model", config, inputs, out,
-                     lambda ctx: _quantize(ctx, source, texts, config), force=force)  # fmt: skip
+                     lambda ctx: _quantize(ctx, source, texts, config, group), force=force)  # fmt: skip
 
 
-def _quantize(ctx, source, texts: Texts, config: Config) -> None:
+def _quantize(ctx, source, texts: Texts, config: Config, group: int | str) -> None:
     from llmforge.console import stdout_to_stderr
 
     with stdout_to_stderr():  # llm-compressor and DeepSpeed (pulled in by accelerate) log to stdout
-        _measure_and_quantize(ctx, source, texts, config)
+        _measure_and_quantize(ctx, source, texts, config, group)
 
 
-def _context(source) -> int:
+def _model_config(source):
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source.base.path if source.is_adapter else source.path)
-    return int(getattr(config, "max_position_embeddings", 2048))
+    return AutoConfig.from_pretrained(source.base.path if source.is_adapter else source.path)
+
+
+def quantized_widths(model_config, config: Config) -> dict[str, int]:
+    """The input width of every Linear layer the method quantizes (those `ignore` does not keep), read from a
+    weightless (meta device) copy of the model: no weights are loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if config.method not in GROUPED:
+        return {}
+    from compressed_tensors.utils import match_named_modules
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    return {
+        name: module.in_features for name, module in match_named_modules(model, ["Linear"], config.ignore)
+    }
+
+
+def choose_group_size(config: Config, widths: dict[str, int], model: str | Path) -> int | str:
+    """The group size the method uses (an int) or "channel"; said on screen. An explicit size must divide every
+    quantized layer's input width: llm-compressor would refuse the layers it does not divide, or pad them."""
+    from llmforge.console import log
+
+    asked = config.group_size
+    if config.method not in GROUPED:
+        if isinstance(asked, int):
+            raise InputError(f"--group-size {asked}: {config.method} quantizes per output channel; group sizes are "
+                             f"for {' / '.join(GROUPED)}")  # fmt: skip
+        return "channel"
+    if isinstance(asked, int):
+        odd = {name: width for name, width in widths.items() if width % asked}
+        if odd:
+            name, width = next(iter(odd.items()))
+            divisors = [size for size in AUTO_GROUP_SIZES if all(w % size == 0 for w in widths.values())]
+            raise InputError(f"{model}: --group-size {asked} does not divide the input width of {len(odd)} "
+                             f"quantized layer(s), {name} has {width} columns; use --group-size "
+                             f"{divisors[0] if divisors else 'channel'} or auto")  # fmt: skip
+        log(f"group size {asked} (as asked)")
+        return asked
+    if asked == "auto":
+        for size in AUTO_GROUP_SIZES:
+            if all(width % size == 0 for width in widths.values()):
+                log(f"group size {size}: the largest of {'/'.join(map(str, AUTO_GROUP_SIZES))} that divides the "
+                    f"input width of all {len(widths)} quantized layers")  # fmt: skip
+                return size
+        log(f"group size: channel (one scale per output row): none of {'/'.join(map(str, AUTO_GROUP_SIZES))} "
+            f"divides the input width of all {len(widths)} quantized layers")  # fmt: skip
+        return "channel"
+    log("group size: channel (one scale per output row, as asked)")
+    return "channel"
 
 
 def _texts(dataset, tokenizer, config: Config, context: int) -> Texts:
@@ -166,7 +236,7 @@ def weights_bytes(directory: Path) -> int:
     )
 
 
-def _measure_and_quantize(ctx, source, texts: Texts, config: Config) -> None:
+def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int | str) -> None:
     from transformers import AutoModelForCausalLM
 
     from llmforge.console import log, warn
@@ -183,7 +253,7 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config) -> None:
     before = perplexity(model, texts.held_out)
 
     if config.method in LLM_COMPRESSOR_SCHEMES:
-        _llm_compressor(model, texts, config, ctx.work)
+        _llm_compressor(model, texts, config, group, ctx.work)
     else:
         del model
         _torchao(unquantized_dir, config.method, ctx.work)
@@ -201,6 +271,7 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config) -> None:
     ctx.stats.update({
         "method": config.method,
         "algorithm": "gptq" if texts.calibration else "rtn",
+        "group_size": group,
         "calibration_windows": len(texts.calibration),
         "bytes_before": size_before,
         "bytes_after": size_after,
@@ -241,35 +312,29 @@ def reproducibility(texts: Texts) -> dict:
                    "thread count and kernels, so the weights can differ in the last bits elsewhere"}  # fmt: skip
 
 
-def _llm_compressor(model, texts: Texts, config: Config, work: Path) -> None:
+def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work: Path) -> None:
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    scheme = LLM_COMPRESSOR_SCHEMES[config.method]
-    try:
-        if texts.calibration:
-            from datasets import Dataset
+    if config.method in GROUPED:  # the preset (W4A16 / W8A16) with the chosen group size in place of its 128
+        grouped = isinstance(group, int)
+        weights = QuantizationArgs(num_bits=BITS[config.method], type="int", symmetric=True,
+                                   strategy="group" if grouped else "channel", group_size=group if grouped else None)  # fmt: skip
+        scheme = {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}}
+    else:
+        scheme = {"targets": "Linear", "scheme": LLM_COMPRESSOR_SCHEMES[config.method]}
+    if texts.calibration:
+        from datasets import Dataset
 
-            dataset = Dataset.from_dict({"input_ids": texts.calibration,
-                                         "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
-            recipe = GPTQModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
-            # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
-            oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
-                    max_seq_length=max(len(w) for w in texts.calibration),
-                    shuffle_calibration_samples=False)  # fmt: skip
-        else:
-            recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=config.ignore)
-            oneshot(model=model, recipe=recipe)
-    except ValueError as exc:  # the model's shape does not suit the scheme: a bad combination, not a crash
-        if "group_size" not in str(exc):
-            raise
-        layers = [line.strip(" -") for line in str(exc).splitlines() if "group_size=" in line]
-        kind = layers[0].split(" ")[0].split(".")[-1]
-        raise InputError(
-            f"{config.method} quantizes weights in groups of input columns, and {len(layers)} layer(s) do not "
-            f"divide: {layers[0]}{', ...' if len(layers) > 1 else ''}; keep them in full precision by adding "
-            f"re:.*{kind} to the ignore setting (next to lm_head), or use w8a8 or torchao-int8"
-        ) from None
+        dataset = Dataset.from_dict({"input_ids": texts.calibration,
+                                     "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
+        recipe = GPTQModifier(ignore=config.ignore, **scheme)
+        # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
+        oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
+                max_seq_length=max(len(w) for w in texts.calibration), shuffle_calibration_samples=False)  # fmt: skip
+    else:
+        oneshot(model=model, recipe=QuantizationModifier(ignore=config.ignore, **scheme))
     model.save_pretrained(work, save_compressed=True)
 
 
@@ -285,6 +350,7 @@ def _torchao(unquantized_dir: Path, method: str, work: Path) -> None:
 FLAGS = (
     Flag("method"),
     Flag("algorithm"),
+    Flag("group_size", type=str),
     Flag("calibration_samples"),
     Flag("seq_len"),
     Flag("eval_tokens"),
