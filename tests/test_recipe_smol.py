@@ -93,11 +93,19 @@ def test_task_config_parses_and_its_filters_read_the_final_number(monkeypatch):
     docs = list(task.test_docs())
     assert len(docs) == 100 and docs[0]["question"].endswith("?")
     filters = {f["name"]: f["filter"][0] for f in task.config.filter_list}
-    replies = ["<think>3 + 4 = 7</think>\n<answer>7</answer>", "So she has 12 - 5 = 7 apples. #### 7", "no idea"]
+    replies = [
+        "<think>3 + 4 = 7</think>\n<answer>7</answer>",
+        "So she has 12 - 5 = 7 apples. #### 7",
+        "no idea",
+    ]
     final = RegexFilter(filters["final-number"]["regex_pattern"], group_select=-1)
     in_format = RegexFilter(filters["in-format"]["regex_pattern"])
     assert [r[0] for r in final.apply([[r] for r in replies], docs[:3])] == ["7", "7", "[invalid]"]
-    assert [r[0] for r in in_format.apply([[r] for r in replies], docs[:3])] == ["7", "[invalid]", "[invalid]"]
+    assert [r[0] for r in in_format.apply([[r] for r in replies], docs[:3])] == [
+        "7",
+        "[invalid]",
+        "[invalid]",
+    ]
 
 
 @pytest.mark.timeout(60)

@@ -23,7 +23,9 @@ from pathlib import Path
 NAMES = ["Ava", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Milo", "Nia"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "cards", "books", "eggs"]
 HELDOUT_SHARE = 0.2  # of the arithmetic, by hash
-HELDOUT_ITEMS = 100  # the held-out problems the eval scores (drawn once, seed 0, from the held-out arithmetic)
+HELDOUT_ITEMS = (
+    100  # the held-out problems the eval scores (drawn once, seed 0, from the held-out arithmetic)
+)
 
 
 # Each template: (kind, question, worked steps, answer) from numbers a, b, c.
@@ -79,7 +81,13 @@ def is_heldout(kind: str, a: int, b: int, c: int) -> bool:
 
 def pose(kind: str, a: int, b: int, c: int, rng: random.Random) -> dict:
     question, steps, answer = TEMPLATES[kind][0](a, b, c, rng.choice(NAMES), rng.choice(ITEMS))
-    return {"id": f"{kind}-{a}-{b}-{c}", "kind": kind, "question": question, "steps": steps, "answer": str(answer)}
+    return {
+        "id": f"{kind}-{a}-{b}-{c}",
+        "kind": kind,
+        "question": question,
+        "steps": steps,
+        "answer": str(answer),
+    }
 
 
 def draw(heldout: bool, count: int, seed: int) -> list[dict]:

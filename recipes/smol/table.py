@@ -42,16 +42,22 @@ def main() -> None:
     if not seed_dirs:
         sys.exit("usage: python table.py RUNS/seed-N [...]")
     many = len(seed_dirs) > 1
-    head = f"{'':34}" + (f"{'mean':>8} {'sd':>7} {'min':>8} {'max':>8}   n={len(seed_dirs)}" if many else f"{'value':>8}")
+    head = f"{'':34}" + (
+        f"{'mean':>8} {'sd':>7} {'min':>8} {'max':>8}   n={len(seed_dirs)}" if many else f"{'value':>8}"
+    )
     lines = [f"smol recipe: SmolLM2-135M-Instruct, {', '.join(d.name for d in seed_dirs)}", head]
     for label, name, what in ROWS:
         values = [figure(d, name, what) for d in seed_dirs]
         if many:
             sd = statistics.stdev(values)
-            lines.append(f"{label:34}{statistics.mean(values):8.3f} {sd:7.3f} {min(values):8.3f} {max(values):8.3f}")
+            lines.append(
+                f"{label:34}{statistics.mean(values):8.3f} {sd:7.3f} {min(values):8.3f} {max(values):8.3f}"
+            )
         else:
             lines.append(f"{label:34}{values[0]:8.3f}")
-    seconds = {s.removeprefix("../"): [manifest(d, s)["provenance"]["seconds"] for d in seed_dirs] for s in STAGES}
+    seconds = {
+        s.removeprefix("../"): [manifest(d, s)["provenance"]["seconds"] for d in seed_dirs] for s in STAGES
+    }
     lines.append("wall seconds: " + ", ".join(f"{s} {statistics.mean(v):.0f}" for s, v in seconds.items()))
     for d in seed_dirs:
         answer = d / "answer.json"
