@@ -23,9 +23,8 @@ from pathlib import Path
 NAMES = ["Ava", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lena", "Milo", "Nia"]
 ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "stamps", "shells", "cards", "books", "eggs"]
 HELDOUT_SHARE = 0.2  # of the arithmetic, by hash
-HELDOUT_ITEMS = (
-    100  # the held-out problems the eval scores (drawn once, seed 0, from the held-out arithmetic)
-)
+# the held-out problems the eval scores (drawn once, seed 0, from the held-out arithmetic)
+HELDOUT_ITEMS = 100
 
 
 # Each template: (kind, question, worked steps, answer) from numbers a, b, c.
