@@ -248,4 +248,15 @@ def test_bad_requests_are_refused_with_a_clear_400_or_413(server):
     huge = httpx.post(chat, content=b'{"model": "tiny", "messages": [' + b" " * (9 * 2**20) + b"]}",
                       headers={"content-type": "application/json"})  # fmt: skip
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    # under the body cap but longer than the context can hold whatever its tokens: refused before tokenizing
+    for url, body, param in ((chat, {**good, "messages": [{"role": "user", "content": "ab " * 2_000_000}]}, "messages"),
+                             (completions, {"model": "tiny", "prompt": "ab " * 2_000_000}, "prompt")):  # fmt: skip
+        long = httpx.post(url, json=body)
+        assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded", (
+            long.text
+        )
+        assert (
+            long.json()["error"]["param"] == param
+            and "6,000,000 characters" in long.json()["error"]["message"]
+        )
     assert httpx.post(chat, json=good).status_code == 200  # still serving

@@ -78,6 +78,7 @@ def chat_job(state: ServerState, body: ChatRequest) -> Job:
             if choice.get("type") != "function" or name not in {t["function"]["name"] for t in tools}:
                 raise APIError(400, f"tool_choice names no tool of this request: {choice}", param="tool_choice",
                                code="invalid_value")  # fmt: skip
+    fits(state, sum(len(message_text(m) or "") for m in body.messages), "messages")
     try:
         text = state.tokenizer.apply_chat_template(template_messages(messages), tools=tools, add_generation_prompt=True,
                                                    tokenize=False, chat_template=target.chat_template)  # fmt: skip
@@ -100,6 +101,16 @@ def chat_job(state: ServerState, body: ChatRequest) -> Job:
     return Job(target, choices, meta("chatcmpl", target), wants_usage(body), len(ids), logprobs, fmt)
 
 
+def fits(state: ServerState, characters: int, param: str) -> None:
+    """Refuse a text too long for the context whatever its tokens, before tokenizing it: no token covers more than
+    `state.longest_token` characters, so it has at least characters / longest_token tokens."""
+    limit = state.engine.max_model_len
+    if characters > limit * state.longest_token:
+        raise APIError(400, f"This model's maximum context length is {limit} tokens; the {param} has {characters:,} "
+                            f"characters, more than {limit} tokens of at most {state.longest_token} characters hold",
+                       param=param, code="context_length_exceeded")  # fmt: skip
+
+
 def completion_job(state: ServerState, body: CompletionRequest) -> Job:
     """`n` choices per prompt (a string, token ids, or a list of either), prompt-major as OpenAI orders them."""
     target = served(state, body.model)
@@ -113,6 +124,7 @@ def completion_job(state: ServerState, body: CompletionRequest) -> Job:
         if not p:
             raise APIError(400, f"prompt {index} is empty", param="prompt", code="invalid_value")
         if isinstance(p, str):
+            fits(state, len(p), "prompt")
             ids, text = state.tokenizer(p)["input_ids"], p
         else:
             if any(not 0 <= t < vocab for t in p):

@@ -66,6 +66,9 @@ class ServerState:
     grammars: Grammars | None = field(default=None, init=False)
     token_texts: TokenTexts | None = field(default=None, init=False)
     tool_format: str | None = field(default=None, init=False)  # how the chat template writes tool calls
+    # the most characters one token covers (byte-level BPE: a vocabulary entry has one character per byte): a text
+    # longer than this many times the context cannot fit and is refused before it is tokenized
+    longest_token: int = field(default=1, init=False)
 
     def __post_init__(self):
         if self.tokenizer is not None:
@@ -74,6 +77,7 @@ class ServerState:
             )
             self.token_texts = TokenTexts(self.tokenizer)
             self.tool_format = template_format(getattr(self.tokenizer, "chat_template", None))
+            self.longest_token = max(1, *(len(token) for token in self.tokenizer.get_vocab()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
