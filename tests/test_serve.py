@@ -93,10 +93,23 @@ def test_models_health_fingerprint_and_api_key(server, client, tiny_model, adapt
     assert health.status_code == 200
     assert health.headers["x-llmforge-fingerprint"] == manifest(adapters["first"])["fingerprint"]
 
-    for headers in ({}, {"Authorization": "Bearer wrong"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": KEY},
+        {"Authorization": f"Basic {KEY}"},
+    ):
         refused = httpx.get(f"{server.url}/models", headers=headers)
         assert refused.status_code == 401
         assert refused.json()["error"]["code"] == "invalid_api_key"
+    for scheme in ("bearer", "BEARER"):  # the scheme is case-insensitive (RFC 9110), the key is not
+        assert (
+            httpx.get(f"{server.url}/models", headers={"Authorization": f"{scheme} {KEY}"}).status_code == 200
+        )
+    assert (
+        httpx.get(f"{server.url}/models", headers={"Authorization": f"Bearer {KEY.upper()}x"}).status_code
+        == 401
+    )
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
 
@@ -448,3 +461,11 @@ def test_middleware_tags_every_response_and_turns_a_crash_into_an_openai_error()
     assert crashed.status_code == 500 and crashed.headers["x-llmforge-fingerprint"] == "served"
     assert crashed.json()["error"] == {"message": "RuntimeError: boom", "type": "server_error", "param": None,
                                        "code": None}  # fmt: skip
+
+
+def test_only_loopback_addresses_count_as_local():
+    """serve warns when it binds beyond loopback without an API key."""
+    from llmforge.stages.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("no-such-host.invalid")
