@@ -1,7 +1,8 @@
 """Serve a model artifact with `llmforge serve`, ask it one question through the OpenAI client, stop the server.
 
-Usage: python ask.py LLMFORGE MODEL QUESTION OUT.json
-Writes the request and the reply to OUT.json and prints the answer.
+Usage: python ask.py LLMFORGE MODEL QUESTION OUT.json [MAX_TOKENS]
+Writes the request and the reply to OUT.json and prints the answer. The model is served under its directory's name;
+greedy, at most MAX_TOKENS (8) tokens. recipes/smol asks with this script too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from openai import OpenAI
 
 def main() -> None:
     llmforge, model, question, out = sys.argv[1:5]
-    server = subprocess.Popen([llmforge, "serve", model, "--port", "0", "--served-model-name", "tiny"],
+    max_tokens = int(sys.argv[5]) if len(sys.argv) > 5 else 8
+    name = Path(model).name
+    server = subprocess.Popen([llmforge, "serve", model, "--port", "0", "--served-model-name", name],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         url = (
@@ -26,8 +29,8 @@ def main() -> None:
         if not url:
             sys.exit(f"error: llmforge serve {model} stopped before listening (exit {server.wait()})")
         client = OpenAI(base_url=url, api_key="unused")
-        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
-                                               max_tokens=8, temperature=0.0)  # fmt: skip
+        reply = client.chat.completions.create(model=name, messages=[{"role": "user", "content": question}],
+                                               max_tokens=max_tokens, temperature=0.0)  # fmt: skip
         answer = reply.choices[0].message.content
         record = {"url": url, "question": question, "answer": answer, "response": reply.model_dump()}
         Path(out).write_text(json.dumps(record, indent=2) + "\n")
