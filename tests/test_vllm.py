@@ -151,6 +151,41 @@ def test_vllm_serves_the_tiny_model_and_its_adapter_greedy_like_the_embedded_ser
     assert refused.status_code == 401
 
 
+def test_logprobs_n_and_echo_answer_alike_from_vllm_and_the_embedded_server(servers):
+    """The OpenAI surface beyond plain chat, the same calls against both: log-probabilities of the greedy tokens
+    and their top alternatives (the model's own log-softmax in both), `n` choices, and prompt scoring with `echo`
+    (what lm-eval's local-completions sends)."""
+    vllm, embedded = servers["vllm"].client(), servers["embedded"].client()
+
+    def chat_logprobs(client):
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": CHATS[0]}],
+                                               temperature=0, max_tokens=6, logprobs=True, top_logprobs=3)  # fmt: skip
+        return [
+            (t.logprob, [top.logprob for top in t.top_logprobs]) for t in reply.choices[0].logprobs.content
+        ]
+
+    ours, theirs = chat_logprobs(embedded), chat_logprobs(vllm)
+    assert len(ours) == len(theirs) == 6
+    for (mine, my_top), (other, other_top) in zip(ours, theirs, strict=True):
+        assert mine == pytest.approx(other, abs=2e-3) and my_top == pytest.approx(other_top, abs=2e-3)
+
+    def echoed(client):
+        reply = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=1, temperature=0, echo=True,
+                                          logprobs=1)  # fmt: skip
+        return reply.choices[0].logprobs.token_logprobs
+
+    ours, theirs = echoed(embedded), echoed(vllm)
+    assert ours[0] is None and theirs[0] is None and len(ours) == len(theirs) > 2
+    assert ours[1:] == pytest.approx(theirs[1:], abs=2e-3)
+
+    for client in (vllm, embedded):
+        reply = client.completions.create(model="tiny", prompt=PROMPTS[1], n=3, max_tokens=4, temperature=1.0,
+                                          seed=7)  # fmt: skip
+        assert (
+            sorted(c.index for c in reply.choices) == [0, 1, 2] and 3 <= reply.usage.completion_tokens <= 12
+        )
+
+
 def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16):
     from llmforge.model.loading import resolve_model
 
