@@ -66,7 +66,7 @@ def _register_stages() -> None:
         group, _, name = stage.name.rpartition(" ")
         if group and group not in groups:
             groups[group] = typer.Typer(
-                help=(module.__doc__ or "").strip().split("\n\n")[0], no_args_is_help=True
+                help=" ".join((module.__doc__ or "").strip().split("\n\n")[0].split()), no_args_is_help=True
             )
             app.add_typer(groups[group], name=group)
         reads = ", ".join("files" if kind == "raw" else kind for kind in stage.reads)
