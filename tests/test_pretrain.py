@@ -109,8 +109,8 @@ def test_loss_falls_and_the_output_is_a_hugging_face_model(pretrained, tokens):
     [first] = [r for r in records if r.get("event") == "first_step"]
     assert first["step"] == 1 and first["compiled"] is False
     assert first["first_step_extra_seconds"] == pytest.approx(
-        max(0.0, first["first_step_seconds"] - first["steady_step_seconds"]), abs=1e-3
-    )
+        max(0.0, first["first_step_seconds"] - first["steady_step_seconds"]), abs=2e-3
+    )  # three figures each rounded to 1 ms: their difference can be 1.5 ms off
     assert stats["first_step_extra_seconds"] == first["first_step_extra_seconds"]
     assert steps[1]["lr"] == pytest.approx(3e-3) and steps[-1]["lr"] == pytest.approx(3e-4)  # cosine to 10%
 
