@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline import extractors as datatrove_extractors
 from datatrove.pipeline.filters import FastTextClassifierFilter, LanguageFilter, URLFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
-from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig, create_hash_func
@@ -61,39 +61,6 @@ class Trafilatura(datatrove_extractors.Trafilatura):
         yield from super().run(data, rank, world_size)
 
 
-class StrictJsonlReader(JsonlReader):
-    """datatrove's JsonlReader, except that damage stops the task with an error naming the file and line:
-    datatrove skips a line that is not JSON, and stops reading a file at a decoding error, with only a warning,
-    so a corrupt shard would silently lose documents."""
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:
-        import gzip
-        import zlib
-
-        import orjson
-
-        from llmforge.errors import InputError, where
-
-        path = self.data_folder.resolve_paths(filepath)
-        number = 0
-        try:
-            with self.data_folder.open(filepath, "r", compression=self.compression) as handle:
-                for number, line in enumerate(handle, 1):  # noqa: B007 (read in the except below)
-                    if not line.strip():
-                        continue
-                    with self.track_time():
-                        try:
-                            data = orjson.loads(line)
-                        except orjson.JSONDecodeError as exc:
-                            raise InputError(f"{where(path, number)}: not valid JSON ({exc})") from None
-                        document = self.get_document_from_dict(data, filepath, number - 1)
-                    if document:
-                        yield document
-        except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as exc:
-            after = f" after line {number}" if number else ""
-            raise InputError(f"{path}: corrupt or truncated{after} ({exc})") from None
-
-
 # gzip stamps the time of writing into every file's header, so two runs of the same fingerprint wrote different
 # bytes. Files of this compression carry mtime 0 (registered at import, so in every worker that unpickles a
 # DocumentWriter): the same documents make the same bytes.
@@ -106,11 +73,22 @@ if REPRODUCIBLE_GZIP not in fsspec.compression.compr:
 
 
 class DocumentWriter(JsonlWriter):
-    """datatrove's JSONL writer, one gzip file per task (`${rank}.jsonl.gz`), whose bytes depend only on the
-    documents written (no time in the gzip header)."""
+    """datatrove's JSONL writer, gzip files per task (`${rank}.jsonl.gz`), whose bytes depend only on the documents
+    written (no time in the gzip header). With `shard_mb`, a task starts a new file once its current one holds that
+    many MB of JSON (uncompressed): `00000.jsonl.gz`, `00000_001.jsonl.gz`, ... (datatrove would put the counter
+    first, `001_00000.jsonl.gz`, and sorted names would no longer follow the tasks' order)."""
 
-    def __init__(self, output_folder: str):
-        super().__init__(output_folder, output_filename="${rank}.jsonl.gz", compression=REPRODUCIBLE_GZIP)
+    def __init__(self, output_folder: str, shard_mb: float = 0):
+        super().__init__(output_folder, output_filename="${rank}.jsonl.gz", compression=REPRODUCIBLE_GZIP,
+                         max_file_size=int(shard_mb * 2**20) if shard_mb > 0 else -1)  # fmt: skip
+
+    def _get_filename_with_file_id(self, filename: str) -> str:
+        number = self.file_id_counter[filename]
+        if not number:
+            return filename
+        folder, name = os.path.split(filename)
+        stem, dot, suffix = name.partition(".")
+        return os.path.join(folder, f"{stem}_{number:03d}{dot}{suffix}")
 
 
 class SampleWriter(DocumentWriter):

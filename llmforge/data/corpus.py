@@ -7,7 +7,6 @@ datatrove's readers. A stage hands `groups()` to datatrove pipelines, or iterate
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,10 +49,10 @@ class Corpus:
     def documents(self) -> Iterator:
         """Every document (datatrove Documents), read in this process, in input order."""
         from llmforge.data.executors import _quiet_console_logger
-        from llmforge.data.sources import make_reader
+        from llmforge.data.parts import plan_tasks
 
         _quiet_console_logger()  # datatrove readers log every file they open
-        with tempfile.TemporaryDirectory(prefix="llmforge-corpus-") as lists:
-            for number, (fmt, paths, settings) in enumerate(self.groups()):
-                reader = make_reader(fmt, paths, Path(lists) / f"{number:02d}.txt", settings)  # type: ignore[arg-type]
-                yield from reader.run()
+        plan = plan_tasks(self.groups(), 0)  # one process: every file whole
+        for group, reader in zip(plan.groups, plan.readers(), strict=True):
+            for task in group.parts:
+                yield from reader.run(rank=task)

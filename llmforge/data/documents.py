@@ -1,6 +1,8 @@
 """The documents artifact: datatrove's JSONL layout, so datatrove readers and plain `zcat | jq` both work.
 
-OUT/data/00000.jsonl.gz ...   one document per line: {"text": ..., "id": ..., "metadata": {...}}
+OUT/data/00000.jsonl.gz ...   one document per line: {"text": ..., "id": ..., "metadata": {...}}; one file per
+                              task, continued in 00000_001.jsonl.gz ... past `shard_mb`; sorted names give the
+                              documents in task order
 OUT/removed/<filter>/...      samples of what each filter dropped (crawl-filter, dedup)
 """
 
@@ -16,6 +18,18 @@ from llmforge.artifacts import Artifact
 from llmforge.errors import InputError, json_lines, where
 
 DATA_DIR = "data"
+
+
+def shard_mb_field():
+    """The data stages' bound on their output shards (datatrove's max_file_size, on the uncompressed JSON)."""
+    from pydantic import Field
+
+    return Field(
+        512,
+        ge=0,
+        description="A task starts a new output shard (data/NNNNN_001.jsonl.gz, ...) once its current one holds this "
+        "many MB of JSON, uncompressed (a third to a quarter of that on disk); 0: one shard per task",
+    )
 
 
 def document_files(artifact: Artifact) -> list[Path]:

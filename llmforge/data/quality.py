@@ -339,29 +339,27 @@ def classifier_input(path: str | Path, label: str = POSITIVE, stage: str = "qual
 
 
 def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, work: Path, executor, fingerprint: str,
-                     removed_sample: int = 100, stage: str = "quality-filter") -> dict:  # fmt: skip
+                     removed_sample: int = 100, stage: str = "quality-filter", shard_mb: float = 0) -> dict:  # fmt: skip
     """Score every document of a Corpus (llmforge.data.corpus) and write those kept to `work`/data (datatrove's
     JSONL, like every documents artifact), samples of the removed ones to `work`/removed/quality; returns the
     figures for the manifest's stats. Resumes like every data stage: finished datatrove tasks of the run with this
     `fingerprint` (the calling stage's) are skipped, and the first pass's histogram is read back from its stats."""
     import shutil
 
-    from datatrove.pipeline.writers import JsonlWriter
-
     from llmforge.console import log
     from llmforge.data import blocks
     from llmforge.data.executors import Step, filter_counts, run_steps, step_stats
-    from llmforge.data.sources import make_reader
+    from llmforge.data.parts import plan_tasks, split_note
 
     load_scorer(classifier, settings.label)  # a wrong file or label fails here, not in every worker
     classifier = str(Path(classifier).resolve())
     groups = corpus.groups()
-    tasks = max(len(paths) for _, paths, _ in groups)
-    lists, logs = work / "checkpoints" / "inputs", work / "logs"
+    plan = plan_tasks(groups, corpus.settings.task_mb)
+    tasks, logs = plan.tasks, work / "logs"
+    log(f"{stage}: {tasks} tasks{split_note(plan)}")
 
     def readers() -> list:
-        return [make_reader(fmt, paths, lists / f"{number:02d}-{fmt}.txt", how)  # type: ignore[arg-type]
-                for number, (fmt, paths, how) in enumerate(groups)]  # fmt: skip
+        return plan.readers()
 
     cut: dict = {"threshold": settings.threshold}
     if settings.keep is not None:
@@ -377,7 +375,7 @@ def filter_documents(corpus, classifier: str | Path, settings: FilterSettings, w
             blocks.SampleWriter(str(work / "removed" / "quality"), removed_sample) if removed_sample else None
         )
         return [*readers(), blocks.quality_filter(classifier, settings.label, exclusion_writer=removed, **cut),
-                JsonlWriter(str(work / "data"), output_filename="${rank}.jsonl.gz")]  # fmt: skip
+                blocks.DocumentWriter(str(work / "data"), shard_mb)]  # fmt: skip
 
     run_steps([Step("filter", keep, tasks)], executor, logs, stage, fingerprint)
     counters = step_stats(logs / "filter")

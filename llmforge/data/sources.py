@@ -13,7 +13,6 @@ import os
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -36,6 +35,14 @@ class InputSettings(StageConfig):
     )
     text_field: str = Field("text", description="JSONL field / Parquet column holding a document's text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding a document's id, if any")
+    task_mb: float = Field(
+        256,
+        ge=0,
+        description="A local file larger than this (MB) is read by several datatrove tasks of about this size, so "
+        "--workers speeds up one big file: JSONL at line starts, Parquet at row groups, WARC at records (.warc.gz "
+        "at its per-record gzip members); .jsonl.gz, text and remote files are read whole; 0: one task per file. "
+        "Each task writes its own output shard",
+    )
 
 
 @dataclass
@@ -296,28 +303,9 @@ def _root_and_relative(paths: list[str]) -> tuple[str, list[str]]:
 
 
 def reader_groups(files: list[InputFile]) -> list[tuple[Format, list[str]]]:
-    """Files grouped by format and filesystem: each group becomes one datatrove reader."""
+    """Files grouped by format and filesystem: each group becomes one datatrove reader (llmforge.data.parts)."""
     groups: dict[tuple[str, str], list[str]] = {}
     for file in files:
         protocol = file.path.split("://")[0] if file.remote else "file"
         groups.setdefault((file.format, protocol), []).append(file.path)
     return [(fmt, paths) for (fmt, _), paths in groups.items()]
-
-
-def make_reader(fmt: Format, paths: list[str], list_file: Path, settings: InputSettings):
-    """A datatrove reader over exactly these files (a paths file, so tasks shard them by position)."""
-    from datatrove.pipeline.readers import ParquetReader, WarcReader
-
-    from llmforge.data.blocks import StrictJsonlReader, TextFileReader
-
-    root, relative = _root_and_relative(paths)
-    list_file.parent.mkdir(parents=True, exist_ok=True)
-    list_file.write_text("".join(f"{p}\n" for p in relative))
-    common = {"data_folder": root, "paths_file": str(list_file)}
-    if fmt == "warc":
-        return WarcReader(**common)
-    if fmt == "jsonl":
-        return StrictJsonlReader(**common, text_key=settings.text_field, id_key=settings.id_field)
-    if fmt == "parquet":
-        return ParquetReader(**common, text_key=settings.text_field, id_key=settings.id_field)
-    return TextFileReader(**common)

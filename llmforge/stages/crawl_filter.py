@@ -15,6 +15,7 @@ import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig, runtime_field
+from llmforge.data.documents import shard_mb_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts
 from llmforge.data.sources import InputSettings
 from llmforge.options import Flag, split_list, stage_command
@@ -175,6 +176,7 @@ class Config(StageConfig):
         ge=-1,
         description="Removed documents kept per filter and task in OUT/removed/ (-1: all, 0: none)",
     )
+    shard_mb: float = shard_mb_field()
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipeline runs (does not change the output)"
     )
@@ -230,12 +232,23 @@ def _fineweb_quality(settings: dict, language: str):
     return FineWebQualityFilter(**settings, language=language)
 
 
-def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list[str]]:
-    """The datatrove pipeline and, aligned with its blocks, the name each block has in the stats."""
+def plan(groups: list, config: Config):
+    """The tasks (llmforge.data.parts): WARC pages first, so Trafilatura sees only HTML; the other readers append
+    their documents after it."""
+    from llmforge.data.parts import plan_tasks
+
+    ordered = sorted(groups, key=lambda g: g[0] != "warc")
+    return plan_tasks([(fmt, paths, config.input) for fmt, paths in ordered], config.input.task_mb)
+
+
+def build_pipeline(groups: list, config: Config, work: Path, tasks=None) -> tuple[list, list[str]]:
+    """The datatrove pipeline and, aligned with its blocks, the name each block has in the stats; `tasks`: the
+    plan(groups, config) already made."""
     from datatrove.pipeline.filters import C4ParagraphFilter
 
     from llmforge.data import blocks, pii
-    from llmforge.data.sources import make_reader
+
+    tasks = tasks or plan(groups, config)
 
     def removed(name: str):
         return (
@@ -244,13 +257,10 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
             else None
         )
 
-    lists = work / "checkpoints" / "inputs"
     steps: list[tuple[str, object]] = []
-    # WARC pages first, so Trafilatura sees only HTML; the other readers append their documents after it.
-    for number, (fmt, paths) in enumerate(sorted(groups, key=lambda g: g[0] != "warc")):
-        steps.append(
-            (f"read_{fmt}", make_reader(fmt, paths, lists / f"{number:02d}-{fmt}.txt", config.input))
-        )
+    for group, reader in zip(tasks.groups, tasks.readers(), strict=True):
+        fmt = group.format
+        steps.append((f"read_{fmt}", reader))
         if fmt == "warc" and not any(name == "extract" for name, _ in steps):
             steps.append(("extract", blocks.Trafilatura(favour_precision=config.extract.favour_precision,
                                                  timeout=config.extract.timeout,
@@ -289,7 +299,7 @@ def build_pipeline(groups: list, config: Config, work: Path) -> tuple[list, list
         steps.append(("pii", pii.PIIRedactor(config.pii.kinds, config.pii.public_ips_only)))
     elif config.pii.mode == "drop":
         steps.append(("pii", pii.PIIFilter(config.pii.kinds, config.pii.public_ips_only, removed("pii"))))
-    steps.append(("write", blocks.DocumentWriter(str(work / "data"))))
+    steps.append(("write", blocks.DocumentWriter(str(work / "data"), config.shard_mb)))
     return [block for _, block in steps], [name for name, _ in steps]
 
 
@@ -343,20 +353,22 @@ def _filter(ctx, raw, config: Config) -> None:
 
     from llmforge.console import log, warn
     from llmforge.data.executors import Step, filter_counts, run_steps, step_stats
+    from llmforge.data.parts import split_note
     from llmforge.data.sources import reader_groups
 
     groups = reader_groups(raw.files)
-    tasks = max(len(paths) for _, paths in groups)
+    planned = plan(groups, config)
+    tasks = planned.tasks
     names: list[str] = []
 
     def build() -> list:
-        pipeline, labels = build_pipeline(groups, config, ctx.work)
+        pipeline, labels = build_pipeline(groups, config, ctx.work, planned)
         names[:] = labels
         return pipeline
 
     languages = ",".join(config.language.languages) or "all"
     log(f"{STAGE}: {len(raw.files)} files ({', '.join(f'{n} {f}' for f, n in raw.by_format.items())}), "
-        f"{tasks} tasks, languages {languages}, PII {config.pii.mode}")  # fmt: skip
+        f"{tasks} tasks{split_note(planned)}, languages {languages}, PII {config.pii.mode}")  # fmt: skip
     run_steps([Step("filter", build, tasks)], config.executor, ctx.work / "logs", STAGE, ctx.fingerprint)
 
     blocks = list(zip(names, step_stats(ctx.work / "logs" / "filter"), strict=True))

@@ -16,6 +16,7 @@ import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig, runtime_field
+from llmforge.data.documents import shard_mb_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts, check_executor
 from llmforge.data.sources import InputSettings
 from llmforge.errors import InputError
@@ -101,6 +102,7 @@ class Config(StageConfig):
         ge=-1,
         description="Removed documents kept per filter and task in OUT/removed/ (-1: all, 0: none)",
     )
+    shard_mb: float = shard_mb_field()
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipelines run (does not change the output)"
     )
@@ -269,19 +271,20 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
     """The datatrove steps, in order: [exact signatures, exact duplicates], [MinHash signatures, buckets,
     clusters], then the filter that writes the output. Every pipeline reads the inputs the same way and applies the
     earlier filters first, so document positions agree between a step's signatures and the final filter."""
+    from llmforge.console import log
     from llmforge.data.executors import Step
+    from llmforge.data.parts import plan_tasks, split_note
 
-    groups = corpus.groups()
-    tasks = max(len(paths) for _, paths, _ in groups)
+    plan = plan_tasks(corpus.groups(), config.input.task_mb)
+    tasks = plan.tasks
     checkpoints = work / "checkpoints"
     minhash = config.minhash
     bands, rows = minhash.lsh()
 
-    def readers() -> list:
-        from llmforge.data.sources import make_reader
+    log(f"{STAGE}: {tasks} tasks{split_note(plan)}")
 
-        return [make_reader(fmt, paths, checkpoints / "inputs" / f"{number:02d}-{fmt}.txt", settings)
-                for number, (fmt, paths, settings) in enumerate(groups)]  # fmt: skip
+    def readers() -> list:
+        return plan.readers()
 
     def removed(name: str, final: bool):
         from llmforge.data.blocks import SampleWriter
@@ -379,7 +382,7 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
     def final() -> list:
         from llmforge.data.blocks import DocumentWriter
 
-        return readers() + filters(True, "all") + [DocumentWriter(str(work / "data"))]
+        return readers() + filters(True, "all") + [DocumentWriter(str(work / "data"), config.shard_mb)]
 
     steps.append(Step("filter", final, tasks))
     return steps

@@ -23,6 +23,7 @@ import typer
 from pydantic import Field, model_validator
 
 from llmforge.config import StageConfig, runtime_field
+from llmforge.data.documents import shard_mb_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts
 from llmforge.data.quality import ARTIFACT_KIND, FilterSettings, TrainSettings
 from llmforge.data.sources import InputSettings
@@ -60,6 +61,7 @@ class FilterConfig(FilterSettings):
     removed_sample: int = Field(
         100, ge=-1, description="Removed documents kept per task in OUT/removed/quality (-1: all, 0: none)"
     )
+    shard_mb: float = shard_mb_field()
     executor: ExecutorSettings = runtime_field(
         ExecutorSettings(), description="Where the pipelines run (does not change the output)"
     )
@@ -269,7 +271,8 @@ def filter_run(inputs: list[str], out: str | Path, classifier: str | Path | None
         from llmforge.console import log, warn
 
         ctx.stats.update(filter_documents(corpus, classifier, config, ctx.work, config.executor, ctx.fingerprint,
-                                          removed_sample=config.removed_sample, stage=FILTER_STAGE))  # fmt: skip
+                                          removed_sample=config.removed_sample, stage=FILTER_STAGE,
+                                          shard_mb=config.shard_mb))  # fmt: skip
         s = ctx.stats
         log(f"kept {s['documents']:,} of {s['input']['documents']:,} documents ({s['kept_share']:.1%}) scoring at "
             f"least {s['threshold']:.4f}")  # fmt: skip
