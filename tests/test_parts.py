@@ -44,7 +44,9 @@ def read_plan(fmt: str, path: Path, task_mb: float, **settings) -> tuple[int, li
 
 
 def test_parts_read_exactly_what_a_whole_read_reads(tmp_path):
-    rows = [{k: v for k, v in row.items() if k != "id"} for row in records(300)]  # ids from line / row numbers
+    rows = [
+        {k: v for k, v in row.items() if k != "id"} for row in records(300)
+    ]  # ids from line / row numbers
     pages = [article(f"https://news.example/{n}", seed=n) for n in range(40)]
     files = {
         "jsonl": write_jsonl(tmp_path / "a.jsonl", rows),
@@ -91,40 +93,41 @@ def same_artifact(a: Artifact, b: Artifact) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_crawl_filter_on_one_large_file_with_any_number_of_workers_and_a_resume(tmp_path):
-    rows = records(240)
-    jsonl = write_jsonl(tmp_path / "raw" / "big.jsonl", rows)
-    pages = [article(f"https://news.example/{n}", seed=n, paragraphs=12) for n in range(30)]
+    jsonl = write_jsonl(tmp_path / "raw" / "big.jsonl", records(150))
+    pages = [article(f"https://news.example/{n}", seed=n, paragraphs=12) for n in range(20)]
     warc = write_warc(tmp_path / "raw" / "crawl.warc.gz", pages)
-    task_mb = jsonl.stat().st_size / 3.5 / 2**20  # four parts of the JSONL, two of the WARC
+    task_mb = jsonl.stat().st_size / 2.5 / 2**20  # three parts of the JSONL, two of the WARC
     settings = {"url_filter": {"bundled_lists": False}, "executor": {"workers": 1},
-                "input": {"task_mb": task_mb}, "shard_mb": 0.06, "removed_sample": 0}  # fmt: skip
+                "input": {"task_mb": task_mb}, "shard_mb": 0.03, "removed_sample": 0}  # fmt: skip
     config = crawl_filter.Config.model_validate(settings)
     plan = crawl_filter.plan([("jsonl", [str(jsonl)]), ("warc", [str(warc)])], config)
-    assert (plan.tasks, plan.split_files) == (6, 2)
+    assert (plan.tasks, plan.split_files) == (5, 2)
     one = Artifact.open(crawl_filter.run([str(warc), str(jsonl)], tmp_path / "w1", config))
     kept = [d["id"] for d in iter_documents(one)]
     from_jsonl = [i for i in kept if i.startswith("doc-")]
-    assert len(from_jsonl) > 100 and from_jsonl == sorted(from_jsonl) == kept[-len(from_jsonl) :]  # input order
+    assert (
+        len(from_jsonl) > 60 and from_jsonl == sorted(from_jsonl) == kept[-len(from_jsonl) :]
+    )  # input order
 
     # every task wrote its own shards, each bounded
     sizes = shard_sizes(one)
-    assert len({name.split("_")[0].removesuffix(".jsonl.gz") for name in sizes}) == 6
-    assert any("_001" in name for name in sizes) and max(sizes.values()) < 0.06 * 2**20
+    assert len({name.split("_")[0].removesuffix(".jsonl.gz") for name in sizes}) == 5
+    assert any("_001" in name for name in sizes) and max(sizes.values()) < 0.03 * 2**20
 
     # the same command, killed after its first task, resumed with two workers: the same artifact, byte for byte
     out = tmp_path / "w2"
     command = ["crawl-filter", warc, jsonl, "-o", out, "--set", "url_filter.bundled_lists=false",
-               "--set", f"input.task_mb={task_mb}", "--set", "shard_mb=0.06", "--set", "removed_sample=0"]  # fmt: skip
+               "--set", f"input.task_mb={task_mb}", "--set", "shard_mb=0.03", "--set", "removed_sample=0"]  # fmt: skip
     marks = tmp_path / "w2.partial" / "logs" / "filter" / "completions"
-    kill_when([*command, "--workers", "1"], lambda: marks.is_dir() and any(marks.iterdir()), tmp_path / "kill.log", ENV)
+    kill_when(
+        [*command, "--workers", "1"],
+        lambda: marks.is_dir() and any(marks.iterdir()),
+        tmp_path / "kill.log",
+        ENV,
+    )
     resumed = llmforge(*command, "--workers", "2", env=ENV)
-    assert "resuming crawl-filter filter" in resumed.stderr and "/6 tasks already done" in resumed.stderr
+    assert "resuming crawl-filter filter" in resumed.stderr and "/5 tasks already done" in resumed.stderr
     assert same_artifact(Artifact.open(out), one)
-
-    # one task per file: the same documents in the same order, in fewer shards (another fingerprint)
-    whole = crawl_filter.Config.model_validate({**settings, "input": {"task_mb": 0}, "shard_mb": 0})
-    single = Artifact.open(crawl_filter.run([str(warc), str(jsonl)], tmp_path / "whole", whole))
-    assert list(iter_documents(single)) == list(iter_documents(one)) and len(shard_sizes(single)) == 2
 
 
 @pytest.mark.slow
@@ -136,7 +139,8 @@ def test_dedup_of_one_large_jsonl_and_parquet_file_does_not_depend_on_workers(tm
                      "id": f"copy-{n}"})  # fmt: skip
     jsonl = write_jsonl(tmp_path / "big.jsonl", rows)
     parquet = tmp_path / "big.parquet"
-    pq.write_table(pa.Table.from_pylist(records(100, seed=2) + rows[:20]), parquet, row_group_size=15)
+    pq.write_table(pa.Table.from_pylist(records(130, seed=2) + rows[:20]), parquet, row_group_size=15,
+                   compression="none")  # fmt: skip
     task_mb = jsonl.stat().st_size / 2.5 / 2**20
     artifacts = []
     for workers, mb in ((1, task_mb), (2, task_mb), (1, 0)):
@@ -145,7 +149,7 @@ def test_dedup_of_one_large_jsonl_and_parquet_file_does_not_depend_on_workers(tm
         artifacts.append(Artifact.open(dedup.run([str(jsonl), str(parquet)], tmp_path / f"w{workers}-{mb}", None,
                                                  config)))  # fmt: skip
     split, two, whole = artifacts
-    assert len(shard_sizes(split)) >= 5 and len(shard_sizes(whole)) == 2  # 3 JSONL parts, 2+ Parquet parts
+    assert len(shard_sizes(split)) == 6 and len(shard_sizes(whole)) == 2  # 3 JSONL parts, 3 Parquet parts
     assert same_artifact(split, two)
-    assert split.stats["removed"] == whole.stats["removed"] >= 40  # copies across parts found as in one task
+    assert split.stats["removed"] == whole.stats["removed"] >= 30  # copies across parts found as in one task
     assert list(iter_documents(split)) == list(iter_documents(whole))
