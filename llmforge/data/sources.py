@@ -36,12 +36,12 @@ class InputSettings(StageConfig):
     text_field: str = Field("text", description="JSONL field / Parquet column holding a document's text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding a document's id, if any")
     task_mb: float = Field(
-        256,
+        128,
         ge=0,
         description="A local file larger than this (MB) is read by several datatrove tasks of about this size, so "
         "--workers speeds up one big file: JSONL at line starts, Parquet at row groups, WARC at records (.warc.gz "
         "at its per-record gzip members); .jsonl.gz, text and remote files are read whole; 0: one task per file. "
-        "Each task writes its own output shard",
+        "Each task writes its own output shards",
     )
 
 

@@ -428,6 +428,7 @@ FLAGS = (
     Flag("pii.mode", "--pii"),
     Flag("input.text_field"),
     Flag("input.format", "--input-format"),
+    Flag("input.task_mb"),
     Flag("executor.workers"),
     Flag("executor.kind", "--executor"),
 )

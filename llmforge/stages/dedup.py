@@ -513,6 +513,7 @@ FLAGS = (
     Flag("minhash.threshold"),
     Flag("decontamination.ngram", "--decontamination-ngram"),
     Flag("input.text_field"),
+    Flag("input.task_mb"),
     Flag("executor.workers"),
     Flag("executor.kind", "--executor"),
 )

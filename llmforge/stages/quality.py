@@ -357,8 +357,8 @@ Documents = Annotated[
 ]
 INPUT_FLAGS = (Flag("input.text_field"), Flag("input.format", "--input-format"))
 TRAIN_FLAGS = (Flag("holdout"), Flag("max_documents"), Flag("positive_min"), Flag("seed"), *INPUT_FLAGS)
-FILTER_FLAGS = (Flag("keep"), Flag("threshold"), Flag("label"), *INPUT_FLAGS, Flag("executor.workers"),
-                Flag("executor.kind", "--executor"))  # fmt: skip
+FILTER_FLAGS = (Flag("keep"), Flag("threshold"), Flag("label"), *INPUT_FLAGS, Flag("input.task_mb"),
+                Flag("executor.workers"), Flag("executor.kind", "--executor"))  # fmt: skip
 ANNOTATE_FLAGS = (Flag("sample"), Flag("seed"), Flag("max_tokens"), Flag("max_document_tokens"),
                   Flag("batch_size"), *INPUT_FLAGS)  # fmt: skip
 
