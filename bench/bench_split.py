@@ -41,6 +41,34 @@ def make_jsonl(path: Path, megabytes: float) -> int:
     return count
 
 
+def _spin(barrier=None, times=None) -> float:
+    if barrier is not None:
+        barrier.wait()  # every process started: the loops overlap
+    start = time.perf_counter()
+    sum(i * i for i in range(10_000_000))
+    seconds = time.perf_counter() - start
+    if times is not None:
+        times.put(seconds)
+    return seconds
+
+
+def headroom(workers: int) -> float:
+    """How much faster `workers` CPU-bound processes get through `workers` loops than one process does, right now:
+    the best speed-up any run here can show (about `workers` on an idle machine, 1 when the cores are taken)."""
+    import multiprocessing
+
+    alone = _spin()
+    context = multiprocessing.get_context("spawn")
+    barrier, times = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_spin, args=(barrier, times)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    together = max(times.get() for _ in processes)
+    for process in processes:
+        process.join()
+    return workers * alone / together
+
+
 def run(stage: str, jsonl: Path, out: Path, task_mb: float, workers: int) -> tuple[float, Artifact]:
     shutil.rmtree(out, ignore_errors=True)
     settings = {"executor": {"workers": workers}, "input": {"task_mb": task_mb}, "removed_sample": 0}
@@ -74,12 +102,14 @@ def main() -> None:
             f"split, 1 worker (task_mb {args.task_mb:g})": (args.task_mb, 1),
             f"split, {args.workers} workers (task_mb {args.task_mb:g})": (args.task_mb, args.workers),
         }
+        room = [headroom(args.workers)]
         results: dict[str, tuple[float, Artifact]] = {}
         for _ in range(args.repeat):
             for number, (name, (task_mb, workers)) in enumerate(runs.items()):
                 seconds, artifact = run(args.stage, jsonl, root / f"out{number}", task_mb, workers)
                 results[name] = (min(seconds, results.get(name, (seconds,))[0]), artifact)
                 print(f"{name}: {seconds:.1f} s", file=sys.stderr)
+            room.append(headroom(args.workers))
         documents = [list(iter_documents(artifact)) for _, artifact in results.values()]
         split = [artifact for name, (_, artifact) in results.items() if name.startswith("split")]
         base = next(iter(results.values()))[0]
@@ -99,6 +129,10 @@ def main() -> None:
         same_documents = all(d == documents[0] for d in documents)
         same_artifact = split[0].manifest["files"] == split[1].manifest["files"]
         print(f"\nsame documents in every run: {same_documents}; split runs byte-identical: {same_artifact}")
+        print(
+            f"machine headroom ({args.workers} busy-loop processes vs one, measured before and after each round): "
+            + ", ".join(f"{r:.2f}x" for r in room)
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
