@@ -86,7 +86,13 @@ def plan_tasks(groups: list[tuple[Format, list[str], InputSettings]], task_mb: f
 def file_parts(fmt: Format, path: str, name: str, settings: InputSettings, task_bytes: int) -> list[Part]:
     """The parts of one file: the whole file unless it is local, larger than `task_bytes` and can be entered at a
     record boundary."""
-    if not task_bytes or "://" in path or fmt == "text" or path.lower().endswith(".gz") and fmt == "jsonl":
+    from fsspec.utils import infer_compression
+
+    compression = infer_compression(path)  # datatrove's readers decompress by the name
+    enterable = (
+        compression is None and fmt in ("jsonl", "parquet") or compression in (None, "gzip") and fmt == "warc"
+    )
+    if not task_bytes or "://" in path or not enterable:
         return [Part(name)]
     size = os.path.getsize(path) if os.path.isfile(path) else 0
     if size <= task_bytes:
