@@ -69,6 +69,20 @@ def headroom(workers: int) -> float:
     return workers * alone / together
 
 
+def balanced(artifact: Artifact, workers: int) -> float:
+    """The speed-up the run's tasks allow on `workers` idle cores: their busy time (datatrove's per-task block
+    times) over the longest a worker would be busy, longest task first, step after step."""
+    total = makespan = 0.0
+    for step in sorted(artifact.path.glob("logs/*/stats")):
+        busy = sorted((sum(block.get("time_stats", {}).get("total", 0) for block in json.loads(f.read_text()))
+                       for f in step.glob("*.json")), reverse=True)  # fmt: skip
+        loads = [0.0] * workers
+        for seconds in busy:
+            loads[loads.index(min(loads))] += seconds
+        total, makespan = total + sum(busy), makespan + max(loads)
+    return total / makespan
+
+
 def run(stage: str, jsonl: Path, out: Path, task_mb: float, workers: int) -> tuple[float, Artifact]:
     shutil.rmtree(out, ignore_errors=True)
     settings = {"executor": {"workers": workers}, "input": {"task_mb": task_mb}, "removed_sample": 0}
@@ -116,16 +130,14 @@ def main() -> None:
         print(
             f"\n{args.stage} on one {args.mb:g} MB JSONL file ({count:,} documents), {args.workers} workers max"
         )
-        print("| run | tasks | s | speed-up |\n|---|---|---|---|")
+        print(
+            f"| run | tasks | s | speed-up | tasks' busy time over {args.workers} idle cores |\n|---|---|---|---|---|"
+        )
         for name, (seconds, artifact) in results.items():
-            tasks = len(
-                {
-                    f["path"].split("_")[0].removesuffix(".jsonl.gz")
-                    for f in artifact.manifest["files"]
-                    if f["path"].startswith("data/")
-                }
+            tasks = len(list(artifact.path.glob("logs/filter/stats/*.json")))
+            print(
+                f"| {name} | {tasks} | {seconds:.1f} | {base / seconds:.2f}x | {balanced(artifact, args.workers):.2f}x |"
             )
-            print(f"| {name} | {tasks} | {seconds:.1f} | {base / seconds:.2f}x |")
         same_documents = all(d == documents[0] for d in documents)
         same_artifact = split[0].manifest["files"] == split[1].manifest["files"]
         print(f"\nsame documents in every run: {same_documents}; split runs byte-identical: {same_artifact}")
