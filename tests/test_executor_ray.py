@@ -1,0 +1,172 @@
+"""--executor ray on a Ray cluster this module starts on this machine (`ray start --head`, 2 CPUs, token
+authentication): crawl-filter and dedup make the artifact the local executor makes, byte for byte; a run killed
+midway resumes to it; a task's bad input stops the command with its one line."""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from helpers import cli_env, kill_when, llmforge, write_jsonl
+from warc_factory import article, near_duplicate, page_from_text, prose, spam_page, write_warc
+
+from llmforge.artifacts import Artifact
+from llmforge.data.documents import iter_documents
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SETTINGS = """\
+url_filter:
+  bundled_lists: false   # the 4.5M-domain list costs 10 s per worker; tested on its own
+  extra_domains: [spam-domain.com]
+language:
+  languages: [en, de]
+"""
+# MinHash in 4 buckets of 3 hashes instead of 14 of 8 (a bucket is a task, and each Ray task is an actor of its own,
+# about a second to start here); a pair at Jaccard 0.8 is still a candidate with probability 0.94
+MINHASH = {"buckets": 4, "hashes_per_bucket": 3}
+DEDUP = ["--buckets", "4", "--hashes-per-bucket", "3"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A one-node Ray cluster of 2 CPUs, stopped (its whole process group killed) when the module ends. Its own
+    ports (a second cluster on this machine must not collide), its own token, its own short temp dir (Ray's unix
+    sockets live there, and their paths are limited to 107 bytes). Yields the environment and the address a CLI
+    run needs."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--port=0",
+               "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--memory={8 * 2**30}",
+               f"--object-store-memory={100 * 2**20}", f"--temp-dir={temp}", "--include-dashboard=false",
+               f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+               "--disable-usage-stats"]  # fmt: skip
+    log = open(temp / "start.log", "w")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=cli_env(env), start_new_session=True
+    )
+    try:
+        address_file, deadline = temp / "ray_current_cluster", time.monotonic() + 120
+        while not (address_file.is_file() and address_file.read_text().strip()):
+            assert process.poll() is None, f"ray start exited:\n{(temp / 'start.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"no Ray cluster after 120 s:\n{(temp / 'start.log').read_text()}"
+            )
+            time.sleep(0.2)
+        yield env, address_file.read_text().strip()
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # Ray's daemons ignore SIGTERM for seconds; none outlives this
+        process.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def on_ray(command: list, cluster) -> tuple[list, dict]:
+    env, address = cluster
+    return [*command, "--executor", "ray", "--set", f"executor.ray.address={address}"], env
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory):
+    """3 WARC files: articles (one German), spam, a blocked domain, a page mirrored from file 0 and a near-copy
+    of it; and the local executor's crawl-filter and dedup artifacts of them (made in this process), the
+    reference."""
+    import yaml
+
+    from llmforge.stages import crawl_filter, dedup
+
+    root = tmp_path_factory.mktemp("ray-crawl")
+    for number in range(3):
+        pages = [article(f"https://www.citynews.com/{number}/{i}", seed=10 * number + i) for i in range(4)]
+        pages += [
+            spam_page(f"https://cheap-watches.com/{number}"),
+            article(f"https://www.spam-domain.com/{number}", 1),
+        ]
+        if number == 1:
+            original = "\n\n".join(prose(0))
+            pages += [article("https://mirror.citynews.net/0/0", seed=0), article("https://www.stadtzeitung.de/1",
+                      seed=3, language="de"), page_from_text("https://copy.citynews.org/0/0",
+                      near_duplicate(original, 0.01).split("\n\n"))]  # fmt: skip
+        write_warc(root / "crawl" / f"CC-MAIN-{number:05d}.warc.gz", pages)
+    (root / "filter.yaml").write_text(SETTINGS)
+    config = crawl_filter.Config.model_validate({**yaml.safe_load(SETTINGS), "executor": {"workers": 2}})
+    docs = Artifact.open(crawl_filter.run([str(root / "crawl")], root / "docs", config))
+    config = dedup.Config.model_validate({"minhash": MINHASH, "executor": {"workers": 2}})
+    deduped = Artifact.open(dedup.run([str(docs.path)], root / "dedup", config=config))
+    return ["crawl-filter", root / "crawl", "--config", root / "filter.yaml"], docs, deduped
+
+
+def assert_same_artifact(artifact: Path, reference: Artifact) -> None:
+    """The same fingerprint, the same files (the manifest lists each with its hash), the same documents, stats."""
+    made = Artifact.open(artifact)
+    assert made.fingerprint == reference.fingerprint
+    assert made.manifest["files"] == reference.manifest["files"] and made.stats == reference.stats
+    assert list(iter_documents(made)) == list(iter_documents(reference))
+    assert made.manifest["config"]["executor"]["kind"] == "ray" and made.verify() == []
+
+
+def test_crawl_filter_on_ray_makes_the_local_artifact(ray_cluster, crawl, tmp_path):
+    filtered, docs, _ = crawl
+    command, env = on_ray([*filtered, "-o", tmp_path / "docs"], ray_cluster)
+    result = llmforge(*command, env=env)
+    assert result.stdout == f"{tmp_path / 'docs'}\n" and "ray: 1 node(s), 2 CPUs" in result.stderr
+    # nor datatrove's warning per step (said once, by us), nor Ray's INFO lines, nor the workers' output
+    noisy = ("Logging directory", "INFO", "pid=")
+    assert [line for line in result.stderr.splitlines() if any(word in line for word in noisy)] == []
+    assert_same_artifact(tmp_path / "docs", docs)
+    assert docs.stats["documents"] == 15 and docs.stats["filters"]["url_filter"]["removed"] == 3
+
+
+def test_dedup_on_ray_killed_midway_resumes_to_the_local_artifact(ray_cluster, crawl, tmp_path):
+    """kill -9 the command (the Ray driver) once a MinHash bucket task is done (the fourth of six steps): Ray ends
+    the job's tasks with it, and the same command keeps every finished task and makes what the local executor
+    makes."""
+    _, docs, deduped = crawl
+    out = tmp_path / "dedup"
+    command, env = on_ray(["dedup", docs.path, "-o", out, *DEDUP], ray_cluster)
+    buckets = tmp_path / "dedup.partial" / "logs" / "minhash-buckets" / "completions"
+    kill_when(command, lambda: buckets.is_dir() and any(buckets.iterdir()), tmp_path / "kill.log", env)
+    assert 1 <= len(list(buckets.iterdir())) < 4 and not (out / "artifact.json").exists()
+
+    resumed = llmforge(*command, env=env)
+    assert resumed.stdout == f"{out}\n" and "resuming the interrupted run" in resumed.stderr
+    shards = len(list((docs.path / "data").iterdir()))  # a task per shard of the input
+    for step, tasks in (
+        ("exact-signatures", shards),
+        ("exact-duplicates", 1),
+        ("minhash-signatures", shards),
+    ):
+        assert f"resuming dedup {step}: {tasks}/{tasks} tasks already done" in resumed.stderr
+    assert re.search(r"resuming dedup minhash-buckets: [123]/4 tasks", resumed.stderr)
+    assert "resuming dedup minhash-clusters" not in resumed.stderr
+    assert_same_artifact(out, deduped)
+    assert deduped.stats["exact"]["removed"] == 1 and deduped.stats["minhash"]["removed"] == 1
+
+
+def test_bad_input_in_a_ray_task_stops_with_one_line(ray_cluster, tmp_path):
+    """The third line is not JSON: the task on the cluster fails, and the command says why as on the local
+    executor (exit 2, file and line), not only that a task did not finish."""
+    good = json.dumps({"text": " ".join(prose(5))})
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [good, good, "{not json"])
+    command, env = on_ray(["dedup", corpus, "-o", tmp_path / "out", *DEDUP], ray_cluster)
+    result = llmforge(*command, env=env, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corpus}:3: not valid JSON")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
