@@ -2,7 +2,6 @@
 authentication): crawl-filter and dedup make the artifact the local executor makes, byte for byte; a run killed
 midway resumes to it; a task's bad input stops the command with its one line."""
 
-import json
 import os
 import re
 import secrets
@@ -22,7 +21,8 @@ from llmforge.artifacts import Artifact
 from llmforge.data.documents import iter_documents
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+# one cluster for the module: its tests stay on one pytest worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 SETTINGS = """\
 url_filter:
@@ -160,13 +160,33 @@ def test_dedup_on_ray_killed_midway_resumes_to_the_local_artifact(ray_cluster, c
     assert deduped.stats["exact"]["removed"] == 1 and deduped.stats["minhash"]["removed"] == 1
 
 
-def test_bad_input_in_a_ray_task_stops_with_one_line(ray_cluster, tmp_path):
-    """The third line is not JSON: the task on the cluster fails, and the command says why as on the local
-    executor (exit 2, file and line), not only that a task did not finish."""
-    good = json.dumps({"text": " ".join(prose(5))})
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", [good, good, "{not json"])
-    command, env = on_ray(["dedup", corpus, "-o", tmp_path / "out", *DEDUP], ray_cluster)
+def test_bad_input_in_a_ray_task_stops_with_one_line(ray_cluster, crawl, tmp_path):
+    """Bytes flipped in an input shard, its size kept (only reading it can tell): the task on the cluster that
+    reads it fails, and the command names the file as on the local executor (exit 2), not only that a task did
+    not finish."""
+    _, docs, _ = crawl
+    damaged = shutil.copytree(docs.path, tmp_path / "docs")
+    shard = damaged / "data" / "00001.jsonl.gz"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2 : len(content) // 2 + 16] = bytes(16)
+    shard.write_bytes(bytes(content))
+    command, env = on_ray(["dedup", damaged, "-o", tmp_path / "out", *DEDUP], ray_cluster)
     result = llmforge(*command, env=env, check=False)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corpus}:3: not valid JSON")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {shard}") and ("corrupt or truncated" in line or "not valid JSON" in line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_that_refuses_the_client_is_named(ray_cluster, tmp_path):
+    """A client given an address sends no token unless RAY_AUTH_MODE=token: the error says what to set (one
+    connection attempt here instead of Ray's 20)."""
+    _, address = ray_cluster
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": " ".join(prose(5))}])
+    command, _ = on_ray(["dedup", corpus, "-o", tmp_path / "out", *DEDUP], ray_cluster)
+    result = llmforge(
+        *command, env={"RAY_AUTH_MODE": "disabled", "RAY_NUM_REDIS_GET_RETRIES": "1"}, check=False
+    )
+    assert result.returncode != 0 and result.stdout == ""
+    assert f"error: cannot connect to the Ray cluster at {address}: Failed to connect" in result.stderr
+    assert "needs RAY_AUTH_MODE=token and its token" in result.stderr
