@@ -58,7 +58,7 @@ class Cluster:
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         command = [Path(sys.executable).with_name("ray"), "start", "--head", "--block", "--port=0",
-                   "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--memory={8 * 2**30}",
+                   "--num-cpus=2", f"--memory={8 * 2**30}",
                    f"--object-store-memory={100 * 2**20}", f"--temp-dir={self.temp}", "--include-dashboard=false",
                    f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
                    "--disable-usage-stats"]  # fmt: skip
@@ -211,3 +211,15 @@ def test_a_cluster_that_refuses_the_client_is_named(ray_cluster, tmp_path):
     assert result.returncode != 0 and result.stdout == ""
     assert f"error: cannot connect to the Ray cluster at {address}: Failed to connect" in result.stderr
     assert "needs RAY_AUTH_MODE=token and its token" in result.stderr
+
+
+def test_a_task_no_node_can_hold_is_refused(ray_cluster, tmp_path):
+    """Tasks of 4 x 4 GB on a node of 2 CPUs and 8 GB would wait for resources forever: one line, exit 2."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": " ".join(prose(5))}])
+    command, env = on_ray(["dedup", corpus, "-o", tmp_path / "out", *DEDUP], ray_cluster)
+    result = llmforge(*command, "--set", "executor.ray.cpus_per_task=4", "--set", "executor.ray.mem_per_cpu_gb=4",
+                      env=env, check=False)  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: no node of the Ray cluster can hold a task of 4 CPU(s) and 16 GB (the largest has 2 CPUs and 8.0 GB "
+        "for tasks); lower --set executor.ray.cpus_per_task or executor.ray.mem_per_cpu_gb"
+    )

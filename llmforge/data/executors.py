@@ -74,7 +74,7 @@ RUN_MARK = "llmforge-run.json"
 # In each step's logging folder on Ray: the message of a task that stopped on bad input, one file per task.
 INPUT_ERRORS = "input-errors"
 # datatrove's Ray executor warns once per step that a local logging folder must be shared (said once by
-# _connect_ray instead), and that tasks did not complete (run_steps says which, and why).
+# _ray_connection instead), and that tasks did not complete (run_steps says which, and why).
 _RAY_NOISE = ("Logging directory points to a local filesystem", "Only ")
 
 
@@ -227,7 +227,6 @@ def run_steps(
 ) -> None:
     """Run the steps in order (resuming finished tasks of this fingerprint) with a progress bar per step; raises if
     a task failed."""
-
     _quiet_console_logger()
     check_executor(settings)
     claim_logs(steps, logs, fingerprint)
@@ -291,12 +290,25 @@ def _ray_connection(settings: ExecutorSettings, logs: Path):
                             f"{exc}; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token "
                             "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from exc  # fmt: skip
     try:
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        cpus = ray.cluster_resources().get("CPU", 0)
-        log(f"ray: {nodes} node(s), {cpus:g} CPUs; every node writes to {logs.parent}, which they must share")
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        cpus = sum(node.get("CPU", 0) for node in nodes)
+        log(
+            f"ray: {len(nodes)} node(s), {cpus:g} CPUs; every node writes to {logs.parent}, which they must share"
+        )
+        _check_task_fits(settings.ray, nodes)
         yield
     finally:
         ray.shutdown()
+
+
+def _check_task_fits(settings: RaySettings, nodes: list[dict]) -> None:
+    """A task that no node can hold would wait for resources forever: say so instead."""
+    cpus, memory = settings.cpus_per_task, settings.cpus_per_task * settings.mem_per_cpu_gb * 2**30
+    if not any(node.get("CPU", 0) >= cpus and node.get("memory", 0) >= memory for node in nodes):
+        largest = max(nodes, key=lambda node: (node.get("CPU", 0), node.get("memory", 0)), default={})
+        raise InputError(f"no node of the Ray cluster can hold a task of {cpus} CPU(s) and {memory / 2**30:g} GB "
+                         f"(the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('memory', 0) / 2**30:.1f} "
+                         "GB for tasks); lower --set executor.ray.cpus_per_task or executor.ray.mem_per_cpu_gb")  # fmt: skip
 
 
 @contextlib.contextmanager
