@@ -1,6 +1,7 @@
 """--executor ray on a Ray cluster this module starts on this machine (`ray start --head`, 2 CPUs, token
 authentication): crawl-filter and dedup make the artifact the local executor makes, byte for byte; a run killed
-midway resumes to it; a task's bad input stops the command with its one line."""
+midway resumes to it; bad input in a task, a client without the token and a task no node can hold each stop the
+command with one line."""
 
 import os
 import re
@@ -30,6 +31,8 @@ url_filter:
   extra_domains: [spam-domain.com]
 language:
   languages: [en, de]
+extract:
+  timeout: 30   # not 1 s: a fresh Ray worker's first page, on a busy machine, must not be dropped
 """
 # MinHash in 4 buckets of 3 hashes instead of 14 of 8 (a bucket is a task, and each Ray task is an actor of its own,
 # about a second to start here); a pair at Jaccard 0.8 is still a candidate with probability 0.94
