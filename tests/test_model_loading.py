@@ -40,3 +40,6 @@ def test_plain_hf_directory_and_bad_paths(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no config.json"):
         resolve_model(tmp_path / "empty", "sft")
+    (tmp_path / "my.jinja").write_text("{{ messages }}")
+    with pytest.raises(InputError, match="my.jinja: a chat template file, not a model"):
+        resolve_model(tmp_path / "my.jinja", "eval")  # `llmforge eval M --chat-template my.jinja`

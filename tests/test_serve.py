@@ -399,6 +399,9 @@ def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters, mon
         assert "--tensor-parallel-size 2" in options and "--max-model-len 256" in options
         assert "--dtype float32" in options and "--generation-config auto" in options  # as stored
         assert "--middleware llmforge.serving.vllm_backend.fingerprint_header" in options
+        # compact JSON under response_format, as the embedded server writes it
+        config_at = argv.index("--structured-outputs-config") + 1
+        assert json.loads(argv[config_at]) == {"backend": "xgrammar", "disable_any_whitespace": True}
         # ranks 4 and 16: vLLM takes 1, 8, 16, ... only
         assert options.endswith(f"--enable-lora --max-loras 2 --max-lora-rank 16 --lora-modules first={first} "
                                 f"second={second}")  # fmt: skip
@@ -411,6 +414,9 @@ def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters, mon
         env = vllm_backend.environment(found, "abc", "k")
         assert env["VLLM_API_KEY"] == "k" and env["LLMFORGE_FINGERPRINT"] == "abc"
         assert env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == ("0" if cpu else None)
+        assert env["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "0"  # forced calls: the JSON-schema path
+    monkeypatch.setenv("VLLM_ENFORCE_STRICT_TOOL_CALLING", "1")  # the user's setting stands
+    assert vllm_backend.environment(found, "abc", None)["VLLM_ENFORCE_STRICT_TOOL_CALLING"] == "1"
 
 
 def test_vllm_dtype_follows_the_checkpoint(tiny_model, tmp_path):

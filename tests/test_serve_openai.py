@@ -197,6 +197,12 @@ def test_forced_tool_calls_are_parsed_whole_and_streamed(client):
     calls = required.choices[0].message.tool_calls
     assert required.choices[0].finish_reason == "tool_calls"
     assert len(calls) == 1 and calls[0].function.name in ("now", "pi") and calls[0].function.arguments == "{}"
+    chunks = list(client.chat.completions.create(**settings, tool_choice="required", parallel_tool_calls=False,
+                                                 stream=True))  # fmt: skip
+    deltas = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert [d.function.name for d in deltas if d.function.name] == [calls[0].function.name]  # the same seed
+    assert "".join(d.function.arguments or "" for d in deltas) == "{}" and {d.index for d in deltas} == {0}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
 def test_response_format_constrains_the_answer(client, server):

@@ -186,26 +186,82 @@ def test_logprobs_n_and_echo_answer_alike_from_vllm_and_the_embedded_server(serv
         )
 
 
-def test_a_named_tool_call_comes_back_parsed_from_vllm_as_from_the_embedded_server(servers):
-    """`tools` with a named `tool_choice`: vLLM runs with the tool-call parser of the model's template (hermes here),
-    and both servers answer with a parsed call to that function. Measured difference: vLLM's CPU build (0.32) keeps
-    the call's shape but not the function's parameter schema (the random model's arguments came back `false`); the
-    embedded server constrains the arguments to the schema."""
-    weather = {"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
-                                              "required": ["city"], "additionalProperties": False}}}  # fmt: skip
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}},
+                                          "required": ["city"], "additionalProperties": False}}}  # fmt: skip
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def streamed_call(client, **settings) -> tuple[set[str], str, str, str | None]:
+    """A streamed tool call put together from its deltas: (ids, name, arguments text, last finish reason)."""
+    ids, name, arguments, finish = set(), "", "", None
+    for chunk in client.chat.completions.create(**settings, stream=True):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                assert call.index == 0 and not choice.delta.content, chunk
+                ids |= {call.id} if call.id else set()
+                name += (call.function and call.function.name) or ""
+                arguments += (call.function and call.function.arguments) or ""
+    return ids, name, arguments, finish
+
+
+def test_forced_tool_calls_come_back_parsed_whole_and_streamed_from_vllm_as_from_the_embedded_server(servers):
+    """`tools` with a named and a "required" `tool_choice`, whole and streamed: vLLM runs with the tool-call parser
+    of the model's template (hermes here), and both servers answer with a call to that function whose arguments
+    hold to its parameter schema (llmforge turns vLLM's strict structural tag off: it left the random model's
+    arguments `false`). The streamed deltas add up to the same call. Measured differences: vLLM answers a named
+    call with finish_reason "stop" (the embedded server: "tool_calls"), writes the forced JSON compact and
+    streams the arguments a token at a time (the embedded server: once the call is closed)."""
     assert "--tool-call-parser hermes" in servers["vllm"].log.read_text()
-    arguments = {}
     for name in ("vllm", "embedded"):
-        reply = servers[name].client().chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Weather?"}], tools=[weather], max_tokens=100,
-            temperature=0, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        )  # fmt: skip
-        assert reply.choices[0].message.tool_calls, (name, reply.choices[0].model_dump())
-        (call,) = reply.choices[0].message.tool_calls
-        assert call.function.name == "get_weather", name
-        arguments[name] = json.loads(call.function.arguments)  # JSON from both
-    assert arguments["embedded"]["city"] in ("Paris", "Rome")
+        client = servers[name].client()
+        for choice in (NAMED, "required"):
+            settings = {"model": "tiny", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER],
+                        "max_tokens": 100, "temperature": 0, "tool_choice": choice}  # fmt: skip
+            reply = client.chat.completions.create(**settings)
+            assert reply.choices[0].message.tool_calls, (name, choice, reply.choices[0].model_dump())
+            (call,) = reply.choices[0].message.tool_calls
+            assert call.function.name == "get_weather" and not reply.choices[0].message.content, (
+                name,
+                choice,
+            )
+            arguments = json.loads(call.function.arguments)
+            assert arguments["city"] in ("Paris", "Rome") and set(arguments) == {"city"}, (name, choice)
+            ids, streamed_name, streamed_arguments, finish = streamed_call(client, **settings)
+            assert len(ids) == 1 and streamed_name == "get_weather", (name, choice)
+            assert json.loads(streamed_arguments) == arguments, (name, choice)  # greedy: the same call
+            assert finish == reply.choices[0].finish_reason, (name, choice)
+            expected = "stop" if name == "vllm" and choice == NAMED else "tool_calls"
+            assert finish == expected, (name, choice)
+
+
+def test_response_format_json_from_vllm_as_from_the_embedded_server(servers):
+    """`response_format` json_schema and json_object through vLLM's xgrammar (whitespace off, as llmforge starts it)
+    and the embedded server's llguidance: JSON that holds to the schema, ending by itself; a schema no grammar can
+    be made of is a 400 from both."""
+    import jsonschema
+    from openai import BadRequestError
+
+    schema = {"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "unit": {"enum": ["C", "F"]}},
+              "required": ["answer", "unit"], "additionalProperties": False}  # fmt: skip
+    formats = [
+        {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+        {"type": "json_object"},
+    ]
+    for name in ("vllm", "embedded"):
+        client = servers[name].client()
+        for response_format, must_hold in zip(formats, (schema, {"type": "object"}), strict=True):
+            answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": CHATS[0]}],
+                                                    max_tokens=60, temperature=0, response_format=response_format)  # fmt: skip
+            assert answer.choices[0].finish_reason == "stop", (name, answer.choices[0].model_dump())
+            jsonschema.validate(json.loads(answer.choices[0].message.content), must_hold)
+        wizard = {"type": "object", "properties": {"a": {"type": "wizard"}}}
+        with pytest.raises(BadRequestError, match="wizard"):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                           response_format={"type": "json_schema",
+                                                            "json_schema": {"name": "x", "schema": wizard}})  # fmt: skip
 
 
 def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16):

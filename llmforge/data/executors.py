@@ -50,7 +50,9 @@ class SlurmSettings(StageConfig):
 
 class RaySettings(StageConfig):
     address: str | None = Field(
-        None, description="Ray cluster address; none: the running cluster (ray.init())"
+        None,
+        description="Ray cluster address (HOST:PORT of `ray start --head`); none: RAY_ADDRESS, else the cluster "
+        "started on this machine, else a new Ray instance in this process (ray.init())",
     )
     cpus_per_task: int = Field(1, ge=1, description="CPUs per Ray task")
     mem_per_cpu_gb: float = Field(2, gt=0, description="Memory per CPU in GB")
@@ -69,6 +71,11 @@ class ExecutorSettings(StageConfig):
 
 # In each step's logging folder: the fingerprint of the run whose completion marks it holds.
 RUN_MARK = "llmforge-run.json"
+# In each step's logging folder on Ray: the message of a task that stopped on bad input, one file per task.
+INPUT_ERRORS = "input-errors"
+# datatrove's Ray executor warns once per step that a local logging folder must be shared (said once by
+# _ray_connection instead), and that tasks did not complete (run_steps says which, and why).
+_RAY_NOISE = ("Logging directory points to a local filesystem", "Only ")
 
 
 @dataclass
@@ -90,7 +97,11 @@ def _quiet_console_logger() -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.add(sys.stderr, level="WARNING", filter=_console_filter)
+
+
+def _console_filter(record: dict) -> bool:
+    return not (record["name"] == "datatrove.executor.ray" and record["message"].startswith(_RAY_NOISE))
 
 
 def _no_traceback_for_input_errors(record: dict) -> None:
@@ -118,6 +129,28 @@ def _local_executor_class():
                 _quiet_console_logger()
 
     return QuietLocalExecutor
+
+
+def _ray_executor_class():
+    from datatrove.executor.ray import RayPipelineExecutor
+
+    class RayExecutor(RayPipelineExecutor):
+        """datatrove's Ray executor keeps a failed task's error in the task's log (the driver only learns that
+        the task failed): a task that meets bad input also writes its one-line message to the step's
+        input-errors/ folder, so the command stops with it, as it does on the local executor."""
+
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            from loguru import logger
+
+            logger.configure(patcher=_no_traceback_for_input_errors)
+            try:
+                return super()._run_for_rank(rank, local_rank, node_rank)
+            except InputError as exc:
+                with self.logging_dir.open(f"{INPUT_ERRORS}/{rank:05d}.txt", "w") as handle:
+                    handle.write(str(exc))
+                raise
+
+    return RayExecutor
 
 
 def check_executor(settings: ExecutorSettings) -> None:
@@ -154,9 +187,7 @@ def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, j
                 depends=executors[-1] if executors else None,
             )  # fmt: skip
         else:
-            from datatrove.executor.ray import RayPipelineExecutor
-
-            executor = RayPipelineExecutor(
+            executor = _ray_executor_class()(
                 **common, workers=settings.workers or -1, cpus_per_task=settings.ray.cpus_per_task,
                 mem_per_cpu_gb=settings.ray.mem_per_cpu_gb, depends=executors[-1] if executors else None,
             )  # fmt: skip
@@ -196,16 +227,16 @@ def run_steps(
 ) -> None:
     """Run the steps in order (resuming finished tasks of this fingerprint) with a progress bar per step; raises if
     a task failed."""
-    from llmforge.console import log
-
     _quiet_console_logger()
     check_executor(settings)
     claim_logs(steps, logs, fingerprint)
-    if settings.kind == "ray":
-        import ray
+    with _ray_connection(settings, logs):
+        _run_steps(steps, settings, logs, job_name)
 
-        if not ray.is_initialized():
-            ray.init(address=settings.ray.address)
+
+def _run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> None:
+    from llmforge.console import log
+
     executors = build_executors(steps, settings, logs, job_name)
     for step in steps:
         done = completed_tasks(logs / step.name)
@@ -218,6 +249,7 @@ def run_steps(
             _wait_for_slurm(step, executor, logs / step.name, settings.slurm.poll_seconds)
         return
     for step, executor in zip(steps, executors, strict=True):
+        shutil.rmtree(logs / step.name / INPUT_ERRORS, ignore_errors=True)  # of an earlier attempt
         with TaskProgress(step, logs / step.name), _without_tqdm():
             try:
                 executor.run()
@@ -227,8 +259,56 @@ def run_steps(
                 raise LLMForgeError(f"{job_name} {step.name} failed: {type(exc).__name__}: {exc}; the task logs are "
                                     f"in {logs / step.name / 'logs'}; re-run the same command to resume") from exc  # fmt: skip
         if completed_tasks(logs / step.name) < step.tasks:
+            if errors := sorted((logs / step.name / INPUT_ERRORS).glob("*.txt")):
+                raise InputError(errors[0].read_text())  # a task on Ray met bad input
             raise LLMForgeError(f"{job_name} {step.name}: {step.tasks - completed_tasks(logs / step.name)} tasks did "
                                 f"not finish; see {logs / step.name / 'logs'}")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _ray_connection(settings: ExecutorSettings, logs: Path):
+    """Connected to the Ray cluster while the steps run (unless the caller already is): the driver neither
+    prints Ray's INFO lines nor streams the workers' output (datatrove's tqdm bars); each task's log is in
+    logs/<step>/logs, as with the other executors."""
+    if settings.kind != "ray":
+        yield
+        return
+    import logging
+
+    import ray
+
+    from llmforge.console import log
+
+    if ray.is_initialized():
+        yield
+        return
+    address = settings.ray.address
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        raise LLMForgeError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS', 'auto')}: "
+                            f"{exc}; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token "
+                            "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from exc  # fmt: skip
+    try:
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        cpus = sum(node.get("CPU", 0) for node in nodes)
+        log(
+            f"ray: {len(nodes)} node(s), {cpus:g} CPUs; every node writes to {logs.parent}, which they must share"
+        )
+        _check_task_fits(settings.ray, nodes)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_task_fits(settings: RaySettings, nodes: list[dict]) -> None:
+    """A task that no node can hold would wait for resources forever: say so instead."""
+    cpus, memory = settings.cpus_per_task, settings.cpus_per_task * settings.mem_per_cpu_gb * 2**30
+    if not any(node.get("CPU", 0) >= cpus and node.get("memory", 0) >= memory for node in nodes):
+        largest = max(nodes, key=lambda node: (node.get("CPU", 0), node.get("memory", 0)), default={})
+        raise InputError(f"no node of the Ray cluster can hold a task of {cpus} CPU(s) and {memory / 2**30:g} GB "
+                         f"(the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('memory', 0) / 2**30:.1f} "
+                         "GB for tasks); lower --set executor.ray.cpus_per_task or executor.ray.mem_per_cpu_gb")  # fmt: skip
 
 
 @contextlib.contextmanager

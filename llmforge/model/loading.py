@@ -100,6 +100,10 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         source = ModelSource(path=str(path), kind="hf-dir", fingerprint=hash_directory(path))
         check_weights(source)
         return source
+    # `eval M --chat-template T.jinja`: eval's --chat-template is a switch, so the file arrives as a second model
+    if path.suffix in (".jinja", ".j2"):
+        raise InputError(f"{path}: a chat template file, not a model (eval's --chat-template takes no file: it turns "
+                         "the tokenizer's own template on; put another template in the model's chat_template.jinja)")  # fmt: skip
     if path.exists():
         raise InputError(f"{path}: a model must be a directory")
     if os.environ.get("LLMFORGE_ONLINE") != "1" or text.startswith((".", "/")) or text.count("/") != 1:

@@ -43,6 +43,10 @@ VENV = ".venv-vllm"
 CPU_KV_CACHE_GIB = 4
 # vLLM accepts only these LoRA ranks (vllm/config/lora.py MaxLoRARanks); an adapter's rank is rounded up
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# JSON as the embedded server writes it under a grammar (compact): with any whitespace allowed (vLLM's default) a
+# weak model fills response_format answers with it until max_tokens. vLLM takes the switch from xgrammar and
+# guidance only, and xgrammar is its default engine.
+STRUCTURED_OUTPUTS = json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})
 # run in the candidate interpreter: is vLLM there, which build, and can it import llmforge (the middleware)
 PROBE = """
 import importlib.metadata as m, importlib.util as u, json
@@ -188,7 +192,7 @@ def command(serving: ServingPlan, config: Any, port: int, found: Runtime | None 
             "--host", config.host, "--port", str(port),
             "--tensor-parallel-size", str(config.tensor_parallel_size),
             "--dtype", dtype_for(serving.base.path, config.dtype, found.cpu), "--generation-config", "auto",
-            "--uvicorn-log-level", config.log_level,
+            "--uvicorn-log-level", config.log_level, "--structured-outputs-config", STRUCTURED_OUTPUTS,
             "--middleware", f"{__name__}.fingerprint_header"]  # fmt: skip
     if found.cpu:  # torch.compile and CUDA graphs cost minutes on a CPU and change no output
         argv += ["--enforce-eager"]
@@ -235,6 +239,12 @@ def environment(found: Runtime, fingerprint: str, api_key: str | None) -> dict[s
     if found.cpu:
         # the CPU platform then runs the model in the engine process: one vLLM import fewer (a minute on 2 cores)
         extra["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # A forced tool call (named or "required") constrained to the tool's parameter schema, in compact JSON, as the
+    # embedded server does. vLLM 0.32's default for hermes is an xgrammar structural tag that pins the arguments only
+    # for tools marked `strict` (the random test model's came back `false`) and, with --tool-strict-level parameter,
+    # lets any whitespace into them (it ran to max_tokens): bench/VLLM_CPU_NOTES.md "Tool calls".
+    if "VLLM_ENFORCE_STRICT_TOOL_CALLING" not in os.environ:
+        extra["VLLM_ENFORCE_STRICT_TOOL_CALLING"] = "0"
     return child_env(extra)
 
 

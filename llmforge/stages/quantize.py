@@ -285,7 +285,7 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     })  # fmt: skip
     if delta > budget:
         warn(f"perplexity rose {delta:.2f}% ({before:.3f} -> {after:.3f}), beyond the {budget}% budget for "
-             f"{bits}-bit; try --algorithm gptq, more calibration samples, or fewer bits quantized")  # fmt: skip
+             f"{bits}-bit; try {budget_hints(config, group)}")  # fmt: skip
     from llmforge.data.tokenizer import tokenizer_fingerprint
 
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
@@ -293,6 +293,16 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     ctx.extra["format"] = "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao"
     ctx.extra["base_model"] = base_model_entry(source, ctx.out)
     ctx.extra["reproducibility"] = reproducibility(texts)
+
+
+def budget_hints(config: Config, group: int | str) -> str:
+    """What is left to try for a quantized model beyond its perplexity budget, given what this run did."""
+    hints = (
+        ["--algorithm gptq"] if config.algorithm == "rtn" and config.method in LLM_COMPRESSOR_SCHEMES else []
+    )
+    if isinstance(group, int) and group > 32:
+        hints.append("a smaller --group-size (32)")
+    return ", ".join([*hints, "keeping sensitive layers in full precision (ignore)", "more bits (w8a16)"])
 
 
 def reproducibility(texts: Texts) -> dict:
