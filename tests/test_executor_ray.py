@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import cli_env, kill_when, llmforge, write_jsonl
-from warc_factory import article, near_duplicate, page_from_text, prose, spam_page, write_warc
+from warc_factory import city_crawl_pages, prose, write_warc
 
 from llmforge.artifacts import Artifact
 from llmforge.data.documents import iter_documents
@@ -118,17 +118,7 @@ def crawl(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ray-crawl")
     for number in range(2):
-        pages = [article(f"https://www.citynews.com/{number}/{i}", seed=10 * number + i) for i in range(4)]
-        pages += [
-            spam_page(f"https://cheap-watches.com/{number}"),
-            article(f"https://www.spam-domain.com/{number}", 1),
-        ]
-        if number == 1:
-            original = "\n\n".join(prose(0))
-            pages += [article("https://mirror.citynews.net/0/0", seed=0), article("https://www.stadtzeitung.de/1",
-                      seed=3, language="de"), page_from_text("https://copy.citynews.org/0/0",
-                      near_duplicate(original, 0.01).split("\n\n"))]  # fmt: skip
-        write_warc(root / "crawl" / f"CC-MAIN-{number:05d}.warc.gz", pages)
+        write_warc(root / "crawl" / f"CC-MAIN-{number:05d}.warc.gz", city_crawl_pages(number))
     (root / "filter.yaml").write_text(SETTINGS)
     config = crawl_filter.Config.model_validate({**yaml.safe_load(SETTINGS), "executor": {"workers": 1}})
     docs = Artifact.open(crawl_filter.run([str(root / "crawl")], root / "docs", config))

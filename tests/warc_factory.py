@@ -189,6 +189,24 @@ def near_duplicate(text: str, edits: float, seed: int = 0) -> str:
     return " ".join(words)
 
 
+def city_crawl_pages(number: int) -> list[Page]:
+    """Crawl file `number` of the data-stage tests: 4 articles, spam, a blocked domain (spam-domain.com); file 1
+    also holds a page mirrored from file 0, a near-copy of it and a German article."""
+    pages = [article(f"https://www.citynews.com/{number}/{i}", seed=10 * number + i) for i in range(4)]
+    pages += [
+        spam_page(f"https://cheap-watches.com/{number}"),
+        article(f"https://www.spam-domain.com/{number}", 1),
+    ]
+    if number == 1:
+        original = "\n\n".join(prose(0))
+        pages += [
+            article("https://mirror.citynews.net/0/0", seed=0),
+            page_from_text("https://copy.citynews.org/0/0", near_duplicate(original, 0.01).split("\n\n")),
+            article("https://www.stadtzeitung.de/1", seed=3, language="de"),
+        ]
+    return pages
+
+
 def _fixed_headers(url: str, record_type: str) -> dict[str, str]:
     """Record ids and dates derived from the URL, so the same pages always give the same bytes."""
     record_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{record_type}:{url}")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from helpers import kill_when, llmforge, write_jsonl
-from warc_factory import article, near_duplicate, page_from_text, prose, spam_page, write_warc
+from warc_factory import article, city_crawl_pages, near_duplicate, prose, write_warc
 
 from llmforge.artifacts import Artifact, raw_input
 from llmforge.data.documents import iter_documents
@@ -26,19 +26,11 @@ def crawl(root):
     a page mirrored from file 0, a near-copy of it, and a page quoting a benchmark question."""
     files = []
     for number in range(FILES):
-        pages = [article(f"https://www.citynews.com/{number}/{i}", seed=10 * number + i) for i in range(4)]
-        pages += [
-            spam_page(f"https://cheap-watches.com/{number}"),
-            article(f"https://www.spam-domain.com/{number}", 1),
-        ]
+        pages = city_crawl_pages(number)
         if number == 1:
-            original = "\n\n".join(prose(0))
-            pages += [
-                article("https://mirror.citynews.net/0/0", seed=0),
-                page_from_text("https://copy.citynews.org/0/0", near_duplicate(original, 0.01).split("\n\n")),
-                article("https://www.stadtzeitung.de/1", seed=3, language="de"),
-                article("https://www.citynews.com/quiz", seed=99, extra=f"Quiz of the week: {QUESTION}"),
-            ]
+            pages.append(
+                article("https://www.citynews.com/quiz", seed=99, extra=f"Quiz of the week: {QUESTION}")
+            )
         files.append(write_warc(root / f"CC-MAIN-{number:05d}.warc.gz", pages))
     return files
 
