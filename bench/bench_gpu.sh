@@ -33,6 +33,7 @@ OUT=$(realpath -m "${1:-gpu-out}")
 shift || true
 STEPS=${*:-wheels env corpus tokens sweep}
 WORK=${WORK:-/tmp/llmforge-gpu}
+TOKENS=${TOKENS:-$WORK/tokens}  # a tokens artifact made elsewhere and carried saves the corpus and tokens steps
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RECIPES=$REPO/recipes/gpu
 LF="python3 -m llmforge"
@@ -47,6 +48,7 @@ SFT_ARGS=${SFT_ARGS:---max-steps 40 --set save_steps=1000 --set logging_steps=5}
 SWEEP_PRESETS=${SWEEP_PRESETS:-125m,350m,1b}
 SWEEP_ARGS=${SWEEP_ARGS:---seq-len 2048 --micro 16 --accumulation 4 --sweep-steps 20}
 SWEEP_DEADLINE=${SWEEP_DEADLINE:-240}  # no sweep run starts later than this (seconds into the sweep)
+SWEEP_LIMIT=${SWEEP_LIMIT:-450}        # the sweep step is stopped after this many seconds
 SWEEP_FROM=${SWEEP_FROM:-0}
 SWEEP_VARIANTS=${SWEEP_VARIANTS:-}  # only these (comma-separated names of bench_pretrain.py's VARIANTS)
 GRPO_ARGS=${GRPO_ARGS:---max-steps 10 --max-completion-length 64 --max-length 256 --set save_steps=1000}
@@ -62,7 +64,7 @@ if $FETCH_WHEELS; then
           click==8.5.1 shellingham==1.5.4 rich==15.0.0 markdown-it-py==4.3.0 mdurl==0.1.2 Pygments==2.21.0
           annotated-doc==0.0.7 tqdm==4.70.1 packaging==26.3 transformers==5.17.0 huggingface-hub==1.33.0
           safetensors==0.8.0 filelock==4.3.2 fsspec==2026.9.0 ninja==1.13.2 tokenizers==0.23.3 hf-xet==1.8.0 psutil==7.2.2
-          Jinja2==3.1.6"
+          Jinja2==3.1.6 httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 certifi==2026.10.18 idna==3.20"
     COMPILED="pydantic-core==2.50.4 msgpack==1.2.4 PyYAML==6.0.3 regex==2026.11.15 orjson==3.13.0 MarkupSafe==3.0.4"
     PLATFORMS="--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64"
     python3 -m pip download -q --no-deps --only-binary=:all: --dest .whl $PLATFORMS --python-version 3.12 $PURE ||
@@ -128,16 +130,26 @@ for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
         wanted.setdefault(name, []).append(wheel)
     else:
         print(f"{name}: the machine's {installed}")
-for name, wheels in wanted.items():
-    # the first wheel this interpreter can install (the compiled ones come for several Python versions)
-    for wheel in wheels:
-        result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                                 "--no-compile", "--target", sys.argv[2], str(wheel)], capture_output=True, text=True)
-        if result.returncode == 0:
-            print(f"{name}: installed {wheel.name}")
-            break
-    else:
-        print(f"{name}: no carried wheel installs here: {result.stderr.strip().splitlines()[-1:]}")
+# one wheel per distribution: pure Python, or the build for this interpreter (compiled ones come for 3.11-3.13)
+here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def fits(wheel: Path) -> bool:  # python tag, abi tag: cp312-cp312, py3-none, cp39-abi3 (CPython 3.9 and later)
+    python, abi = wheel.name.split("-")[-3:-1]
+    return python in (here, "py3", "py2.py3") or (abi == "abi3" and int(python[3:]) <= sys.version_info.minor)
+
+
+chosen = {name: next((w for w in wheels if fits(w)), None) for name, wheels in wanted.items()}
+for name in [name for name, wheel in chosen.items() if wheel is None]:
+    print(f"{name}: no carried wheel for {here}")
+wheels = [str(wheel) for wheel in chosen.values() if wheel]
+if not wheels:
+    sys.exit(0)
+result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                         "--target", sys.argv[2], *wheels], capture_output=True, text=True)
+print(f"installed {len(wheels)} wheels: {', '.join(sorted(n for n, w in chosen.items() if w))}"
+      if result.returncode == 0 else f"pip failed: {result.stderr.strip()[-2000:]}")
+sys.exit(result.returncode)
 EOF
 fi
 
@@ -186,13 +198,13 @@ fi
 if wanted tokens; then
     run tokenizer 600 $LF tokenize train "$WORK/docs" -o "$WORK/tokenizer" --config "$RECIPES/tokenizer.yaml" \
         --vocab-size "$VOCAB" --sample-bytes $((TOKENIZER_MB * 1000000))
-    run encode 600 $LF tokenize encode "$WORK/docs" -o "$WORK/tokens" --tokenizer "$WORK/tokenizer" \
+    run encode 600 $LF tokenize encode "$WORK/docs" -o "$TOKENS" --tokenizer "$WORK/tokenizer" \
         --config "$RECIPES/encode.yaml" --set target_tokens=null --val-fraction 0.01
 fi
 
 if wanted pretrain; then
     # the recipe's config on one GPU: --nproc 1 (accumulation 16 instead of 2), a 20M-token budget
-    run pretrain 900 $LF pretrain "$WORK/tokens" -o "$WORK/base" --config "$RECIPES/pretrain-125m.yaml" --nproc 1 \
+    run pretrain 900 $LF pretrain "$TOKENS" -o "$WORK/base" --config "$RECIPES/pretrain-125m.yaml" --nproc 1 \
         --set model.vocab_size="$VOCAB" $PRETRAIN_ARGS
     cp "$WORK/base/metrics.jsonl" "$OUT/logs/pretrain-metrics.jsonl" 2>/dev/null
     $LF show "$WORK/base" >"$OUT/logs/pretrain-show.log" 2>&1
@@ -202,7 +214,7 @@ if wanted variants; then
     # what the settings cost: the same run, 10 steps each, with document masking off and with torch.compile
     for variant in "baseline:" "masking-off:--set document_masking=false" "compile:--compile" \
         "compile-masking-off:--compile --set document_masking=false"; do
-        run "pretrain-${variant%%:*}" 600 $LF pretrain "$WORK/tokens" -o "$WORK/${variant%%:*}" \
+        run "pretrain-${variant%%:*}" 600 $LF pretrain "$TOKENS" -o "$WORK/${variant%%:*}" \
             --config "$RECIPES/pretrain-125m.yaml" --nproc 1 --set model.vocab_size="$VOCAB" $VARIANT_ARGS \
             ${variant#*:}
     done
@@ -248,14 +260,14 @@ fi
 
 if wanted sweep; then
     # TORCH_LOGS=recompiles: a recompilation at every step would show in the log (and in the tokens/s)
-    TORCH_LOGS=recompiles run sweep 450 python3 bench/bench_pretrain.py --tokens "$WORK/tokens" \
+    TORCH_LOGS=recompiles run sweep "$SWEEP_LIMIT" python3 bench/bench_pretrain.py --tokens "$TOKENS" \
         --sweep "$SWEEP_PRESETS" $SWEEP_ARGS --deadline "$SWEEP_DEADLINE" --start "$SWEEP_FROM" \
         ${SWEEP_VARIANTS:+--variants "$SWEEP_VARIANTS"} --markdown "$OUT/sweep.md"
     tail -n +4 "$OUT/sweep.md" 2>/dev/null | tee -a "$OUT/summary.txt"
 fi
 
 if wanted bench; then
-    run bench 900 python3 bench/bench_pretrain.py --tokens "$WORK/tokens" $BENCH_ARGS
+    run bench 900 python3 bench/bench_pretrain.py --tokens "$TOKENS" $BENCH_ARGS
 fi
 
 if wanted sft-nods; then

@@ -174,14 +174,14 @@ for attempt in (lambda: open("/usr/escaped", "w"), lambda: open("/escaped", "w")
     assert connections == []
 
 
-def test_sandbox_leaves_no_files_behind(level):
-    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("llmforge-sandbox-")}
+def test_sandbox_leaves_no_files_behind(level, tmp_path, monkeypatch):
+    # A temp root of its own: other tests' sandboxes (pytest -n 2) come and go in the shared one
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     locked = (
         "import os\nos.makedirs('a/b')\nopen('a/b/x', 'w').write('y')\nos.chmod('a/b', 0)\nos.chmod('a', 0)"
     )
     assert run_python(locked, QUICK).passed
-    after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("llmforge-sandbox-")}
-    assert after <= before
+    assert list(tmp_path.iterdir()) == []
 
 
 LIAR = """
