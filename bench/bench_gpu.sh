@@ -13,7 +13,8 @@
 #   start after SWEEP_DEADLINE seconds are skipped (listed as such); SWEEP_FROM=N starts at the Nth run of the
 #   sweep's order (a second call picks up where the first stopped)
 # corpus: documents made from the text files of the installed Python packages (real code and prose, no download)
-# tokens: `llmforge tokenize train` + `encode` with recipes/gpu's tokenizer.yaml / encode.yaml
+# tokens: `llmforge tokenize train` + `encode` with recipes/gpu's tokenizer.yaml / encode.yaml, into $TOKENS
+#   (made here and carried instead, the device's minutes go to the sweep: bench/RESULTS.md has the commands)
 # pretrain: `llmforge pretrain` with recipes/gpu/pretrain-125m.yaml on this one GPU (bf16, DeepSpeed ZeRO-2, NCCL)
 # variants: 10-step pretrain runs as the recipe, with document masking off, with torch.compile, and both
 # check: the model artifact loads in transformers and generates on the GPU
@@ -46,9 +47,9 @@ BENCH_ARGS=${BENCH_ARGS:---preset 125m --seq-len 2048 --micro 16 --steps 20 --ze
 VARIANT_ARGS=${VARIANT_ARGS:---train-tokens 5242880 --set optim.warmup_steps=2 --checkpoint-every 0 --set eval.every=0 --set logging.every=1}
 SFT_ARGS=${SFT_ARGS:---max-steps 40 --set save_steps=1000 --set logging_steps=5}
 SWEEP_PRESETS=${SWEEP_PRESETS:-125m,350m,1b}
-SWEEP_ARGS=${SWEEP_ARGS:---seq-len 2048 --micro 16 --accumulation 4 --sweep-steps 20}
-SWEEP_DEADLINE=${SWEEP_DEADLINE:-240}  # no sweep run starts later than this (seconds into the sweep)
-SWEEP_LIMIT=${SWEEP_LIMIT:-450}        # the sweep step is stopped after this many seconds
+SWEEP_ARGS=${SWEEP_ARGS:---seq-len 2048 --micro 16 --accumulation 4 --sweep-steps 15}
+SWEEP_DEADLINE=${SWEEP_DEADLINE:-320}  # no sweep run starts later than this (seconds into the sweep)
+SWEEP_LIMIT=${SWEEP_LIMIT:-470}        # the sweep step is stopped after this many seconds
 SWEEP_FROM=${SWEEP_FROM:-0}
 SWEEP_VARIANTS=${SWEEP_VARIANTS:-}  # only these (comma-separated names of bench_pretrain.py's VARIANTS)
 GRPO_ARGS=${GRPO_ARGS:---max-steps 10 --max-completion-length 64 --max-length 256 --set save_steps=1000}
@@ -80,7 +81,7 @@ fi
 if [[ ${CPU_REHEARSAL:-0} == 1 ]]; then  # the whole chain on this CPU, at sizes a CPU runs in minutes
     SWEEP_PRESETS=${SWEEP_PRESETS_CPU:-tiny,small}
     SWEEP_ARGS="--seq-len 128 --micro 4 --accumulation 2 --sweep-steps 6"
-    SWEEP_VARIANTS=${SWEEP_VARIANTS:-sdpa-mask eager,flex compiled,flex compiled + liger,sdpa-mask eager + liger}
+    SWEEP_VARIANTS=${SWEEP_VARIANTS:-sdpa-mask eager,flex compiled,flex eager + liger,sdpa-mask eager + liger}
     SWEEP_DEADLINE=${SWEEP_DEADLINE_CPU:-900}
     VOCAB=${VOCAB_CPU:-4096} CORPUS_MB=${CORPUS_MB_CPU:-3} TOKENIZER_MB=3
 elif ! python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then

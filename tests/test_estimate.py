@@ -8,9 +8,12 @@ from helpers import llmforge
 from llmforge.errors import InputError
 from llmforge.model.estimate import (
     ModelShape,
+    describe_measured_mfu,
+    device_key,
     device_peak_flops,
     estimate,
     measured_mfu,
+    mfu_setting,
     parse_count,
     resolve_shape,
     training_memory,
@@ -72,26 +75,46 @@ def test_gpu_hours_and_cost():
 
 
 def test_the_mfu_to_expect_is_what_was_measured_and_nothing_else():
-    """Only the H100 runs of bench/RESULTS.md are measurements: 125m at 15.9% eager and 25.8% compiled."""
+    """Only the GPU runs of bench/RESULTS.md are measurements: 125m on an H100 (15.9% eager, 25.8% compiled, SDPA
+    with the dense mask), the H200 sweep (FlexAttention compiled: 125m 36.0%, 350m 43.0%, 1b 52.7%)."""
     h100 = measured_mfu("125m", "NVIDIA H100 80GB HBM3")
     assert sorted(h100.values()) == [0.159, 0.258]
     assert all("SDPA with a dense document mask" in setting for setting in h100)
-    for preset, gpu in (("350m", "NVIDIA H100 80GB HBM3"), ("1b", "H100"), ("125m", "NVIDIA H200"),
+    compiled_flex = mfu_setting("flex_attention", True, "none")
+    assert compiled_flex == "torch.compile, FlexAttention block masks"
+    assert [measured_mfu(p, "NVIDIA H200")[compiled_flex] for p in ("125m", "350m", "1b")] == [
+        0.360,
+        0.430,
+        0.527,
+    ]
+    assert measured_mfu("350m", "H200")[mfu_setting("flex_attention", False, "liger")] == 0.289
+    assert measured_mfu("125m", "H200")[mfu_setting("sdpa", False, "none")] == 0.169
+    assert device_key("NVIDIA GH200 480GB") == "GH200"  # not H200
+    for preset, gpu in (("350m", "NVIDIA H100 80GB HBM3"), ("1b", "H100"), ("7b", "NVIDIA H200"),
                         ("125m", "NVIDIA H100 PCIe"), ("125m", None), (None, "H100")):  # fmt: skip
         assert measured_mfu(preset, gpu) == {}, (preset, gpu)
+    # a run's own setting comes first; a setting nobody measured lists the others
+    line = describe_measured_mfu("1b", "NVIDIA H200", compiled_flex)
+    assert line.startswith("52.7% measured for 1b on H200 with these settings (torch.compile, FlexAttention")
+    line = describe_measured_mfu(
+        "1b", "NVIDIA H200", mfu_setting("sdpa", True, "none", document_masking=False)
+    )
+    assert line.startswith("measured for 1b on H200: 52.7% torch.compile, FlexAttention block masks")
     # a shape knows which preset it is, whatever its vocabulary; explicit dimensions are no preset
     assert ModelShape.from_preset("350m", 32768).preset() == "350m"
     assert ModelShape.from_preset("1b", 50000).preset() == "1b"
     assert ModelShape(**LLAMA2_7B).preset() is None
     assert estimate(shape=ModelShape.from_preset("125m", 32768), gpu="H100").measured_mfu == h100
-    assert estimate(shape=ModelShape.from_preset("1b", 32768), gpu="H200").measured_mfu == {}
+    assert estimate(shape=ModelShape.from_preset("7b", 32768), gpu="H200").measured_mfu == {}
     assert estimate(shape=ModelShape.from_preset("1b", 32768)).measured_mfu is None  # no GPU named
 
     table = " ".join(llmforge("estimate", "125m", "--vocab", "32768", "--gpu", "H100").stderr.split())
     assert "MFU to expect" in table and "measured for 125m on H100: 15.9% eager" in table
     assert "25.8% torch.compile" in table and "GPU-hours at 40% MFU (--mfu)" in table
-    other = " ".join(llmforge("estimate", "1b", "--gpu", "NVIDIA H200").stderr.split())
-    assert "not measured for 1b on H200 (bench/bench_gpu.sh measures it)" in other
+    h200 = " ".join(llmforge("estimate", "1b", "--vocab", "32768", "--gpu", "NVIDIA H200").stderr.split())
+    assert "measured for 1b on H200: 52.7% torch.compile, FlexAttention block masks" in h200
+    other = " ".join(llmforge("estimate", "7b", "--gpu", "NVIDIA H200").stderr.split())
+    assert "not measured for 7b on H200 (bench/bench_gpu.sh measures it)" in other
 
 
 def test_shapes_from_presets_dimensions_and_model_directories(tiny_model):

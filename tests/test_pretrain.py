@@ -364,6 +364,39 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
     assert not (tmp_path / "model").exists() and not (tmp_path / "model.partial").exists()
 
 
+def test_a_gpu_plan_quotes_the_mfu_measured_for_its_own_settings(tmp_path, tokens, capsys, monkeypatch):
+    """On an H200 the 350m preset's defaults (FlexAttention, compiled) were measured at 43.0% MFU: the plan quotes
+    that figure first and times the run with it; with Liger asked for, compile's auto turns off."""
+    from llmforge import machine
+
+    monkeypatch.setattr(machine, "has_cuda", lambda: True)
+    monkeypatch.setattr(machine, "gpu_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(machine, "has_package", lambda name: name == "liger_kernel")
+    run(tokens, tmp_path / "model", config(model__preset="350m"), dry_run=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "flex_attention (auto: document masks as FlexAttention block masks" in err
+    assert "on (auto: on GPUs" in err and "none (auto: torch.compile instead" in err
+    assert (
+        "43.0% measured for 350m on H200 with these settings (torch.compile, FlexAttention block masks)"
+        in err
+    )
+    assert "time at 43% MFU" in err
+    run(tokens, tmp_path / "model", config(model__preset="350m", kernels="liger"), dry_run=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "off (auto: off with kernels liger (Liger's kernels fail under torch.compile" in err
+    assert (
+        "28.9% measured for 350m on H200 with these settings (eager, FlexAttention block masks, Liger" in err
+    )
+    with pytest.raises(InputError, match="kernels liger with compile"):
+        run(
+            tokens,
+            tmp_path / "model",
+            config(model__preset="350m", kernels="liger", compile=True),
+            dry_run=True,
+        )
+    assert not (tmp_path / "model").exists() and not (tmp_path / "model.partial").exists()
+
+
 def test_attention_compile_and_kernels_settings_on_cpu_and_what_a_gpu_would_get(tmp_path, tokens, capsys,
                                                                                  monkeypatch):  # fmt: skip
     from llmforge import machine
@@ -392,8 +425,20 @@ def test_attention_compile_and_kernels_settings_on_cpu_and_what_a_gpu_would_get(
     assert pretrain_plan.resolve_compile(None, zero=3) == (False, "auto: off with ZeRO-3 (not measured); "
                                                                   "--compile to try it")  # fmt: skip
     assert pretrain_plan.resolve_compile(False, zero=2) == (False, "as set")
-    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama")[0] == "liger"
-    assert pretrain_plan.resolve_kernels("auto", zero=3, model_type="qwen3")[0] == "none"
+    # Liger's kernels failed under torch.compile on an H200, and compiled without them was faster: auto takes them
+    # only for runs set not to compile, an explicit Liger turns compile's auto off, and asking for both is refused
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama")[0] == "none"
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama", compile=True)[0] == "none"
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama", compile=False)[0] == "liger"
+    assert pretrain_plan.resolve_kernels("liger", zero=2, model_type="llama")[0] == "liger"
+    assert pretrain_plan.resolve_compile(None, zero=2, kernels="liger")[0] is False
+    assert "fail under torch.compile" in pretrain_plan.resolve_compile(None, zero=2, kernels="liger")[1]
+    assert pretrain_plan.resolve_compile(None, zero=2, kernels="none")[0] is True
+    with pytest.raises(
+        InputError, match="kernels liger with compile: Liger's kernels fail under torch.compile"
+    ):
+        pretrain_plan.resolve_kernels("liger", zero=2, model_type="llama", compile=True)
+    assert pretrain_plan.resolve_kernels("auto", zero=3, model_type="qwen3", compile=False)[0] == "none"
     assert pretrain_plan.resolve_kernels("auto", zero=0, model_type="mistral")[1].startswith(
         "auto: Liger is wired"
     )

@@ -36,11 +36,11 @@ WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 PEAK_BF16_TFLOPS: dict[str, float] = {
     "GB200": 2500.0,
     "B200": 2250.0,
+    "GH200": 989.0,
     "H200": 989.0,
     "H100 PCIe": 756.0,
     "H100": 989.0,  # SXM
     "H800": 989.0,
-    "GH200": 989.0,
     "A100": 312.0,
     "A800": 312.0,
     "L40S": 362.0,
@@ -57,13 +57,32 @@ PEAK_BF16_TFLOPS: dict[str, float] = {
 
 
 # Model FLOPs utilisation measured with `llmforge pretrain` (bf16 autocast, seq 2048, document masking on, one GPU,
-# DeepSpeed ZeRO-2), by preset and GPU; bench/RESULTS.md has the runs. Nothing else is measured: a preset or GPU
-# not listed here is "not measured" until bench/bench_gpu.sh runs on it. Keys: (preset, GPU name key, setting).
+# micro-batch 16, 8 for the 1b), by preset and GPU; bench/RESULTS.md has the runs. Nothing else is measured: a
+# preset or GPU not listed here is "not measured" until bench/bench_gpu.sh runs on it.
+# Keys: (preset, GPU name key, setting as mfu_setting() names it).
 MEASURED_MFU: dict[tuple[str, str, str], float] = {
-    ("125m", "H100", "eager, SDPA with a dense document mask"): 0.159,  # 2026-11-23, H100 80GB HBM3 (SXM)
+    # 2026-11-23, H100 80GB HBM3 (SXM), torch 2.11, DeepSpeed ZeRO-2 on one process
+    ("125m", "H100", "eager, SDPA with a dense document mask"): 0.159,
     ("125m", "H100", "torch.compile, SDPA with a dense document mask"): 0.258,
+    # 2026-12-04, H200 (141 GB), torch 2.11, ZeRO-0: bench/bench_pretrain.py --sweep
+    ("125m", "H200", "torch.compile, FlexAttention block masks"): 0.360,
+    ("350m", "H200", "torch.compile, FlexAttention block masks"): 0.430,
+    ("1b", "H200", "torch.compile, FlexAttention block masks"): 0.527,
+    ("125m", "H200", "eager, SDPA with a dense document mask"): 0.169,
+    ("125m", "H200", "eager, FlexAttention block masks"): 0.184,
+    ("350m", "H200", "eager, FlexAttention block masks"): 0.240,
+    ("125m", "H200", "eager, FlexAttention block masks, Liger kernels"): 0.218,
+    ("350m", "H200", "eager, FlexAttention block masks, Liger kernels"): 0.289,
 }
-MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768, micro-batch 16"
+MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768"
+ATTENTION_NAMES = {"flex_attention": "FlexAttention block masks", "flash_attention_2": "flash-attn varlen"}
+
+
+def mfu_setting(attention: str, compiled: bool, kernels: str, document_masking: bool = True) -> str:
+    """A run's settings as MEASURED_MFU names them: 'torch.compile, FlexAttention block masks'."""
+    sdpa = "SDPA with a dense document mask" if document_masking else "SDPA, causal"
+    parts = ["torch.compile" if compiled else "eager", ATTENTION_NAMES.get(attention, sdpa)]
+    return ", ".join(parts + (["Liger kernels"] if kernels == "liger" else []))
 
 
 def device_key(name: str) -> str | None:
@@ -84,13 +103,18 @@ def measured_mfu(preset: str | None, gpu: str | None) -> dict[str, float]:
     }
 
 
-def describe_measured_mfu(preset: str | None, gpu: str | None) -> str:
-    """One line for a plan or an estimate: the measured MFU with what it was measured on, or 'not measured'."""
+def describe_measured_mfu(preset: str | None, gpu: str | None, setting: str | None = None) -> str:
+    """One line for a plan or an estimate: the measured MFU with what it was measured on, or 'not measured'.
+    With a run's setting, its own figure comes first."""
     measured = measured_mfu(preset, gpu)
     what = f"{preset or 'this model'} on {device_key(gpu) or gpu or 'this device'}"
     if not measured:
         return f"not measured for {what} (bench/bench_gpu.sh measures it)"
-    figures = "; ".join(f"{mfu:.1%} {setting}" for setting, mfu in measured.items())
+    if setting in measured:
+        others = "; ".join(f"{mfu:.1%} {name}" for name, mfu in measured.items() if name != setting)
+        return (f"{measured[setting]:.1%} measured for {what} with these settings ({setting})"
+                f"{f'; other settings: {others}' if others else ''} ({MEASURED_WHERE})")  # fmt: skip
+    figures = "; ".join(f"{mfu:.1%} {name}" for name, mfu in measured.items())
     return f"measured for {what}: {figures} ({MEASURED_WHERE})"
 
 

@@ -178,7 +178,9 @@ class Config(StageConfig):
         False, description="Recompute activations in backward to save memory"
     )
     compile: bool | None = runtime_field(
-        None, description="torch.compile the model and the loss; none = on GPUs (ZeRO 0-2), off on CPU"
+        None,
+        description="torch.compile the model and the loss; none = on GPUs (ZeRO 0-2, not with kernels liger), "
+        "off on CPU",
     )
     compile_backend: str = runtime_field(
         "inductor",
@@ -187,7 +189,8 @@ class Config(StageConfig):
     kernels: Literal["auto", "liger", "none"] = runtime_field(
         "auto",
         description="Fused Triton kernels from Liger Kernel (RMSNorm, SwiGLU, fused linear cross-entropy); "
-        "auto = liger on GPUs where liger-kernel is installed (not with ZeRO-3), none = PyTorch's",
+        "auto = liger for uncompiled GPU runs where liger-kernel is installed (not with ZeRO-3; they fail under "
+        "torch.compile), none = PyTorch's",
     )
     seed: int = Field(0, description="Seed for the initial weights and the data order")
     distributed: DistributedConfig = Field(

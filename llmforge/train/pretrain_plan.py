@@ -109,8 +109,8 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     if warmup is None:
         warmup = max(1, round(config.optim.warmup_fraction * steps)) if config.optim.warmup_fraction else 0
     attention, attention_why = resolve_attention(config.model.attention, config.document_masking)
-    compiled, compile_why = resolve_compile(config.compile, zero)
-    kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type)
+    kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type, config.compile)
+    compiled, compile_why = resolve_compile(config.compile, zero, kernels)
     return Plan(tokens=artifact, model_config=hf_config, init=source, init_context=context, world_size=world,
                 accumulation=accumulation, steps=steps, warmup=min(warmup, steps), precision=precision,
                 attention=attention, compile=compiled, kernels=kernels,
@@ -122,7 +122,13 @@ def print_plan(plan: Plan, config: Config) -> None:
     from rich.table import Table
 
     from llmforge.console import console, warn
-    from llmforge.model.estimate import describe_measured_mfu, human_bytes, human_count
+    from llmforge.model.estimate import (
+        describe_measured_mfu,
+        human_bytes,
+        human_count,
+        measured_mfu,
+        mfu_setting,
+    )
 
     numbers = plan.estimate
     hf = plan.model_config
@@ -168,10 +174,12 @@ def print_plan(plan: Plan, config: Config) -> None:
     if plan.peak_flops:
         gpu = machine.gpu_name()
         preset = None if init is not None else config.model.preset
-        table.add_row("MFU to expect", describe_measured_mfu(preset, gpu))
-        hours = numbers.training_flops / (plan.peak_flops * plan.world_size * 0.4) / 3600
-        table.add_row("time at 40% MFU", f"{hours:.3g} h on {plan.world_size} devices (measured after the first "
-                      "steps)")  # fmt: skip
+        setting = mfu_setting(plan.attention, plan.compile, plan.kernels, config.document_masking)
+        table.add_row("MFU to expect", describe_measured_mfu(preset, gpu, setting))
+        mfu = measured_mfu(preset, gpu).get(setting, 0.4)
+        hours = numbers.training_flops / (plan.peak_flops * plan.world_size * mfu) / 3600
+        table.add_row(f"time at {mfu:.0%} MFU", f"{hours:.3g} h on {plan.world_size} devices (measured after the "
+                      "first steps)")  # fmt: skip
     else:
         table.add_row("time", "measured after the first steps (MFU: n/a without a known GPU peak)")
     console.print(table)
@@ -314,21 +322,32 @@ def resolve_attention(attention: str, document_masking: bool) -> tuple[str, str]
     return "sdpa", "auto: SDPA on CPU (FlexAttention has no backward pass there)"
 
 
-def resolve_compile(compile: bool | None, zero: int) -> tuple[bool, str]:
-    """torch.compile on or off, and why: on by default where it was measured to pay (1.63x for 125m on an H100)."""
+# Measured on an H200 (bench/RESULTS.md): Liger's kernels under torch.compile failed (torch 2.11, liger-kernel
+# 0.8.5: a fake-tensor error tracing its fused cross-entropy), and compiled without them was faster than eager with
+# them (125m 36.0% vs 21.8% MFU, 350m 43.0% vs 28.9%); eager, they gained 1.18-1.20x over PyTorch's kernels.
+LIGER_UNDER_COMPILE = ("Liger's kernels fail under torch.compile (measured: torch 2.11, liger-kernel 0.8.5; "
+                       "bench/RESULTS.md)")  # fmt: skip
+
+
+def resolve_compile(compile: bool | None, zero: int, kernels: str = "none") -> tuple[bool, str]:
+    """torch.compile on or off, and why: on by default where it was measured to pay (125m on an H100: 1.63x with
+    SDPA; on an H200 with FlexAttention: 2.0x, 36-53% MFU for 125m-1b)."""
     if compile is not None:
         return compile, "as set"
     if not machine.has_cuda():
         return False, "auto: off on CPU (the compile time outweighs any gain on short CPU runs)"
     if zero == 3:
         return False, "auto: off with ZeRO-3 (not measured); --compile to try it"
+    if kernels == "liger":
+        return False, f"auto: off with kernels liger ({LIGER_UNDER_COMPILE})"
     return True, "auto: on GPUs (step 1 pays for compiling; the log and metrics.jsonl say how long)"
 
 
-def resolve_kernels(kernels: str, zero: int, model_type: str) -> tuple[str, str]:
+def resolve_kernels(kernels: str, zero: int, model_type: str, compile: bool | None = None) -> tuple[str, str]:
     """liger or none, and why. Liger's kernels are Triton (CUDA GPUs); its fused linear cross-entropy reads the
     output weights directly, which ZeRO-3 has sharded away, so it is not used there. Asked for where it cannot run,
-    the run falls back to PyTorch's kernels and the plan (printed once per run) says why."""
+    the run falls back to PyTorch's kernels and the plan (printed once per run) says why. `auto` takes them only
+    for runs set not to compile: compiled without them measured faster, and with them compiling fails."""
     from llmforge.model.kernels import LIGER_MODEL_TYPES
 
     if kernels == "none":
@@ -341,8 +360,14 @@ def resolve_kernels(kernels: str, zero: int, model_type: str) -> tuple[str, str]
         missing = "not with ZeRO-3 (the fused cross-entropy reads the sharded output weights)"
     elif model_type not in LIGER_MODEL_TYPES:
         missing = f"Liger is wired for {', '.join(LIGER_MODEL_TYPES)}, not {model_type}"
-    else:
+    elif kernels == "liger" and compile:
+        raise InputError(f"kernels liger with compile: {LIGER_UNDER_COMPILE}; choose one (compiled without Liger "
+                         "was the faster)")  # fmt: skip
+    elif kernels == "liger" or compile is False:
         return "liger", f"{kernels}: Liger's RMSNorm, SwiGLU and fused linear cross-entropy"
+    else:
+        return "none", ("auto: torch.compile instead (compiled without Liger measured faster than eager with it, "
+                        "and Liger's kernels fail under it)")  # fmt: skip
     if kernels == "liger":
         from llmforge.console import warn
 
