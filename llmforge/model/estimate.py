@@ -75,6 +75,14 @@ MEASURED_MFU: dict[tuple[str, str, str], float] = {
     ("350m", "H200", "eager, FlexAttention block masks, Liger kernels"): 0.289,
 }
 MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768"
+# Step 1's time beyond a steady step with torch.compile on (compiling, and FlexAttention's kernels), in seconds,
+# by (preset, GPU name key); the same runs as MEASURED_MFU (H100: SDPA; H200: FlexAttention)
+MEASURED_COMPILE_SECONDS: dict[tuple[str, str], float] = {
+    ("125m", "H100"): 45.0,
+    ("125m", "H200"): 34.2,
+    ("350m", "H200"): 50.3,
+    ("1b", "H200"): 56.2,
+}
 ATTENTION_NAMES = {"flex_attention": "FlexAttention block masks", "flash_attention_2": "flash-attn varlen"}
 
 
@@ -101,6 +109,13 @@ def measured_mfu(preset: str | None, gpu: str | None) -> dict[str, float]:
     return {
         setting: mfu for (p, device, setting), mfu in MEASURED_MFU.items() if p == preset and device == key
     }
+
+
+def describe_compile_time(preset: str | None, gpu: str | None) -> str:
+    """What compiling cost step 1 for this preset on this GPU, where measured ('' otherwise)."""
+    key = device_key(gpu) if gpu else None
+    seconds = MEASURED_COMPILE_SECONDS.get((preset, key)) if preset and key else None
+    return f"step 1 compiles: {seconds:.0f} s measured for {preset} on {key}" if seconds else ""
 
 
 def describe_measured_mfu(preset: str | None, gpu: str | None, setting: str | None = None) -> str:

@@ -123,6 +123,7 @@ def print_plan(plan: Plan, config: Config) -> None:
 
     from llmforge.console import console, warn
     from llmforge.model.estimate import (
+        describe_compile_time,
         describe_measured_mfu,
         human_bytes,
         human_count,
@@ -167,13 +168,17 @@ def print_plan(plan: Plan, config: Config) -> None:
     offload = f", offload {numbers.offload}" if numbers.offload else ""
     table.add_row("precision / ZeRO", f"{plan.precision}, ZeRO-{zero}{offload}")
     table.add_row("attention", f"{plan.attention} ({plan.reasons['attention']})")
-    table.add_row("torch.compile", f"{'on' if plan.compile else 'off'} ({plan.reasons['compile']})")
+    preset = None if plan.init is not None else config.model.preset
+    compile_time = (
+        describe_compile_time(preset, machine.gpu_name()) if plan.compile and plan.peak_flops else ""
+    )
+    table.add_row("torch.compile", f"{'on' if plan.compile else 'off'} ({plan.reasons['compile']})"
+                  f"{f'; {compile_time}' if compile_time else ''}")  # fmt: skip
     table.add_row("kernels", f"{plan.kernels} ({plan.reasons['kernels']})")
     table.add_row("memory per device", f"{human_bytes(memory['total'])} for weights, gradients and Adam states "
                   f"+ ~{human_bytes(numbers.activation_bytes)} activations per micro-batch")  # fmt: skip
     if plan.peak_flops:
         gpu = machine.gpu_name()
-        preset = None if init is not None else config.model.preset
         setting = mfu_setting(plan.attention, plan.compile, plan.kernels, config.document_masking)
         table.add_row("MFU to expect", describe_measured_mfu(preset, gpu, setting))
         mfu = measured_mfu(preset, gpu).get(setting, 0.4)
