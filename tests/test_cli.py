@@ -389,7 +389,11 @@ def test_defaults_prints_a_valid_config_for_every_stage():
 
 def test_shell_completion_is_offered(tmp_path):
     assert "--install-completion" in llmforge("--help").stdout
-    script = llmforge("--show-completion", "bash").stdout
+    # typer detects the user's shell from the process tree, which a test runner need not have (it said "Shell not
+    # supported" once under pytest -n 2); its own test switch takes the shell as given instead
+    script = llmforge(
+        "--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    ).stdout
     assert "complete" in script and "_LLMFORGE_COMPLETE" in script
 
     def complete(words: str) -> list[str]:
