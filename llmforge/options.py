@@ -206,3 +206,31 @@ def handle_errors(func):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+# -- shared by sft, dpo and grpo: their positional arguments, and the flags that follow each stage's own ----------
+TrainedModel = Annotated[
+    str, typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory.")
+]
+TrainingData = Annotated[
+    str,
+    typer.Argument(
+        help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
+    ),
+]
+POSTTRAIN_FLAGS = (
+    Flag("lora.enabled", "--lora"),
+    Flag("lora.qlora", "--qlora"),
+    Flag("lora.merge", "--merge"),
+    Flag("lora.rank", "--rank"),
+    Flag("epochs"),
+    Flag("max_steps"),
+    Flag("learning_rate", "--lr", "--learning-rate"),
+    Flag("batch_size", "--micro-batch-size", "--batch-size"),
+    Flag("max_length", "--seq-len", "--max-length"),
+    Flag("chat_template", "--chat-template"),
+    Flag("zero"),
+    Flag("offload"),
+    Flag("nproc"),
+    Flag("hostfile"),
+)

@@ -11,14 +11,13 @@ CPOTrainer, which implements SimPO, in trl.experimental: reference-free, and the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Any, Literal, NotRequired
 
-import typer
 from pydantic import Field
 
 from llmforge.data.records import Records, check_answer, check_prompt
 from llmforge.errors import InputError
-from llmforge.options import Flag, stage_command
+from llmforge.options import POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Stage,
@@ -155,35 +154,14 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
 FLAGS = (
     Flag("loss"),
     Flag("beta"),
-    Flag("lora.enabled", "--lora"),
-    Flag("lora.qlora", "--qlora"),
-    Flag("lora.merge", "--merge"),
-    Flag("lora.rank", "--rank"),
-    Flag("epochs"),
-    Flag("max_steps"),
-    Flag("learning_rate", "--lr", "--learning-rate"),
-    Flag("batch_size", "--micro-batch-size", "--batch-size"),
-    Flag("max_length", "--seq-len", "--max-length"),
-    Flag("chat_template", "--chat-template"),
-    Flag("zero"),
-    Flag("offload"),
-    Flag("nproc"),
-    Flag("hostfile"),
+    *POSTTRAIN_FLAGS,
 )
 
 
 @stage_command(FLAGS)
 def command(
-    model: Annotated[
-        str,
-        typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory."),
-    ],
-    data: Annotated[
-        str,
-        typer.Argument(
-            help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
-        ),
-    ],
+    model: TrainedModel,
+    data: TrainingData,
     output: Path,
     config: Config,
     force: bool = False,

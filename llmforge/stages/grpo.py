@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
-import typer
 from pydantic import Field, model_validator
 
 from llmforge import machine
 from llmforge.config import runtime_field
 from llmforge.data.records import Records, check_prompt
 from llmforge.errors import InputError
-from llmforge.options import Flag, stage_command
+from llmforge.options import POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Stage,
@@ -264,35 +263,14 @@ FLAGS = (
     Flag("temperature"),
     Flag("max_completion_length"),
     Flag("use_vllm"),
-    Flag("lora.enabled", "--lora"),
-    Flag("lora.qlora", "--qlora"),
-    Flag("lora.merge", "--merge"),
-    Flag("lora.rank", "--rank"),
-    Flag("epochs"),
-    Flag("max_steps"),
-    Flag("learning_rate", "--lr", "--learning-rate"),
-    Flag("batch_size", "--micro-batch-size", "--batch-size"),
-    Flag("max_length", "--seq-len", "--max-length"),
-    Flag("chat_template", "--chat-template"),
-    Flag("zero"),
-    Flag("offload"),
-    Flag("nproc"),
-    Flag("hostfile"),
+    *POSTTRAIN_FLAGS,
 )
 
 
 @stage_command(FLAGS)
 def command(
-    model: Annotated[
-        str,
-        typer.Argument(help="The model to train: a model or adapter artifact, or a Hugging Face directory."),
-    ],
-    data: Annotated[
-        str,
-        typer.Argument(
-            help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
-        ),
-    ],
+    model: TrainedModel,
+    data: TrainingData,
     output: Path,
     config: Config,
     force: bool = False,
