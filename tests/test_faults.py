@@ -338,7 +338,7 @@ def as_yaml(annotation, number: str) -> str:
     return number
 
 
-WITHOUT_FLOAT_SETTINGS = {"import"}
+WITHOUT_FLOAT_SETTINGS = {"import", "quality annotate"}
 
 
 def test_stages_without_float_settings_are_only_those_named():

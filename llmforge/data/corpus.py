@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from llmforge.data.sources import InputSettings
+from llmforge.data.sources import ReadSettings
 from llmforge.errors import InputError
 
 
 class Corpus:
     """Documents artifacts and raw files given on the command line, and one lineage entry per argument."""
 
-    def __init__(self, inputs: list[str], settings: InputSettings, stage: str,
+    def __init__(self, inputs: list[str], settings: ReadSettings, stage: str,
                  allowed: tuple[str, ...] = ("jsonl", "parquet", "text")):  # fmt: skip
         from llmforge.artifacts import MANIFEST, open_artifact
         from llmforge.data.documents import document_files
@@ -39,11 +39,11 @@ class Corpus:
         if not self.artifact_files and not self.raw.files:
             raise InputError(f"{', '.join(map(str, inputs))}: no documents for {stage}")
 
-    def groups(self) -> list[tuple[str, list[str], InputSettings]]:
+    def groups(self) -> list[tuple[str, list[str], ReadSettings]]:
         """(format, paths, how to read them): each group becomes one datatrove reader."""
         from llmforge.data.sources import reader_groups
 
-        groups = [("jsonl", self.artifact_files, InputSettings())] if self.artifact_files else []
+        groups = [("jsonl", self.artifact_files, ReadSettings())] if self.artifact_files else []
         return groups + [(fmt, paths, self.settings) for fmt, paths in reader_groups(self.raw.files)]
 
     def documents(self) -> Iterator:

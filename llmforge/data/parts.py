@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmforge.data.sources import Format, InputSettings
+from llmforge.data.sources import Format, ReadSettings
 
 BLOCK = 1 << 20
 
@@ -46,7 +46,7 @@ class Group:
 
     format: Format
     root: str
-    settings: InputSettings
+    settings: ReadSettings
     parts: dict[int, Part] = field(default_factory=dict)
 
 
@@ -63,7 +63,7 @@ class TaskPlan:
         return [part_readers.make(group) for group in self.groups]
 
 
-def plan_tasks(groups: list[tuple[Format, list[str], InputSettings]], task_mb: float) -> TaskPlan:
+def plan_tasks(groups: list[tuple[Format, list[str], ReadSettings]], task_mb: float) -> TaskPlan:
     """Number the parts of every file, group after group and file after file: task N reads part N."""
     from llmforge.data.sources import _root_and_relative
 
@@ -83,7 +83,7 @@ def plan_tasks(groups: list[tuple[Format, list[str], InputSettings]], task_mb: f
     return TaskPlan(planned, task, split)
 
 
-def file_parts(fmt: Format, path: str, name: str, settings: InputSettings, task_bytes: int) -> list[Part]:
+def file_parts(fmt: Format, path: str, name: str, settings: ReadSettings, task_bytes: int) -> list[Part]:
     """The parts of one file: the whole file unless it is local, larger than `task_bytes` and can be entered at a
     record boundary."""
     from fsspec.utils import infer_compression
@@ -108,7 +108,7 @@ def file_parts(fmt: Format, path: str, name: str, settings: InputSettings, task_
     return [Part(name, start, stop, first) for (start, first), stop in zip(bounds, stops, strict=True)]
 
 
-def _jsonl_cuts(path: str, targets: list[int], settings: InputSettings) -> tuple[list[tuple[int, int]], int]:
+def _jsonl_cuts(path: str, targets: list[int], settings: ReadSettings) -> tuple[list[tuple[int, int]], int]:
     """The first line start at or after each target, with the number of lines before it (one pass, counting)."""
     cuts: list[tuple[int, int]] = []
     offset = lines = 0
@@ -133,7 +133,7 @@ def _jsonl_cuts(path: str, targets: list[int], settings: InputSettings) -> tuple
     return cuts, offset
 
 
-def _warc_cuts(path: str, targets: list[int], settings: InputSettings) -> tuple[list[tuple[int, int]], int]:
+def _warc_cuts(path: str, targets: list[int], settings: ReadSettings) -> tuple[list[tuple[int, int]], int]:
     """The first record start at or after each target (record offsets from warcio, which refuses a .warc.gz that
     is one gzip stream: such a file is read whole)."""
     from warcio.archiveiterator import ArchiveIterator
@@ -154,9 +154,7 @@ def _warc_cuts(path: str, targets: list[int], settings: InputSettings) -> tuple[
     return cuts, os.path.getsize(path)
 
 
-def _parquet_cuts(
-    path: str, targets: list[int], settings: InputSettings
-) -> tuple[list[tuple[int, int]], int]:
+def _parquet_cuts(path: str, targets: list[int], settings: ReadSettings) -> tuple[list[tuple[int, int]], int]:
     """The first row group starting at or after each target (positions: compressed bytes of the row groups
     before), with the documents before it: datatrove's Parquet reader numbers only rows with text."""
     import pyarrow.compute as pc

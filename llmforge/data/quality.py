@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from llmforge.config import StageConfig
-from llmforge.data.sources import InputSettings
+from llmforge.data.sources import ReadSettings
 from llmforge.errors import InputError
 
 MODEL_FILE = "model.npz"
@@ -52,7 +52,7 @@ MAX_LOGIT = 12
 
 
 class TrainSettings(StageConfig):
-    input: InputSettings = Field(default_factory=InputSettings, description="How raw files are read")
+    input: ReadSettings = Field(default_factory=ReadSettings, description="How raw files are read")
     holdout: float = Field(
         0.1, gt=0, lt=0.5, description="Share of each side held out to measure the classifier"
     )

@@ -28,13 +28,20 @@ SUFFIXES: dict[str, Format] = {
 }  # fmt: skip
 
 
-class InputSettings(StageConfig):
+class ReadSettings(StageConfig):
+    """How raw files are read."""
+
     format: Literal["auto", "warc", "jsonl", "parquet", "text"] = Field(
         "auto",
         description="Format of raw input files; auto: from the name (.warc[.gz], .jsonl[.gz], .parquet, .txt)",
     )
     text_field: str = Field("text", description="JSONL field / Parquet column holding a document's text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding a document's id, if any")
+
+
+class InputSettings(ReadSettings):
+    """How raw files are read, and cut into tasks, by the stages that run datatrove pipelines."""
+
     task_mb: float = Field(
         128,
         ge=0,
@@ -97,7 +104,7 @@ def expand_url(url: str) -> list[str]:
     return [fs.unstrip_protocol(name) for name in sorted(names)]
 
 
-def resolve_raw_inputs(arguments: Iterable[str], settings: InputSettings, stage: str,
+def resolve_raw_inputs(arguments: Iterable[str], settings: ReadSettings, stage: str,
                        allowed: tuple[str, ...] = ("warc", "jsonl", "parquet", "text")) -> RawInputs:  # fmt: skip
     """Expand, type and check raw input arguments; each argument becomes one raw InputRef (content fingerprint)."""
     from llmforge.console import log, progress
@@ -146,7 +153,7 @@ def resolve_raw_inputs(arguments: Iterable[str], settings: InputSettings, stage:
 # Checks, one per format: (records, documents with text); InputError naming the file and record otherwise
 
 
-def check_file(file: InputFile, settings: InputSettings) -> tuple[int, int]:
+def check_file(file: InputFile, settings: ReadSettings) -> tuple[int, int]:
     checker = {"warc": check_warc, "jsonl": check_jsonl, "parquet": check_parquet, "text": check_text}
     try:
         return checker[file.format](file.path, settings)
@@ -183,7 +190,7 @@ class _Truncation:
         return b"".join(chunks)
 
 
-def check_warc(path: str, settings: InputSettings) -> tuple[int, int]:
+def check_warc(path: str, settings: ReadSettings) -> tuple[int, int]:
     """Every record complete (Content-Length bytes present); documents = response/conversion records."""
     from warcio.archiveiterator import ArchiveIterator
 
@@ -225,7 +232,7 @@ def _open_lines(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def check_jsonl(path: str, settings: InputSettings) -> tuple[int, int]:
+def check_jsonl(path: str, settings: ReadSettings) -> tuple[int, int]:
 
     key = settings.text_field
     records = documents = 0
@@ -246,7 +253,7 @@ def check_jsonl(path: str, settings: InputSettings) -> tuple[int, int]:
     return records, documents
 
 
-def check_parquet(path: str, settings: InputSettings) -> tuple[int, int]:
+def check_parquet(path: str, settings: ReadSettings) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -274,7 +281,7 @@ def check_parquet(path: str, settings: InputSettings) -> tuple[int, int]:
     return parquet.metadata.num_rows, documents
 
 
-def check_text(path: str, settings: InputSettings) -> tuple[int, int]:
+def check_text(path: str, settings: ReadSettings) -> tuple[int, int]:
     with _open_lines(path) as handle:
         data = handle.read()
     try:

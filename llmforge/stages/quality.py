@@ -26,7 +26,7 @@ from llmforge.config import StageConfig, runtime_field
 from llmforge.data.documents import shard_mb_field
 from llmforge.data.executors import ExecutorSettings, FilterCounts
 from llmforge.data.quality import ARTIFACT_KIND, FilterSettings, TrainSettings
-from llmforge.data.sources import InputSettings
+from llmforge.data.sources import InputSettings, ReadSettings
 from llmforge.errors import InputError
 from llmforge.options import Flag, stage_command
 
@@ -76,7 +76,7 @@ class FilterConfig(FilterSettings):
 
 
 class AnnotateConfig(StageConfig):
-    input: InputSettings = Field(default_factory=InputSettings, description="How raw files are read")
+    input: ReadSettings = Field(default_factory=ReadSettings, description="How raw files are read")
     sample: int = Field(
         1000, ge=1, description="Documents annotated: a seeded uniform sample (all of them when fewer)"
     )
