@@ -149,6 +149,9 @@ def test_the_manifest_records_lineage_and_files(filtered):
     assert filtered.verify() == []
     assert {f["path"].split("/")[0] for f in filtered.manifest["files"]} == {"data", "removed"}
     assert not (filtered.path / "checkpoints").exists()
+    assert not list(
+        filtered.path.glob("logs/*/task-locks")
+    )  # each step's task locks go once its tasks are done
 
 
 def test_jsonl_parquet_text_folders_globs_and_urls(tmp_path):
@@ -360,6 +363,36 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
     assert isinstance(ray[0], RayPipelineExecutor) and ray[1].depends is ray[0]
     assert (ray[0].tasks, ray[0].cpus_per_task, ray[0].workers) == (3, 4, 3)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+def test_a_task_waits_for_the_same_task_of_an_earlier_run(tmp_path):
+    """After kill -9 a task of the dead run can still be writing (a local worker finishes its task; Ray takes a few
+    seconds to end a dead driver's tasks): a resumed run's task waits for it, and runs once it is gone."""
+    import subprocess
+    import sys
+    import threading
+
+    from llmforge.data.executors import TASK_LOCKS, ExecutorSettings, Step, build_executors
+
+    def pipeline():
+        return [lambda data, rank, world_size: []]
+
+    (executor,) = build_executors([Step("step", pipeline, 1)], ExecutorSettings(workers=1), tmp_path, "job")
+    lock = tmp_path / "step" / TASK_LOCKS / "00000"
+    lock.parent.mkdir(parents=True)
+    hold = f"import fcntl, time\nf = open({str(lock)!r}, 'w')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint(1, flush=True)\n"
+    earlier_task = subprocess.Popen([sys.executable, "-c", hold + "time.sleep(600)"], stdout=subprocess.PIPE)
+    try:
+        assert earlier_task.stdout.readline()  # it holds the task's lock
+        resumed = threading.Thread(target=executor.run)
+        resumed.start()
+        resumed.join(timeout=3)
+        assert resumed.is_alive() and not executor.is_rank_completed(0)
+    finally:
+        earlier_task.kill()  # as Ray ends a dead driver's task
+        earlier_task.wait()
+    resumed.join(timeout=60)
+    assert not resumed.is_alive() and executor.is_rank_completed(0)
 
 
 def test_cluster_settings_are_checked_before_the_output_is_created(tmp_path):

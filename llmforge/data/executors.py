@@ -73,6 +73,8 @@ class ExecutorSettings(StageConfig):
 RUN_MARK = "llmforge-run.json"
 # In each step's logging folder on Ray: the message of a task that stopped on bad input, one file per task.
 INPUT_ERRORS = "input-errors"
+# In each step's logging folder: one lock file per task, held while the task runs (see task_lock).
+TASK_LOCKS = "task-locks"
 # datatrove's Ray executor warns once per step that a local logging folder must be shared (said once by
 # _ray_connection instead), and that tasks did not complete (run_steps says which, and why).
 _RAY_NOISE = ("Logging directory points to a local filesystem", "Only ")
@@ -112,6 +114,31 @@ def _no_traceback_for_input_errors(record: dict) -> None:
         record["exception"] = None
 
 
+@contextlib.contextmanager
+def task_lock(logging_dir: Any, rank: int):
+    """Held while task `rank` runs. The output's lock (llmforge/locks.py) goes with the llmforge process, but a
+    task can outlive it: after kill -9, a local worker finishes the task it was on, and Ray takes a few seconds to
+    end a dead driver's tasks. A resumed run's task waits here for such a task instead of writing the same files
+    beside it, then finds it completed (datatrove skips it) or redoes it. flock: released by the kernel however
+    the holder ends; across nodes on a shared filesystem that supports it (see llmforge/locks.py)."""
+    import fcntl
+
+    from loguru import logger
+
+    path = Path(logging_dir.path) / TASK_LOCKS / f"{rank:05d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning(f"task {rank}: waiting for the same task of an earlier run of this output to end")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _local_executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
@@ -124,7 +151,8 @@ def _local_executor_class():
 
             logger.configure(patcher=_no_traceback_for_input_errors)  # in each worker process too
             try:
-                return super()._run_for_rank(rank, local_rank + 1, node_rank)
+                with task_lock(self.logging_dir, rank):
+                    return super()._run_for_rank(rank, local_rank + 1, node_rank)
             finally:
                 _quiet_console_logger()
 
@@ -144,7 +172,8 @@ def _ray_executor_class():
 
             logger.configure(patcher=_no_traceback_for_input_errors)
             try:
-                return super()._run_for_rank(rank, local_rank, node_rank)
+                with task_lock(self.logging_dir, rank):
+                    return super()._run_for_rank(rank, local_rank, node_rank)
             except InputError as exc:
                 with self.logging_dir.open(f"{INPUT_ERRORS}/{rank:05d}.txt", "w") as handle:
                     handle.write(str(exc))
@@ -263,6 +292,9 @@ def _run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_na
                 raise InputError(errors[0].read_text())  # a task on Ray met bad input
             raise LLMForgeError(f"{job_name} {step.name}: {step.tasks - completed_tasks(logs / step.name)} tasks did "
                                 f"not finish; see {logs / step.name / 'logs'}")  # fmt: skip
+        shutil.rmtree(
+            logs / step.name / TASK_LOCKS, ignore_errors=True
+        )  # every task is done: nothing holds them
 
 
 @contextlib.contextmanager
