@@ -395,6 +395,23 @@ def test_a_task_waits_for_the_same_task_of_an_earlier_run(tmp_path):
     assert not resumed.is_alive() and executor.is_rank_completed(0)
 
 
+def test_a_filesystem_without_flock_runs_tasks_unguarded(tmp_path, monkeypatch):
+    """Some FUSE mounts refuse flock (ENOLCK, ENOTSUP): the task runs as it did before task locks, with a warning."""
+    import errno
+    import fcntl
+    import types
+
+    from llmforge.data.executors import task_lock
+
+    def refused(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    with task_lock(types.SimpleNamespace(path=str(tmp_path)), 3):
+        ran = True
+    assert ran and (tmp_path / "task-locks" / "00003").exists()
+
+
 def test_cluster_settings_are_checked_before_the_output_is_created(tmp_path):
     import importlib.util
 

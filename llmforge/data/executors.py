@@ -134,6 +134,8 @@ def task_lock(logging_dir: Any, rank: int):
         except BlockingIOError:
             logger.warning(f"task {rank}: waiting for the same task of an earlier run of this output to end")
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without flock (some FUSE mounts): run unguarded, as before
+            logger.warning(f"task {rank}: no lock on {path} ({exc.strerror or exc}); running without it")
         yield
     finally:
         os.close(fd)
