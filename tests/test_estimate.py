@@ -89,6 +89,8 @@ def test_the_mfu_to_expect_is_what_was_measured_and_nothing_else():
     ]
     assert measured_mfu("350m", "H200")[mfu_setting("flex_attention", False, "liger")] == 0.289
     assert measured_mfu("125m", "H200")[mfu_setting("sdpa", False, "none")] == 0.169
+    # transformers' eager attention is not SDPA: no figure measured with SDPA applies to it
+    assert mfu_setting("eager", False, "none") not in measured_mfu("125m", "H200")
     assert device_key("NVIDIA GH200 480GB") == "GH200"  # not H200
     for preset, gpu in (("350m", "NVIDIA H100 80GB HBM3"), ("1b", "H100"), ("7b", "NVIDIA H200"),
                         ("125m", "NVIDIA H100 PCIe"), ("125m", None), (None, "H100")):  # fmt: skip

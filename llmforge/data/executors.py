@@ -294,9 +294,8 @@ def _run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_na
                 raise InputError(errors[0].read_text())  # a task on Ray met bad input
             raise LLMForgeError(f"{job_name} {step.name}: {step.tasks - completed_tasks(logs / step.name)} tasks did "
                                 f"not finish; see {logs / step.name / 'logs'}")  # fmt: skip
-        shutil.rmtree(
-            logs / step.name / TASK_LOCKS, ignore_errors=True
-        )  # every task is done: nothing holds them
+        # every task is done: nothing holds their locks any more
+        shutil.rmtree(logs / step.name / TASK_LOCKS, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -83,13 +83,17 @@ MEASURED_COMPILE_SECONDS: dict[tuple[str, str], float] = {
     ("350m", "H200"): 50.3,
     ("1b", "H200"): 56.2,
 }
-ATTENTION_NAMES = {"flex_attention": "FlexAttention block masks", "flash_attention_2": "flash-attn varlen"}
+ATTENTION_NAMES = {"flex_attention": "FlexAttention block masks", "flash_attention_2": "flash-attn varlen",
+                   "eager": "eager attention"}  # fmt: skip
 
 
 def mfu_setting(attention: str, compiled: bool, kernels: str, document_masking: bool = True) -> str:
     """A run's settings as MEASURED_MFU names them: 'torch.compile, FlexAttention block masks'."""
-    sdpa = "SDPA with a dense document mask" if document_masking else "SDPA, causal"
-    parts = ["torch.compile" if compiled else "eager", ATTENTION_NAMES.get(attention, sdpa)]
+    names = {
+        **ATTENTION_NAMES,
+        "sdpa": "SDPA with a dense document mask" if document_masking else "SDPA, causal",
+    }
+    parts = ["torch.compile" if compiled else "eager", names[attention]]
     return ", ".join(parts + (["Liger kernels"] if kernels == "liger" else []))
 
 

@@ -169,16 +169,14 @@ def print_plan(plan: Plan, config: Config) -> None:
     table.add_row("precision / ZeRO", f"{plan.precision}, ZeRO-{zero}{offload}")
     table.add_row("attention", f"{plan.attention} ({plan.reasons['attention']})")
     preset = None if plan.init is not None else config.model.preset
-    compile_time = (
-        describe_compile_time(preset, machine.gpu_name()) if plan.compile and plan.peak_flops else ""
-    )
+    gpu = machine.gpu_name()
+    compile_time = describe_compile_time(preset, gpu) if plan.compile else ""
     table.add_row("torch.compile", f"{'on' if plan.compile else 'off'} ({plan.reasons['compile']})"
                   f"{f'; {compile_time}' if compile_time else ''}")  # fmt: skip
     table.add_row("kernels", f"{plan.kernels} ({plan.reasons['kernels']})")
     table.add_row("memory per device", f"{human_bytes(memory['total'])} for weights, gradients and Adam states "
                   f"+ ~{human_bytes(numbers.activation_bytes)} activations per micro-batch")  # fmt: skip
     if plan.peak_flops:
-        gpu = machine.gpu_name()
         setting = mfu_setting(plan.attention, plan.compile, plan.kernels, config.document_masking)
         table.add_row("MFU to expect", describe_measured_mfu(preset, gpu, setting))
         mfu = measured_mfu(preset, gpu).get(setting, 0.4)
