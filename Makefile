@@ -10,7 +10,7 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,quantize,qlora,ray
+EXTRAS ?= dev,quantize,qlora,ray,liger
 # pytest workers: tests spawn subprocesses of their own, two workers keep both cores busy
 PYTEST_WORKERS ?= 2
 

@@ -8,10 +8,10 @@
 # wheels: installs from the carried .whl/ folder every distribution the machine does not have (into
 #   $WORK/site-packages, first on PYTHONPATH; a machine's package older than the carried one is shadowed)
 # sweep: bench/bench_pretrain.py --sweep: the 125m, 350m and 1b presets at seq 2048 with document masking, SDPA
-#   with the dense mask vs FlexAttention block masks, eager vs torch.compile, Liger kernels, and the plain PyTorch
-#   loop with the same kernels; a markdown table in OUTDIR/sweep.md, rewritten after every run. Runs that would
-#   start after SWEEP_DEADLINE seconds are skipped (listed as such); SWEEP_FROM=N starts at the Nth run of the
-#   sweep's order (a second call picks up where the first stopped)
+#   with the dense mask vs FlexAttention block masks, eager vs torch.compile, Liger's kernels together and each
+#   alone, seeds, and the plain PyTorch loop with the same kernels; a markdown table in OUTDIR/sweep.md, rewritten
+#   after every run. Runs that would start after SWEEP_DEADLINE seconds are skipped (listed as such);
+#   SWEEP_FROM=N starts at the Nth run of the sweep's order (a second call picks up where the first stopped)
 # corpus: documents made from the text files of the installed Python packages (real code and prose, no download)
 # tokens: `llmforge tokenize train` + `encode` with recipes/gpu's tokenizer.yaml / encode.yaml, into $TOKENS
 #   (made here and carried instead, the device's minutes go to the sweep: bench/RESULTS.md has the commands)
@@ -158,12 +158,12 @@ if wanted env; then
     {
         nvidia-smi
         python3 --version
-        python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())'
+        python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_bf16_supported()); print("gpu:", torch.cuda.get_device_name(0))'
         python3 -m pip list 2>/dev/null | grep -i -E '^(torch|triton|transformers|deepspeed|trl|peft|accelerate|datasets|tokenizers|pydantic|flash.attn|vllm|bitsandbytes|liger.kernel) '
         python3 -c 'import deepspeed, liger_kernel, llmforge.stages.pretrain; print("imports: deepspeed, liger_kernel, llmforge: ok")'
         df -h /tmp
     } >"$OUT/logs/env.log" 2>&1
-    note "env: $(grep -m1 -o 'NVIDIA [A-Z0-9 ]*[0-9]GB[A-Z0-9 ]*' "$OUT/logs/env.log" || echo '?')"
+    note "env: $(grep -m1 '^gpu: ' "$OUT/logs/env.log" || echo 'no GPU name (logs/env.log)')"
 fi
 
 if wanted corpus; then

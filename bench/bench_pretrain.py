@@ -26,10 +26,12 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from llmforge.artifacts import InputRef, canonical_hash, run_stage
 from llmforge.config import StageConfig
+from llmforge.model.kernels import FUSED_LOSS
 
 
 class BenchTokens(StageConfig):
@@ -142,7 +144,7 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
     model_config.use_cache = False
     attention = config["model"].get("attention", "sdpa")
     model_config._attn_implementation = attention
-    model = build_model(model_config, seed=0).to(device)
+    model = build_model(model_config, seed=config.get("seed", 0)).to(device)
 
     def cross_entropy(logits, targets):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
@@ -154,7 +156,7 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
                                   fused=device == "cuda")  # fmt: skip
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule("cosine", steps, 2))
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    data = PackedWindows(tokens, "train", seq_len, seed=0)
+    data = PackedWindows(tokens, "train", seq_len, seed=config.get("seed", 0))
     rates = []
     for step in range(steps):
         clock = time.perf_counter()
@@ -190,10 +192,9 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
             "settings": f"{attention}, {'compiled' if config.get('compile') else 'eager'}, kernels none"}  # fmt: skip
 
 
-# The sweep: what to vary, and the order the runs go in, most telling first (on a GPU: today's eager SDPA with the
-# dense document mask, then the defaults, the plain loop with the same kernels, each change on its own, Liger).
-# Sizes 0, 1, 2 are the presets given to --sweep, in order; runs that would start past --deadline are skipped.
-# Liger's kernels are not tried compiled: that fails (bench/RESULTS.md) and llmforge refuses the pair.
+# The sweep: what to vary, and the order the runs go in, most telling first. Sizes 0, 1, 2 are the presets given to
+# --sweep, in order; runs that would start past --deadline are skipped. Liger's fused loss is not tried compiled:
+# that fails (bench/RESULTS.md) and llmforge refuses the pair; its RMSNorm and SwiGLU alone are.
 VARIANTS = {
     "sdpa-mask eager": {"attention": "sdpa", "compile": False},
     "sdpa-mask compiled": {"attention": "sdpa", "compile": True},
@@ -201,14 +202,39 @@ VARIANTS = {
     "flex compiled": {"attention": "flex_attention", "compile": True},
     "flex eager + liger": {"attention": "flex_attention", "compile": False, "kernels": "liger"},
     "sdpa-mask eager + liger": {"attention": "sdpa", "compile": False, "kernels": "liger"},
+    # each Liger kernel on its own
+    "flex eager + rms_norm": {"attention": "flex_attention", "compile": False, "kernels": "rms_norm"},
+    "flex eager + swiglu": {"attention": "flex_attention", "compile": False, "kernels": "swiglu"},
+    "flex eager + fused loss": {"attention": "flex_attention", "compile": False, "kernels": FUSED_LOSS},
+    "flex compiled + rms_norm": {"attention": "flex_attention", "compile": True, "kernels": "rms_norm"},
+    "flex compiled + swiglu": {"attention": "flex_attention", "compile": True, "kernels": "swiglu"},
+    "flex compiled micro 32": {"attention": "flex_attention", "compile": True, "micro": 32},
 }
+# (size, variant, loop, seed). Runs 0-15: the first H200 call's order (2026-12-04). From 16 (SWEEP_FROM=16): each
+# Liger kernel on its own, the defaults over seeds 0-2 (and the plain loop's, for the ratio's spread), the rows the
+# first budget did not reach.
 SWEEP = [
-    (0, "sdpa-mask eager", "llmforge"), (0, "flex compiled", "llmforge"), (1, "flex compiled", "llmforge"),
-    (2, "flex compiled", "llmforge"), (0, "flex compiled", "plain"), (2, "flex compiled", "plain"),
-    (1, "flex compiled", "plain"), (0, "flex eager", "llmforge"), (0, "flex eager + liger", "llmforge"),
-    (1, "flex eager", "llmforge"), (1, "flex eager + liger", "llmforge"), (2, "flex eager + liger", "llmforge"),
-    (0, "sdpa-mask compiled", "llmforge"), (1, "sdpa-mask eager", "llmforge"), (2, "sdpa-mask eager", "llmforge"),
-    (0, "sdpa-mask eager + liger", "llmforge"),
+    (0, "sdpa-mask eager", "llmforge", 0), (0, "flex compiled", "llmforge", 0), (1, "flex compiled", "llmforge", 0),
+    (2, "flex compiled", "llmforge", 0), (0, "flex compiled", "plain", 0), (2, "flex compiled", "plain", 0),
+    (1, "flex compiled", "plain", 0), (0, "flex eager", "llmforge", 0), (0, "flex eager + liger", "llmforge", 0),
+    (1, "flex eager", "llmforge", 0), (1, "flex eager + liger", "llmforge", 0),
+    (2, "flex eager + liger", "llmforge", 0), (0, "sdpa-mask compiled", "llmforge", 0),
+    (1, "sdpa-mask eager", "llmforge", 0), (2, "sdpa-mask eager", "llmforge", 0),
+    (0, "sdpa-mask eager + liger", "llmforge", 0),
+    # 16-
+    (0, "flex eager", "llmforge", 0), (0, "flex eager + rms_norm", "llmforge", 0),
+    (0, "flex eager + swiglu", "llmforge", 0), (0, "flex eager + fused loss", "llmforge", 0),
+    (0, "flex eager + liger", "llmforge", 0),
+    (0, "flex compiled", "llmforge", 0), (0, "flex compiled", "llmforge", 1), (0, "flex compiled", "llmforge", 2),
+    (0, "flex compiled", "plain", 0), (0, "flex compiled", "plain", 1), (0, "flex compiled", "plain", 2),
+    (1, "flex compiled", "llmforge", 0), (1, "flex compiled", "llmforge", 1), (1, "flex compiled", "llmforge", 2),
+    (0, "flex compiled + rms_norm", "llmforge", 0), (0, "flex compiled + swiglu", "llmforge", 0),
+    (0, "flex compiled micro 32", "llmforge", 0), (0, "sdpa-mask compiled", "llmforge", 0),
+    (1, "sdpa-mask eager", "llmforge", 0), (2, "sdpa-mask eager", "llmforge", 0),
+    (1, "flex compiled", "plain", 0), (1, "flex compiled", "plain", 1), (1, "flex compiled", "plain", 2),
+    (2, "flex compiled", "llmforge", 0), (2, "flex compiled", "llmforge", 1), (2, "flex compiled", "llmforge", 2),
+    (1, "flex eager", "llmforge", 0), (1, "flex eager + rms_norm", "llmforge", 0),
+    (1, "flex eager + swiglu", "llmforge", 0), (1, "flex eager + fused loss", "llmforge", 0),
 ]  # fmt: skip
 MICRO = {"1b": 8}  # sequences per micro-batch where --micro is too many (the 1b's eager runs on an 80 GB GPU)
 
@@ -228,8 +254,8 @@ def sweep(tokens: Path, root: Path, args) -> None:
               f"micro-batch x {args.accumulation} accumulation, bf16 where the GPU has it, document masking on, "
               "DeepSpeed ZeRO-0 (llmforge) or none (plain); steady = median after step 3; first step + = step "
               "1's time beyond a steady step (compiling)\n\n"
-              "| preset | variant | loop | settings (as run) | tokens/s | MFU | peak memory (GB) | first step + (s) "
-              "| final loss | run (s) |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+              "| preset | variant | loop | seed | settings (as run) | tokens/s | MFU | peak memory (GB) "
+              "| first step + (s) | final loss | run (s) |\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     rows: list[str] = []
 
     def write() -> None:
@@ -240,35 +266,38 @@ def sweep(tokens: Path, root: Path, args) -> None:
 
     write()
     started = time.perf_counter()
-    for size, variant, loop in SWEEP[args.start :]:
+    for size, variant, loop, seed in SWEEP[args.start :]:
         if size >= len(presets) or (args.variants and variant not in args.variants.split(",")):
             continue
         preset = presets[size]
         if args.deadline and time.perf_counter() - started > args.deadline:
-            rows.append(f"| {preset} | {variant} | {loop} | skipped: past the {args.deadline:.0f} s deadline "
-                        "| | | | | | |")  # fmt: skip
+            rows.append(f"| {preset} | {variant} | {loop} | {seed} | skipped: past the {args.deadline:.0f} s "
+                        "deadline | | | | | | |")  # fmt: skip
             write()
             continue
-        micro = MICRO.get(preset, args.micro)
+        changes = dict(VARIANTS[variant])
+        micro = changes.pop("micro", MICRO.get(preset, args.micro))
         config = settings(
-            preset, args.seq_len, micro, args.accumulation, args.sweep_steps, **VARIANTS[variant]
+            preset, args.seq_len, micro, args.accumulation, args.sweep_steps, seed=seed, **changes
         )
         clock = time.perf_counter()
-        out = root / f"{preset}-{variant}-{loop}".replace(" ", "_")
+        out = root / f"{preset}-{variant}-{loop}-{seed}".replace(" ", "_").replace(",", "")
         try:
             result = (plain_run if loop == "plain" else llmforge_run)(tokens, out, config)
         except InputError as exc:
-            rows.append(f"| {preset} | {variant} | {loop} | refused: {exc} | | | | | | |")
+            rows.append(f"| {preset} | {variant} | {loop} | {seed} | refused: {exc} | | | | | | |")
         except Exception as exc:  # noqa: BLE001 (an OOM or a kernel that does not run here: the row says so)
+            traceback.print_exc()  # the whole story in the log
             message = (str(exc).strip().splitlines() or [""])[0][:160]
             rows.append(
-                f"| {preset} | {variant} | {loop} | failed: {type(exc).__name__}: {message} | | | | | | |"
+                f"| {preset} | {variant} | {loop} | {seed} | failed: {type(exc).__name__}: {message} | | | | | | |"
             )
         else:
             mfu = f"{result['mfu']:.1%}" if result.get("mfu") is not None else "n/a"
             memory = f"{result['memory_gb']:.1f}" if result.get("memory_gb") is not None else "n/a"
             extra = result.get("first_step_extra_s")
-            rows.append(f"| {preset} | {variant} | {loop} | {result['settings']} | {result['tokens_per_s']:,.0f} | "
+            rows.append(f"| {preset} | {variant} | {loop} | {seed} | {result['settings']} | "
+                        f"{result['tokens_per_s']:,.0f} | "
                         f"{mfu} | {memory} | {'n/a' if extra is None else f'{extra:.1f}'} | "
                         f"{result['loss_final']:.4f} | {time.perf_counter() - clock:.0f} |")  # fmt: skip
         write()

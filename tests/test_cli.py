@@ -140,6 +140,8 @@ OLD_SPELLINGS = {
         (["--attention", "flex_attention"], "model.attention", "flex_attention"),
         (["--kernels", "liger"], "kernels", "liger"),
         (["--kernels", "none"], "kernels", "none"),
+        (["--kernels", "swiglu,rms_norm"], "kernels", "rms_norm,swiglu"),
+        (["--kernels", "rms_norm,swiglu,fused_linear_cross_entropy"], "kernels", "liger"),
     ],
     "sft": [*POSTTRAIN, (["--packing"], "packing", True)],
     "dpo": [*POSTTRAIN, (["--loss", "ipo"], "loss", "ipo"), (["--beta", "0.2"], "beta", 0.2)],

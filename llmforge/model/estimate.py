@@ -57,31 +57,41 @@ PEAK_BF16_TFLOPS: dict[str, float] = {
 
 
 # Model FLOPs utilisation measured with `llmforge pretrain` (bf16 autocast, seq 2048, document masking on, one GPU,
-# micro-batch 16, 8 for the 1b), by preset and GPU; bench/RESULTS.md has the runs. Nothing else is measured: a
-# preset or GPU not listed here is "not measured" until bench/bench_gpu.sh runs on it.
+# micro-batch 16, 8 for the 1b), by preset and GPU, every run (seeds, leases); bench/RESULTS.md has them. Nothing
+# else is measured: a preset or GPU not listed here is "not measured" until bench/bench_gpu.sh runs on it.
 # Keys: (preset, GPU name key, setting as mfu_setting() names it).
-MEASURED_MFU: dict[tuple[str, str, str], float] = {
+COMPILED_FLEX = "torch.compile, FlexAttention block masks"
+EAGER_FLEX = "eager, FlexAttention block masks"
+MEASURED_MFU: dict[tuple[str, str, str], tuple[float, ...]] = {
     # 2026-11-23, H100 80GB HBM3 (SXM), torch 2.11, DeepSpeed ZeRO-2 on one process
-    ("125m", "H100", "eager, SDPA with a dense document mask"): 0.159,
-    ("125m", "H100", "torch.compile, SDPA with a dense document mask"): 0.258,
-    # 2026-12-04, H200 (141 GB), torch 2.11, ZeRO-0: bench/bench_pretrain.py --sweep
-    ("125m", "H200", "torch.compile, FlexAttention block masks"): 0.360,
-    ("350m", "H200", "torch.compile, FlexAttention block masks"): 0.430,
-    ("1b", "H200", "torch.compile, FlexAttention block masks"): 0.527,
-    ("125m", "H200", "eager, SDPA with a dense document mask"): 0.169,
-    ("125m", "H200", "eager, FlexAttention block masks"): 0.184,
-    ("350m", "H200", "eager, FlexAttention block masks"): 0.240,
-    ("125m", "H200", "eager, FlexAttention block masks, Liger kernels"): 0.218,
-    ("350m", "H200", "eager, FlexAttention block masks, Liger kernels"): 0.289,
+    ("125m", "H100", "eager, SDPA with a dense document mask"): (0.159,),
+    ("125m", "H100", "torch.compile, SDPA with a dense document mask"): (0.258,),
+    # 2026-12-04, H200 (141 GB), torch 2.11, ZeRO-0: bench/bench_pretrain.py --sweep on two leases (the first
+    # figure is the first lease's; the rest seeds 0-2 on the second)
+    ("125m", "H200", COMPILED_FLEX): (0.360, 0.331, 0.331, 0.334),
+    ("350m", "H200", COMPILED_FLEX): (0.430, 0.420, 0.421, 0.424),
+    ("1b", "H200", COMPILED_FLEX): (0.527,),
+    ("125m", "H200", "eager, SDPA with a dense document mask"): (0.169,),
+    ("350m", "H200", "eager, SDPA with a dense document mask"): (0.209,),
+    ("1b", "H200", "eager, SDPA with a dense document mask"): (0.325,),
+    ("125m", "H200", EAGER_FLEX): (0.184, 0.181),
+    ("350m", "H200", EAGER_FLEX): (0.240,),
+    ("125m", "H200", f"{EAGER_FLEX}, Liger kernels"): (0.218, 0.208),
+    ("350m", "H200", f"{EAGER_FLEX}, Liger kernels"): (0.289,),
+    ("125m", "H200", f"{EAGER_FLEX}, Liger rms_norm"): (0.199,),
+    ("125m", "H200", f"{EAGER_FLEX}, Liger swiglu"): (0.183,),
+    ("125m", "H200", f"{EAGER_FLEX}, Liger fused_linear_cross_entropy"): (0.186,),
+    ("125m", "H200", f"{COMPILED_FLEX}, Liger rms_norm"): (0.308,),
+    ("125m", "H200", f"{COMPILED_FLEX}, Liger swiglu"): (0.328,),
 }
 MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768"
 # Step 1's time beyond a steady step with torch.compile on (compiling, and FlexAttention's kernels), in seconds,
 # by (preset, GPU name key); the same runs as MEASURED_MFU (H100: SDPA; H200: FlexAttention)
-MEASURED_COMPILE_SECONDS: dict[tuple[str, str], float] = {
-    ("125m", "H100"): 45.0,
-    ("125m", "H200"): 34.2,
-    ("350m", "H200"): 50.3,
-    ("1b", "H200"): 56.2,
+MEASURED_COMPILE_SECONDS: dict[tuple[str, str], tuple[float, ...]] = {
+    ("125m", "H100"): (45.0,),
+    ("125m", "H200"): (34.2, 53.1),  # a fresh compile on each lease (the seeds after the first hit its cache)
+    ("350m", "H200"): (50.3, 67.6),
+    ("1b", "H200"): (56.2,),
 }
 ATTENTION_NAMES = {"flex_attention": "FlexAttention block masks", "flash_attention_2": "flash-attn varlen",
                    "eager": "eager attention"}  # fmt: skip
@@ -94,7 +104,8 @@ def mfu_setting(attention: str, compiled: bool, kernels: str, document_masking: 
         "sdpa": "SDPA with a dense document mask" if document_masking else "SDPA, causal",
     }
     parts = ["torch.compile" if compiled else "eager", names[attention]]
-    return ", ".join(parts + (["Liger kernels"] if kernels == "liger" else []))
+    liger = {"none": [], "liger": ["Liger kernels"]}.get(kernels, [f"Liger {kernels.replace(',', ' + ')}"])
+    return ", ".join(parts + liger)
 
 
 def device_key(name: str) -> str | None:
@@ -105,21 +116,31 @@ def device_key(name: str) -> str | None:
     return None
 
 
-def measured_mfu(preset: str | None, gpu: str | None) -> dict[str, float]:
-    """The MFU measured for this preset on this GPU, by setting ({} when not measured)."""
+def measured_mfu(preset: str | None, gpu: str | None) -> dict[str, tuple[float, ...]]:
+    """The MFU of every run measured for this preset on this GPU, by setting ({} when not measured)."""
     key = device_key(gpu) if gpu else None
     if preset is None or key is None:
         return {}
     return {
-        setting: mfu for (p, device, setting), mfu in MEASURED_MFU.items() if p == preset and device == key
+        setting: runs for (p, device, setting), runs in MEASURED_MFU.items() if p == preset and device == key
     }
+
+
+def spread(runs: tuple[float, ...]) -> str:
+    """'42.0%' for one run, '42.0-43.0% (4 runs)' for several."""
+    if len(runs) == 1:
+        return f"{runs[0]:.1%}"
+    return f"{min(runs) * 100:.1f}-{max(runs):.1%} ({len(runs)} runs)"
 
 
 def describe_compile_time(preset: str | None, gpu: str | None) -> str:
     """What compiling cost step 1 for this preset on this GPU, where measured ('' otherwise)."""
     key = device_key(gpu) if gpu else None
-    seconds = MEASURED_COMPILE_SECONDS.get((preset, key)) if preset and key else None
-    return f"step 1 compiles: {seconds:.0f} s measured for {preset} on {key}" if seconds else ""
+    runs = MEASURED_COMPILE_SECONDS.get((preset, key)) if preset and key else None
+    if not runs:
+        return ""
+    seconds = f"{min(runs):.0f}-{max(runs):.0f} s" if len(runs) > 1 else f"{runs[0]:.0f} s"
+    return f"step 1 compiles: {seconds} measured for {preset} on {key}"
 
 
 def describe_measured_mfu(preset: str | None, gpu: str | None, setting: str | None = None) -> str:
@@ -130,11 +151,12 @@ def describe_measured_mfu(preset: str | None, gpu: str | None, setting: str | No
     if not measured:
         return f"not measured for {what} (bench/bench_gpu.sh measures it)"
     if setting in measured:
-        others = "; ".join(f"{mfu:.1%} {name}" for name, mfu in measured.items() if name != setting)
-        return (f"{measured[setting]:.1%} measured for {what} with these settings ({setting})"
+        others = "; ".join(f"{spread(runs)} {name}" for name, runs in measured.items() if name != setting)
+        return (f"{spread(measured[setting])} measured for {what} with these settings ({setting})"
                 f"{f'; other settings: {others}' if others else ''} ({MEASURED_WHERE})")  # fmt: skip
-    figures = "; ".join(f"{mfu:.1%} {name}" for name, mfu in measured.items())
-    return f"measured for {what}: {figures} ({MEASURED_WHERE})"
+    figures = "; ".join(f"{spread(runs)} {name}" for name, runs in measured.items())
+    unmeasured = f"not measured with these settings ({setting}); " if setting else ""
+    return f"{unmeasured}measured for {what}: {figures} ({MEASURED_WHERE})"
 
 
 def device_peak_flops(name: str) -> float | None:
@@ -342,7 +364,9 @@ class Estimate:
     cost: float | None = None
     preset: str | None = None  # the size preset the shape is (any vocabulary)
     gpu: str | None = None
-    measured_mfu: dict[str, float] | None = None  # MFU measured for the preset on the GPU, by setting
+    measured_mfu: dict[str, tuple[float, ...]] | None = (
+        None  # MFU of each run for the preset on the GPU, by setting
+    )
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

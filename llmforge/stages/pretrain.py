@@ -179,17 +179,18 @@ class Config(StageConfig):
     )
     compile: bool | None = runtime_field(
         None,
-        description="torch.compile the model and the loss; none = on GPUs (ZeRO 0-2, not with kernels liger), "
+        description="torch.compile the model and the loss; none = on GPUs (ZeRO 0-2, not with Liger's fused loss), "
         "off on CPU",
     )
     compile_backend: str = runtime_field(
         "inductor",
         description="torch.compile backend (inductor; aot_eager skips code generation, for debugging)",
     )
-    kernels: Literal["auto", "liger", "none"] = runtime_field(
+    kernels: str = runtime_field(
         "auto",
-        description="Fused Triton kernels from Liger Kernel (RMSNorm, SwiGLU, fused linear cross-entropy); "
-        "auto = liger for uncompiled GPU runs where liger-kernel is installed (not with ZeRO-3; they fail under "
+        description="Fused Triton kernels from Liger Kernel: liger = all three, or a comma-separated list of "
+        "rms_norm, swiglu, fused_linear_cross_entropy (each measured on its own in bench/RESULTS.md); auto = liger "
+        "for uncompiled GPU runs where liger-kernel is installed (not with ZeRO-3; the fused loss fails under "
         "torch.compile), none = PyTorch's",
     )
     seed: int = Field(0, description="Seed for the initial weights and the data order")
@@ -205,6 +206,13 @@ class Config(StageConfig):
     stop_after: int | None = runtime_field(
         None, ge=1, description="Stop this invocation once the run reaches this step (resume state saved)"
     )
+
+    @field_validator("kernels")
+    @classmethod
+    def _known_kernels(cls, value: str) -> str:
+        from llmforge.model.kernels import canonical_kernels
+
+        return canonical_kernels(value)
 
 
 class Stats(TrainingSummary):
@@ -224,7 +232,7 @@ class Stats(TrainingSummary):
     zero: int  # DeepSpeed ZeRO stage
     attention: str  # the attention implementation the run used
     compiled: bool  # torch.compile on
-    kernels: str  # liger | none
+    kernels: str  # none, liger (all three) or the Liger kernels used, comma-separated
     first_step_extra_seconds: NotRequired[float]  # step 1 beyond a steady step: torch.compile, allocations
 
 

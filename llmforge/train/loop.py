@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from llmforge import machine
 from llmforge.errors import LLMForgeError
 from llmforge.files import write_json
+from llmforge.model.kernels import FUSED_LOSS, liger_kernels
 from llmforge.train import checkpoint as ckpt
 from llmforge.train.data import PackedWindows
 from llmforge.train.schedule import Schedule
@@ -57,7 +58,7 @@ class RunSpec:
     precision: str  # fp32 | bf16 (applied through the DeepSpeed config)
     attention: str  # sdpa | flex_attention | flash_attention_2 | eager
     compile: bool  # torch.compile the model and the loss
-    kernels: str  # liger | none
+    kernels: str  # none, liger (all three) or the Liger kernels, comma-separated (llmforge.model.kernels)
     deepspeed: dict[str, Any]  # the DeepSpeed config, with llmforge's monitor sections
     flops_per_token: float  # for FLOP/s and MFU
     peak_flops: float | None  # per device; None = not known
@@ -161,6 +162,7 @@ class Trainer:
                                  spec.flops_per_token, spec.peak_flops, self.world, monitors)  # fmt: skip
         self.vocab_size = spec.model_config["vocab_size"]
         self.flatten = config.document_masking and spec.attention == "flash_attention_2"
+        self.fused_loss = FUSED_LOSS in liger_kernels(spec.kernels)  # the model's forward returns the loss
         self.cross_entropy = token_cross_entropy
         if spec.compile:  # fused by inductor: no float32 copy of the logits
             self.cross_entropy = torch.compile(token_cross_entropy, backend=config.compile_backend)
@@ -204,10 +206,10 @@ class Trainer:
         if settings.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        if spec.kernels == "liger":
+        if spec.kernels != "none":
             from llmforge.model.kernels import apply_liger
 
-            apply_liger(model)
+            apply_liger(model, spec.kernels)
         optimizer = self._optimizer(model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -445,7 +447,7 @@ class Trainer:
 
         input_ids, targets, position_ids = tensors
         inputs = model_inputs(input_ids, position_ids, self.spec.attention)
-        if self.spec.kernels == "liger" and engine.module.training and reduction == "mean":
+        if self.fused_loss and engine.module.training and reduction == "mean":
             # Liger's fused linear cross-entropy: the mean loss straight from the hidden states, no logits
             return engine(**inputs, shift_labels=targets).loss
         return self.cross_entropy(engine(**inputs).logits, targets, reduction)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmforge import machine
 from llmforge.errors import InputError
+from llmforge.model.kernels import FUSED_LOSS, LIGER_MODEL_TYPES, canonical_kernels, liger_kernels
 
 if TYPE_CHECKING:
     from llmforge.artifacts import Artifact
@@ -39,7 +40,7 @@ class Plan:
     precision: str  # fp32 | bf16
     attention: str  # sdpa | flex_attention | flash_attention_2 | eager
     compile: bool  # torch.compile the model and the loss
-    kernels: str  # liger | none
+    kernels: str  # none, liger (all three) or the Liger kernels, comma-separated (llmforge.model.kernels)
     reasons: dict[str, str]  # why attention, compile and kernels are what they are (shown in the plan)
     deepspeed: dict[str, Any]  # the engine's DeepSpeed config (the run adds the monitor sections)
     available_tokens: int  # tokens in the train split's seq_len windows
@@ -111,6 +112,8 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     attention, attention_why = resolve_attention(config.model.attention, config.document_masking)
     kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type, config.compile)
     compiled, compile_why = resolve_compile(config.compile, zero, kernels)
+    if compiled and kernels != "none":
+        kernels_why += "; under torch.compile Liger's RMSNorm and SwiGLU measured no faster than without"
     return Plan(tokens=artifact, model_config=hf_config, init=source, init_context=context, world_size=world,
                 accumulation=accumulation, steps=steps, warmup=min(warmup, steps), precision=precision,
                 attention=attention, compile=compiled, kernels=kernels,
@@ -179,7 +182,8 @@ def print_plan(plan: Plan, config: Config) -> None:
     if plan.peak_flops:
         setting = mfu_setting(plan.attention, plan.compile, plan.kernels, config.document_masking)
         table.add_row("MFU to expect", describe_measured_mfu(preset, gpu, setting))
-        mfu = measured_mfu(preset, gpu).get(setting, 0.4)
+        # the lowest run measured: a plan should not overpromise
+        mfu = min(measured_mfu(preset, gpu).get(setting, (0.4,)))
         hours = numbers.training_flops / (plan.peak_flops * plan.world_size * mfu) / 3600
         table.add_row(f"time at {mfu:.0%} MFU", f"{hours:.3g} h on {plan.world_size} devices (measured after the "
                       "first steps)")  # fmt: skip
@@ -325,11 +329,13 @@ def resolve_attention(attention: str, document_masking: bool) -> tuple[str, str]
     return "sdpa", "auto: SDPA on CPU (FlexAttention has no backward pass there)"
 
 
-# Measured on an H200 (bench/RESULTS.md): Liger's kernels under torch.compile failed (torch 2.11, liger-kernel
-# 0.8.5: a fake-tensor error tracing its fused cross-entropy), and compiled without them was faster than eager with
-# them (125m 36.0% vs 21.8% MFU, 350m 43.0% vs 28.9%); eager, they gained 1.18-1.20x over PyTorch's kernels.
-LIGER_UNDER_COMPILE = ("Liger's kernels fail under torch.compile (measured: torch 2.11, liger-kernel 0.8.5; "
-                       "bench/RESULTS.md)")  # fmt: skip
+# Measured on an H200 (bench/RESULTS.md; torch 2.11, liger-kernel 0.8.5): Liger's fused linear cross-entropy fails
+# under torch.compile (a fake-tensor error tracing its addmm); its RMSNorm and SwiGLU compile but do not pay there
+# (125m: 0.93x and 0.99x of compiled without them). Compiled without Liger was the fastest (125m 33.1-36.0% MFU vs
+# 20.8-21.8% eager with all three). Eager, all three gained 1.15-1.20x and halved memory; each alone 1.10x
+# (rms_norm), 1.01x (swiglu), 1.03x (the fused loss, and a third less memory).
+LIGER_UNDER_COMPILE = ("Liger's fused linear cross-entropy fails under torch.compile (measured: torch 2.11, "
+                       "liger-kernel 0.8.5; bench/RESULTS.md)")  # fmt: skip
 
 
 def resolve_compile(compile: bool | None, zero: int, kernels: str = "none") -> tuple[bool, str]:
@@ -341,41 +347,50 @@ def resolve_compile(compile: bool | None, zero: int, kernels: str = "none") -> t
         return False, "auto: off on CPU (the compile time outweighs any gain on short CPU runs)"
     if zero == 3:
         return False, "auto: off with ZeRO-3 (not measured); --compile to try it"
-    if kernels == "liger":
-        return False, f"auto: off with kernels liger ({LIGER_UNDER_COMPILE})"
+    if FUSED_LOSS in liger_kernels(kernels):
+        return False, f"auto: off with kernels {kernels} ({LIGER_UNDER_COMPILE})"
     return True, "auto: on GPUs (step 1 pays for compiling; the log and metrics.jsonl say how long)"
 
 
 def resolve_kernels(kernels: str, zero: int, model_type: str, compile: bool | None = None) -> tuple[str, str]:
-    """liger or none, and why. Liger's kernels are Triton (CUDA GPUs); its fused linear cross-entropy reads the
-    output weights directly, which ZeRO-3 has sharded away, so it is not used there. Asked for where it cannot run,
-    the run falls back to PyTorch's kernels and the plan (printed once per run) says why. `auto` takes them only
-    for runs set not to compile: compiled without them measured faster, and with them compiling fails."""
-    from llmforge.model.kernels import LIGER_MODEL_TYPES
+    """The Liger kernels to use (none, liger = all three, or a comma-separated subset), and why. They are Triton
+    (CUDA GPUs); the fused linear cross-entropy reads the output weights directly, which ZeRO-3 has sharded away,
+    so it is left out there. Asked for where they cannot run, the run falls back to PyTorch's kernels and the plan
+    (printed once per run) says why. `auto` takes all three only for runs set not to compile: compiled without
+    them measured faster, and the fused loss fails under torch.compile."""
+    from llmforge.console import warn
 
     if kernels == "none":
         return "none", "as set"
+    missing = None
     if not machine.has_cuda():
         missing = "Liger's Triton kernels need a CUDA GPU"
     elif not machine.has_package("liger_kernel"):
         missing = "liger-kernel is not installed (pip install liger-kernel)"
-    elif zero == 3:
-        missing = "not with ZeRO-3 (the fused cross-entropy reads the sharded output weights)"
     elif model_type not in LIGER_MODEL_TYPES:
         missing = f"Liger is wired for {', '.join(LIGER_MODEL_TYPES)}, not {model_type}"
-    elif kernels == "liger" and compile:
-        raise InputError(f"kernels liger with compile: {LIGER_UNDER_COMPILE}; choose one (compiled without Liger "
-                         "was the faster)")  # fmt: skip
-    elif kernels == "liger" or compile is False:
-        return "liger", f"{kernels}: Liger's RMSNorm, SwiGLU and fused linear cross-entropy"
-    else:
+    elif kernels == "auto" and zero == 3:
+        missing = "not measured with ZeRO-3"
+    elif kernels == "auto" and compile is not False:
         return "none", ("auto: torch.compile instead (compiled without Liger measured faster than eager with it, "
-                        "and Liger's kernels fail under it)")  # fmt: skip
-    if kernels == "liger":
-        from llmforge.console import warn
-
-        warn(f"kernels liger: {missing}; falling back to PyTorch's kernels")
-    return "none", f"{kernels}: {missing}; PyTorch's kernels"
+                        "and its fused loss fails under torch.compile)")  # fmt: skip
+    if missing:
+        if kernels != "auto":
+            warn(f"kernels {kernels}: {missing}; falling back to PyTorch's kernels")
+        return "none", f"{kernels}: {missing}; PyTorch's kernels"
+    chosen = liger_kernels("liger" if kernels == "auto" else kernels)
+    why = f"{kernels}: Liger's {', '.join(chosen)}"
+    if FUSED_LOSS in chosen and zero == 3:
+        chosen = tuple(k for k in chosen if k != FUSED_LOSS)
+        left_out = f"{FUSED_LOSS} left out with ZeRO-3 (it reads the sharded output weights)"
+        warn(f"kernels {kernels}: {left_out}")
+        why = f"{kernels}: " + (
+            f"Liger's {', '.join(chosen)}; {left_out}" if chosen else f"{left_out}; PyTorch's"
+        )
+    if FUSED_LOSS in chosen and compile:
+        raise InputError(f"kernels {kernels} with compile: {LIGER_UNDER_COMPILE}; choose one (compiled without "
+                         f"Liger was the faster), or leave {FUSED_LOSS} out")  # fmt: skip
+    return (canonical_kernels(",".join(chosen)) if chosen else "none"), why
 
 
 def accumulation_steps(config: Config, world: int) -> int:
