@@ -393,54 +393,61 @@ class Trainer:
         return "finished"
 
     def train_step(self, engine, batch: int, step: int, recent: deque) -> tuple[float, float | None]:
-        """Forward and backward over this process's micro-batches of global batch `batch`, then one update."""
+        """Forward and backward over this process's micro-batches of global batch `batch`, then one update.
+
+        The GPU is waited for once, after the update is queued: the losses and the gradient norm stay on the device
+        until then (a wait per micro-batch left the GPU idle while the next kernels were launched). A NaN or a
+        spike found then rewinds, which rebuilds the engine from the last checkpoint, so an update made from that
+        batch is thrown away with it."""
+        import torch
         import torch.distributed as dist
 
         spec, config = self.spec, self.config
-        spike = config.stability.spike_factor
-        losses = []
-        grad_norm = None
+        losses, grad_norm = [], None
         for micro_step in range(spec.accumulation):
             loss = self.loss(engine, self._tensors(self.train_data.micro_batch(
                 batch, micro_step, self.rank, config.micro_batch_size, spec.accumulation, self.world)))  # fmt: skip
             if batch in self.injected:
                 loss = loss * self.injected[batch]
-            shared = loss.detach().clone()
-            dist.all_reduce(shared)
-            losses.append(shared.item() / self.world)
-            if not math.isfinite(losses[-1]):
-                raise Rewind(batch, step + 1, f"loss is {losses[-1]}")
-            if micro_step == spec.accumulation - 1:
-                step_loss = sum(losses) / len(losses)
-                if (spike > 0 and len(recent) == recent.maxlen
-                        and step_loss > spike * (sum(recent) / len(recent))):  # fmt: skip
-                    raise Rewind(batch, step + 1, f"loss spike: {step_loss:.4f} > {spike:g} x the "
-                                                  f"mean {sum(recent) / len(recent):.4f} of the last {len(recent)} steps")  # fmt: skip
+            losses.append(loss.detach().float())
             engine.backward(loss)
             if micro_step == spec.accumulation - 1 and not engine.zero_optimization():
                 grad_norm = self._grad_norm(engine)  # ZeRO-0 does not keep the norm it clips with
             engine.step()
+        shared = torch.stack(losses)
+        dist.all_reduce(shared)
+        losses = (shared / self.world).tolist()  # the step's one wait for the GPU
         if engine.zero_optimization():
             grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else None
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        step_loss = sum(losses) / len(losses)
+        if not all(math.isfinite(value) for value in losses):
+            raise Rewind(batch, step + 1, f"loss is {next(v for v in losses if not math.isfinite(v))}")
+        spike = config.stability.spike_factor
+        if spike > 0 and len(recent) == recent.maxlen and step_loss > spike * (sum(recent) / len(recent)):
+            raise Rewind(batch, step + 1, f"loss spike: {step_loss:.4f} > {spike:g} x the mean "
+                                          f"{sum(recent) / len(recent):.4f} of the last {len(recent)} steps")  # fmt: skip
         if grad_norm is not None and not math.isfinite(grad_norm):
             raise Rewind(batch, step + 1, f"gradient norm is {grad_norm}")
-        return sum(losses) / len(losses), grad_norm
+        return step_loss, grad_norm
 
-    def _grad_norm(self, engine) -> float:
+    def _grad_norm(self, engine):
+        """The global gradient norm as a device tensor (read after the update is queued); one fused kernel per
+        dtype rather than one per parameter."""
         import torch
 
-        norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else 0.0
 
     def _tensors(self, batch):
         import torch
 
         if self.flatten:
             batch = batch.flattened()
-        return tuple(
-            torch.from_numpy(a).to(self.device) for a in (batch.input_ids, batch.targets, batch.position_ids)
-        )
+        arrays = (batch.input_ids, batch.targets, batch.position_ids)
+        if self.device.type == "cuda":  # from pinned memory the copy is queued, not waited for
+            return tuple(torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True) for a in arrays)
+        return tuple(torch.from_numpy(a) for a in arrays)
 
     def loss(self, engine, tensors, reduction: str = "mean"):
         from llmforge.model.attention import model_inputs
