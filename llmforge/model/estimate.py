@@ -364,9 +364,8 @@ class Estimate:
     cost: float | None = None
     preset: str | None = None  # the size preset the shape is (any vocabulary)
     gpu: str | None = None
-    measured_mfu: dict[str, tuple[float, ...]] | None = (
-        None  # MFU of each run for the preset on the GPU, by setting
-    )
+    # the MFU of each run measured for the preset on the GPU, by setting
+    measured_mfu: dict[str, tuple[float, ...]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
