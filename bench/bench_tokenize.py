@@ -153,7 +153,8 @@ def main() -> None:
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
         plain = Tokenizer.from_file(str(tok / "tokenizer.json"))
         encoding = tiktoken_encoding(tok / "tokenizer.json")
-        encode_config = tokenize.EncodeConfig(workers=workers, val_fraction=0)
+        # special tokens matched in the text, as plain encode_batch and datatrove's tokenizer match them: the same ids
+        encode_config = tokenize.EncodeConfig(workers=workers, val_fraction=0, special_tokens="control")
         slow_config = encode_config.model_copy(update={"encoder": "tokenizers"})
         best = {name: [] for name in ("stage", "stage-tokenizers", "threads", "processes", "phase", "datatrove",
                                       "plain", "tiktoken")}  # fmt: skip

@@ -116,6 +116,7 @@ OLD_SPELLINGS = {
         (["--val-fraction", "0.1"], "val_fraction", 0.1),
         (["--workers", "2"], "workers", 2),
         (["--encoder", "tokenizers"], "encoder", "tokenizers"),
+        (["--special-tokens", "control"], "special_tokens", "control"),
     ],
     "pretrain": [
         (["--preset", "tiny"], "model.preset", "tiny"),

@@ -127,6 +127,26 @@ def test_tiktoken_gives_the_ids_of_tokenizers_and_transformers_on_varied_text(bp
     assert Counter(token for ids in got for token in ids)[eos] == sum(text.count(EOS) for text in texts)
 
 
+def test_control_tokens_in_text_can_be_encoded_as_text_the_same_by_both_encoders(bpe):
+    """`special_tokens: text` (the stage's default): a crawled page's `<|im_start|>` or EOS string is encoded as
+    the characters it is, as transformers' split_special_tokens does; tag tokens (<think>, not marked special)
+    still match. tiktoken and tokenizers give the same ids either way."""
+    tokenizer, tokenizer_json = tokenize._backend(bpe)
+    texts = [f"a{EOS}b", f"{CONTROL_TOKENS[3]}user\nhi{CONTROL_TOKENS[4]} <think>x</think>", *VARIED[:20]]
+    control_ids = set(tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS)))
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    as_text = make_encoder(tokenizer_json, "tokenizers", control_tokens=False)(texts)
+    assert [
+        ids.tolist() for ids in make_encoder(tokenizer_json, "tiktoken", control_tokens=False)(texts)
+    ] == as_text
+    assert as_text == tokenizer(texts, split_special_tokens=True)["input_ids"]
+    assert not control_ids & {token for ids in as_text for token in ids} and think in as_text[1]
+    assert tokenizer.decode(as_text[1]) == texts[1]  # nothing lost: the characters are all there
+    assert first_difference(tokenizer_json, texts, control_tokens=False) is None
+    as_control = make_encoder(tokenizer_json, "tokenizers")(texts)
+    assert control_ids & set(as_control[0]) and control_ids & set(as_control[1])
+
+
 def test_a_post_processor_that_adds_tokens_is_reproduced(bpe):
     from tokenizers import Tokenizer, processors
 

@@ -214,6 +214,26 @@ def test_encode_shards_hold_exactly_the_direct_encoding_of_every_document(bpe, c
     assert artifact.verify() == []
 
 
+def test_special_token_strings_in_documents_are_text_unless_asked(bpe, tmp_path):
+    """A page quoting `<|im_start|>` or the EOS string must not put control tokens in the pretraining stream; the
+    EOS the stage appends after each document is the only one. `special_tokens: control` keeps them (chat
+    transcripts rendered on purpose)."""
+    from llmforge.data.tokenizer import CONTROL_TOKENS, EOS
+
+    texts = [f"how to prompt: {CONTROL_TOKENS[3]}user hello{CONTROL_TOKENS[4]} then {EOS}", "plain text"] * 5
+    docs = documents_artifact(tmp_path / "docs", texts)
+    tokenizer = load_tokenizer(bpe)
+    eos, start = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[3])
+    for mode, expected_eos, expected_start in (("text", 10, 0), ("control", 15, 5)):
+        out = tokenize.encode([str(docs)], tmp_path / mode, tokenizer=bpe,
+                              config=EncodeConfig(val_fraction=0.0, special_tokens=mode, workers=1))  # fmt: skip
+        tokens = [t for doc in read_documents(out, "train") for t in doc]
+        assert (tokens.count(eos), tokens.count(start)) == (expected_eos, expected_start), mode
+        if mode == "text":
+            decoded = sorted(tokenizer.decode(doc[:-1]) for doc in read_documents(out, "train"))
+            assert decoded == sorted(texts)  # the characters kept, as text
+
+
 def test_mixture_upsamples_a_small_source_to_its_weight(bpe, corpus, tmp_path):
     config = EncodeConfig(workers=1, target_tokens=20_000, shard_tokens=8_000, val_fraction=0.1)
     specs = [f"web={corpus['web'][0]}:0.6", f"code={corpus['code'][0]}:0.4"]

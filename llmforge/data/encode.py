@@ -48,18 +48,29 @@ EncodeBatch = Callable[[list[str]], Sequence[list[int] | np.ndarray]]
 # Encoding: documents -> per-source chunks of tokens (the resume unit)
 
 
-def make_encoder(tokenizer_json: str, encoder: str = "tokenizers") -> EncodeBatch:
-    """The one step that turns a batch of texts into token ids, built once per worker from the serialized
-    `tokenizers` backend (configured as transformers configures it, so the ids are those of
-    `tokenizer(text)["input_ids"]`). "tiktoken": the same ids from tiktoken (data/tiktoken_bpe.py), for a
-    tokenizer it maps onto exactly."""
-    if encoder == "tiktoken":
-        from llmforge.data.tiktoken_bpe import make_tiktoken_encoder
-
-        return make_tiktoken_encoder(tokenizer_json)
+def tokenizers_backend(tokenizer_json: str, control_tokens: bool = True):
+    """The `tokenizers` Tokenizer of a serialized backend; without `control_tokens`, special-token strings in the
+    text (`<|im_start|>`, the EOS string) are encoded as the text they are (tag tokens such as <think> are still
+    matched: they are not marked special)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.encode_special_tokens = not control_tokens
+    return tokenizer
+
+
+def make_encoder(
+    tokenizer_json: str, encoder: str = "tokenizers", control_tokens: bool = True
+) -> EncodeBatch:
+    """The one step that turns a batch of texts into token ids, built once per worker from the serialized
+    `tokenizers` backend (configured as transformers configures it, so the ids are those of
+    `tokenizer(text)["input_ids"]`, or with `control_tokens` off those of `split_special_tokens=True`).
+    "tiktoken": the same ids from tiktoken (data/tiktoken_bpe.py), for a tokenizer it maps onto exactly."""
+    if encoder == "tiktoken":
+        from llmforge.data.tiktoken_bpe import make_tiktoken_encoder
+
+        return make_tiktoken_encoder(tokenizer_json, control_tokens)
+    tokenizer = tokenizers_backend(tokenizer_json, control_tokens)
 
     def encode_batch(texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in tokenizer.encode_batch(texts)]
@@ -70,11 +81,11 @@ def make_encoder(tokenizer_json: str, encoder: str = "tokenizers") -> EncodeBatc
 _WORKER_ENCODE: EncodeBatch | None = None
 
 
-def _start_worker(tokenizer_json: str, encoder: str, threads: bool) -> None:
+def _start_worker(tokenizer_json: str, encoder: str, threads: bool, control_tokens: bool) -> None:
     global _WORKER_ENCODE
     if not threads:  # one process per core already; a thread pool inside each would only compete
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER_ENCODE = make_encoder(tokenizer_json, encoder)
+    _WORKER_ENCODE = make_encoder(tokenizer_json, encoder, control_tokens)
 
 
 def encode_chunk(texts: list[str], directory: Path, number: int, dtype: str, eos_id: int) -> tuple[int, int]:
@@ -122,10 +133,11 @@ class Encoded:
 
 def encode_sources(artifacts: list[Artifact], tokenizer_json: str, dtype: str, eos_id: int, cache: Path,
                    workers: int = 0, chunk_chars: int = 2_000_000, encoder: str = "tokenizers",
-                   threads: bool | None = None) -> Encoded:  # fmt: skip
+                   threads: bool | None = None, control_tokens: bool = True) -> Encoded:  # fmt: skip
     """Encode every documents artifact into chunk files under `cache`, in parallel (`workers` processes, or
     threads, 0 = one per core); chunks already there are kept. `threads` (default: for tiktoken only, which
-    releases the GIL) encodes in threads of this process rather than worker processes."""
+    releases the GIL) encodes in threads of this process rather than worker processes. `control_tokens`: match
+    special-token strings in the text as the special tokens (else they are encoded as text)."""
     from llmforge.console import progress
     from llmforge.data.documents import count_documents, iter_texts
 
@@ -133,13 +145,14 @@ def encode_sources(artifacts: list[Artifact], tokenizer_json: str, dtype: str, e
     threads = encoder == "tiktoken" if threads is None else threads
     pool = None
     if workers > 1 and threads:
-        _start_worker(tokenizer_json, encoder, threads=True)
+        _start_worker(tokenizer_json, encoder, True, control_tokens)
         pool = ThreadPoolExecutor(workers)
     elif workers > 1:  # spawn: safe with the tokenizers thread pool, and the same on every platform
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(tokenizer_json, encoder, False))  # fmt: skip
+                                   initializer=_start_worker,
+                                   initargs=(tokenizer_json, encoder, False, control_tokens))  # fmt: skip
     else:
-        _start_worker(tokenizer_json, encoder, threads=True)
+        _start_worker(tokenizer_json, encoder, True, control_tokens)
     encoded = Encoded(files=[], reused=0)
     pending: set = set()
     try:

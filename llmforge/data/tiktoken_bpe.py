@@ -32,6 +32,7 @@ class Plan:
     pattern: str
     ranks: dict[bytes, int]  # token bytes -> id, which is also its merge rank
     special: dict[str, int]  # added tokens, matched in text as `tokenizers` matches them
+    control: set[str]  # those marked special (control tokens); `tokenizers` can encode them as plain text
     prefix: list[int]  # ids the post-processor puts around every text
     suffix: list[int]
 
@@ -86,7 +87,8 @@ def plan(tokenizer_json: str) -> Plan:
     if taken:
         raise Unmappable(f"added token id {min(taken)} is also a vocabulary token")
     prefix, suffix = _post_processor(config.get("post_processor"))
-    return Plan(pattern, ranks, special, prefix, suffix)
+    control = {token["content"] for token in config.get("added_tokens") or [] if token.get("special")}
+    return Plan(pattern, ranks, special, control, prefix, suffix)
 
 
 def _pattern(pre_tokenizer: dict | None) -> str:
@@ -191,13 +193,16 @@ def _post_processor(processor: dict | None) -> tuple[list[int], list[int]]:
     return prefix, suffix
 
 
-@functools.lru_cache(maxsize=2)  # built once for the sample check and the encoding threads
-def make_tiktoken_encoder(tokenizer_json: str) -> Callable[[list[str]], list[np.ndarray]]:
+@functools.lru_cache(maxsize=4)  # built once for the sample check and the encoding threads
+def make_tiktoken_encoder(
+    tokenizer_json: str, control_tokens: bool = True
+) -> Callable[[list[str]], list[np.ndarray]]:
     """encode_batch with tiktoken: each text's ids as a uint32 array, added tokens in the text matched as
-    `tokenizers` matches them, the post-processor's ids around them."""
+    `tokenizers` matches them (control tokens only with `control_tokens`, else encoded as the text they are, as
+    `tokenizers` does with encode_special_tokens), the post-processor's ids around them."""
     mapped = plan(tokenizer_json)
     core = mapped.encoding()._core_bpe  # the Rust encoder itself: no per-call Python checks, releases the GIL
-    allowed = set(mapped.special)
+    allowed = set(mapped.special) if control_tokens else set(mapped.special) - mapped.control
     prefix, suffix = np.asarray(mapped.prefix, dtype=np.uint32), np.asarray(mapped.suffix, dtype=np.uint32)
 
     def encode_batch(texts: list[str]) -> list[np.ndarray]:
@@ -211,12 +216,14 @@ def make_tiktoken_encoder(tokenizer_json: str) -> Callable[[list[str]], list[np.
     return encode_batch
 
 
-def first_difference(tokenizer_json: str, texts: list[str]) -> str | None:
+def first_difference(tokenizer_json: str, texts: list[str], control_tokens: bool = True) -> str | None:
     """Encode `texts` both ways; None when every id is the same, else where the first difference is."""
-    from tokenizers import Tokenizer
+    from llmforge.data.encode import tokenizers_backend
 
-    expected = [encoding.ids for encoding in Tokenizer.from_str(tokenizer_json).encode_batch(texts)]
-    got = make_tiktoken_encoder(tokenizer_json)(texts)
+    expected = [
+        encoding.ids for encoding in tokenizers_backend(tokenizer_json, control_tokens).encode_batch(texts)
+    ]
+    got = make_tiktoken_encoder(tokenizer_json, control_tokens)(texts)
     for number, (want, have) in enumerate(zip(expected, got, strict=True)):
         have = have.tolist()
         if want != have:
@@ -229,13 +236,14 @@ def first_difference(tokenizer_json: str, texts: list[str]) -> str | None:
     return None
 
 
-def choose(requested: str, tokenizer_json: str, sample: list[str]) -> tuple[str, str | None]:
+def choose(requested: str, tokenizer_json: str, sample: list[str], control_tokens: bool = True
+           ) -> tuple[str, str | None]:  # fmt: skip
     """The encoder to use for `requested` ("auto", "tiktoken" or "tokenizers") and, when tiktoken was considered
     and not chosen, why not."""
     if requested == "tokenizers":
         return "tokenizers", None
     try:
-        difference = first_difference(tokenizer_json, sample)
+        difference = first_difference(tokenizer_json, sample, control_tokens)
     except Unmappable as error:
         return "tokenizers", f"tiktoken cannot encode this tokenizer exactly: {error}"
     if difference is not None:

@@ -102,6 +102,12 @@ class EncodeConfig(StageConfig):
         description="What encodes: tiktoken (several times faster) where it maps the tokenizer exactly and gives "
         "the same ids on the first documents of each input, else tokenizers; auto = tiktoken where it can",
     )
+    special_tokens: Literal["text", "control"] = Field(
+        "text",
+        description="Special-token strings found in documents (<|im_start|>, the EOS string): text = encoded as "
+        "the text they are, so a crawled page cannot inject control tokens; control = as the special tokens "
+        "(documents rendered with the chat template on purpose). Tag tokens such as <think> match either way",
+    )
 
 
 class SampleCounts(TypedDict):
@@ -419,10 +425,12 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     dtype = dtype_for_vocab(len(tokenizer))
 
     started = time.perf_counter()
-    encoder = _choose_encoder(config.encoder, tokenizer_json, sources, tokenizer_source)
-    encoded = encode_sources([s.artifact for s in sources], tokenizer_json, dtype, tokenizer.eos_token_id,
-                             ctx.work / "checkpoints" / f"encoded-{config.chunk_chars}", workers=config.workers,
-                             chunk_chars=config.chunk_chars, encoder=encoder)  # fmt: skip
+    control_tokens = config.special_tokens == "control"
+    encoder = _choose_encoder(config.encoder, tokenizer_json, sources, tokenizer_source, control_tokens)
+    cache = ctx.work / "checkpoints" / f"encoded-{config.chunk_chars}-{config.special_tokens}"
+    encoded = encode_sources([s.artifact for s in sources], tokenizer_json, dtype, tokenizer.eos_token_id, cache,
+                             workers=config.workers, chunk_chars=config.chunk_chars, encoder=encoder,
+                             control_tokens=control_tokens)  # fmt: skip
     seconds = time.perf_counter() - started
     if encoded.reused:
         log(f"re-used {encoded.reused} encoded chunks of the interrupted run")
@@ -474,7 +482,7 @@ def _refuse(why: str, tokenizer_source: TokenizerSource) -> None:
 
 
 def _choose_encoder(requested: str, tokenizer_json: str, sources: list[Source],
-                    tokenizer_source: TokenizerSource) -> str:  # fmt: skip
+                    tokenizer_source: TokenizerSource, control_tokens: bool) -> str:  # fmt: skip
     """tiktoken where it maps the tokenizer and gives `tokenizers`' ids on the first documents of every input;
     `tokenizers` otherwise (one line says why), or an error where tiktoken was asked for."""
     from itertools import islice
@@ -494,7 +502,7 @@ def _choose_encoder(requested: str, tokenizer_json: str, sources: list[Source],
             if chars >= CHECK_CHARS:
                 break
         texts.close()
-    encoder, why_not = choose(requested, tokenizer_json, sample)
+    encoder, why_not = choose(requested, tokenizer_json, sample, control_tokens)
     if why_not and requested == "tiktoken":
         _refuse(why_not, tokenizer_source)
     if why_not:
@@ -512,7 +520,13 @@ Inputs = Annotated[
     ),
 ]
 TRAIN_FLAGS = (Flag("vocab_size"), Flag("algorithm"), Flag("sample_bytes"))
-ENCODE_FLAGS = (Flag("target_tokens"), Flag("val_fraction"), Flag("workers"), Flag("encoder"))
+ENCODE_FLAGS = (
+    Flag("target_tokens"),
+    Flag("val_fraction"),
+    Flag("workers"),
+    Flag("encoder"),
+    Flag("special_tokens"),
+)
 
 
 @stage_command(TRAIN_FLAGS)
