@@ -475,3 +475,17 @@ def test_only_loopback_addresses_count_as_local():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("no-such-host.invalid")
+
+
+def test_a_server_on_every_interface_prints_a_local_url_and_names_the_one_for_other_machines():
+    """stdout keeps a URL this machine can call (scripts capture it); the ready line adds the host's own name."""
+    import socket
+
+    from llmforge.serving.embedded import base_url, where
+
+    assert (
+        base_url("0.0.0.0", 8000) == "http://127.0.0.1:8000/v1" and base_url("::", 80) == "http://[::1]:80/v1"
+    )
+    assert where("127.0.0.1", 8000) == " at http://127.0.0.1:8000/v1"
+    assert where("0.0.0.0", 8000) == (" at http://127.0.0.1:8000/v1 (listening on every interface: other machines "
+                                      f"use http://{socket.getfqdn()}:8000/v1)")  # fmt: skip

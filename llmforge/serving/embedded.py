@@ -30,9 +30,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # bound on every interface; this machine reaches it here
+
+
 def base_url(host: str, port: int) -> str:
-    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    """The URL printed on stdout: one this machine can use (a wildcard host becomes the loopback address)."""
+    shown = WILDCARDS.get(host, host)
     return f"http://[{shown}]:{port}/v1" if ":" in shown else f"http://{shown}:{port}/v1"
+
+
+def where(host: str, port: int) -> str:
+    """' at URL' for the ready line; a wildcard host also names the URL other machines use."""
+    if host not in WILDCARDS:
+        return f" at {base_url(host, port)}"
+    import socket
+
+    return (f" at {base_url(host, port)} (listening on every interface: other machines use "
+            f"{base_url(socket.getfqdn(), port)})")  # fmt: skip
 
 
 def stderr_logging() -> dict[str, Any]:
@@ -81,7 +95,7 @@ def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
 
     def ready() -> None:
         names = ", ".join(m.name for m in serving.models)
-        log(f"[green]serving[/] {names} at {url} (embedded, batches of up to {config.max_batch_size}, "
+        log(f"[green]serving[/] {names}{where(config.host, port)} (embedded, batches of up to {config.max_batch_size}, "
             f"context {max_model_len}){' with an API key' if config.api_key else ''}")  # fmt: skip
         emit(url)
 

@@ -290,12 +290,17 @@ def wait_ready(process: subprocess.Popen, url: str) -> None:
 
 
 def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
+    from urllib.parse import urlsplit
+
+    from llmforge.serving.embedded import where
+
     found = runtime(explicit=True)
     process, url = launch(serving, config, fingerprint, found)
     signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
     try:
         wait_ready(process, url)
-        log(f"[green]serving[/] {', '.join(m.name for m in serving.models)} at {url} (vLLM)")
+        at = where(config.host, urlsplit(url).port)
+        log(f"[green]serving[/] {', '.join(m.name for m in serving.models)}{at} (vLLM)")
         emit(url)
         code = process.wait()
     except KeyboardInterrupt:
