@@ -91,6 +91,20 @@ def test_dpo_full_on_an_adapter_trains_every_weight_of_the_merged_model(tmp_path
     assert artifact.manifest["inputs"][0]["fingerprint"] == Artifact.open(sft_adapter).fingerprint
 
 
+def test_an_sft_term_keeps_the_chosen_answers_likely(tmp_path, tiny_model, preferences):
+    """--sft-weight adds TRL's "sft" loss (the chosen answers' NLL) to DPO's, as RPO does: after the same steps
+    the chosen answers are more likely than under DPO alone, and the objective says so."""
+    runs = {}
+    for weight in (0.0, 1.0):
+        out = dpo.run(tiny_model, preferences, tmp_path / f"w{weight}", small(max_steps=4, sft_weight=weight))
+        runs[weight] = [r["logps/chosen"] for r in read_jsonl(out / "metrics.jsonl") if "logps/chosen" in r]
+    assert runs[0.0][0] == pytest.approx(runs[1.0][0])  # the same start
+    assert runs[1.0][-1] > runs[0.0][-1]
+    assert Artifact.open(tmp_path / "w1.0").config["sft_weight"] == 1.0
+    with pytest.raises(ValueError, match="sft_weight applies to DPOTrainer's losses, not orpo"):
+        small(loss="orpo", sft_weight=1.0)
+
+
 @pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
 def test_dpo_loss_variants(tmp_path, tiny_model, preferences, loss):
     data = preferences

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, NotRequired
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from llmforge.data.records import Records, check_answer, check_prompt
 from llmforge.errors import InputError
@@ -46,6 +46,24 @@ class Config(PostTrainConfig):
     )
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Robust DPO / EXO label smoothing")
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an SFT (negative log-likelihood) loss on the chosen answers added to the preference "
+        "loss, as in RPO: it keeps the chosen answers' likelihood from falling with the rejected ones'; "
+        "0 = off; DPOTrainer losses only (orpo has its own)",
+    )
+
+    @model_validator(mode="after")
+    def _sft_weight_where_it_applies(self) -> Config:
+        if self.sft_weight and self.loss in ("kto", "orpo", "simpo"):
+            own = (
+                " (orpo has an SFT term of its own; beta weighs the odds ratio against it)"
+                if self.loss == "orpo"
+                else ""
+            )
+            raise ValueError(f"sft_weight applies to DPOTrainer's losses, not {self.loss}{own}")
+        return self
 
 
 class Stats(PostTrainStats):
@@ -122,8 +140,12 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         return CPOTrainer(args=args, **common)
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**arguments, beta=config.beta, loss_type=[config.loss], label_smoothing=config.label_smoothing,
-                     max_length=config.max_length)  # fmt: skip
+    # TRL sums the weighted losses of loss_type; "sft" is the NLL of the chosen answers (RPO's term)
+    losses, weights = (
+        ([config.loss, "sft"], [1.0, config.sft_weight]) if config.sft_weight else ([config.loss], None)
+    )
+    args = DPOConfig(**arguments, beta=config.beta, loss_type=losses, loss_weights=weights,
+                     label_smoothing=config.label_smoothing, max_length=config.max_length)  # fmt: skip
     return DPOTrainer(args=args, **common)
 
 
@@ -136,7 +158,8 @@ def summarize(history: list[dict]) -> dict[str, Any]:
 
 def describe(config: Config) -> list[tuple[str, str]]:
     reference = "none (reference-free)" if config.loss in ("orpo", "simpo") else "the input model, frozen"
-    return [("objective", f"{config.loss}, beta {config.beta:g}"), ("reference", reference)]
+    sft = f" + {config.sft_weight:g} x SFT on the chosen answers" if config.sft_weight else ""
+    return [("objective", f"{config.loss}{sft}, beta {config.beta:g}"), ("reference", reference)]
 
 
 STAGE = Stage(name="dpo", module="dpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
@@ -154,6 +177,7 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
 FLAGS = (
     Flag("loss"),
     Flag("beta"),
+    Flag("sft_weight"),
     *POSTTRAIN_FLAGS,
 )
 
