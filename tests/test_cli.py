@@ -145,8 +145,12 @@ OLD_SPELLINGS = {
         (["--kernels", "rms_norm,swiglu,fused_linear_cross_entropy"], "kernels", "liger"),
     ],
     "sft": [*POSTTRAIN, (["--packing"], "packing", True)],
-    "dpo": [*POSTTRAIN, (["--loss", "ipo"], "loss", "ipo"), (["--beta", "0.2"], "beta", 0.2),
-            (["--sft-weight", "1"], "sft_weight", 1.0)],
+    "dpo": [
+        *POSTTRAIN,
+        (["--loss", "ipo"], "loss", "ipo"),
+        (["--beta", "0.2"], "beta", 0.2),
+        (["--sft-weight", "1"], "sft_weight", 1.0),
+    ],
     "grpo": [
         *POSTTRAIN,
         (["--reward", "math:1.0", "--reward", "format:0.5"], "rewards", ["math:1.0", "format:0.5"]),
