@@ -120,15 +120,14 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        location = (
-            " " + ".".join(str(p) for p in first["loc"]) if first["loc"] else ""
-        )  # none: settings together
+        location = ".".join(str(p) for p in first["loc"])
+        setting = f"config {location}" if location else "config"  # no location: the settings together
         message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our validators' messages
         if first["type"] == "extra_forbidden":
             message = f"unknown setting (valid: {', '.join(_field_names(model, first['loc'][:-1]))})"
         source = f"{config_file}: " if config_file else ""
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise InputError(f"{source}config{location}: {message}{more}") from None
+        raise InputError(f"{source}{setting}: {message}{more}") from None
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
