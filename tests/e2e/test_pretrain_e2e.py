@@ -82,6 +82,19 @@ def test_tokenize_then_pretrain_with_zero_2_and_3_on_two_processes(tmp_path):
     assert losses(tmp_path / "zero2") == pytest.approx(losses(single), abs=2e-3)
     assert losses(tmp_path / "zero3") == pytest.approx(losses(single), abs=2e-3)
 
+    # continued pretraining under several processes: ZeRO-3 on two processes starts from the init model's weights
+    # (loaded, then sharded across both) and follows one process doing the same, step for step
+    resumed = ["--seq-len", "32", "--batch-tokens", "256", "--micro-batch-size", "4", "--train-tokens", "768",
+               "--lr", "1e-3", "--set", "eval.every=0", "--set", "logging.every=1", "--set", "checkpoint.every=0",
+               "--init-from", single]  # fmt: skip
+    llmforge("pretrain", tokens, "-o", tmp_path / "continued-1", *resumed)
+    llmforge("pretrain", tokens, "-o", tmp_path / "continued-2", "--zero", "3", "--nproc", "2", *resumed)
+    assert losses(tmp_path / "continued-2") == pytest.approx(losses(tmp_path / "continued-1"), abs=2e-3)
+    assert (
+        losses(tmp_path / "continued-2")[0] < losses(single)[0] - 0.8
+    )  # the init model's loss, not a random one
+    assert Artifact.open(tmp_path / "continued-2").stats["processes"] == 2
+
     # bad input through the CLI: one line, exit 2, nothing written
     bad = llmforge("pretrain", tokens, "-o", tmp_path / "bad", *FLAGS, "--batch-tokens", "300", check=False)
     assert bad.returncode == 2 and bad.stdout == ""
