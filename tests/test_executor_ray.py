@@ -15,29 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cluster_crawl import DEDUP, assert_same_artifact, reference_crawl
 from helpers import cli_env, kill_when, llmforge, write_jsonl
-from warc_factory import city_crawl_pages, prose, write_warc
-
-from llmforge.artifacts import Artifact
-from llmforge.data.documents import iter_documents
+from warc_factory import prose
 
 pytest.importorskip("ray")
 # one cluster for the module: its tests stay on one pytest worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
-
-SETTINGS = """\
-url_filter:
-  bundled_lists: false   # the 4.5M-domain list costs 10 s per worker; tested on its own
-  extra_domains: [spam-domain.com]
-language:
-  languages: [en, de]
-extract:
-  timeout: 30   # not 1 s: a fresh Ray worker's first page, on a busy machine, must not be dropped
-"""
-# MinHash in 4 buckets of 3 hashes instead of 14 of 8 (a bucket is a task, and each Ray task is an actor of its own,
-# about a second to start here); a pair at Jaccard 0.8 is still a candidate with probability 0.94
-MINHASH = {"buckets": 4, "hashes_per_bucket": 3}
-DEDUP = ["--buckets", "4", "--hashes-per-bucket", "3"]
 
 
 def free_port() -> int:
@@ -109,31 +93,9 @@ def on_ray(command: list, cluster: Cluster) -> tuple[list, dict]:
 
 @pytest.fixture(scope="module")
 def crawl(tmp_path_factory):
-    """2 WARC files: articles (one German), spam, a blocked domain, a page mirrored from file 0 and a near-copy
-    of it; and the local executor's crawl-filter and dedup artifacts of them (made in this process while the
-    cluster starts), the reference."""
-    import yaml
-
-    from llmforge.stages import crawl_filter, dedup
-
-    root = tmp_path_factory.mktemp("ray-crawl")
-    for number in range(2):
-        write_warc(root / "crawl" / f"CC-MAIN-{number:05d}.warc.gz", city_crawl_pages(number))
-    (root / "filter.yaml").write_text(SETTINGS)
-    config = crawl_filter.Config.model_validate({**yaml.safe_load(SETTINGS), "executor": {"workers": 1}})
-    docs = Artifact.open(crawl_filter.run([str(root / "crawl")], root / "docs", config))
-    config = dedup.Config.model_validate({"minhash": MINHASH, "executor": {"workers": 1}})
-    deduped = Artifact.open(dedup.run([str(docs.path)], root / "dedup", config=config))
-    return ["crawl-filter", root / "crawl", "--config", root / "filter.yaml"], docs, deduped
-
-
-def assert_same_artifact(artifact: Path, reference: Artifact) -> None:
-    """The same fingerprint, the same files (the manifest lists each with its hash), the same documents, stats."""
-    made = Artifact.open(artifact)
-    assert made.fingerprint == reference.fingerprint
-    assert made.manifest["files"] == reference.manifest["files"] and made.stats == reference.stats
-    assert list(iter_documents(made)) == list(iter_documents(reference))
-    assert made.manifest["config"]["executor"]["kind"] == "ray" and made.verify() == []
+    """The reference crawl and the local executor's artifacts of it (made in this process while the cluster
+    starts)."""
+    return reference_crawl(tmp_path_factory.mktemp("ray-crawl"))
 
 
 def test_crawl_filter_on_ray_makes_the_local_artifact(ray_cluster, crawl, tmp_path):
@@ -144,7 +106,7 @@ def test_crawl_filter_on_ray_makes_the_local_artifact(ray_cluster, crawl, tmp_pa
     # nor datatrove's warning per step (said once, by us), nor Ray's INFO lines, nor the workers' output
     noisy = ("Logging directory", "INFO", "pid=")
     assert [line for line in result.stderr.splitlines() if any(word in line for word in noisy)] == []
-    assert_same_artifact(tmp_path / "docs", docs)
+    assert_same_artifact(tmp_path / "docs", docs, "ray")
     assert docs.stats["documents"] == 11 and docs.stats["filters"]["url_filter"]["removed"] == 2
 
 
@@ -170,7 +132,7 @@ def test_dedup_on_ray_killed_midway_resumes_to_the_local_artifact(ray_cluster, c
         assert f"resuming dedup {step}: {tasks}/{tasks} tasks already done" in resumed.stderr
     assert re.search(r"resuming dedup minhash-buckets: [123]/4 tasks", resumed.stderr)
     assert "resuming dedup minhash-clusters" not in resumed.stderr
-    assert_same_artifact(out, deduped)
+    assert_same_artifact(out, deduped, "ray")
     assert deduped.stats["exact"]["removed"] == 1 and deduped.stats["minhash"]["removed"] == 1
 
 

@@ -184,6 +184,23 @@ def _ray_executor_class():
     return RayExecutor
 
 
+def _slurm_executor_class():
+    from datatrove.executor import SlurmPipelineExecutor
+
+    class SlurmExecutor(SlurmPipelineExecutor):
+        """datatrove's Slurm executor; each task, on its node (datatrove unpickles this executor there), holds its
+        task lock while it runs, as on the local and Ray executors."""
+
+        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            from loguru import logger
+
+            logger.configure(patcher=_no_traceback_for_input_errors)
+            with task_lock(self.logging_dir, rank):
+                return super()._run_for_rank(rank, local_rank, node_rank)
+
+    return SlurmExecutor
+
+
 def check_executor(settings: ExecutorSettings) -> None:
     """What a cluster executor needs, checked before a stage creates its output (not when the work starts)."""
     import importlib.util
@@ -204,13 +221,11 @@ def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, j
             workers = min(settings.workers or machine.cpu_count(), step.tasks)
             executor = _local_executor_class()(**common, workers=workers)
         elif settings.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
             slurm = settings.slurm
             if not slurm.partition:
                 raise InputError("--executor slurm needs a partition: --set executor.slurm.partition=NAME")
             activate = Path(sys.prefix) / "bin" / "activate"
-            executor = SlurmPipelineExecutor(
+            executor = _slurm_executor_class()(
                 **common, time=slurm.time, partition=slurm.partition, cpus_per_task=slurm.cpus_per_task,
                 mem_per_cpu_gb=slurm.mem_per_cpu_gb, workers=settings.workers or -1, qos=slurm.qos,
                 job_name=f"{job_name}-{step.name}", sbatch_args=dict(slurm.sbatch_args),
@@ -278,6 +293,7 @@ def _run_steps(steps: list[Step], settings: ExecutorSettings, logs: Path, job_na
         executors[-1].run()  # submits every step, chained by dependencies
         for step, executor in zip(steps, executors, strict=True):
             _wait_for_slurm(step, executor, logs / step.name, settings.slurm.poll_seconds)
+            shutil.rmtree(logs / step.name / TASK_LOCKS, ignore_errors=True)
         return
     for step, executor in zip(steps, executors, strict=True):
         shutil.rmtree(logs / step.name / INPUT_ERRORS, ignore_errors=True)  # of an earlier attempt
