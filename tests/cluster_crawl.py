@@ -3,20 +3,18 @@ executor's artifacts of it as the reference, and the check that a cluster made t
 
 from pathlib import Path
 
-from warc_factory import city_crawl_pages, write_warc
+from warc_factory import CITY_FILTER_SETTINGS, city_crawl_pages, write_warc
 
 from llmforge.artifacts import Artifact
 from llmforge.data.documents import iter_documents
 
-SETTINGS = """\
-url_filter:
-  bundled_lists: false   # the 4.5M-domain list costs 10 s per worker; tested on its own
-  extra_domains: [spam-domain.com]
-language:
-  languages: [en, de]
+SETTINGS = (
+    CITY_FILTER_SETTINGS
+    + """\
 extract:
   timeout: 30   # not 1 s: a fresh worker's first page, on a busy machine, must not be dropped
 """
+)
 # MinHash in 4 buckets of 3 hashes instead of 14 of 8 (a bucket is a task, and each cluster task has a start of its
 # own, about a second here); a pair at Jaccard 0.8 is still a candidate with probability 0.94
 MINHASH = {"buckets": 4, "hashes_per_bucket": 3}

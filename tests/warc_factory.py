@@ -189,6 +189,16 @@ def near_duplicate(text: str, edits: float, seed: int = 0) -> str:
     return " ".join(words)
 
 
+# crawl-filter settings for city_crawl_pages: spam-domain.com blocked, English and German kept
+CITY_FILTER_SETTINGS = """\
+url_filter:
+  bundled_lists: false   # the 4.5M-domain list costs 10 s per worker; tested on its own
+  extra_domains: [spam-domain.com]
+language:
+  languages: [en, de]
+"""
+
+
 def city_crawl_pages(number: int) -> list[Page]:
     """Crawl file `number` of the data-stage tests: 4 articles, spam, a blocked domain (spam-domain.com); file 1
     also holds a page mirrored from file 0, a near-copy of it and a German article."""

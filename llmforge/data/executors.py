@@ -141,20 +141,28 @@ def task_lock(logging_dir: Any, rank: int):
         os.close(fd)
 
 
+class _GuardedTasks:
+    """What every executor's task does around datatrove's own run (mixed in before the datatrove executor, on this
+    machine or, pickled, on a cluster's nodes): bad input logged without a traceback, and the task's lock held."""
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        from loguru import logger
+
+        logger.configure(patcher=_no_traceback_for_input_errors)  # in each worker process too
+        with task_lock(self.logging_dir, rank):
+            return super()._run_for_rank(rank, local_rank, node_rank)
+
+
 def _local_executor_class():
     from datatrove.executor import LocalPipelineExecutor
 
-    class QuietLocalExecutor(LocalPipelineExecutor):
+    class QuietLocalExecutor(_GuardedTasks, LocalPipelineExecutor):
         """datatrove echoes the log of local rank 0 on stderr, under our progress bar; run every task as if it
         were another rank (errors still reach the console) and keep the console logger at WARNING after it."""
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            from loguru import logger
-
-            logger.configure(patcher=_no_traceback_for_input_errors)  # in each worker process too
             try:
-                with task_lock(self.logging_dir, rank):
-                    return super()._run_for_rank(rank, local_rank + 1, node_rank)
+                return super()._run_for_rank(rank, local_rank + 1, node_rank)
             finally:
                 _quiet_console_logger()
 
@@ -164,18 +172,14 @@ def _local_executor_class():
 def _ray_executor_class():
     from datatrove.executor.ray import RayPipelineExecutor
 
-    class RayExecutor(RayPipelineExecutor):
+    class RayExecutor(_GuardedTasks, RayPipelineExecutor):
         """datatrove's Ray executor keeps a failed task's error in the task's log (the driver only learns that
         the task failed): a task that meets bad input also writes its one-line message to the step's
         input-errors/ folder, so the command stops with it, as it does on the local executor."""
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            from loguru import logger
-
-            logger.configure(patcher=_no_traceback_for_input_errors)
             try:
-                with task_lock(self.logging_dir, rank):
-                    return super()._run_for_rank(rank, local_rank, node_rank)
+                return super()._run_for_rank(rank, local_rank, node_rank)
             except InputError as exc:
                 with self.logging_dir.open(f"{INPUT_ERRORS}/{rank:05d}.txt", "w") as handle:
                     handle.write(str(exc))
@@ -187,16 +191,9 @@ def _ray_executor_class():
 def _slurm_executor_class():
     from datatrove.executor import SlurmPipelineExecutor
 
-    class SlurmExecutor(SlurmPipelineExecutor):
-        """datatrove's Slurm executor; each task, on its node (datatrove unpickles this executor there), holds its
-        task lock while it runs, as on the local and Ray executors."""
-
-        def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-            from loguru import logger
-
-            logger.configure(patcher=_no_traceback_for_input_errors)
-            with task_lock(self.logging_dir, rank):
-                return super()._run_for_rank(rank, local_rank, node_rank)
+    class SlurmExecutor(_GuardedTasks, SlurmPipelineExecutor):
+        """datatrove's Slurm executor, whose tasks (datatrove unpickles the executor on the nodes) are guarded as
+        on the local and Ray executors."""
 
     return SlurmExecutor
 

@@ -5,19 +5,13 @@ import json
 
 import pytest
 from helpers import kill_when, llmforge, write_jsonl
-from warc_factory import article, city_crawl_pages, near_duplicate, prose, write_warc
+from warc_factory import CITY_FILTER_SETTINGS, article, city_crawl_pages, near_duplicate, prose, write_warc
 
 from llmforge.artifacts import Artifact, raw_input
 from llmforge.data.documents import iter_documents
 
 FILES = 8
-SETTINGS = """\
-url_filter:
-  bundled_lists: false   # the 4.5M-domain list costs 10 s per worker; tested on its own
-  extra_domains: [spam-domain.com]
-language:
-  languages: [en, de]
-"""
+SETTINGS = CITY_FILTER_SETTINGS
 QUESTION = "Which river flows through the old town before it reaches the harbour near the northern bridge?"
 
 
