@@ -30,6 +30,17 @@ def main(argv: list[str]) -> int:
         error(str(exc))
         record_failure(job, exc)
         return exc.exit_code
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to exit, its communication threads were
+    once aborted mid-teardown ("terminate called without an active exception", exit -6) after a finished job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run(job: Path) -> int:
