@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cluster_crawl import DEDUP, assert_same_artifact, reference_crawl
 from helpers import llmforge
+from warc_factory import city_crawl_pages, write_warc
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ job = str(len(jobs.read_text().splitlines()))
 array = re.search(r"^#SBATCH --array=(\\d+)-(\\d+)", script, re.M)
 first, last = (int(array[1]), int(array[2])) if array else (0, 0)
 output = re.search(r"^#SBATCH --output=(.*)$", script, re.M)
-for task in range(first, last + 1):
+for task in range(first, last + 1) if os.environ.get("FAKE_SLURM_RUNS", "1") == "1" else ():  # 0: cancelled
     env = {**os.environ, "SLURM_JOB_ID": job, "SLURM_ARRAY_JOB_ID": job, "SLURM_ARRAY_TASK_ID": str(task),
            "SLURM_NODELIST": "localhost", "SLURM_NODEID": "0"}
     for argument in sys.argv[1:-1]:  # --export=ALL,RUN_OFFSET=0
@@ -54,7 +55,12 @@ import sys
 print("localhost")  # scontrol show hostnames NODELIST: one node
 """
 SQUEUE = """\
-pass  # squeue -h -j JOB: nothing, the stand-in's jobs have all ended by the time anyone asks
+import os, sys
+
+# squeue -h -j JOB: the stand-in's jobs have all ended by the time anyone asks; an ended job is listed as nothing,
+# and once the controller has forgotten it (FAKE_SQUEUE_FORGOT=1), its id is refused
+if os.environ.get("FAKE_SQUEUE_FORGOT") == "1":
+    sys.exit("slurm_load_jobs error: Invalid job id specified")
 """
 
 
@@ -91,3 +97,28 @@ def test_crawl_filter_and_dedup_on_slurm_make_the_local_artifacts(fake_slurm, tm
         assert type(dill.load(handle)).__name__ == "SlurmExecutor"
     assert list((tmp_path / "docs" / "logs" / "filter" / "slurm_logs").glob("*.out"))
     assert not list(tmp_path.glob("*/logs/*/task-locks"))
+
+
+@pytest.mark.parametrize("forgot", ["0", "1"])
+def test_a_job_that_ends_with_tasks_unfinished_stops_the_wait(fake_slurm, tmp_path, forgot):
+    """The job was cancelled before its tasks ran: squeue lists it as nothing (just ended) or refuses its id (the
+    controller forgot it), and llmforge says so instead of waiting for completion marks that never come."""
+    for number in range(2):
+        write_warc(tmp_path / "crawl" / f"CC-MAIN-{number:05d}.warc.gz", city_crawl_pages(number))
+    env = {**fake_slurm, "FAKE_SLURM_RUNS": "0", "FAKE_SQUEUE_FORGOT": forgot}
+    result = llmforge("crawl-filter", tmp_path / "crawl", "-o", tmp_path / "docs", "--executor", "slurm",
+                      "--set", "executor.slurm.partition=cpu", "--set", "executor.slurm.poll_seconds=0.2",
+                      env=env, check=False, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Slurm job 1 (filter) ended with 2 tasks unfinished" in " ".join(result.stderr.split())
+    assert not (tmp_path / "docs" / "manifest.json").exists()
+
+
+def test_slurm_without_squeue_is_refused_before_anything_is_written(fake_slurm, tmp_path):
+    (tmp_path / "slurm-bin" / "squeue").unlink()
+    write_warc(tmp_path / "crawl" / "CC-MAIN-00000.warc.gz", city_crawl_pages(0))
+    result = llmforge("crawl-filter", tmp_path / "crawl", "-o", tmp_path / "docs", "--executor", "slurm",
+                      "--set", "executor.slurm.partition=cpu", env=fake_slurm, check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert "--executor slurm needs Slurm's squeue on PATH" in result.stderr
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "jobs.txt").exists()

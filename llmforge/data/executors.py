@@ -204,6 +204,11 @@ def check_executor(settings: ExecutorSettings) -> None:
 
     if settings.kind == "slurm" and not settings.slurm.partition:
         raise InputError("--executor slurm needs a partition: --set executor.slurm.partition=NAME")
+    if settings.kind == "slurm" and (missing := [c for c in ("sbatch", "squeue") if shutil.which(c) is None]):
+        # sbatch submits; squeue is how llmforge sees a job end with tasks unfinished (else it would wait forever)
+        raise InputError(
+            f"--executor slurm needs Slurm's {' and '.join(missing)} on PATH; run on a login node"
+        )
     if settings.kind == "ray" and importlib.util.find_spec("ray") is None:
         raise InputError("--executor ray needs the ray package (pip install ray)")
 
@@ -405,11 +410,15 @@ class TaskProgress:
 
 
 def _slurm_job_alive(job_id: Any) -> bool:
-    """Whether Slurm still knows the job (pending or running); True when squeue cannot tell."""
-    if job_id in (None, -1) or shutil.which("squeue") is None:
+    """Whether the job is still pending or running. squeue lists an ended job as nothing for a few minutes, then
+    refuses its id ("Invalid job id specified") once the controller forgets it; any other failure (the controller
+    busy or restarting) says nothing, so the job counts as alive."""
+    if job_id in (None, -1):
         return True
     result = subprocess.run(["squeue", "-h", "-j", str(job_id)], capture_output=True, text=True)
-    return result.returncode != 0 or bool(result.stdout.strip())
+    if result.returncode != 0:
+        return "invalid job id" not in result.stderr.lower()
+    return bool(result.stdout.strip())
 
 
 def _wait_for_slurm(step: Step, executor: Any, logging_dir: Path, poll: float) -> None:
