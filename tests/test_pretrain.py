@@ -764,3 +764,42 @@ def test_deepspeed_settings_from_flags_or_a_json_file(tmp_path, tokens):
     user.write_text("{not json")
     with pytest.raises(InputError, match=r"ds.json:1: not valid JSON"):
         make_plan(tokens, config(distributed__deepspeed=str(user)))
+
+
+def test_zero_0_clips_in_the_loop_as_deepspeeds_zero_optimizer_does_and_nothing_waits_for_the_device(
+    tmp_path, tokens, monkeypatch
+):
+    """DeepSpeed's ZeRO-0 clipping (a norm per parameter, a threshold copied from the host: a wait for the GPU) and
+    its synchronized throughput timer (a wait at every forward and engine.step) are left out: the loop clips with
+    torch's fused clip_grad_norm_ and DeepSpeed never synchronizes the device. Clipping at every step, the run
+    follows ZeRO-1's, where DeepSpeed's optimizer clips, step for step."""
+    import deepspeed.runtime.engine as deepspeed_engine
+    from deepspeed.accelerator import get_accelerator
+
+    calls = {"clip_grad_norm_": 0, "synchronize": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(
+        deepspeed_engine, "clip_grad_norm_", counted("clip_grad_norm_", deepspeed_engine.clip_grad_norm_)
+    )
+    accelerator = get_accelerator()
+    monkeypatch.setattr(accelerator, "synchronize", counted("synchronize", accelerator.synchronize))
+    short = {"train_tokens": 256 * 6, "optim__grad_clip": 0.05, "checkpoint__every": 100, "eval__every": 0}
+    zero_0 = read_jsonl(run(tokens, tmp_path / "zero-0", config(**short)) / "metrics.jsonl")
+    assert calls == {"clip_grad_norm_": 0, "synchronize": 0}
+    zero_1 = read_jsonl(
+        run(tokens, tmp_path / "zero-1", config(**short, distributed__zero=1)) / "metrics.jsonl"
+    )
+    steps_0, steps_1 = ([r for r in records if "loss" in r] for records in (zero_0, zero_1))
+    assert len(steps_0) == len(steps_1) == 6 and all(
+        r["grad_norm"] > 0.05 for r in steps_0
+    )  # clipped every step
+    for ours, theirs in zip(steps_0, steps_1, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)

@@ -23,6 +23,10 @@ OFFLOAD_DEVICES = ("none", "cpu")
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 # Keys llmforge computes itself; a user's JSON may leave them at "auto" (or out) but must not contradict them.
 COMPUTED_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
+# DeepSpeed's throughput timer is on by default and synchronized: without a DeepSpeed dataloader it waits for the
+# GPU at every forward and every engine.step() (deepspeed/utils/timer.py ThroughputTimer), so the host cannot queue
+# the next kernels ahead. llmforge measures throughput itself; a user's JSON may still turn the timer on.
+NO_TIMERS = {"throughput": {"enabled": False}}
 
 
 def on_cpu() -> bool:
@@ -72,6 +76,7 @@ def deepspeed_config(
         "zero_optimization": zero_section,
         "steps_per_print": 2**62,  # llmforge logs progress itself
         "wall_clock_breakdown": False,
+        "timers": NO_TIMERS,
     }
     if precision == "auto":
         config["bf16"] = {"enabled": "auto"}

@@ -113,6 +113,21 @@ def injected_losses() -> dict[int, float]:
     return factors
 
 
+def loop_clipping(deepspeed: dict[str, Any]) -> float:
+    """The norm the loop clips gradients to in DeepSpeed's place, or 0 where DeepSpeed should clip. Under ZeRO-0
+    in fp32 or torch autocast, DeepSpeed clips with a norm per parameter and a threshold tensor built on the host
+    (`torch.tensor([max_norm], device=...)`: a blocking copy, so a wait for the GPU every step;
+    deepspeed/runtime/utils.py clip_grad_norm_). Its ZeRO optimizers and fp16/bf16 optimizers clip inside their own
+    step, and an fp16 autocast loss scaler must unscale first: those keep DeepSpeed's clipping."""
+    clip = deepspeed.get("gradient_clipping", 0.0)
+    stage = deepspeed.get("zero_optimization", {}).get("stage", 0)
+    wrapped = any(deepspeed.get(key, {}).get("enabled") in (True, "true", "auto") for key in ("fp16", "bf16"))
+    scaled = deepspeed.get("torch_autocast", {}).get("dtype") in ("float16", "torch.float16", "fp16")
+    if not isinstance(clip, int | float) or clip <= 0 or stage != 0 or wrapped or scaled:
+        return 0.0
+    return float(clip)
+
+
 def train(spec: RunSpec) -> dict[str, Any]:
     """Train (or resume) the run described by `spec`; rank 0 writes the Hugging Face model into the work dir and
     returns the result (also written to checkpoints/result.json)."""
@@ -158,6 +173,9 @@ class Trainer:
         self.injected = injected_losses()
         # the engine's DeepSpeed config leaves out the monitors: rank 0's Reporter writes them, on the step axis
         self.deepspeed, monitors = split_monitors(spec.deepspeed)
+        self.clip_norm = loop_clipping(self.deepspeed)
+        if self.clip_norm:  # the loop clips in DeepSpeed's place
+            self.deepspeed = {**self.deepspeed, "gradient_clipping": 0.0}
         self.reporter = Reporter(Path(spec.work_dir) / "metrics.jsonl", rank == 0, spec.steps, config.batch_tokens,
                                  spec.flops_per_token, spec.peak_flops, self.world, monitors)  # fmt: skip
         self.vocab_size = spec.model_config["vocab_size"]
@@ -412,7 +430,7 @@ class Trainer:
             losses.append(loss.detach().float())
             engine.backward(loss)
             if micro_step == spec.accumulation - 1 and not engine.zero_optimization():
-                grad_norm = self._grad_norm(engine)  # ZeRO-0 does not keep the norm it clips with
+                grad_norm = self._clip(engine)  # ZeRO-0 does not keep the norm it clips with
             engine.step()
         shared = torch.stack(losses)
         dist.all_reduce(shared)
@@ -431,13 +449,17 @@ class Trainer:
             raise Rewind(batch, step + 1, f"gradient norm is {grad_norm}")
         return step_loss, grad_norm
 
-    def _grad_norm(self, engine):
-        """The global gradient norm as a device tensor (read after the update is queued); one fused kernel per
-        dtype rather than one per parameter."""
+    def _clip(self, engine):
+        """The global gradient norm as a device tensor (read after the update is queued), the gradients clipped to
+        `clip_norm` when the loop clips: fused kernels (torch's clip_grad_norm_), no wait for the GPU."""
         import torch
 
-        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else 0.0
+        parameters = [p for p in engine.module.parameters() if p.grad is not None]
+        if not parameters:
+            return 0.0
+        if self.clip_norm:
+            return torch.nn.utils.clip_grad_norm_(parameters, self.clip_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in parameters])
 
     def _tensors(self, batch):
         import torch

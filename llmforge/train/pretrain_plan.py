@@ -404,7 +404,7 @@ def accumulation_steps(config: Config, world: int) -> int:
 
 
 def deepspeed_settings(config: Config, accumulation: int, precision: str) -> dict[str, Any]:
-    from llmforge.train.deepspeed import deepspeed_config, fill_auto, load_deepspeed_json
+    from llmforge.train.deepspeed import NO_TIMERS, deepspeed_config, fill_auto, load_deepspeed_json
 
     computed = {"train_micro_batch_size_per_gpu": config.micro_batch_size,
                 "gradient_accumulation_steps": accumulation, "gradient_clipping": config.optim.grad_clip}  # fmt: skip
@@ -416,7 +416,7 @@ def deepspeed_settings(config: Config, accumulation: int, precision: str) -> dic
                 raise InputError(f"{dist.deepspeed}: remove the '{key}' section; llmforge sets the optimizer and the "
                                  "schedule from its optim.* settings")  # fmt: skip
         user.pop("train_batch_size", None)  # implied by the micro batch, accumulation and processes
-        settings = fill_auto(user, computed, source=dist.deepspeed)
+        settings = {"timers": NO_TIMERS, **fill_auto(user, computed, source=dist.deepspeed)}
     else:
         settings = deepspeed_config(dist.zero, dist.offload, micro_batch_size=config.micro_batch_size,
                                     gradient_accumulation_steps=accumulation, gradient_clipping=config.optim.grad_clip,
