@@ -154,21 +154,25 @@ def test_annotate_with_a_tiny_model(long_context_model, tmp_path):
 
 
 def test_annotated_chunks_are_reused(long_context_model, tmp_path):
-    """Each finished chunk is on disk: an interrupted run generates only the rest."""
+    """Each finished chunk is on disk: an interrupted run generates only the rest. A batch of two chunks' worth
+    generates them together and writes each whole: the records are those of one chunk at a time."""
     from llmforge.data.corpus import Corpus
     from llmforge.data.sources import InputSettings
     from llmforge.model.loading import resolve_model
 
-    raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": explanatory(seed)} for seed in range(3)])
-    documents, _ = annotation.sample_documents(Corpus([str(raw)], InputSettings(), "t").documents(), 3, 0)
-    annotator = annotation.load_annotator(resolve_model(long_context_model, "t"), 0, 2048, 4, "t")
-    try:
+    size = 2 * annotation.CHUNK + 6
+    raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": explanatory(seed)} for seed in range(size)])
+    documents, _ = annotation.sample_documents(Corpus([str(raw)], InputSettings(), "t").documents(), size, 0)
+    source = resolve_model(long_context_model, "t")
+    with annotation.open_annotator(source, "embedded", 0, 256, 2 * annotation.CHUNK, "t") as annotator:
         first, reused = annotation.annotate_documents(documents, annotator, tmp_path / "parts")
-        assert reused == 0 and len(first) == 3
+        assert reused == 0 and len(first) == size and len(list((tmp_path / "parts").glob("*.jsonl"))) == 3
+        (tmp_path / "parts" / "00001.jsonl").unlink()  # an interrupted run's missing chunk
         again, reused = annotation.annotate_documents(documents, annotator, tmp_path / "parts")
-        assert reused == 1 and again == first
-    finally:
-        annotator.close()
+        assert reused == 2 and again == first
+    with annotation.open_annotator(source, "embedded", 0, 256, 4, "t") as annotator:
+        one_by_one, reused = annotation.annotate_documents(documents, annotator, tmp_path / "parts-4")
+    assert reused == 0 and one_by_one == first
 
 
 class Made(StageConfig):
@@ -249,3 +253,13 @@ def test_a_classifiers_documents_are_not_training_data(tmp_path):
     tokens = made("tokens", "tokens", [kept])
     chosen = training_documents([tokens, kept, classifier, labels, Artifact.open(web), Artifact.open(wiki)])
     assert [a.path for a in chosen] == [kept.path]
+
+
+def test_annotate_on_vllm_where_there_is_none_is_refused_before_anything_is_written(
+    long_context_model, tmp_path
+):
+    raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": explanatory(0)}])
+    result = llmforge("quality", "annotate", raw, "--model", long_context_model, "-o", tmp_path / "ann",
+                      "--backend", "vllm", env={"LLMFORGE_VLLM_PYTHON": str(tmp_path / "no-python")}, check=False)  # fmt: skip
+    assert result.returncode == 2 and "the vllm backend needs vLLM" in result.stderr
+    assert not list(tmp_path.glob("ann*"))

@@ -1,9 +1,10 @@
-"""vLLM for real, on CPU: `serve --backend vllm` and `eval --backend vllm` run vLLM's CPU build from its own
+"""vLLM for real, on CPU: `serve --backend vllm`, `eval --backend vllm` and `quality annotate --backend vllm` run vLLM's CPU build from its own
 environment (`make install-vllm` builds .venv-vllm; .ci/run builds it before the suite). Without it every test here
 skips, saying so. vLLM takes a minute or more to load on 2 cores: the module starts its servers once, together."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import select
 import subprocess
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import cli_env, random_adapter_artifact, sentences, tokens_artifact
+from helpers import (
+    cli_env,
+    llmforge,
+    random_adapter_artifact,
+    sentences,
+    tiny_model_artifact,
+    tokens_artifact,
+    write_jsonl,
+)
 
 from llmforge.serving import vllm_backend
 
@@ -313,3 +322,26 @@ def test_eval_refuses_an_adapter_on_vllms_cpu_build_before_any_work(adapter, tmp
     with pytest.raises(InputError, match=r"cannot be scored with vLLM's CPU build: .*punica_cpu.py:349"):
         eval_stage.run([str(adapter)], tmp_path / "out", eval_stage.Config(backend="vllm"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_quality_annotate_on_vllm_gives_the_embedded_engines_replies_and_scores(tiny_tokenizer_dir, tmp_path):
+    """`quality annotate --backend vllm` starts vLLM's server for the run and sends it the token ids the embedded
+    engine gets: the same greedy replies, and the same forced scores (a one-token completion restricted to the
+    digits against the engine's forward pass; a random model never writes a score of its own)."""
+    from llmforge.artifacts import Artifact
+
+    model = tiny_model_artifact(tmp_path / "model", tiny_tokenizer_dir, max_position_embeddings=2048)
+    raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in sentences(6, seed=3)])
+    found = {}
+    for backend in ("embedded", "vllm"):
+        out = tmp_path / backend
+        llmforge("quality", "annotate", raw, "--model", model, "-o", out, "--max-tokens", 8, "--batch-size", 4,
+                 "--backend", backend, env=VLLM_ENV)  # fmt: skip
+        artifact = Artifact.open(out)
+        records = [json.loads(line) for line in gzip.open(out / "data" / "00000.jsonl.gz", "rt")]
+        found[backend] = [(r["text"], r["metadata"]["edu_score"], r["metadata"]["edu_score_from"],
+                           r["metadata"]["edu_reply"].replace("\ufffd", "")) for r in records]  # fmt: skip
+        assert artifact.stats["documents"] == 6 and artifact.stats["completion_tokens"] <= 6 * 8
+    assert Artifact.open(tmp_path / "vllm").stats["backend"].startswith("vLLM")
+    assert found["vllm"] == found["embedded"]
+    assert {score for _, score, _, _ in found["vllm"]} <= set(range(6)) and any(r for *_, r in found["vllm"])

@@ -7,9 +7,15 @@ reply is followed by "Educational score:" and the likeliest of the digits 0-5 is
 (constrained decoding, as lm-eval scores multiple choice). With `justify` off, only that forced answer is asked for:
 no generation at all, about a hundred times cheaper. Each record says where its score came from.
 
-Generation runs through the embedded server's engine (llmforge.serving.engine: continuous batching, greedy here),
-in chunks of CHUNK documents; each finished chunk is written to OUT.partial/parts/, so an interrupted run keeps
-them and a re-run generates only the rest.
+Generation is greedy and runs on one of two backends: the embedded server's engine in this process
+(llmforge.serving.engine: continuous batching; CPU or GPU), or vLLM's own server, started for the run from vLLM's
+environment as `serve --backend vllm` starts it (paged attention: what a GPU and a large sample need). vLLM is sent
+the very token ids the engine would get; the forced answer is a one-token completion restricted to the six digit
+tokens (`allowed_token_ids`), the same argmax as the engine's forward pass.
+
+Documents go in chunks of CHUNK; each finished chunk is written to OUT.partial/parts/, so an interrupted run
+keeps them and a re-run generates only the rest. With a batch larger than a chunk, several chunks are generated
+together.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 import queue
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,13 +97,119 @@ def sample_documents(documents, size: int, seed: int) -> tuple[list, int]:
     return [document for _, document in sorted(chosen, key=lambda pair: pair[0])], seen
 
 
+class EngineGeneration:
+    """The model in this process behind the embedded server's engine."""
+
+    def __init__(self, model, tokenizer, eos_ids: list[int], context: int, batch_size: int):
+        from llmforge.serving.engine import Engine
+
+        self.model, self.name = model, "embedded"
+        self.engine = Engine(model, tokenizer, eos_ids, context, batch_size)
+        self.engine.start()
+        self.max_model_len, self.batch_size = context, batch_size
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[tuple[str, int]]:
+        """Each prompt's greedy continuation and its token count, generated as one continuous batch."""
+        from llmforge.serving.engine import GenerationRequest, SamplingParams
+
+        events: queue.Queue = queue.Queue()
+        replies = [["", 0] for _ in prompts]
+        for number, ids in enumerate(prompts):
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+            self.engine.submit(
+                GenerationRequest(ids, params, on_event=lambda e, n=number: events.put((n, e)))
+            )
+        finished = 0
+        while finished < len(prompts):
+            number, event = events.get()
+            replies[number][0] += event.text
+            if event.finish_reason:
+                if event.finish_reason in ("error", "cancelled"):
+                    raise LLMForgeError(f"generation failed: {event.error}")
+                replies[number][1] = event.completion_tokens
+                finished += 1
+        return [(text, tokens) for text, tokens in replies]
+
+    def choose(self, prompts: list[list[int]], token_ids: list[int]) -> list[int]:
+        """For each prompt, which of `token_ids` is likeliest next: a forward pass per batch (left-padded)."""
+        size = self.batch_size
+        return [
+            i
+            for start in range(0, len(prompts), size)
+            for i in self._choose(prompts[start : start + size], token_ids)
+        ]
+
+    def _choose(self, prompts: list[list[int]], token_ids: list[int]) -> list[int]:
+        import torch
+
+        width = max(len(row) for row in prompts)
+        pad = self.engine.pad_id
+        ids = torch.tensor([[pad] * (width - len(row)) + row for row in prompts])
+        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompts])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]
+        return [int(i) for i in logits[:, token_ids].float().argmax(-1)]
+
+    def close(self) -> None:
+        self.engine.stop()
+
+
+class ServerGeneration:
+    """vLLM's OpenAI server (started with `--max-num-seqs` batch_size), sent token ids (`/v1/completions` takes
+    them as the prompt) from a pool of threads; its scheduler batches the requests as the engine would."""
+
+    def __init__(
+        self, url: str, api_key: str, model_name: str, context: int, batch_size: int, tokenizer, name: str
+    ):
+        import httpx
+
+        self.url, self.model_name, self.tokenizer, self.name = url, model_name, tokenizer, name
+        self.max_model_len, self.batch_size = context, batch_size
+        self.client = httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=3600)
+
+    def complete(self, prompt: list[int], **settings) -> dict:
+        import httpx
+
+        body = {"model": self.model_name, "prompt": prompt, "temperature": 0.0, **settings}
+        try:
+            response = self.client.post(f"{self.url}/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise LLMForgeError(f"{self.name} at {self.url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise LLMForgeError(f"{self.name} answered {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def map(self, function, items: list) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # twice the server's batch in flight: a finished sequence's place is taken from vLLM's queue at once
+        with ThreadPoolExecutor(2 * self.batch_size) as pool:
+            return list(pool.map(function, items))
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[tuple[str, int]]:
+        answers = self.map(lambda ids: self.complete(ids, max_tokens=max_tokens), prompts)
+        return [(a["choices"][0]["text"], a["usage"]["completion_tokens"]) for a in answers]
+
+    def choose(self, prompts: list[list[int]], token_ids: list[int]) -> list[int]:
+        texts = [self.tokenizer.decode([token]) for token in token_ids]
+        answers = self.map(lambda ids: self.complete(ids, max_tokens=1, allowed_token_ids=token_ids), prompts)
+        chosen = [a["choices"][0]["text"] for a in answers]
+        if unknown := [text for text in chosen if text not in texts]:
+            raise LLMForgeError(f"{self.name} answered {unknown[0]!r}, not one of the allowed tokens {texts}")
+        return [texts.index(text) for text in chosen]
+
+    def close(self) -> None:
+        self.client.close()
+
+
 @dataclass
 class Annotator:
-    """A model loaded once and an engine generating for it; `score` annotates a list of documents."""
+    """The rubric rendered for a model's tokenizer, and a backend generating for it (`EngineGeneration` or
+    `ServerGeneration`); `score` annotates a list of documents."""
 
-    model: object
     tokenizer: object
-    engine: object
+    generation: EngineGeneration | ServerGeneration
     max_tokens: int  # 0: no reply, the forced answer only
     max_document_tokens: int
     counts: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "truncated": 0})
@@ -103,10 +217,11 @@ class Annotator:
     def prompt_ids(self, text: str, count: bool = True) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         overhead = len(self.render(""))
-        room = min(self.max_document_tokens, self.engine.max_model_len - self.max_tokens - overhead - 1)
+        context = self.generation.max_model_len
+        room = min(self.max_document_tokens, context - self.max_tokens - overhead - 1)
         if room < 16:
-            raise InputError(f"the model's context ({self.engine.max_model_len} tokens) leaves no room for a "
-                             f"document beside the rubric and {self.max_tokens} answer tokens; lower max_tokens")  # fmt: skip
+            raise InputError(f"the model's context ({context} tokens) leaves no room for a document beside the "
+                             f"rubric and {self.max_tokens} answer tokens; lower max_tokens")  # fmt: skip
         if len(ids) > room:
             self.counts["truncated"] += count
             text = self.tokenizer.decode(ids[:room])
@@ -118,30 +233,14 @@ class Annotator:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def score(self, texts: list[str]) -> list[str]:
-        """The model's replies to the rubric for each text, greedy, generated as one continuous batch."""
-        from llmforge.serving.engine import GenerationRequest, SamplingParams
-
-        events: queue.Queue = queue.Queue()
-        replies = [""] * len(texts)
+        """The model's replies to the rubric for each text, greedy."""
         if not self.max_tokens:
-            return replies
-        for number, text in enumerate(texts):
-            ids = self.prompt_ids(text)
-            self.counts["prompt_tokens"] += len(ids)
-            params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0)
-            self.engine.submit(
-                GenerationRequest(ids, params, on_event=lambda e, n=number: events.put((n, e)))
-            )
-        finished = 0
-        while finished < len(texts):
-            number, event = events.get()
-            replies[number] += event.text
-            if event.finish_reason:
-                if event.finish_reason in ("error", "cancelled"):
-                    raise LLMForgeError(f"generation failed: {event.error}")
-                self.counts["completion_tokens"] += event.completion_tokens
-                finished += 1
-        return replies
+            return [""] * len(texts)
+        prompts = [self.prompt_ids(text) for text in texts]
+        self.counts["prompt_tokens"] += sum(len(ids) for ids in prompts)
+        replies = self.generation.generate(prompts, self.max_tokens)
+        self.counts["completion_tokens"] += sum(tokens for _, tokens in replies)
+        return [text for text, _ in replies]
 
     def digit_ids(self) -> tuple[str, list[int]]:
         """The answer prefix ("Educational score:" with or without its space, as the tokenizer splits it) and the
@@ -158,51 +257,68 @@ class Annotator:
         )
 
     def forced(self, texts: list[str], replies: list[str]) -> list[int]:
-        """The likeliest digit 0-5 after each reply and ANSWER: one batched forward pass (left-padded)."""
-        import torch
-
+        """The likeliest digit 0-5 after each reply and ANSWER."""
         prefix, digits = self.digit_ids()
         rows = [self.prompt_ids(text, count=False)
                 + self.tokenizer((reply.rstrip() + "\n\n" if reply.strip() else "") + prefix,
                                  add_special_tokens=False)["input_ids"]
                 for text, reply in zip(texts, replies, strict=True)]  # fmt: skip
-        rows = [row[-self.engine.max_model_len :] for row in rows]
+        # the newest tokens, and room for the answer (vLLM refuses a prompt that fills its context)
+        rows = [row[-(self.generation.max_model_len - 1) :] for row in rows]
         self.counts["prompt_tokens"] += sum(len(row) for row in rows)
-        width = max(len(row) for row in rows)
-        pad = self.engine.pad_id
-        ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows])
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1, :]
-        return [int(i) for i in logits[:, digits].float().argmax(-1)]
-
-    def close(self) -> None:
-        self.engine.stop()
+        return self.generation.choose(rows, digits)
 
 
-def load_annotator(
-    source, max_tokens: int, max_document_tokens: int, batch_size: int, stage: str
-) -> Annotator:
-    """The model of `source` (llmforge.model.loading.ModelSource) behind a started engine."""
-    from llmforge.model.loading import load_model, load_tokenizer
-    from llmforge.serving.embedded import generation_defaults
-    from llmforge.serving.engine import Engine
+@contextmanager
+def open_annotator(source, backend: str, max_tokens: int, max_document_tokens: int, batch_size: int,
+                   stage: str) -> Iterator[Annotator]:  # fmt: skip
+    """An Annotator for the model of `source` (llmforge.model.loading.ModelSource) on `backend` (embedded or
+    vllm), for the duration of the block: vLLM's server runs until it ends."""
+    from llmforge.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(source)
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(
             f"{source.path}: the tokenizer has no chat template; {stage} needs an instruct (chat) model"
         )
+    if backend == "vllm":
+        with _vllm_generation(source, tokenizer, batch_size) as generation:
+            yield Annotator(tokenizer, generation, max_tokens, max_document_tokens)
+        return
+    from llmforge.model.loading import load_model
+    from llmforge.serving.embedded import generation_defaults
+
     model = load_model(source, dtype="float32")
     model.eval()
     _, eos_ids = generation_defaults(model)
     if not eos_ids and tokenizer.eos_token_id is not None:
         eos_ids = [tokenizer.eos_token_id]
     context = int(getattr(model.config, "max_position_embeddings", 2048))
-    engine = Engine(model, tokenizer, eos_ids, context, batch_size)
-    engine.start()
-    return Annotator(model, tokenizer, engine, max_tokens, max_document_tokens)
+    generation = EngineGeneration(model, tokenizer, eos_ids, context, batch_size)
+    try:
+        yield Annotator(tokenizer, generation, max_tokens, max_document_tokens)
+    finally:
+        generation.close()
+
+
+@contextmanager
+def _vllm_generation(source, tokenizer, batch_size: int) -> Iterator[ServerGeneration]:
+    """vLLM's server with the model (an adapter: on its base, by name), as serve starts it, for the block."""
+    from llmforge.serving import models as serving_models
+    from llmforge.serving import vllm_backend
+    from llmforge.stages.serve import Config as ServeConfig
+
+    found = vllm_backend.runtime(explicit=True)
+    serving = serving_models.plan(source.path, None, {})
+    context = int(vllm_backend.model_settings(serving.base.path).get("max_position_embeddings") or 2048)
+    config = ServeConfig(port=0, max_model_len=context, max_batch_size=batch_size, log_level="warning")
+    with vllm_backend.running(serving, config, source.fingerprint, found) as (url, key):
+        name = f"vLLM {found.version} ({'CPU' if found.cpu else 'GPU'})"
+        generation = ServerGeneration(url, key, serving.models[0].name, context, batch_size, tokenizer, name)
+        try:
+            yield generation
+        finally:
+            generation.close()
 
 
 def annotate_documents(documents: list, annotator: Annotator, parts: Path) -> tuple[list[dict], int]:
@@ -212,38 +328,56 @@ def annotate_documents(documents: list, annotator: Annotator, parts: Path) -> tu
     from llmforge.console import progress
 
     parts.mkdir(parents=True, exist_ok=True)
-    records, reused = [], 0
+    chunks = [documents[start : start + CHUNK] for start in range(0, len(documents), CHUNK)]
+    per_round = max(1, annotator.generation.batch_size // CHUNK)  # chunks generated together
+    done: dict[int, list[dict]] = {}
+    pending: list[int] = []
+    reused = 0
     with progress() as bar:
         task = bar.add_task("annotating", total=len(documents), unit="docs")
-        for start in range(0, len(documents), CHUNK):
-            chunk = documents[start : start + CHUNK]
-            part = parts / f"{start // CHUNK:05d}.jsonl"
+        for number, chunk in enumerate(chunks):
+            part = parts / f"{number:05d}.jsonl"
             if part.is_file():
-                done = [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
-                if len(done) == len(chunk):
-                    records += done
+                kept = [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+                if len(kept) == len(chunk):
+                    done[number] = kept
                     reused += 1
                     bar.advance(task, len(chunk))
                     continue
-            texts = [d.text for d in chunk]
-            replies = annotator.score(texts)
-            scores = [parse_score(r) for r in replies]
-            unparsed = [n for n, score in enumerate(scores) if score is None]
-            sources = ["reply" if score is not None else "forced" for score in scores]
-            for start_at in range(0, len(unparsed), annotator.engine.max_batch_size):
-                numbers = unparsed[start_at : start_at + annotator.engine.max_batch_size]
-                forced = annotator.forced([texts[n] for n in numbers], [replies[n] for n in numbers])
-                for n, score in zip(numbers, forced, strict=True):
-                    scores[n] = score
-            made = [{"text": d.text, "id": d.id,
-                     "metadata": {**(d.metadata or {}), SCORE_KEY: score, FROM_KEY: source, REPLY_KEY: reply}}
-                    for d, score, source, reply in zip(chunk, scores, sources, replies, strict=True)]  # fmt: skip
-            staging = part.with_suffix(".tmp")
-            staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in made))
-            os.replace(staging, part)  # a chunk is there whole or not at all
-            records += made
-            bar.advance(task, len(chunk))
-    return records, reused
+            pending.append(number)
+            if len(pending) == per_round:
+                _annotate_chunks({n: chunks[n] for n in pending}, annotator, parts, done, bar, task)
+                pending = []
+        if pending:
+            _annotate_chunks({n: chunks[n] for n in pending}, annotator, parts, done, bar, task)
+    return [record for number in sorted(done) for record in done[number]], reused
+
+
+def _annotate_chunks(
+    chunks: dict[int, list], annotator: Annotator, parts: Path, done: dict, bar, task
+) -> None:
+    """Score the documents of several chunks together; write each chunk whole (a temporary file renamed)."""
+    documents = [d for chunk in chunks.values() for d in chunk]
+    texts = [d.text for d in documents]
+    replies = annotator.score(texts)
+    scores = [parse_score(r) for r in replies]
+    unparsed = [n for n, score in enumerate(scores) if score is None]
+    sources = ["reply" if score is not None else "forced" for score in scores]
+    if unparsed:
+        forced = annotator.forced([texts[n] for n in unparsed], [replies[n] for n in unparsed])
+        for n, score in zip(unparsed, forced, strict=True):
+            scores[n] = score
+    made = [{"text": d.text, "id": d.id,
+             "metadata": {**(d.metadata or {}), SCORE_KEY: score, FROM_KEY: source, REPLY_KEY: reply}}
+            for d, score, source, reply in zip(documents, scores, sources, replies, strict=True)]  # fmt: skip
+    for number, chunk in chunks.items():
+        records, made = made[: len(chunk)], made[len(chunk) :]
+        part = parts / f"{number:05d}.jsonl"
+        staging = part.with_suffix(".tmp")
+        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        os.replace(staging, part)  # a chunk is there whole or not at all
+        done[number] = records
+        bar.advance(task, len(chunk))
 
 
 def score_stats(records: list[dict]) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import typer
 from pydantic import Field, model_validator
@@ -93,6 +93,11 @@ class AnnotateConfig(StageConfig):
         description="A longer document is cut to this many tokens (and to what the context leaves)",
     )
     batch_size: int = runtime_field(16, ge=1, description="Documents generated at once (continuous batching)")
+    backend: Literal["auto", "embedded", "vllm"] = runtime_field(
+        "auto",
+        description="embedded: the model in this process (float32); vllm: vLLM's server started for the run (as "
+        "`serve --backend vllm`; the model's stored dtype); auto: vllm when `serve` would pick it, else embedded",
+    )
 
 
 class Heldout(TypedDict):
@@ -145,8 +150,10 @@ class AnnotateStats(TypedDict):
     truncated: int  # documents cut to fit
     prompt_tokens: int
     completion_tokens: int
-    tokens_per_second: float  # generated
+    seconds: float  # scoring, the model's loading and vLLM's startup left out
+    tokens_per_second: float  # generated, over those seconds
     chunks_reused: int  # from an interrupted run
+    backend: str  # "embedded", or "vLLM 0.32.0 (GPU)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,20 +310,21 @@ def annotate(inputs: list[str], out: str | Path, model: str | Path | None, confi
         raise InputError(f"{ANNOTATE_STAGE} needs at least one documents artifact or corpus file")
     source = resolve_model(model, ANNOTATE_STAGE)
     corpus = Corpus([str(i) for i in inputs], config.input, ANNOTATE_STAGE)
+    backend = _annotate_backend(config.backend)
     model_ref = source.ref()
     model_ref.detail["role"] = "annotator"
     return run_stage(ANNOTATE_STAGE, ANNOTATIONS_KIND, config, [*corpus.refs, model_ref], out,
-                     lambda ctx: _annotate(ctx, corpus, source, config), force=force)  # fmt: skip
+                     lambda ctx: _annotate(ctx, corpus, source, backend, config), force=force)  # fmt: skip
 
 
-def _annotate(ctx, corpus, source, config: AnnotateConfig) -> None:
+def _annotate(ctx, corpus, source, backend: str, config: AnnotateConfig) -> None:
     import gzip
     import json
     import shutil
     import time
 
     from llmforge.console import log, warn
-    from llmforge.data.annotate import annotate_documents, load_annotator, sample_documents, score_stats
+    from llmforge.data.annotate import annotate_documents, open_annotator, sample_documents, score_stats
 
     documents, read = sample_documents(corpus.documents(), config.sample, config.seed)
     if not documents:
@@ -324,21 +332,19 @@ def _annotate(ctx, corpus, source, config: AnnotateConfig) -> None:
             f"{ANNOTATE_STAGE}: the {read:,} input documents hold no text; there is nothing to score"
         )
     log(f"annotating {len(documents):,} of {read:,} documents with {source.path}")
-    annotator = load_annotator(source, config.max_tokens, config.max_document_tokens, config.batch_size,
-                               ANNOTATE_STAGE)  # fmt: skip
-    started = time.perf_counter()
-    try:
+    with open_annotator(source, backend, config.max_tokens, config.max_document_tokens, config.batch_size,
+                        ANNOTATE_STAGE) as annotator:  # fmt: skip
+        started = time.perf_counter()
         records, reused = annotate_documents(documents, annotator, ctx.work / "parts")
-    finally:
-        annotator.close()
     seconds = time.perf_counter() - started
     (ctx.work / "data").mkdir(exist_ok=True)
     with gzip.GzipFile(ctx.work / "data" / "00000.jsonl.gz", "wb", mtime=0) as handle:
         handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
     shutil.rmtree(ctx.work / "parts")
     stats = {"input": {"documents": read}, **score_stats(records), **annotator.counts,
+             "seconds": round(seconds, 2),
              "tokens_per_second": round(annotator.counts["completion_tokens"] / max(seconds, 1e-9), 1),
-             "chunks_reused": reused}  # fmt: skip
+             "chunks_reused": reused, "backend": annotator.generation.name}  # fmt: skip
     ctx.stats.update(stats)
     counts = ", ".join(f"{score}: {count}" for score, count in stats["score_counts"].items())
     log(f"scores ({counts}); mean {stats['mean_score']}; {stats['parsed']} parsed from the replies, "
@@ -346,6 +352,20 @@ def _annotate(ctx, corpus, source, config: AnnotateConfig) -> None:
     if config.max_tokens and stats["forced"] > len(records) // 2:
         warn(f"{stats['forced']} of {len(records)} replies gave no 'Educational score: N' and were scored by the "
              "forced answer; does the model follow the rubric? (see metadata.edu_reply)")  # fmt: skip
+
+
+def _annotate_backend(choice: str) -> str:
+    """embedded or vllm; auto as `serve` decides (vLLM importable here, or $LLMFORGE_VLLM_PYTHON set), and says why."""
+    from llmforge.console import log
+    from llmforge.serving import vllm_backend
+
+    if choice == "vllm":
+        vllm_backend.runtime(explicit=True)  # found, or refused before the output is created
+    if choice != "auto":
+        return choice
+    reason = vllm_backend.unavailable_reason()
+    log(f"backend: the embedded engine ({reason})" if reason else "backend: vLLM")
+    return "embedded" if reason else "vllm"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -360,7 +380,7 @@ TRAIN_FLAGS = (Flag("holdout"), Flag("max_documents"), Flag("positive_min"), Fla
 FILTER_FLAGS = (Flag("keep"), Flag("threshold"), Flag("label"), *INPUT_FLAGS, Flag("input.task_mb"),
                 Flag("executor.workers"), Flag("executor.kind", "--executor"))  # fmt: skip
 ANNOTATE_FLAGS = (Flag("sample"), Flag("seed"), Flag("max_tokens"), Flag("max_document_tokens"),
-                  Flag("batch_size"), *INPUT_FLAGS)  # fmt: skip
+                  Flag("batch_size"), Flag("backend"), *INPUT_FLAGS)  # fmt: skip
 
 
 @stage_command(TRAIN_FLAGS)
