@@ -101,7 +101,13 @@ def crawl(tmp_path_factory):
 def test_crawl_filter_on_ray_makes_the_local_artifact(ray_cluster, crawl, tmp_path):
     filtered, docs, _ = crawl
     command, env = on_ray([*filtered, "-o", tmp_path / "docs"], ray_cluster)
+    shared_logs = Path(tempfile.gettempdir()) / "ray_logs" / "logs"  # datatrove's, by rank alone
+    started = time.time()
     result = llmforge(*command, env=env)
+    # each task logged in a directory of its own, its log copied to the artifact's, none in the shared place
+    assert [log for log in shared_logs.glob("task_*.log") if log.stat().st_mtime >= started] == []
+    task_logs = sorted((tmp_path / "docs" / "logs" / "filter" / "logs").glob("task_*.log"))
+    assert len(task_logs) == 2 and all("Processing done for rank" in log.read_text() for log in task_logs)
     assert result.stdout == f"{tmp_path / 'docs'}\n" and "ray: 1 node(s), 2 CPUs" in result.stderr
     # nor datatrove's warning per step (said once, by us), nor Ray's INFO lines, nor the workers' output
     noisy = ("Logging directory", "INFO", "pid=")

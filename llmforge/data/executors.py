@@ -175,15 +175,26 @@ def _ray_executor_class():
     class RayExecutor(_GuardedTasks, RayPipelineExecutor):
         """datatrove's Ray executor keeps a failed task's error in the task's log (the driver only learns that
         the task failed): a task that meets bad input also writes its one-line message to the step's
-        input-errors/ folder, so the command stops with it, as it does on the local executor."""
+        input-errors/ folder, so the command stops with it, as it does on the local executor. Each task's log
+        is its own (see below)."""
 
         def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+            import tempfile
+
+            # datatrove writes a task's log to tempfile.gettempdir()/ray_logs/logs/task_<rank>.log first, then
+            # copies it to the step's logs/: named by rank alone, so two runs on one node would write, and copy
+            # back, each other's logs. Each task gets a temporary directory of its own for the time it runs.
+            previous, scratch = tempfile.tempdir, tempfile.mkdtemp(prefix=f"llmforge-task-{rank:05d}-")
+            tempfile.tempdir = scratch
             try:
                 return super()._run_for_rank(rank, local_rank, node_rank)
             except InputError as exc:
                 with self.logging_dir.open(f"{INPUT_ERRORS}/{rank:05d}.txt", "w") as handle:
                     handle.write(str(exc))
                 raise
+            finally:
+                tempfile.tempdir = previous
+                shutil.rmtree(scratch, ignore_errors=True)
 
     return RayExecutor
 
