@@ -3,7 +3,7 @@
 #
 #   bash bench/bench_gpu.sh --fetch-wheels     # here, with the registry: the wheels the GPU machine lacks, into .whl/
 #   bash bench/bench_gpu.sh OUTDIR [STEP...]   # there; default steps: wheels env corpus tokens sweep
-#   (other steps: pretrain check sft grpo bench sft-nods variants)
+#   (other steps: pretrain check sft grpo bench sft-nods variants syncs)
 #
 # wheels: installs from the carried .whl/ folder every distribution the machine does not have (into
 #   $WORK/site-packages, first on PYTHONPATH; a machine's package older than the carried one is shadowed)
@@ -17,6 +17,9 @@
 #   (made here and carried instead, the device's minutes go to the sweep: bench/RESULTS.md has the commands)
 # pretrain: `llmforge pretrain` with recipes/gpu/pretrain-125m.yaml on this one GPU (bf16, DeepSpeed ZeRO-2, NCCL)
 # variants: 10-step pretrain runs as the recipe, with document masking off, with torch.compile, and both
+# syncs: the recipe's pretrain for 10 steps under torch.cuda.set_sync_debug_mode("warn"): every operation that
+#   made the host wait for the GPU, counted by source line (OUTDIR/syncs.txt); a line counted once a step or more
+#   is a wait in the training step (llmforge's own is one a step: the losses read after the update is queued)
 # check: the model artifact loads in transformers and generates on the GPU
 # bench: bench/bench_pretrain.py: llmforge vs a plain PyTorch loop (tokens/s, MFU, memory), ZeRO 0/2/3
 # sft, grpo: recipes/gpu's LoRA SFT (DeepSpeed ZeRO-2 under torchrun) on the pretrained model, then GRPO on
@@ -219,6 +222,21 @@ if wanted variants; then
             --config "$RECIPES/pretrain-125m.yaml" --nproc 1 --set model.vocab_size="$VOCAB" $VARIANT_ARGS \
             ${variant#*:}
     done
+fi
+
+if wanted syncs && [[ ${CPU_REHEARSAL:-0} != 1 ]]; then
+    run syncs 400 python3 -W always -c '
+import sys, torch
+torch.cuda.set_sync_debug_mode("warn")
+from llmforge.cli import app
+sys.argv = ["llmforge", *sys.argv[1:]]
+app()' pretrain "$TOKENS" -o "$WORK/syncs" --config "$RECIPES/pretrain-125m.yaml" --nproc 1 \
+        --set model.vocab_size="$VOCAB" $VARIANT_ARGS
+    # "FILE:LINE: UserWarning: called a synchronizing CUDA operation": counted per line, most frequent first
+    grep -o '^[^ ]*:[0-9]*: UserWarning: called a synchronizing' "$OUT/logs/syncs.log" | cut -d' ' -f1 |
+        sort | uniq -c | sort -rn >"$OUT/syncs.txt"
+    note "syncs: $(wc -l <"$OUT/syncs.txt") source lines waited for the GPU; the most frequent:"
+    head -8 "$OUT/syncs.txt" | tee -a "$OUT/summary.txt"
 fi
 
 if wanted check; then
