@@ -345,3 +345,16 @@ def test_quality_annotate_on_vllm_gives_the_embedded_engines_replies_and_scores(
     assert Artifact.open(tmp_path / "vllm").stats["backend"].startswith("vLLM")
     assert found["vllm"] == found["embedded"]
     assert {score for _, score, _, _ in found["vllm"]} <= set(range(6)) and any(r for *_, r in found["vllm"])
+
+
+def test_quality_annotate_auto_stays_in_this_environment_and_names_vllms(tmp_path, monkeypatch, capsys):
+    """auto does not switch to .venv-vllm behind the user's back (as serve), but says --backend vllm would."""
+    from llmforge.stages.quality import _annotate_backend
+
+    monkeypatch.delenv(vllm_backend.PYTHON_ENV, raising=False)
+    (tmp_path / ".venv-vllm").symlink_to(Path(FOUND.python).parent.parent)  # a .venv-vllm in the working directory
+    monkeypatch.chdir(tmp_path)
+    if vllm_backend.unavailable_reason() is None:
+        pytest.skip("vLLM is importable in this environment: auto picks it")
+    assert _annotate_backend("auto") == "embedded"
+    assert "--backend vllm would run it from" in " ".join(capsys.readouterr().err.split())
