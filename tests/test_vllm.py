@@ -352,7 +352,8 @@ def test_quality_annotate_auto_stays_in_this_environment_and_names_vllms(tmp_pat
     from llmforge.stages.quality import _annotate_backend
 
     monkeypatch.delenv(vllm_backend.PYTHON_ENV, raising=False)
-    (tmp_path / ".venv-vllm").symlink_to(Path(FOUND.python).parent.parent)  # a .venv-vllm in the working directory
+    # a .venv-vllm in the working directory
+    (tmp_path / ".venv-vllm").symlink_to(Path(FOUND.python).parent.parent)
     monkeypatch.chdir(tmp_path)
     if vllm_backend.unavailable_reason() is None:
         pytest.skip("vLLM is importable in this environment: auto picks it")
