@@ -263,3 +263,30 @@ def test_annotate_on_vllm_where_there_is_none_is_refused_before_anything_is_writ
                       "--backend", "vllm", env={"LLMFORGE_VLLM_PYTHON": str(tmp_path / "no-python")}, check=False)  # fmt: skip
     assert result.returncode == 2 and "the vllm backend needs vLLM" in result.stderr
     assert not list(tmp_path.glob("ann*"))
+
+
+def test_vllm_gets_the_context_annotation_needs_and_the_gpus_asked_for(long_context_model, tmp_path):
+    """vLLM's context is the rubric, the longest document, the reply and the forced answer, not the model's (vLLM
+    sizes its KV cache for a whole one); --tensor-parallel-size reaches vLLM, and is refused without it."""
+    from llmforge.model.loading import load_tokenizer, resolve_model
+    from llmforge.serving import vllm_backend
+
+    source = resolve_model(long_context_model, "t")
+    tokenizer = load_tokenizer(source)
+    serving, config = annotation.vllm_serving(source, tokenizer, 64, 256, 8, 2)
+    rubric = len(annotation.rubric_ids(tokenizer, ""))
+    assert config.max_model_len == rubric + 256 + 64 + 32 < 2048 and config.max_batch_size == 8
+    argv = vllm_backend.command(serving, config, 8000, vllm_backend.Runtime("python", "0", cpu=False))
+    assert argv[argv.index("--max-model-len") + 1] == str(config.max_model_len)
+    assert (
+        argv[argv.index("--tensor-parallel-size") + 1] == "2"
+        and argv[argv.index("--max-num-seqs") + 1] == "8"
+    )
+    _, whole = annotation.vllm_serving(source, tokenizer, 256, 2048, 8, 1)
+    assert whole.max_model_len == 2048  # the model's own context caps it
+    raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": explanatory(0)}])
+    result = llmforge("quality", "annotate", raw, "--model", long_context_model, "-o", tmp_path / "ann",
+                      "--backend", "embedded", "--tensor-parallel-size", 2, check=False)  # fmt: skip
+    assert (
+        result.returncode == 2 and "needs --backend vllm" in result.stderr and not (tmp_path / "ann").exists()
+    )

@@ -203,6 +203,13 @@ class ServerGeneration:
         self.client.close()
 
 
+def rubric_ids(tokenizer, extract: str) -> list[int]:
+    """The prompt's token ids: the rubric around `extract`, as a user turn in the model's chat template."""
+    messages = [{"role": "user", "content": PROMPT.format(extract=extract)}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class Annotator:
     """The rubric rendered for a model's tokenizer, and a backend generating for it (`EngineGeneration` or
@@ -228,9 +235,7 @@ class Annotator:
         return self.render(text)
 
     def render(self, extract: str) -> list[int]:
-        messages = [{"role": "user", "content": PROMPT.format(extract=extract)}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return rubric_ids(self.tokenizer, extract)
 
     def score(self, texts: list[str]) -> list[str]:
         """The model's replies to the rubric for each text, greedy."""
@@ -271,7 +276,7 @@ class Annotator:
 
 @contextmanager
 def open_annotator(source, backend: str, max_tokens: int, max_document_tokens: int, batch_size: int,
-                   stage: str) -> Iterator[Annotator]:  # fmt: skip
+                   stage: str, tensor_parallel_size: int = 1) -> Iterator[Annotator]:  # fmt: skip
     """An Annotator for the model of `source` (llmforge.model.loading.ModelSource) on `backend` (embedded or
     vllm), for the duration of the block: vLLM's server runs until it ends."""
     from llmforge.model.loading import load_tokenizer
@@ -282,7 +287,9 @@ def open_annotator(source, backend: str, max_tokens: int, max_document_tokens: i
             f"{source.path}: the tokenizer has no chat template; {stage} needs an instruct (chat) model"
         )
     if backend == "vllm":
-        with _vllm_generation(source, tokenizer, batch_size) as generation:
+        serving, config = vllm_serving(source, tokenizer, max_tokens, max_document_tokens, batch_size,
+                                       tensor_parallel_size)  # fmt: skip
+        with _vllm_generation(source, serving, config, tokenizer) as generation:
             yield Annotator(tokenizer, generation, max_tokens, max_document_tokens)
         return
     from llmforge.model.loading import load_model
@@ -301,20 +308,34 @@ def open_annotator(source, backend: str, max_tokens: int, max_document_tokens: i
         generation.close()
 
 
-@contextmanager
-def _vllm_generation(source, tokenizer, batch_size: int) -> Iterator[ServerGeneration]:
-    """vLLM's server with the model (an adapter: on its base, by name), as serve starts it, for the block."""
+def vllm_serving(source, tokenizer, max_tokens: int, max_document_tokens: int, batch_size: int,
+                 tensor_parallel_size: int):  # fmt: skip
+    """What vLLM serves for annotation (the model; an adapter on its base, by name) and its server settings. Its
+    context is what a prompt can need (the rubric, the longest document, the reply, the forced answer), not the
+    model's whole one (128k tokens for Llama 3.1): vLLM sizes its KV cache to hold at least one full context."""
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
     from llmforge.stages.serve import Config as ServeConfig
 
-    found = vllm_backend.runtime(explicit=True)
     serving = serving_models.plan(source.path, None, {})
     context = int(vllm_backend.model_settings(serving.base.path).get("max_position_embeddings") or 2048)
-    config = ServeConfig(port=0, max_model_len=context, max_batch_size=batch_size, log_level="warning")
+    # the forced answer adds a blank line and "Educational score:" to the reply, then one token
+    needed = len(rubric_ids(tokenizer, "")) + max_document_tokens + max_tokens + 32
+    config = ServeConfig(port=0, max_model_len=min(context, needed), max_batch_size=batch_size,
+                         tensor_parallel_size=tensor_parallel_size, log_level="warning")  # fmt: skip
+    return serving, config
+
+
+@contextmanager
+def _vllm_generation(source, serving, config, tokenizer) -> Iterator[ServerGeneration]:
+    """vLLM's server, as serve starts it, for the block."""
+    from llmforge.serving import vllm_backend
+
+    found = vllm_backend.runtime(explicit=True)
     with vllm_backend.running(serving, config, source.fingerprint, found) as (url, key):
         name = f"vLLM {found.version} ({'CPU' if found.cpu else 'GPU'})"
-        generation = ServerGeneration(url, key, serving.models[0].name, context, batch_size, tokenizer, name)
+        generation = ServerGeneration(url, key, serving.models[0].name, config.max_model_len, config.max_batch_size,
+                                      tokenizer, name)  # fmt: skip
         try:
             yield generation
         finally:

@@ -93,6 +93,7 @@ class AnnotateConfig(StageConfig):
         description="A longer document is cut to this many tokens (and to what the context leaves)",
     )
     batch_size: int = runtime_field(16, ge=1, description="Documents generated at once (continuous batching)")
+    tensor_parallel_size: int = runtime_field(1, ge=1, description="vllm: GPUs to shard the model across")
     backend: Literal["auto", "embedded", "vllm"] = runtime_field(
         "auto",
         description="embedded: the model in this process (float32); vllm: vLLM's server started for the run (as "
@@ -311,6 +312,9 @@ def annotate(inputs: list[str], out: str | Path, model: str | Path | None, confi
     source = resolve_model(model, ANNOTATE_STAGE)
     corpus = Corpus([str(i) for i in inputs], config.input, ANNOTATE_STAGE)
     backend = _annotate_backend(config.backend)
+    if backend == "embedded" and config.tensor_parallel_size > 1:
+        raise InputError(f"--tensor-parallel-size {config.tensor_parallel_size} shards the model with vLLM: it "
+                         "needs --backend vllm")  # fmt: skip
     model_ref = source.ref()
     model_ref.detail["role"] = "annotator"
     return run_stage(ANNOTATE_STAGE, ANNOTATIONS_KIND, config, [*corpus.refs, model_ref], out,
@@ -333,7 +337,7 @@ def _annotate(ctx, corpus, source, backend: str, config: AnnotateConfig) -> None
         )
     log(f"annotating {len(documents):,} of {read:,} documents with {source.path}")
     with open_annotator(source, backend, config.max_tokens, config.max_document_tokens, config.batch_size,
-                        ANNOTATE_STAGE) as annotator:  # fmt: skip
+                        ANNOTATE_STAGE, config.tensor_parallel_size) as annotator:  # fmt: skip
         started = time.perf_counter()
         records, reused = annotate_documents(documents, annotator, ctx.work / "parts")
     seconds = time.perf_counter() - started
@@ -385,7 +389,7 @@ TRAIN_FLAGS = (Flag("holdout"), Flag("max_documents"), Flag("positive_min"), Fla
 FILTER_FLAGS = (Flag("keep"), Flag("threshold"), Flag("label"), *INPUT_FLAGS, Flag("input.task_mb"),
                 Flag("executor.workers"), Flag("executor.kind", "--executor"))  # fmt: skip
 ANNOTATE_FLAGS = (Flag("sample"), Flag("seed"), Flag("max_tokens"), Flag("max_document_tokens"),
-                  Flag("batch_size"), Flag("backend"), *INPUT_FLAGS)  # fmt: skip
+                  Flag("batch_size"), Flag("backend"), Flag("tensor_parallel_size"), *INPUT_FLAGS)  # fmt: skip
 
 
 @stage_command(TRAIN_FLAGS)
