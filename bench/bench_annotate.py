@@ -17,7 +17,6 @@ is VLLM_CPU_KVCACHE_SPACE GiB (2 unless set). One run; the figures go to bench/R
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -26,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from llmforge.artifacts import Artifact
+from llmforge.data.documents import iter_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -48,7 +50,7 @@ replies = [o.outputs[0].text for o in outputs]
 tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
 scores = []
 for reply in replies:
-    found = re.findall(r"educational\s+score\s*:?\s*\**\s*:?\s*([0-5])(?![\d.,])", reply, re.IGNORECASE)
+    found = re.findall(job["score_pattern"], reply, re.IGNORECASE)
     scores.append(int(found[-1]) if found else None)
 unparsed = [n for n, s in enumerate(scores) if s is None]
 rows = [job["prompts"][n] + tokenizer((replies[n].rstrip() + "\n\n" if replies[n].strip() else "") + job["prefix"],
@@ -75,14 +77,9 @@ def llmforge(*args) -> None:
     run([sys.executable, "-m", "llmforge", *args])
 
 
-def records(artifact: Path) -> list[dict]:
-    with gzip.open(artifact / "data" / "00000.jsonl.gz", "rt") as handle:
-        return [json.loads(line) for line in handle]
-
-
 def job_for(model: Path, documents: list[str], args, context: int) -> dict:
     """The prompt token ids llmforge's annotator sends for these documents, and its forced-answer tokens."""
-    from llmforge.data.annotate import Annotator
+    from llmforge.data.annotate import SCORE_PATTERN, Annotator
     from llmforge.model.loading import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(model, "bench"))
@@ -90,7 +87,8 @@ def job_for(model: Path, documents: list[str], args, context: int) -> dict:
     annotator = Annotator(tokenizer, shape, args.max_tokens, 2048)
     prefix, digits = annotator.digit_ids()
     return {"model": str(model), "prompts": [annotator.prompt_ids(text) for text in documents], "prefix": prefix,
-            "digits": digits, "context": context, "max_tokens": args.max_tokens, "batch_size": args.batch_size}  # fmt: skip
+            "digits": digits, "context": context, "max_tokens": args.max_tokens, "batch_size": args.batch_size,
+            "score_pattern": SCORE_PATTERN.pattern}  # fmt: skip
 
 
 def main() -> None:
@@ -124,7 +122,7 @@ def main() -> None:
             llmforge("quality", "annotate", args.docs, "-o", work / backend, *common, "--backend", backend)
             manifest = json.loads((work / backend / "artifact.json").read_text())
             runs[backend] = {"wall": time.perf_counter() - begin, **manifest["stats"],
-                             "records": records(work / backend)}  # fmt: skip
+                             "records": list(iter_documents(Artifact.open(work / backend)))}  # fmt: skip
         documents = [r["text"] for r in runs["vllm"]["records"]]
         context = int(vllm_backend.model_settings(model).get("max_position_embeddings") or 2048)
         # the dtype serve gives vLLM (as stored: float32 here; vLLM's own auto would run it in bfloat16)
@@ -142,9 +140,7 @@ def main() -> None:
         plain = json.loads((work / "plain.json").read_text())
         plain_wall = time.perf_counter() - begin
 
-    print(
-        f"machine: {machine.cpu_count()} CPUs, {found.python} (vLLM {found.version}, {'CPU' if found.cpu else 'GPU'})"
-    )
+    print(f"machine: {machine.cpu_count()} CPUs, {found.python} ({found.label})")
     print(f"work: {len(documents)} documents, {runs['vllm']['prompt_tokens']:,} prompt tokens, greedy replies of "
           f"{args.max_tokens} tokens, batch {args.batch_size}")  # fmt: skip
     print(f"{'':28} {'wall s':>8} {'scoring s':>10} {'gen tok/s':>10}")

@@ -13,6 +13,7 @@ from llmforge.artifacts import Artifact, InputRef, run_stage
 from llmforge.cli import app
 from llmforge.config import StageConfig
 from llmforge.data import annotate as annotation
+from llmforge.data.documents import iter_documents
 from llmforge.errors import InputError
 from llmforge.stages import quality
 
@@ -28,11 +29,7 @@ def sides(tmp_path_factory):
 
 
 def read_records(artifact) -> list[dict]:
-    records = []
-    for file in sorted((artifact / "data").glob("*.jsonl.gz")):
-        with gzip.open(file, "rt") as handle:
-            records += [json.loads(line) for line in handle]
-    return records
+    return list(iter_documents(Artifact.open(artifact)))
 
 
 def test_train_then_filter_through_the_cli(sides, tmp_path):

@@ -4,7 +4,6 @@ skips, saying so. vLLM takes a minute or more to load on 2 cores: the module sta
 
 from __future__ import annotations
 
-import gzip
 import json
 import select
 import subprocess
@@ -329,6 +328,7 @@ def test_quality_annotate_on_vllm_gives_the_embedded_engines_replies_and_scores(
     engine gets: the same greedy replies, and the same forced scores (a one-token completion restricted to the
     digits against the engine's forward pass; a random model never writes a score of its own)."""
     from llmforge.artifacts import Artifact
+    from llmforge.data.documents import iter_documents
 
     model = tiny_model_artifact(tmp_path / "model", tiny_tokenizer_dir, max_position_embeddings=2048)
     raw = write_jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in sentences(6, seed=3)])
@@ -338,7 +338,7 @@ def test_quality_annotate_on_vllm_gives_the_embedded_engines_replies_and_scores(
         llmforge("quality", "annotate", raw, "--model", model, "-o", out, "--max-tokens", 8, "--batch-size", 4,
                  "--backend", backend, env=VLLM_ENV)  # fmt: skip
         artifact = Artifact.open(out)
-        records = [json.loads(line) for line in gzip.open(out / "data" / "00000.jsonl.gz", "rt")]
+        records = list(iter_documents(artifact))
         found[backend] = [(r["text"], r["metadata"]["edu_score"], r["metadata"]["edu_score_from"],
                            r["metadata"]["edu_reply"].replace("\ufffd", "")) for r in records]  # fmt: skip
         assert artifact.stats["documents"] == 6 and artifact.stats["completion_tokens"] <= 6 * 8

@@ -20,6 +20,7 @@ together.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -221,11 +222,15 @@ class Annotator:
     max_document_tokens: int
     counts: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "truncated": 0})
 
+    @functools.cached_property
+    def rubric_tokens(self) -> int:
+        """The prompt's tokens besides the document's."""
+        return len(self.render(""))
+
     def prompt_ids(self, text: str, count: bool = True) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        overhead = len(self.render(""))
         context = self.generation.max_model_len
-        room = min(self.max_document_tokens, context - self.max_tokens - overhead - 1)
+        room = min(self.max_document_tokens, context - self.max_tokens - self.rubric_tokens - 1)
         if room < 16:
             raise InputError(f"the model's context ({context} tokens) leaves no room for a document beside the "
                              f"rubric and {self.max_tokens} answer tokens; lower max_tokens")  # fmt: skip
@@ -333,9 +338,8 @@ def _vllm_generation(source, serving, config, tokenizer) -> Iterator[ServerGener
 
     found = vllm_backend.runtime(explicit=True)
     with vllm_backend.running(serving, config, source.fingerprint, found) as (url, key):
-        name = f"vLLM {found.version} ({'CPU' if found.cpu else 'GPU'})"
         generation = ServerGeneration(url, key, serving.models[0].name, config.max_model_len, config.max_batch_size,
-                                      tokenizer, name)  # fmt: skip
+                                      tokenizer, found.label)  # fmt: skip
         try:
             yield generation
         finally:

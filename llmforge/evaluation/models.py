@@ -181,7 +181,7 @@ def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
         os.environ["OPENAI_API_KEY"] = key  # lm-eval's local-completions sends it as the bearer token
         try:
             lm = get_model("local-completions").create_from_arg_obj({k: v for k, v in arguments.items() if v})
-            yield lm, {**arguments, "server": f"vLLM {found.version} ({'CPU' if found.cpu else 'GPU'})"}
+            yield lm, {**arguments, "server": found.label}
         finally:
             if previous is None:
                 os.environ.pop("OPENAI_API_KEY", None)

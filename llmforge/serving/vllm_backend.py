@@ -69,6 +69,11 @@ class Runtime:
     version: str
     cpu: bool  # vLLM's CPU build: eager mode, one process, bf16 for INT4 checkpoints
 
+    @property
+    def label(self) -> str:
+        """What runs the model, for logs and records: "vLLM 0.32.0 (CPU)"."""
+        return f"vLLM {self.version} ({'CPU' if self.cpu else 'GPU'})"
+
 
 def checkout() -> Path | None:
     """The source checkout llmforge runs from (an editable install), or None for an installed wheel."""
@@ -272,9 +277,7 @@ def launch(
 
     port = free_port(config.host, config.port)
     argv = command(serving, config, port, found)
-    log(
-        f"starting vLLM {found.version} ({'CPU' if found.cpu else 'GPU'}, {found.python}): {' '.join(argv[1:])}"
-    )
+    log(f"starting {found.label} from {found.python}: {' '.join(argv[1:])}")
     env = environment(found, fingerprint, config.api_key)
     process = subprocess.Popen(argv, env=env, stdout=_stderr_fd(), stdin=subprocess.DEVNULL)
     return process, base_url(config.host, port)
