@@ -166,6 +166,24 @@ def test_the_embedded_server_engine_runs_a_torchao_checkpoint(tiny_model, tokens
     assert request.output_ids == expected
 
 
+def test_documents_are_tokenized_as_text_for_calibration_and_perplexity(tiny_tokenizer_dir, tmp_path):
+    """A page quoting `<|im_start|>` calibrates and scores as the characters it is (as `tokenize encode` reads
+    documents): the only control token in the windows is the EOS after each document."""
+    from llmforge.artifacts import open_artifact
+    from llmforge.data.tokenizer import CONTROL_TOKENS, load_tokenizer
+
+    texts = [f"{text} then type {CONTROL_TOKENS[3]}user" for text in sentences(100, seed=3)]
+    data = open_artifact(documents_artifact(tmp_path / "docs", texts), quantize.STAGE, ["documents"])
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    texts_ = quantize._texts(data, tokenizer, quantize.Config(method="w4a16", **SMALL), context=2048)
+    start = tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[3])
+    for windows in (texts_.calibration, texts_.held_out):
+        tokens = [t for window in windows for t in window]
+        assert tokens and start not in tokens
+    first = tokenizer(texts[0], split_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+    assert texts_.calibration[0][: len(first)] == first
+
+
 @pytest.mark.slow
 def test_cli_with_documents_data_is_idempotent(tiny_model, tmp_path):
     docs = documents_artifact(tmp_path / "docs", sentences(200, seed=9))

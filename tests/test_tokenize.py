@@ -172,6 +172,19 @@ def test_fertility_is_reported_per_language(tmp_path, capsys):
                 f"({row['documents']} documents)") in screen  # fmt: skip
 
 
+def test_fertility_counts_special_token_strings_as_text(trained):
+    """A held-out page quoting `<|im_start|>` costs the tokens `tokenize encode` gives it (text), not one id."""
+    from tokenizers import Tokenizer
+
+    from llmforge.data.tokenizer import fertility
+
+    backend = Tokenizer.from_file(str(Path(trained) / "tokenizer.json"))
+    quoted = f"type {CONTROL_TOKENS[3]}user to start a turn"
+    as_text = len(load_tokenizer(trained)(quoted, split_special_tokens=True)["input_ids"])
+    assert fertility(backend, [quoted])["tokens"] == as_text > len(backend.encode(quoted).ids)
+    assert backend.encode_special_tokens is False  # the tokenizer is left as it was given
+
+
 def test_vocabulary_smaller_than_bytes_and_specials_is_refused(corpus, tmp_path):
     with pytest.raises(InputError, match="vocab_size 266 is too small: .* alone need 267"):
         tokenize.train([str(corpus["web"][0])], tmp_path / "tok", TrainConfig(vocab_size=266))

@@ -151,8 +151,13 @@ def same_vocabulary(first: str | Path, second: str | Path) -> bool:
 
 def fertility(tokenizer_object, texts: list[str]) -> dict[str, float | int]:
     """How well a `tokenizers.Tokenizer` compresses `texts`: UTF-8 bytes per token (higher is better) and tokens
-    per whitespace-separated word (lower is better; a language the tokenizer knows badly costs more per word)."""
-    tokens = sum(len(e.ids) for e in tokenizer_object.encode_batch(texts, add_special_tokens=False))
+    per whitespace-separated word (lower is better; a language the tokenizer knows badly costs more per word).
+    Special-token strings in the texts count as the text they are, as `tokenize encode` reads documents."""
+    matching, tokenizer_object.encode_special_tokens = tokenizer_object.encode_special_tokens, True
+    try:
+        tokens = sum(len(e.ids) for e in tokenizer_object.encode_batch(texts, add_special_tokens=False))
+    finally:
+        tokenizer_object.encode_special_tokens = matching
     text_bytes = sum(len(t.encode("utf-8")) for t in texts)
     words = sum(len(t.split()) for t in texts)
     return {"documents": len(texts), "bytes": text_bytes, "tokens": tokens,

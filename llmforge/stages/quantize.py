@@ -9,6 +9,7 @@ transformers, and so the embedded CPU server, run directly.
 The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config.
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
 measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
+A documents artifact's text is tokenized as text: special-token strings in it are characters, not control tokens.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def _texts(dataset, tokenizer, config: Config, context: int) -> Texts:
         def split(held_out: bool):
             for index, text in enumerate(iter_texts(dataset)):
                 if (index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out:
-                    yield tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+                    # As `tokenize encode` reads documents by default: a page quoting `<|im_start|>` is text.
+                    yield tokenizer(text, split_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
 
         calibration_docs, held_out_docs = split(False), split(True)
     held_out = windows(held_out_docs, seq_len, config.eval_tokens)
