@@ -373,7 +373,7 @@ def _annotate_backend(choice: str) -> str:
         reason += (
             f"; --backend vllm would run it from {found.python} (bench/bench_annotate.py: 9x faster on a CPU)"
         )
-    log(f"backend: the embedded engine ({reason})" if reason else "backend: vLLM")
+    log(f"backend: the embedded CPU engine ({reason})" if reason else "backend: vLLM")
     return "embedded" if reason else "vllm"
 
 
