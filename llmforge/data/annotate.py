@@ -8,7 +8,7 @@ reply is followed by "Educational score:" and the likeliest of the digits 0-5 is
 no generation at all, about a hundred times cheaper. Each record says where its score came from.
 
 Generation is greedy and runs on one of two backends: the embedded server's engine in this process
-(llmforge.serving.engine: continuous batching; CPU or GPU), or vLLM's own server, started for the run from vLLM's
+(llmforge.serving.engine: continuous batching, on the CPU), or vLLM's own server, started for the run from vLLM's
 environment as `serve --backend vllm` starts it (paged attention: what a GPU and a large sample need). vLLM is sent
 the very token ids the engine would get; the forced answer is a one-token completion restricted to the six digit
 tokens (`allowed_token_ids`), the same argmax as the engine's forward pass.
