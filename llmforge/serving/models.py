@@ -20,7 +20,9 @@ STAGE = "serve"
 class ServedModel:
     name: str  # what clients put in "model"
     source: ModelSource
-    adapter: str | None = None  # the peft adapter answering for this name; None = the base model
+    # the peft adapter answering for this name (adapter0, adapter1, ...: peft names are module names, which a
+    # served name such as "sft-llama3.1" cannot be); None = the base model
+    adapter: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -84,7 +86,7 @@ def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -
     if source.is_adapter:  # the adapter first: it is what was asked for; its base is served beside it
         base = source.base
         name = served_name or default_name(source)
-        models = [ServedModel(name, source, adapter=name), ServedModel(default_name(base), base)]
+        models = [ServedModel(name, source, adapter="adapter0"), ServedModel(default_name(base), base)]
     else:
         base = source
         models = [ServedModel(served_name or default_name(source), source)]
@@ -97,7 +99,7 @@ def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -
                 f"--adapter {name}={path}: trained on {adapter.base.path} (fingerprint "
                 f"{adapter.base.fingerprint[:12]}), not on the served base {base.path} ({base.fingerprint[:12]})"
             )
-        models.append(ServedModel(name, adapter, adapter=name))
+        models.append(ServedModel(name, adapter, adapter=f"adapter{sum(m.adapter is not None for m in models)}"))
     names = [m.name for m in models]
     for name in names:
         if names.count(name) > 1:

@@ -1,0 +1,86 @@
+"""The open model families users bring, end to end: import, LoRA SFT in the family's own chat template, and a
+greedy answer through `llmforge serve` equal to transformers' own generation on the same adapter and prompt.
+
+The real checkpoints cannot be downloaded here, so each family is a tiny random model of its architecture
+(transformers' class: Gemma 3 with its sliding-window layers, Phi-3's fused projections, Qwen 3's QK-norm) with the
+family's original chat template on a stand-in tokenizer (families.py). The output directories are named as users
+name them ("sft-llama3.1"): a served adapter's name is not a Python module name.
+"""
+
+import pytest
+from families import family_tokenizer
+from helpers import chat_records, write_jsonl
+from test_serve import start_server
+
+from llmforge.artifacts import Artifact
+from llmforge.stages import import_model, sft
+from llmforge.train.posttrain import LoraSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+# family (families.py) -> transformers model type, extra config (Gemma 3's window is shorter than a prompt, so the
+# served answer runs through its sliding-window cache)
+ARCHITECTURES = {
+    "llama3.1": ("llama", {}),
+    "qwen3": ("qwen3", {}),
+    "gemma3": ("gemma3_text", {"sliding_window": 8, "query_pre_attn_scalar": 16}),
+    "phi3.5": ("phi3", {}),
+}
+QUESTION = [{"role": "system", "content": "Answer with the number only."},
+            {"role": "user", "content": "What is 3 + 4?"}]  # fmt: skip
+
+
+def family_model(family: str, byte_level_dir, out):
+    """A Hugging Face directory as the family ships one: random weights, its tokenizer, chat template and stops."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    tokenizer, stops = family_tokenizer(family, byte_level_dir)
+    model_type, extra = ARCHITECTURES[family]
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stops)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, type(model).__name__
+
+
+@pytest.mark.parametrize("family", list(ARCHITECTURES))
+def test_a_family_imports_fine_tunes_and_answers_through_the_server(family, tiny_tokenizer_dir, tmp_path):
+    import torch
+    from openai import OpenAI
+
+    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
+
+    source, architecture = family_model(family, tiny_tokenizer_dir, tmp_path / family)
+    base = import_model.run(source, tmp_path / f"{family}-base")
+    assert Artifact.open(base).stats["architecture"] == architecture
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_records(16))
+    config = sft.Config(lora=LoraSettings(enabled=True), max_steps=2, batch_size=4, max_length=192, learning_rate=1e-2)
+    adapter = sft.run(base, chats, tmp_path / f"sft-{family}", config)
+    assert Artifact.open(adapter).kind == "adapter" and Artifact.open(adapter).stats["chat_template"] == "model"
+
+    server = start_server(adapter, log_dir=tmp_path)
+    try:
+        client = OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model=f"sft-{family}", messages=QUESTION, max_tokens=8,
+                                               temperature=0, extra_body={"ignore_eos": True})  # fmt: skip
+    finally:
+        server.stop()
+
+    # the same adapter on its base in transformers: the family's template, greedy
+    served = resolve_model(adapter, "serve")
+    tokenizer = load_tokenizer(served)
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True)["input_ids"]
+    model = load_model(served).eval()
+    with torch.no_grad():
+        output = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    assert reply.usage.prompt_tokens == len(prompt) and reply.usage.completion_tokens == 8
+    assert reply.choices[0].message.content == tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
