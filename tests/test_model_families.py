@@ -62,9 +62,13 @@ def test_a_family_imports_fine_tunes_and_answers_through_the_server(family, tiny
     base = import_model.run(source, tmp_path / f"{family}-base")
     assert Artifact.open(base).stats["architecture"] == architecture
     chats = write_jsonl(tmp_path / "chats.jsonl", chat_records(16))
-    config = sft.Config(lora=LoraSettings(enabled=True), max_steps=2, batch_size=4, max_length=192, learning_rate=1e-2)
+    config = sft.Config(
+        lora=LoraSettings(enabled=True), max_steps=2, batch_size=4, max_length=192, learning_rate=1e-2
+    )
     adapter = sft.run(base, chats, tmp_path / f"sft-{family}", config)
-    assert Artifact.open(adapter).kind == "adapter" and Artifact.open(adapter).stats["chat_template"] == "model"
+    assert (
+        Artifact.open(adapter).kind == "adapter" and Artifact.open(adapter).stats["chat_template"] == "model"
+    )
 
     server = start_server(adapter, log_dir=tmp_path)
     try:
@@ -77,10 +81,14 @@ def test_a_family_imports_fine_tunes_and_answers_through_the_server(family, tiny
     # the same adapter on its base in transformers: the family's template, greedy
     served = resolve_model(adapter, "serve")
     tokenizer = load_tokenizer(served)
-    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
     model = load_model(served).eval()
     with torch.no_grad():
         output = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     assert reply.usage.prompt_tokens == len(prompt) and reply.usage.completion_tokens == 8
-    assert reply.choices[0].message.content == tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True)
+    assert reply.choices[0].message.content == tokenizer.decode(
+        output[0, len(prompt) :], skip_special_tokens=True
+    )

@@ -137,6 +137,12 @@ def test_parquet_and_documents_inputs(tmp_path):
     array.write_text(json.dumps([{"text": "first"}, {"text": 7}], indent=2))
     with pytest.raises(InputError, match=r"array.json \(record 2\): 'text' must be a non-empty string"):
         read_records(array, "sft", sft.validator(sft.Config()))
+    import zstandard
+
+    compressed = tmp_path / "chats.jsonl.zst"  # as datasets ship: also .json.gz, .json.zst, .jsonl.gz
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "first"}\n{"text": ""}\n'))
+    with pytest.raises(InputError, match=r"chats.jsonl.zst:2: 'text' must be a non-empty string"):
+        read_records(compressed, "sft", sft.validator(sft.Config()))
     documents = documents_artifact_from_records(
         tmp_path / "docs", [{"text": "one document"}, {"text": "two"}]
     )

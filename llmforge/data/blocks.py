@@ -26,6 +26,8 @@ from datatrove.utils.lid import FT176LID
 from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
 from datatrove.utils.word_tokenizers import load_word_tokenizer
 
+from llmforge.data.compression import decompressing
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and writing
 
@@ -36,9 +38,12 @@ class TextFileReader(BaseDiskReader):
     name = "📄 Text files"
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
-        with self.data_folder.open(filepath, "rt", encoding="utf-8", compression="infer") as handle:
+        with (
+            self.data_folder.open(filepath, "rb", compression=None) as raw,
+            decompressing(raw, filepath) as handle,
+        ):
             with self.track_time():
-                text = handle.read()
+                text = handle.read().decode("utf-8")
                 document = self.get_document_from_dict(
                     {"text": text, "id": self.data_folder.resolve_paths(filepath)}, filepath, 0
                 )

@@ -9,12 +9,11 @@ OUT/removed/<filter>/...      samples of what each filter dropped (crawl-filter,
 from __future__ import annotations
 
 import contextlib
-import gzip
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.artifacts import Artifact
+from llmforge.data.compression import DAMAGE, open_compressed
 from llmforge.errors import InputError, json_lines, where
 
 DATA_DIR = "data"
@@ -44,18 +43,17 @@ def damage_named(file: Path, position: list[int]):
     """Decompression and decoding errors name the file and the last line read (`position[0]`)."""
     try:
         yield
-    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as exc:
+    except (*DAMAGE, UnicodeDecodeError) as exc:
         after = f" after line {position[0]}" if position[0] else ""
         raise InputError(f"{file}: corrupt or truncated{after} ({exc})") from None
 
 
 def read_lines(file: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a .jsonl or .jsonl.gz file; damage is an InputError naming the file, and a line that
-    is not UTF-8 is named by its number (decoded line by line: a text-mode reader decodes in blocks and would
-    blame the block, lines away)."""
-    opener = gzip.open if file.suffix == ".gz" else open
+    """(line number, line) of a .jsonl file (.gz or .zst: decompressed); damage is an InputError naming the file,
+    and a line that is not UTF-8 is named by its number (decoded line by line: a text-mode reader decodes in blocks
+    and would blame the block, lines away)."""
     position = [0]
-    with damage_named(file, position), opener(file, "rb") as handle:
+    with damage_named(file, position), open_compressed(file) as handle:
         for number, raw in enumerate(handle, 1):
             position[0] = number
             try:
@@ -84,9 +82,8 @@ def count_documents(artifact: Artifact) -> int:
     """Documents in an artifact, counted by lines without parsing them (for progress totals)."""
     count = 0
     for file in document_files(artifact):
-        opener = gzip.open if file.suffix == ".gz" else open
         position = [0]
-        with damage_named(file, position), opener(file, "rb") as handle:
+        with damage_named(file, position), open_compressed(file) as handle:
             for line in handle:
                 position[0] += 1
                 count += bool(line.strip())

@@ -8,14 +8,12 @@ Imported only inside stage bodies and datatrove workers (it imports datatrove).
 
 from __future__ import annotations
 
-import gzip
-import zlib
-
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.readers import ParquetReader, WarcReader
 from datatrove.pipeline.readers.base import BaseDiskReader
 
 from llmforge.data.blocks import TextFileReader
+from llmforge.data.compression import DAMAGE, decompressing
 from llmforge.data.parts import Group, Part
 from llmforge.errors import InputError, where
 
@@ -73,8 +71,11 @@ class JsonlPartReader(PartsMixin, BaseDiskReader):
         path = self.data_folder.resolve_paths(part.path)
         number = part.first
         try:
-            compression = "infer" if part.whole else None
-            with self.data_folder.open(part.path, "rb", compression=compression) as handle:
+            # decompressed here rather than by fsspec, whose zstandard stream cannot be read line by line
+            with (
+                self.data_folder.open(part.path, "rb", compression=None) as raw,
+                decompressing(raw, part.path) if part.whole else raw as handle,
+            ):
                 if not part.whole:
                     handle.seek(part.start)
                 position = part.start
@@ -95,7 +96,7 @@ class JsonlPartReader(PartsMixin, BaseDiskReader):
                         yield document
         except UnicodeDecodeError as exc:
             raise InputError(f"{where(path, number)}: not valid UTF-8 ({exc.reason})") from None
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        except DAMAGE as exc:
             after = f" after line {number}" if number else ""
             raise InputError(f"{path}: corrupt or truncated{after} ({exc})") from None
 

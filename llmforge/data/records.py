@@ -1,14 +1,13 @@
 """Training records read from user datasets and checked before any compute: what sft, dpo and grpo train on and
 what eval's contamination check reads back.
 
-A dataset is a JSONL / JSON / Parquet file (or a folder or glob of them) or a documents artifact. `read_records`
+A dataset is a JSONL / JSON (each also .gz or .zst) / Parquet file (or a folder or glob of them) or a documents artifact. `read_records`
 checks every record with the stage's validator and stops at the first bad one with `file:line: what is wrong`
 (exit 2); the `check_*` functions are the pieces validators are built from (chats, prompts, answers, text).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 from llmforge.artifacts import MANIFEST, Artifact, InputRef, expand_paths, open_artifact, raw_input
 from llmforge.errors import InputError, json_lines, where
 
-DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".parquet")
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -89,7 +88,7 @@ def file_rows(file: str) -> Iterator[tuple[str, Any]]:
     """(where, record) for every record of a JSONL, JSON or Parquet dataset file; `where` names file and line."""
     if file.endswith(".parquet"):
         return _parquet_rows(file)
-    if file.endswith((".json", ".json.gz")):
+    if file.endswith((".json", ".json.gz", ".json.zst")):
         return _json_rows(file)
     return _jsonl_lines(file)
 
@@ -104,15 +103,15 @@ def _jsonl_lines(file: str) -> Iterator[tuple[str, Any]]:
 
 def _json_rows(file: str) -> Iterator[tuple[str, Any]]:
     """A .json file: JSON lines, or one JSON array of records."""
+    from llmforge.data.compression import open_compressed
     from llmforge.data.documents import damage_named
 
-    opener = gzip.open if file.endswith(".gz") else open
-    with damage_named(Path(file), [0]), opener(file, "rt", encoding="utf-8") as handle:
+    with damage_named(Path(file), [0]), open_compressed(file, "rt") as handle:
         head = handle.read(1024).lstrip()
     if not head.startswith("["):
         yield from _jsonl_lines(file)
         return
-    with damage_named(Path(file), [0]), opener(file, "rt", encoding="utf-8") as handle:
+    with damage_named(Path(file), [0]), open_compressed(file, "rt") as handle:
         try:
             records = json.load(handle)
         except json.JSONDecodeError as exc:

@@ -1,4 +1,5 @@
-"""Raw inputs of the data stages: WARC, JSONL, Parquet and plain-text files, local or behind an fsspec URL.
+"""Raw inputs of the data stages: WARC, JSONL, Parquet and plain-text files (JSONL and text also gzip- or
+zstandard-compressed), local or behind an fsspec URL.
 
 Local files are checked up front, before any heavy work, because datatrove's readers skip what they cannot read
 (a line that is not JSON, a record without text, the end of a truncated file) with at most a warning: the user gets
@@ -19,12 +20,16 @@ from pydantic import Field
 
 from llmforge.artifacts import InputRef, expand_paths, raw_input
 from llmforge.config import StageConfig
+from llmforge.data.compression import DAMAGE, open_compressed
 from llmforge.errors import InputError, json_lines, where
 
 Format = Literal["warc", "jsonl", "parquet", "text"]
 SUFFIXES: dict[str, Format] = {
-    ".warc": "warc", ".warc.gz": "warc", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".ndjson": "jsonl",
-    ".ndjson.gz": "jsonl", ".parquet": "parquet", ".txt": "text", ".txt.gz": "text", ".md": "text",
+    ".warc": "warc", ".warc.gz": "warc", ".parquet": "parquet", ".md": "text",
+    # JSON lines as corpora name them (C4 and Dolma: .json.gz; The Pile, SlimPajama: .jsonl.zst), and text
+    **{f"{stem}{compression}": fmt for stem, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".txt", "text"))
+       for compression in ("", ".gz", ".zst")},
+    ".json.gz": "jsonl", ".json.zst": "jsonl",
 }  # fmt: skip
 
 
@@ -33,7 +38,8 @@ class ReadSettings(StageConfig):
 
     format: Literal["auto", "warc", "jsonl", "parquet", "text"] = Field(
         "auto",
-        description="Format of raw input files; auto: from the name (.warc[.gz], .jsonl[.gz], .parquet, .txt)",
+        description="Format of raw input files; auto: from the name (.warc[.gz], .jsonl/.json.gz/.ndjson with .gz or "
+        ".zst, .parquet, .txt[.gz|.zst])",
     )
     text_field: str = Field("text", description="JSONL field / Parquet column holding a document's text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding a document's id, if any")
@@ -47,7 +53,8 @@ class InputSettings(ReadSettings):
         ge=0,
         description="A local file larger than this (MB) is read by several datatrove tasks of about this size, so "
         "--workers speeds up one big file: JSONL at line starts, Parquet at row groups, WARC at records (.warc.gz "
-        "at its per-record gzip members); .jsonl.gz, text and remote files are read whole; 0: one task per file. "
+        "at its per-record gzip members); compressed JSONL, text and remote files are read whole; 0: one task per "
+        "file. "
         "Each task writes its own output shards",
     )
 
@@ -81,8 +88,8 @@ def detect_format(name: str, configured: str) -> Format:
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if lower.endswith(suffix):
             return SUFFIXES[suffix]
-    raise InputError(f"{name}: cannot tell the format from the name; expected .warc[.gz], .jsonl[.gz], "
-                     ".parquet or .txt, or set --input-format")  # fmt: skip
+    raise InputError(f"{name}: cannot tell the format from the name; expected .warc[.gz], .jsonl[.gz|.zst], "
+                     ".json.gz, .parquet or .txt, or set --input-format")  # fmt: skip
 
 
 def expand_url(url: str) -> list[str]:
@@ -159,8 +166,8 @@ def check_file(file: InputFile, settings: ReadSettings) -> tuple[int, int]:
         return checker[file.format](file.path, settings)
     except EOFError as exc:
         raise InputError(f"{file.path}: truncated compressed file ({exc})") from None
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{file.path}: corrupt gzip data ({exc})") from None
+    except DAMAGE as exc:
+        raise InputError(f"{file.path}: corrupt compressed data ({exc})") from None
     except OSError as exc:
         raise InputError(f"{file.path}: cannot read ({exc.strerror or exc})") from None
 
@@ -228,15 +235,11 @@ def check_warc(path: str, settings: ReadSettings) -> tuple[int, int]:
     return records, documents
 
 
-def _open_lines(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
 def check_jsonl(path: str, settings: ReadSettings) -> tuple[int, int]:
 
     key = settings.text_field
     records = documents = 0
-    with _open_lines(path) as handle:
+    with open_compressed(path) as handle:
         for number, record in json_lines(enumerate(handle, 1), path):
             if not isinstance(record, dict):
                 raise InputError(f"{where(path, number)}: not a JSON object (a {type(record).__name__})")
@@ -282,7 +285,7 @@ def check_parquet(path: str, settings: ReadSettings) -> tuple[int, int]:
 
 
 def check_text(path: str, settings: ReadSettings) -> tuple[int, int]:
-    with _open_lines(path) as handle:
+    with open_compressed(path) as handle:
         data = handle.read()
     try:
         text = data.decode("utf-8")

@@ -99,7 +99,7 @@ def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -
                 f"--adapter {name}={path}: trained on {adapter.base.path} (fingerprint "
                 f"{adapter.base.fingerprint[:12]}), not on the served base {base.path} ({base.fingerprint[:12]})"
             )
-        models.append(ServedModel(name, adapter, adapter=f"adapter{sum(m.adapter is not None for m in models)}"))
+        models.append(ServedModel(name, adapter, adapter=f"adapter{len(models) - 1}"))
     names = [m.name for m in models]
     for name in names:
         if names.count(name) > 1:

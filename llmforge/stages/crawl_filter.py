@@ -438,7 +438,9 @@ FLAGS = (
 def command(
     inputs: Annotated[
         list[str],
-        typer.Argument(help="WARC(.gz), JSONL(.gz), Parquet or .txt files, folders, globs or fsspec URLs."),
+        typer.Argument(
+            help="WARC(.gz), JSONL (.gz, .zst), Parquet or .txt files, folders, globs or fsspec URLs."
+        ),
     ],
     output: Path,
     config: Config,

@@ -206,12 +206,10 @@ class Benchmarks:
                                  "decontaminate against")  # fmt: skip
 
     def _read(self, path: str):
-        import gzip
-
+        from llmforge.data.compression import open_compressed
         from llmforge.errors import json_lines, where
 
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as handle:
+        with open_compressed(path) as handle:
             for number, item in json_lines(enumerate(handle, 1), path):
                 if not isinstance(item, dict):
                     raise InputError(f"{where(path, number)}: a benchmark item must be a JSON object")

@@ -382,7 +382,9 @@ def _annotate_backend(choice: str) -> str:
 
 Documents = Annotated[
     list[str],
-    typer.Argument(help="Documents artifacts, or JSONL(.gz), Parquet or .txt files, folders or globs."),
+    typer.Argument(
+        help="Documents artifacts, or JSONL (.gz, .zst), Parquet or .txt files, folders or globs."
+    ),
 ]
 INPUT_FLAGS = (Flag("input.text_field"), Flag("input.format", "--input-format"))
 TRAIN_FLAGS = (Flag("holdout"), Flag("max_documents"), Flag("positive_min"), Flag("seed"), *INPUT_FLAGS)
