@@ -1,5 +1,6 @@
 """dedup on planted corpora: exact copies, near-duplicates of known Jaccard similarity, contaminated documents."""
 
+import gzip
 import json
 
 import pytest
@@ -189,6 +190,10 @@ def test_bad_inputs(tmp_path):
         dedup.run([str(corpus)], tmp_path / "out", [str(bad)])
     with pytest.raises(InputError, match="no such file"):
         dedup.run([str(corpus)], tmp_path / "out", [str(tmp_path / "missing.jsonl")])
+    cut = tmp_path / "bench.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"question": "q", "answer": "a"}\n' * 100)[:-30])
+    with pytest.raises(InputError, match=rf"^{cut}: corrupt or truncated"):
+        dedup.run([str(corpus)], tmp_path / "out", [str(cut)])
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(InputError, match=f"^--decontaminate {empty}: holds no benchmark items"):
         dedup.run([str(corpus)], tmp_path / "out", [str(empty)])

@@ -206,18 +206,18 @@ class Benchmarks:
                                  "decontaminate against")  # fmt: skip
 
     def _read(self, path: str):
-        from llmforge.data.compression import open_compressed
+        from llmforge.data.documents import read_lines
         from llmforge.errors import json_lines, where
 
-        with open_compressed(path) as handle:
-            for number, item in json_lines(enumerate(handle, 1), path):
-                if not isinstance(item, dict):
-                    raise InputError(f"{where(path, number)}: a benchmark item must be a JSON object")
-                missing = [f for f in self.settings.fields if f not in item]
-                if missing:
-                    raise InputError(f"{where(path, number)}: no field {', '.join(missing)} (fields: "
-                                     f"{', '.join(sorted(item))}); see decontamination.fields")  # fmt: skip
-                yield item
+        # read_lines: a damaged .gz or .zst is named with the last line read
+        for number, item in json_lines(read_lines(Path(path)), path):
+            if not isinstance(item, dict):
+                raise InputError(f"{where(path, number)}: a benchmark item must be a JSON object")
+            missing = [f for f in self.settings.fields if f not in item]
+            if missing:
+                raise InputError(f"{where(path, number)}: no field {', '.join(missing)} (fields: "
+                                 f"{', '.join(sorted(item))}); see decontamination.fields")  # fmt: skip
+            yield item
 
     def _text(self, item: dict) -> str:
         """The item's text fields in order, joined: n-grams spanning question and answer are indexed too."""
