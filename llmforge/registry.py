@@ -87,7 +87,7 @@ STAGES = (
     Stage("serve", "serve", reads=MODEL_KINDS, writes=(),
           summary="Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API."),
     Stage("import", "import_model", reads=("raw", "hub"), writes=("model",),
-          summary="Import an open model (a Hugging Face directory, a .gguf file, or a Hub id with --online) as a "
+          summary="Import an open model (a Hugging Face directory, a .gguf file, or a Hub id, cached or --online) as a "
                   "model artifact whose lineage names the exact checkpoint."),
 )  # fmt: skip
 

@@ -117,3 +117,36 @@ def family_tokenizer(name: str, byte_level_dir: Path) -> tuple[PreTrainedTokeniz
         chat_template=(TRL_TEMPLATES / family.template).read_text(), clean_up_tokenization_spaces=False,
     )  # fmt: skip
     return tokenizer, tokenizer.convert_tokens_to_ids(family.stops)
+
+
+# family -> transformers model type and its settings beyond the common ones (Gemma 3's window is shorter than a
+# chat prompt, so an answer runs through its sliding-window cache)
+ARCHITECTURES = {
+    "llama3.1": ("llama", {}),
+    "qwen3": ("qwen3", {}),
+    "gemma3": ("gemma3_text", {"sliding_window": 8, "query_pre_attn_scalar": 32}),
+    "phi3.5": ("phi3", {}),
+}
+
+
+def family_model(family: str, byte_level_dir: Path, out: Path) -> tuple[Path, str]:
+    """A Hugging Face directory as the family ships one, tiny: random weights of its architecture, its tokenizer,
+    chat template and stop tokens; returns it and the model class's name. Heads of 32 dimensions, the smallest
+    vLLM's CPU attention takes."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    tokenizer, stops = family_tokenizer(family, byte_level_dir)
+    model_type, extra = ARCHITECTURES[family]
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.3, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stops)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, type(model).__name__

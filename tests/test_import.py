@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import smollm2_gguf
+from helpers import cli_env, llmforge, smollm2_gguf
 
 from llmforge.artifacts import MANIFEST, Artifact, sha256_file
 from llmforge.errors import InputError
@@ -104,6 +106,62 @@ def test_hub_ids_need_online(monkeypatch):
         run("HuggingFaceTB/SmolLM2-135M-Instruct", "unused")
     with pytest.raises(InputError, match="no/such/thing: no such file or directory"):
         locate("no/such/thing")
+
+
+COMMIT = "0123456789abcdef" * 2 + "01234567"
+
+
+def hub_cache(root: Path, hub_id: str, model: Path, refs: tuple[str, ...] = ("main",)) -> Path:
+    """A Hugging Face cache holding `model`'s files as `hub_id` at COMMIT, in the layout `hf download` writes:
+    models--ORG--NAME/snapshots/COMMIT, and refs/BRANCH naming the commit."""
+    repo = root / f"models--{hub_id.replace('/', '--')}"
+    snapshot = plain_copy(model, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir(parents=True)
+    for ref in refs:
+        (repo / "refs" / ref).write_text(COMMIT)
+    return snapshot
+
+
+def test_a_hub_id_in_the_local_cache_imports_offline_with_its_commit(tiny_model, tmp_path, monkeypatch):
+    """Downloaded once (`hf download`, on a machine with a network), then used offline: the import records the Hub
+    id and the commit as an online import does; a directory inside the cache is traced to them too."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("LLMFORGE_ONLINE", "0")
+    snapshot = hub_cache(cache, "Org/Tiny", tiny_model, refs=("main", "v1"))
+    for revision, out in ((None, tmp_path / "main"), ("v1", tmp_path / "v1")):
+        artifact = Artifact.open(run("Org/Tiny", out, Config(revision=revision)))
+        [source] = artifact.manifest["inputs"]
+        assert (source["kind"], source["path"], source["commit"], source["revision"]) == (
+            "hub", "Org/Tiny", COMMIT, revision
+        )  # fmt: skip
+        assert artifact.extra["source"]["hub_id"] == "Org/Tiny"
+    [source] = Artifact.open(run(snapshot, tmp_path / "path")).manifest["inputs"]
+    assert (source["kind"], source["hub_id"], source["commit"]) == ("raw", "Org/Tiny", COMMIT)
+    with pytest.raises(
+        InputError, match=r"^Org/Tiny: no such directory, and no copy at v2 in the local Hugging"
+    ):
+        run("Org/Tiny", tmp_path / "v2", Config(revision="v2"))
+    (hub_cache(cache, "Org/Partial", tiny_model) / "model.safetensors").unlink()  # `hf download` cut short
+    with pytest.raises(
+        InputError, match=r"^Org/Partial@0123456789ab in the local Hugging Face cache: no model"
+    ):
+        run("Org/Partial", tmp_path / "partial")
+
+
+def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
+    cache = tmp_path / "hf"
+    hub_cache(cache, "Org/Tiny", tiny_model)
+    env = {"HF_HUB_CACHE": str(cache)}
+    chat = subprocess.run([sys.executable, "-m", "llmforge", "chat", "Org/Tiny", "--max-tokens", "3", "--temperature",
+                           "0"], input="hello\n", capture_output=True, text=True, env=cli_env(env), timeout=300)  # fmt: skip
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    assert "Org/Tiny: the local Hugging Face cache's copy (offline)" in chat.stderr
+    missing = llmforge("chat", "Org/Other", env=env, check=False)
+    assert missing.returncode == 2
+    assert "Org/Other: no such model directory, and no copy in the local Hugging Face cache" in missing.stderr
 
 
 def test_what_cannot_be_imported_is_refused_plainly(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ name them ("sft-llama3.1"): a served adapter's name is not a Python module name.
 """
 
 import pytest
-from families import family_tokenizer
+from families import ARCHITECTURES, family_model
 from helpers import chat_records, write_jsonl
 from test_serve import start_server
 
@@ -18,37 +18,8 @@ from llmforge.train.posttrain import LoraSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-# family (families.py) -> transformers model type, extra config (Gemma 3's window is shorter than a prompt, so the
-# served answer runs through its sliding-window cache)
-ARCHITECTURES = {
-    "llama3.1": ("llama", {}),
-    "qwen3": ("qwen3", {}),
-    "gemma3": ("gemma3_text", {"sliding_window": 8, "query_pre_attn_scalar": 16}),
-    "phi3.5": ("phi3", {}),
-}
 QUESTION = [{"role": "system", "content": "Answer with the number only."},
             {"role": "user", "content": "What is 3 + 4?"}]  # fmt: skip
-
-
-def family_model(family: str, byte_level_dir, out):
-    """A Hugging Face directory as the family ships one: random weights, its tokenizer, chat template and stops."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
-
-    tokenizer, stops = family_tokenizer(family, byte_level_dir)
-    model_type, extra = ARCHITECTURES[family]
-    config = AutoConfig.for_model(
-        model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-        initializer_range=0.3, **extra,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stops)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out, type(model).__name__
 
 
 @pytest.mark.parametrize("family", list(ARCHITECTURES))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from families import family_model
 from helpers import (
     cli_env,
     llmforge,
@@ -157,6 +158,22 @@ def test_vllm_serves_the_tiny_model_and_its_adapter_greedy_like_the_embedded_ser
     refused = httpx.post(f"{vllm.url}/completions", headers={"Authorization": "Bearer wrong"},
                          json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}, timeout=300)  # fmt: skip
     assert refused.status_code == 401
+
+
+def test_vllm_serves_gemma3s_sliding_window_layers_greedy_like_the_embedded_server(
+    tiny_tokenizer_dir, tmp_path
+):
+    """Gemma 3 (a tiny random one in its own chat template) alternates sliding-window and global attention layers;
+    its window (8 tokens) is shorter than every prompt here, so both servers answer through it."""
+    source, _ = family_model("gemma3", tiny_tokenizer_dir, tmp_path / "gemma3")
+    started = {backend: Server(source, "--backend", backend, log=tmp_path / f"{backend}.log")
+               for backend in ("vllm", "embedded")}  # fmt: skip
+    try:
+        answers = {backend: greedy(server.wait().client(), "gemma3") for backend, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+    assert any(text for text, _ in answers["vllm"]) and answers["vllm"] == answers["embedded"]
 
 
 def test_logprobs_n_and_echo_answer_alike_from_vllm_and_the_embedded_server(servers):

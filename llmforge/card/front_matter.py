@@ -2,7 +2,7 @@
 EvalResult, DatasetCardData) so that the Hub's own parser accepts what the card declares.
 
 The Hub wants ids it knows: `base_model` is the Hub id the lineage started from (recorded by `llmforge import`, or
-a Hub id a stage read with --online), never a local directory name; `model-index` holds the scores that eval
+a Hub id a stage read, cached or with --online), never a local directory name; `model-index` holds the scores that eval
 reports give for this very model.
 """
 

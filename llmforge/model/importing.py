@@ -1,7 +1,9 @@
 """Bring an external model into a standard Hugging Face directory, with what its manifest needs to trace it.
 
 Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one; transformers dequantizes
-it), or a Hub id when online (`org/name`, a `revision`; the resolved commit is recorded). The output is a plain
+it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded): offline from the local Hugging Face
+cache, online downloaded. A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its
+Hub id and commit too. The output is a plain
 directory every library loads: config.json, safetensors, tokenizer files, chat template, generation config.
 
 `locate` finds the source and fingerprints its files' contents, so that lineage ends at the exact checkpoint;
@@ -28,6 +30,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a model needs from a Hub repository besides its weights: configs, tokenizer files, the chat template.
 HUB_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
+# A snapshot in the Hugging Face cache: HF_HUB_CACHE/models--ORG--NAME/snapshots/COMMIT ("--" is not allowed in names)
+CACHED_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})$")
 LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$")
 GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
                        "unk_token": "unknown_token_id"}  # fmt: skip
@@ -96,12 +100,21 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
             found = f"{len(ggufs)} .gguf files; name one" if ggufs else "no config.json and no .gguf file"
             raise InputError(f"{path}: not a Hugging Face model directory ({found})")
         check_remote_code(path, trust_remote_code, text)
+        if cached := CACHED_SNAPSHOT.search(path.resolve().as_posix()):
+            org, name, commit = cached.groups()
+            return _directory_source(path, text, "hf-dir", hub_id=f"{org}/{name}", commit=commit)
         return _directory_source(path, text, "hf-dir")
     if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
         raise InputError(f"{text}: no such file or directory")
     if not allow_online:
-        raise InputError(f"{text}: no such directory; to download it from the Hugging Face Hub, run "
-                         "`llmforge --online import ...` (offline by default)")  # fmt: skip
+        from llmforge.model.loading import cached_snapshot
+
+        snapshot = cached_snapshot(text, revision)
+        if snapshot is None:
+            at = f" at {revision}" if revision else ""
+            raise InputError(f"{text}: no such directory, and no copy{at} in the local Hugging Face cache; to "
+                             "download it, run `llmforge --online import ...` (offline by default)")  # fmt: skip
+        return _cached(text, revision, snapshot, trust_remote_code)
     return _download(text, revision, trust_remote_code)
 
 
@@ -122,7 +135,6 @@ def _directory_source(
 
 def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
     """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
-    from fnmatch import fnmatch
 
     import httpx
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
@@ -147,17 +159,41 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
         if name in names:
             config_dir = Path(hf_hub_download(hub_id, name, revision=commit)).parent
     check_remote_code(config_dir, trust_remote_code, hub_id)
-    # the weights transformers loads, not the other copies some repositories carry (consolidated.safetensors, ...)
-    weights = [n for n in names if WEIGHTS.match(n)] or [n for n in names if LEGACY_WEIGHTS.match(n)]
-    if not weights:
-        raise InputError(f"{hub_id}@{commit[:12]}: no model*.safetensors or pytorch_model*.bin weights")
-    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
-    wanted = weights + [n for n in names if "/" not in n and any(fnmatch(n, p) for p in patterns)]
+    wanted = _model_files(names, f"{hub_id}@{commit[:12]}", trust_remote_code)
     log(f"downloading {hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else ""))
     directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=wanted))
     description = f"{hub_id}@{revision}" if revision else hub_id
     return _directory_source(directory, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
                              commit=commit)  # fmt: skip
+
+
+def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code: bool) -> Source:
+    """A Hub id offline: its snapshot in the local Hugging Face cache, recorded as the download would be."""
+    commit = snapshot.name
+    names = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    where = f"{hub_id}@{commit[:12]} in the local Hugging Face cache"
+    if "config.json" not in names:
+        raise InputError(f"{where}: no config.json; not a transformers model, or not downloaded whole")
+    check_remote_code(snapshot, trust_remote_code, hub_id)
+    wanted = _model_files(names, where, trust_remote_code)
+    log(f"{hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else "") + ": the local Hugging Face "
+        "cache's copy (offline)")  # fmt: skip
+    description = f"{hub_id}@{revision}" if revision else hub_id
+    # the files and fingerprint a download of this commit gives
+    return _directory_source(snapshot, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
+                             commit=commit)  # fmt: skip
+
+
+def _model_files(names: list[str], where: str, trust_remote_code: bool) -> list[str]:
+    """Of a repository's files, the weights transformers loads (not the other copies some repositories carry:
+    consolidated.safetensors, original/...) and the configuration and tokenizer files beside them."""
+    from fnmatch import fnmatch
+
+    weights = [n for n in names if WEIGHTS.match(n)] or [n for n in names if LEGACY_WEIGHTS.match(n)]
+    if not weights:
+        raise InputError(f"{where}: no model*.safetensors or pytorch_model*.bin weights")
+    patterns = HUB_FILES + (["*.py"] if trust_remote_code else [])
+    return weights + [n for n in names if "/" not in n and any(fnmatch(n, p) for p in patterns)]
 
 
 def check_remote_code(directory: Path, allowed: bool, name: str) -> None:

@@ -1,7 +1,8 @@
 """Model artifacts <-> transformers: find what a path holds, load it, save a trained model as an artifact payload.
 
-A model input can be a model, adapter or quantized-model artifact, a plain local Hugging Face directory, or (with
-`llmforge --online`) a hub id. Adapters resolve to their base model through the manifest.
+A model input can be a model, adapter or quantized-model artifact, a plain local Hugging Face directory, or a hub
+id: one the local Hugging Face cache holds (`hf download` on a machine with a network, then offline here), or any
+with `llmforge --online`. Adapters resolve to their base model through the manifest.
 """
 
 from __future__ import annotations
@@ -106,9 +107,28 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
                          "the tokenizer's own template on; put another template in the model's chat_template.jinja)")  # fmt: skip
     if path.exists():
         raise InputError(f"{path}: a model must be a directory")
-    if os.environ.get("LLMFORGE_ONLINE") != "1" or text.startswith((".", "/")) or text.count("/") != 1:
-        raise InputError(f"{text}: no such model directory (hub ids like org/name need `llmforge --online`)")
+    if text.startswith((".", "/")) or text.count("/") != 1:
+        raise InputError(f"{text}: no such model directory")
+    if os.environ.get("LLMFORGE_ONLINE") != "1":
+        if cached_snapshot(text) is None:
+            raise InputError(f"{text}: no such model directory, and no copy in the local Hugging Face cache; "
+                             "`llmforge --online` downloads hub ids")  # fmt: skip
+        from llmforge.console import log
+
+        log(f"{text}: the local Hugging Face cache's copy (offline)")
     return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(f"hub:{text}".encode()).hexdigest())
+
+
+def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
+    """The local Hugging Face cache's copy of `hub_id` at `revision` (a branch or tag it has seen, or a full
+    commit; none: main), or None; transformers loads it offline from there."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError):  # not cached; not a valid repository id
+        return None
 
 
 def check_model_files(path: Path, adapter: bool) -> None:

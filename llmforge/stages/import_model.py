@@ -1,4 +1,5 @@
-"""Import an external model (a Hugging Face directory, a GGUF file, or a Hub id with --online) as a model artifact.
+"""Import an external model (a Hugging Face directory, a GGUF file, or a Hub id: from the local Hugging Face cache,
+or downloaded with --online) as a model artifact.
 
 The output is a standard Hugging Face directory (safetensors, config, tokenizer, chat template, generation config)
 whose manifest names the source and the fingerprint of its files' contents, so every later artifact traces back to
@@ -78,7 +79,7 @@ def command(
     source: Annotated[
         str,
         typer.Argument(
-            help="A Hugging Face model directory, a .gguf file, or a Hub id (org/name) with --online."
+            help="A Hugging Face model directory, a .gguf file, or a Hub id (org/name): cached, or with --online."
         ),
     ],
     output: Path,

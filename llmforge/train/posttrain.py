@@ -211,7 +211,7 @@ class Job:
 
 
 def open_model(path: str | Path, stage: str):
-    """The model to train: a model or adapter artifact or a Hugging Face directory (hub ids with --online)."""
+    """The model to train: a model or adapter artifact or a Hugging Face directory (hub ids: cached, or with --online)."""
     from llmforge.model.loading import resolve_model
 
     source = resolve_model(path, stage)
