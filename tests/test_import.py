@@ -138,6 +138,10 @@ def test_a_hub_id_in_the_local_cache_imports_offline_with_its_commit(tiny_model,
             "hub", "Org/Tiny", COMMIT, revision
         )  # fmt: skip
         assert artifact.extra["source"]["hub_id"] == "Org/Tiny"
+    # vLLM's dtype and context are read from the cached config
+    from llmforge.serving.vllm_backend import model_settings
+
+    assert model_settings("Org/Tiny") == json.loads((snapshot / "config.json").read_text())
     [source] = Artifact.open(run(snapshot, tmp_path / "path")).manifest["inputs"]
     assert (source["kind"], source["hub_id"], source["commit"]) == ("raw", "Org/Tiny", COMMIT)
     with pytest.raises(

@@ -153,7 +153,13 @@ def runtime(explicit: bool = True) -> Runtime:
 
 
 def model_settings(path: str | Path) -> dict[str, Any]:
-    file = Path(path) / "config.json"
+    """The model's config.json: in its directory, or for a hub id in the local Hugging Face cache's copy."""
+    directory = Path(path)
+    if not directory.is_dir():
+        from llmforge.model.loading import cached_snapshot
+
+        directory = cached_snapshot(str(path)) or directory
+    file = directory / "config.json"
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
