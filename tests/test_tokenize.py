@@ -326,6 +326,9 @@ def test_encode_reuses_a_models_tokenizer_and_refuses_another(
     assert Counter(train) + Counter(val) == Counter(direct(tokenizer, corpus["web"][1]))
     with pytest.raises(InputError, match=f"{bpe}: not the tokenizer of {tiny_model} .* drop --tokenizer"):
         tokenize.encode([web], tmp_path / "other", tokenizer=bpe, model=tiny_model)
+    with pytest.raises(InputError, match=rf"is a model artifact .*; to encode with a model's own tokenizer, pass "
+                                         rf"--model {tiny_model}$"):  # fmt: skip
+        tokenize.encode([web], tmp_path / "other", tokenizer=tiny_model)
     plain = tmp_path / "hf"  # a Hugging Face directory made elsewhere
     shutil.copytree(tiny_model, plain, ignore=shutil.ignore_patterns("artifact.json"))
     out = tokenize.encode([web], tmp_path / "from-dir", model=plain, config=EncodeConfig(workers=1))

@@ -345,7 +345,16 @@ def resolve_tokenizer(tokenizer: str | Path | None, model: str | Path | None) ->
         )
     chosen: TokenizerSource | None = None
     if tokenizer is not None:
-        artifact = open_artifact(tokenizer, ENCODE_STAGE, ["tokenizer"])
+        try:
+            artifact = open_artifact(tokenizer, ENCODE_STAGE, ["tokenizer"])
+        except InputError as exc:
+            if (
+                model is None and (Path(tokenizer) / "config.json").is_file()
+            ):  # a model given as the tokenizer
+                raise InputError(
+                    f"{exc}; to encode with a model's own tokenizer, pass --model {tokenizer}"
+                ) from None
+            raise
         recorded = artifact.extra.get("tokenizer_fingerprint")
         if recorded != tokenizer_fingerprint(artifact.path):
             raise InputError(f"{artifact.path}/tokenizer.json: changed since `llmforge {artifact.stage}` wrote it; "
