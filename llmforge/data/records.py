@@ -1,8 +1,8 @@
 """Training records read from user datasets and checked before any compute: what sft, dpo and grpo train on and
 what eval's contamination check reads back.
 
-A dataset is a JSONL / JSON (each also .gz or .zst) / Parquet file (or a folder or glob of them) or a documents artifact. `read_records`
-checks every record with the stage's validator and stops at the first bad one with `file:line: what is wrong`
+A dataset is a JSONL / JSON (each also .gz or .zst) / Parquet file (or a folder or glob of them) or a documents
+artifact. `read_records` checks every record with the stage's validator and stops at the first bad one with `file:line: what is wrong`
 (exit 2); the `check_*` functions are the pieces validators are built from (chats, prompts, answers, text).
 """
 

@@ -54,8 +54,7 @@ class InputSettings(ReadSettings):
         description="A local file larger than this (MB) is read by several datatrove tasks of about this size, so "
         "--workers speeds up one big file: JSONL at line starts, Parquet at row groups, WARC at records (.warc.gz "
         "at its per-record gzip members); compressed JSONL, text and remote files are read whole; 0: one task per "
-        "file. "
-        "Each task writes its own output shards",
+        "file. Each task writes its own output shards",
     )
 
 
