@@ -2,8 +2,9 @@
 what eval's contamination check reads back.
 
 A dataset is a JSONL / JSON (each also .gz or .zst) / Parquet file (or a folder or glob of them) or a documents
-artifact. `read_records` checks every record with the stage's validator and stops at the first bad one with `file:line: what is wrong`
-(exit 2); the `check_*` functions are the pieces validators are built from (chats, prompts, answers, text).
+artifact. `read_records` checks every record with the stage's validator and stops at the first bad one with
+`file:line: what is wrong` (exit 2); the `check_*` functions are the pieces validators are built from (chats,
+prompts, answers, text).
 """
 
 from __future__ import annotations
