@@ -25,27 +25,29 @@ class _ZstdFrames(io.RawIOBase):
         self.decompressor = zstandard.ZstdDecompressor()
         self.frame = self.decompressor.decompressobj()
         self.inside = False  # bytes of the current frame were read and its end was not
-        self.pending = b""
+        self.pending, self.offset = b"", 0  # decompressed bytes not yet read, from offset on
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        while not self.pending:
+        while self.offset == len(self.pending):
             data = self.raw.read(1 << 16)
             if not data:
                 if self.inside:
                     raise EOFError("zstandard stream ended before the end of its last frame")
                 return 0
+            chunks = []
             while data:
                 if self.frame.eof:
                     self.frame = self.decompressor.decompressobj()
-                self.pending += self.frame.decompress(data)
+                chunks.append(self.frame.decompress(data))
                 self.inside = not self.frame.eof
                 data = self.frame.unused_data if self.frame.eof else b""
-        size = min(len(buffer), len(self.pending))
-        buffer[:size] = self.pending[:size]
-        self.pending = self.pending[size:]
+            self.pending, self.offset = b"".join(chunks), 0
+        size = min(len(buffer), len(self.pending) - self.offset)
+        buffer[:size] = memoryview(self.pending)[self.offset : self.offset + size]
+        self.offset += size
         return size
 
     def close(self) -> None:
@@ -60,7 +62,7 @@ def decompressing(handle, name: str | Path):
     if lower.endswith(".gz"):
         return gzip.GzipFile(fileobj=handle)
     if lower.endswith(".zst"):
-        return io.BufferedReader(_ZstdFrames(handle))
+        return io.BufferedReader(_ZstdFrames(handle), buffer_size=1 << 16)
     return handle
 
 
