@@ -16,7 +16,7 @@ import typer
 
 from llmforge import __version__
 from llmforge.console import TABLE_ITEMS, console, error, format_value
-from llmforge.errors import InputError
+from llmforge.errors import InputError, LLMForgeError
 from llmforge.options import handle_errors
 
 app = typer.Typer(
@@ -276,6 +276,34 @@ def chat(
 
     settings = Settings(max_tokens=max_tokens, temperature=temperature, seed=seed)
     repl(model, url, served, api_key, system, settings)
+
+
+@app.command()
+@handle_errors
+def doctor(
+    json_: Annotated[bool, typer.Option("--json", help="Print the checks as JSON on stdout.")] = False,
+) -> None:
+    """Check what this machine can run: core libraries, CPU/GPU (bf16, NCCL), kernels, vLLM, optional pieces, caches."""
+    import json
+
+    from rich.table import Table
+
+    from llmforge.doctor import checks, report
+
+    found = checks()
+    if json_:
+        print(json.dumps(report(found), indent=2))
+    else:
+        styles = {"ok": "green", "missing": "yellow", "broken": "bold red", "info": "dim"}
+        table = Table(title="llmforge doctor", title_justify="left")
+        for column in ("area", "check", "status", "detail"):
+            table.add_column(column, style="cyan" if column == "area" else None)
+        for check in found:
+            table.add_row(check.area, check.name, f"[{styles[check.status]}]{check.status}[/]", check.detail)
+        console.print(table)
+    broken = report(found)["broken"]
+    if broken:
+        raise LLMForgeError(f"broken: {', '.join(broken)}; reinstall with `make install` (see README)")
 
 
 _register_stages()

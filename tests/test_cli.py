@@ -371,6 +371,7 @@ def test_every_command_help_renders():
         "estimate",
         "defaults",
         "chat",
+        "doctor",
     ]
     for name in names:
         result = runner.invoke(app, [*name.split(), "--help"], env={"COLUMNS": "120"})
@@ -429,3 +430,26 @@ def test_registry_feeds_the_messages_and_the_checks():
     for stage in registry.STAGES:  # every kind a stage reads is one some stage writes, or files / a hub id
         assert set(stage.reads) <= {*registry.KINDS, "raw", "hub"}, stage.name
         assert set(stage.writes) <= set(registry.KINDS), stage.name
+
+
+def test_doctor_says_what_this_machine_runs_and_fails_on_a_broken_core(tmp_path):
+    cache = tmp_path / "hf"
+    (cache / "models--Org--Tiny").mkdir(parents=True)
+    env = {"HF_HUB_CACHE": str(cache), "LLMFORGE_VLLM_PYTHON": str(tmp_path / "nowhere" / "python")}
+    report = json.loads(llmforge("doctor", "--json", env=env).stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["broken"] == [] and checks["torch import"]["status"] == "ok"
+    assert {"python", "cpu", "memory", "disk", "gpu", "flex attention", "llmcompressor", "slurm"} <= set(
+        checks
+    )
+    assert checks["vllm"]["status"] == "missing" and "nowhere/python does not run" in checks["vllm"]["detail"]
+    assert checks["models"]["detail"] == f"1 cached in {cache}: Org/Tiny"
+    # a torch wheel that no longer imports: named, and the command fails
+    shadow = tmp_path / "shadow" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('broken wheel')\n")
+    broken = llmforge("doctor", env={"PYTHONPATH": str(shadow.parent)}, check=False)
+    assert broken.returncode == 1
+    assert broken.stderr.strip().endswith(
+        "error: broken: torch import; reinstall with `make install` (see README)"
+    )
