@@ -2,6 +2,7 @@
 
 import json
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,6 +353,12 @@ def test_bad_serve_inputs_are_refused_before_loading(tiny_model, adapters, tmp_p
     for model, extra, message in cases:
         with pytest.raises(InputError, match=message):
             serve.run(model, serve.Config(adapters=extra, port=0))
+    # a bare adapter path with "=" in it, as sweeps name their runs, is a path, not NAME=PATH
+    from llmforge.serving.models import parse_adapters
+
+    swept = tmp_path / "lr=1e-4"
+    shutil.copytree(adapters["second"], swept)
+    assert parse_adapters([str(swept), f"named={swept}"]) == {"lr=1e-4": str(swept), "named": str(swept)}
     # a Python without vLLM named as vLLM's (so a .venv-vllm beside the checkout is not used)
     env = {"LLMFORGE_VLLM_PYTHON": sys.executable}
     result = llmforge(

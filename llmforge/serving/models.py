@@ -66,11 +66,12 @@ def default_name(source: ModelSource) -> str:
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
-    """`name=PATH` pairs from `--adapter` (a bare PATH is named after its directory)."""
+    """`name=PATH` pairs from `--adapter` (a bare PATH is named after its directory, even one with "=" in it, as
+    sweeps name them: runs/lr=1e-4)."""
     adapters: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep:
+        if not sep or Path(spec).is_dir():
             name, path = Path(spec).resolve().name, spec
         if not name or not path:
             raise InputError(f"--adapter {spec!r}: expected NAME=PATH")
