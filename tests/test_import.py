@@ -142,6 +142,11 @@ def test_a_hub_id_in_the_local_cache_imports_offline_with_its_commit(tiny_model,
     from llmforge.serving.vllm_backend import model_settings
 
     assert model_settings("Org/Tiny") == json.loads((snapshot / "config.json").read_text())
+    # stages take it too; a newer download of the same id (main moved on) is another input
+    before = resolve_model("Org/Tiny", "sft").fingerprint
+    shutil.copytree(snapshot, snapshot.with_name("f" * 40))
+    (cache / "models--Org--Tiny" / "refs" / "main").write_text("f" * 40)
+    assert resolve_model("Org/Tiny", "sft").fingerprint != before
     [source] = Artifact.open(run(snapshot, tmp_path / "path")).manifest["inputs"]
     assert (source["kind"], source["hub_id"], source["commit"]) == ("raw", "Org/Tiny", COMMIT)
     with pytest.raises(
@@ -162,7 +167,7 @@ def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
     chat = subprocess.run([sys.executable, "-m", "llmforge", "chat", "Org/Tiny", "--max-tokens", "3", "--temperature",
                            "0"], input="hello\n", capture_output=True, text=True, env=cli_env(env), timeout=300)  # fmt: skip
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
-    assert "Org/Tiny: the local Hugging Face cache's copy (offline)" in chat.stderr
+    assert f"Org/Tiny: the local Hugging Face cache's copy, commit {COMMIT[:12]} (offline)" in chat.stderr
     missing = llmforge("chat", "Org/Other", env=env, check=False)
     assert missing.returncode == 2
     assert "Org/Other: no such model directory, and no copy in the local Hugging Face cache" in missing.stderr

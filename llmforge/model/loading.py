@@ -109,14 +109,17 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         raise InputError(f"{path}: a model must be a directory")
     if text.startswith((".", "/")) or text.count("/") != 1:
         raise InputError(f"{text}: no such model directory")
+    identity = f"hub:{text}"
     if os.environ.get("LLMFORGE_ONLINE") != "1":
-        if cached_snapshot(text) is None:
+        snapshot = cached_snapshot(text)
+        if snapshot is None:
             raise InputError(f"{text}: no such model directory, and no copy in the local Hugging Face cache; "
                              "`llmforge --online` downloads hub ids")  # fmt: skip
         from llmforge.console import log
 
-        log(f"{text}: the local Hugging Face cache's copy (offline)")
-    return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(f"hub:{text}".encode()).hexdigest())
+        log(f"{text}: the local Hugging Face cache's copy, commit {snapshot.name[:12]} (offline)")
+        identity += f"@{snapshot.name}"  # a newer download of the model is another input
+    return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(identity.encode()).hexdigest())
 
 
 def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
