@@ -3,8 +3,8 @@
 Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one; transformers dequantizes
 it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded): offline from the local Hugging Face
 cache, online downloaded. A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its
-Hub id and commit too. The output is a plain
-directory every library loads: config.json, safetensors, tokenizer files, chat template, generation config.
+Hub id and commit too. The output is a plain directory every library loads: config.json, safetensors, tokenizer
+files, chat template, generation config.
 
 `locate` finds the source and fingerprints its files' contents, so that lineage ends at the exact checkpoint;
 `convert` loads and writes it. Models whose config or tokenizer names custom code (`auto_map`) are refused unless the
@@ -30,9 +30,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a model needs from a Hub repository besides its weights: configs, tokenizer files, the chat template.
 HUB_FILES = ["*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
+LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$")
 # A snapshot in the Hugging Face cache: HF_HUB_CACHE/models--ORG--NAME/snapshots/COMMIT ("--" is not allowed in names)
 CACHED_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})$")
-LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$")
 GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
                        "unk_token": "unknown_token_id"}  # fmt: skip
 
@@ -135,7 +135,6 @@ def _directory_source(
 
 def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
     """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
-
     import httpx
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError

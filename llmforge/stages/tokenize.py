@@ -348,13 +348,11 @@ def resolve_tokenizer(tokenizer: str | Path | None, model: str | Path | None) ->
         try:
             artifact = open_artifact(tokenizer, ENCODE_STAGE, ["tokenizer"])
         except InputError as exc:
-            if (
-                model is None and (Path(tokenizer) / "config.json").is_file()
-            ):  # a model given as the tokenizer
-                raise InputError(
-                    f"{exc}; to encode with a model's own tokenizer, pass --model {tokenizer}"
-                ) from None
-            raise
+            model_given = model is None and (Path(tokenizer) / "config.json").is_file()
+            hint = (
+                f"; to encode with a model's own tokenizer, pass --model {tokenizer}" if model_given else ""
+            )
+            raise InputError(f"{exc}{hint}") from None
         recorded = artifact.extra.get("tokenizer_fingerprint")
         if recorded != tokenizer_fingerprint(artifact.path):
             raise InputError(f"{artifact.path}/tokenizer.json: changed since `llmforge {artifact.stage}` wrote it; "
