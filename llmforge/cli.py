@@ -291,8 +291,9 @@ def doctor(
     from llmforge.doctor import checks, report
 
     found = checks()
+    summary = report(found)
     if json_:
-        print(json.dumps(report(found), indent=2))
+        print(json.dumps(summary, indent=2))
     else:
         styles = {"ok": "green", "missing": "yellow", "broken": "bold red", "info": "dim"}
         table = Table(title="llmforge doctor", title_justify="left")
@@ -301,9 +302,10 @@ def doctor(
         for check in found:
             table.add_row(check.area, check.name, f"[{styles[check.status]}]{check.status}[/]", check.detail)
         console.print(table)
-    broken = report(found)["broken"]
-    if broken:
-        raise LLMForgeError(f"broken: {', '.join(broken)}; reinstall with `make install` (see README)")
+    if summary["broken"]:
+        raise LLMForgeError(
+            f"broken: {', '.join(summary['broken'])}; reinstall with `make install` (see README)"
+        )
 
 
 _register_stages()

@@ -87,15 +87,15 @@ def hardware() -> list[Check]:
         return found
     import torch
 
-    if not torch.cuda.is_available():
+    if not machine.has_cuda():
         found.append(Check("machine", "gpu", "info", "none: training runs in fp32 on the CPU, serving on the "
                            "embedded server or vLLM's CPU build"))  # fmt: skip
         return found
-    for index in range(torch.cuda.device_count()):
+    for index in range(machine.gpu_count()):
         props = torch.cuda.get_device_properties(index)
         found.append(Check("machine", f"gpu {index}", "ok", f"{props.name}, {props.total_memory / 2**30:.0f} GiB, "
                            f"compute capability {props.major}.{props.minor}"))  # fmt: skip
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = machine.bf16_supported()
     found.append(Check("machine", "bf16", "ok" if bf16 else "missing",
                        "bf16 autocast" if bf16 else "not on this GPU: fp16 with loss scaling instead"))  # fmt: skip
     nccl = torch.distributed.is_nccl_available()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -191,7 +190,7 @@ class _Truncation:
                     break
                 chunks.append(chunk)
                 remaining -= len(chunk)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        except DAMAGE as exc:
             self.error = exc
         return b"".join(chunks)
 

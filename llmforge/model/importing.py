@@ -161,9 +161,7 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
     wanted = _model_files(names, f"{hub_id}@{commit[:12]}", trust_remote_code)
     log(f"downloading {hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else ""))
     directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=wanted))
-    description = f"{hub_id}@{revision}" if revision else hub_id
-    return _directory_source(directory, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
-                             commit=commit)  # fmt: skip
+    return _hub_source(directory, hub_id, revision, commit, wanted)
 
 
 def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code: bool) -> Source:
@@ -177,9 +175,13 @@ def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code
     wanted = _model_files(names, where, trust_remote_code)
     log(f"{hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else "") + ": the local Hugging Face "
         "cache's copy (offline)")  # fmt: skip
+    return _hub_source(snapshot, hub_id, revision, commit, wanted)
+
+
+def _hub_source(directory: Path, hub_id: str, revision: str | None, commit: str, wanted: list[str]) -> Source:
+    """A Hub repository's snapshot at `commit`, downloaded or cached: the same files give the same fingerprint."""
     description = f"{hub_id}@{revision}" if revision else hub_id
-    # the files and fingerprint a download of this commit gives
-    return _directory_source(snapshot, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
+    return _directory_source(directory, description, "hub", sorted(set(wanted)), hub_id=hub_id, revision=revision,
                              commit=commit)  # fmt: skip
 
 
