@@ -31,7 +31,7 @@ from llmforge.artifacts.manifest import (
     staging_path,
 )
 from llmforge.config import fingerprinted
-from llmforge.console import emit, log, summary_table
+from llmforge.console import emit, log, stdout_to_stderr, summary_table
 from llmforge.errors import InputError
 from llmforge.files import canonical_hash, sha256_file, write_json
 from llmforge.locks import hold_output
@@ -287,7 +287,9 @@ def _run_locked(stage: str, kind: str, config: BaseModel, inputs: list[InputRef]
     clock = time.perf_counter()
     ctx = StageContext(stage=stage, kind=kind, config=config, inputs=inputs, out=out, work=staging,
                        fingerprint=fingerprint, resumed=resumed)  # fmt: skip
-    body(ctx)
+    # stdout is for the output path alone, and libraries log there (DeepSpeed's accelerator notice, via accelerate)
+    with stdout_to_stderr():
+        body(ctx)
 
     manifest = {
         "schema": SCHEMA,
