@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_env, llmforge, smollm2_gguf
+from helpers import cli_env, documents_artifact, llmforge, sentences, smollm2_gguf
 
 from llmforge.artifacts import MANIFEST, Artifact, sha256_file
 from llmforge.errors import InputError
@@ -170,6 +170,11 @@ def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
     assert f"Org/Tiny: the local Hugging Face cache's copy, commit {COMMIT[:12]} (offline)" in chat.stderr
     missing = llmforge("chat", "Org/Other", env=env, check=False)
     assert missing.returncode == 2
+    # quantize copies the tokenizer from the cache's snapshot (it looked for files under the id itself)
+    docs = documents_artifact(tmp_path / "docs", sentences(100))
+    quantized = Path(llmforge("quantize", "Org/Tiny", "--data", docs, "-o", tmp_path / "q", "--method", "torchao-int8",
+                              "--set", "seq_len=64", "--set", "eval_tokens=256", env=env).stdout.strip())  # fmt: skip
+    assert (quantized / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
     assert "Org/Other: no such model directory, and no copy in the local Hugging Face cache" in missing.stderr
 
 

@@ -201,13 +201,22 @@ def base_model_entry(source: ModelSource, out: Path) -> dict[str, Any]:
     return entry
 
 
+def local_path(source: ModelSource) -> str:
+    """Where a model's files are: its directory; for a Hub id, the local cache's snapshot (the id itself while
+    nothing is downloaded yet)."""
+    if source.kind == "hub":
+        snapshot = cached_snapshot(source.path)
+        return str(snapshot) if snapshot is not None else source.path
+    return source.path
+
+
 def tokenizer_dir(source: ModelSource) -> str:
     """Adapters carry their tokenizer too; fall back to the base when an outside adapter does not."""
     if source.kind != "hub" and (Path(source.path) / "tokenizer.json").is_file():
         return source.path
     if source.base is not None:
         return tokenizer_dir(source.base)
-    return source.path
+    return local_path(source)
 
 
 def load_tokenizer(source: ModelSource):
