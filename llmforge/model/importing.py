@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from llmforge.artifacts import MANIFEST, InputRef, sha256_file
+from llmforge.artifacts import MANIFEST, Artifact, InputRef, sha256_file
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError
+from llmforge.model.gguf import FILE_NAME as GGUF_FILE
 
 Dtype = Literal["source", "bf16", "fp32"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,9 +52,13 @@ class Source:
     revision: str | None = None  # as asked
     commit: str | None = None  # as resolved on the Hub
     metadata: dict[str, Any] | None = None  # a GGUF file's general.* fields (name, organization, license...)
+    artifact: Any = None  # the gguf artifact (`quantize --method gguf-*`) the file is in, for lineage
 
     def ref(self) -> InputRef:
-        """The import's input in the manifest: a raw file/directory, or the Hub repository at its commit."""
+        """The import's input in the manifest: a raw file/directory, the Hub repository at its commit, or the gguf
+        artifact the file belongs to (so lineage walks on through quantize)."""
+        if self.artifact is not None:
+            return self.artifact.ref()
         detail: dict[str, Any] = {"files": self.files, "bytes": self.bytes, "format": self.kind}
         if self.hub_id:
             detail.update(hub_id=self.hub_id, revision=self.revision, commit=self.commit)
@@ -63,7 +68,8 @@ class Source:
 
     def record(self) -> dict[str, Any]:
         """What the manifest's `extra.source` holds (the card reads `hub_id` for `base_model`)."""
-        record = asdict(self)
+        record = asdict(replace(self, artifact=None))
+        del record["artifact"]
         record["path"] = str(Path(self.path).resolve()) if self.kind != "hub" else str(self.path)
         return record
 
@@ -92,6 +98,11 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
         if revision:
             raise InputError(f"--revision {revision}: only for Hub ids; {path} is a local directory")
         if (path / MANIFEST).is_file():
+            artifact = Artifact.open(path)
+            if artifact.kind == "gguf":  # quantize's GGUF, taken back as a model (dequantized)
+                source = locate(path / GGUF_FILE)
+                source.artifact = artifact
+                return source
             raise InputError(f"{path}: already an llmforge artifact; every stage takes it as it is")
         if not (path / "config.json").is_file():
             ggufs = sorted(path.glob("*.gguf"))

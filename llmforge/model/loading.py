@@ -72,6 +72,10 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
     path = Path(text)
     if (path / MANIFEST).is_file():
         artifact = Artifact.open(path)
+        if artifact.kind == "gguf":
+            raise InputError(f"{path}: a GGUF file for llama.cpp, Ollama or LM Studio (made by `llmforge "
+                             f"quantize`); {stage} loads models through transformers: `llmforge import {path} -o "
+                             "DIR` takes it back as a model (dequantized)")  # fmt: skip
         if artifact.kind not in MODEL_KINDS:
             raise InputError(
                 f"{stage} needs a model, adapter or quantized-model artifact; {path} is "

@@ -4,7 +4,7 @@ or downloaded with --online) as a model artifact.
 The output is a standard Hugging Face directory (safetensors, config, tokenizer, chat template, generation config)
 whose manifest names the source and the fingerprint of its files' contents, so every later artifact traces back to
 the exact checkpoint; a Hub import records the commit its revision resolved to. GGUF weights are dequantized by
-transformers. Models that need their own code (`trust_remote_code`) are refused unless --trust-remote-code.
+transformers; a gguf artifact (`quantize --method gguf-*`) is its input, so lineage goes on through quantize. Models that need their own code (`trust_remote_code`) are refused unless --trust-remote-code.
 Every stage also takes plain Hugging Face directories as they are: import is for lineage, formats and the Hub.
 """
 
@@ -79,7 +79,8 @@ def command(
     source: Annotated[
         str,
         typer.Argument(
-            help="A Hugging Face model directory, a .gguf file, or a Hub id (org/name): cached, or with --online."
+            help="A Hugging Face model directory, a .gguf file (or a gguf artifact from quantize), or a Hub id "
+            "(org/name): cached, or with --online."
         ),
     ],
     output: Path,

@@ -5,8 +5,11 @@ round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest o
 quantized layer's input width, else one scale per output channel) and `w8a8` (INT8 weights and dynamic per-token
 INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
 `torchao-int8` (weight-only) and `torchao-int8-dynamic` (dynamic activations), torchao checkpoints that
-transformers, and so the embedded CPU server, run directly.
-The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config.
+transformers, and so the embedded CPU server, run directly; `gguf-*` (f16, bf16, Q8_0 and the K-quants Q6_K,
+Q5_K_M, Q4_K_M), GGUF files for llama.cpp, Ollama and LM Studio, written by llama.cpp's own converter and
+quantizer and scored by llama.cpp (llmforge/model/gguf.py).
+The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config; a
+gguf artifact (one model.gguf) for the gguf methods.
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
 measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
 A documents artifact's text is tokenized as text: special-token strings in it are characters, not control tokens.
@@ -25,15 +28,16 @@ from pydantic import Field, field_validator
 
 from llmforge.config import StageConfig
 from llmforge.errors import InputError
+from llmforge.model import gguf
 from llmforge.options import Flag, stage_command
 
 STAGE = "quantize"
 
-Method = Literal["w8a16", "w4a16", "w8a8", "torchao-int8", "torchao-int8-dynamic"]
+Method = Literal["w8a16", "w4a16", "w8a8", "torchao-int8", "torchao-int8-dynamic", "gguf-f16", "gguf-bf16",
+                 "gguf-q8_0", "gguf-q6_k", "gguf-q5_k_m", "gguf-q4_k_m"]  # fmt: skip
 LLM_COMPRESSOR_SCHEMES = {"w8a16": "W8A16", "w4a16": "W4A16", "w8a8": "W8A8"}
-BITS = {"w8a16": 8, "w4a16": 4, "w8a8": 8, "torchao-int8": 8, "torchao-int8-dynamic": 8}
-# Perplexity drift the seeds accept: INT8 loses under 1%, INT4 1-5%.
-BUDGET_PCT = {8: 1.0, 4: 5.0}
+BITS = {"w8a16": 8, "w4a16": 4, "w8a8": 8, "torchao-int8": 8, "torchao-int8-dynamic": 8,
+        **{method: kind.bits for method, kind in gguf.TYPES.items()}}  # fmt: skip
 # `--group-size auto` tries these, largest first (128 is llm-compressor's preset; SmolLM2's 576 takes 64).
 AUTO_GROUP_SIZES = (128, 64, 32)
 GROUPED = ("w8a16", "w4a16")  # the methods with a group size; the others quantize per output channel
@@ -45,12 +49,13 @@ class Config(StageConfig):
     method: Method = Field(
         "w4a16",
         description="w8a16 / w4a16 / w8a8: llm-compressor, compressed-tensors (vLLM); torchao-int8 / "
-        "torchao-int8-dynamic: torchao, runs on CPU in transformers and the embedded server",
+        "torchao-int8-dynamic: torchao, runs on CPU in transformers and the embedded server; gguf-f16 / gguf-bf16 "
+        "/ gguf-q8_0 / gguf-q6_k / gguf-q5_k_m / gguf-q4_k_m: llama.cpp's GGUF (llama.cpp, Ollama, LM Studio)",
     )
     algorithm: Literal["gptq", "rtn"] = Field(
         "gptq",
         description="llm-compressor methods: gptq calibrates on --data; rtn rounds to nearest, no calibration "
-        "(torchao methods always round to nearest)",
+        "(torchao and gguf methods always round to nearest)",
     )
     group_size: int | Literal["auto", "channel"] = Field(
         "auto",
@@ -68,7 +73,9 @@ class Config(StageConfig):
         65536, gt=1, description="Held-out tokens the perplexity before and after is measured on"
     )
     budget_pct: float | None = Field(
-        None, gt=0, description="Accepted perplexity increase in percent; none = 1 for 8-bit, 5 for 4-bit"
+        None,
+        gt=0,
+        description="Accepted perplexity increase in percent; none = 1 for 8 bits and more, 5 below",
     )
 
     @field_validator("group_size")
@@ -84,7 +91,7 @@ class Stats(TypedDict):
 
     method: str
     algorithm: str  # gptq or rtn (round to nearest)
-    group_size: int | str  # input columns per scale, or "channel" (one scale per output row)
+    group_size: int | str  # input columns per scale, or "channel" (one scale per output row); gguf: its block
     calibration_windows: int
     bytes_before: int  # weight files of the (merged) input model
     bytes_after: int
@@ -112,6 +119,8 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
     from llmforge.model.loading import load_tokenizer, resolve_model
 
     config = config or Config()
+    if config.method in gguf.TYPES:
+        gguf.check_tools(config.method)
     if config.method in LLM_COMPRESSOR_SCHEMES and importlib.util.find_spec("llmcompressor") is None:
         raise InputError(f"method {config.method} needs llm-compressor: pip install 'llmforge[quantize]' (in an "
                          "environment without vllm: they pin different compressed-tensors)")  # fmt: skip
@@ -127,10 +136,17 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
                          f"{str(found)[:12]} vs {expected[:12]}); encode the text with `--model {model}`")  # fmt: skip
     model_config = _model_config(source)
     group = choose_group_size(config, quantized_widths(model_config, config), model)
+    if config.method in gguf.TYPES:
+        from llmforge.model.loading import local_path, tokenizer_dir
+
+        model_dir = Path(local_path(source.base if source.is_adapter else source))
+        if model_dir.is_dir():  # a Hub id not downloaded yet is checked when converted
+            gguf.check_vocabulary(model_dir, Path(tokenizer_dir(source)), model)
     tokenizer = load_tokenizer(source)
     texts = _texts(dataset, tokenizer, config, int(getattr(model_config, "max_position_embeddings", 2048)))
     inputs = [source.ref(), dataset.ref()]
-    return run_stage(STAGE, "quantized-model", config, inputs, out,
+    kind = "gguf" if config.method in gguf.TYPES else "quantized-model"
+    return run_stage(STAGE, kind, config, inputs, out,
                      lambda ctx: _quantize(ctx, source, texts, config, group), force=force)  # fmt: skip
 
 
@@ -170,6 +186,11 @@ def choose_group_size(config: Config, widths: dict[str, int], model: str | Path)
     from llmforge.console import log
 
     asked = config.group_size
+    if config.method in gguf.TYPES:
+        if isinstance(asked, int):
+            raise InputError(f"--group-size {asked}: {config.method} uses llama.cpp's fixed blocks "
+                             f"({gguf.TYPES[config.method].block} weights per scale)")  # fmt: skip
+        return gguf.TYPES[config.method].block
     if config.method not in GROUPED:
         if isinstance(asked, int):
             raise InputError(f"--group-size {asked}: {config.method} quantizes per output channel; group sizes are "
@@ -254,22 +275,28 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     log(f"perplexity before, on {sum(len(w) for w in texts.held_out):,} held-out tokens")
     before = perplexity(model, texts.held_out)
 
-    if config.method in LLM_COMPRESSOR_SCHEMES:
-        _llm_compressor(model, texts, config, group, ctx.work)
-    else:
+    if config.method in gguf.TYPES:
         del model
-        _torchao(unquantized_dir, config.method, ctx.work)
-    for name in TOKENIZER_FILES:  # copied, not re-saved, so the tokenizer fingerprint stays the same
-        if (Path(tokenizer_dir(source)) / name).is_file():
-            shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
-
-    log("reloading the quantized checkpoint with transformers to measure it")
-    quantized = AutoModelForCausalLM.from_pretrained(ctx.work).eval()
-    after = perplexity(quantized, texts.held_out)
+        after = _gguf(ctx, unquantized_dir, Path(tokenizer_dir(source)), texts, config.method)
+        size_after = (ctx.work / gguf.FILE_NAME).stat().st_size
+    else:
+        if config.method in LLM_COMPRESSOR_SCHEMES:
+            _llm_compressor(model, texts, config, group, ctx.work)
+        else:
+            del model
+            _torchao(unquantized_dir, config.method, ctx.work)
+        for name in TOKENIZER_FILES:  # copied, not re-saved, so the tokenizer fingerprint stays the same
+            if (Path(tokenizer_dir(source)) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
+        log("reloading the quantized checkpoint with transformers to measure it")
+        quantized = AutoModelForCausalLM.from_pretrained(ctx.work).eval()
+        after = perplexity(quantized, texts.held_out)
+        size_after = weights_bytes(ctx.work)
     bits = BITS[config.method]
-    budget = config.budget_pct if config.budget_pct is not None else BUDGET_PCT[bits]
+    # Perplexity drift the seeds accept: INT8 loses under 1%, INT4 1-5%.
+    budget = config.budget_pct if config.budget_pct is not None else (1.0 if bits >= 8 else 5.0)
     delta = 100.0 * (after - before) / before
-    size_before, size_after = weights_bytes(unquantized_dir), weights_bytes(ctx.work)
+    size_before = weights_bytes(unquantized_dir)
     ctx.stats.update({
         "method": config.method,
         "algorithm": "gptq" if texts.calibration else "rtn",
@@ -290,15 +317,42 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
              f"{bits}-bit; try {budget_hints(config, group)}")  # fmt: skip
     from llmforge.data.tokenizer import tokenizer_fingerprint
 
-    ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+    ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work if config.method not in gguf.TYPES
+                                                               else tokenizer_dir(source))  # fmt: skip
     ctx.extra["method"] = config.method
-    ctx.extra["format"] = "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao"
+    ctx.extra["format"] = ("gguf" if config.method in gguf.TYPES else
+                           "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao")  # fmt: skip
     ctx.extra["base_model"] = base_model_entry(source, ctx.out)
     ctx.extra["reproducibility"] = reproducibility(texts)
 
 
+def _gguf(ctx, unquantized_dir: Path, tokenizer_path: Path, texts: Texts, method: str) -> float:
+    """llama.cpp's converter (and quantizer, for the K-quants) writes model.gguf; returns llama.cpp's perplexity
+    of it on the held-out windows."""
+    from llmforge.console import log
+
+    kind = gguf.TYPES[method]
+    checkpoints = ctx.work / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    staging = gguf.converter_input(unquantized_dir, tokenizer_path, checkpoints)
+    converted = checkpoints / f"model-{kind.outtype}.gguf" if kind.file_type else ctx.work / gguf.FILE_NAME
+    log(f"llama.cpp's converter: {kind.outtype} GGUF")
+    gguf.convert(staging, converted, kind.outtype, ctx.out.name, gguf.pre_tokenizer_hint(tokenizer_path),
+                 checkpoints / "convert.log")  # fmt: skip
+    if kind.file_type:
+        log(f"llama.cpp's quantizer: {kind.file_type.removeprefix('LLAMA_FTYPE_MOSTLY_')}")
+        gguf.quantize_file(converted, ctx.work / gguf.FILE_NAME, kind.file_type)
+        converted.unlink()  # the f16 file is as large as the model: not kept in the artifact
+    shutil.rmtree(staging)  # links to the model's files and a copy of its tokenizer
+    log("measuring the GGUF with llama.cpp on the same held-out windows")
+    ctx.extra["gguf"] = gguf.versions()
+    return gguf.perplexity(ctx.work / gguf.FILE_NAME, texts.held_out)
+
+
 def budget_hints(config: Config, group: int | str) -> str:
     """What is left to try for a quantized model beyond its perplexity budget, given what this run did."""
+    if config.method in gguf.TYPES:
+        return "a larger GGUF type (gguf-q5_k_m, gguf-q6_k, gguf-q8_0)"
     hints = (
         ["--algorithm gptq"] if config.algorithm == "rtn" and config.method in LLM_COMPRESSOR_SCHEMES else []
     )

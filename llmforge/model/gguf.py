@@ -1,0 +1,204 @@
+"""GGUF files for llama.cpp, Ollama and LM Studio, made and measured by llama.cpp itself.
+
+llama.cpp's own converter (convert_hf_to_gguf.py, from a llama.cpp checkout: LLAMA_CPP_DIR, else the copy
+`make install-gguf` puts in the environment's share/llama.cpp) writes the f16 / bf16 / Q8_0 file; llama.cpp's
+quantizer (through llama-cpp-python) makes the K-quants from the f16 file; llama.cpp scores the result on the
+same held-out token windows transformers scored the source on, so the perplexity change is llama.cpp's answer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmforge.errors import InputError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
+# {% generation %} marks the assistant's tokens for training (TRL); llama.cpp's and Ollama's template engines do
+# not know the tag, and serving never needs it.
+GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
+
+
+@dataclass(frozen=True)
+class GgufType:
+    outtype: str  # what the converter writes
+    file_type: str | None  # llama.cpp's quantization of the converter's file (llama_ftype name), if any
+    bits: int
+    block: int | str  # weights sharing a scale: 32 for Q8_0, super-blocks of 256 for the K-quants
+
+
+TYPES = {
+    "gguf-f16": GgufType("f16", None, 16, "none"),
+    "gguf-bf16": GgufType("bf16", None, 16, "none"),
+    "gguf-q8_0": GgufType("q8_0", None, 8, 32),
+    "gguf-q6_k": GgufType("f16", "LLAMA_FTYPE_MOSTLY_Q6_K", 6, 256),
+    "gguf-q5_k_m": GgufType("f16", "LLAMA_FTYPE_MOSTLY_Q5_K_M", 5, 256),
+    "gguf-q4_k_m": GgufType("f16", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 4, 256),
+}
+FILE_NAME = "model.gguf"
+
+
+def converter_dir() -> Path:
+    """The llama.cpp checkout whose converter runs: LLAMA_CPP_DIR, else the environment's share/llama.cpp."""
+    configured = os.environ.get("LLAMA_CPP_DIR")
+    directory = Path(configured) if configured else Path(sys.prefix) / "share" / "llama.cpp"
+    if not (directory / "convert_hf_to_gguf.py").is_file():
+        where = f"LLAMA_CPP_DIR={configured}" if configured else f"{directory} (LLAMA_CPP_DIR is not set)"
+        raise InputError(f"GGUF needs llama.cpp's converter, and {where} has no convert_hf_to_gguf.py: set "
+                         "LLAMA_CPP_DIR to a llama.cpp checkout, or run `make install-gguf`")  # fmt: skip
+    return directory
+
+
+def check_tools(method: str) -> Path:
+    """Everything `method` needs, checked before any work: the converter, and llama-cpp-python to quantize and
+    score (and sentencepiece, which the converter imports for Llama-family tokenizers)."""
+    directory = converter_dir()
+    missing = [name for name in ("llama_cpp", "sentencepiece") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"method {method} needs {' and '.join(missing)}: pip install 'llmforge[gguf]' "
+                         "(llama-cpp-python builds from source, a few minutes), or run `make install-gguf`")  # fmt: skip
+    return directory
+
+
+def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
+    """A directory the converter reads: the model's files linked, its tokenizer copied and made plain for
+    llama.cpp (the chat template without {% generation %}; a byte-level vocabulary that transformers' GGUF
+    import marked byte_fallback written as the byte-level BPE it is, so the converter reads it as one)."""
+    staging = work / "gguf-input"
+    staging.mkdir(parents=True, exist_ok=True)
+    for file in Path(model_dir).iterdir():
+        if file.is_file() and file.name not in TOKENIZER_FILES and file.name != "artifact.json":
+            link = staging / file.name
+            if not link.exists():
+                link.symlink_to(file.resolve())
+    for name in TOKENIZER_FILES:
+        source = Path(tokenizer_dir) / name
+        if not source.is_file():
+            continue
+        text = source.read_text(encoding="utf-8")
+        if name == "tokenizer.json":
+            text = _byte_level(text)
+        elif name == "tokenizer_config.json":
+            config = json.loads(text)
+            if isinstance(config.get("chat_template"), str):
+                config["chat_template"] = GENERATION_TAG.sub("", config["chat_template"])
+            text = json.dumps(config, indent=2, ensure_ascii=False)
+        elif name == "chat_template.jinja":
+            text = GENERATION_TAG.sub("", text)
+        (staging / name).write_text(text, encoding="utf-8")
+    return staging
+
+
+def _byte_level(text: str) -> str:
+    tokenizer = json.loads(text)
+    model, pre = tokenizer.get("model") or {}, json.dumps(tokenizer.get("pre_tokenizer"))
+    if model.get("type") == "BPE" and model.get("byte_fallback") and '"ByteLevel"' in pre:
+        model["byte_fallback"] = False
+        tokenizer["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                                "use_regex": True}  # fmt: skip
+        return json.dumps(tokenizer, ensure_ascii=False)
+    return text
+
+
+def pre_tokenizer_hint(tokenizer_dir: Path) -> str | None:
+    """llama.cpp's name for the tokenizer's pre-tokenizer where llmforge knows it: its own (the GPT-4 regex with
+    single digits) is Qwen 2's, character for character."""
+    from llmforge.data.tokenizer import SPLIT_PATTERN
+
+    file = Path(tokenizer_dir) / "tokenizer.json"
+    if not file.is_file():
+        return None
+    pre = json.loads(file.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split"
+            and (steps[0].get("pattern") or {}).get("Regex") == SPLIT_PATTERN
+            and steps[1].get("type") == "ByteLevel" and not steps[1].get("use_regex")):  # fmt: skip
+        return "qwen2"
+    return None
+
+
+def check_vocabulary(model_dir: Path, tokenizer_dir: Path, model: str | Path) -> None:
+    """The converter's vocabulary pass alone (`--vocab-only`, seconds), before any work: a tokenizer or an
+    architecture llama.cpp cannot take stops the stage here, in one line."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llmforge-gguf-") as scratch:
+        staging = converter_input(model_dir, tokenizer_dir, Path(scratch))
+        convert(staging, Path(scratch) / "vocab.gguf", "f16", "vocab", pre_tokenizer_hint(tokenizer_dir),
+                Path(scratch) / "convert.log", vocab_only=True, label=str(model))  # fmt: skip
+
+
+def convert(input_dir: Path, out_file: Path, outtype: str, name: str, hint: str | None, log_file: Path,
+            vocab_only: bool = False, label: str | None = None) -> None:  # fmt: skip
+    """llama.cpp's converter, its chatter into `log_file`; a failure is one line naming its error."""
+    env = {**os.environ, **({"LLMFORGE_GGUF_PRE": hint} if hint else {})}
+    command = [sys.executable, "-m", "llmforge.model.gguf_converter", str(converter_dir()), str(input_dir),
+               "--outfile", str(out_file), "--outtype", outtype, "--model-name", name,
+               *(["--vocab-only"] if vocab_only else [])]  # fmt: skip
+    with open(log_file, "w", encoding="utf-8") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        errors = [line for line in lines if re.match(r"^\w*(Error|Exception|Interrupt)\b", line)]
+        reason = (errors or lines or ["no output"])[-1].strip()
+        where = "" if vocab_only else f" (its log: {log_file})"
+        raise InputError(f"{label or input_dir}: llama.cpp's converter failed: {reason}{where}")
+
+
+def quantize_file(source: Path, out_file: Path, file_type: str) -> None:
+    """llama.cpp's quantizer (llama-quantize's library call) from the converter's f16 file."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, file_type)
+    params.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(out_file).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {file_type}")
+
+
+def perplexity(path: Path, token_windows: list[list[int]]) -> float:
+    """exp(mean negative log-likelihood) of every next token inside the windows, as llama.cpp computes the
+    logits: the same measure as llmforge.model.perplexity on a transformers model."""
+    import math
+
+    import llama_cpp
+    import torch
+
+    llm = llama_cpp.Llama(str(path), n_ctx=max(len(w) for w in token_windows), logits_all=True, verbose=False,
+                          n_threads=torch.get_num_threads())  # fmt: skip
+    total, count = 0.0, 0
+    try:
+        for window in token_windows:
+            llm.reset()
+            llm.eval(window)
+            logits = torch.from_numpy(llm.scores[: len(window) - 1]).float()
+            targets = torch.tensor(window[1:])
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += len(targets)
+    finally:
+        llm.close()
+    return math.exp(total / count)
+
+
+def versions() -> dict[str, str]:
+    """What made the file: llama-cpp-python (llama.cpp's library) and the converter's gguf-py."""
+    from importlib.metadata import version
+
+    found = {"llama_cpp_python": version("llama-cpp-python")}
+    pyproject = converter_dir() / "gguf-py" / "pyproject.toml"
+    if pyproject.is_file():
+        match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
+        if match:
+            found["converter_gguf_py"] = match.group(1)
+    return found
