@@ -160,7 +160,7 @@ def lineage(artifact: Annotated[Path, typer.Argument(help="An artifact directory
 @app.command(no_args_is_help=True)
 @handle_errors
 def card(
-    artifact: Annotated[Path, typer.Argument(help="A documents, tokenizer, tokens, model, adapter or quantized-model artifact.")],
+    artifact: Annotated[Path, typer.Argument(help="A documents, tokenizer, tokens, model, adapter, quantized-model or gguf artifact.")],
     eval_: Annotated[list[Path] | None, typer.Option("--eval", help="An eval report of this model or one before it in its chain (repeatable; default: the reports next to it).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the card to this file and print its path (default: the card on stdout).")] = None,
     license_: Annotated[str | None, typer.Option("--license", help="A Hub license id for the card's front matter (default: the license an imported model's GGUF records; else omitted).")] = None,

@@ -122,6 +122,9 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     assert s8["perplexity_before"] == s4["perplexity_before"] and s4["perplexity_after"] > 1
     assert [p.name for p in (q4 / "checkpoints").iterdir()] == ["convert.log"]  # no f16 copy left behind
     assert llmforge("show", q4).returncode == 0
+    card = llmforge("card", q4).stdout  # a card for the Hub, as GGUF releases carry: llama.cpp's commands
+    assert "library_name: gguf" in card and "- gguf-q4_k_m" in card and "- gguf\n" in card
+    assert f"llama-server -m {q4}/model.gguf" in card and "| quantization | gguf-q4_k_m (gguf) |" in card
 
     model = llmforge("import", q4, "-o", tmp_path / "imported").stdout.strip()
     assert manifest(model)["kind"] == "model"

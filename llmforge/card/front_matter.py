@@ -50,7 +50,7 @@ def relation(artifact: Artifact, chain: list[Artifact]) -> str | None:
         return "adapter"
     if any(step.stage in TRAINING_STAGES for step in chain):
         return "finetune"
-    if artifact.kind == "quantized-model":
+    if artifact.kind in ("quantized-model", "gguf"):
         return "quantized"
     return None
 
@@ -94,7 +94,7 @@ def model_card_data(artifact: Artifact, chain: list[Artifact], start: Mapping[st
     tags += [a.stage for a in chain if a.stage not in tags]
     if any(lookup(a.config, "lora.enabled") for a in chain if a.stage in POSTTRAIN_STAGES):
         tags.append("lora")
-    if artifact.kind == "quantized-model":
+    if artifact.kind in ("quantized-model", "gguf"):
         tags += [
             t for t in (artifact.extra.get("method"), artifact.extra.get("format")) if t and t not in tags
         ]
@@ -105,7 +105,7 @@ def model_card_data(artifact: Artifact, chain: list[Artifact], start: Mapping[st
     return ModelCardData(
         license=license or source_license(metadata),
         language=languages if isinstance(languages, list) and languages else None,
-        library_name="peft" if artifact.kind == "adapter" else "transformers",
+        library_name={"adapter": "peft", "gguf": "gguf"}.get(artifact.kind, "transformers"),
         pipeline_tag="text-generation",
         tags=tags,
         base_model=base,

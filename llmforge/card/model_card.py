@@ -36,6 +36,8 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     if artifact.kind == "adapter":
         lora = safetensors_parameters(artifact.path, "adapter_model*.safetensors")
         what = f"A LoRA adapter ({fmt(lora)} parameters) for a {arch} model{size}"
+    elif artifact.kind == "gguf":
+        what = f"A {arch} model{size} as a GGUF file ({artifact.extra.get('method')}) for llama.cpp"
     else:
         what = f"A {arch} {'quantized model' if artifact.kind == 'quantized-model' else 'model'}{size}"
     md.para(f"{what}, made by llmforge: " + " → ".join(a.stage for a in chain)
@@ -44,12 +46,10 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     md.heading(2, "Model details")
     md.pairs(model_details(artifact, config, count, base))
     md.heading(2, "How to use")
-    md.para("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            f'model = AutoModelForCausalLM.from_pretrained("{show_path(artifact.path)}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{show_path(artifact.path)}")\n```')  # fmt: skip
-    if artifact.kind == "adapter":
-        md.para("transformers applies the adapter to its base model when peft is installed.")
-    md.para(f"Or `llmforge chat {show_path(artifact.path)}`, `llmforge serve {show_path(artifact.path)}`.")
+    if artifact.kind == "gguf":
+        how_to_use_gguf(md, artifact)
+    else:
+        how_to_use(md, artifact)
 
     md.heading(2, "Training")
     md.para("Chain: " + " → ".join(f"{a.stage} (`{name_of(a)}`)" for a in chain)
@@ -73,6 +73,24 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     data = model_card_data(artifact, chain, start, config, dataset_names(datasets), license,
                            eval_reports(chain, evals))  # fmt: skip
     return with_front_matter(data, md.text(), ModelCard)
+
+
+def how_to_use(md: Markdown, artifact: Artifact) -> None:
+    md.para("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{show_path(artifact.path)}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{show_path(artifact.path)}")\n```')  # fmt: skip
+    if artifact.kind == "adapter":
+        md.para("transformers applies the adapter to its base model when peft is installed.")
+    md.para(f"Or `llmforge chat {show_path(artifact.path)}`, `llmforge serve {show_path(artifact.path)}`.")
+
+
+def how_to_use_gguf(md: Markdown, artifact: Artifact) -> None:
+    gguf = f"{show_path(artifact.path)}/model.gguf"
+    md.para(f"```sh\nllama-server -m {gguf}      # llama.cpp's OpenAI-compatible server\n"
+            f"llama-cli -m {gguf} -cnv    # a chat in the terminal\n```")  # fmt: skip
+    md.para("The chat template and special tokens are in the file. In Ollama: a Modelfile with "
+            f"`FROM ./model.gguf`. `llmforge import {show_path(artifact.path)} -o DIR` takes it back as a "
+            "transformers model (dequantized).")  # fmt: skip
 
 
 def base_model(artifact: Artifact, chain: list[Artifact], start: dict[str, Any] | None) -> str | None:
@@ -102,7 +120,7 @@ def model_details(artifact: Artifact, config: dict[str, Any], count: int | None,
             if (Path(artifact.path) / "adapter_config.json").is_file() else {}  # fmt: skip
         rows += [("adapter", f"LoRA rank {adapter.get('r', '?')}, alpha {adapter.get('lora_alpha', '?')}, "
                              f"{fmt(lora)} parameters"), ("base model", f"`{base}`" if base else None)]  # fmt: skip
-    if artifact.kind == "quantized-model":
+    if artifact.kind in ("quantized-model", "gguf"):
         rows += [("quantization", f"{artifact.extra.get('method')} ({artifact.extra.get('format')})"),
                  ("quantized from", f"`{base}`" if base else None)]  # fmt: skip
     for label, key in (("layers", "num_hidden_layers"), ("hidden size", "hidden_size"),
@@ -114,7 +132,10 @@ def model_details(artifact: Artifact, config: dict[str, Any], count: int | None,
     theta = lookup(config, "rope_parameters.rope_theta", config.get("rope_theta"))
     rows.append(("RoPE theta", theta))
     template = Path(artifact.path) / "chat_template.jinja"
-    rows.append(("chat template", "yes (chat_template.jinja)" if template.is_file() else None))
+    if artifact.kind == "gguf":
+        rows.append(("chat template", "in model.gguf (tokenizer.chat_template)"))
+    else:
+        rows.append(("chat template", "yes (chat_template.jinja)" if template.is_file() else None))
     rows.append(("tokenizer fingerprint", f"`{artifact.extra.get('tokenizer_fingerprint', '?')[:16]}`"))
     rows.append(("fingerprint", f"`{artifact.fingerprint}`"))
     return rows
