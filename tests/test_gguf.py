@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import documents_artifact, llmforge, sentences, tokens_artifact
+from helpers import documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
 from test_quantize import stdlib_prose
 
 from llmforge.errors import InputError
@@ -121,6 +121,7 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     assert s4["bytes_after"] < s8["bytes_after"] < s8["bytes_before"]
     assert s8["perplexity_before"] == s4["perplexity_before"] and s4["perplexity_after"] > 1
     assert [p.name for p in (q4 / "checkpoints").iterdir()] == ["convert.log"]  # no f16 copy left behind
+    assert stats_mismatches(q4) == [] and "F32" in s4["tensor_types"] and "Q8_0" in s8["tensor_types"]
     assert llmforge("show", q4).returncode == 0
     card = llmforge("card", q4).stdout  # a card for the Hub, as GGUF releases carry: llama.cpp's commands
     assert "library_name: gguf" in card and "- gguf-q4_k_m" in card and "- gguf\n" in card
@@ -139,6 +140,9 @@ def test_what_gguf_cannot_do_is_refused_in_one_line_before_any_work(tiny_model, 
                             env={"LLAMA_CPP_DIR": str(tmp_path)}, check=False)  # fmt: skip
     assert no_converter.returncode == 2 and "convert_hf_to_gguf.py" in no_converter.stderr
     assert len(no_converter.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    ignore = llmforge("quantize", tiny_model, "--data", tokens, "-o", tmp_path / "c", "--method", "gguf-q8_0", "--set",
+                      "ignore=[lm_head]", check=False)  # fmt: skip
+    assert ignore.returncode == 2 and "leaves each tensor's type to llama.cpp" in ignore.stderr
     group = llmforge("quantize", tiny_model, "--data", tokens, "-o", tmp_path / "b", "--method", "gguf-q4_k_m",
                      "--group-size", "64", check=False)  # fmt: skip
     assert group.returncode == 2 and "llama.cpp's fixed blocks" in group.stderr
@@ -189,6 +193,8 @@ def test_smollm2_in_llama_cpp_costs_what_the_report_says_and_answers_as_before(s
             print(f"\nSmolLM2-135M-Instruct {method}: perplexity {s['perplexity_before']} -> {s['perplexity_after']} "
                   f"({s['perplexity_delta_pct']:+.2f}%), {s['bytes_before']:,} -> {s['bytes_after']:,} bytes")  # fmt: skip
     f16, q8, q4 = stats["gguf-f16"], stats["gguf-q8_0"], stats["gguf-q4_k_m"]
+    # SmolLM2's 576-wide rows are not a multiple of the K-quants' 256: most of Q4_K_M is Q5_0, and the stats say so
+    assert q4["tensor_types"].startswith("Q5_0") and "Q4_K" in q4["tensor_types"]
     assert (
         abs(f16["perplexity_delta_pct"]) < 0.1
         and q8["within_budget"]

@@ -154,10 +154,13 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
     c, s = step.config, stats_of(step)
     parents = step.parents()
     calibration = data_label(parents[1]) if len(parents) > 1 else None
+    gguf = step.extra.get("format") == "gguf"  # llama.cpp picks each tensor's type itself, in fixed blocks
     return [
         ("method", f"{s.get('method', c.get('method'))} ({step.extra.get('format')}), {s.get('algorithm')}"),
-        ("group size", group_size_text(s.get("group_size"))),
-        ("not quantized", fmt(c.get("ignore")) if c.get("ignore") else None),
+        ("block size" if gguf else "group size",
+         f"{s.get('group_size')} weights per scale" if gguf else group_size_text(s.get("group_size"))),
+        ("tensor types", s.get("tensor_types")),
+        ("not quantized", fmt(c.get("ignore")) if c.get("ignore") and not gguf else None),
         ("calibration / evaluation data", calibration),
         ("calibration windows", s.get("calibration_windows") or None),
         ("size", f"{fmt(s.get('bytes_before'))} → {fmt(s.get('bytes_after'))} bytes ({fmt(s.get('compression'))}×)"

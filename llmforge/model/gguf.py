@@ -191,6 +191,18 @@ def perplexity(path: Path, token_windows: list[list[int]]) -> float:
     return math.exp(total / count)
 
 
+def tensor_types(path: Path) -> str:
+    """How many tensors of each type the file holds, most first ("Q5_0 166, F32 61, Q4_K 16"): a K-quant needs rows
+    of a multiple of 256 weights, and llama.cpp stores the tensors whose rows are not at another type (SmolLM2's
+    576-wide rows take Q5_0 under Q4_K_M), which the method's name does not say."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    counts = Counter(tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors)
+    return ", ".join(f"{name} {count}" for name, count in counts.most_common())
+
+
 def versions() -> dict[str, str]:
     """What made the file: llama-cpp-python (llama.cpp's library) and the converter's gguf-py."""
     from importlib.metadata import version

@@ -21,7 +21,7 @@ import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, NotRequired, TypedDict
 
 import typer
 from pydantic import Field, field_validator
@@ -102,6 +102,7 @@ class Stats(TypedDict):
     perplexity_delta_pct: float
     budget_pct: float
     within_budget: bool
+    tensor_types: NotRequired[str]  # gguf: tensors per llama.cpp type ("Q5_0 166, F32 61, Q4_K 16, ...")
 
 
 @dataclass
@@ -120,6 +121,9 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
 
     config = config or Config()
     if config.method in gguf.TYPES:
+        if "ignore" in config.model_fields_set:
+            raise InputError(f"ignore: {config.method} leaves each tensor's type to llama.cpp's quantizer, which "
+                             "keeps no module in full precision on request")  # fmt: skip
         gguf.check_tools(config.method)
     if config.method in LLM_COMPRESSOR_SCHEMES and importlib.util.find_spec("llmcompressor") is None:
         raise InputError(f"method {config.method} needs llm-compressor: pip install 'llmforge[quantize]' (in an "
@@ -344,6 +348,8 @@ def _gguf(ctx, unquantized_dir: Path, tokenizer_path: Path, texts: Texts, method
         gguf.quantize_file(converted, ctx.work / gguf.FILE_NAME, kind.file_type)
         converted.unlink()  # the f16 file is as large as the model: not kept in the artifact
     shutil.rmtree(staging)  # links to the model's files and a copy of its tokenizer
+    ctx.stats["tensor_types"] = gguf.tensor_types(ctx.work / gguf.FILE_NAME)
+    log(f"tensors by type: {ctx.stats['tensor_types']}")
     log("measuring the GGUF with llama.cpp on the same held-out windows")
     ctx.extra["gguf"] = gguf.versions()
     return gguf.perplexity(ctx.work / gguf.FILE_NAME, texts.held_out)
