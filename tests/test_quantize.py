@@ -99,6 +99,7 @@ def test_gptq_w4a16_merges_the_adapter_and_reports_size_and_perplexity(tiny_mode
     assert stats["perplexity_delta_pct"] == pytest.approx(delta, abs=2e-3)
     assert delta > 1e-6 and stats["budget_pct"] == 1e-6 and stats["within_budget"] is False
     assert stats_mismatches(out) == []  # what quantize writes is what it declares, and what cards read
+    assert not (out / "checkpoints" / "merged").exists()  # the merged weights are not kept beside the result
     warning = capsys.readouterr().err
     assert "beyond the 1e-06% budget for 4-bit" in warning and "more bits (w8a16)" in warning
     assert "--algorithm gptq" not in warning  # it ran GPTQ: the hint names only what is left to try

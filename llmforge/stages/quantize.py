@@ -301,6 +301,9 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     budget = config.budget_pct if config.budget_pct is not None else (1.0 if bits >= 8 else 5.0)
     delta = 100.0 * (after - before) / before
     size_before = weights_bytes(unquantized_dir)
+    # the merged weights are as large as the model: not kept in the artifact
+    if unquantized_dir != Path(source.path):
+        shutil.rmtree(unquantized_dir)
     ctx.stats.update({
         "method": config.method,
         "algorithm": "gptq" if texts.calibration else "rtn",
