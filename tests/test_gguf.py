@@ -128,11 +128,32 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     assert f"llama-server -m {q4}/model.gguf" in card and "| quantization | gguf-q4_k_m (gguf) |" in card
 
     model = llmforge("import", q4, "-o", tmp_path / "imported").stdout.strip()
-    assert manifest(model)["kind"] == "model"
+    imported = manifest(model)
+    assert imported["kind"] == "model"
+    # its input is the gguf artifact, so lineage walks on through quantize to the model it was made from
+    assert [(i["kind"], i["fingerprint"]) for i in imported["inputs"]] == [
+        ("gguf", manifest(q4)["fingerprint"])
+    ]
+    lineage = llmforge("lineage", model).stdout + llmforge("lineage", model).stderr
+    assert "quantize" in lineage and Path(tiny_model).name in lineage
     # a stage that loads models through transformers names the way back instead of failing on a missing config
     refused = llmforge("eval", q4, "-o", tmp_path / "e", check=False)
     assert refused.returncode == 2 and "llmforge import" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_adapter_is_merged_and_converted_and_nothing_large_is_left_behind(tiny_model, tokens, tmp_path):
+    from helpers import random_adapter_artifact
+
+    adapter = random_adapter_artifact(tmp_path / "adapter", tiny_model, seed=3)
+    out = quantize.run(adapter, tokens, tmp_path / "q8", quantize.Config(method="gguf-q8_0", **SMALL))
+    m = manifest(out)
+    assert [i["kind"] for i in m["inputs"]] == ["adapter", "tokens"] and m["stats"][
+        "algorithm"
+    ] == "llama.cpp"
+    assert m["extra"]["tokenizer_fingerprint"] == manifest(tiny_model)["extra"]["tokenizer_fingerprint"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["convert.log"]  # no merged weights
+    assert abs(m["stats"]["perplexity_delta_pct"]) < 1.0
 
 
 def test_what_gguf_cannot_do_is_refused_in_one_line_before_any_work(tiny_model, tokens, tmp_path):
@@ -143,9 +164,11 @@ def test_what_gguf_cannot_do_is_refused_in_one_line_before_any_work(tiny_model, 
     ignore = llmforge("quantize", tiny_model, "--data", tokens, "-o", tmp_path / "c", "--method", "gguf-q8_0", "--set",
                       "ignore=[lm_head]", check=False)  # fmt: skip
     assert ignore.returncode == 2 and "leaves each tensor's type to llama.cpp" in ignore.stderr
+    assert len(ignore.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
     group = llmforge("quantize", tiny_model, "--data", tokens, "-o", tmp_path / "b", "--method", "gguf-q4_k_m",
                      "--group-size", "64", check=False)  # fmt: skip
     assert group.returncode == 2 and "llama.cpp's fixed blocks" in group.stderr
+    assert len(group.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
 
 
 def test_a_pre_tokenizer_llama_cpp_does_not_know_stops_the_stage_with_the_converters_reason(

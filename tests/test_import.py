@@ -170,12 +170,12 @@ def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
     assert f"Org/Tiny: the local Hugging Face cache's copy, commit {COMMIT[:12]} (offline)" in chat.stderr
     missing = llmforge("chat", "Org/Other", env=env, check=False)
     assert missing.returncode == 2
+    assert "Org/Other: no such model directory, and no copy in the local Hugging Face cache" in missing.stderr
     # quantize copies the tokenizer from the cache's snapshot (it looked for files under the id itself)
     docs = documents_artifact(tmp_path / "docs", sentences(100))
     quantized = Path(llmforge("quantize", "Org/Tiny", "--data", docs, "-o", tmp_path / "q", "--method", "torchao-int8",
                               "--set", "seq_len=64", "--set", "eval_tokens=256", env=env).stdout.strip())  # fmt: skip
     assert (quantized / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
-    assert "Org/Other: no such model directory, and no copy in the local Hugging Face cache" in missing.stderr
 
 
 def test_what_cannot_be_imported_is_refused_plainly(tiny_model, tmp_path):

@@ -133,7 +133,7 @@ def model_details(artifact: Artifact, config: dict[str, Any], count: int | None,
     rows.append(("RoPE theta", theta))
     template = Path(artifact.path) / "chat_template.jinja"
     if artifact.kind == "gguf":
-        rows.append(("chat template", "in model.gguf (tokenizer.chat_template)"))
+        rows.append(("chat template", "in model.gguf (tokenizer.chat_template), when the model had one"))
     else:
         rows.append(("chat template", "yes (chat_template.jinja)" if template.is_file() else None))
     rows.append(("tokenizer fingerprint", f"`{artifact.extra.get('tokenizer_fingerprint', '?')[:16]}`"))

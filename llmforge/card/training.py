@@ -158,7 +158,8 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
     return [
         ("method", f"{s.get('method', c.get('method'))} ({step.extra.get('format')}), {s.get('algorithm')}"),
         ("block size" if gguf else "group size",
-         f"{s.get('group_size')} weights per scale" if gguf else group_size_text(s.get("group_size"))),
+         (f"{s.get('group_size')} weights per scale" if s.get("group_size") != "none" else None) if gguf
+         else group_size_text(s.get("group_size"))),
         ("tensor types", s.get("tensor_types")),
         ("not quantized", fmt(c.get("ignore")) if c.get("ignore") and not gguf else None),
         ("calibration / evaluation data", calibration),

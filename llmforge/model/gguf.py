@@ -19,12 +19,9 @@ from pathlib import Path
 
 from llmforge.errors import InputError
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-)
+# What the converter reads besides the files it gets rewritten (loading.TOKENIZER_FILES): SentencePiece models,
+# GPT-2 style vocabularies and added tokens, linked from the tokenizer's directory (an adapter's or the model's).
+TOKENIZER_SIDE_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json")
 # {% generation %} marks the assistant's tokens for training (TRL); llama.cpp's and Ollama's template engines do
 # not know the tag, and serving never needs it.
 GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
@@ -39,7 +36,7 @@ class GgufType:
 
 
 TYPES = {
-    "gguf-f16": GgufType("f16", None, 16, "none"),
+    "gguf-f16": GgufType("f16", None, 16, "none"),  # no scales: 16-bit floats
     "gguf-bf16": GgufType("bf16", None, 16, "none"),
     "gguf-q8_0": GgufType("q8_0", None, 8, 32),
     "gguf-q6_k": GgufType("f16", "LLAMA_FTYPE_MOSTLY_Q6_K", 6, 256),
@@ -64,7 +61,9 @@ def check_tools(method: str) -> Path:
     """Everything `method` needs, checked before any work: the converter, and llama-cpp-python to quantize and
     score (and sentencepiece, which the converter imports for Llama-family tokenizers)."""
     directory = converter_dir()
-    missing = [name for name in ("llama_cpp", "sentencepiece") if importlib.util.find_spec(name) is None]
+    missing = [
+        name for name in ("llama_cpp", "sentencepiece", "gguf") if importlib.util.find_spec(name) is None
+    ]
     if missing:
         raise InputError(f"method {method} needs {' and '.join(missing)}: pip install 'llmforge[gguf]' "
                          "(llama-cpp-python builds from source, a few minutes), or run `make install-gguf`")  # fmt: skip
@@ -75,13 +74,19 @@ def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
     """A directory the converter reads: the model's files linked, its tokenizer copied and made plain for
     llama.cpp (the chat template without {% generation %}; a byte-level vocabulary that transformers' GGUF
     import marked byte_fallback written as the byte-level BPE it is, so the converter reads it as one)."""
+    from llmforge.model.loading import TOKENIZER_FILES
+
     staging = work / "gguf-input"
     staging.mkdir(parents=True, exist_ok=True)
-    for file in Path(model_dir).iterdir():
-        if file.is_file() and file.name not in TOKENIZER_FILES and file.name != "artifact.json":
-            link = staging / file.name
-            if not link.exists():
-                link.symlink_to(file.resolve())
+    links = {file.name: file for file in Path(model_dir).iterdir()
+             if file.is_file() and file.name not in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES, "artifact.json")}  # fmt: skip
+    links.update({name: Path(tokenizer_dir) / name for name in TOKENIZER_SIDE_FILES
+                  if (Path(tokenizer_dir) / name).is_file()})  # fmt: skip
+    for name, file in links.items():
+        link = staging / name
+        if link.is_symlink():  # a resumed run: the link may point at a file since replaced
+            link.unlink()
+        link.symlink_to(file.resolve())
     for name in TOKENIZER_FILES:
         source = Path(tokenizer_dir) / name
         if not source.is_file():

@@ -52,7 +52,9 @@ class Source:
     revision: str | None = None  # as asked
     commit: str | None = None  # as resolved on the Hub
     metadata: dict[str, Any] | None = None  # a GGUF file's general.* fields (name, organization, license...)
-    artifact: Any = None  # the gguf artifact (`quantize --method gguf-*`) the file is in, for lineage
+    artifact: Artifact | None = (
+        None  # the gguf artifact (`quantize --method gguf-*`) the file is in, for lineage
+    )
 
     def ref(self) -> InputRef:
         """The import's input in the manifest: a raw file/directory, the Hub repository at its commit, or the gguf
@@ -68,8 +70,9 @@ class Source:
 
     def record(self) -> dict[str, Any]:
         """What the manifest's `extra.source` holds (the card reads `hub_id` for `base_model`)."""
-        record = asdict(replace(self, artifact=None))
-        del record["artifact"]
+        record = {
+            name: value for name, value in asdict(replace(self, artifact=None)).items() if name != "artifact"
+        }
         record["path"] = str(Path(self.path).resolve()) if self.kind != "hub" else str(self.path)
         return record
 

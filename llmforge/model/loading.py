@@ -206,11 +206,17 @@ def base_model_entry(source: ModelSource, out: Path) -> dict[str, Any]:
 
 
 def local_path(source: ModelSource) -> str:
-    """Where a model's files are: its directory; for a Hub id, the local cache's snapshot (the id itself while
-    nothing is downloaded yet)."""
+    """Where a model's files are: its directory; for a Hub id, the local cache's snapshot once it holds the
+    config and the tokenizer (the id itself before: online, transformers fills a snapshot file by file)."""
     if source.kind == "hub":
         snapshot = cached_snapshot(source.path)
-        return str(snapshot) if snapshot is not None else source.path
+        if (
+            snapshot is not None
+            and (snapshot / "config.json").is_file()
+            and any((snapshot / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        ):
+            return str(snapshot)
+        return source.path
     return source.path
 
 

@@ -11,7 +11,8 @@ quantizer and scored by llama.cpp (llmforge/model/gguf.py).
 The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config; a
 gguf artifact (one model.gguf) for the gguf methods.
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
-measured on, before and after; a drift beyond the budget (1% for 8-bit, 5% for 4-bit) is warned about and recorded.
+measured on, before and after; a drift beyond the budget (1% for 8 bits and more, 5% below) is warned about and
+recorded.
 A documents artifact's text is tokenized as text: special-token strings in it are characters, not control tokens.
 """
 
@@ -55,7 +56,7 @@ class Config(StageConfig):
     algorithm: Literal["gptq", "rtn"] = Field(
         "gptq",
         description="llm-compressor methods: gptq calibrates on --data; rtn rounds to nearest, no calibration "
-        "(torchao and gguf methods always round to nearest)",
+        "(torchao methods always round to nearest; gguf methods are llama.cpp's own quantizer)",
     )
     group_size: int | Literal["auto", "channel"] = Field(
         "auto",
@@ -90,7 +91,7 @@ class Stats(TypedDict):
     """What quantize writes in its manifest's stats (read by `llmforge card`)."""
 
     method: str
-    algorithm: str  # gptq or rtn (round to nearest)
+    algorithm: str  # gptq, rtn (round to nearest) or llama.cpp (its quantizer: gguf methods)
     group_size: int | str  # input columns per scale, or "channel" (one scale per output row); gguf: its block
     calibration_windows: int
     bytes_before: int  # weight files of the (merged) input model
@@ -151,14 +152,7 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
     inputs = [source.ref(), dataset.ref()]
     kind = "gguf" if config.method in gguf.TYPES else "quantized-model"
     return run_stage(STAGE, kind, config, inputs, out,
-                     lambda ctx: _quantize(ctx, source, texts, config, group), force=force)  # fmt: skip
-
-
-def _quantize(ctx, source, texts: Texts, config: Config, group: int | str) -> None:
-    from llmforge.console import stdout_to_stderr
-
-    with stdout_to_stderr():  # llm-compressor and DeepSpeed (pulled in by accelerate) log to stdout
-        _measure_and_quantize(ctx, source, texts, config, group)
+                     lambda ctx: _measure_and_quantize(ctx, source, texts, config, group), force=force)  # fmt: skip
 
 
 def _model_config(source):
@@ -306,7 +300,7 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
         shutil.rmtree(unquantized_dir)
     ctx.stats.update({
         "method": config.method,
-        "algorithm": "gptq" if texts.calibration else "rtn",
+        "algorithm": "llama.cpp" if config.method in gguf.TYPES else "gptq" if texts.calibration else "rtn",
         "group_size": group,
         "calibration_windows": len(texts.calibration),
         "bytes_before": size_before,
@@ -324,8 +318,11 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
              f"{bits}-bit; try {budget_hints(config, group)}")  # fmt: skip
     from llmforge.data.tokenizer import tokenizer_fingerprint
 
-    ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work if config.method not in gguf.TYPES
-                                                               else tokenizer_dir(source))  # fmt: skip
+    # a GGUF carries its vocabulary inside: the fingerprint is that of the tokenizer it was converted from
+    if config.method not in gguf.TYPES:
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
+    elif (Path(tokenizer_dir(source)) / "tokenizer.json").is_file():
+        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer_dir(source))
     ctx.extra["method"] = config.method
     ctx.extra["format"] = ("gguf" if config.method in gguf.TYPES else
                            "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao")  # fmt: skip
@@ -361,7 +358,12 @@ def _gguf(ctx, unquantized_dir: Path, tokenizer_path: Path, texts: Texts, method
 def budget_hints(config: Config, group: int | str) -> str:
     """What is left to try for a quantized model beyond its perplexity budget, given what this run did."""
     if config.method in gguf.TYPES:
-        return "a larger GGUF type (gguf-q5_k_m, gguf-q6_k, gguf-q8_0)"
+        larger = [m for m, kind in gguf.TYPES.items() if kind.bits > BITS[config.method] and kind.bits < 16]
+        return (
+            f"a larger GGUF type ({', '.join(larger)})"
+            if larger
+            else "another model: f16 is the model itself"
+        )
     hints = (
         ["--algorithm gptq"] if config.algorithm == "rtn" and config.method in LLM_COMPRESSOR_SCHEMES else []
     )
