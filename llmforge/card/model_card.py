@@ -32,14 +32,15 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     name = name_of(artifact)
     md.heading(1, name)
     arch = config.get("model_type", "unknown")
+    an = "An" if arch[:1] in ("a", "e", "i", "o", "u") else "A"  # "An unknown model", "A llama model"
     size = f" of {fmt(count)} parameters" if count else ""
     if artifact.kind == "adapter":
         lora = safetensors_parameters(artifact.path, "adapter_model*.safetensors")
-        what = f"A LoRA adapter ({fmt(lora)} parameters) for a {arch} model{size}"
+        what = f"A LoRA adapter ({fmt(lora)} parameters) for {an.lower()} {arch} model{size}"
     elif artifact.kind == "gguf":
-        what = f"A {arch} model{size} as a GGUF file ({artifact.extra.get('method')}) for llama.cpp"
+        what = f"{an} {arch} model{size} as a GGUF file ({artifact.extra.get('method')}) for llama.cpp"
     else:
-        what = f"A {arch} {'quantized model' if artifact.kind == 'quantized-model' else 'model'}{size}"
+        what = f"{an} {arch} {'quantized model' if artifact.kind == 'quantized-model' else 'model'}{size}"
     md.para(f"{what}, made by llmforge: " + " → ".join(a.stage for a in chain)
             + (f", starting from `{start['path']}`" if start else "") + ".")  # fmt: skip
 
