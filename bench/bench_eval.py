@@ -34,10 +34,11 @@ class BenchModel(StageConfig):
     preset: str = "tiny"
 
 
-def prose(limit: int) -> list[str]:
-    """Real text from this machine: the Python standard library's module docstrings."""
+def prose(limit: int, pattern: str = "*.py") -> list[str]:
+    """Real text from this machine: the Python standard library's module docstrings (of the files `pattern`
+    matches: "**/*.py" takes the packages' modules too)."""
     texts = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob(pattern)):
         text = path.read_text(encoding="utf-8", errors="ignore")
         if text.startswith('"""') and '"""' in text[3:]:
             texts.append(text[3 : text.index('"""', 3)].strip())

@@ -22,48 +22,17 @@ import hashlib
 import importlib.util
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-from llmforge.artifacts import InputRef, canonical_hash, run_stage
-from llmforge.config import StageConfig
+from bench_eval import prose
+
 from llmforge.model import gguf
 from llmforge.stages import quantize
 
-
-class BenchText(StageConfig):
-    """Held-out prose for the perplexity: the standard library's module docstrings."""
-
-    documents: int = 2000
-
-
-def prose(limit: int) -> list[str]:
-    texts = []
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        text = path.read_text(encoding="utf-8", errors="ignore")
-        if text.startswith('"""') and '"""' in text[3:]:
-            texts.append(text[3 : text.index('"""', 3)].strip())
-        if len(texts) >= limit:
-            break
-    return texts
-
-
-def documents(root: Path) -> Path:
-    import gzip
-    import json
-
-    config = BenchText()
-
-    def body(ctx):  # datatrove's JSONL layout, as crawl-filter writes it
-        (ctx.work / "data").mkdir()
-        with gzip.open(ctx.work / "data" / "00000.jsonl.gz", "wt", encoding="utf-8") as handle:
-            for index, text in enumerate(prose(config.documents)):
-                handle.write(json.dumps({"text": text, "id": f"doc-{index}", "metadata": {}}) + "\n")
-
-    ref = InputRef(path="(bench)", kind="raw", fingerprint=canonical_hash(config.documents))
-    return run_stage("crawl-filter", "documents", config, [ref], root / "docs", body)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import documents_artifact  # noqa: E402
 
 
 def smollm2(root: Path) -> Path:
@@ -159,7 +128,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as scratch:
         root = Path(scratch)
         model = args.model or smollm2(root)
-        docs = documents(root)
+        # held-out prose: the docstrings of the standard library's modules, packages included
+        docs = documents_artifact(root / "docs", prose(2000, "**/*.py"))
         for method in args.methods:
             out = root / method
             start = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from helpers import documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
-from test_quantize import stdlib_prose
+from test_quantize import manifest, stdlib_prose
 
 from llmforge.errors import InputError
 from llmforge.model import gguf
@@ -28,10 +28,6 @@ TRICKY = ["The 3 cats ate 1234 fish, didn't they?", "  two  spaces\n\n\ttab and\
 def tokens(tiny_tokenizer_dir, tmp_path_factory):
     return tokens_artifact(tmp_path_factory.mktemp("g") / "tokens", tiny_tokenizer_dir, sentences(300, seed=7),
                            val_fraction=0.2)  # fmt: skip
-
-
-def manifest(path) -> dict:
-    return json.loads((Path(path) / "artifact.json").read_text())
 
 
 def gguf_fields(path: Path) -> dict:

@@ -52,9 +52,8 @@ class Source:
     revision: str | None = None  # as asked
     commit: str | None = None  # as resolved on the Hub
     metadata: dict[str, Any] | None = None  # a GGUF file's general.* fields (name, organization, license...)
-    artifact: Artifact | None = (
-        None  # the gguf artifact (`quantize --method gguf-*`) the file is in, for lineage
-    )
+    # the gguf artifact (`quantize --method gguf-*`) the file is in, for lineage
+    artifact: Artifact | None = None
 
     def ref(self) -> InputRef:
         """The import's input in the manifest: a raw file/directory, the Hub repository at its commit, or the gguf
