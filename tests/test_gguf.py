@@ -2,6 +2,8 @@
 llama.cpp itself (llama-cpp-python): the same tokens, the same logits, the same answers as transformers."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,10 @@ def test_a_model_with_its_own_tokenizer_becomes_the_same_model_in_llama_cpp(
     assert out == tmp_path / "f16" and result.stdout.count("\n") == 1  # the path alone on stdout
     m = manifest(out)
     assert m["kind"] == "gguf" and m["extra"]["format"] == "gguf" and m["extra"]["method"] == "gguf-f16"
-    assert [f["path"] for f in m["files"]] == ["model.gguf"]
+    # the original tokenizer and generation settings beside the file, for serve and import
+    assert [f["path"] for f in m["files"]] == ["chat_template.jinja", "generation_config.json", "model.gguf",
+                                               "tokenizer.json", "tokenizer_config.json"]  # fmt: skip
+    assert (out / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
     assert m["extra"]["gguf"]["llama_cpp_python"]
     fields = gguf_fields(out / "model.gguf")
     assert fields["general.architecture"] == arch and fields["general.name"] == "f16"
@@ -122,10 +127,19 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     card = llmforge("card", q4).stdout  # a card for the Hub, as GGUF releases carry: llama.cpp's commands
     assert "library_name: gguf" in card and "- gguf-q4_k_m" in card and "- gguf\n" in card
     assert f"llama-server -m {q4}/model.gguf" in card and "| quantization | gguf-q4_k_m (gguf) |" in card
+    assert f"`llmforge serve {q4}` serves it with llama.cpp" in card
 
     model = llmforge("import", q4, "-o", tmp_path / "imported").stdout.strip()
     imported = manifest(model)
     assert imported["kind"] == "model"
+    # the original tokenizer comes back (quantize keeps it beside the file), not transformers' rebuild from the GGUF
+    from transformers import AutoTokenizer
+
+    original, back = AutoTokenizer.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(model)
+    for text in [*TRICKY, "<|im_start|>user\n<think>x</think> y<|im_end|>"]:
+        assert back(text)["input_ids"] == original(text)["input_ids"], text
+    assert back.added_tokens_decoder == original.added_tokens_decoder
+    assert back.chat_template == original.chat_template
     # its input is the gguf artifact, so lineage walks on through quantize to the model it was made from
     assert [(i["kind"], i["fingerprint"]) for i in imported["inputs"]] == [
         ("gguf", manifest(q4)["fingerprint"])
@@ -136,6 +150,104 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     refused = llmforge("eval", q4, "-o", tmp_path / "e", check=False)
     assert refused.returncode == 2 and "llmforge import" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens, tmp_path):
+    """`llmforge serve` of a gguf artifact: llmforge's API over llama.cpp's logits. A lone greedy answer is llama.cpp's
+    own token for token, echo log-probabilities are its prefill's, grammars apply, requests batch together, and a
+    request whose prompt and max_tokens do not fit the KV cache beside the running ones waits for them."""
+    import httpx
+    import torch
+    from test_serve import start_server
+    from transformers import AutoTokenizer
+
+    out = quantize.run(tiny_model, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
+    llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, logits_all=True, verbose=False,
+                          n_threads=2)  # fmt: skip
+    llm.eval(prompt)
+    prefill = torch.from_numpy(llm.scores[: len(prompt) - 1]).float().log_softmax(-1)
+    expected = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        expected.append(token)
+        if len(expected) == 16:
+            break
+    llm.close()
+
+    server = start_server(out, log_dir=tmp_path)
+    try:
+        listed = httpx.get(f"{server.url}/models").json()["data"]
+        assert [(m["id"], m["kind"], m["fingerprint"]) for m in listed] == [
+            ("f16", "gguf", manifest(out)["fingerprint"])
+        ]
+        body = {"model": "f16", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+                "echo": True, "logprobs": 0}  # fmt: skip
+        answer = httpx.post(f"{server.url}/completions", json=body, timeout=120).json()["choices"][0]
+        assert answer["text"] == tokenizer.decode(prompt) + tokenizer.decode(expected)
+        echoed = answer["logprobs"]["token_logprobs"][1 : len(prompt)]
+        theirs = [float(prefill[i, token]) for i, token in enumerate(prompt[1:])]
+        assert max(abs(a - b) for a, b in zip(echoed, theirs, strict=True)) < 1e-4
+
+        schema = {"type": "object", "properties": {"unit": {"enum": ["C", "F"]}}, "required": ["unit"],
+                  "additionalProperties": False}  # fmt: skip
+        chat = httpx.post(f"{server.url}/chat/completions", timeout=120, json={
+            "model": "f16", "messages": [{"role": "user", "content": "Unit?"}], "max_tokens": 30, "seed": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "u", "schema": schema}}}).json()  # fmt: skip
+        assert json.loads(chat["choices"][0]["message"]["content"])["unit"] in "CF"
+        greedy = httpx.post(f"{server.url}/chat/completions", timeout=120, json={
+            "model": "f16", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8,
+            "temperature": 0}).json()["choices"][0]["message"]["content"]  # fmt: skip
+        # `llmforge chat` runs the same engine in process: a lone greedy answer is the same
+        repl = subprocess.run([sys.executable, "-m", "llmforge", "chat", str(out), "--temperature", "0",
+                               "--max-tokens", "8"], input="Hello\n/exit\n", capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert repl.returncode == 0 and repl.stdout == greedy + "\n", repl.stderr
+
+        def ask(seed):
+            request = {**body, "echo": False, "logprobs": None, "temperature": 1.0, "seed": seed,
+                       "max_tokens": 24}  # fmt: skip
+            return httpx.post(f"{server.url}/completions", json=request, timeout=120).json()["choices"][0]
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, range(4)))
+        assert all(a["finish_reason"] == "length" for a in answers) and server.stats()["max_batch_size"] > 1
+    finally:
+        server.stop()
+
+    # a cache of one context (128 tokens): each request (40 + 60) runs alone, the others wait their turn
+    server = start_server(out, "--max-model-len", 128, "--kv-cache-gib", 0.0001, log_dir=tmp_path)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda seed: httpx.post(f"{server.url}/completions", timeout=120, json={
+                **body, "echo": False, "logprobs": None, "max_tokens": 60, "seed": seed}).json()["choices"][0],
+                range(3)))  # fmt: skip
+        assert all(a["finish_reason"] == "length" and a["text"] for a in answers)
+        stats = server.stats()
+        assert stats["finished"] == 3 and stats["max_batch_size"] == 1 and stats["completion_tokens"] == 180
+    finally:
+        server.stop()
+    assert "a KV cache of 128 tokens" in server.log.read_text()
+
+
+def test_serving_a_gguf_refuses_what_llama_cpp_cannot_do_in_one_line(tiny_model, tokens, tmp_path):
+    from helpers import random_adapter_artifact
+
+    out = quantize.run(tiny_model, tokens, tmp_path / "q8", quantize.Config(method="gguf-q8_0", **SMALL))
+    adapter = random_adapter_artifact(tmp_path / "adapter", tiny_model, seed=3)
+    for args, expected in [
+        ((out, "--backend", "embedded"), "--backend embedded serves transformers models"),
+        ((out, "--backend", "vllm"), "--backend vllm serves transformers models"),
+        ((out, "--adapter", f"a={adapter}"), "LoRA adapters are served on a transformers model"),
+        ((tiny_model, "--backend", "llama.cpp"), "--backend llama.cpp serves a gguf artifact"),
+        ((out, "--max-batch-size", "300"), "llama.cpp runs at most 256 sequences at once"),
+    ]:
+        refused = llmforge("serve", *args, "--port", "0", check=False)
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
 
 def test_an_adapter_is_merged_and_converted_and_nothing_large_is_left_behind(tiny_model, tokens, tmp_path):
@@ -195,8 +307,8 @@ def test_a_pre_tokenizer_llama_cpp_does_not_know_stops_the_stage_with_the_conver
 def test_smollm2_in_llama_cpp_costs_what_the_report_says_and_answers_as_before(smollm2, tmp_path, capsys):
     """A real trained model: f16 is the model itself, Q8_0 within the 1% budget, Q4_K_M smaller and costlier, all
     measured by llama.cpp on held-out real text; through the f16 GGUF's own chat template llama.cpp gives
-    transformers' greedy answer word for word (Q8_0 already flips this 135M model's near-tie first token: "The"
-    25.33 vs "L" 25.24)."""
+    transformers' greedy answer word for word, and so does `llmforge serve` of the artifact (Q8_0 already flips
+    this 135M model's near-tie first token: "The" 25.33 vs "L" 25.24)."""
     import torch
 
     from llmforge.model.loading import load_model, load_tokenizer, resolve_model
@@ -239,3 +351,14 @@ def test_smollm2_in_llama_cpp_costs_what_the_report_says_and_answers_as_before(s
     llm.close()
     text = answer["choices"][0]["message"]["content"]
     assert text == tokenizer.decode(expected, skip_special_tokens=True) and "Paris" in text
+    # and `llmforge serve` of the artifact, through the original tokenizer's template, answers the same
+    import httpx
+    from test_serve import start_server
+
+    server = start_server(tmp_path / "gguf-f16", log_dir=tmp_path)
+    try:
+        served = httpx.post(f"{server.url}/chat/completions", timeout=120, json={
+            "model": "gguf-f16", "messages": question, "max_tokens": 12, "temperature": 0}).json()  # fmt: skip
+    finally:
+        server.stop()
+    assert served["choices"][0]["message"]["content"] == text

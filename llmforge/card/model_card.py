@@ -90,8 +90,9 @@ def how_to_use_gguf(md: Markdown, artifact: Artifact) -> None:
     md.para(f"```sh\nllama-server -m {gguf}      # llama.cpp's OpenAI-compatible server\n"
             f"llama-cli -m {gguf} -cnv    # a chat in the terminal\n```")  # fmt: skip
     md.para("The chat template and special tokens are in the file. In Ollama: a Modelfile with "
-            f"`FROM ./model.gguf`. `llmforge import {show_path(artifact.path)} -o DIR` takes it back as a "
-            "transformers model (dequantized).")  # fmt: skip
+            f"`FROM ./model.gguf`. `llmforge serve {show_path(artifact.path)}` serves it with llama.cpp behind "
+            f"llmforge's API; `llmforge import {show_path(artifact.path)} -o DIR` takes it back as a transformers "
+            "model (dequantized).")  # fmt: skip
 
 
 def base_model(artifact: Artifact, chain: list[Artifact], start: dict[str, Any] | None) -> str | None:

@@ -302,7 +302,7 @@ def open_annotator(source, backend: str, max_tokens: int, max_document_tokens: i
 
     model = load_model(source, dtype="float32")
     model.eval()
-    _, eos_ids = generation_defaults(model)
+    _, eos_ids = generation_defaults(model.generation_config, model.config.eos_token_id)
     if not eos_ids and tokenizer.eos_token_id is not None:
         eos_ids = [tokenizer.eos_token_id]
     context = int(getattr(model.config, "max_position_embeddings", 2048))

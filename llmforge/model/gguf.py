@@ -70,6 +70,13 @@ def check_tools(method: str) -> Path:
     return directory
 
 
+def check_runtime() -> None:
+    """llama-cpp-python, which runs a GGUF (serve), is importable."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise InputError("a GGUF is served by llama.cpp, and llama-cpp-python is not installed: run `make "
+                         "install-gguf`, or pip install 'llmforge[gguf]'")  # fmt: skip
+
+
 def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
     """A directory the converter reads: the model's files linked, its tokenizer copied and made plain for
     llama.cpp (the chat template without {% generation %}; a byte-level vocabulary that transformers' GGUF

@@ -236,17 +236,18 @@ def convert(
 
     torch_dtype = {"source": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     if source.kind == "gguf":
-        model, tokenizer = _load_gguf(source.path, torch_dtype)
+        model, tokenizer = _load_gguf(source.path, torch_dtype, own_tokenizer(source))
     else:
         model, tokenizer = _load_directory(source, torch_dtype, trust_remote_code)
     if tokenizer.chat_template is None:
         log("the model has no chat template (a base model?); chat fine-tuning will state the default it uses")
     save_model_payload(model, tokenizer, out)
-    generation = Path(source.path) / "generation_config.json"
-    if source.kind != "gguf" and generation.is_file():  # the source's own sampling settings win over ours
+    # the source's own sampling settings win over ours (a gguf artifact keeps its model's beside the file)
+    settings = own_tokenizer(source) if source.kind == "gguf" else Path(source.path)
+    if settings is not None and (settings / "generation_config.json").is_file():
         from transformers import GenerationConfig
 
-        GenerationConfig.from_pretrained(source.path).save_pretrained(out)
+        GenerationConfig.from_pretrained(settings).save_pretrained(out)
     config = model.config
     return {
         "format": source.kind,
@@ -278,27 +279,43 @@ def _load_directory(source: Source, dtype, trust_remote_code: bool):
     return model, tokenizer
 
 
-def _load_gguf(file: Path, dtype):
+def own_tokenizer(source: Source) -> Path | None:
+    """The directory holding a gguf artifact's original tokenizer (quantize copies it beside model.gguf), if any."""
+    directory = Path(source.path).parent
+    return directory if source.artifact is not None and (directory / "tokenizer.json").is_file() else None
+
+
+def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):
     """A GGUF checkpoint dequantized by transformers, made saveable: save_pretrained refuses a model that carries
-    the GGUF quantization marker, and the weights are plain tensors by now, so the marker goes."""
+    the GGUF quantization marker, and the weights are plain tensors by now, so the marker goes. The tokenizer is
+    the original one from `tokenizer_dir` when given, else transformers' rebuild from the GGUF's vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"dequantizing {file.name} with transformers")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        if tokenizer_dir is not None:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
         model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
     except (OSError, ValueError, KeyError, NotImplementedError, ImportError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{file}: transformers cannot load this GGUF file ({detail})") from None
+    if tokenizer_dir is not None:
+        return _saveable(model, dtype), tokenizer
     _fix_gguf_special_tokens(tokenizer, file)
     # GGUF does not carry these tokenizer settings; transformers' defaults for them warn on every decode
     tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
     tokenizer.clean_up_tokenization_spaces = False
+    return _saveable(model, dtype), tokenizer
+
+
+def _saveable(model, dtype):
     model.hf_quantizer = None
     del model.config.quantization_config
     if dtype != "auto":  # dequantized weights are float32
         model.to(dtype)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def gguf_metadata(file: Path) -> dict[str, Any]:

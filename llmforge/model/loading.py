@@ -33,7 +33,7 @@ class ModelSource:
     """Where a model comes from and how to load it."""
 
     path: str  # local directory or hub id
-    kind: str  # model | adapter | quantized-model | hf-dir | hub
+    kind: str  # model | adapter | quantized-model | gguf | hf-dir | hub
     fingerprint: str
     artifact: Artifact | None = None
     base: ModelSource | None = None  # adapters: the model they apply to
@@ -66,12 +66,15 @@ def hash_directory(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
-    """What a model argument points at; errors say what was expected."""
+def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> ModelSource:
+    """What a model argument points at; errors say what was expected. `gguf`: the stage also runs a gguf artifact
+    (serve, with llama.cpp)."""
     text = str(path_or_id)
     path = Path(text)
     if (path / MANIFEST).is_file():
         artifact = Artifact.open(path)
+        if artifact.kind == "gguf" and gguf:
+            return _gguf_source(artifact, stage)
         if artifact.kind == "gguf":
             raise InputError(f"{path}: a GGUF file for llama.cpp, Ollama or LM Studio (made by `llmforge "
                              f"quantize`); {stage} loads models through transformers: `llmforge import {path} -o "
@@ -124,6 +127,18 @@ def resolve_model(path_or_id: str | Path, stage: str) -> ModelSource:
         log(f"{text}: the local Hugging Face cache's copy, commit {snapshot.name[:12]} (offline)")
         identity += f"@{snapshot.name}"  # a newer download of the model is another input
     return ModelSource(path=text, kind="hub", fingerprint=hashlib.sha256(identity.encode()).hexdigest())
+
+
+def _gguf_source(artifact: Artifact, stage: str) -> ModelSource:
+    """A gguf artifact as a model source: model.gguf, with the original tokenizer and generation config beside it."""
+    if not (artifact.path / "tokenizer.json").is_file():
+        raise InputError(f"{artifact.path}: this GGUF was made without its tokenizer beside it (llmforge before "
+                         f"2026-12-05), which {stage} reads; make it again with `llmforge quantize ... --force`")  # fmt: skip
+    source = ModelSource(
+        path=str(artifact.path), kind="gguf", fingerprint=artifact.fingerprint, artifact=artifact
+    )
+    check_weights(source)
+    return source
 
 
 def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:

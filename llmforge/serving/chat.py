@@ -76,19 +76,19 @@ class ServerChat:
 
 
 class LocalChat:
-    """Loads the artifact and generates in this process with the embedded server's engine."""
+    """Loads the artifact and generates in this process with the embedded server's engine (llama.cpp's for a GGUF)."""
 
     def __init__(self, model: str):
         from llmforge.serving import models
-        from llmforge.serving.embedded import generation_defaults
-        from llmforge.serving.engine import Engine
+        from llmforge.serving.embedded import build_engine
 
         serving = models.plan(model, None, {})
+        if serving.base.kind != "gguf":
+            prefer_passive_openmp()
         self.model = serving.models[0]
         log(f"loading {model}")
-        loaded, self.tokenizer = models.load(serving)
-        self.defaults, eos_ids = generation_defaults(loaded)
-        self.engine = Engine(loaded, self.tokenizer, eos_ids, loaded.config.max_position_embeddings, 1)
+        loaded = build_engine(serving, max_batch_size=1)
+        self.engine, self.tokenizer, self.defaults = loaded.engine, loaded.tokenizer, loaded.defaults
         self.engine.start()
 
     def reply(self, messages: list[dict[str, str]], settings: Settings) -> Iterator[str]:
@@ -122,7 +122,6 @@ def repl(model: str | None, url: str | None, model_name: str | None, api_key: st
          settings: Settings) -> None:  # fmt: skip
     if (model is None) == (url is None):
         raise InputError("chat needs a model artifact or --url of a running server (one of the two)")
-    prefer_passive_openmp()
     backend = ServerChat(url, model_name, api_key) if url else LocalChat(model)
     first = [{"role": "system", "content": system}] if system else []
     messages = list(first)

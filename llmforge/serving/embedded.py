@@ -1,5 +1,6 @@
-"""The embedded backend: load the model with transformers, batch with the engine, serve with uvicorn.
+"""The embedded backend: llmforge's own OpenAI API and batching engine, served with uvicorn.
 
+The engine runs the model with transformers, or, for a gguf artifact, with llama.cpp (serving/gguf_engine.py).
 uvicorn handles SIGTERM/SIGINT: it stops accepting connections, lets the requests in flight finish (up to
 `graceful_timeout`), then the lifespan stops the engine. The socket is bound before the model loads, so a port
 that is taken fails at once, and `--port 0` picks a free one.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import signal
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from llmforge.console import emit, log, stdout_to_stderr
 from llmforge.errors import InputError
+from llmforge.serving.engine import Engine
 from llmforge.serving.models import ServingPlan, load
 from llmforge.serving.openai_api import Defaults, ServerState, build_app
 
@@ -61,46 +64,72 @@ def stderr_logging() -> dict[str, Any]:
     return config
 
 
-def generation_defaults(model) -> tuple[Defaults, list[int]]:
-    """Sampling defaults and stop ids from the artifact's generation config (greedy when do_sample is false)."""
-    config = model.generation_config
-    eos = config.eos_token_id if config.eos_token_id is not None else model.config.eos_token_id
+def generation_defaults(generation, model_eos: int | list[int] | None = None) -> tuple[Defaults, list[int]]:
+    """Sampling defaults and stop ids from a generation config (greedy when do_sample is false); `model_eos` when
+    the generation config names no end-of-sequence token."""
+    eos = generation.eos_token_id if generation.eos_token_id is not None else model_eos
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     defaults = Defaults(
-        temperature=float(config.temperature or 1.0) if config.do_sample else 0.0,
-        top_p=float(config.top_p or 1.0) if config.do_sample else 1.0,
-        max_tokens=int(config.max_new_tokens or 256),
+        temperature=float(generation.temperature or 1.0) if generation.do_sample else 0.0,
+        top_p=float(generation.top_p or 1.0) if generation.do_sample else 1.0,
+        max_tokens=int(generation.max_new_tokens or 256),
     )
     return defaults, eos_ids
 
 
-def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
-    import torch
-    import uvicorn
+@dataclass
+class Loaded:
+    engine: Engine
+    tokenizer: Any
+    defaults: Defaults
+    runtime: str  # said in the ready line: "embedded" or "llama.cpp, Q4_K_M"
 
-    from llmforge.serving.engine import Engine
+
+def build_engine(serving: ServingPlan, dtype: str = "auto", max_model_len: int | None = None,
+                 max_batch_size: int = 16, threads: int = 0, log_batches: bool = False,
+                 kv_cache_gib: float | None = None) -> Loaded:  # fmt: skip
+    """The served model loaded, with an engine (not started) over it: transformers, or llama.cpp for a GGUF
+    (`kv_cache_gib`: llama.cpp's cache, allocated up front; transformers' grows as needed)."""
+    if serving.base.kind == "gguf":
+        from llmforge.serving import gguf_engine
+
+        built = gguf_engine.build(
+            serving.base, max_model_len, max_batch_size, threads, log_batches, kv_cache_gib
+        )
+        return Loaded(*built)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    with stdout_to_stderr():  # stdout is for the URL alone; some libraries log there while loading
+        model, tokenizer = load(serving, dtype=dtype)
+    defaults, eos_ids = generation_defaults(model.generation_config, model.config.eos_token_id)
+    context = model.config.max_position_embeddings
+    length = min(max_model_len or context, context)
+    engine = Engine(model, tokenizer, eos_ids, length, max_batch_size, log_batches=log_batches)
+    return Loaded(engine, tokenizer, defaults, "embedded")
+
+
+def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
+    import uvicorn
 
     sock = bind(config.host, config.port)
     port = sock.getsockname()[1]
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    log(f"loading {serving.base.path} ({serving.base.kind}) for the embedded CPU server")
-    with stdout_to_stderr():  # stdout is for the URL alone; some libraries log there while loading
-        model, tokenizer = load(serving, dtype=config.dtype)
-    defaults, eos_ids = generation_defaults(model)
-    context = model.config.max_position_embeddings
-    max_model_len = min(config.max_model_len or context, context)
-    engine = Engine(model, tokenizer, eos_ids, max_model_len, config.max_batch_size, log_batches=True)
+    runtime = "llama.cpp" if serving.base.kind == "gguf" else "the embedded CPU server"
+    log(f"loading {serving.base.path} ({serving.base.kind}) for {runtime}")
+    loaded = build_engine(serving, config.dtype, config.max_model_len, config.max_batch_size, config.threads,
+                          log_batches=True, kv_cache_gib=config.kv_cache_gib)  # fmt: skip
+    engine = loaded.engine
     url = base_url(config.host, port)
 
     def ready() -> None:
         names = ", ".join(m.name for m in serving.models)
-        log(f"[green]serving[/] {names}{where(config.host, port)} (embedded, batches of up to {config.max_batch_size}, "
-            f"context {max_model_len}){' with an API key' if config.api_key else ''}")  # fmt: skip
+        log(f"[green]serving[/] {names}{where(config.host, port)} ({loaded.runtime}, batches of up to "
+            f"{config.max_batch_size}, context {engine.max_model_len}){' with an API key' if config.api_key else ''}")  # fmt: skip
         emit(url)
 
-    state = ServerState(engine=engine, tokenizer=tokenizer, models=serving.by_name(), fingerprint=fingerprint,
-                        defaults=defaults, api_key=config.api_key, on_ready=ready)  # fmt: skip
+    state = ServerState(engine=engine, tokenizer=loaded.tokenizer, models=serving.by_name(), fingerprint=fingerprint,
+                        defaults=loaded.defaults, api_key=config.api_key, on_ready=ready)  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(
             build_app(state),

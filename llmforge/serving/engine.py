@@ -39,7 +39,9 @@ BASE_ADAPTER = "__base__"
 def prefer_passive_openmp() -> None:
     """Call before torch is imported. The engine runs torch in its own thread; with OpenMP's default spin-waiting,
     the idle worker threads left over from loading the model in the main thread compete with the engine's and
-    generation ran 8x slower on 2 busy cores (measured). Passive waiting puts idle workers to sleep instead."""
+    generation ran 8x slower on 2 busy cores (measured). Passive waiting puts idle workers to sleep instead.
+    Not for a GGUF: llama.cpp's own OpenMP threads meet at a barrier after every operation, and sleeping there made
+    its generation 3x slower (94 -> 30 tokens/s, measured); its engine samples with torch on one thread instead."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -105,7 +107,7 @@ class Engine:
     """Continuous batching for one transformers causal LM (optionally a peft model holding several adapters)."""
 
     def __init__(self, model, tokenizer, eos_token_ids: list[int], max_model_len: int, max_batch_size: int = 16,
-                 log_batches: bool = False):  # fmt: skip
+                 log_batches: bool = False, vocab_size: int | None = None):  # fmt: skip
         import torch
 
         self.model, self.tokenizer = model, tokenizer
@@ -113,7 +115,8 @@ class Engine:
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.log_batches = log_batches
         self.is_peft = hasattr(model, "peft_config")
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]  # the logits' width
+        # the logits' width
+        self.vocab_size = vocab_size or model.get_output_embeddings().weight.shape[0]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # the Rust tokenizer, for incremental decoding (a slow tokenizer falls back to decoding the whole answer)
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -130,6 +133,7 @@ class Engine:
         self._positions = torch.zeros(0, dtype=torch.long)
         self._next = torch.zeros(0, dtype=torch.long)  # each row's last token, fed at the next step
         self._mergeable = True
+        self._held: GenerationRequest | None = None  # taken from the queue, waiting for room (_fits) to start
 
     # -- public API (any thread) ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -152,7 +156,7 @@ class Engine:
         stats = dict(self.stats)
         stats["batch_sizes"] = {str(k): v for k, v in sorted(self.stats["batch_sizes"].items())}
         stats["running"] = len(self._rows)
-        stats["waiting"] = self.waiting.qsize()
+        stats["waiting"] = self.waiting.qsize() + (self._held is not None)
         return stats
 
     # -- the loop (engine thread) ---------------------------------------------------------------------------
@@ -185,17 +189,27 @@ class Engine:
             room = 0  # this cache type cannot take rows mid-flight: new requests wait for the batch to end
         taken: list[GenerationRequest] = []
         while len(taken) < room:
-            try:
-                request = self.waiting.get(block=not self._rows and not taken)
-            except queue.Empty:
-                break
+            request, self._held = self._held, None
             if request is None:
-                break
+                try:
+                    request = self.waiting.get(block=not self._rows and not taken)
+                except queue.Empty:
+                    break
+                if request is None:
+                    break
             if request.cancelled.is_set():
                 self._finish_cancelled(request)
                 continue
+            if not self._fits(request, taken):
+                self._held = request  # first in line: it starts once running rows have finished
+                break
             taken.append(request)
         return taken
+
+    def _fits(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
+        """Whether `request` can start beside the running rows and `taken`: always, as the cache grows as needed;
+        an engine with a fixed cache says no until there is room for it."""
+        return True
 
     def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
         # always name the adapters: without the list, peft would apply its active adapter to base-model rows too
@@ -205,6 +219,31 @@ class Engine:
 
     def _prefill(self, requests: list[GenerationRequest]) -> None:
         import torch
+
+        for request in requests:
+            request.generator = torch.Generator().manual_seed(
+                request.params.seed if request.params.seed is not None else torch.seed()
+            )
+        logits = self._prefill_logits(requests)
+        self.stats["prefills"] += 1
+        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in requests)
+        if self.log_batches:
+            log(f"[dim]batch: {len(requests)} new request(s) prefilled, {len(self._rows)} running[/]")
+        self._after_sampling(requests, self._sample(logits, requests), first=len(self._rows) - len(requests))
+
+    def _decode_step(self) -> None:
+        logits = self._decode_logits()
+        self._positions = self._positions + 1
+        batch = len(self._rows)
+        self.stats["decode_steps"] += 1
+        self.stats["batch_sizes"][batch] += 1
+        self.stats["max_batch_size"] = max(self.stats["max_batch_size"], batch)
+        self._after_sampling(self._rows, self._sample(logits, self._rows), first=0)
+
+    def _prefill_logits(self, requests: list[GenerationRequest]):
+        """One left-padded forward over the new prompts (recording prompt log-probabilities where asked), merged
+        into the running batch; returns each prompt's last logits."""
+        import torch
         from transformers import DynamicCache
 
         length = max(len(r.prompt_ids) for r in requests)
@@ -213,16 +252,11 @@ class Engine:
         for i, request in enumerate(requests):
             ids[i, length - len(request.prompt_ids) :] = torch.tensor(request.prompt_ids)
             mask[i, length - len(request.prompt_ids) :] = 1
-            request.generator = torch.Generator().manual_seed(
-                request.params.seed if request.params.seed is not None else torch.seed()
-            )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         logits = self._forward(
             ids, mask, positions, cache, [r.adapter or BASE_ADAPTER for r in requests]
         ).logits
-        self.stats["prefills"] += 1
-        self.stats["prompt_tokens"] += sum(len(r.prompt_ids) for r in requests)
         for i, request in enumerate(requests):
             if request.params.prompt_logprobs is not None:
                 start = length - len(request.prompt_ids)
@@ -232,24 +266,17 @@ class Engine:
                     for row, token in zip(scores, request.prompt_ids[1:], strict=True)
                 ]
         self._merge(requests, cache, mask, mask.sum(-1))
-        if self.log_batches:
-            log(f"[dim]batch: {len(requests)} new request(s) prefilled, {len(self._rows)} running[/]")
-        tokens = self._sample(logits[:, -1, :], requests)
-        self._after_sampling(requests, tokens, first=len(self._rows) - len(requests))
+        return logits[:, -1, :]
 
-    def _decode_step(self) -> None:
+    def _decode_logits(self):
+        """One forward of every running row's last token; returns the next token's logits per row."""
         import torch
 
         mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long)], dim=1)
         logits = self._forward(self._next[:, None], mask, self._positions[:, None], self._cache,
                                [r.adapter or BASE_ADAPTER for r in self._rows]).logits  # fmt: skip
         self._mask = mask
-        self._positions = self._positions + 1
-        batch = len(self._rows)
-        self.stats["decode_steps"] += 1
-        self.stats["batch_sizes"][batch] += 1
-        self.stats["max_batch_size"] = max(self.stats["max_batch_size"], batch)
-        self._after_sampling(self._rows, self._sample(logits[:, -1, :], self._rows), first=0)
+        return logits[:, -1, :]
 
     def _sample(self, logits, requests: list[GenerationRequest]) -> list[int]:
 

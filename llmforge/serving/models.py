@@ -83,7 +83,10 @@ def parse_adapters(specs: list[str]) -> dict[str, str]:
 
 def plan(model: str | Path, served_name: str | None, adapters: dict[str, str]) -> ServingPlan:
     """Resolve the model argument and the extra adapters; check that every adapter fits the served base."""
-    source = resolve_model(model, STAGE)
+    source = resolve_model(model, STAGE, gguf=True)
+    if source.kind == "gguf" and adapters:
+        raise InputError(f"--adapter: LoRA adapters are served on a transformers model, and {model} is a GGUF; serve "
+                         "the model it was quantized from, or quantize each adapter (merged) to its own GGUF")  # fmt: skip
     if source.is_adapter:  # the adapter first: it is what was asked for; its base is served beside it
         base = source.base
         name = served_name or default_name(source)

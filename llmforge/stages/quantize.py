@@ -9,7 +9,8 @@ transformers, and so the embedded CPU server, run directly; `gguf-*` (f16, bf16,
 Q5_K_M, Q4_K_M), GGUF files for llama.cpp, Ollama and LM Studio, written by llama.cpp's own converter and
 quantizer and scored by llama.cpp (llmforge/model/gguf.py).
 The output is a quantized-model artifact: a Hugging Face directory with the tokenizer and generation config; a
-gguf artifact (one model.gguf) for the gguf methods.
+gguf artifact for the gguf methods: model.gguf, with the source's tokenizer files and generation config beside it
+(what `serve` and `import` read).
 `--data` (a tokens or documents artifact) gives the calibration text and the held-out text the perplexity is
 measured on, before and after; a drift beyond the budget (1% for 8 bits and more, 5% below) is warned about and
 recorded.
@@ -273,8 +274,16 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     log(f"perplexity before, on {sum(len(w) for w in texts.held_out):,} held-out tokens")
     before = perplexity(model, texts.held_out)
 
+    # copied, not re-saved, so the tokenizer fingerprint stays the same; a GGUF carries its vocabulary and chat
+    # template inside, and these beside it are what `serve` and `import` read (as vLLM's GGUF loading takes
+    # --tokenizer from the original model): transformers' rebuild from a GGUF loses added tokens such as <think>
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir(source)) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
     if config.method in gguf.TYPES:
         del model
+        if (unquantized_dir / "generation_config.json").is_file():  # the sampling defaults and stop tokens
+            shutil.copy2(unquantized_dir / "generation_config.json", ctx.work / "generation_config.json")
         after = _gguf(ctx, unquantized_dir, Path(tokenizer_dir(source)), texts, config.method)
         size_after = (ctx.work / gguf.FILE_NAME).stat().st_size
     else:
@@ -283,9 +292,6 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
         else:
             del model
             _torchao(unquantized_dir, config.method, ctx.work)
-        for name in TOKENIZER_FILES:  # copied, not re-saved, so the tokenizer fingerprint stays the same
-            if (Path(tokenizer_dir(source)) / name).is_file():
-                shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
         log("reloading the quantized checkpoint with transformers to measure it")
         quantized = AutoModelForCausalLM.from_pretrained(ctx.work).eval()
         after = perplexity(quantized, texts.held_out)
@@ -318,11 +324,8 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
              f"{bits}-bit; try {budget_hints(config, group)}")  # fmt: skip
     from llmforge.data.tokenizer import tokenizer_fingerprint
 
-    # a GGUF carries its vocabulary inside: the fingerprint is that of the tokenizer it was converted from
-    if config.method not in gguf.TYPES:
+    if (ctx.work / "tokenizer.json").is_file():
         ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
-    elif (Path(tokenizer_dir(source)) / "tokenizer.json").is_file():
-        ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer_dir(source))
     ctx.extra["method"] = config.method
     ctx.extra["format"] = ("gguf" if config.method in gguf.TYPES else
                            "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao")  # fmt: skip

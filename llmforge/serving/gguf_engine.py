@@ -1,0 +1,222 @@
+"""The embedded server's engine over a GGUF file that llama.cpp runs (`serve` of a gguf artifact).
+
+Everything a request sees is the transformers engine's (serving/engine.py): continuous batching, a seed per request,
+stop strings, grammars, log-probabilities, cancellation. Only the forward passes differ. Each running request is
+one of llama.cpp's sequences in one KV cache they share (unified: a long answer may use what short ones leave); the
+newcomers' prompts go through `llama_decode` in chunks of up to 512 tokens, each decode step is one `llama_decode`
+over every running sequence, and the logits come back to the same sampling code. A finished request's cache cells
+are freed at once.
+
+llama.cpp's own sampling and its server's slots are not used: the API's guarantees (seeded answers, JSON-schema and
+tool-call grammars, stop strings held back while streaming) live in the shared engine, and the GGUF is only a faster
+way to the logits on a CPU (bench/bench_serve_gguf.py measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmforge.errors import InputError
+from llmforge.serving.engine import Engine, GenerationRequest, _logprob
+
+PREFILL_CHUNK = 512  # tokens per llama_decode call while prefilling (llama.cpp's n_batch)
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context holds
+
+
+class GgufEngine(Engine):
+    """Continuous batching over llama.cpp's context for one GGUF file."""
+
+    def __init__(self, file: Path, tokenizer, eos_token_ids: list[int], max_model_len: int | None = None,
+                 max_batch_size: int = 16, threads: int = 0, log_batches: bool = False,
+                 cache_gib: float | None = None):  # fmt: skip
+        """`max_model_len`: the context length (prompt + answer), at most the model's own (none: the model's).
+        `cache_gib`: the KV cache's size; none: one context length of tokens, shared (llama-server's default)."""
+        import llama_cpp
+        import torch
+        from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
+
+        # llama.cpp logs every load and context detail through this logger; errors are what a server log needs
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self.llama = LlamaModel(
+            path_model=str(file), params=llama_cpp.llama_model_default_params(), verbose=False
+        )
+        trained = self.llama.n_ctx_train()
+        max_model_len = min(max_model_len or trained, trained)
+        self.threads = threads or torch.get_num_threads()
+        params = llama_cpp.llama_context_default_params()
+        # llama.cpp allocates the whole cache up front; a request starts only once its prompt and max_tokens fit
+        per_token = kv_bytes_per_token(self.llama)
+        wanted = int(cache_gib * 2**30 / per_token) if cache_gib else max_model_len
+        self.cache_tokens = min(max(wanted, max_model_len), max_model_len * max_batch_size)
+        self.cache_bytes = self.cache_tokens * per_token
+        params.n_ctx = self.cache_tokens
+        params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, max_batch_size)
+        params.n_seq_max = max_batch_size
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = self.threads
+        self.context = LlamaContext(model=self.llama, params=params, verbose=False)
+        self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        super().__init__(None, tokenizer, eos_token_ids, max_model_len, max_batch_size, log_batches,
+                         vocab_size=self.llama.n_vocab())  # fmt: skip
+        self._free_slots = list(range(max_batch_size - 1, -1, -1))
+        self._slots: list[int] = []  # each running row's llama.cpp sequence id
+
+    def stop(self) -> None:
+        super().stop()
+        if not self._thread.is_alive():  # a decode still running after the join's timeout keeps its context
+            self.context.close()
+            self.llama.close()
+
+    def _fits(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
+        """Room in the cache for the request's prompt and answer, beside what the others may still write."""
+        return sum(_worst_case(r) for r in (*self._rows, *taken, request)) <= self.cache_tokens
+
+    # -- forward passes -------------------------------------------------------------------------------------
+    def _prefill_logits(self, requests: list[GenerationRequest]):
+        """Run the prompts, each as a new sequence; record prompt log-probabilities where asked; add the rows to the
+        running batch; return each prompt's last logits."""
+        import torch
+
+        slots = [self._free_slots.pop() for _ in requests]
+        last: list = [None] * len(requests)
+        for request in requests:
+            if request.params.prompt_logprobs is not None:
+                request.prompt_logprobs = [None]
+        # (request, position) for every prompt token, in order: a chunk may end inside a prompt
+        work = [(i, pos) for i, request in enumerate(requests) for pos in range(len(request.prompt_ids))]
+        try:
+            for start in range(0, len(work), PREFILL_CHUNK):
+                chunk = work[start : start + PREFILL_CHUNK]
+                wanted = []
+                self._start_batch()
+                for k, (i, pos) in enumerate(chunk):
+                    request = requests[i]
+                    final = pos == len(request.prompt_ids) - 1
+                    output = final or request.params.prompt_logprobs is not None
+                    self._add(request.prompt_ids[pos], pos, slots[i], output)
+                    if output:
+                        wanted.append((k, i, pos, final))
+                self.context.decode(self._batch)
+                for k, i, pos, final in wanted:
+                    row = self._logits(k)
+                    if final:
+                        last[i] = row
+                    else:
+                        request = requests[i]
+                        scores = row.float().log_softmax(-1)
+                        request.prompt_logprobs.append(
+                            _logprob(scores, request.prompt_ids[pos + 1], request.params.prompt_logprobs)
+                        )
+        except BaseException:
+            for slot in slots:
+                self._release(slot)
+            raise
+        self._rows.extend(requests)
+        self._slots.extend(slots)
+        self._positions = torch.cat([self._positions, torch.tensor([len(r.prompt_ids) for r in requests])])
+        self._next = torch.cat([self._next, torch.zeros(len(requests), dtype=torch.long)])
+        return torch.stack(last)
+
+    def _decode_logits(self):
+        import numpy as np
+        import torch
+
+        self._start_batch()
+        for index, slot in enumerate(self._slots):
+            self._add(int(self._next[index]), int(self._positions[index]), slot, True)
+        self.context.decode(self._batch)
+        rows = len(self._slots)  # every token asked for its logits: they lie one row each, in batch order
+        pointer = self.context.get_logits()
+        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(rows, self.vocab_size)).copy())
+
+    def _start_batch(self) -> None:
+        self._batch.batch.n_tokens = 0
+
+    def _add(self, token: int, position: int, slot: int, output: bool) -> None:
+        batch = self._batch.batch
+        k = batch.n_tokens
+        batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.logits[k] = token, position, 1, output
+        batch.seq_id[k][0] = slot
+        batch.n_tokens = k + 1
+
+    def _logits(self, k: int):
+        import numpy as np
+        import torch
+
+        row = np.ctypeslib.as_array(self.context.get_logits_ith(k), shape=(self.vocab_size,))
+        return torch.from_numpy(row.copy())
+
+    # -- batch bookkeeping ----------------------------------------------------------------------------------
+    def _release(self, slot: int) -> None:
+        self.context.kv_cache_seq_rm(slot, -1, -1)
+        self._free_slots.append(slot)
+
+    def _select(self, keep: list[int]) -> None:
+        import torch
+
+        for index, slot in enumerate(self._slots):
+            if index not in keep:
+                self._release(slot)
+        index = torch.tensor(keep, dtype=torch.long)
+        self._rows = [self._rows[i] for i in keep]
+        self._slots = [self._slots[i] for i in keep]
+        self._positions, self._next = self._positions[index], self._next[index]
+
+
+def build(
+    source,
+    max_model_len: int | None,
+    max_batch_size: int,
+    threads: int,
+    log_batches: bool,
+    cache_gib: float | None = None,
+):
+    """A gguf artifact's engine (not started), its original tokenizer, sampling defaults and a runtime label."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from llmforge.console import log
+    from llmforge.model import gguf
+    from llmforge.serving.embedded import generation_defaults
+
+    gguf.check_runtime()
+    check_batch_size(max_batch_size)
+    directory = Path(source.path)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    has_settings = (directory / "generation_config.json").is_file()
+    generation = GenerationConfig.from_pretrained(directory) if has_settings else GenerationConfig()
+    defaults, eos_ids = generation_defaults(generation, tokenizer.eos_token_id)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(1)  # torch only samples here: its idle threads would spin beside llama.cpp's
+    engine = GgufEngine(directory / gguf.FILE_NAME, tokenizer, eos_ids, max_model_len, max_batch_size, threads,
+                        log_batches, cache_gib)  # fmt: skip
+    kind = source.artifact.extra.get("method", "gguf").removeprefix("gguf-").upper()
+    log(f"llama.cpp: {kind}, a KV cache of {engine.cache_tokens:,} tokens ({engine.cache_bytes / 2**20:,.0f} MiB, "
+        f"--kv-cache-gib), {engine.threads} threads")  # fmt: skip
+    return engine, tokenizer, defaults, f"llama.cpp, {kind}"
+
+
+def check_batch_size(max_batch_size: int) -> None:
+    if max_batch_size > MAX_SEQUENCES:
+        raise InputError(f"--max-batch-size {max_batch_size}: llama.cpp runs at most {MAX_SEQUENCES} sequences at "
+                         "once")  # fmt: skip
+
+
+def _worst_case(request: GenerationRequest) -> int:
+    return len(request.prompt_ids) + request.params.max_tokens
+
+
+def kv_bytes_per_token(llama) -> int:
+    """Bytes the KV cache holds per token: keys and values of every layer's KV heads, in f16 (llama.cpp's default).
+    Layers with a sliding window (Gemma) hold less, so this errs on the large side."""
+    import llama_cpp
+
+    model = llama.model
+    meta = llama.metadata()
+    arch = meta.get("general.architecture", "")
+    heads, heads_kv = llama_cpp.llama_model_n_head(model), llama_cpp.llama_model_n_head_kv(model)
+    head_dim = llama_cpp.llama_model_n_embd(model) // max(heads, 1)
+    key = int(meta.get(f"{arch}.attention.key_length", head_dim))
+    value = int(meta.get(f"{arch}.attention.value_length", head_dim))
+    return llama_cpp.llama_model_n_layer(model) * heads_kv * (key + value) * 2
