@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from llmforge.serving.engine import prefer_passive_openmp
+from llmforge.serving.engine import limit_openmp_spinning
 
 
 def prompts(count: int) -> tuple[list[str], list[str]]:
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="most sequences in one forward, both engines")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    prefer_passive_openmp()
+    limit_openmp_spinning()
     import torch
 
     texts_in, corpus = prompts(args.requests)

@@ -33,7 +33,7 @@ import httpx
 
 from llmforge.artifacts import InputRef, canonical_hash, run_stage
 from llmforge.config import StageConfig
-from llmforge.serving.engine import prefer_passive_openmp
+from llmforge.serving.engine import limit_openmp_spinning
 
 CONCURRENCY = (1, 4, 16)
 
@@ -200,7 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     # the server sets this for its engine thread (llmforge/serving/engine.py); the plain generate baseline gets
     # the same OpenMP setting, so the comparison is about batching alone
-    prefer_passive_openmp()
+    limit_openmp_spinning()
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     texts = corpus()

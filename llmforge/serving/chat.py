@@ -15,7 +15,7 @@ from typing import Any
 
 from llmforge.console import console, log
 from llmforge.errors import InputError, LLMForgeError
-from llmforge.serving.engine import prefer_passive_openmp
+from llmforge.serving.engine import limit_openmp_spinning
 
 HELP = "/reset forgets the conversation, /exit leaves"
 
@@ -82,9 +82,8 @@ class LocalChat:
         from llmforge.serving import models
         from llmforge.serving.embedded import build_engine
 
+        limit_openmp_spinning()
         serving = models.plan(model, None, {})
-        if serving.base.kind != "gguf":
-            prefer_passive_openmp()
         self.model = serving.models[0]
         log(f"loading {model}")
         loaded = build_engine(serving, max_batch_size=1)

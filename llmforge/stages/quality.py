@@ -300,9 +300,9 @@ def annotate(inputs: list[str], out: str | Path, model: str | Path | None, confi
     from llmforge.artifacts import run_stage
     from llmforge.data.corpus import Corpus
     from llmforge.model.loading import resolve_model
-    from llmforge.serving.engine import prefer_passive_openmp
+    from llmforge.serving.engine import limit_openmp_spinning
 
-    prefer_passive_openmp()  # before torch is imported: the engine generates in a thread of its own
+    limit_openmp_spinning()  # before torch is imported: the engine generates in a thread of its own
     config = config or AnnotateConfig()
     if model is None:
         raise InputError(f"{ANNOTATE_STAGE} needs --model: an instruct model (a model artifact or a Hugging Face "

@@ -80,14 +80,13 @@ def run(model: str | Path, config: Config | None = None) -> None:
     from llmforge.model.loading import resolve_model
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
-    from llmforge.serving.engine import prefer_passive_openmp
+    from llmforge.serving.engine import limit_openmp_spinning
 
+    limit_openmp_spinning()
     config = config or Config()
     serving = serving_models.plan(
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)
     )
-    if serving.base.kind != "gguf":
-        prefer_passive_openmp()
     fingerprint = resolve_model(model, STAGE, gguf=True).fingerprint
     if not config.api_key and not is_loopback(config.host):
         warn(f"serving on {config.host} without an API key: anyone who can reach this machine can use the model "
