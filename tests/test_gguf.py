@@ -233,6 +233,36 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens,
     assert "a KV cache of 128 tokens" in server.log.read_text()
 
 
+def test_a_request_longer_than_its_context_stops_there_rather_than_waiting_for_room(
+    tiny_model, tokens, tmp_path
+):
+    """The engine admits a request once its prompt and max_tokens fit in the cache; an answer stops at the context
+    length anyway, so a request asking for more than that counts as one context and starts at once."""
+    import queue
+
+    from transformers import AutoTokenizer
+
+    from llmforge.serving.engine import GenerationRequest, SamplingParams
+    from llmforge.serving.gguf_engine import GgufEngine
+
+    out = quantize.run(tiny_model, tokens, tmp_path / "q8", quantize.Config(method="gguf-q8_0", **SMALL))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    engine = GgufEngine(out / "model.gguf", tokenizer, [tokenizer.eos_token_id], max_model_len=64, max_batch_size=2,
+                        threads=1)  # fmt: skip
+    assert engine.cache_tokens == 64
+    engine.start()
+    try:
+        events: queue.Queue = queue.Queue()
+        prompt = tokenizer("a few words to start")["input_ids"]
+        engine.submit(GenerationRequest(prompt, SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True),
+                                        on_event=events.put))  # fmt: skip
+        while not (event := events.get(timeout=60)).finish_reason:
+            pass
+    finally:
+        engine.stop()
+    assert event.finish_reason == "length" and event.completion_tokens == 64 - len(prompt)
+
+
 def test_serving_a_gguf_refuses_what_llama_cpp_cannot_do_in_one_line(tiny_model, tokens, tmp_path):
     from helpers import random_adapter_artifact
 

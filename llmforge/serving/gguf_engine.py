@@ -70,7 +70,12 @@ class GgufEngine(Engine):
 
     def _fits(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
         """Room in the cache for the request's prompt and answer, beside what the others may still write."""
-        return sum(_worst_case(r) for r in (*self._rows, *taken, request)) <= self.cache_tokens
+        return sum(self._worst_case(r) for r in (*self._rows, *taken, request)) <= self.cache_tokens
+
+    def _worst_case(self, request: GenerationRequest) -> int:
+        """Cells a request may fill: its prompt and answer, which stops at the context length (so a request alone
+        always fits: the cache holds at least one context)."""
+        return min(len(request.prompt_ids) + request.params.max_tokens, self.max_model_len)
 
     # -- forward passes -------------------------------------------------------------------------------------
     def _prefill_logits(self, requests: list[GenerationRequest]):
@@ -203,10 +208,6 @@ def check_batch_size(max_batch_size: int) -> None:
                          "once")  # fmt: skip
 
 
-def _worst_case(request: GenerationRequest) -> int:
-    return len(request.prompt_ids) + request.params.max_tokens
-
-
 def kv_bytes_per_token(llama) -> int:
     """Bytes the KV cache holds per token: keys and values of every layer's KV heads, in f16 (llama.cpp's default).
     Layers with a sliding window (Gemma) hold less, so this errs on the large side."""
@@ -219,4 +220,4 @@ def kv_bytes_per_token(llama) -> int:
     head_dim = llama_cpp.llama_model_n_embd(model) // max(heads, 1)
     key = int(meta.get(f"{arch}.attention.key_length", head_dim))
     value = int(meta.get(f"{arch}.attention.value_length", head_dim))
-    return llama_cpp.llama_model_n_layer(model) * heads_kv * (key + value) * 2
+    return max(llama_cpp.llama_model_n_layer(model) * heads_kv * (key + value) * 2, 1)
