@@ -136,10 +136,29 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
     from transformers import AutoTokenizer
 
     original, back = AutoTokenizer.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(model)
-    for text in [*TRICKY, "<|im_start|>user\n<think>x</think> y<|im_end|>"]:
+    texts = [
+        *TRICKY,
+        "<|im_start|>user\n<think>x</think> y<|im_end|>",
+        "  lead",
+        "$x <tool_call>{}</tool_call>",
+    ]
+    for text in texts:
         assert back(text)["input_ids"] == original(text)["input_ids"], text
     assert back.added_tokens_decoder == original.added_tokens_decoder
     assert back.chat_template == original.chat_template
+    # the file alone, as GGUFs come from elsewhere: transformers' rebuild of the vocabulary, made faithful again (the
+    # GGUF's control and user-defined tokens added back, the byte-level decoder, llama.cpp's "qwen2" split regex)
+    import shutil
+
+    (tmp_path / "bare").mkdir()
+    shutil.copy(q4 / "model.gguf", tmp_path / "bare" / "tiny.gguf")
+    rebuilt = AutoTokenizer.from_pretrained(
+        llmforge("import", tmp_path / "bare" / "tiny.gguf", "-o", tmp_path / "from-file").stdout.strip()
+    )
+    for text in texts:
+        ids = original(text)["input_ids"]
+        assert rebuilt(text)["input_ids"] == ids and rebuilt.decode(ids) == original.decode(ids), text
+    assert rebuilt.added_tokens_decoder == original.added_tokens_decoder
     # its input is the gguf artifact, so lineage walks on through quantize to the model it was made from
     assert [(i["kind"], i["fingerprint"]) for i in imported["inputs"]] == [
         ("gguf", manifest(q4)["fingerprint"])

@@ -67,7 +67,7 @@ def build_tokenizer(vocab_size: int, texts: Iterable[str], min_frequency: int = 
     same pre-tokenization and the same reserved tokens: "bpe" merges frequent pairs (GPT/Llama style), "unigram"
     prunes a large seed vocabulary by likelihood (SentencePiece style).
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     special = [AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS + TAG_TOKENS]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -81,17 +81,20 @@ def build_tokenizer(vocab_size: int, texts: Iterable[str], min_frequency: int = 
                                           show_progress=False)  # fmt: skip
     else:
         raise ValueError(f"unknown tokenizer algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tokenizer.pre_tokenizer = split_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.train_from_iterator(texts, trainer=trainer)
     # The trainer reserves ids for the tags but marks them special; unmark them so decoding keeps them.
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     return tokenizer
+
+
+def split_pre_tokenizer():
+    """How llmforge's tokenizers split text before BPE: SPLIT_PATTERN (Qwen 2's regex), then bytes."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # fmt: skip
 
 
 def build_bpe(vocab_size: int, texts: Iterable[str], min_frequency: int = 2):

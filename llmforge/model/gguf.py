@@ -100,7 +100,7 @@ def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
             continue
         text = source.read_text(encoding="utf-8")
         if name == "tokenizer.json":
-            text = _byte_level(text)
+            text = byte_level(text)
         elif name == "tokenizer_config.json":
             config = json.loads(text)
             if isinstance(config.get("chat_template"), str):
@@ -112,7 +112,9 @@ def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
     return staging
 
 
-def _byte_level(text: str) -> str:
+def byte_level(text: str) -> str:
+    """A tokenizer.json whose byte-level BPE vocabulary transformers' GGUF import marked `byte_fallback` (with a
+    SentencePiece-style decoder) written as the byte-level BPE it is; any other tokenizer.json as it was."""
     tokenizer = json.loads(text)
     model, pre = tokenizer.get("model") or {}, json.dumps(tokenizer.get("pre_tokenizer"))
     if model.get("type") == "BPE" and model.get("byte_fallback") and '"ByteLevel"' in pre:

@@ -36,6 +36,7 @@ LEGACY_WEIGHTS = re.compile(r"^pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?$
 CACHED_SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})$")
 GGUF_SPECIAL_TOKENS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
                        "unk_token": "unknown_token_id"}  # fmt: skip
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # llama.cpp's token types (tokenizer.ggml.token_type)
 
 
 @dataclass
@@ -304,6 +305,7 @@ def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):
     if tokenizer_dir is not None:
         return _saveable(model, dtype), tokenizer
     _fix_gguf_special_tokens(tokenizer, file)
+    tokenizer = _byte_level_tokenizer(tokenizer, file)
     # GGUF does not carry these tokenizer settings; transformers' defaults for them warn on every decode
     tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
     tokenizer.clean_up_tokenization_spaces = False
@@ -316,6 +318,35 @@ def _saveable(model, dtype):
     if dtype != "auto":  # dequantized weights are float32
         model.to(dtype)
     return model.eval()
+
+
+def _byte_level_tokenizer(tokenizer, file: Path):
+    """transformers rebuilds a GGUF's byte-level BPE vocabulary with a SentencePiece-style decoder that drops the
+    first space of every decoded text, and splits with GPT-2's regex: the decoder becomes the byte-level one, and a
+    vocabulary llama.cpp knows as Qwen 2's (which llmforge's own tokenizers are) splits with that regex again."""
+    import tempfile
+
+    from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer
+
+    from llmforge.data.tokenizer import split_pre_tokenizer
+    from llmforge.model.gguf import byte_level
+
+    field = _gguf_reader(file).fields.get("tokenizer.ggml.pre")
+    pre = bytes(field.parts[-1]).decode() if field is not None else None
+    with tempfile.TemporaryDirectory(prefix="llmforge-tokenizer-") as scratch:
+        tokenizer.save_pretrained(scratch)
+        saved = Path(scratch) / "tokenizer.json"
+        text = saved.read_text(encoding="utf-8")
+        fixed = json.loads(byte_level(text))
+        if fixed == json.loads(text):
+            return tokenizer  # not a byte-level vocabulary: left as transformers made it
+        if pre == "qwen2":
+            splitter = Tokenizer(models.BPE())
+            splitter.pre_tokenizer = split_pre_tokenizer()
+            fixed["pre_tokenizer"] = json.loads(splitter.to_str())["pre_tokenizer"]
+        saved.write_text(json.dumps(fixed, ensure_ascii=False), encoding="utf-8")
+        return AutoTokenizer.from_pretrained(scratch)
 
 
 def gguf_metadata(file: Path) -> dict[str, Any]:
@@ -344,8 +375,21 @@ def _gguf_reader(file: Path):
 
 def _fix_gguf_special_tokens(tokenizer, file: Path) -> None:
     """Take the special tokens from the GGUF metadata: transformers' GGUF tokenizer converter can name the BOS
-    token as EOS (transformers 5.17 does for GPT-2-style vocabularies: SmolLM2's EOS would be <|im_start|>)."""
+    token as EOS (transformers 5.17 does for GPT-2-style vocabularies: SmolLM2's EOS would be <|im_start|>), and
+    it leaves out the added tokens, so `<think>` or `<tool_call>` would be split into text pieces: the GGUF's
+    control tokens come back as special tokens and its user-defined ones as added tokens, with their own ids."""
+    from tokenizers import AddedToken
+
     fields = _gguf_reader(file).fields
+    types, tokens = fields.get("tokenizer.ggml.token_type"), fields.get("tokenizer.ggml.tokens")
+    if types is not None and tokens is not None:
+        kinds = [int(types.parts[i][0]) for i in types.data]
+        added = {kind: [AddedToken(bytes(tokens.parts[tokens.data[i]]).decode("utf-8", errors="replace"),
+                                   special=kind == GGUF_CONTROL, normalized=False)
+                        for i, found in enumerate(kinds) if found == kind]
+                 for kind in (GGUF_CONTROL, GGUF_USER_DEFINED)}  # fmt: skip
+        tokenizer.add_tokens(added[GGUF_CONTROL], special_tokens=True)
+        tokenizer.add_tokens(added[GGUF_USER_DEFINED])
     for attribute, key in GGUF_SPECIAL_TOKENS.items():
         field = fields.get(f"tokenizer.ggml.{key}")
         if field is None:
