@@ -338,9 +338,9 @@ def _byte_level_tokenizer(tokenizer, file: Path):
         tokenizer.save_pretrained(scratch)
         saved = Path(scratch) / "tokenizer.json"
         text = saved.read_text(encoding="utf-8")
-        fixed = json.loads(byte_level(text))
-        if fixed == json.loads(text):
+        if byte_level(text) == text:
             return tokenizer  # not a byte-level vocabulary: left as transformers made it
+        fixed = json.loads(byte_level(text))
         if pre == "qwen2":
             splitter = Tokenizer(models.BPE())
             splitter.pre_tokenizer = split_pre_tokenizer()

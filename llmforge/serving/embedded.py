@@ -93,10 +93,9 @@ def build_engine(serving: ServingPlan, dtype: str = "auto", max_model_len: int |
     if serving.base.kind == "gguf":
         from llmforge.serving import gguf_engine
 
-        built = gguf_engine.build(
+        return gguf_engine.build(
             serving.base, max_model_len, max_batch_size, threads, log_batches, kv_cache_gib
         )
-        return Loaded(*built)
     import torch
 
     if threads:

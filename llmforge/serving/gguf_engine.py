@@ -104,7 +104,7 @@ class GgufEngine(Engine):
                         wanted.append((k, i, pos, final))
                 self.context.decode(self._batch)
                 for k, i, pos, final in wanted:
-                    row = self._logits(k)
+                    row = self._logits(self.context.get_logits_ith(k))[0]
                     if final:
                         last[i] = row
                     else:
@@ -124,16 +124,12 @@ class GgufEngine(Engine):
         return torch.stack(last)
 
     def _decode_logits(self):
-        import numpy as np
-        import torch
-
         self._start_batch()
         for index, slot in enumerate(self._slots):
             self._add(int(self._next[index]), int(self._positions[index]), slot, True)
         self.context.decode(self._batch)
-        rows = len(self._slots)  # every token asked for its logits: they lie one row each, in batch order
-        pointer = self.context.get_logits()
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(rows, self.vocab_size)).copy())
+        # every token asked for its logits: they lie one row each, in batch order
+        return self._logits(self.context.get_logits(), rows=len(self._slots))
 
     def _start_batch(self) -> None:
         self._batch.batch.n_tokens = 0
@@ -145,12 +141,12 @@ class GgufEngine(Engine):
         batch.seq_id[k][0] = slot
         batch.n_tokens = k + 1
 
-    def _logits(self, k: int):
+    def _logits(self, pointer, rows: int = 1):
+        """`rows` rows of logits from llama.cpp's buffer, copied (the next decode overwrites it)."""
         import numpy as np
         import torch
 
-        row = np.ctypeslib.as_array(self.context.get_logits_ith(k), shape=(self.vocab_size,))
-        return torch.from_numpy(row.copy())
+        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(rows, self.vocab_size)).copy())
 
     # -- batch bookkeeping ----------------------------------------------------------------------------------
     def _release(self, slot: int) -> None:
@@ -177,13 +173,13 @@ def build(
     log_batches: bool,
     cache_gib: float | None = None,
 ):
-    """A gguf artifact's engine (not started), its original tokenizer, sampling defaults and a runtime label."""
+    """A gguf artifact's engine (not started) with its original tokenizer and sampling defaults."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
     from llmforge.console import log
     from llmforge.model import gguf
-    from llmforge.serving.embedded import generation_defaults
+    from llmforge.serving.embedded import Loaded, generation_defaults
 
     gguf.check_runtime()
     check_batch_size(max_batch_size)
@@ -199,7 +195,7 @@ def build(
     kind = source.artifact.extra.get("method", "gguf").removeprefix("gguf-").upper()
     log(f"llama.cpp: {kind}, a KV cache of {engine.cache_tokens:,} tokens ({engine.cache_bytes / 2**20:,.0f} MiB, "
         f"--kv-cache-gib), {engine.threads} threads")  # fmt: skip
-    return engine, tokenizer, defaults, f"llama.cpp, {kind}"
+    return Loaded(engine, tokenizer, defaults, f"llama.cpp, {kind}")
 
 
 def check_batch_size(max_batch_size: int) -> None:

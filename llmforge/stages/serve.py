@@ -77,7 +77,6 @@ class Config(StageConfig):
 def run(model: str | Path, config: Config | None = None) -> None:
     """Serve until stopped. Bad inputs (not a model, an adapter on another base) fail before anything loads."""
     from llmforge.console import warn
-    from llmforge.model.loading import resolve_model
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
     from llmforge.serving.engine import limit_openmp_spinning
@@ -87,7 +86,7 @@ def run(model: str | Path, config: Config | None = None) -> None:
     serving = serving_models.plan(
         model, config.served_model_name, serving_models.parse_adapters(config.adapters)
     )
-    fingerprint = resolve_model(model, STAGE, gguf=True).fingerprint
+    fingerprint = serving.models[0].fingerprint  # what the argument names (an adapter: the adapter)
     if not config.api_key and not is_loopback(config.host):
         warn(f"serving on {config.host} without an API key: anyone who can reach this machine can use the model "
              "(set --api-key or LLMFORGE_API_KEY)")  # fmt: skip
@@ -146,9 +145,10 @@ def choose_backend(config: Config, gguf: bool = False) -> str:
             "gpu_memory_utilization": "gpu_memory_utilization",
             "kv_cache_gib": "--kv-cache-gib",
         }
+        if backend == "llama.cpp":
+            del shown["kv_cache_gib"]  # llama.cpp's cache is sized by it too
         ignored = [f"{shown[name]} {getattr(config, name)}" for name in shown
-                   if getattr(config, name) != getattr(defaults, name)
-                   and not (backend == "llama.cpp" and name == "kv_cache_gib")]  # fmt: skip
+                   if getattr(config, name) != getattr(defaults, name)]  # fmt: skip
         if ignored:
             warn(f"{', '.join(ignored)}: vLLM settings, ignored by the {backend} server")
     return backend
