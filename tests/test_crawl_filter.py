@@ -353,7 +353,7 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
     from datatrove.executor import SlurmPipelineExecutor
     from datatrove.executor.ray import RayPipelineExecutor
 
-    from llmforge.data.executors import ExecutorSettings, Step, build_executors
+    from llmforge.data.executors import ExecutorSettings, Step, build_executors, check_executor
 
     built = []
 
@@ -389,7 +389,7 @@ def test_slurm_and_ray_executors_are_built_with_the_settings(tmp_path):
     ):
         assert line in script
     with pytest.raises(InputError, match="needs a partition"):
-        build_executors(steps, ExecutorSettings(kind="slurm"), tmp_path / "logs", "crawl-filter")
+        check_executor(ExecutorSettings(kind="slurm"))
 
     ray = build_executors(steps, ExecutorSettings.model_validate({"kind": "ray", "ray": {"cpus_per_task": 4}}),
                           tmp_path / "logs", "crawl-filter")  # fmt: skip

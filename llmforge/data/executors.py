@@ -226,7 +226,7 @@ def check_executor(settings: ExecutorSettings) -> None:
 
 def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, job_name: str) -> list[Any]:
     """One datatrove executor per step, each logging in logs/<step>; on Slurm and Ray each depends on the one
-    before (the cluster runs them in order)."""
+    before (the cluster runs them in order). The settings passed check_executor."""
     executors: list[Any] = []
     for step in steps:
         common = {"pipeline": step.build(), "tasks": step.tasks, "logging_dir": str(logs / step.name)}
@@ -234,9 +234,7 @@ def build_executors(steps: list[Step], settings: ExecutorSettings, logs: Path, j
             workers = min(settings.workers or machine.cpu_count(), step.tasks)
             executor = _local_executor_class()(**common, workers=workers)
         elif settings.kind == "slurm":
-            slurm = settings.slurm
-            if not slurm.partition:
-                raise InputError("--executor slurm needs a partition: --set executor.slurm.partition=NAME")
+            slurm = settings.slurm  # its partition was checked by check_executor
             activate = Path(sys.prefix) / "bin" / "activate"
             executor = _slurm_executor_class()(
                 **common, time=slurm.time, partition=slurm.partition, cpus_per_task=slurm.cpus_per_task,
