@@ -176,6 +176,13 @@ def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
     quantized = Path(llmforge("quantize", "Org/Tiny", "--data", docs, "-o", tmp_path / "q", "--method", "torchao-int8",
                               "--set", "seq_len=64", "--set", "eval_tokens=256", env=env).stdout.strip())  # fmt: skip
     assert (quantized / "tokenizer.json").read_bytes() == (tiny_model / "tokenizer.json").read_bytes()
+    # its card reads what the model is from the cached snapshot (the base is no artifact)
+    from llmforge.card.lineage import safetensors_parameters
+    from llmforge.console import format_value
+
+    count = format_value(safetensors_parameters(tiny_model, "model*.safetensors"))
+    card = llmforge("card", quantized, env=env).stdout
+    assert f"A llama quantized model of {count} parameters" in card, card[:600]
 
 
 def test_what_cannot_be_imported_is_refused_plainly(tiny_model, tmp_path):

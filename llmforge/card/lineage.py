@@ -84,7 +84,10 @@ def parameters(artifact: Artifact, depth: int = 0) -> int | None:
         return found
     base = artifact.extra.get("base_model")
     parent = _find(artifact, base) if base and depth < 20 else None
-    return parameters(parent, depth + 1) if parent is not None else None
+    if parent is None:
+        outside = _outside_model(base)
+        return safetensors_parameters(outside, "model*.safetensors") if outside is not None else None
+    return parameters(parent, depth + 1)
 
 
 def hf_config(artifact: Artifact, depth: int = 0) -> dict[str, Any] | None:
@@ -94,7 +97,24 @@ def hf_config(artifact: Artifact, depth: int = 0) -> dict[str, Any] | None:
         return json.loads(file.read_text())
     base = artifact.extra.get("base_model")
     parent = _find(artifact, base) if base and depth < 20 else None
-    return hf_config(parent, depth + 1) if parent is not None else None
+    if parent is None:
+        outside = _outside_model(base)
+        return json.loads((outside / "config.json").read_text()) if outside is not None else None
+    return hf_config(parent, depth + 1)
+
+
+def _outside_model(entry: dict[str, Any] | None) -> Path | None:
+    """The directory of a base model that is no artifact (a Hugging Face directory, or a Hub id's copy in the local
+    cache), when it is still there with its config.json."""
+    if not entry:
+        return None
+    if entry.get("kind") == "hub":
+        from llmforge.model.loading import cached_snapshot
+
+        directory = cached_snapshot(entry["path"])
+    else:
+        directory = Path(entry["path"])
+    return directory if directory is not None and (directory / "config.json").is_file() else None
 
 
 def find_reports(chain: list[Artifact]) -> list[Artifact]:
