@@ -131,10 +131,10 @@ def one_node_hostfile(directory: Path, slots: int = 2) -> tuple[Path, dict]:
 
 
 def llmforge(*args: str | Path, cwd: Path | None = None, env: dict | None = None, check: bool = True,
-             timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+             timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """Run the CLI the way a user does: a subprocess, text output, exit code checked unless check=False."""
     result = subprocess.run([sys.executable, "-m", "llmforge", *map(str, args)], capture_output=True, text=True,
-                            cwd=cwd, env=cli_env(env), timeout=timeout)  # fmt: skip
+                            cwd=cwd, env=cli_env(env), timeout=timeout, input=input)  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(
             f"llmforge {' '.join(map(str, args))} exited {result.returncode}\n{result.stderr[-4000:]}"

@@ -203,6 +203,49 @@ def test_cli_with_documents_data_is_idempotent(tiny_model, tmp_path):
     assert again.stdout == f"{out}\n" and "up to date" in again.stderr
 
 
+@pytest.mark.slow
+def test_a_model_without_tokenizer_json_keeps_its_tokenizer_and_serves_text(tiny_model, tmp_path):
+    """Models that ship a GPT-2 style vocab.json/merges.txt (or a SentencePiece tokenizer.model) and no
+    tokenizer.json: the quantized artifact carries those files, so it loads, serves and evaluates."""
+    import shutil
+
+    import httpx
+    from test_serve import start_server
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    plain = tmp_path / "plain"  # a Hugging Face directory, no chat template
+    plain.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy2(Path(tiny_model) / name, plain / name)
+    # vocab.json and merges.txt
+    Tokenizer.from_file(str(Path(tiny_model) / "tokenizer.json")).model.save(str(plain))
+    (plain / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|end_of_text|>", "bos_token": "<|begin_of_text|>"}))  # fmt: skip
+    docs = documents_artifact(tmp_path / "docs", sentences(200, seed=9))
+    out = tmp_path / "q"
+    llmforge("quantize", plain, "--data", docs, "-o", out, "--method", "torchao-int8", "--seq-len", "64",
+             "--eval-tokens", "512")  # fmt: skip
+    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= {f.name for f in out.iterdir()}
+    text = "The quantized model reads the same 42 tokens."
+    ids = [AutoTokenizer.from_pretrained(d)(text)["input_ids"] for d in (out, plain)]
+    assert ids[0] == ids[1]
+
+    # a model without a chat template: text completions serve, chat is refused in one line
+    chat = llmforge("chat", out, input="Hello\n", check=False)
+    assert chat.returncode == 2 and "no chat template" in chat.stderr.strip().splitlines()[-1]
+    server = start_server(out, log_dir=tmp_path)
+    try:
+        done = httpx.post(f"{server.url}/completions", timeout=60, json={
+            "model": "q", "prompt": text, "max_tokens": 4, "temperature": 0}).json()  # fmt: skip
+        assert done["usage"]["completion_tokens"] == 4
+        refused = httpx.post(f"{server.url}/chat/completions", timeout=60, json={
+            "model": "q", "messages": [{"role": "user", "content": "Hello"}]})  # fmt: skip
+        assert refused.status_code == 400 and "no chat template" in refused.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
 def test_bad_inputs_are_refused_before_any_work(tiny_model, tokens, tmp_path, tiny_tokenizer_dir):
     from helpers import train_tiny_tokenizer
 
@@ -223,6 +266,12 @@ def test_bad_inputs_are_refused_before_any_work(tiny_model, tokens, tmp_path, ti
     (no_val / "shards.json").write_text(json.dumps(index))
     with pytest.raises(InputError, match="no held-out 'val' tokens"):
         quantize.run(tiny_model, no_val, tmp_path / "x")
+    small = tmp_path / "small"  # a Hugging Face directory whose embedding is smaller than its tokenizer
+    shutil.copytree(tiny_model, small, ignore=shutil.ignore_patterns("artifact.json"))
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    with pytest.raises(InputError, match="beyond the model.s vocabulary of 100"):
+        quantize.run(small, tokens, tmp_path / "x")
     done = quantize.run(tiny_model, tokens, tmp_path / "q", quantize.Config(method="torchao-int8", **SMALL))
     with pytest.raises(InputError, match="already quantized"):
         quantize.run(done, tokens, tmp_path / "x")

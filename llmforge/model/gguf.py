@@ -19,9 +19,6 @@ from pathlib import Path
 
 from llmforge.errors import InputError
 
-# What the converter reads besides the files it gets rewritten (loading.TOKENIZER_FILES): SentencePiece models,
-# GPT-2 style vocabularies and added tokens, linked from the tokenizer's directory (an adapter's or the model's).
-TOKENIZER_SIDE_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json")
 # {% generation %} marks the assistant's tokens for training (TRL); llama.cpp's and Ollama's template engines do
 # not know the tag, and serving never needs it.
 GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
@@ -81,12 +78,14 @@ def converter_input(model_dir: Path, tokenizer_dir: Path, work: Path) -> Path:
     """A directory the converter reads: the model's files linked, its tokenizer copied and made plain for
     llama.cpp (the chat template without {% generation %}; a byte-level vocabulary that transformers' GGUF
     import marked byte_fallback written as the byte-level BPE it is, so the converter reads it as one)."""
-    from llmforge.model.loading import TOKENIZER_FILES
+    from llmforge.model.loading import TOKENIZER_FILES, TOKENIZER_SIDE_FILES
 
     staging = work / "gguf-input"
     staging.mkdir(parents=True, exist_ok=True)
     links = {file.name: file for file in Path(model_dir).iterdir()
              if file.is_file() and file.name not in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES, "artifact.json")}  # fmt: skip
+    # the side files (SentencePiece models, GPT-2 vocabularies) from the tokenizer's directory (an adapter's or the
+    # model's)
     links.update({name: Path(tokenizer_dir) / name for name in TOKENIZER_SIDE_FILES
                   if (Path(tokenizer_dir) / name).is_file()})  # fmt: skip
     for name, file in links.items():

@@ -283,7 +283,8 @@ def _load_directory(source: Source, dtype, trust_remote_code: bool):
 def own_tokenizer(source: Source) -> Path | None:
     """The directory holding a gguf artifact's original tokenizer (quantize copies it beside model.gguf), if any."""
     directory = Path(source.path).parent
-    return directory if source.artifact is not None and (directory / "tokenizer.json").is_file() else None
+    found = source.artifact is not None and (directory / "tokenizer_config.json").is_file()
+    return directory if found else None
 
 
 def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):

@@ -26,6 +26,9 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "special_tokens_map.json",
 )
+# A tokenizer's other files: SentencePiece models, GPT-2 style vocabularies and added tokens (models that ship
+# no tokenizer.json load from these)
+TOKENIZER_SIDE_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "tekken.json")
 
 
 @dataclass
@@ -131,7 +134,7 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
 
 def _gguf_source(artifact: Artifact, stage: str) -> ModelSource:
     """A gguf artifact as a model source: model.gguf, with the original tokenizer and generation config beside it."""
-    if not (artifact.path / "tokenizer.json").is_file():
+    if not (artifact.path / "tokenizer_config.json").is_file():
         raise InputError(f"{artifact.path}: this GGUF was made without its tokenizer beside it (llmforge before "
                          f"2026-12-05), which {stage} reads; make it again with `llmforge quantize ... --force`")  # fmt: skip
     source = ModelSource(

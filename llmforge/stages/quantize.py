@@ -150,6 +150,12 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
             gguf.check_vocabulary(model_dir, Path(tokenizer_dir(source)), model)
     tokenizer = load_tokenizer(source)
     texts = _texts(dataset, tokenizer, config, int(getattr(model_config, "max_position_embeddings", 2048)))
+    vocab_size = getattr(model_config, "vocab_size", None)
+    largest = max(max(window) for window in (*texts.held_out, *texts.calibration))
+    if vocab_size and largest >= vocab_size:  # else an IndexError deep inside the embedding
+        made_by = f"{data} was encoded" if dataset.kind == "tokens" else f"{model}'s tokenizer encodes {data}"
+        raise InputError(f"{made_by} with token id {largest}, beyond the model's vocabulary of {vocab_size}: "
+                         "the tokenizer is not this model's")  # fmt: skip
     inputs = [source.ref(), dataset.ref()]
     kind = "gguf" if config.method in gguf.TYPES else "quantized-model"
     return run_stage(STAGE, kind, config, inputs, out,
@@ -262,7 +268,13 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     from transformers import AutoModelForCausalLM
 
     from llmforge.console import log, warn
-    from llmforge.model.loading import TOKENIZER_FILES, base_model_entry, load_model, tokenizer_dir
+    from llmforge.model.loading import (
+        TOKENIZER_FILES,
+        TOKENIZER_SIDE_FILES,
+        base_model_entry,
+        load_model,
+        tokenizer_dir,
+    )
     from llmforge.model.perplexity import perplexity
 
     log(f"loading {source.path}" + (" and merging the adapter into its base" if source.is_adapter else ""))
@@ -276,8 +288,9 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
 
     # copied, not re-saved, so the tokenizer fingerprint stays the same; a GGUF carries its vocabulary and chat
     # template inside, and these beside it are what `serve` and `import` read (as vLLM's GGUF loading takes
-    # --tokenizer from the original model): transformers' rebuild from a GGUF loses added tokens such as <think>
-    for name in TOKENIZER_FILES:
+    # --tokenizer from the original model): transformers' rebuild from a GGUF loses added tokens such as <think>.
+    # The side files are the whole tokenizer of a model without tokenizer.json (a SentencePiece tokenizer.model).
+    for name in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES):
         if (Path(tokenizer_dir(source)) / name).is_file():
             shutil.copy2(Path(tokenizer_dir(source)) / name, ctx.work / name)
     if config.method in gguf.TYPES:
