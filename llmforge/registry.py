@@ -88,7 +88,7 @@ STAGES = (
           summary="Quantize a model (LoRA adapters are merged first) for vLLM, transformers or llama.cpp (GGUF) "
                   "and report what it cost: size and held-out perplexity."),
     Stage("serve", "serve", reads=(*MODEL_KINDS, "gguf"), writes=(),
-          summary="Serve a model, adapter, quantized-model or gguf artifact behind an OpenAI-compatible HTTP API."),
+          summary="Serve a model, adapter, quantized-model or gguf artifact (or a .gguf file) behind an OpenAI-compatible HTTP API."),
     Stage("import", "import_model", reads=("raw", "hub", "gguf"), writes=("model",),
           summary="Import an open model (a Hugging Face directory, a .gguf file, or a Hub id, cached or --online) as a "
                   "model artifact whose lineage names the exact checkpoint."),

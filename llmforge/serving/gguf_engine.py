@@ -27,10 +27,11 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context holds
 class GgufEngine(Engine):
     """Continuous batching over llama.cpp's context for one GGUF file."""
 
-    def __init__(self, file: Path, tokenizer, eos_token_ids: list[int], max_model_len: int | None = None,
+    def __init__(self, file: Path, tokenizer, eos_token_ids: list[int] | None, max_model_len: int | None = None,
                  max_batch_size: int = 16, threads: int = 0, log_batches: bool = False,
                  cache_gib: float | None = None):  # fmt: skip
-        """`max_model_len`: the context length (prompt + answer), at most the model's own (none: the model's).
+        """`eos_token_ids`: none: llama.cpp's end-of-generation tokens. `max_model_len`: the context length (prompt
+        + answer), at most the model's own (none: the model's).
         `cache_gib`: the KV cache's size; none: one context length of tokens, shared (llama-server's default)."""
         import llama_cpp
         import torch
@@ -38,9 +39,13 @@ class GgufEngine(Engine):
 
         # llama.cpp logs every load and context detail through this logger; errors are what a server log needs
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        self.llama = LlamaModel(
-            path_model=str(file), params=llama_cpp.llama_model_default_params(), verbose=False
-        )
+        try:
+            self.llama = LlamaModel(
+                path_model=str(file), params=llama_cpp.llama_model_default_params(), verbose=False
+            )
+        except ValueError:  # its message is only "Failed to load model from file"
+            raise InputError(f"{file}: llama.cpp cannot load this GGUF file (an architecture it lacks, or a "
+                             "damaged file)") from None  # fmt: skip
         trained = self.llama.n_ctx_train()
         max_model_len = min(max_model_len or trained, trained)
         self.threads = threads or torch.get_num_threads()
@@ -57,6 +62,9 @@ class GgufEngine(Engine):
         params.n_threads = params.n_threads_batch = self.threads
         self.context = LlamaContext(model=self.llama, params=params, verbose=False)
         self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
+        if eos_token_ids is None:  # the tokens llama.cpp ends a generation at (<|im_end|>, <|eot_id|>, ...)
+            vocab = self.llama.vocab
+            eos_token_ids = [t for t in range(self.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
         super().__init__(None, tokenizer, eos_token_ids, max_model_len, max_batch_size, log_batches,
                          vocab_size=self.llama.n_vocab())  # fmt: skip
         self._free_slots = list(range(max_batch_size - 1, -1, -1))
@@ -173,7 +181,8 @@ def build(
     log_batches: bool,
     cache_gib: float | None = None,
 ):
-    """A gguf artifact's engine (not started) with its original tokenizer and sampling defaults."""
+    """A gguf artifact's engine (not started) with its original tokenizer and sampling defaults; a .gguf file's
+    with the tokenizer rebuilt from its vocabulary."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -183,19 +192,42 @@ def build(
 
     gguf.check_runtime()
     check_batch_size(max_batch_size)
-    directory = Path(source.path)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    has_settings = (directory / "generation_config.json").is_file()
-    generation = GenerationConfig.from_pretrained(directory) if has_settings else GenerationConfig()
-    defaults, eos_ids = generation_defaults(generation, tokenizer.eos_token_id)
+    if source.artifact is not None:
+        directory = Path(source.path)
+        file = directory / gguf.FILE_NAME
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        has_settings = (directory / "generation_config.json").is_file()
+        generation = GenerationConfig.from_pretrained(directory) if has_settings else GenerationConfig()
+        defaults, eos_ids = generation_defaults(generation, tokenizer.eos_token_id)
+    else:  # a GGUF made elsewhere: no sampling defaults, and it stops where llama.cpp's own server would
+        from llmforge.model.importing import gguf_tokenizer
+
+        file = Path(source.path)
+        log(f"rebuilding the tokenizer from {file.name}'s vocabulary")
+        tokenizer = gguf_tokenizer(file)
+        defaults, eos_ids = generation_defaults(GenerationConfig())[0], None
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(1)  # torch only samples here: its idle threads would spin beside llama.cpp's
-    engine = GgufEngine(directory / gguf.FILE_NAME, tokenizer, eos_ids, max_model_len, max_batch_size, threads,
-                        log_batches, cache_gib)  # fmt: skip
-    kind = source.artifact.extra.get("method", "gguf").removeprefix("gguf-").upper()
+    engine = GgufEngine(file, tokenizer, eos_ids, max_model_len, max_batch_size, threads, log_batches,
+                        cache_gib)  # fmt: skip
+    if source.artifact is not None:
+        kind = source.artifact.extra.get("method", "gguf").removeprefix("gguf-").upper()
+    else:
+        kind = file_type(engine.llama)
     log(f"llama.cpp: {kind}, a KV cache of {engine.cache_tokens:,} tokens ({engine.cache_bytes / 2**20:,.0f} MiB, "
         f"--kv-cache-gib), {engine.threads} threads")  # fmt: skip
     return Loaded(engine, tokenizer, defaults, f"llama.cpp, {kind}")
+
+
+def file_type(llama) -> str:
+    """The GGUF's type as llama.cpp names it in its file_type field ("Q4_K_M", "F16"; mixed-type files name the
+    type of most tensors)."""
+    import llama_cpp
+
+    code = int(llama.metadata().get("general.file_type", -1))
+    names = {getattr(llama_cpp, name): name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
+             for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_")}  # fmt: skip
+    return names.get(code, "GGUF")
 
 
 def check_batch_size(max_batch_size: int) -> None:

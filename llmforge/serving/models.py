@@ -62,7 +62,10 @@ class ServingPlan:
 
 
 def default_name(source: ModelSource) -> str:
-    return source.path if source.kind == "hub" else Path(source.path).resolve().name
+    if source.kind == "hub":
+        return source.path
+    path = Path(source.path).resolve()
+    return path.stem if path.is_file() else path.name  # a .gguf file: its name without the suffix
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:

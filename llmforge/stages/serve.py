@@ -1,9 +1,9 @@
-"""Serve a model, adapter, quantized-model or gguf artifact behind an OpenAI-compatible HTTP API.
+"""Serve a model, adapter, quantized-model or gguf artifact (or a .gguf file) behind an OpenAI-compatible HTTP API.
 
 /v1/chat/completions (with SSE streaming), /v1/completions, /v1/models and /health, using the artifact's own
 chat template and generation config. vLLM serves it (`--backend vllm`, on a GPU or with vLLM's CPU build; vLLM's
 own environment, `make install-vllm`, is found by itself) or llmforge's embedded server does (continuous batching
-over transformers, or over llama.cpp for a gguf artifact); `auto` picks llama.cpp for a GGUF, else vLLM when it is
+over transformers, or over llama.cpp for a GGUF); `auto` picks llama.cpp for a GGUF, else vLLM when it is
 importable in llmforge's own environment or $LLMFORGE_VLLM_PYTHON names one. Once the server listens, its base URL
 (`http://HOST:PORT/v1`) is the one line on stdout, so `url=$(llmforge serve M --port 0 | head -1)` captures it.
 Unlike the other stages it writes no artifact; it runs until SIGTERM or Ctrl-C, finishing the requests in flight."""
@@ -28,7 +28,7 @@ class Config(StageConfig):
         "auto",
         description="vllm: vLLM's server (GPU, or vLLM's CPU build; runs under $LLMFORGE_VLLM_PYTHON, this Python, or "
         ".venv-vllm of the checkout or working directory); embedded: llmforge's own server over transformers; "
-        "llama.cpp: llmforge's own server over llama.cpp, for a gguf artifact; auto: llama.cpp for a gguf artifact, "
+        "llama.cpp: llmforge's own server over llama.cpp, for a gguf artifact or .gguf file; auto: llama.cpp for a GGUF, "
         "else vLLM when importable here or $LLMFORGE_VLLM_PYTHON is set, else the embedded server",
     )
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network")
@@ -37,7 +37,8 @@ class Config(StageConfig):
         None, description="Bearer token every /v1 request must send (also read from LLMFORGE_API_KEY)"
     )
     served_model_name: str | None = Field(
-        None, description="Name clients put in 'model'; none = the artifact's directory name"
+        None,
+        description="Name clients put in 'model'; none = the artifact's directory name (a .gguf file's name)",
     )
     adapters: list[str] = Field(
         default_factory=list,
@@ -132,7 +133,7 @@ def choose_backend(config: Config, gguf: bool = False) -> str:
         if config.dtype != "auto":
             warn(f"dtype {config.dtype}: a GGUF keeps the types it was written with; ignored")
     elif backend == "llama.cpp":
-        raise InputError("--backend llama.cpp serves a gguf artifact: make one with `llmforge quantize MODEL --data "
+        raise InputError("--backend llama.cpp serves a GGUF (a gguf artifact or a .gguf file): make one with `llmforge quantize MODEL --data "
                          "DATA -o OUT --method gguf-q4_k_m` (or another gguf-* method)")  # fmt: skip
     if backend == "auto":
         reason = vllm_backend.unavailable_reason()
@@ -171,7 +172,10 @@ FLAGS = (
 @stage_command(FLAGS)
 def command(
     model: Annotated[
-        str, typer.Argument(help="A model, adapter, quantized-model or gguf artifact (or HF directory).")
+        str,
+        typer.Argument(
+            help="A model, adapter, quantized-model or gguf artifact, a Hugging Face directory or a .gguf file."
+        ),
     ],
     config: Config,
 ) -> None:
