@@ -80,7 +80,7 @@ STAGES = (
     Stage("grpo", "grpo", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
           summary="Reinforcement learning with verifiable rewards (GRPO): sample a group of answers per prompt, "
                   "score them, push the policy towards the better ones."),
-    Stage("eval", "eval", reads=(*MODEL_KINDS, "eval-report"), writes=("eval-report",),
+    Stage("eval", "eval", reads=(*MODEL_KINDS, "gguf", "eval-report"), writes=("eval-report",),
           summary="Score models with lm-eval, offline: benchmarks, the bundled tasks, perplexity; compare "
                   "reports side by side."),
     Stage("quantize", "quantize", reads=("model", "adapter", "tokens", "documents"),

@@ -1,5 +1,5 @@
 """The models eval scores: resolved and checked before anything loads, and handed to lm-eval as its LM (the hf
-backend, or vLLM's where it runs)."""
+backend, or vLLM's where it runs; a GGUF through `llmforge serve` on llama.cpp)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def open_models(models: list[str]) -> list:
         if (Path(model) / MANIFEST).is_file() and Artifact.open(model).kind == REPORT_KIND:
             raise InputError(f"{model} is an eval report, not a model: compare reports with "
                              f"`llmforge eval --compare {model} ...`")  # fmt: skip
-        source = resolve_model(model, STAGE)
+        source = resolve_model(model, STAGE, gguf=True)
         check_loadable(source)
         sources.append(source)
     return sources
@@ -41,7 +41,8 @@ def check_loadable(source) -> None:
     from safetensors import SafetensorError, safe_open
 
     for part in [source, source.base] if source.is_adapter else [source]:
-        if part.kind == "hub":
+        # a GGUF has no config.json: llama.cpp reads its header when it loads
+        if part.kind in ("hub", "gguf"):
             continue
         directory = Path(part.path)
         config = directory / ("adapter_config.json" if part.is_adapter else "config.json")
@@ -109,7 +110,11 @@ def model_arguments(source, backend: str, config) -> dict[str, Any]:
 def open_lm(source, backend: str, config) -> Iterator[tuple[Any, dict[str, Any]]]:
     """The lm-eval LM for a model and its model_args, for the duration of the block. vllm: lm-eval's vLLM model
     where vLLM is importable here, else lm-eval's local-completions model against a vLLM server started under
-    vLLM's own environment (and stopped after)."""
+    vLLM's own environment (and stopped after). A GGUF: local-completions against `llmforge serve` on llama.cpp."""
+    if source.kind == "gguf":
+        with llama_cpp_server_lm(source, config) as opened:
+            yield opened
+        return
     if backend == "vllm" and not machine.has_vllm():
         with vllm_server_lm(source, config) as opened:
             yield opened
@@ -156,7 +161,6 @@ def in_process_vllm(source, config) -> dict[str, Any]:
 
 @contextmanager
 def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
-    from lm_eval.api.registry import get_model
 
     from llmforge.model.loading import tokenizer_dir
     from llmforge.serving import models as serving_models
@@ -173,20 +177,77 @@ def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
         port=0, dtype=config.dtype, max_model_len=length, max_batch_size=batch, log_level="warning"
     )
     with vllm_backend.running(serving, server, source.fingerprint, found) as (url, key):
-        arguments = {"model": serving.models[0].name, "base_url": f"{url}/completions",
-                     "tokenizer": tokenizer_dir(source), "tokenizer_backend": "huggingface",
-                     "tokenized_requests": True, "max_length": length, "batch_size": batch,
-                     "seed": config.seed, "max_retries": 1}  # fmt: skip
-        previous = os.environ.get("OPENAI_API_KEY")
-        os.environ["OPENAI_API_KEY"] = key  # lm-eval's local-completions sends it as the bearer token
-        try:
-            lm = get_model("local-completions").create_from_arg_obj({k: v for k, v in arguments.items() if v})
+        name, tokenizer = serving.models[0].name, tokenizer_dir(source)
+        arguments = completions_arguments(name, url, tokenizer, length, batch, config)
+        with completions_lm(arguments, key) as lm:
             yield lm, {**arguments, "server": found.label}
+
+
+@contextmanager
+def llama_cpp_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """lm-eval's local-completions model against `llmforge serve` of a GGUF (llama.cpp behind llmforge's API, whose
+    completions echo the prompt's log-probabilities, as log-likelihood tasks need), started for the block."""
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+
+    from llmforge.model import gguf
+    from llmforge.serving import stop_server
+    from llmforge.serving.models import default_name
+
+    gguf.check_runtime()
+    key = secrets.token_hex(16)
+    batch = config.batch_size if isinstance(config.batch_size, int) else 16
+    length = config.max_length or gguf.context_length(gguf.model_file(source)) or 2048
+    command = [sys.executable, "-m", "llmforge", "serve", str(source.path), "--backend", "llama.cpp", "--port", "0",
+               "--max-batch-size", str(batch), "--seq-len", str(length), "--set", "log_level=warning"]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as scratch:
+        tokenizer = source.path  # a gguf artifact keeps the original tokenizer beside model.gguf
+        # a .gguf file: lm-eval tokenizes with the tokenizer the server rebuilds from the file, saved
+        if source.artifact is None:
+            from llmforge.model.importing import gguf_tokenizer
+
+            gguf_tokenizer(Path(source.path)).save_pretrained(scratch)
+            tokenizer = scratch
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "LLMFORGE_API_KEY": key})  # fmt: skip
+        try:
+            url = process.stdout.readline().strip()  # the server's one stdout line, once it listens
+            if not url.startswith("http"):
+                raise InputError(f"{source.path}: `llmforge serve` on llama.cpp did not start (exit code "
+                                 f"{process.wait()}; its error is above)")  # fmt: skip
+            arguments = completions_arguments(default_name(source), url, tokenizer, length, batch, config)
+            with completions_lm(arguments, key) as lm:
+                yield lm, {**arguments, "server": "llmforge serve (llama.cpp)"}
         finally:
-            if previous is None:
-                os.environ.pop("OPENAI_API_KEY", None)
-            else:
-                os.environ["OPENAI_API_KEY"] = previous
+            stop_server(process)
+
+
+def completions_arguments(
+    name: str, url: str, tokenizer: str, length: int, batch: int, config
+) -> dict[str, Any]:
+    """lm-eval's local-completions model_args for a server: token ids in (the model's own tokenizer), the seed."""
+    return {"model": name, "base_url": f"{url}/completions", "tokenizer": str(tokenizer),
+            "tokenizer_backend": "huggingface", "tokenized_requests": True, "max_length": length,
+            "batch_size": batch, "seed": config.seed, "max_retries": 1}  # fmt: skip
+
+
+@contextmanager
+def completions_lm(arguments: dict[str, Any], key: str) -> Iterator[Any]:
+    """lm-eval's local-completions model, with the server's API key in OPENAI_API_KEY (which it sends as the bearer
+    token) for the block."""
+    from lm_eval.api.registry import get_model
+
+    previous = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = key
+    try:
+        yield get_model("local-completions").create_from_arg_obj({k: v for k, v in arguments.items() if v})
+    finally:
+        if previous is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = previous
 
 
 def build_lm(source, backend: str, config, **settings):

@@ -117,7 +117,8 @@ def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
     runtime = "llama.cpp" if serving.base.kind == "gguf" else "the embedded CPU server"
     log(f"loading {serving.base.path} ({serving.base.kind}) for {runtime}")
     loaded = build_engine(serving, config.dtype, config.max_model_len, config.max_batch_size, config.threads,
-                          log_batches=True, kv_cache_gib=config.kv_cache_gib)  # fmt: skip
+                          log_batches=config.log_level in ("info", "debug"),
+                          kv_cache_gib=config.kv_cache_gib)  # fmt: skip
     engine = loaded.engine
     url = base_url(config.host, port)
 

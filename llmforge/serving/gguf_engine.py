@@ -192,9 +192,9 @@ def build(
 
     gguf.check_runtime()
     check_batch_size(max_batch_size)
+    file = gguf.model_file(source)
     if source.artifact is not None:
         directory = Path(source.path)
-        file = directory / gguf.FILE_NAME
         tokenizer = AutoTokenizer.from_pretrained(directory)
         has_settings = (directory / "generation_config.json").is_file()
         generation = GenerationConfig.from_pretrained(directory) if has_settings else GenerationConfig()
@@ -202,7 +202,6 @@ def build(
     else:  # a GGUF made elsewhere: no sampling defaults, and it stops where llama.cpp's own server would
         from llmforge.model.importing import gguf_tokenizer
 
-        file = Path(source.path)
         log(f"rebuilding the tokenizer from {file.name}'s vocabulary")
         tokenizer = gguf_tokenizer(file)
         defaults, eos_ids = generation_defaults(GenerationConfig())[0], None

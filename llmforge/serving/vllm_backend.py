@@ -33,6 +33,7 @@ from typing import Any
 from llmforge import machine
 from llmforge.console import emit, log
 from llmforge.errors import InputError, LLMForgeError
+from llmforge.serving import stop_server
 from llmforge.serving.models import ServingPlan, adapter_rank
 from llmforge.serving.tools import directory_format
 
@@ -328,12 +329,7 @@ def running(serving: ServingPlan, config: Any, fingerprint: str, found: Runtime)
         wait_ready(process, url)
         yield url, config.api_key
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def _stderr_fd() -> int:

@@ -2,7 +2,8 @@
 
 `llmforge eval MODEL... -o OUT` evaluates model, adapter and quantized-model artifacts (or Hugging Face directories)
 with lm-eval's Hugging Face backend (or vLLM: lm-eval's vllm model where vLLM is importable, else its
-local-completions model against a vLLM server run from vLLM's own environment) and writes an eval-report
+local-completions model against a vLLM server run from vLLM's own environment), and GGUFs (gguf artifacts, .gguf
+files) with local-completions against `llmforge serve` on llama.cpp, and writes an eval-report
 artifact: lm-eval's full results (scores with standard errors, n-shot, task versions, hashes and configs) in
 OUT/results.json, the headline scores in the manifest, and a contamination check read from the model's lineage.
 `llmforge eval --compare REPORT...` prints existing reports side by side without evaluating anything.
@@ -105,7 +106,8 @@ class Config(StageConfig):
     backend: Literal["auto", "hf", "vllm"] = Field(
         "auto",
         description="lm-eval backend: hf (transformers), vllm (GPU, or vLLM's CPU build; from .venv-vllm when not "
-        "importable here), auto = vllm when importable here and a GPU is seen",
+        "importable here), auto = vllm when importable here and a GPU is seen; a GGUF is scored on llama.cpp "
+        "(`llmforge serve`) whatever this says",
     )
     dtype: str = Field("auto", description="Weights dtype while evaluating (auto = the checkpoint's)")
     max_length: int | None = Field(None, gt=0, description="Context length in tokens; none = the model's")
@@ -314,9 +316,10 @@ class _Evaluation:
                 cache=config.contamination.cache,
                 workers=config.contamination.workers,
             )
-        log(f"evaluating {label} with lm-eval ({self.backend} backend) on {', '.join(self.tasks)}")
+        backend = "llama.cpp" if source.kind == "gguf" else self.backend
+        log(f"evaluating {label} with lm-eval ({backend} backend) on {', '.join(self.tasks)}")
         use_template, multiturn = config.apply_chat_template, config.multiturn
-        with open_lm(source, self.backend, config) as (lm, arguments):
+        with open_lm(source, backend, config) as (lm, arguments):
             template = lm.chat_template(True) if use_template else None
             if use_template and not template:
                 raise InputError(
@@ -349,15 +352,15 @@ class _Evaluation:
             task: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in rows))
             for task, rows in samples.items()
         }
-        tracker.log_experiment_args(model_source=self.backend, model_args=arguments,
+        tracker.log_experiment_args(model_source=backend, model_args=arguments,
                                     system_instruction=config.system_instruction,
                                     chat_template=template,
                                     fewshot_as_multiturn=multiturn)  # fmt: skip
         tracker.log_end_time()
         results.update(asdict(tracker))
-        results["config"].update(model=self.backend, model_args=arguments)
+        results["config"].update(model=backend, model_args=arguments)
         results["llmforge"] = {"model": label, "path": str(source.path), "kind": source.kind,
-                               "fingerprint": source.fingerprint, "backend": self.backend,
+                               "fingerprint": source.fingerprint, "backend": backend,
                                "chat_template": use_template, "contamination": contamination}  # fmt: skip
         if config.log_samples:
             folder = ctx.work / "samples" / str(number) if len(self.labels) > 1 else ctx.work / "samples"
@@ -489,7 +492,7 @@ def command(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Model, adapter or quantized-model artifacts, or Hugging Face directories (with --compare: eval "
+            help="Model, adapter, quantized-model or gguf artifacts, Hugging Face directories or .gguf files (with --compare: eval "
             "reports).",
             show_default=False,
         ),

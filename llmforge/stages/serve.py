@@ -56,7 +56,7 @@ class Config(StageConfig):
         30.0, ge=0, description="Seconds requests in flight get to finish after SIGTERM"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="Server log level (info logs every request)"
+        "info", description="Server log level (info logs every request and batch)"
     )
     tensor_parallel_size: int = Field(1, gt=0, description="vLLM: GPUs to shard the model across")
     gpu_memory_utilization: float = Field(
