@@ -455,6 +455,13 @@ def test_a_gguf_file_made_elsewhere_serves_as_llama_cpp_answers_it(tmp_path):
     finally:
         server.stop()
     assert "llama.cpp, Q4_1" in server.log.read_text()
+    import psutil
+
+    # 256 sequences of 8,192 tokens: a 45 GiB cache, refused up front where llama.cpp would fail to allocate it
+    if psutil.virtual_memory().available < 40 * 2**30:
+        refused = llmforge("serve", file, "--port", "0", "--kv-cache-gib", "64", "--max-batch-size", "256",
+                           check=False)  # fmt: skip
+        assert refused.returncode == 2 and "tokens (45.0 GiB) does not fit the" in refused.stderr
     with pytest.raises(InputError, match=r"a GGUF file; eval loads models through transformers: .llmforge"):
         resolve_model(file, "eval")
 

@@ -34,6 +34,7 @@ class GgufEngine(Engine):
         + answer), at most the model's own (none: the model's).
         `cache_gib`: the KV cache's size; none: one context length of tokens, shared (llama-server's default)."""
         import llama_cpp
+        import psutil
         import torch
         from llama_cpp._internals import LlamaBatch, LlamaContext, LlamaModel
 
@@ -60,7 +61,17 @@ class GgufEngine(Engine):
         params.n_seq_max = max_batch_size
         params.kv_unified = True
         params.n_threads = params.n_threads_batch = self.threads
-        self.context = LlamaContext(model=self.llama, params=params, verbose=False)
+        # llama.cpp would fail with "Failed to create llama_context" (or the kernel kill the process) instead
+        cache = f"a KV cache of {self.cache_tokens:,} tokens ({self.cache_bytes / 2**30:,.1f} GiB)"
+        free = psutil.virtual_memory().available
+        hint = "a shorter context (--seq-len), a smaller cache (--kv-cache-gib) or a smaller --max-batch-size"
+        if self.cache_bytes > free:
+            raise InputError(f"{file}: {cache} does not fit the {free / 2**30:,.1f} GiB of memory available; "
+                             f"ask for {hint}")  # fmt: skip
+        try:
+            self.context = LlamaContext(model=self.llama, params=params, verbose=False)
+        except ValueError:
+            raise InputError(f"{file}: llama.cpp could not make {cache}; ask for {hint}") from None
         self._batch = LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
         if eos_token_ids is None:  # the tokens llama.cpp ends a generation at (<|im_end|>, <|eot_id|>, ...)
             vocab = self.llama.vocab
