@@ -118,7 +118,7 @@ def test_makefile_chains_every_stage(tmp_path):
     stages = [re.match(r"llmforge ([a-z-]+)", c).group(1) for c in commands]
     training = [s for s in stages if s in ("import", "sft", "grpo", "quantize")]
     assert training == ["import", "sft", "grpo", "quantize", "quantize", "quantize"]  # INT8, INT4, GGUF
-    assert stages.count("eval") == 3  # base, after sft, after grpo
+    assert stages.count("eval") == 4  # base, after sft, after grpo, the GGUF (on llama.cpp)
     assert all("--update" in c for c in commands)
     assert all("-c configs/" in c for c in commands if not c.startswith("llmforge import"))
     assert any("ask.py llmforge" in line and "/seed-0/grpo" in line for line in result.stdout.splitlines())

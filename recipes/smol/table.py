@@ -1,5 +1,6 @@
-"""The smol recipe's side-by-side table: held-out exact match after each stage, the quantized models' perplexity
-(INT8, INT4 and the GGUF) on held-out English text, the served answer, and the wall time of each stage.
+"""The smol recipe's side-by-side table: held-out exact match after each stage (and of the GGUF, on llama.cpp), the
+quantized models' perplexity (INT8, INT4 and the GGUF) on held-out English text, the served answer, and the wall
+time of each stage.
 
 Usage: python table.py RUNS/seed-0 [RUNS/seed-1 ...]   (one seed: its figures; several: mean, spread and range)
 The base model's eval is shared by the seeds: RUNS/eval-base.
@@ -24,8 +25,11 @@ ROWS = [  # (label, artifact under the seed dir or RUNS, what to read)
     ("int8  perplexity delta %", "int8", ("stat", "perplexity_delta_pct")),
     ("int4  perplexity delta %", "int4", ("stat", "perplexity_delta_pct")),
     ("gguf  Q4_K_M perplexity delta %", "gguf", ("stat", "perplexity_delta_pct")),
+    ("gguf  Q4_K_M exact match, final number", "eval-gguf", ("score", "final-number")),
+    ("gguf  Q4_K_M exact match, in format", "eval-gguf", ("score", "in-format")),
 ]
-STAGES = ["../base", "../eval-base", "sft", "eval-sft", "grpo", "eval-grpo", "int8", "int4", "gguf"]
+STAGES = ["../base", "../eval-base", "sft", "eval-sft", "grpo", "eval-grpo"]
+STAGES += ["int8", "int4", "gguf", "eval-gguf"]
 
 
 def manifest(seed_dir: Path, name: str) -> dict:
@@ -43,7 +47,7 @@ def main() -> None:
     if not seed_dirs:
         sys.exit("usage: python table.py RUNS/seed-N [...]")
     many = len(seed_dirs) > 1
-    head = f"{'':34}" + (
+    head = f"{'':40}" + (
         f"{'mean':>8} {'sd':>7} {'min':>8} {'max':>8}   n={len(seed_dirs)}" if many else f"{'value':>8}"
     )
     lines = [f"smol recipe: SmolLM2-135M-Instruct, {', '.join(d.name for d in seed_dirs)}", head]
@@ -52,10 +56,10 @@ def main() -> None:
         if many:
             sd = statistics.stdev(values)
             lines.append(
-                f"{label:34}{statistics.mean(values):8.3f} {sd:7.3f} {min(values):8.3f} {max(values):8.3f}"
+                f"{label:40}{statistics.mean(values):8.3f} {sd:7.3f} {min(values):8.3f} {max(values):8.3f}"
             )
         else:
-            lines.append(f"{label:34}{values[0]:8.3f}")
+            lines.append(f"{label:40}{values[0]:8.3f}")
     seconds = {
         s.removeprefix("../"): [manifest(d, s)["provenance"]["seconds"] for d in seed_dirs] for s in STAGES
     }
