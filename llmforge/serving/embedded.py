@@ -87,15 +87,15 @@ class Loaded:
 
 def build_engine(serving: ServingPlan, dtype: str = "auto", max_model_len: int | None = None,
                  max_batch_size: int = 16, threads: int = 0, log_batches: bool = False,
-                 kv_cache_gib: float | None = None) -> Loaded:  # fmt: skip
+                 kv_cache_gib: float | None = None, prefix_caching: bool = True) -> Loaded:  # fmt: skip
     """The served model loaded, with an engine (not started) over it: transformers, or llama.cpp for a GGUF
-    (`kv_cache_gib`: llama.cpp's cache, allocated up front; transformers' grows as needed)."""
+    (`kv_cache_gib`: llama.cpp's cache, allocated up front, `prefix_caching` in it; transformers' grows as
+    needed)."""
     if serving.base.kind == "gguf":
         from llmforge.serving import gguf_engine
 
-        return gguf_engine.build(
-            serving.base, max_model_len, max_batch_size, threads, log_batches, kv_cache_gib
-        )
+        return gguf_engine.build(serving.base, max_model_len, max_batch_size, threads, log_batches, kv_cache_gib,
+                                 prefix_caching)  # fmt: skip
     import torch
 
     if threads:
@@ -117,8 +117,8 @@ def serve(serving: ServingPlan, config: Any, fingerprint: str) -> None:
     runtime = "llama.cpp" if serving.base.kind == "gguf" else "the embedded CPU server"
     log(f"loading {serving.base.path} ({serving.base.kind}) for {runtime}")
     loaded = build_engine(serving, config.dtype, config.max_model_len, config.max_batch_size, config.threads,
-                          log_batches=config.log_level in ("info", "debug"),
-                          kv_cache_gib=config.kv_cache_gib)  # fmt: skip
+                          log_batches=config.log_level in ("info", "debug"), kv_cache_gib=config.kv_cache_gib,
+                          prefix_caching=config.prefix_caching)  # fmt: skip
     engine = loaded.engine
     url = base_url(config.host, port)
 

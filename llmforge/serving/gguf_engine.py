@@ -4,8 +4,13 @@ Everything a request sees is the transformers engine's (serving/engine.py): cont
 stop strings, grammars, log-probabilities, cancellation. Only the forward passes differ. Each running request is
 one of llama.cpp's sequences in one KV cache they share (unified: a long answer may use what short ones leave); the
 newcomers' prompts go through `llama_decode` in chunks of up to 512 tokens, each decode step is one `llama_decode`
-over every running sequence, and the logits come back to the same sampling code. A finished request's cache cells
-are freed at once.
+over every running sequence, and the logits come back to the same sampling code.
+
+A finished request's sequence stays in the cache, idle, until its cells or its sequence id are needed (the least
+recently used goes first). A newcomer whose prompt starts with the tokens an idle sequence holds takes that
+sequence over and computes only the rest of its prompt: the next turn of a conversation, or another request with
+the same system prompt, skips what was computed before (llama-server's prompt cache). Requests that want the
+prompt's log-probabilities (echo) compute the whole prompt.
 
 llama.cpp's own sampling and its server's slots are not used: the API's guarantees (seeded answers, JSON-schema and
 tool-call grammars, stop strings held back while streaming) live in the shared engine, and the GGUF is only a faster
@@ -15,6 +20,7 @@ way to the logits on a CPU (bench/bench_serve_gguf.py measures it).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 from llmforge.errors import InputError
@@ -29,10 +35,11 @@ class GgufEngine(Engine):
 
     def __init__(self, file: Path, tokenizer, eos_token_ids: list[int] | None, max_model_len: int | None = None,
                  max_batch_size: int = 16, threads: int = 0, log_batches: bool = False,
-                 cache_gib: float | None = None):  # fmt: skip
+                 cache_gib: float | None = None, prefix_caching: bool = True):  # fmt: skip
         """`eos_token_ids`: none: llama.cpp's end-of-generation tokens. `max_model_len`: the context length (prompt
         + answer), at most the model's own (none: the model's).
-        `cache_gib`: the KV cache's size; none: one context length of tokens, shared (llama-server's default)."""
+        `cache_gib`: the KV cache's size; none: one context length of tokens, shared (llama-server's default).
+        `prefix_caching`: keep finished sequences for prompts that start with their tokens."""
         import llama_cpp
         import psutil
         import torch
@@ -80,6 +87,10 @@ class GgufEngine(Engine):
                          vocab_size=self.llama.n_vocab())  # fmt: skip
         self._free_slots = list(range(max_batch_size - 1, -1, -1))
         self._slots: list[int] = []  # each running row's llama.cpp sequence id
+        # sequences kept after their request finished: id -> the tokens their cells hold, least recently used first
+        self._idle: OrderedDict[int, list[int]] = OrderedDict()
+        self.prefix_caching = prefix_caching
+        self.stats["reused_prompt_tokens"] = 0
 
     def stop(self) -> None:
         super().stop()
@@ -88,8 +99,12 @@ class GgufEngine(Engine):
             self.llama.close()
 
     def _fits(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
-        """Room in the cache for the request's prompt and answer, beside what the others may still write."""
-        return sum(self._worst_case(r) for r in (*self._rows, *taken, request)) <= self.cache_tokens
+        """Room in the cache for the request's prompt and answer, beside what the others may still write; idle
+        sequences are dropped, least recently used first, to make it."""
+        needed = sum(self._worst_case(r) for r in (*self._rows, *taken, request))
+        while self._idle and needed + sum(map(len, self._idle.values())) > self.cache_tokens:
+            self._forget(next(iter(self._idle)))
+        return needed <= self.cache_tokens
 
     def _worst_case(self, request: GenerationRequest) -> int:
         """Cells a request may fill: its prompt and answer, which stops at the context length (so a request alone
@@ -102,13 +117,13 @@ class GgufEngine(Engine):
         running batch; return each prompt's last logits."""
         import torch
 
-        slots = [self._free_slots.pop() for _ in requests]
+        slots, reused = zip(*(self._take_slot(request) for request in requests), strict=True)
         last: list = [None] * len(requests)
         for request in requests:
             if request.params.prompt_logprobs is not None:
                 request.prompt_logprobs = [None]
-        # (request, position) for every prompt token, in order: a chunk may end inside a prompt
-        work = [(i, pos) for i, request in enumerate(requests) for pos in range(len(request.prompt_ids))]
+        # (request, position) for every prompt token not in the cache yet, in order: a chunk may end inside a prompt
+        work = [(i, pos) for i, r in enumerate(requests) for pos in range(reused[i], len(r.prompt_ids))]
         try:
             for start in range(0, len(work), PREFILL_CHUNK):
                 chunk = work[start : start + PREFILL_CHUNK]
@@ -168,6 +183,30 @@ class GgufEngine(Engine):
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(rows, self.vocab_size)).copy())
 
     # -- batch bookkeeping ----------------------------------------------------------------------------------
+    def _take_slot(self, request: GenerationRequest) -> tuple[int, int]:
+        """A sequence id for a newcomer and how many of its prompt tokens it already holds: the idle sequence
+        sharing the longest start with the prompt (all but its last token, whose logits are needed), else a free
+        id, else the least recently used idle one's."""
+        prompt, best, reused = request.prompt_ids, None, 0
+        if request.params.prompt_logprobs is None:
+            for slot, held in self._idle.items():
+                shared = shared_start(held, prompt[:-1])
+                if shared > reused:
+                    best, reused = slot, shared
+        if best is not None:
+            del self._idle[best]
+            self.context.kv_cache_seq_rm(best, reused, -1)  # what followed the shared start
+            self.stats["reused_prompt_tokens"] += reused
+            return best, reused
+        if not self._free_slots:
+            self._forget(next(iter(self._idle)))
+        return self._free_slots.pop(), 0
+
+    def _forget(self, slot: int) -> None:
+        """Drop an idle sequence: its cells and its id become free."""
+        del self._idle[slot]
+        self._release(slot)
+
     def _release(self, slot: int) -> None:
         self.context.kv_cache_seq_rm(slot, -1, -1)
         self._free_slots.append(slot)
@@ -176,8 +215,11 @@ class GgufEngine(Engine):
         import torch
 
         for index, slot in enumerate(self._slots):
-            if index not in keep:
+            if index not in keep and not self.prefix_caching:
                 self._release(slot)
+            elif index not in keep:  # kept idle: its cells hold the prompt and the answer's tokens fed so far
+                request = self._rows[index]
+                self._idle[slot] = (request.prompt_ids + request.output_ids)[: int(self._positions[index])]
         index = torch.tensor(keep, dtype=torch.long)
         self._rows = [self._rows[i] for i in keep]
         self._slots = [self._slots[i] for i in keep]
@@ -191,6 +233,7 @@ def build(
     threads: int,
     log_batches: bool,
     cache_gib: float | None = None,
+    prefix_caching: bool = True,
 ):
     """A gguf artifact's engine (not started) with its original tokenizer and sampling defaults; a .gguf file's
     with the tokenizer rebuilt from its vocabulary."""
@@ -219,7 +262,7 @@ def build(
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(1)  # torch only samples here: its idle threads would spin beside llama.cpp's
     engine = GgufEngine(file, tokenizer, eos_ids, max_model_len, max_batch_size, threads, log_batches,
-                        cache_gib)  # fmt: skip
+                        cache_gib, prefix_caching)  # fmt: skip
     if source.artifact is not None:
         kind = source.artifact.extra.get("method", "gguf").removeprefix("gguf-").upper()
     else:
@@ -227,6 +270,11 @@ def build(
     log(f"llama.cpp: {kind}, a KV cache of {engine.cache_tokens:,} tokens ({engine.cache_bytes / 2**20:,.0f} MiB, "
         f"--kv-cache-gib), {engine.threads} threads")  # fmt: skip
     return Loaded(engine, tokenizer, defaults, f"llama.cpp, {kind}")
+
+
+def shared_start(a: list[int], b: list[int]) -> int:
+    """How many tokens two sequences share from their start."""
+    return next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def file_type(llama) -> str:

@@ -217,6 +217,8 @@ def command(serving: ServingPlan, config: Any, port: int, found: Runtime | None 
         kv_cache_gib = CPU_KV_CACHE_GIB
     if kv_cache_gib:
         argv += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30))]
+    if not getattr(config, "prefix_caching", True):
+        argv += ["--no-enable-prefix-caching"]
     if config.max_model_len:
         argv += ["--max-model-len", str(config.max_model_len)]
     if config.max_batch_size:

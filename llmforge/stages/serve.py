@@ -73,6 +73,12 @@ class Config(StageConfig):
         "of the machine's memory and refuses to start where that much is not free). llama.cpp: none = one context "
         "length of tokens, shared by the running requests; a request starts once its prompt and max_tokens fit",
     )
+    prefix_caching: bool = Field(
+        True,
+        description="Keep a finished request's KV cache and reuse it for a prompt that starts the same way (the "
+        "next turn of a conversation, a shared system prompt): llama.cpp (kept until its room is needed) and vLLM "
+        "(its automatic prefix caching); the embedded transformers server has none",
+    )
 
 
 def run(model: str | Path, config: Config | None = None) -> None:
@@ -166,6 +172,7 @@ FLAGS = (
     Flag("max_batch_size"),
     Flag("tensor_parallel_size"),
     Flag("kv_cache_gib"),
+    Flag("prefix_caching", "--prefix-caching/--no-prefix-caching"),
 )
 
 
