@@ -161,7 +161,7 @@ def in_process_vllm(source, config) -> dict[str, Any]:
 
 @contextmanager
 def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
-
+    """lm-eval's local-completions model against a vLLM server started under vLLM's own environment."""
     from llmforge.model.loading import tokenizer_dir
     from llmforge.serving import models as serving_models
     from llmforge.serving import vllm_backend
