@@ -1,6 +1,7 @@
 """`llmforge quantize --method gguf-*`: GGUF files written by llama.cpp's own converter and quantizer, checked by
 llama.cpp itself (llama-cpp-python): the same tokens, the same logits, the same answers as transformers."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -30,6 +31,24 @@ TRICKY = ["The 3 cats ate 1234 fish, didn't they?", "  two  spaces\n\n\ttab and\
 def tokens(tiny_tokenizer_dir, tmp_path_factory):
     return tokens_artifact(tmp_path_factory.mktemp("g") / "tokens", tiny_tokenizer_dir, sentences(300, seed=7),
                            val_fraction=0.2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def f16(tiny_model, tokens, tmp_path_factory) -> Path:
+    """The tiny model's f16 GGUF (served as "f16"). Read-only."""
+    out = tmp_path_factory.mktemp("gguf") / "f16"
+    return quantize.run(tiny_model, tokens, out, quantize.Config(method="gguf-f16", **SMALL))
+
+
+def llama_greedy(llm, prompt: list[int], count: int) -> list[int]:
+    """llama.cpp's own greedy continuation of `prompt`, `count` tokens (EOS not special)."""
+    return list(itertools.islice(llm.generate(prompt, temp=0.0, top_k=1, reset=True), count))
+
+
+def sample_loglikelihoods(report: Path, number: int, task: str = "llmforge_arith_mc") -> list[float]:
+    """The log-likelihood of every answer the `number`-th model of an eval report scored (--log-samples)."""
+    rows = (report / "samples" / str(number) / f"{task}.jsonl").read_text().splitlines()
+    return [float(r[0]) for row in rows for r in json.loads(row)["filtered_resps"]]
 
 
 def gguf_fields(path: Path) -> dict:
@@ -172,7 +191,7 @@ def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, t
 
 
 @pytest.mark.slow
-def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens, tmp_path):
+def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(f16, tmp_path):
     """`llmforge serve` of a gguf artifact: llmforge's API over llama.cpp's logits. A lone greedy answer is llama.cpp's
     own token for token, echo log-probabilities are its prefill's, grammars apply, requests batch together, and a
     request whose prompt and max_tokens do not fit the KV cache beside the running ones waits for them."""
@@ -181,18 +200,14 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens,
     from test_serve import start_server
     from transformers import AutoTokenizer
 
-    out = quantize.run(tiny_model, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    out = f16
     tokenizer = AutoTokenizer.from_pretrained(out)
     prompt = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, logits_all=True, verbose=False,
                           n_threads=2)  # fmt: skip
     llm.eval(prompt)
     prefill = torch.from_numpy(llm.scores[: len(prompt) - 1]).float().log_softmax(-1)
-    expected = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        expected.append(token)
-        if len(expected) == 16:
-            break
+    expected = llama_greedy(llm, prompt, 16)
     llm.close()
 
     server = start_server(out, log_dir=tmp_path)
@@ -253,7 +268,7 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(tiny_model, tokens,
 
 
 @pytest.mark.slow
-def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(tiny_model, tokens, tmp_path):
+def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_path):
     """A finished request's sequence stays in llama.cpp's cache: the next prompt that starts with its tokens (the
     next turn of a conversation) takes it over and prefills only the new tokens, and answers as llama.cpp does from
     scratch; a request that asks for the prompt's log-probabilities computes its whole prompt."""
@@ -261,16 +276,12 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(tiny_mode
     from test_serve import start_server
     from transformers import AutoTokenizer
 
-    out = quantize.run(tiny_model, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    out = f16
     tokenizer = AutoTokenizer.from_pretrained(out)
     first = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
     second = first + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
-    expected = []
-    for token in llm.generate(second, temp=0.0, top_k=1, reset=True):
-        expected.append(token)
-        if len(expected) == 16:
-            break
+    expected = llama_greedy(llm, second, 16)
     llm.close()
 
     server = start_server(out, log_dir=tmp_path)
@@ -567,25 +578,20 @@ def test_a_sentencepiece_model_quantizes_with_its_tokenizer_model_and_serves(tmp
 
 
 @pytest.mark.slow
-def test_eval_scores_a_gguf_on_llama_cpp_beside_the_model_it_came_from(tiny_model, tokens, tmp_path):
+def test_eval_scores_a_gguf_on_llama_cpp_beside_the_model_it_came_from(tiny_model, f16, tmp_path):
     """`llmforge eval MODEL GGUF`: the GGUF (artifact or bare file) is scored by lm-eval's local-completions model
     against `llmforge serve` on llama.cpp, the model by the hf backend, in one report; the f16 file's
     log-likelihoods are the model's within f16 rounding, and the bare file (its tokenizer rebuilt) scores exactly
     as the artifact (its original tokenizer)."""
     from llmforge.stages import eval as eval_stage
 
-    out = quantize.run(tiny_model, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    out = f16
     models = [str(tiny_model), str(out), str(out / "model.gguf")]
     config = eval_stage.Config(tasks=["llmforge_arith_mc"], limit=8, log_samples=True, batch_size=4)
     report = eval_stage.run(models, tmp_path / "report", config)
     stats = manifest(report)["stats"]["models"]
     assert [stats[m]["backend"] for m in models] == ["hf", "llama.cpp", "llama.cpp"]
-
-    def loglikelihoods(number: int) -> list[float]:
-        rows = (report / "samples" / str(number) / "llmforge_arith_mc.jsonl").read_text().splitlines()
-        return [float(r[0]) for row in rows for r in json.loads(row)["filtered_resps"]]
-
-    hf, artifact, file = (loglikelihoods(n) for n in range(3))
+    hf, artifact, file = (sample_loglikelihoods(report, n) for n in range(3))
     assert len(hf) == len(artifact) == 32 and artifact == file
     assert max(abs(a - b) for a, b in zip(hf, artifact, strict=True)) < 5e-3  # measured: 6e-4
 
@@ -607,10 +613,6 @@ def test_eval_of_smollm2s_q4_1_file_agrees_with_transformers_on_its_dequantized_
     report = eval_stage.run(models, tmp_path / "report", config)
     stats = manifest(report)["stats"]["models"]
     assert stats[models[0]]["scores"] == stats[models[1]]["scores"]
-
-    def loglikelihoods(number: int) -> list[float]:
-        rows = (report / "samples" / str(number) / "llmforge_arith_mc.jsonl").read_text().splitlines()
-        return [float(r[0]) for row in rows for r in json.loads(row)["filtered_resps"]]
-
-    differences = [abs(a - b) for a, b in zip(loglikelihoods(0), loglikelihoods(1), strict=True)]
+    dequantized, on_llama_cpp = sample_loglikelihoods(report, 0), sample_loglikelihoods(report, 1)
+    differences = [abs(a - b) for a, b in zip(dequantized, on_llama_cpp, strict=True)]
     assert len(differences) == 32 and max(differences) < 0.6 and sum(differences) / 32 < 0.3

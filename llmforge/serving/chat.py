@@ -88,7 +88,7 @@ class LocalChat:
         log(f"loading {model}")
         loaded = build_engine(serving, max_batch_size=1)
         self.engine, self.tokenizer, self.defaults = loaded.engine, loaded.tokenizer, loaded.defaults
-        if self.model.chat_template is None and getattr(self.tokenizer, "chat_template", None) is None:
+        if not self.model.can_chat(self.tokenizer):
             raise InputError(f"{model}: no chat template (a base model?), which chat needs; `llmforge serve` it "
                              "and send text to /v1/completions, or train it to chat with `llmforge sft`")  # fmt: skip
         self.engine.start()

@@ -215,11 +215,13 @@ class GgufEngine(Engine):
         import torch
 
         for index, slot in enumerate(self._slots):
-            if index not in keep and not self.prefix_caching:
-                self._release(slot)
-            elif index not in keep:  # kept idle: its cells hold the prompt and the answer's tokens fed so far
+            if index in keep:
+                continue
+            if self.prefix_caching:  # kept idle: its cells hold the prompt and the answer's tokens fed so far
                 request = self._rows[index]
                 self._idle[slot] = (request.prompt_ids + request.output_ids)[: int(self._positions[index])]
+            else:
+                self._release(slot)
         index = torch.tensor(keep, dtype=torch.long)
         self._rows = [self._rows[i] for i in keep]
         self._slots = [self._slots[i] for i in keep]

@@ -59,7 +59,7 @@ def wants_usage(body: Params) -> bool:
 def chat_job(state: ServerState, body: ChatRequest) -> Job:
     """The conversation through the model's own chat template (with the tools, when the call may use them)."""
     target = served(state, body.model)
-    if target.chat_template is None and getattr(state.tokenizer, "chat_template", None) is None:
+    if not target.can_chat(state.tokenizer):
         raise APIError(400, "this model has no chat template (a base model?): send text to /v1/completions",
                        param="messages")  # fmt: skip
     messages = []

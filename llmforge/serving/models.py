@@ -35,6 +35,10 @@ class ServedModel:
         file = Path(self.source.path) / "chat_template.jinja"
         return file.read_text() if self.adapter is not None and file.is_file() else None
 
+    def can_chat(self, tokenizer) -> bool:
+        """Whether it has a chat template to render conversations with: its own, or its tokenizer's."""
+        return self.chat_template is not None or getattr(tokenizer, "chat_template", None) is not None
+
     def card(self) -> dict[str, Any]:
         """The /v1/models entry: OpenAI's fields plus where the model comes from."""
         entry = {"id": self.name, "object": "model", "created": 0, "owned_by": "llmforge",
