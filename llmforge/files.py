@@ -4,9 +4,12 @@ which names the bad line)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +62,33 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def cache_dir(kind: str) -> Path:
+    """Where llmforge keeps what it computes once per input (n-gram indexes, rebuilt tokenizers):
+    $LLMFORGE_CACHE/<kind>, by default ~/.cache/llmforge/<kind> (or $XDG_CACHE_HOME/llmforge/<kind>)."""
+    if os.environ.get("LLMFORGE_CACHE"):
+        return Path(os.environ["LLMFORGE_CACHE"]) / kind
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llmforge" / kind
+
+
 def canonical_hash(value: Any) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def publish_directory(staging: Path, final: Path) -> None:
+    """Move a finished build into a cache in one rename. Where another process got there first, theirs stays."""
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not final.exists():
+            raise
+        discard_directory(staging)
+
+
+def discard_directory(path: Path) -> None:
+    """Rename aside first, so no reader ever sees a half-deleted directory under its name."""
+    aside = path.with_name(f"{path.name}.discarded-{os.getpid()}-{time.monotonic_ns()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)

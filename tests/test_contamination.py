@@ -23,6 +23,7 @@ from llmforge.data.blocks import ngram_hashes
 from llmforge.evaluation import ngram_index
 from llmforge.evaluation.contamination import documents_source
 from llmforge.evaluation.ngram_index import HASHES, MANIFEST, Source, contains, training_index
+from llmforge.files import publish_directory
 
 
 @pytest.fixture(autouse=True)
@@ -178,7 +179,7 @@ def test_a_build_losing_the_race_keeps_the_published_index(tmp_path, cache):
     late = cache / f"{built}.building-1"
     late.mkdir()
     (late / HASHES).write_bytes(b"")
-    ngram_index._publish(late, cache / built)
+    publish_directory(late, cache / built)
     assert entries(cache) == [built] and (cache / built / MANIFEST).read_text() == before
     np.testing.assert_array_equal(index_of(docs), expected)
 

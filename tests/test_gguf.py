@@ -213,8 +213,8 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(f16, tmp_path):
     server = start_server(out, log_dir=tmp_path)
     try:
         listed = httpx.get(f"{server.url}/models").json()["data"]
-        assert [(m["id"], m["kind"], m["fingerprint"]) for m in listed] == [
-            ("f16", "gguf", manifest(out)["fingerprint"])
+        assert [(m["id"], m["kind"], m["fingerprint"], m["max_model_len"]) for m in listed] == [
+            ("f16", "gguf", manifest(out)["fingerprint"], 512)
         ]
         body = {"model": "f16", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
                 "echo": True, "logprobs": 0}  # fmt: skip
@@ -291,19 +291,21 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
             body = {"model": "f16", "prompt": prompt, "max_tokens": 16, "temperature": 0, "ignore_eos": True}
             return httpx.post(f"{server.url}/completions", json={**body, **extra}, timeout=120).json()
 
-        complete(first)
-        answer = complete(second)["choices"][0]["text"]
-        assert server.stats()["reused_prompt_tokens"] >= len(first)
+        assert complete(first)["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        done = complete(second)
+        answer, reused = done["choices"][0]["text"], server.stats()["reused_prompt_tokens"]
+        assert reused >= len(first) and done["usage"]["prompt_tokens_details"] == {"cached_tokens": reused}
         assert answer == tokenizer.decode(expected)
-        reused = server.stats()["reused_prompt_tokens"]
-        complete(second, echo=True, logprobs=0, max_tokens=1)
+        echoed = complete(second, echo=True, logprobs=0, max_tokens=1)
         assert server.stats()["reused_prompt_tokens"] == reused
+        assert echoed["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     finally:
         server.stop()
     server = start_server(out, "--no-prefix-caching", log_dir=tmp_path)  # every prompt computed whole
     try:
         complete(first)
-        assert complete(second)["choices"][0]["text"] == answer
+        done = complete(second)
+        assert done["choices"][0]["text"] == answer and "prompt_tokens_details" not in done["usage"]
         assert server.stats()["reused_prompt_tokens"] == 0
     finally:
         server.stop()
@@ -574,7 +576,45 @@ def test_a_sentencepiece_model_quantizes_with_its_tokenizer_model_and_serves(tmp
     finally:
         server.stop()
     assert done["usage"] == {"prompt_tokens": len(tokenizer(TRICKY[0])["input_ids"]), "completion_tokens": 4,
+                             "prompt_tokens_details": {"cached_tokens": 0},
                              "total_tokens": len(tokenizer(TRICKY[0])["input_ids"]) + 4}  # fmt: skip
+
+
+def test_a_gguf_files_rebuilt_tokenizer_is_cached_by_its_content(f16, tmp_path, monkeypatch):
+    """serve, chat and eval of a .gguf file rebuild its tokenizer at every start (seconds for a real vocabulary):
+    the rebuild is kept in $LLMFORGE_CACHE/gguf-tokenizers under the file's sha256, loaded from there after, set
+    aside and rebuilt when damaged, and simply rebuilt where the cache cannot be written."""
+    from llmforge.files import sha256_file
+    from llmforge.model import importing
+
+    file = f16 / "model.gguf"
+    fingerprint = sha256_file(file)
+    monkeypatch.setenv("LLMFORGE_CACHE", str(tmp_path / "cache"))
+    built, saved = importing.cached_gguf_tokenizer(file, fingerprint)
+    assert saved is not None and saved.parent == tmp_path / "cache" / "gguf-tokenizers"
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]  # nothing half-written beside it
+
+    def no_rebuild(_):
+        raise AssertionError("rebuilt although cached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(importing, "gguf_tokenizer", no_rebuild)
+        cached, again = importing.cached_gguf_tokenizer(file, fingerprint)
+    assert again == saved
+    for text in TRICKY:
+        assert cached(text)["input_ids"] == built(text)["input_ids"], text
+    assert cached.added_tokens_decoder == built.added_tokens_decoder
+
+    (saved / "tokenizer_config.json").write_text("{not json")
+    mended, again = importing.cached_gguf_tokenizer(file, fingerprint)
+    assert again == saved and mended(TRICKY[0])["input_ids"] == built(TRICKY[0])["input_ids"]
+    # another file (another sha256) is another entry
+    assert importing.cached_gguf_tokenizer(file, "0" * 64)[1] != saved
+
+    (tmp_path / "blocked").write_text("a file where the cache's folder would be")
+    monkeypatch.setenv("LLMFORGE_CACHE", str(tmp_path / "blocked"))
+    uncached, none = importing.cached_gguf_tokenizer(file, fingerprint)
+    assert none is None and uncached(TRICKY[0])["input_ids"] == built(TRICKY[0])["input_ids"]
 
 
 @pytest.mark.slow

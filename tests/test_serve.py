@@ -90,6 +90,11 @@ def test_models_health_fingerprint_and_api_key(server, client, tiny_model, adapt
     for name, path in (("first", adapters["first"]), ("tiny", tiny_model), ("second", adapters["second"])):
         assert cards[name].fingerprint == manifest(path)["fingerprint"] and cards[name].artifact == str(path)
         assert cards[name].owned_by == "llmforge"
+        # the context it runs with, as vLLM reports it (none given: the model's own)
+        assert (
+            cards[name].max_model_len
+            == json.loads((tiny_model / "config.json").read_text())["max_position_embeddings"]
+        )
     health = httpx.get(f"{server.root}/health")  # no key needed to check liveness
     assert health.status_code == 200
     assert health.headers["x-llmforge-fingerprint"] == manifest(adapters["first"])["fingerprint"]

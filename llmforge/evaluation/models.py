@@ -170,14 +170,13 @@ def vllm_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
     found = vllm_backend.runtime(explicit=True)
     refuse_cpu_lora(source, found)
     serving = serving_models.plan(source.path, None, {})
-    base = serving.base
-    length = config.max_length or vllm_backend.model_settings(base.path).get("max_position_embeddings")
     batch = config.batch_size if isinstance(config.batch_size, int) else 16
     server = ServeConfig(
-        port=0, dtype=config.dtype, max_model_len=length, max_batch_size=batch, log_level="warning"
+        port=0, dtype=config.dtype, max_model_len=config.max_length, max_batch_size=batch, log_level="warning"
     )
     with vllm_backend.running(serving, server, source.fingerprint, found) as (url, key):
         name, tokenizer = serving.models[0].name, tokenizer_dir(source)
+        length = served_context(url, key)
         arguments = completions_arguments(name, url, tokenizer, length, batch, config)
         with completions_lm(arguments, key) as lm:
             yield lm, {**arguments, "server": found.label}
@@ -199,17 +198,21 @@ def llama_cpp_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
     gguf.check_runtime()
     key = secrets.token_hex(16)
     batch = config.batch_size if isinstance(config.batch_size, int) else 16
-    length = config.max_length or gguf.context_length(gguf.model_file(source)) or 2048
     command = [sys.executable, "-m", "llmforge", "serve", str(source.path), "--backend", "llama.cpp", "--port", "0",
-               "--max-batch-size", str(batch), "--seq-len", str(length), "--set", "log_level=warning"]  # fmt: skip
+               "--max-batch-size", str(batch), "--set", "log_level=warning"]  # fmt: skip
+    if config.max_length:  # none: the server takes the context the model was trained for
+        command += ["--seq-len", str(config.max_length)]
     with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as scratch:
         tokenizer = source.path  # a gguf artifact keeps the original tokenizer beside model.gguf
-        # a .gguf file: lm-eval tokenizes with the tokenizer the server rebuilds from the file, saved
+        # a .gguf file: lm-eval tokenizes with the tokenizer the server rebuilds from the file (cached: the server
+        # then loads this rebuild)
         if source.artifact is None:
-            from llmforge.model.importing import gguf_tokenizer
+            from llmforge.model.importing import cached_gguf_tokenizer
 
-            gguf_tokenizer(Path(source.path)).save_pretrained(scratch)
-            tokenizer = scratch
+            rebuilt, saved = cached_gguf_tokenizer(Path(source.path), source.fingerprint)
+            if saved is None:
+                rebuilt.save_pretrained(scratch)
+            tokenizer = str(saved or scratch)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                    env={**os.environ, "LLMFORGE_API_KEY": key})  # fmt: skip
         try:
@@ -217,11 +220,22 @@ def llama_cpp_server_lm(source, config) -> Iterator[tuple[Any, dict[str, Any]]]:
             if not url.startswith("http"):
                 raise InputError(f"{source.path}: `llmforge serve` on llama.cpp did not start (exit code "
                                  f"{process.wait()}; its error is above)")  # fmt: skip
+            length = served_context(url, key)
             arguments = completions_arguments(default_name(source), url, tokenizer, length, batch, config)
             with completions_lm(arguments, key) as lm:
                 yield lm, {**arguments, "server": "llmforge serve (llama.cpp)"}
         finally:
             stop_server(process)
+
+
+def served_context(url: str, key: str) -> int:
+    """The context length an OpenAI-compatible server runs its model with: `max_model_len` in its /v1/models entry
+    (vLLM's field, which llmforge serve reports too)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/models", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return int(json.load(response)["data"][0]["max_model_len"])
 
 
 def completions_arguments(

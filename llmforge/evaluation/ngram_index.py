@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from llmforge.artifacts import canonical_hash, sha256_file
+from llmforge.files import cache_dir, discard_directory, publish_directory
 
 FORMAT = "llmforge.ngram-index/1"  # bump when what an index holds changes (text extraction, layout)
 HASHES, MANIFEST = "hashes.u64", "index.json"
@@ -62,10 +63,7 @@ class Source:
 
 
 def cache_root() -> Path:
-    if os.environ.get("LLMFORGE_CACHE"):
-        return Path(os.environ["LLMFORGE_CACHE"]) / "contamination"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llmforge" / "contamination"
+    return cache_dir("contamination")
 
 
 def index_key(source: Source, n: int, keep_numbers: bool) -> dict[str, Any]:
@@ -122,16 +120,16 @@ def _cached(root: Path, key: dict, source: Source, n: int, keep_numbers: bool, w
             return index
         if final.exists():
             warn(f"{final}: {problem}; not trusted, rebuilding it")
-            _discard(final)
+            discard_directory(final)
         for stale in root.glob(f"{digest}.building-*"):  # left by a build that died (we hold the lock)
-            _discard(stale)
+            discard_directory(stale)
         staging = root / f"{digest}.building-{os.getpid()}"
         try:
             _build(staging, key, source, n, keep_numbers, workers)
         except BaseException:  # bad input, a full disk, Ctrl-C: no half-built index stays behind
-            _discard(staging)
+            discard_directory(staging)
             raise
-        _publish(staging, final)
+        publish_directory(staging, final)
     index, problem = load(final, key)
     if index is None:
         raise RuntimeError(f"{final}: the n-gram index just built does not read back: {problem}")
@@ -334,24 +332,6 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Move a finished build into place. Where another build got there first (no working lock), theirs stays."""
-    try:
-        os.rename(staging, final)
-    except OSError:
-        if not final.exists():
-            raise
-        _discard(staging)
-
-
-def _discard(path: Path) -> None:
-    """Rename aside first, so no reader ever sees a half-deleted index under its key."""
-    aside = path.with_name(f"{path.name}.discarded-{os.getpid()}-{time.monotonic_ns()}")
-    with contextlib.suppress(FileNotFoundError):
-        os.rename(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _cpus() -> int:

@@ -48,16 +48,6 @@ def model_file(source) -> Path:
     return Path(source.path) / FILE_NAME if source.artifact is not None else Path(source.path)
 
 
-def context_length(file: Path) -> int | None:
-    """The context the model was trained for, from the GGUF's `ARCH.context_length` field (none if absent)."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(str(file)).fields
-    arch = fields.get("general.architecture")
-    found = fields.get(f"{bytes(arch.parts[-1]).decode()}.context_length") if arch is not None else None
-    return int(found.contents()) if found is not None else None
-
-
 def converter_dir() -> Path:
     """The llama.cpp checkout whose converter runs: LLAMA_CPP_DIR, else the environment's share/llama.cpp."""
     configured = os.environ.get("LLAMA_CPP_DIR")

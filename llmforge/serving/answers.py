@@ -118,7 +118,15 @@ def answers(job: Job, chat: bool, texts: TokenTexts) -> list[ChatAnswer | Comple
     return [CompletionAnswer(i, job, choice, texts) for i, choice in enumerate(job.choices)]
 
 
-def usage(job: Job, finals: list[Event]) -> dict[str, int]:
+def usage(job: Job, finals: list[Event], prefix_caching: bool = False) -> dict[str, Any]:
+    """OpenAI's usage; with prefix caching, also how many prompt tokens came from the cache (each distinct prompt
+    counted once, as in prompt_tokens: its first choice's)."""
     completion = sum(e.completion_tokens for e in finals)
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": job.prompt_tokens + completion}  # fmt: skip
+    found = {"prompt_tokens": job.prompt_tokens, "completion_tokens": completion,
+             "total_tokens": job.prompt_tokens + completion}  # fmt: skip
+    if prefix_caching:
+        cached: dict[tuple[int, ...], int] = {}
+        for choice, final in zip(job.choices, finals, strict=True):
+            cached.setdefault(tuple(choice.prompt_ids), final.cached_tokens)
+        found["prompt_tokens_details"] = {"cached_tokens": sum(cached.values())}
+    return found

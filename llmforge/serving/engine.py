@@ -73,6 +73,7 @@ class Event:
     finish_reason: str | None = None  # stop | length | cancelled | error
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens an engine with prefix caching did not compute again
     error: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on the first event; None for the first token
@@ -91,6 +92,7 @@ class GenerationRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # engine-side state
     output_ids: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
     text: str = ""
     sent: int = 0  # characters of `text` already delivered
     generator: Any = None
@@ -115,6 +117,7 @@ class Engine:
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.log_batches = log_batches
         self.is_peft = hasattr(model, "peft_config")
+        self.prefix_caching = False  # usage reports cached prompt tokens only for an engine that caches them
         # the logits' width
         self.vocab_size = vocab_size or model.get_output_embeddings().weight.shape[0]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -393,8 +396,8 @@ class Engine:
         self.stats["finished"] += 1
         self.stats["completion_tokens"] += len(request.output_ids)
         request.on_event(Event(finish_reason=reason, prompt_tokens=len(request.prompt_ids),
-                               completion_tokens=len(request.output_ids), logprobs=request.pending_logprobs,
-                               prompt_logprobs=request.prompt_logprobs))  # fmt: skip
+                               completion_tokens=len(request.output_ids), cached_tokens=request.cached_tokens,
+                               logprobs=request.pending_logprobs, prompt_logprobs=request.prompt_logprobs))  # fmt: skip
         request.pending_logprobs, request.prompt_logprobs = [], None
 
     def _finish_cancelled(self, request: GenerationRequest) -> None:

@@ -197,6 +197,7 @@ class GgufEngine(Engine):
             del self._idle[best]
             self.context.kv_cache_seq_rm(best, reused, -1)  # what followed the shared start
             self.stats["reused_prompt_tokens"] += reused
+            request.cached_tokens = reused
             return best, reused
         if not self._free_slots:
             self._forget(next(iter(self._idle)))
@@ -256,10 +257,9 @@ def build(
         generation = GenerationConfig.from_pretrained(directory) if has_settings else GenerationConfig()
         defaults, eos_ids = generation_defaults(generation, tokenizer.eos_token_id)
     else:  # a GGUF made elsewhere: no sampling defaults, and it stops where llama.cpp's own server would
-        from llmforge.model.importing import gguf_tokenizer
+        from llmforge.model.importing import cached_gguf_tokenizer
 
-        log(f"rebuilding the tokenizer from {file.name}'s vocabulary")
-        tokenizer = gguf_tokenizer(file)
+        tokenizer, _ = cached_gguf_tokenizer(file, source.fingerprint)
         defaults, eos_ids = generation_defaults(GenerationConfig())[0], None
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(1)  # torch only samples here: its idle threads would spin beside llama.cpp's

@@ -189,12 +189,17 @@ async def stats(state: State):
 
 @router.get("/v1/models")
 async def models(state: State):
-    return {"object": "list", "data": [m.card() for m in state.models.values()]}
+    return {"object": "list", "data": [card(m, state) for m in state.models.values()]}
 
 
 @router.get("/v1/models/{name:path}")
 async def model(name: str, state: State):
-    return served(state, name).card()
+    return card(served(state, name), state)
+
+
+def card(model: ServedModel, state: ServerState) -> dict[str, Any]:
+    """A /v1/models entry, with the context length the engine runs (vLLM's max_model_len: eval reads it)."""
+    return {**model.card(), "max_model_len": state.engine.max_model_len}
 
 
 @router.post("/v1/chat/completions")
@@ -240,7 +245,7 @@ async def answer(state: ServerState, request: Request, job: Job, chat: bool, str
     if any(b.final is None for b in built):  # the client disconnected
         return JSONResponse({}, status_code=499)
     body = {**job.meta, "object": kind, "choices": [b.choice() for b in built],
-            "usage": usage(job, [b.final for b in built])}  # fmt: skip
+            "usage": usage(job, [b.final for b in built], state.engine.prefix_caching)}  # fmt: skip
     return JSONResponse(body, headers=headers_for(job.target))
 
 
@@ -304,7 +309,12 @@ async def stream(state: ServerState, request: Request, job: Job, chat: bool) -> 
         for entry in built[index].feed(event):
             yield {**job.meta, "object": kind, "choices": [entry]}
     if job.include_usage:
-        yield {**job.meta, "object": kind, "choices": [], "usage": usage(job, [b.final for b in built])}
+        yield {
+            **job.meta,
+            "object": kind,
+            "choices": [],
+            "usage": usage(job, [b.final for b in built], state.engine.prefix_caching),
+        }
 
 
 def sse(chunks: AsyncIterator[dict[str, Any]], target: ServedModel) -> EventSourceResponse:
