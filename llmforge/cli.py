@@ -262,7 +262,7 @@ def defaults(stage: Annotated[str, typer.Argument(help="A stage name, e.g. dedup
 @app.command()
 @handle_errors
 def chat(
-    model: Annotated[str | None, typer.Argument(help="A model, adapter, quantized-model or gguf artifact, a Hugging Face directory or a .gguf file.")] = None,
+    model: Annotated[str | None, typer.Argument(help="A model, adapter, quantized-model or gguf artifact, a Hugging Face directory, a .gguf file, or a Hub id (org/name; org/name:TAG for a GGUF).")] = None,
     url: Annotated[str | None, typer.Option(help="Base URL of a running server instead, e.g. http://127.0.0.1:8000/v1.")] = None,
     served: Annotated[str | None, typer.Option("--model", help="With --url: the served model name (default: the first).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="LLMFORGE_API_KEY", help="With --url: the server's API key.")] = None,

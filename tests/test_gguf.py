@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
+from helpers import cli_env, documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
 from test_quantize import manifest, stdlib_prose
 
 from llmforge.errors import InputError
@@ -615,6 +615,113 @@ def test_a_gguf_files_rebuilt_tokenizer_is_cached_by_its_content(f16, tmp_path, 
     monkeypatch.setenv("LLMFORGE_CACHE", str(tmp_path / "blocked"))
     uncached, none = importing.cached_gguf_tokenizer(file, fingerprint)
     assert none is None and uncached(TRICKY[0])["input_ids"] == built(TRICKY[0])["input_ids"]
+
+
+def test_a_hub_repositorys_gguf_is_picked_by_its_type_as_llama_cpp_does():
+    from llmforge.model.hub_gguf import pick
+
+    names = ["README.md", "Qwen-Q4_K_M.gguf", "Qwen-Q4_K_S.gguf", "Qwen-Q8_0.gguf", "mmproj-Qwen-f16.gguf",
+             "Q6_K/Qwen-Q6_K-00001-of-00002.gguf", "Q6_K/Qwen-Q6_K-00002-of-00002.gguf"]  # fmt: skip
+    assert pick(names, "q8_0", "Org/Qwen-GGUF", "here") == ["Qwen-Q8_0.gguf"]  # any case
+    assert pick(names, None, "Org/Qwen-GGUF", "here") == ["Qwen-Q4_K_M.gguf"]  # llama.cpp's default
+    assert pick(names, "Q6_K", "Org/Qwen-GGUF", "here") == names[-2:]  # a split GGUF: every part
+    assert pick(["only.gguf", "mmproj-only-f16.gguf"], None, "Org/X", "here") == ["only.gguf"]
+    refusals = {
+        "Q4_K": r"^here: no GGUF file is Q4_K \(it has Qwen-Q4_K_M.gguf, Qwen-Q4_K_S.gguf, Qwen-Q8_0.gguf, "
+        r"Qwen-Q6_K-00001-of-00002.gguf\)$",  # a whole word: Q4_K is not Q4_K_M
+        None: r"^here: 2 GGUF files and none is Q4_K_M; name one as Org/X:TAG",
+        "Q8_0": r"^here: 2 GGUF files are Q8_0: a-Q8_0.gguf, b-Q8_0.gguf",
+    }
+    for tag, message in refusals.items():
+        with pytest.raises(InputError, match=message):
+            pick(names if tag == "Q4_K" else ["a-Q8_0.gguf", "b-Q8_0.gguf"], tag, "Org/X", "here")
+    with pytest.raises(InputError, match=r"^here: no .gguf file$"):
+        pick(["README.md", "config.json"], "Q8_0", "Org/X", "here")
+
+
+def hub_gguf_cache(root: Path, hub_id: str, files: dict[str, Path]) -> Path:
+    """A Hugging Face cache holding `files` (name in the repository: file) as `hub_id` at COMMIT, as `hf download`
+    lays them out (links from the snapshot into blobs/)."""
+    from test_import import COMMIT
+
+    repo = root / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    for name, file in files.items():
+        blob = repo / "blobs" / name.replace("/", "_")
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(file.read_bytes())
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    return snapshot
+
+
+def test_a_gguf_on_the_hub_serves_chats_and_imports_from_the_local_cache(f16, tmp_path, monkeypatch):
+    """`org/name:TAG` names a Hub repository's GGUF of that type, as llama.cpp's `-hf` does: offline from the local
+    Hugging Face cache, for chat and serve (llama.cpp), eval and import (which records the repository and commit);
+    the stages that load with transformers point to import, and a split GGUF needs all its parts."""
+    import huggingface_hub.constants
+    from test_import import COMMIT
+
+    from llmforge.artifacts import Artifact
+    from llmforge.files import sha256_file
+    from llmforge.model.loading import resolve_model
+    from llmforge.stages.import_model import run
+
+    cache = tmp_path / "hf"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("LLMFORGE_ONLINE", "0")
+    file = f16 / "model.gguf"
+    readme = tmp_path / "README.md"
+    readme.write_text("# Tiny GGUF\n")
+    hub_gguf_cache(cache, "Org/Tiny-GGUF", {"tiny-F16.gguf": file, "tiny-Q8_0.gguf": file,
+                                            "mmproj-tiny-f16.gguf": readme, "README.md": readme})  # fmt: skip
+    source = resolve_model("Org/Tiny-GGUF:F16", "serve", gguf=True)
+    assert (source.kind, Path(source.path).name, source.fingerprint) == (
+        "gguf",
+        "tiny-F16.gguf",
+        sha256_file(file),
+    )
+    refusals = {
+        (
+            "Org/Tiny-GGUF",
+            "serve",
+        ): r"Org/Tiny-GGUF@0123456789ab in the local Hugging Face cache: 2 GGUF files and "
+        r"none is Q4_K_M; name one as Org/Tiny-GGUF:TAG \(it has tiny-F16.gguf, tiny-Q8_0.gguf\)",
+        ("Org/Tiny-GGUF:F16", "sft"): r"^Org/Tiny-GGUF:F16: a GGUF on the Hub; sft loads models through "
+        r"transformers: .llmforge import Org/Tiny-GGUF:F16 -o DIR.",
+        ("Org/Tiny-GGUF", "sft"): r"^Org/Tiny-GGUF: a GGUF on the Hub; sft loads",
+        (
+            "Org/Other-GGUF:Q4_K_M",
+            "serve",
+        ): r"^Org/Other-GGUF:Q4_K_M: no copy in the local Hugging Face cache; "
+        r".hf download Org/Other-GGUF --include '\*Q4_K_M\*'.",
+    }
+    for (name, stage), message in refusals.items():
+        with pytest.raises(InputError, match=message):
+            resolve_model(name, stage, gguf=stage == "serve")
+    hub_gguf_cache(cache, "Org/Split-GGUF", {"m-Q8_0-00001-of-00002.gguf": file})
+    with pytest.raises(InputError, match=r"m-Q8_0-00002-of-00002.gguf missing \(a download cut short\?\)"):
+        resolve_model("Org/Split-GGUF:Q8_0", "serve", gguf=True)
+
+    env = {"HF_HUB_CACHE": str(cache)}
+    chat = subprocess.run([sys.executable, "-m", "llmforge", "chat", "Org/Tiny-GGUF:F16", "--max-tokens", "3",
+                           "--temperature", "0"], input="hello\n", capture_output=True, text=True,
+                          env=cli_env(env), timeout=300)  # fmt: skip
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    assert f"tiny-F16.gguf from the local Hugging Face cache's copy, commit {COMMIT[:12]}" in chat.stderr
+
+    from llmforge.stages import eval as eval_stage
+
+    config = eval_stage.Config(tasks=["llmforge_arith_mc"], limit=4, batch_size=4)
+    report = eval_stage.run(["Org/Tiny-GGUF:F16"], tmp_path / "report", config)
+    assert manifest(report)["stats"]["backend"] == "llama.cpp"
+
+    imported = Artifact.open(run("Org/Tiny-GGUF:Q8_0", tmp_path / "imported"))
+    [ref] = imported.manifest["inputs"]
+    assert (ref["fingerprint"], ref["commit"], ref["hub_id"]) == (sha256_file(file), COMMIT, "Org/Tiny-GGUF")
+    assert imported.extra["source"]["hub_id"] == "Org/Tiny-GGUF"
 
 
 @pytest.mark.slow

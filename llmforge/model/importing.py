@@ -1,8 +1,8 @@
 """Bring an external model into a standard Hugging Face directory, with what its manifest needs to trace it.
 
 Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one; transformers dequantizes
-it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded): offline from the local Hugging Face
-cache, online downloaded. A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its
+it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded; `org/name:TAG` a repository's GGUF,
+see hub_gguf.py): offline from the local Hugging Face cache, online downloaded. A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its
 Hub id and commit too. The output is a plain directory every library loads: config.json, safetensors, tokenizer
 files, chat template, generation config.
 
@@ -119,6 +119,10 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
             org, name, commit = cached.groups()
             return _directory_source(path, text, "hf-dir", hub_id=f"{org}/{name}", commit=commit)
         return _directory_source(path, text, "hf-dir")
+    from llmforge.model import hub_gguf
+
+    if not text.startswith((".", "/", "~")) and (found := hub_gguf.find(text, revision, allow_online)):
+        return _hub_gguf_source(found, text)
     if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
         raise InputError(f"{text}: no such file or directory")
     if not allow_online:
@@ -148,14 +152,14 @@ def _directory_source(
                   bytes=total, **hub)  # fmt: skip
 
 
-def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
-    """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
+def model_info(hub_id: str, revision: str | None):
+    """The Hub's record of a repository at `revision` (its commit, its files); errors in one line."""
     import httpx
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        info = HfApi().model_info(hub_id, revision=revision)
+        return HfApi().model_info(hub_id, revision=revision)
     except RepositoryNotFoundError:
         raise InputError(f"{hub_id}: no such model on the Hugging Face Hub (or it is private: log in with "
                          "`hf auth login`)") from None  # fmt: skip
@@ -165,8 +169,19 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
         raise InputError(f"{hub_id}: the Hub refused ({exc})") from None
     except (OSError, httpx.TransportError) as exc:  # no network, a proxy, HF_HUB_OFFLINE=1
         raise LLMForgeError(f"{hub_id}: cannot reach the Hugging Face Hub ({exc})") from None
+
+
+def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Source:
+    """Resolve `revision` to a commit, check for remote code, then download that commit's model files."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    info = model_info(hub_id, revision)
     commit = info.sha
     names = sorted(s.rfilename for s in info.siblings or [])
+    from llmforge.model import hub_gguf
+
+    if hub_gguf.is_gguf_repository(names):  # its only GGUF, or its Q4_K_M
+        return _hub_gguf_source(hub_gguf.download(hub_id, None, revision), hub_id)
     if "config.json" not in names:
         raise InputError(f"{hub_id}@{commit[:12]}: no config.json; not a transformers model repository")
     for name in ("config.json", "tokenizer_config.json"):  # read before any code or weights are fetched
@@ -191,6 +206,18 @@ def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code
     log(f"{hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else "") + ": the local Hugging Face "
         "cache's copy (offline)")  # fmt: skip
     return _hub_source(snapshot, hub_id, revision, commit, wanted)
+
+
+def _hub_gguf_source(found, description: str) -> Source:
+    """A GGUF file from a Hub repository: the file's source, recorded with the repository and commit."""
+    source = locate(found.file)
+    source.description, source.hub_id, source.revision, source.commit = (
+        description,
+        found.hub_id,
+        found.revision,
+        found.commit,
+    )
+    return source
 
 
 def _hub_source(directory: Path, hub_id: str, revision: str | None, commit: str, wanted: list[str]) -> Source:

@@ -125,6 +125,13 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
         raise InputError(f"{path}: a model must be a directory")
     if text.startswith((".", "/")) or text.count("/") != 1:
         raise InputError(f"{text}: no such model directory")
+    from llmforge.model import hub_gguf
+
+    if not gguf and hub_gguf.names_a_gguf(text):
+        raise InputError(f"{text}: a GGUF on the Hub; {stage} loads models through transformers: `llmforge import "
+                         f"{text} -o DIR` takes it as a model (dequantized)")  # fmt: skip
+    if gguf and (found := hub_gguf.find(text, online=os.environ.get("LLMFORGE_ONLINE") == "1")):
+        return ModelSource(path=str(found.file), kind="gguf", fingerprint=sha256_file(found.file))
     identity = f"hub:{text}"
     if os.environ.get("LLMFORGE_ONLINE") != "1":
         snapshot = cached_snapshot(text)

@@ -492,8 +492,8 @@ def command(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Model, adapter, quantized-model or gguf artifacts, Hugging Face directories or .gguf files (with --compare: eval "
-            "reports).",
+            help="Model, adapter, quantized-model or gguf artifacts, Hugging Face directories, .gguf files or Hub ids "
+            "(org/name:TAG for a GGUF) (with --compare: eval reports).",
             show_default=False,
         ),
     ] = None,

@@ -80,7 +80,7 @@ def command(
         str,
         typer.Argument(
             help="A Hugging Face model directory, a .gguf file (or a gguf artifact from quantize), or a Hub id "
-            "(org/name): cached, or with --online."
+            "(org/name; org/name:TAG picks the repository's GGUF of that type): cached, or with --online."
         ),
     ],
     output: Path,

@@ -181,7 +181,8 @@ def command(
     model: Annotated[
         str,
         typer.Argument(
-            help="A model, adapter, quantized-model or gguf artifact, a Hugging Face directory or a .gguf file."
+            help="A model, adapter, quantized-model or gguf artifact, a Hugging Face directory, a .gguf file, or a Hub "
+            "id (org/name; org/name:TAG for a repository's GGUF of that type, as llama.cpp's -hf)."
         ),
     ],
     config: Config,
