@@ -667,6 +667,7 @@ def test_a_gguf_on_the_hub_serves_chats_and_imports_from_the_local_cache(f16, tm
     from llmforge.artifacts import Artifact
     from llmforge.files import sha256_file
     from llmforge.model.loading import resolve_model
+    from llmforge.serving.models import default_name
     from llmforge.stages.import_model import run
 
     cache = tmp_path / "hf"
@@ -678,27 +679,20 @@ def test_a_gguf_on_the_hub_serves_chats_and_imports_from_the_local_cache(f16, tm
     hub_gguf_cache(cache, "Org/Tiny-GGUF", {"tiny-F16.gguf": file, "tiny-Q8_0.gguf": file,
                                             "mmproj-tiny-f16.gguf": readme, "README.md": readme})  # fmt: skip
     source = resolve_model("Org/Tiny-GGUF:F16", "serve", gguf=True)
-    assert (source.kind, Path(source.path).name, source.fingerprint) == (
-        "gguf",
-        "tiny-F16.gguf",
-        sha256_file(file),
-    )
-    refusals = {
-        (
-            "Org/Tiny-GGUF",
-            "serve",
-        ): r"Org/Tiny-GGUF@0123456789ab in the local Hugging Face cache: 2 GGUF files and "
-        r"none is Q4_K_M; name one as Org/Tiny-GGUF:TAG \(it has tiny-F16.gguf, tiny-Q8_0.gguf\)",
-        ("Org/Tiny-GGUF:F16", "sft"): r"^Org/Tiny-GGUF:F16: a GGUF on the Hub; sft loads models through "
-        r"transformers: .llmforge import Org/Tiny-GGUF:F16 -o DIR.",
-        ("Org/Tiny-GGUF", "sft"): r"^Org/Tiny-GGUF: a GGUF on the Hub; sft loads",
-        (
-            "Org/Other-GGUF:Q4_K_M",
-            "serve",
-        ): r"^Org/Other-GGUF:Q4_K_M: no copy in the local Hugging Face cache; "
-        r".hf download Org/Other-GGUF --include '\*Q4_K_M\*'.",
-    }
-    for (name, stage), message in refusals.items():
+    assert source.kind == "gguf" and source.fingerprint == sha256_file(file)
+    # served as the file's name (the name of the cache's link, not of its blob)
+    assert Path(source.path).name == "tiny-F16.gguf" and default_name(source) == "tiny-F16"
+    cached = "Org/Tiny-GGUF@0123456789ab in the local Hugging Face cache"
+    refusals = [
+        ("Org/Tiny-GGUF", "serve", rf"{cached}: 2 GGUF files and none is Q4_K_M; name one as Org/Tiny-GGUF:TAG "
+                                   r"\(it has tiny-F16.gguf, tiny-Q8_0.gguf\)"),
+        ("Org/Tiny-GGUF:F16", "sft", r"^Org/Tiny-GGUF:F16: a GGUF on the Hub; sft loads models through "
+                                     r"transformers: .llmforge import Org/Tiny-GGUF:F16 -o DIR."),
+        ("Org/Tiny-GGUF", "sft", r"^Org/Tiny-GGUF: a GGUF on the Hub; sft loads"),
+        ("Org/Other-GGUF:Q4_K_M", "serve", r"^Org/Other-GGUF:Q4_K_M: no copy in the local Hugging Face cache; "
+                                          r".hf download Org/Other-GGUF --include '\*Q4_K_M\*'."),
+    ]  # fmt: skip
+    for name, stage, message in refusals:
         with pytest.raises(InputError, match=message):
             resolve_model(name, stage, gguf=stage == "serve")
     hub_gguf_cache(cache, "Org/Split-GGUF", {"m-Q8_0-00001-of-00002.gguf": file})
@@ -722,6 +716,65 @@ def test_a_gguf_on_the_hub_serves_chats_and_imports_from_the_local_cache(f16, tm
     [ref] = imported.manifest["inputs"]
     assert (ref["fingerprint"], ref["commit"], ref["hub_id"]) == (sha256_file(file), COMMIT, "Org/Tiny-GGUF")
     assert imported.extra["source"]["hub_id"] == "Org/Tiny-GGUF"
+
+
+@pytest.mark.slow
+def test_a_split_gguf_serves_and_imports_as_the_whole_file(tiny_model, tokens, f16, tmp_path):
+    """A GGUF in parts (NAME-00001-of-00002.gguf..., as llama.cpp's converter writes it with --split-max-tensors):
+    served from its first part (llama.cpp loads the rest), it answers as the whole file does; imported, it gives the
+    whole file's weights (transformers reads one file, so the parts are merged first: before, the second part's
+    tensors were left at their random initialisation); its fingerprint covers every part; a later part, or a part
+    missing, is refused in one line."""
+    import httpx
+    from test_serve import start_server
+    from transformers import AutoTokenizer
+
+    from llmforge.files import sha256_file
+    from llmforge.model.loading import resolve_model
+    from llmforge.stages.import_model import run
+
+    split = tmp_path / "split"
+    split.mkdir()
+    converted = subprocess.run([sys.executable, "-m", "llmforge.model.gguf_converter", str(gguf.converter_dir()),
+                                str(tiny_model), "--outfile", str(split / "tiny-F16.gguf"), "--outtype", "f16",
+                                "--split-max-tensors", "20"], capture_output=True, text=True,
+                               env=cli_env({"LLMFORGE_GGUF_PRE": "qwen2"}))  # fmt: skip
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    first, second = sorted(split.glob("*.gguf"))
+    assert (first.name, second.name) == ("tiny-F16-00001-of-00002.gguf", "tiny-F16-00002-of-00002.gguf")
+    source = resolve_model(first, "serve", gguf=True)
+    assert source.kind == "gguf" and source.fingerprint not in (sha256_file(first), sha256_file(second))
+    with pytest.raises(
+        InputError, match=r"part 2 of 2 of a split GGUF; name its first part, tiny-F16-00001-of"
+    ):
+        resolve_model(second, "serve", gguf=True)
+    alone = tmp_path / "alone" / first.name
+    alone.parent.mkdir()
+    alone.write_bytes(first.read_bytes())
+    with pytest.raises(
+        InputError, match=r"a GGUF split in 2 parts, and tiny-F16-00002-of-00002.gguf is not beside"
+    ):
+        resolve_model(alone, "serve", gguf=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(f16)
+    prompt = tokenizer(" ".join(sentences(2, seed=5)))["input_ids"][:24]
+    llm = llama_cpp.Llama(str(f16 / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
+    expected = llama_greedy(llm, prompt, 12)
+    llm.close()
+    server = start_server(first, log_dir=tmp_path)
+    try:
+        answer = httpx.post(f"{server.url}/completions", timeout=120, json={
+            "model": "tiny-F16", "prompt": prompt, "max_tokens": 12, "temperature": 0,
+            "ignore_eos": True}).json()["choices"][0]["text"]  # fmt: skip
+    finally:
+        server.stop()
+    assert answer == tokenizer.decode(expected)
+
+    from safetensors.torch import load_file
+
+    parts = load_file(run(first, tmp_path / "from-parts") / "model.safetensors")
+    whole = load_file(run(f16 / "model.gguf", tmp_path / "from-whole") / "model.safetensors")
+    assert parts.keys() == whole.keys() and all(parts[k].equal(whole[k]) for k in whole)
 
 
 @pytest.mark.slow

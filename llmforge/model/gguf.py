@@ -41,11 +41,65 @@ TYPES = {
     "gguf-q4_k_m": GgufType("f16", "LLAMA_FTYPE_MOSTLY_Q4_K_M", 4, 256),
 }
 FILE_NAME = "model.gguf"
+# a GGUF split in parts (llama.cpp's gguf-split, the converter's --split-max-size): NAME-00001-of-00003.gguf, ...
+SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
 def model_file(source) -> Path:
     """The GGUF a model source names: a gguf artifact's model.gguf, or the .gguf file itself."""
     return Path(source.path) / FILE_NAME if source.artifact is not None else Path(source.path)
+
+
+def split_parts(file: Path) -> list[Path]:
+    """Every file of a split GGUF, given its first part (llama.cpp loads the rest from beside it); [file] for a
+    whole one. A later part, or a part missing, is refused in one line."""
+    found = SPLIT_PART.search(file.name)
+    if found is None:
+        return [file]
+    number, count, stem = int(found[1]), int(found[2]), file.name[: found.start()]
+    if number != 1:
+        raise InputError(f"{file}: part {number} of {count} of a split GGUF; name its first part, "
+                         f"{stem}-00001-of-{count:05d}.gguf")  # fmt: skip
+    parts = [file.with_name(f"{stem}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
+    missing = [p.name for p in parts if not p.is_file()]
+    if missing:
+        raise InputError(f"{file}: a GGUF split in {count} parts, and {', '.join(missing)} is not beside it")
+    return parts
+
+
+def fingerprint(file: Path) -> str:
+    """The content fingerprint of a GGUF: its sha256, or for a split one the hash of its parts' sha256s."""
+    from llmforge.files import canonical_hash, sha256_file
+
+    parts = split_parts(file)
+    return sha256_file(file) if len(parts) == 1 else canonical_hash([sha256_file(p) for p in parts])
+
+
+def merge_parts(file: Path, out: Path) -> None:
+    """A split GGUF written as one file, by gguf-py (what `llama-gguf-split --merge` does): transformers reads only
+    the file it is given, and would leave the tensors of the other parts at their random initialisation."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    readers = [GGUFReader(str(part)) for part in split_parts(file)]
+    first = readers[0].fields
+    writer = GGUFWriter(str(out), first["general.architecture"].contents())
+    for field in first.values():  # the architecture and the GGUF.* fields the writer writes itself
+        if field.name == "general.architecture" or field.name.startswith(("GGUF.", "split.")):
+            continue
+        kind = field.types[0]
+        writer.add_key_value(field.name, field.contents(), kind,
+                             sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)  # fmt: skip
+    for reader in readers:
+        for tensor in reader.tensors:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                   tensor.tensor_type)  # fmt: skip
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for reader in readers:
+        for tensor in reader.tensors:
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+    writer.close()
 
 
 def converter_dir() -> Path:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmforge.errors import InputError
+from llmforge.model.gguf import SPLIT_PART
 
 REFERENCE = re.compile(r"^(?P<hub_id>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<tag>[\w.-]+)$")
-SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 DEFAULT_TAG = "Q4_K_M"
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from llmforge.artifacts import MANIFEST, Artifact, InputRef, sha256_file
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError
+from llmforge.model import gguf
 from llmforge.model.gguf import FILE_NAME as GGUF_FILE
 
 Dtype = Literal["source", "bf16", "fp32"]
@@ -93,11 +95,12 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
             raise InputError(f"{path}: a model file must be .gguf; other models are Hugging Face directories")
         if revision:
             raise InputError(f"--revision {revision}: only for Hub ids; {path} is a local file")
+        parts = gguf.split_parts(path)
         metadata = gguf_metadata(path)
         hub_id = metadata.get("source.huggingface.repository") or metadata.get("base_model.0.repo_url")
         hub_id = str(hub_id).removeprefix("https://huggingface.co/") if hub_id else None
-        return Source(description=text, kind="gguf", path=path, fingerprint=sha256_file(path), files=1,
-                      bytes=path.stat().st_size, hub_id=hub_id, metadata=metadata)  # fmt: skip
+        return Source(description=text, kind="gguf", path=path, fingerprint=gguf.fingerprint(path), files=len(parts),
+                      bytes=sum(p.stat().st_size for p in parts), hub_id=hub_id, metadata=metadata)  # fmt: skip
     if path.is_dir():
         if revision:
             raise InputError(f"--revision {revision}: only for Hub ids; {path} is a local directory")
@@ -109,7 +112,8 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
                 return source
             raise InputError(f"{path}: already an llmforge artifact; every stage takes it as it is")
         if not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
+            ggufs = [g for g in sorted(path.glob("*.gguf")) if not gguf.SPLIT_PART.search(g.name)
+                     or gguf.SPLIT_PART.search(g.name)[1] == "00001"]  # fmt: skip
             if len(ggufs) == 1:
                 return locate(ggufs[0])
             found = f"{len(ggufs)} .gguf files; name one" if ggufs else "no config.json and no .gguf file"
@@ -326,8 +330,13 @@ def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     else:
         tokenizer = gguf_tokenizer(file)
-    with _transformers_reads(file):
-        model = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name)
+    with _transformers_reads(file), tempfile.TemporaryDirectory(prefix="llmforge-gguf-") as scratch:
+        whole = file
+        if len(gguf.split_parts(file)) > 1:  # transformers reads one file: the parts merged first
+            whole = Path(scratch) / "merged.gguf"
+            log(f"merging {file.name}'s {len(gguf.split_parts(file))} parts into one file for transformers")
+            gguf.merge_parts(file, whole)
+        model = AutoModelForCausalLM.from_pretrained(whole.parent, gguf_file=whole.name)
     if tokenizer_dir is None:  # GGUF does not carry it; transformers' default warns on long texts
         context = getattr(model.config, "max_position_embeddings", None)
         tokenizer.model_max_length = context or tokenizer.model_max_length

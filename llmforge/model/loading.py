@@ -118,7 +118,9 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
     if path.is_file() and path.suffix == ".gguf":
         # a GGUF made elsewhere (llama.cpp's tools, a Hub download): serve rebuilds its tokenizer from it
         if gguf:
-            return ModelSource(path=str(path), kind="gguf", fingerprint=sha256_file(path))
+            from llmforge.model.gguf import fingerprint
+
+            return ModelSource(path=str(path), kind="gguf", fingerprint=fingerprint(path))
         raise InputError(f"{path}: a GGUF file; {stage} loads models through transformers: `llmforge import {path} "
                          "-o DIR` takes it back as a model (dequantized)")  # fmt: skip
     if path.exists():
@@ -131,7 +133,9 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
         raise InputError(f"{text}: a GGUF on the Hub; {stage} loads models through transformers: `llmforge import "
                          f"{text} -o DIR` takes it as a model (dequantized)")  # fmt: skip
     if gguf and (found := hub_gguf.find(text, online=os.environ.get("LLMFORGE_ONLINE") == "1")):
-        return ModelSource(path=str(found.file), kind="gguf", fingerprint=sha256_file(found.file))
+        from llmforge.model.gguf import fingerprint
+
+        return ModelSource(path=str(found.file), kind="gguf", fingerprint=fingerprint(found.file))
     identity = f"hub:{text}"
     if os.environ.get("LLMFORGE_ONLINE") != "1":
         snapshot = cached_snapshot(text)

@@ -68,8 +68,14 @@ class ServingPlan:
 def default_name(source: ModelSource) -> str:
     if source.kind == "hub":
         return source.path
-    path = Path(source.path).resolve()
-    return path.stem if path.is_file() else path.name  # a .gguf file: its name without the suffix
+    path = Path(source.path)
+    if (
+        path.is_file()
+    ):  # a .gguf file (a Hub cache's link to a blob: the link's name): without .gguf or -00001-of-N
+        from llmforge.model.gguf import SPLIT_PART
+
+        return SPLIT_PART.sub("", path.name).removesuffix(".gguf")
+    return path.resolve().name
 
 
 def parse_adapters(specs: list[str]) -> dict[str, str]:
