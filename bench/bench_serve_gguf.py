@@ -18,8 +18,12 @@ plain side gets the same token ids.
   the whole conversation so far (fixed assistant replies, so both sides get the same prompts); time to the first
   token of each turn for `llmforge serve` (prefix caching on, and off) and for llama-cpp-python's
   `create_chat_completion` on one `Llama`, which reuses the tokens its last prompt shares with the next.
+- n choices: one completion request for `--choices` samples of a long prompt (about 1,200 tokens), wall time, for
+  `llmforge serve` (the choices share the prompt's cells, and without prefix caching, each computing it) and for
+  llama-cpp-python sampling the choices in turn on one `Llama`, which computes the prompt for the first and reuses it.
 
     .venv/bin/python bench/bench_serve_gguf.py [--model DIR] [--method gguf-q8_0] [--requests 32] [--max-tokens 64]
+                                               [--parts throughput,conversation,choices]
 """
 
 from __future__ import annotations
@@ -86,7 +90,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--choices", type=int, default=4)
+    parser.add_argument("--parts", default="throughput,conversation,choices")
     args = parser.parse_args()
+    parts = args.parts.split(",")
     from transformers import AutoTokenizer
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-gguf-"))
@@ -102,7 +109,15 @@ def main() -> None:
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     print(f"model: {model} -> {args.method}; {args.requests} requests x {args.max_tokens} tokens, greedy, "
           f"prompts of {min(map(len, ids))}-{max(map(len, ids))} tokens\n")  # fmt: skip
+    if "throughput" in parts:
+        throughput(model, out, prompts, ids, args)
+    if "conversation" in parts:
+        conversation(out, args.turns)
+    if "choices" in parts:
+        choices(out, args.choices, args.max_tokens)
 
+
+def throughput(model: Path, out: Path, prompts: list[str], ids: list[list[int]], args) -> None:
     first, whole = plain_service_times(out / "model.gguf", ids, args.max_tokens)
     plain = {c: queue_in_front(first, whole, c, args.max_tokens) for c in CONCURRENCY}
     gguf = served(out, out.name, prompts, args.max_tokens, "--no-prefix-caching")
@@ -119,20 +134,78 @@ def main() -> None:
             print(f"| {c} | {name} | {r['tokens_per_s']:.0f} | {r['ttft_p50']:.3f} / {r['ttft_p95']:.3f} | "
                   f"{r['latency_p50']:.2f} / {r['latency_p95']:.2f} | "
                   f"{r['tokens_per_s'] / plain[c]['tokens_per_s']:.2f}x |")  # fmt: skip
-    conversation(out, args.turns)
+
+
+def long_text() -> str:
+    """About 1,200 tokens (SmolLM2's tokenizer) of standard library docstrings."""
+    import inspect
+
+    modules = [__import__(name) for name in ("argparse", "logging", "csv")]
+    return "\n\n".join(inspect.getdoc(m) or "" for m in modules)[:6000]
+
+
+def choices(out: Path, n: int, max_tokens: int, repeats: int = 3) -> None:
+    """Wall time of n sampled answers to one long prompt: one request with `n`, against llama-cpp-python sampling
+    them in turn, computing the prompt once."""
+    import httpx
+    import llama_cpp
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    # a different first word each time, so that no run reuses the previous run's prompt
+    prompts = [tokenizer(f"[{k}] {long_text()}")["input_ids"] for k in range(repeats)]
+    results = {}
+    for label, flags in (("on", ()), ("off", ("--no-prefix-caching",))):
+        process, url = start(out, *flags)
+        try:
+            results[label] = []
+            for k, ids in enumerate(prompts):
+                body = {"model": out.name, "prompt": ids, "n": n, "max_tokens": max_tokens, "temperature": 1.0,
+                        "seed": k, "ignore_eos": True}  # fmt: skip
+                begin = time.perf_counter()
+                answer = httpx.post(f"{url}/completions", json=body, timeout=None).json()
+                assert len(answer["choices"]) == n, answer
+                results[label].append(time.perf_counter() - begin)
+        finally:
+            process.terminate()
+            process.wait()
+    llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=4096, flash_attn=True, verbose=False,
+                          n_threads=torch.get_num_threads())  # fmt: skip
+    plain = []
+    try:
+        for k, ids in enumerate(prompts):
+            begin = time.perf_counter()
+            llm.reset()
+            for choice in range(
+                n
+            ):  # generate reuses the tokens its last input shares with this one: the prompt
+                llm.set_seed(k * n + choice)
+                for made, _ in enumerate(llm.generate(ids, temp=1.0, reset=True), start=1):
+                    if made == max_tokens:
+                        break
+            plain.append(time.perf_counter() - begin)
+    finally:
+        llm.close()
+    print(f"\n| {n} choices of a {len(prompts[0]):,}-token prompt, {max_tokens} tokens each | wall time (s) | "
+          "vs plain |")  # fmt: skip
+    print("|---|---|---|")
+    for label, times in (("llmforge serve, one request with n (shared prompt)", results["on"]),
+                         ("llmforge serve --no-prefix-caching (each choice computes it)", results["off"]),
+                         ("plain llama-cpp-python: the prompt once, the choices in turn", plain)):  # fmt: skip
+        spread = " / ".join(f"{t:.2f}" for t in times)
+        print(f"| {label} | {spread} | {sum(plain) / sum(times):.2f}x |")
 
 
 def conversation(out: Path, turns: int) -> None:
     """Time to the first token, turn by turn, of a conversation whose every prompt extends the one before."""
-    import inspect
     import json
 
     import httpx
     import llama_cpp
     import torch
 
-    modules = [__import__(name) for name in ("argparse", "logging", "csv")]
-    system = "\n\n".join(inspect.getdoc(m) or "" for m in modules)[:6000]
+    system = long_text()
     questions = [f"Question {i + 1}: which module does paragraph {i + 1} describe?" for i in range(turns)]
 
     def conversations():  # the messages of each turn, with fixed assistant replies in between

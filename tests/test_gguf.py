@@ -280,6 +280,7 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
     tokenizer = AutoTokenizer.from_pretrained(out)
     first = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
     second = first + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
+    fresh = tokenizer(" ".join(sentences(2, seed=8)))["input_ids"][:30]
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
     expected = llama_greedy(llm, second, 16)
     llm.close()
@@ -299,6 +300,10 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
         echoed = complete(second, echo=True, logprobs=0, max_tokens=1)
         assert server.stats()["reused_prompt_tokens"] == reused
         assert echoed["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        # n choices of a new prompt: computed once, the other two share its cells
+        choices = complete(fresh, n=3, seed=5, temperature=1.0)
+        assert server.stats()["reused_prompt_tokens"] == reused + 2 * len(fresh)
+        assert choices["usage"]["prompt_tokens"] == len(fresh)
     finally:
         server.stop()
     server = start_server(out, "--no-prefix-caching", log_dir=tmp_path)  # every prompt computed whole
@@ -306,6 +311,9 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
         complete(first)
         done = complete(second)
         assert done["choices"][0]["text"] == answer and "prompt_tokens_details" not in done["usage"]
+        alone = complete(fresh, n=3, seed=5, temperature=1.0)
+        texts = [c["text"] for c in choices["choices"]]
+        assert [c["text"] for c in alone["choices"]] == texts and len(set(texts)) > 1  # sampled apart
         assert server.stats()["reused_prompt_tokens"] == 0
     finally:
         server.stop()

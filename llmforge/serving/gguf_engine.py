@@ -117,13 +117,25 @@ class GgufEngine(Engine):
         running batch; return each prompt's last logits."""
         import torch
 
-        slots, reused = zip(*(self._take_slot(request) for request in requests), strict=True)
+        # a prompt that comes several times at once (n choices) is computed once: the others share its cells
+        leaders: dict[tuple[int, ...], int] = {}
+        follows: list[int | None] = [None] * len(requests)
+        for i, request in enumerate(requests):
+            if self.prefix_caching and request.params.prompt_logprobs is None:
+                key = tuple(request.prompt_ids)
+                if key in leaders:
+                    follows[i] = leaders[key]
+                else:
+                    leaders[key] = i
+        taken = [self._take_slot(request, reuse=follows[i] is None) for i, request in enumerate(requests)]
+        slots, reused = zip(*taken, strict=True)
         last: list = [None] * len(requests)
         for request in requests:
             if request.params.prompt_logprobs is not None:
                 request.prompt_logprobs = [None]
         # (request, position) for every prompt token not in the cache yet, in order: a chunk may end inside a prompt
-        work = [(i, pos) for i, r in enumerate(requests) for pos in range(reused[i], len(r.prompt_ids))]
+        work = [(i, pos) for i, r in enumerate(requests) if follows[i] is None
+                for pos in range(reused[i], len(r.prompt_ids))]  # fmt: skip
         try:
             for start in range(0, len(work), PREFILL_CHUNK):
                 chunk = work[start : start + PREFILL_CHUNK]
@@ -147,6 +159,11 @@ class GgufEngine(Engine):
                         request.prompt_logprobs.append(
                             _logprob(scores, request.prompt_ids[pos + 1], request.params.prompt_logprobs)
                         )
+            for i, leader in enumerate(follows):
+                if leader is not None:  # the leader's cells, shared (one KV cache for all sequences)
+                    self.context.kv_cache_seq_cp(slots[leader], slots[i], 0, -1)
+                    last[i], requests[i].cached_tokens = last[leader], len(requests[i].prompt_ids)
+                    self.stats["reused_prompt_tokens"] += len(requests[i].prompt_ids)
         except BaseException:
             for slot in slots:
                 self._release(slot)
@@ -183,12 +200,12 @@ class GgufEngine(Engine):
         return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(rows, self.vocab_size)).copy())
 
     # -- batch bookkeeping ----------------------------------------------------------------------------------
-    def _take_slot(self, request: GenerationRequest) -> tuple[int, int]:
+    def _take_slot(self, request: GenerationRequest, reuse: bool = True) -> tuple[int, int]:
         """A sequence id for a newcomer and how many of its prompt tokens it already holds: the idle sequence
         sharing the longest start with the prompt (all but its last token, whose logits are needed), else a free
-        id, else the least recently used idle one's."""
+        id, else the least recently used idle one's. `reuse` False: an empty sequence."""
         prompt, best, reused = request.prompt_ids, None, 0
-        if request.params.prompt_logprobs is None:
+        if reuse and request.params.prompt_logprobs is None:
             for slot, held in self._idle.items():
                 shared = shared_start(held, prompt[:-1])
                 if shared > reused:
