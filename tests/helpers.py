@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from llmforge.artifacts import InputRef, run_stage
@@ -356,3 +357,62 @@ def write_fasttext_model(path: Path, words_by_label: dict[str, list[str]]) -> Pa
         output = np.eye(len(labels), dim, dtype=np.float32) * 8
         f.write(struct.pack("<?", False) + struct.pack("<qq", *output.shape) + output.tobytes())
     return path
+
+
+@contextmanager
+def fake_hub(repos: dict[str, dict[str, bytes]], commit: str):
+    """An HTTP server answering as the Hugging Face Hub does for what huggingface_hub asks when it downloads (a
+    repository's record, a file's HEAD and GET at a commit); yields (endpoint, the paths asked for)."""
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import unquote
+
+    asked: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *_):
+            pass
+
+        def answer(self, body: bytes, headers: dict[str, str], send_body: bool) -> None:
+            self.send_response(200)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def serve(self, send_body: bool) -> None:
+            path = unquote(self.path.split("?")[0])
+            asked.append(f"{self.command} {path}")
+            for repo, files in repos.items():
+                listing = None
+                if path == f"/api/models/{repo}" or path.startswith(f"/api/models/{repo}/revision/"):
+                    listing = {"id": repo, "sha": commit, "siblings": [{"rfilename": n} for n in files]}
+                if path.startswith(f"/api/models/{repo}/tree/"):  # the file listing snapshot_download reads
+                    listing = [{"type": "file", "path": n, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                               for n, d in files.items()]  # fmt: skip
+                if listing is not None:
+                    return self.answer(
+                        json.dumps(listing).encode(), {"Content-Type": "application/json"}, send_body
+                    )
+                for name, data in files.items():
+                    if path in (f"/{repo}/resolve/{commit}/{name}", f"/{repo}/resolve/main/{name}"):
+                        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+                        return self.answer(data, {"X-Repo-Commit": commit, "ETag": etag}, send_body)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.end_headers()
+
+        def do_GET(self):
+            self.serve(True)
+
+        def do_HEAD(self):
+            self.serve(False)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()

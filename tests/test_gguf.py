@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli_env, documents_artifact, llmforge, sentences, stats_mismatches, tokens_artifact
+from helpers import (
+    cli_env,
+    documents_artifact,
+    fake_hub,
+    llmforge,
+    sentences,
+    stats_mismatches,
+    tokens_artifact,
+)
 from test_quantize import manifest, stdlib_prose
 
 from llmforge.errors import InputError
@@ -724,6 +732,31 @@ def test_a_gguf_on_the_hub_serves_chats_and_imports_from_the_local_cache(f16, tm
     [ref] = imported.manifest["inputs"]
     assert (ref["fingerprint"], ref["commit"], ref["hub_id"]) == (sha256_file(file), COMMIT, "Org/Tiny-GGUF")
     assert imported.extra["source"]["hub_id"] == "Org/Tiny-GGUF"
+
+
+def test_online_only_the_gguf_of_the_type_asked_for_is_downloaded(f16, tmp_path):
+    """`llmforge --online import org/name:TAG` asks the Hub for the repository's files, downloads the one GGUF of
+    that type (not the others, nor the vision projector) into the Hugging Face cache, and records the commit; a
+    second, offline run finds it there."""
+    from test_import import COMMIT
+
+    data = (f16 / "model.gguf").read_bytes()
+    files = {"tiny-F16.gguf": data, "tiny-Q8_0.gguf": b"other bytes", "mmproj-tiny-f16.gguf": b"a projector",
+             "README.md": b"# Tiny"}  # fmt: skip
+    cache = tmp_path / "hf"
+    with fake_hub({"Org/Tiny-GGUF": files}, COMMIT) as (endpoint, asked):
+        env = {"HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}
+        out = llmforge("--online", "import", "Org/Tiny-GGUF:F16", "-o", tmp_path / "imported", env=env)
+    downloads = sorted({a.split("/")[-1] for a in asked if a.startswith("GET /Org/Tiny-GGUF/resolve/")})
+    assert downloads == ["tiny-F16.gguf"], asked
+    [ref] = json.loads((tmp_path / "imported" / "artifact.json").read_text())["inputs"]
+    assert (ref["hub_id"], ref["commit"]) == ("Org/Tiny-GGUF", COMMIT), out.stderr
+    cached = cache / "models--Org--Tiny-GGUF" / "snapshots" / COMMIT / "tiny-F16.gguf"
+    assert cached.read_bytes() == data
+    again = llmforge(
+        "import", "Org/Tiny-GGUF:F16", "-o", tmp_path / "offline", env={"HF_HUB_CACHE": str(cache)}
+    )
+    assert "from the local Hugging Face cache's copy" in again.stderr
 
 
 @pytest.mark.slow

@@ -160,6 +160,30 @@ def test_a_hub_id_in_the_local_cache_imports_offline_with_its_commit(tiny_model,
         run("Org/Partial", tmp_path / "partial")
 
 
+def test_online_a_hub_id_downloads_its_model_files_and_later_runs_find_them_offline(tiny_model, tmp_path):
+    """`llmforge --online import org/name`: the Hub resolves main to a commit, only the model's files come down (not
+    the other copies a repository carries), the commit is recorded, and the cache names main as `hf download` does,
+    so the same id works offline after."""
+    from helpers import fake_hub
+
+    names = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+             "chat_template.jinja"]  # fmt: skip
+    files = {name: (tiny_model / name).read_bytes() for name in names}
+    files["original/consolidated.pth"] = b"another copy of the weights"
+    cache = tmp_path / "hf"
+    with fake_hub({"Org/Tiny": files}, COMMIT) as (endpoint, asked):
+        env = {"HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0"}
+        llmforge("--online", "import", "Org/Tiny", "-o", tmp_path / "online", env=env)
+    downloaded = {a.split(f"/resolve/{COMMIT}/")[-1] for a in asked if a.startswith("GET /Org/Tiny/resolve/")}
+    assert downloaded == set(names), asked
+    [ref] = Artifact.open(tmp_path / "online").manifest["inputs"]
+    assert (ref["path"], ref["commit"]) == ("Org/Tiny", COMMIT)
+    assert (cache / "models--Org--Tiny" / "refs" / "main").read_text() == COMMIT
+    offline = Artifact.open(Path(llmforge("import", "Org/Tiny", "-o", tmp_path / "offline",
+                                          env={"HF_HUB_CACHE": str(cache)}).stdout.strip()))  # fmt: skip
+    assert offline.manifest["inputs"][0]["fingerprint"] == ref["fingerprint"]
+
+
 def test_every_stage_takes_a_cached_hub_id_offline(tiny_model, tmp_path):
     cache = tmp_path / "hf"
     hub_cache(cache, "Org/Tiny", tiny_model)

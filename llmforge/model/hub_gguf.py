@@ -120,14 +120,14 @@ def download(hub_id: str, tag: str | None, revision: str | None) -> HubGGUF:
     from huggingface_hub import hf_hub_download
 
     from llmforge.console import log
-    from llmforge.model.importing import model_info
+    from llmforge.model.importing import check_downloaded, model_info
 
     info = model_info(hub_id, revision)
     names = sorted(s.rfilename for s in info.siblings or [])
     wanted = pick(names, tag, hub_id, f"{hub_id}@{info.sha[:12]}")
     log(f"downloading {', '.join(wanted)} from {hub_id} at commit {info.sha[:12]}")
-    paths = [Path(hf_hub_download(hub_id, name, revision=info.sha)) for name in wanted]
-    return HubGGUF(paths[0], hub_id, wanted[0], info.sha, revision)
+    paths = [Path(hf_hub_download(hub_id, name, revision=revision or "main")) for name in wanted]
+    return HubGGUF(check_downloaded(paths[0], hub_id, info.sha), hub_id, wanted[0], info.sha, revision)
 
 
 def _models(names: list[str]) -> list[str]:

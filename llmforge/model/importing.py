@@ -194,8 +194,17 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
     check_remote_code(config_dir, trust_remote_code, hub_id)
     wanted = _model_files(names, f"{hub_id}@{commit[:12]}", trust_remote_code)
     log(f"downloading {hub_id} at commit {commit[:12]}" + (f" ({revision})" if revision else ""))
-    directory = Path(snapshot_download(hub_id, revision=commit, allow_patterns=wanted))
-    return _hub_source(directory, hub_id, revision, commit, wanted)
+    directory = Path(snapshot_download(hub_id, revision=revision or "main", allow_patterns=wanted))
+    return _hub_source(check_downloaded(directory, hub_id, commit), hub_id, revision, commit, wanted)
+
+
+def check_downloaded(path: Path, hub_id: str, commit: str) -> Path:
+    """Downloads name the revision, not the commit it resolved to, so that the cache records the name (refs/main,
+    as `hf download` does) and later offline runs find the copy by it; the files must still be that commit's."""
+    if f"/snapshots/{commit}/" not in f"{path.as_posix()}/":
+        raise LLMForgeError(f"{hub_id}: the repository moved past commit {commit[:12]} during the download; run "
+                            "the command again")  # fmt: skip
+    return path
 
 
 def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code: bool) -> Source:

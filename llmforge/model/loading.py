@@ -163,14 +163,22 @@ def _gguf_source(artifact: Artifact, stage: str) -> ModelSource:
 
 def cached_snapshot(hub_id: str, revision: str | None = None) -> Path | None:
     """The local Hugging Face cache's copy of `hub_id` at `revision` (a branch or tag it has seen, or a full
-    commit; none: main), or None; transformers loads it offline from there."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    commit; none: main), or None; transformers loads it offline from there. Read from the cache's layout
+    (models--ORG--NAME/refs/REVISION naming snapshots/COMMIT) rather than by snapshot_download, which refuses a
+    snapshot its cached file listing says is partial, as every `hf download --include ...` leaves it; what a stage
+    needs from it is checked by the stage."""
+    import re
 
-    try:
-        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, ValueError):  # not cached; not a valid repository id
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=hub_id, repo_type="model")
+    ref = storage / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    if commit is None or not re.fullmatch(r"[0-9a-f]{40}", commit):
         return None
+    snapshot = storage / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
 
 
 def check_model_files(path: Path, adapter: bool) -> None:
