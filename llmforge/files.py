@@ -71,6 +71,37 @@ def cache_dir(kind: str) -> Path:
     return Path(base) / "llmforge" / kind
 
 
+# files smaller than this are hashed every time: remembering them saves nothing
+REMEMBER_HASHES_FROM = 64 * 2**20
+# a file written this recently is not remembered: a second write within the filesystem's timestamp granularity
+# could leave the same times behind ("racy git")
+SETTLED_NS = 2 * 10**9
+
+
+def model_file_sha256(path: Path) -> str:
+    """sha256_file of a model file a stage fingerprints at every start (a plain HF directory's weights, a .gguf
+    file): remembered in $LLMFORGE_CACHE/sha256 under the file's path, size, inode and modification and change
+    times, since hashing 15 GB takes 20 s. Any write to the file changes its change time, so a changed file is
+    hashed again; a file written in the last two seconds is not remembered."""
+    path = Path(path)
+    stat = path.stat()
+    if stat.st_size < REMEMBER_HASHES_FROM:
+        return sha256_file(path)
+    key = canonical_hash([str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns])
+    entry = cache_dir("sha256") / key[:32]
+    with contextlib.suppress(OSError):
+        remembered = entry.read_text().strip()
+        if len(remembered) == 64:
+            return remembered
+    digest = sha256_file(path)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) < SETTLED_NS:
+        return digest
+    with contextlib.suppress(OSError):  # a cache that cannot be written: hashed again next time
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_text(entry, digest)
+    return digest
+
+
 def canonical_hash(value: Any) -> str:
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -43,3 +43,37 @@ def test_plain_hf_directory_and_bad_paths(tiny_model, tmp_path):
     (tmp_path / "my.jinja").write_text("{{ messages }}")
     with pytest.raises(InputError, match="my.jinja: a chat template file, not a model"):
         resolve_model(tmp_path / "my.jinja", "eval")  # `llmforge eval M --chat-template my.jinja`
+
+
+def test_a_large_model_files_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    """serve, chat and eval fingerprint a plain HF directory's or a .gguf file's content at every start: the sha256
+    of a large file is remembered under its path, size, inode and times, and hashed again once it is written to;
+    a file written moments ago, or a cache that cannot be written, is simply hashed every time."""
+    import time
+
+    from llmforge import files
+
+    monkeypatch.setenv("LLMFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(files, "REMEMBER_HASHES_FROM", 1)  # the tiny file counts as large
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"a" * 4096)
+    hash_file = files.sha256_file
+
+    def hashed_again(path):
+        raise AssertionError(f"{path} hashed again")
+
+    first = files.model_file_sha256(weights)  # written just now: not remembered
+    with monkeypatch.context() as patched, pytest.raises(AssertionError, match="hashed again"):
+        patched.setattr(files, "sha256_file", hashed_again)
+        files.model_file_sha256(weights)
+    monkeypatch.setattr(files, "SETTLED_NS", 0)
+    assert files.model_file_sha256(weights) == first == hash_file(weights)
+    with monkeypatch.context() as patched:
+        patched.setattr(files, "sha256_file", hashed_again)
+        assert files.model_file_sha256(weights) == first  # remembered
+    time.sleep(0.05)
+    weights.write_bytes(b"b" * 4096)  # the same size, other bytes
+    assert files.model_file_sha256(weights) == hash_file(weights) != first
+    (tmp_path / "blocked").write_text("a file where the cache's folder would be")
+    monkeypatch.setenv("LLMFORGE_CACHE", str(tmp_path / "blocked"))
+    assert files.model_file_sha256(weights) == hash_file(weights)

@@ -69,10 +69,12 @@ def split_parts(file: Path) -> list[Path]:
 
 def fingerprint(file: Path) -> str:
     """The content fingerprint of a GGUF: its sha256, or for a split one the hash of its parts' sha256s."""
-    from llmforge.files import canonical_hash, sha256_file
+    from llmforge.files import canonical_hash, model_file_sha256
 
     parts = split_parts(file)
-    return sha256_file(file) if len(parts) == 1 else canonical_hash([sha256_file(p) for p in parts])
+    return (
+        model_file_sha256(file) if len(parts) == 1 else canonical_hash([model_file_sha256(p) for p in parts])
+    )
 
 
 def merge_parts(file: Path, out: Path) -> None:

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from llmforge.artifacts import MANIFEST, Artifact, InputRef, sha256_file
+from llmforge.artifacts import MANIFEST, Artifact, InputRef
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError
+from llmforge.files import model_file_sha256
 from llmforge.model import gguf
 from llmforge.model.gguf import FILE_NAME as GGUF_FILE
 
@@ -150,7 +151,7 @@ def _directory_source(
                        if p.is_file() and not p.name.startswith("."))  # fmt: skip
     digest, total = hashlib.sha256(), 0
     for name in names:
-        digest.update(name.encode() + b"\0" + sha256_file(path / name).encode())
+        digest.update(name.encode() + b"\0" + model_file_sha256(path / name).encode())
         total += (path / name).stat().st_size
     return Source(description=description, kind=kind, path=path, fingerprint=digest.hexdigest(), files=len(names),
                   bytes=total, **hub)  # fmt: skip

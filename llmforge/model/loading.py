@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmforge.artifacts import MANIFEST, Artifact, InputRef, describe_kind, sha256_file
+from llmforge.artifacts import MANIFEST, Artifact, InputRef, describe_kind
 from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
+from llmforge.files import model_file_sha256
 from llmforge.registry import MODEL_KINDS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -65,7 +66,7 @@ def hash_directory(path: Path) -> str:
     """Content fingerprint of a plain directory (a Hugging Face model not made by llmforge)."""
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode())
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" + model_file_sha256(file).encode())
     return digest.hexdigest()
 
 
