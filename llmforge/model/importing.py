@@ -1,9 +1,10 @@
 """Bring an external model into a standard Hugging Face directory, with what its manifest needs to trace it.
 
-Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one; transformers dequantizes
-it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded; `org/name:TAG` a repository's GGUF,
-see hub_gguf.py): offline from the local Hugging Face cache, online downloaded. A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its
-Hub id and commit too. The output is a plain directory every library loads: config.json, safetensors, tokenizer
+Sources: a local Hugging Face directory, a `.gguf` file (or a directory holding exactly one, or a split GGUF's
+parts; transformers dequantizes it), or a Hub id (`org/name`, a `revision`; the resolved commit is recorded;
+`org/name:TAG` a repository's GGUF, see hub_gguf.py): offline from the local Hugging Face cache, online downloaded.
+A directory inside that cache (`models--org--name/snapshots/COMMIT`) is recorded with its Hub id and commit too.
+The output is a plain directory every library loads: config.json, safetensors, tokenizer
 files, chat template, generation config.
 
 `locate` finds the source and fingerprints its files' contents, so that lineage ends at the exact checkpoint;
@@ -27,7 +28,7 @@ from llmforge.artifacts import MANIFEST, Artifact, InputRef
 from llmforge.console import log, warn
 from llmforge.errors import InputError, LLMForgeError
 from llmforge.files import model_file_sha256
-from llmforge.model import gguf
+from llmforge.model import gguf, hub_gguf
 from llmforge.model.gguf import FILE_NAME as GGUF_FILE
 
 Dtype = Literal["source", "bf16", "fp32"]
@@ -124,8 +125,6 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
             org, name, commit = cached.groups()
             return _directory_source(path, text, "hf-dir", hub_id=f"{org}/{name}", commit=commit)
         return _directory_source(path, text, "hf-dir")
-    from llmforge.model import hub_gguf
-
     if not text.startswith((".", "/", "~")) and (found := hub_gguf.find(text, revision, allow_online)):
         return _hub_gguf_source(found, text)
     if text.startswith((".", "/", "~")) or not HUB_ID.match(text):
@@ -183,8 +182,6 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
     info = model_info(hub_id, revision)
     commit = info.sha
     names = sorted(s.rfilename for s in info.siblings or [])
-    from llmforge.model import hub_gguf
-
     if hub_gguf.is_gguf_repository(names):  # its only GGUF, or its Q4_K_M
         return _hub_gguf_source(hub_gguf.download(hub_id, None, revision), hub_id)
     if "config.json" not in names:
