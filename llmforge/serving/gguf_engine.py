@@ -101,10 +101,27 @@ class GgufEngine(Engine):
     def _fits(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
         """Room in the cache for the request's prompt and answer, beside what the others may still write; idle
         sequences are dropped, least recently used first, to make it."""
-        needed = sum(self._worst_case(r) for r in (*self._rows, *taken, request))
+        needed = sum(self._worst_case(r) for r in self._rows) + self._newcomers_worst_case([*taken, request])
         while self._idle and needed + sum(map(len, self._idle.values())) > self.cache_tokens:
             self._forget(next(iter(self._idle)))
         return needed <= self.cache_tokens
+
+    def _newcomers_worst_case(self, requests: list[GenerationRequest]) -> int:
+        """_worst_case of requests admitted together, a prompt that several of them share counted once (they will
+        share its cells: see _prefill_logits)."""
+        seen, total = set(), 0
+        for request in requests:
+            total += self._worst_case(request)
+            if self._may_share(request):
+                key = tuple(request.prompt_ids)
+                total -= len(request.prompt_ids) if key in seen else 0
+                seen.add(key)
+        return total
+
+    def _may_share(self, request: GenerationRequest) -> bool:
+        """Whether a request may share its prompt's cells with another's (not when it wants the prompt's
+        log-probabilities: those are computed whole)."""
+        return self.prefix_caching and request.params.prompt_logprobs is None
 
     def _worst_case(self, request: GenerationRequest) -> int:
         """Cells a request may fill: its prompt and answer, which stops at the context length (so a request alone
@@ -121,7 +138,7 @@ class GgufEngine(Engine):
         leaders: dict[tuple[int, ...], int] = {}
         follows: list[int | None] = [None] * len(requests)
         for i, request in enumerate(requests):
-            if self.prefix_caching and request.params.prompt_logprobs is None:
+            if self._may_share(request):
                 key = tuple(request.prompt_ids)
                 if key in leaders:
                     follows[i] = leaders[key]
