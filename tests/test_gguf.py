@@ -273,7 +273,8 @@ def test_serve_runs_a_gguf_on_llama_cpp_with_the_servers_api(f16, tmp_path):
         # two choices of one prompt share its cells, so both fit at once: 40 + 40 + 40 tokens, not 2 x (40 + 40)
         both = httpx.post(f"{server.url}/completions", timeout=120, json={
             **body, "echo": False, "logprobs": None, "max_tokens": 40, "n": 2, "seed": 7}).json()["choices"]  # fmt: skip
-        assert [c["finish_reason"] for c in both] == ["length", "length"] and server.stats()["max_batch_size"] == 2
+        assert [c["finish_reason"] for c in both] == ["length", "length"]
+        assert server.stats()["max_batch_size"] == 2
     finally:
         server.stop()
     assert "a KV cache of 128 tokens" in server.log.read_text()
