@@ -50,20 +50,34 @@ def model_file(source) -> Path:
     return Path(source.path) / FILE_NAME if source.artifact is not None else Path(source.path)
 
 
+def later_part(name: str) -> bool:
+    """Whether a file name is a split GGUF's second part or later (its first part names the model)."""
+    found = SPLIT_PART.search(name)
+    return found is not None and int(found[1]) != 1
+
+
+def part_names(name: str) -> list[str]:
+    """The names of every part of the split GGUF whose part `name` is ([name] for a whole file)."""
+    found = SPLIT_PART.search(name)
+    if found is None:
+        return [name]
+    stem, count = name[: found.start()], int(found[2])
+    return [f"{stem}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+
+
 def split_parts(file: Path) -> list[Path]:
     """Every file of a split GGUF, given its first part (llama.cpp loads the rest from beside it); [file] for a
     whole one. A later part, or a part missing, is refused in one line."""
-    found = SPLIT_PART.search(file.name)
-    if found is None:
-        return [file]
-    number, count, stem = int(found[1]), int(found[2]), file.name[: found.start()]
-    if number != 1:
-        raise InputError(f"{file}: part {number} of {count} of a split GGUF; name its first part, "
-                         f"{stem}-00001-of-{count:05d}.gguf")  # fmt: skip
-    parts = [file.with_name(f"{stem}-{k:05d}-of-{count:05d}.gguf") for k in range(1, count + 1)]
+    names, found = part_names(file.name), SPLIT_PART.search(file.name)
+    if later_part(file.name):
+        raise InputError(f"{file}: part {int(found[1])} of {len(names)} of a split GGUF; name its first part, "
+                         f"{names[0]}")  # fmt: skip
+    parts = [file.with_name(name) for name in names]
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
-        raise InputError(f"{file}: a GGUF split in {count} parts, and {', '.join(missing)} is not beside it")
+        raise InputError(
+            f"{file}: a GGUF split in {len(parts)} parts, and {', '.join(missing)} is not beside it"
+        )
     return parts
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmforge.errors import InputError
-from llmforge.model.gguf import SPLIT_PART
+from llmforge.model.gguf import later_part, part_names
 
 REFERENCE = re.compile(r"^(?P<hub_id>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<tag>[\w.-]+)$")
 DEFAULT_TAG = "Q4_K_M"
@@ -57,12 +57,7 @@ def pick(names: list[str], tag: str | None, hub_id: str, where: str) -> list[str
         else:
             problem = f"no GGUF file is {tag}"
         raise InputError(f"{where}: {problem} (it has {listed})")
-    first = matching[0]
-    split = SPLIT_PART.search(first)
-    if split is None:
-        return [first]
-    stem, count = first[: split.start()], int(split[2])
-    return [f"{stem}-{k:05d}-of-{count:05d}.gguf" for k in range(1, count + 1)]
+    return part_names(matching[0])
 
 
 def find(text: str, revision: str | None = None, online: bool = False) -> HubGGUF | None:
@@ -115,14 +110,15 @@ def _files(snapshot: Path) -> list[str]:
     return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
 
 
-def download(hub_id: str, tag: str | None, revision: str | None) -> HubGGUF:
-    """The GGUF file for `tag` (and its other parts) downloaded from the Hub into the local cache."""
+def download(hub_id: str, tag: str | None, revision: str | None, info=None) -> HubGGUF:
+    """The GGUF file for `tag` (and its other parts) downloaded from the Hub into the local cache. `info`: the
+    repository's record, where the caller has fetched it already."""
     from huggingface_hub import hf_hub_download
 
     from llmforge.console import log
     from llmforge.model.importing import check_downloaded, model_info
 
-    info = model_info(hub_id, revision)
+    info = info or model_info(hub_id, revision)
     names = sorted(s.rfilename for s in info.siblings or [])
     wanted = pick(names, tag, hub_id, f"{hub_id}@{info.sha[:12]}")
     log(f"downloading {', '.join(wanted)} from {hub_id} at commit {info.sha[:12]}")
@@ -132,15 +128,9 @@ def download(hub_id: str, tag: str | None, revision: str | None) -> HubGGUF:
 
 def _models(names: list[str]) -> list[str]:
     """The model files among a repository's: .gguf, no vision projector, a split GGUF by its first part."""
-    found = []
-    for name in names:
-        base = Path(name).name
-        if not base.endswith(".gguf") or base.lower().startswith("mmproj"):
-            continue
-        split = SPLIT_PART.search(base)
-        if split is None or int(split[1]) == 1:
-            found.append(name)
-    return found
+    bases = ((name, Path(name).name) for name in names)
+    return [name for name, base in bases
+            if base.endswith(".gguf") and not base.lower().startswith("mmproj") and not later_part(base)]  # fmt: skip
 
 
 def _has_tag(name: str, tag: str) -> bool:

@@ -114,8 +114,7 @@ def locate(source: str | Path, revision: str | None = None, allow_online: bool |
                 return source
             raise InputError(f"{path}: already an llmforge artifact; every stage takes it as it is")
         if not (path / "config.json").is_file():
-            ggufs = [g for g in sorted(path.glob("*.gguf")) if not gguf.SPLIT_PART.search(g.name)
-                     or gguf.SPLIT_PART.search(g.name)[1] == "00001"]  # fmt: skip
+            ggufs = [g for g in sorted(path.glob("*.gguf")) if not gguf.later_part(g.name)]
             if len(ggufs) == 1:
                 return locate(ggufs[0])
             found = f"{len(ggufs)} .gguf files; name one" if ggufs else "no config.json and no .gguf file"
@@ -183,7 +182,7 @@ def _download(hub_id: str, revision: str | None, trust_remote_code: bool) -> Sou
     commit = info.sha
     names = sorted(s.rfilename for s in info.siblings or [])
     if hub_gguf.is_gguf_repository(names):  # its only GGUF, or its Q4_K_M
-        return _hub_gguf_source(hub_gguf.download(hub_id, None, revision), hub_id)
+        return _hub_gguf_source(hub_gguf.download(hub_id, None, revision, info), hub_id)
     if "config.json" not in names:
         raise InputError(f"{hub_id}@{commit[:12]}: no config.json; not a transformers model repository")
     for name in ("config.json", "tokenizer_config.json"):  # read before any code or weights are fetched
@@ -221,14 +220,8 @@ def _cached(hub_id: str, revision: str | None, snapshot: Path, trust_remote_code
 
 def _hub_gguf_source(found, description: str) -> Source:
     """A GGUF file from a Hub repository: the file's source, recorded with the repository and commit."""
-    source = locate(found.file)
-    source.description, source.hub_id, source.revision, source.commit = (
-        description,
-        found.hub_id,
-        found.revision,
-        found.commit,
-    )
-    return source
+    return replace(locate(found.file), description=description, hub_id=found.hub_id, revision=found.revision,
+                   commit=found.commit)  # fmt: skip
 
 
 def _hub_source(directory: Path, hub_id: str, revision: str | None, commit: str, wanted: list[str]) -> Source:
@@ -338,10 +331,10 @@ def _load_gguf(file: Path, dtype, tokenizer_dir: Path | None = None):
     else:
         tokenizer = gguf_tokenizer(file)
     with _transformers_reads(file), tempfile.TemporaryDirectory(prefix="llmforge-gguf-") as scratch:
-        whole = file
-        if len(gguf.split_parts(file)) > 1:  # transformers reads one file: the parts merged first
+        whole, parts = file, len(gguf.split_parts(file))
+        if parts > 1:  # transformers reads one file: the parts merged first
             whole = Path(scratch) / "merged.gguf"
-            log(f"merging {file.name}'s {len(gguf.split_parts(file))} parts into one file for transformers")
+            log(f"merging {file.name}'s {parts} parts into one file for transformers")
             gguf.merge_parts(file, whole)
         model = AutoModelForCausalLM.from_pretrained(whole.parent, gguf_file=whole.name)
     if tokenizer_dir is None:  # GGUF does not carry it; transformers' default warns on long texts
@@ -393,9 +386,8 @@ def cached_gguf_tokenizer(file: Path, fingerprint: str) -> tuple[Any, Path | Non
     staging = root / f"{final.name}.building-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(
-            staging
-        )  # whole before it appears under the key, so no reader sees half of it
+        # whole before it appears under the key, so no reader sees half of it
+        tokenizer.save_pretrained(staging)
         publish_directory(staging, final)
     except OSError as exc:
         if staging.is_dir():

@@ -18,6 +18,8 @@ from llmforge.artifacts import MANIFEST, Artifact, InputRef, describe_kind
 from llmforge.data.tokenizer import tokenizer_fingerprint
 from llmforge.errors import InputError
 from llmforge.files import model_file_sha256
+from llmforge.model import hub_gguf
+from llmforge.model.gguf import fingerprint as gguf_fingerprint
 from llmforge.registry import MODEL_KINDS
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -119,24 +121,18 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
     if path.is_file() and path.suffix == ".gguf":
         # a GGUF made elsewhere (llama.cpp's tools, a Hub download): serve rebuilds its tokenizer from it
         if gguf:
-            from llmforge.model.gguf import fingerprint
-
-            return ModelSource(path=str(path), kind="gguf", fingerprint=fingerprint(path))
+            return ModelSource(path=str(path), kind="gguf", fingerprint=gguf_fingerprint(path))
         raise InputError(f"{path}: a GGUF file; {stage} loads models through transformers: `llmforge import {path} "
                          "-o DIR` takes it back as a model (dequantized)")  # fmt: skip
     if path.exists():
         raise InputError(f"{path}: a model must be a directory")
     if text.startswith((".", "/")) or text.count("/") != 1:
         raise InputError(f"{text}: no such model directory")
-    from llmforge.model import hub_gguf
-
     if not gguf and hub_gguf.names_a_gguf(text):
         raise InputError(f"{text}: a GGUF on the Hub; {stage} loads models through transformers: `llmforge import "
                          f"{text} -o DIR` takes it as a model (dequantized)")  # fmt: skip
     if gguf and (found := hub_gguf.find(text, online=os.environ.get("LLMFORGE_ONLINE") == "1")):
-        from llmforge.model.gguf import fingerprint
-
-        return ModelSource(path=str(found.file), kind="gguf", fingerprint=fingerprint(found.file))
+        return ModelSource(path=str(found.file), kind="gguf", fingerprint=gguf_fingerprint(found.file))
     identity = f"hub:{text}"
     if os.environ.get("LLMFORGE_ONLINE") != "1":
         snapshot = cached_snapshot(text)

@@ -109,19 +109,22 @@ class GgufEngine(Engine):
     def _newcomers_worst_case(self, requests: list[GenerationRequest]) -> int:
         """_worst_case of requests admitted together, a prompt that several of them share counted once (they will
         share its cells: see _prefill_logits)."""
-        seen, total = set(), 0
-        for request in requests:
-            total += self._worst_case(request)
-            if self._may_share(request):
-                key = tuple(request.prompt_ids)
-                total -= len(request.prompt_ids) if key in seen else 0
-                seen.add(key)
-        return total
+        followers = [
+            r for r, leader in zip(requests, self._leaders(requests), strict=True) if leader is not None
+        ]
+        return sum(map(self._worst_case, requests)) - sum(len(r.prompt_ids) for r in followers)
 
-    def _may_share(self, request: GenerationRequest) -> bool:
-        """Whether a request may share its prompt's cells with another's (not when it wants the prompt's
-        log-probabilities: those are computed whole)."""
-        return self.prefix_caching and request.params.prompt_logprobs is None
+    def _leaders(self, requests: list[GenerationRequest]) -> list[int | None]:
+        """For each request admitted together, the index of an earlier one with the same prompt, whose cells it
+        will share (None: it computes its own). Not with prefix caching off, nor for a request that wants the
+        prompt's log-probabilities: those are computed whole."""
+        first: dict[tuple[int, ...], int] = {}
+        leaders: list[int | None] = []
+        for i, request in enumerate(requests):
+            shares = self.prefix_caching and request.params.prompt_logprobs is None
+            leader = first.setdefault(tuple(request.prompt_ids), i) if shares else i
+            leaders.append(None if leader == i else leader)
+        return leaders
 
     def _worst_case(self, request: GenerationRequest) -> int:
         """Cells a request may fill: its prompt and answer, which stops at the context length (so a request alone
@@ -135,15 +138,7 @@ class GgufEngine(Engine):
         import torch
 
         # a prompt that comes several times at once (n choices) is computed once: the others share its cells
-        leaders: dict[tuple[int, ...], int] = {}
-        follows: list[int | None] = [None] * len(requests)
-        for i, request in enumerate(requests):
-            if self._may_share(request):
-                key = tuple(request.prompt_ids)
-                if key in leaders:
-                    follows[i] = leaders[key]
-                else:
-                    leaders[key] = i
+        follows = self._leaders(requests)
         taken = [self._take_slot(request, reuse=follows[i] is None) for i, request in enumerate(requests)]
         slots, reused = zip(*taken, strict=True)
         last: list = [None] * len(requests)
