@@ -111,6 +111,16 @@ def start(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return process, url
 
 
+def on_server(model: Path, measure, *args: str):
+    """measure(url) against `llmforge serve MODEL ARGS`, stopped after."""
+    process, url = start(model, *args)
+    try:
+        return measure(url)
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def load_server(url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
     """`concurrency` clients stream the prompts (each takes the next one when done)."""
     pending = list(enumerate(prompts))

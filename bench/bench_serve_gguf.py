@@ -33,10 +33,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_eval import prose
 from bench_gguf import smollm2
-from bench_serve import load_server, queue_in_front, start
+from bench_serve import load_server, on_server, queue_in_front
 
 from llmforge.stages import quantize
 
@@ -72,13 +73,16 @@ def plain_service_times(
 
 
 def served(model: Path, name: str, prompts: list[str], max_tokens: int, *args: str) -> dict[int, dict]:
-    process, url = start(model, "--max-batch-size", "16", *args)
-    try:
+    def measure(url: str) -> dict[int, dict]:
         load_server(url, name, prompts[:2], 1, 4)  # warm-up
         return {c: load_server(url, name, prompts, c, max_tokens) for c in CONCURRENCY}
-    finally:
-        process.terminate()
-        process.wait()
+
+    return on_server(model, measure, "--max-batch-size", "16", *args)
+
+
+def with_and_without_prefix_caching(out: Path, measure) -> dict[str, Any]:
+    """measure(url) on `llmforge serve` of the GGUF with prefix caching on, then off."""
+    return {"on": on_server(out, measure), "off": on_server(out, measure, "--no-prefix-caching")}
 
 
 def main() -> None:
@@ -155,21 +159,19 @@ def choices(out: Path, n: int, max_tokens: int, repeats: int = 3) -> None:
     tokenizer = AutoTokenizer.from_pretrained(out)
     # a different first word each time, so that no run reuses the previous run's prompt
     prompts = [tokenizer(f"[{k}] {long_text()}")["input_ids"] for k in range(repeats)]
-    results = {}
-    for label, flags in (("on", ()), ("off", ("--no-prefix-caching",))):
-        process, url = start(out, *flags)
-        try:
-            results[label] = []
-            for k, ids in enumerate(prompts):
-                body = {"model": out.name, "prompt": ids, "n": n, "max_tokens": max_tokens, "temperature": 1.0,
-                        "seed": k, "ignore_eos": True}  # fmt: skip
-                begin = time.perf_counter()
-                answer = httpx.post(f"{url}/completions", json=body, timeout=None).json()
-                assert len(answer["choices"]) == n, answer
-                results[label].append(time.perf_counter() - begin)
-        finally:
-            process.terminate()
-            process.wait()
+
+    def wall_times(url: str) -> list[float]:
+        times = []
+        for k, ids in enumerate(prompts):
+            body = {"model": out.name, "prompt": ids, "n": n, "max_tokens": max_tokens, "temperature": 1.0,
+                    "seed": k, "ignore_eos": True}  # fmt: skip
+            begin = time.perf_counter()
+            answer = httpx.post(f"{url}/completions", json=body, timeout=None).json()
+            assert len(answer["choices"]) == n, answer
+            times.append(time.perf_counter() - begin)
+        return times
+
+    results = with_and_without_prefix_caching(out, wall_times)
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=4096, flash_attn=True, verbose=False,
                           n_threads=torch.get_num_threads())  # fmt: skip
     plain = []
@@ -236,14 +238,7 @@ def conversation(out: Path, turns: int) -> None:
                                 break
         return times
 
-    results = {}
-    for label, flags in (("on", ()), ("off", ("--no-prefix-caching",))):
-        process, url = start(out, *flags)
-        try:
-            results[label] = first_token_served(url)
-        finally:
-            process.terminate()
-            process.wait()
+    results = with_and_without_prefix_caching(out, first_token_served)
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=8192, flash_attn=True, verbose=False,
                           n_threads=torch.get_num_threads())  # fmt: skip
     plain = []
