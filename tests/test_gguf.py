@@ -53,6 +53,15 @@ def llama_greedy(llm, prompt: list[int], count: int) -> list[int]:
     return list(itertools.islice(llm.generate(prompt, temp=0.0, top_k=1, reset=True), count))
 
 
+def fresh_llama_greedy(file: Path, prompt: list[int], count: int) -> list[int]:
+    """llama_greedy from a `Llama` opened on `file` for it (flash attention on, as llama.cpp's `auto` is on a CPU)."""
+    llm = llama_cpp.Llama(str(file), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
+    try:
+        return llama_greedy(llm, prompt, count)
+    finally:
+        llm.close()
+
+
 def sample_loglikelihoods(report: Path, number: int, task: str = "llmforge_arith_mc") -> list[float]:
     """The log-likelihood of every answer the `number`-th model of an eval report scored (--log-samples)."""
     rows = (report / "samples" / str(number) / f"{task}.jsonl").read_text().splitlines()
@@ -294,9 +303,7 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
     first = tokenizer(" ".join(sentences(3, seed=2)))["input_ids"][:40]
     second = first + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
     fresh = tokenizer(" ".join(sentences(2, seed=8)))["input_ids"][:30]
-    llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
-    expected = llama_greedy(llm, second, 16)
-    llm.close()
+    expected = fresh_llama_greedy(out / "model.gguf", second, 16)
 
     server = start_server(out, log_dir=tmp_path)
     try:
@@ -804,9 +811,7 @@ def test_a_split_gguf_serves_and_imports_as_the_whole_file(tiny_model, tokens, f
 
     tokenizer = AutoTokenizer.from_pretrained(f16)
     prompt = tokenizer(" ".join(sentences(2, seed=5)))["input_ids"][:24]
-    llm = llama_cpp.Llama(str(f16 / "model.gguf"), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
-    expected = llama_greedy(llm, prompt, 12)
-    llm.close()
+    expected = fresh_llama_greedy(f16 / "model.gguf", prompt, 12)
     server = start_server(first, log_dir=tmp_path)
     try:
         answer = httpx.post(f"{server.url}/completions", timeout=120, json={
