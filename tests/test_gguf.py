@@ -53,9 +53,9 @@ def llama_greedy(llm, prompt: list[int], count: int) -> list[int]:
     return list(itertools.islice(llm.generate(prompt, temp=0.0, top_k=1, reset=True), count))
 
 
-def fresh_llama_greedy(file: Path, prompt: list[int], count: int) -> list[int]:
+def fresh_llama_greedy(file: Path, prompt: list[int], count: int, n_ctx: int = 256) -> list[int]:
     """llama_greedy from a `Llama` opened on `file` for it (flash attention on, as llama.cpp's `auto` is on a CPU)."""
-    llm = llama_cpp.Llama(str(file), n_ctx=256, flash_attn=True, verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(str(file), n_ctx=n_ctx, flash_attn=True, verbose=False, n_threads=2)
     try:
         return llama_greedy(llm, prompt, count)
     finally:
@@ -367,6 +367,63 @@ def test_a_request_longer_than_its_context_stops_there_rather_than_waiting_for_r
     finally:
         engine.stop()
     assert event.finish_reason == "length" and event.completion_tokens == 64 - len(prompt)
+
+
+def test_a_sliding_window_model_continues_a_reused_prefix_as_llama_cpp_does_from_scratch(
+    tiny_tokenizer_dir, tokens, tmp_path
+):
+    """Gemma 3's sliding-window layers (window 8 here): a finished sequence taken over by a prompt that shares only
+    its first 300 tokens needs the window's cells before token 300. llama.cpp's small window cache (llama-server's
+    default, swa_full off) drops them once other prompts need the room, and the answer changed without an error; the
+    engine keeps the full-size window cache."""
+    import queue
+
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from llmforge.serving.engine import GenerationRequest, SamplingParams
+    from llmforge.serving.gguf_engine import GgufEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = AutoConfig.for_model(
+        "gemma3_text", vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=6,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024, sliding_window=8,
+        query_pre_attn_scalar=32, initializer_range=0.05, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    gemma = tmp_path / "gemma"
+    AutoModelForCausalLM.from_config(config).save_pretrained(gemma)
+    tokenizer.save_pretrained(gemma)
+    out = quantize.run(gemma, tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL))
+    assert GGUFReader(str(out / "model.gguf")).fields["gemma3.attention.sliding_window"].parts[-1][0] == 8
+    text = tokenizer(" ".join(sentences(200, seed=2)))["input_ids"]
+    # 3,664 tokens written: past any small window cache
+    prompts = [text[i * 900 : (i + 1) * 900] for i in range(4)]
+    second = prompts[0][:300] + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
+    expected = tokenizer.decode(fresh_llama_greedy(out / "model.gguf", second, 16, n_ctx=1024))
+
+    engine = GgufEngine(out / "model.gguf", tokenizer, [tokenizer.eos_token_id], max_model_len=1024,
+                        max_batch_size=4, threads=2, cache_gib=0.05)  # fmt: skip
+    assert engine.cache_tokens == 4096  # every prompt stays cached
+
+    def greedy(prompt):
+        events: queue.Queue = queue.Queue()
+        engine.submit(GenerationRequest(prompt, SamplingParams(max_tokens=16, temperature=0, ignore_eos=True),
+                                        on_event=events.put))  # fmt: skip
+        texts = []
+        while not (event := events.get(timeout=120)).finish_reason:
+            texts.append(event.text)
+        return "".join([*texts, event.text]), event.cached_tokens
+
+    engine.start()
+    try:
+        for prompt in prompts:
+            greedy(prompt)
+        assert greedy(second) == (expected, 300)
+    finally:
+        engine.stop()
 
 
 def test_serving_a_gguf_refuses_what_llama_cpp_cannot_do_in_one_line(tiny_model, tokens, tmp_path):

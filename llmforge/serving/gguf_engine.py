@@ -67,6 +67,7 @@ class GgufEngine(Engine):
         params.n_batch = params.n_ubatch = max(PREFILL_CHUNK, max_batch_size)
         params.n_seq_max = max_batch_size
         params.kv_unified = True
+        params.swa_full = True  # sliding-window layers keep every cell: a reused prefix needs those before it
         params.n_threads = params.n_threads_batch = self.threads
         # llama.cpp would fail with "Failed to create llama_context" (or the kernel kill the process) instead
         cache = f"a KV cache of {self.cache_tokens:,} tokens ({self.cache_bytes / 2**30:,.1f} GiB)"
@@ -327,7 +328,8 @@ def check_batch_size(max_batch_size: int) -> None:
 
 def kv_bytes_per_token(llama) -> int:
     """Bytes the KV cache holds per token: keys and values of every layer's KV heads, in f16 (llama.cpp's default).
-    Layers with a sliding window (Gemma) hold less, so this errs on the large side."""
+    Layers with a sliding window (Gemma) count whole: the context keeps llama.cpp's full-size window cache
+    (`swa_full`), which a reused prefix needs (a pruned window would have lost the cells before it)."""
     import llama_cpp
 
     model = llama.model
