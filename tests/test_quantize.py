@@ -103,6 +103,7 @@ def test_gptq_w4a16_merges_the_adapter_and_reports_size_and_perplexity(tiny_mode
     warning = capsys.readouterr().err
     assert "beyond the 1e-06% budget for 4-bit" in warning and "more bits (w8a16)" in warning
     assert "--algorithm gptq" not in warning  # it ran GPTQ: the hint names only what is left to try
+    assert "try --algorithm awq, --zero-point, " in " ".join(warning.split())
 
     assert 0.9 < similarity(merged, out) < 0.9999  # 4-bit: close, not equal
 
@@ -122,6 +123,50 @@ def test_gptq_makes_the_same_bytes_on_every_run_of_a_fingerprint(tiny_model, tok
         reproducibility["torch_threads"] == torch.get_num_threads()
         and "thread count" in reproducibility["why"]
     )
+
+
+def test_awq_scales_channels_from_calibration_then_rounds(tiny_model, tokens, tmp_path):
+    """AWQ folds its per-channel scales into the layers before (the norms stay in full precision, and so show
+    them) and then rounds to nearest, here with a zero point per group as AWQ checkpoints usually have; round to
+    nearest alone leaves the norms as they were. The checkpoint reloads, its perplexity is plain transformers' on
+    it, and a re-run gives the same bytes."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llmforge.artifacts import Artifact
+
+    awq, again = (quantize.run(tiny_model, tokens, tmp_path / name,
+                               quantize.Config(method="w4a16", algorithm="awq", zero_point=True, **SMALL))
+                  for name in ("awq", "again"))  # fmt: skip
+    rtn = quantize.run(
+        tiny_model, tokens, tmp_path / "rtn", quantize.Config(method="w4a16", algorithm="rtn", **SMALL)
+    )
+    m = manifest(awq)
+    assert (
+        m["stats"]["algorithm"] == "awq"
+        and m["stats"]["calibration_windows"] == 4
+        and m["stats"]["zero_point"]
+    )
+    assert manifest(rtn)["stats"]["zero_point"] is False and stats_mismatches(awq) == []
+    assert m["files"] == manifest(again)["files"] and m["stats"] == manifest(again)["stats"]
+    assert "AWQ" in m["extra"]["reproducibility"]["why"]
+    weights = json.loads((awq / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert weights["weights"]["num_bits"] == 4 and weights["weights"]["symmetric"] is False
+    from llmforge.card.model_card import model_card
+
+    assert "| group size | 128 input columns, with a zero point beside each scale |" in model_card(
+        Artifact.open(awq), None, None
+    )
+
+    original, scaled, rounded = (load_file(d / "model.safetensors") for d in (Path(tiny_model), awq, rtn))
+    norm = "model.layers.0.input_layernorm.weight"
+    assert "model.layers.0.mlp.down_proj.weight_zero_point" in scaled
+    assert "model.layers.0.mlp.down_proj.weight_zero_point" not in rounded
+    assert torch.equal(rounded[norm], original[norm]) and not torch.equal(scaled[norm], original[norm])
+    assert m["stats"]["perplexity_after"] == pytest.approx(
+        held_out_perplexity(awq, tokens, 64, 512), rel=1e-4
+    )
+    assert 0.9 < similarity(tiny_model, awq) < 0.9999
 
 
 @pytest.mark.parametrize("method", ["w8a16", "w8a8", "torchao-int8", "torchao-int8-dynamic"])
@@ -272,6 +317,16 @@ def test_bad_inputs_are_refused_before_any_work(tiny_model, tokens, tmp_path, ti
     (small / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
     with pytest.raises(InputError, match="beyond the model.s vocabulary of 100"):
         quantize.run(small, tokens, tmp_path / "x")
+    with pytest.raises(
+        InputError, match="AWQ scales weights for weight-only quantization .w4a16, w8a16., not w8a8"
+    ):
+        quantize.run(tiny_model, tokens, tmp_path / "x", quantize.Config(method="w8a8", algorithm="awq"))
+    with pytest.raises(
+        InputError, match="zero points are for w4a16 and w8a16; w8a8 is symmetric per channel"
+    ):
+        quantize.run(tiny_model, tokens, tmp_path / "x", quantize.Config(method="w8a8", zero_point=True))
+    with pytest.raises(InputError, match="gguf-q8_0 has no zero-point setting"):
+        quantize.run(tiny_model, tokens, tmp_path / "x", quantize.Config(method="gguf-q8_0", zero_point=True))
     done = quantize.run(tiny_model, tokens, tmp_path / "q", quantize.Config(method="torchao-int8", **SMALL))
     with pytest.raises(InputError, match="already quantized"):
         quantize.run(done, tokens, tmp_path / "x")
@@ -346,20 +401,23 @@ def test_smollm2_quantizes_with_an_automatic_group_size_and_a_measured_perplexit
     smollm2, tmp_path, capsys
 ):
     """SmolLM2-135M's hidden size 576 is not a multiple of llm-compressor's preset group of 128: auto takes 64.
-    Round to nearest (no calibration, so the test stays short); the cost is measured on held-out real text."""
+    Round to nearest (no calibration, so the test stays short); the cost is measured on held-out real text. A zero
+    point per group (asymmetric) costs less than scales alone."""
     docs = documents_artifact(tmp_path / "docs", stdlib_prose())
     settings = dict(algorithm="rtn", seq_len=256, eval_tokens=768)
     stats = {}
-    for method in ("w8a16", "w4a16"):
-        out = quantize.run(smollm2, docs, tmp_path / method, quantize.Config(method=method, **settings))
+    for name, method, zero_point in (("w8a16", "w8a16", False), ("w4a16", "w4a16", False),
+                                     ("w4a16 zero point", "w4a16", True)):  # fmt: skip
+        config = quantize.Config(method=method, zero_point=zero_point, **settings)
+        out = quantize.run(smollm2, docs, tmp_path / name.replace(" ", "-"), config)
         assert "group size 64: the largest of 128/64/32 that divides the input width of all 210 quantized layers" \
             in " ".join(capsys.readouterr().err.split())  # fmt: skip
         weights = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"][
             "group_0"
         ]
         assert weights["weights"]["group_size"] == 64 and weights["weights"]["num_bits"] == BITS[method]
-        stats[method] = manifest(out)["stats"]
-        assert stats[method]["group_size"] == 64 and stats[method]["eval_tokens"] == 768
+        stats[name] = manifest(out)["stats"]
+        assert stats[name]["group_size"] == 64 and stats[name]["eval_tokens"] == 768
     with capsys.disabled():  # the figures README's quantize section quotes (shown with pytest -s)
         for method, s in stats.items():
             print(f"\nSmolLM2-135M-Instruct {method} rtn g64: perplexity {s['perplexity_before']} -> "
@@ -370,3 +428,4 @@ def test_smollm2_quantizes_with_an_automatic_group_size_and_a_measured_perplexit
     assert abs(stats["w8a16"]["perplexity_delta_pct"]) < 1.0 and stats["w8a16"]["within_budget"]
     assert stats["w4a16"]["perplexity_delta_pct"] > max(1.0, stats["w8a16"]["perplexity_delta_pct"])
     assert stats["w4a16"]["compression"] > stats["w8a16"]["compression"] > 2
+    assert 0 < stats["w4a16 zero point"]["perplexity_delta_pct"] < stats["w4a16"]["perplexity_delta_pct"]

@@ -91,16 +91,16 @@ def adapter(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def w4a16(tiny_model, tiny_tokenizer_dir, tmp_path_factory) -> Path:
-    """The tiny model quantized to W4A16 compressed-tensors by `llmforge quantize` (the main environment)."""
+def w4a16(tiny_model, tiny_tokenizer_dir, tmp_path_factory) -> dict[str, Path]:
+    """The tiny model quantized to W4A16 compressed-tensors by `llmforge quantize` (the main environment):
+    symmetric ("q") and with a zero point per group ("q-zp", the layout of AWQ checkpoints)."""
     from llmforge.stages import quantize
 
     root = tmp_path_factory.mktemp("w4a16")
     tokens = tokens_artifact(root / "tokens", tiny_tokenizer_dir, sentences(200))
-    config = quantize.Config(
-        method="w4a16", algorithm="rtn", calibration_samples=4, seq_len=64, eval_tokens=512
-    )
-    return quantize.run(tiny_model, tokens, root / "q", config)
+    return {name: quantize.run(tiny_model, tokens, root / name, quantize.Config(
+                method="w4a16", algorithm="rtn", zero_point=zero_point, seq_len=64, eval_tokens=512))
+            for name, zero_point in (("q", False), ("q-zp", True))}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def servers(tiny_model, adapter, w4a16, tmp_path_factory):
         "vllm": Server(
             tiny_model, "--backend", "vllm", "--adapter", f"first={adapter}", log=logs / "vllm.log"
         ),
-        "w4a16": Server(w4a16, "--backend", "vllm", log=logs / "w4a16.log"),
+        **{name: Server(path, "--backend", "vllm", log=logs / f"{name}.log") for name, path in w4a16.items()},
         "embedded": Server(
             tiny_model, "--backend", "embedded", "--adapter", f"first={adapter}", log=logs / "embedded.log"
         ),  # fmt: skip
@@ -289,20 +289,21 @@ def test_response_format_json_from_vllm_as_from_the_embedded_server(servers):
                                                             "json_schema": {"name": "x", "schema": wizard}})  # fmt: skip
 
 
-def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16):
+@pytest.mark.parametrize("name", ["q", "q-zp"])
+def test_vllm_serves_a_w4a16_artifact_in_bfloat16(servers, w4a16, name):
     from llmforge.model.loading import resolve_model
 
-    server = servers["w4a16"]
+    server = servers[name]
     assert "--dtype bfloat16" in server.log.read_text()  # its float32 CPU kernel is missing
     client = server.client()
     answer = client.chat.completions.with_raw_response.create(
-        model="q", messages=[{"role": "user", "content": CHATS[0]}], temperature=0, max_tokens=8
+        model=name, messages=[{"role": "user", "content": CHATS[0]}], temperature=0, max_tokens=8
     )
-    assert answer.headers["x-llmforge-fingerprint"] == resolve_model(w4a16, "serve").fingerprint
+    assert answer.headers["x-llmforge-fingerprint"] == resolve_model(w4a16[name], "serve").fingerprint
     parsed = answer.parse()
     assert parsed.usage.completion_tokens > 0 and parsed.choices[0].finish_reason in ("stop", "length")
     text = (
-        client.completions.create(model="q", prompt=PROMPTS[0], temperature=0, max_tokens=8).choices[0].text
+        client.completions.create(model=name, prompt=PROMPTS[0], temperature=0, max_tokens=8).choices[0].text
     )
     assert text
 

@@ -159,7 +159,7 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
         ("method", f"{s.get('method', c.get('method'))} ({step.extra.get('format')}), {s.get('algorithm')}"),
         ("block size" if gguf else "group size",
          (f"{s.get('group_size')} weights per scale" if s.get("group_size") != "none" else None) if gguf
-         else group_size_text(s.get("group_size"))),
+         else group_size_text(s.get("group_size"), s.get("zero_point"))),
         ("tensor types", s.get("tensor_types")),
         ("not quantized", fmt(c.get("ignore")) if c.get("ignore") and not gguf else None),
         ("calibration / evaluation data", calibration),
@@ -173,11 +173,13 @@ def quantize_rows(step: Artifact, previous: Artifact | None) -> list:
     ]  # fmt: skip
 
 
-def group_size_text(group: int | str | None) -> str | None:
-    """Input columns sharing a scale, or per channel (None for quantized models made before it was recorded)."""
+def group_size_text(group: int | str | None, zero_point: bool | None = None) -> str | None:
+    """Input columns sharing a scale (and a zero point, asymmetric), or per channel (None for quantized models
+    made before it was recorded)."""
     if group is None:
         return None
-    return "per channel (one scale per output row)" if group == "channel" else f"{fmt(group)} input columns"
+    text = "per channel (one scale per output row)" if group == "channel" else f"{fmt(group)} input columns"
+    return text + (", with a zero point beside each scale" if zero_point else "")
 
 
 def generic_rows(step: Artifact, previous: Artifact | None) -> list:

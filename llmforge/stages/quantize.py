@@ -1,7 +1,8 @@
 """Quantize a model (LoRA adapters are merged first) and report what it cost: size and held-out perplexity.
 
-Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4 in groups of input columns, GPTQ calibrated on `--data`, or
-round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest of 128/64/32 that divides every
+Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4 in groups of input columns, GPTQ calibrated on `--data`, AWQ
+with `--algorithm awq` (scales that protect the channels the calibration activations show matter, then round to
+nearest), or round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest of 128/64/32 that divides every
 quantized layer's input width, else one scale per output channel) and `w8a8` (INT8 weights and dynamic per-token
 INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
 `torchao-int8` (weight-only) and `torchao-int8-dynamic` (dynamic activations), torchao checkpoints that
@@ -19,6 +20,7 @@ A documents artifact's text is tokenized as text: special-token strings in it ar
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 from dataclasses import dataclass
@@ -54,20 +56,28 @@ class Config(StageConfig):
         "torchao-int8-dynamic: torchao, runs on CPU in transformers and the embedded server; gguf-f16 / gguf-bf16 "
         "/ gguf-q8_0 / gguf-q6_k / gguf-q5_k_m / gguf-q4_k_m: llama.cpp's GGUF (llama.cpp, Ollama, LM Studio)",
     )
-    algorithm: Literal["gptq", "rtn"] = Field(
+    algorithm: Literal["gptq", "awq", "rtn"] = Field(
         "gptq",
-        description="llm-compressor methods: gptq calibrates on --data; rtn rounds to nearest, no calibration "
-        "(torchao methods always round to nearest; gguf methods are llama.cpp's own quantizer)",
+        description="llm-compressor methods: gptq calibrates on --data; awq (w4a16 / w8a16) scales the weight "
+        "channels that --data's activations show matter, then rounds to nearest; rtn rounds to nearest, no "
+        "calibration (torchao methods always round to nearest; gguf methods are llama.cpp's own quantizer)",
     )
     group_size: int | Literal["auto", "channel"] = Field(
         "auto",
         description="w8a16 / w4a16: input columns sharing a scale; auto = the largest of 128/64/32 dividing every "
         "quantized layer's input width, else channel (one scale per output row)",
     )
+    zero_point: bool = Field(
+        False,
+        description="w4a16 / w8a16: asymmetric quantization, a zero point beside each group's scale (what AWQ "
+        "checkpoints usually use); off = symmetric, scales only",
+    )
     ignore: list[str] = Field(
         default_factory=lambda: ["lm_head"], description="Modules kept in full precision (names or re:regex)"
     )
-    calibration_samples: int = Field(512, gt=0, description="GPTQ: calibration windows drawn from --data")
+    calibration_samples: int = Field(
+        512, gt=0, description="GPTQ / AWQ: calibration windows drawn from --data"
+    )
     seq_len: int = Field(
         2048, gt=1, description="Tokens per calibration and perplexity window (capped at the model's context)"
     )
@@ -92,8 +102,9 @@ class Stats(TypedDict):
     """What quantize writes in its manifest's stats (read by `llmforge card`)."""
 
     method: str
-    algorithm: str  # gptq, rtn (round to nearest) or llama.cpp (its quantizer: gguf methods)
+    algorithm: str  # gptq, awq, rtn (round to nearest) or llama.cpp (its quantizer: gguf methods)
     group_size: int | str  # input columns per scale, or "channel" (one scale per output row); gguf: its block
+    zero_point: NotRequired[bool]  # w4a16 / w8a16: asymmetric (a zero point per group) or symmetric
     calibration_windows: int
     bytes_before: int  # weight files of the (merged) input model
     bytes_after: int
@@ -127,6 +138,13 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
             raise InputError(f"ignore: {config.method} leaves each tensor's type to llama.cpp's quantizer, which "
                              "keeps no module in full precision on request")  # fmt: skip
         gguf.check_tools(config.method)
+    if config.algorithm == "awq" and config.method not in GROUPED:
+        raise InputError(f"--algorithm awq: AWQ scales weights for weight-only quantization (w4a16, w8a16), not "
+                         f"{config.method}")  # fmt: skip
+    if config.zero_point and config.method not in GROUPED:
+        raise InputError(f"--zero-point: zero points are for w4a16 and w8a16; {config.method} is symmetric per "
+                         "channel" if config.method in LLM_COMPRESSOR_SCHEMES else f"--zero-point: {config.method} "
+                         "has no zero-point setting (w4a16 and w8a16 have)")  # fmt: skip
     if config.method in LLM_COMPRESSOR_SCHEMES and importlib.util.find_spec("llmcompressor") is None:
         raise InputError(f"method {config.method} needs llm-compressor: pip install 'llmforge[quantize]' (in an "
                          "environment without vllm: they pin different compressed-tensors)")  # fmt: skip
@@ -251,7 +269,7 @@ def _texts(dataset, tokenizer, config: Config, context: int) -> Texts:
     if not held_out:
         raise InputError(f"{dataset.path}: too little held-out text to measure perplexity on")
     calibration = []
-    if config.method in LLM_COMPRESSOR_SCHEMES and config.algorithm == "gptq":
+    if config.method in LLM_COMPRESSOR_SCHEMES and config.algorithm != "rtn":
         calibration = windows(calibration_docs, seq_len, config.calibration_samples * seq_len)
         if not calibration:
             raise InputError(f"{dataset.path}: no calibration text outside the held-out part")
@@ -319,8 +337,9 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
         shutil.rmtree(unquantized_dir)
     ctx.stats.update({
         "method": config.method,
-        "algorithm": "llama.cpp" if config.method in gguf.TYPES else "gptq" if texts.calibration else "rtn",
+        "algorithm": "llama.cpp" if config.method in gguf.TYPES else config.algorithm if texts.calibration else "rtn",
         "group_size": group,
+        **({"zero_point": config.zero_point} if config.method in GROUPED else {}),
         "calibration_windows": len(texts.calibration),
         "bytes_before": size_before,
         "bytes_after": size_after,
@@ -343,7 +362,7 @@ def _measure_and_quantize(ctx, source, texts: Texts, config: Config, group: int 
     ctx.extra["format"] = ("gguf" if config.method in gguf.TYPES else
                            "compressed-tensors" if config.method in LLM_COMPRESSOR_SCHEMES else "torchao")  # fmt: skip
     ctx.extra["base_model"] = base_model_entry(source, ctx.out)
-    ctx.extra["reproducibility"] = reproducibility(texts)
+    ctx.extra["reproducibility"] = reproducibility(texts, config.algorithm)
 
 
 def _gguf(ctx, unquantized_dir: Path, tokenizer_path: Path, texts: Texts, method: str) -> float:
@@ -380,29 +399,37 @@ def budget_hints(config: Config, group: int | str) -> str:
             if larger
             else "another model: f16 is the model itself"
         )
+    calibrated = ["gptq", "awq"] if config.method in GROUPED else ["gptq"]
     hints = (
-        ["--algorithm gptq"] if config.algorithm == "rtn" and config.method in LLM_COMPRESSOR_SCHEMES else []
+        [f"--algorithm {name}" for name in calibrated if name != config.algorithm]
+        if config.method in LLM_COMPRESSOR_SCHEMES
+        else []
     )
+    if config.method in GROUPED and not config.zero_point:
+        hints.append("--zero-point")
     if isinstance(group, int) and group > 32:
         hints.append("a smaller --group-size (32)")
     return ", ".join([*hints, "keeping sensitive layers in full precision (ignore)", "more bits (w8a16)"])
 
 
-def reproducibility(texts: Texts) -> dict:
+def reproducibility(texts: Texts, algorithm: str) -> dict:
     """What the same fingerprint promises about the weights (manifest `extra.reproducibility`).
 
-    Round to nearest (rtn, torchao) scales each weight row by its own maximum: the same bytes anywhere. GPTQ feeds
-    the calibration windows in a fixed order (llm-compressor would shuffle them with an unseeded generator), so a
-    re-run gives the same bytes, but its Hessians are sums over the calibration activations whose order of
-    addition, and so the last bits, follow torch's thread count and the CPU or GPU kernels: recorded here."""
+    Round to nearest (rtn, torchao) scales each weight row by its own maximum: the same bytes anywhere. GPTQ and
+    AWQ feed the calibration windows in a fixed order (llm-compressor would shuffle them with an unseeded
+    generator), so a re-run gives the same bytes, but GPTQ's Hessians and AWQ's activation statistics and losses
+    are sums over the calibration activations whose order of addition, and so the last bits, follow torch's thread
+    count and the CPU or GPU kernels: recorded here."""
     import torch
 
     if not texts.calibration:
         return {"deterministic": True}
+    sums = {"gptq": "GPTQ sums calibration activations into Hessians",
+            "awq": "AWQ chooses its scales from sums over the calibration activations"}[algorithm]  # fmt: skip
     return {"deterministic": "same torch version, device and thread count",
             "torch_threads": torch.get_num_threads(),
-            "why": "GPTQ sums calibration activations into Hessians; the order of those float sums follows the "
-                   "thread count and kernels, so the weights can differ in the last bits elsewhere"}  # fmt: skip
+            "why": f"{sums}; the order of those float sums follows the thread count and kernels, so the weights "
+                   "can differ in the last bits elsewhere"}  # fmt: skip
 
 
 def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work: Path) -> None:
@@ -412,7 +439,7 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
 
     if config.method in GROUPED:  # the preset (W4A16 / W8A16) with the chosen group size in place of its 128
         grouped = isinstance(group, int)
-        weights = QuantizationArgs(num_bits=BITS[config.method], type="int", symmetric=True,
+        weights = QuantizationArgs(num_bits=BITS[config.method], type="int", symmetric=not config.zero_point,
                                    strategy="group" if grouped else "channel", group_size=group if grouped else None)  # fmt: skip
         scheme = {"config_groups": {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}}
     else:
@@ -422,10 +449,16 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
 
         dataset = Dataset.from_dict({"input_ids": texts.calibration,
                                      "attention_mask": [[1] * len(w) for w in texts.calibration]})  # fmt: skip
-        recipe = GPTQModifier(ignore=config.ignore, **scheme)
-        # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
-        oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
-                max_seq_length=max(len(w) for w in texts.calibration), shuffle_calibration_samples=False)  # fmt: skip
+        if config.algorithm == "awq":  # AWQ only scales channels; the quantization modifier then rounds
+            from llmcompressor.modifiers.transform import AWQModifier
+
+            recipe = [AWQModifier(), QuantizationModifier(ignore=config.ignore, **scheme)]
+        else:
+            recipe = GPTQModifier(ignore=config.ignore, **scheme)
+        with _pinning_only_with_an_accelerator():
+            # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
+            oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
+                    max_seq_length=max(len(w) for w in texts.calibration), shuffle_calibration_samples=False)  # fmt: skip
     else:
         oneshot(model=model, recipe=QuantizationModifier(ignore=config.ignore, **scheme))
     # oneshot leaves every module wrapped in compressed-tensors' offload cache (onload and offload both on the CPU
@@ -436,6 +469,25 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
 
     remove_dispatch(model)
     model.save_pretrained(work, save_compressed=True)
+
+
+@contextlib.contextmanager
+def _pinning_only_with_an_accelerator():
+    """llm-compressor 0.14's AWQ pins its cached activations in page-locked memory before each grid search (for
+    faster copies to the GPU), and torch refuses to pin without an accelerator ("Cannot access accelerator device
+    when none is available"). Pinning changes no value: on a machine without one, it is skipped."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    pin = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = pin
 
 
 def _torchao(unquantized_dir: Path, method: str, work: Path) -> None:
@@ -451,6 +503,7 @@ FLAGS = (
     Flag("method"),
     Flag("algorithm"),
     Flag("group_size", type=str),
+    Flag("zero_point", "--zero-point/--no-zero-point"),
     Flag("calibration_samples"),
     Flag("seq_len"),
     Flag("eval_tokens"),
