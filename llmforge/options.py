@@ -218,6 +218,8 @@ TrainingData = Annotated[
         help="The dataset: a JSONL or Parquet file (or a folder or glob of them), or a documents artifact."
     ),
 ]
+# sft and dpo: a held-out set measured during training (grpo has none)
+EVAL_FLAGS = (Flag("eval_fraction"), Flag("eval_data"), Flag("eval_steps"))
 POSTTRAIN_FLAGS = (
     Flag("lora.enabled", "--lora"),
     Flag("lora.qlora", "--qlora"),

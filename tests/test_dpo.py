@@ -48,6 +48,27 @@ def test_dpo_preference_accuracy_rises_on_a_separable_set(tmp_path, tiny_model, 
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_dpo_measures_preference_accuracy_on_held_out_pairs(tmp_path, tiny_model, preferences):
+    """A quarter of the pairs held out (--eval-fraction): the preference the policy learns carries over to pairs it
+    never trained on, measured at eval_steps and at the end; KTO splits held-out pairs as it splits the others."""
+    from llmforge.card.model_card import model_card
+
+    out = dpo.run(
+        tiny_model, preferences, tmp_path / "dpo", small(max_steps=6, eval_fraction=0.25, eval_steps=3)
+    )
+    stats = Artifact.open(out).stats
+    assert (stats["records"], stats["eval_records"]) == (12, 4) and stats_mismatches(out) == []
+    measured = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_rewards/accuracies" in r]
+    assert [r["step"] for r in measured] == [3, 6]
+    assert stats["eval_accuracy_final"] == 1.0 and stats["eval_margin_final"] > stats["eval_margin_first"] > 0
+    card = model_card(Artifact.open(out), None, None)
+    assert "| held-out preference accuracy (first → final) |" in card
+    kto = dpo.run(
+        tiny_model, preferences, tmp_path / "kto", small(loss="kto", max_steps=2, eval_fraction=0.25)
+    )
+    assert [r["step"] for r in read_jsonl(kto / "metrics.jsonl") if "eval_loss" in r] == [2]
+
+
 def test_dpo_stops_at_the_first_non_finite_loss_and_keeps_the_checkpoint_before(
     tmp_path, tiny_model, preferences
 ):

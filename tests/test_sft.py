@@ -81,6 +81,83 @@ def test_sft_full_writes_a_loadable_model(tmp_path, tiny_model, chat_data):
     assert sft.run(tiny_model, chat_data, tmp_path / "sft", small()) == out  # up to date: nothing to do
 
 
+def test_sft_measures_held_out_records_it_does_not_train_on(tmp_path, tiny_model, chat_data):
+    """--eval-fraction holds a seeded share of the records out of training and measures the loss on them every
+    eval_steps and at the end (a last step that is no multiple of eval_steps is measured after it)."""
+    from llmforge.card.model_card import model_card
+    from llmforge.data.records import held_out
+
+    config = small(max_steps=5, eval_fraction=0.25, eval_steps=2)
+    out = sft.run(tiny_model, chat_data, tmp_path / "sft", config)
+    stats = Artifact.open(out).stats
+    assert (stats["records"], stats["eval_records"]) == (18, 6) and stats_mismatches(out) == []
+    measured = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in measured] == [2, 4, 5]
+    first, final = measured[0]["eval_loss"], measured[-1]["eval_loss"]
+    assert (stats["eval_loss_first"], stats["eval_loss_final"]) == (round(first, 6), round(final, 6))
+    assert stats["eval_loss_final"] < stats["eval_loss_first"]  # the answers' pattern carries over
+    # the six held out are the ones --seed 0 chooses, and training never saw them
+    records = read_records(chat_data, "sft", sft.validator(config))
+    trained, evaluated = held_out(records, 0.25, seed=0)
+    assert len(evaluated.items) == 6 and not set(map(str, evaluated.items)) & set(map(str, trained.items))
+    assert "| held-out records | 6 (0.25 of the data, not trained on) |" in model_card(
+        Artifact.open(out), None, None
+    )
+    other = sft.run(
+        tiny_model, chat_data, tmp_path / "seed-1", small(max_steps=1, eval_fraction=0.25, seed=1)
+    )
+    assert Artifact.open(other).stats["eval_records"] == 6
+    assert held_out(records, 0.25, seed=1)[1].items != evaluated.items
+
+
+def test_sft_eval_data_is_an_input_measured_but_not_training_data(tmp_path, tiny_model, chat_data):
+    from llmforge.evaluation.contamination import lineage, training_files
+    from llmforge.model.loading import resolve_model
+
+    held = write_jsonl(tmp_path / "held.jsonl", chat_records(5, seed=9))
+    out = sft.run(tiny_model, chat_data, tmp_path / "sft", small(max_steps=2, eval_data=str(held)))
+    artifact = Artifact.open(out)
+    assert (artifact.stats["records"], artifact.stats["eval_records"]) == (24, 5)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [2]
+    entry = artifact.manifest["inputs"][-1]
+    assert entry["role"] == "eval data" and entry["path"] == str(held)
+    sources, _ = training_files(lineage(resolve_model(out, "eval")))
+    assert [s.name for s in sources] == [str(chat_data)]  # eval's contamination check reads only what trained
+    # other held-out records: another artifact (its figures differ); the same ones: up to date
+    assert sft.run(tiny_model, chat_data, tmp_path / "sft", small(max_steps=2, eval_data=str(held))) == out
+    write_jsonl(held, chat_records(5, seed=10))
+    with pytest.raises(LLMForgeError, match="--force"):
+        sft.run(tiny_model, chat_data, tmp_path / "sft", small(max_steps=2, eval_data=str(held)))
+
+
+def test_held_out_settings_that_cannot_work_are_refused_in_one_line(tmp_path, tiny_model, chat_data):
+    from helpers import grpo_records, llmforge
+
+    completions = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "1 + 1 =", "completion": " 2"}])
+    wrong = llmforge(
+        "sft", tiny_model, chat_data, "-o", tmp_path / "a", "--eval-data", completions, check=False
+    )
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert (f"error: {completions}:1: --eval-data holds 'prompt-completion' records, the training data "
+            f"'messages' ({chat_data}:1)") in " ".join(wrong.stderr.split())  # fmt: skip
+    both = llmforge("sft", tiny_model, chat_data, "-o", tmp_path / "b", "--eval-data", chat_data,
+                    "--eval-fraction", "0.1", check=False)  # fmt: skip
+    assert (
+        both.returncode == 2 and "--eval-data and --eval-fraction both give held-out records" in both.stderr
+    )
+    two = write_jsonl(tmp_path / "two.jsonl", chat_records(2))
+    none_left = llmforge("sft", tiny_model, two, "-o", tmp_path / "c", "--eval-fraction", "0.9", check=False)
+    assert (
+        none_left.returncode == 2 and "holds out 2 of 2 records, leaving none to train on" in none_left.stderr
+    )
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", grpo_records(4))
+    grpo = llmforge(
+        "grpo", tiny_model, prompts, "-o", tmp_path / "d", "--set", "eval_fraction=0.5", check=False
+    )
+    assert grpo.returncode == 2 and "grpo has no held-out loss" in grpo.stderr
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
 def test_sft_lora_resumes_after_an_interruption(tmp_path, tiny_model, chat_data):
     from transformers import AutoModelForCausalLM
 
@@ -213,7 +290,7 @@ def _trainer(tmp_path, tiny_model, records, shape, **settings):
     rows = sft.prepare(prepared, tokenizer, config, template, stop_ids(resolve_model(tiny_model, "sft"), tokenizer,
                                                                        template))  # fmt: skip
     trainer = sft.make_trainer(config=config, model=AutoModelForCausalLM.from_pretrained(tiny_model),
-                               tokenizer=tokenizer, dataset=to_dataset(rows), peft_config=None,
+                               tokenizer=tokenizer, dataset=to_dataset(rows), eval_dataset=None, peft_config=None,
                                arguments=training_arguments(config, tmp_path), callbacks=[], shape=shape)  # fmt: skip
     return trainer, tokenizer
 

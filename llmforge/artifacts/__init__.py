@@ -9,7 +9,7 @@ something that looks finished, and a re-run with the same fingerprint finds its 
 - writing.py: `run_stage`, which writes one under the contract.
 """
 
-from llmforge.artifacts.inputs import InputRef, expand_paths, raw_input
+from llmforge.artifacts.inputs import EVAL_DATA, InputRef, expand_paths, raw_input
 from llmforge.artifacts.manifest import (
     MANIFEST,
     SCHEMA,
@@ -26,6 +26,7 @@ from llmforge.artifacts.writing import StageContext, fingerprint_of, holds, run_
 from llmforge.files import canonical_hash, sha256_file
 
 __all__ = [
+    "EVAL_DATA",
     "MANIFEST", "SCHEMA", "STAGING_MARK", "STAGING_SUFFIX", "UNHASHED_DIRS", "UPDATE", "Artifact", "InputRef",
     "StageContext", "canonical_hash", "describe_kind", "expand_paths", "fingerprint_of", "holds", "open_artifact",
     "raw_input", "run_stage", "sha256_file", "staging_path",

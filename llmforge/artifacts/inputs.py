@@ -13,6 +13,10 @@ from typing import Any
 from llmforge.errors import InputError
 from llmforge.files import sha256_file
 
+# the role of a post-training stage's held-out records (--eval-data): measured, not trained on, so eval's
+# contamination check does not read them as training data
+EVAL_DATA = "eval data"
+
 
 @dataclass
 class InputRef:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llmforge.artifacts import Artifact
+from llmforge.artifacts import EVAL_DATA, Artifact
 from llmforge.card.markdown import fmt, lookup, name_of, percent
 from llmforge.card.stages import stats_of
 from llmforge.console import flatten
@@ -34,6 +34,16 @@ def data_label(found: tuple[dict[str, Any], Artifact | None] | None) -> str | No
         return f"`{name_of(data)}` ({data.kind})"
     detail = f", {fmt(entry['files'])} file(s), {fmt(entry['bytes'])} bytes" if "files" in entry else ""
     return f"`{entry['path']}` ({entry.get('kind')}{detail})"
+
+
+def held_out_label(step: Artifact) -> str | None:
+    """A post-training stage's held-out records: how many, and from where (--eval-data or a share of the data)."""
+    count = stats_of(step).get("eval_records")
+    if count is None:
+        return None
+    given = next((e for e, _ in step.parents() if e.get("role") == EVAL_DATA), None)
+    origin = f"`{given['path']}`" if given else f"{fmt(step.config.get('eval_fraction'))} of the data"
+    return f"{fmt(count)} ({origin}, not trained on)"
 
 
 def first_final(stats: Mapping[str, Any], series: str) -> str | None:
@@ -105,6 +115,7 @@ def posttrain_rows(step: Artifact, previous: Artifact | None) -> list:
     rows: list[tuple[str, Any]] = [
         ("data", data_label(data_input(step))),
         ("records", f"{fmt(s.get('records'))} ({s.get('shape')})" if "records" in s else None),
+        ("held-out records", held_out_label(step)),
         ("method", _method(step, previous)),
         ("trainable parameters", f"{fmt(s['trainable_parameters'])} of {fmt(s.get('total_parameters'))} "
                                  f"({percent(s.get('trainable_share'))})" if "trainable_parameters" in s else None),
@@ -125,6 +136,8 @@ def posttrain_rows(step: Artifact, previous: Artifact | None) -> list:
             ("tokens trained", s.get("tokens_trained")),
             ("loss (first → final)", first_final(s, "loss")),
             ("token accuracy", s.get("token_accuracy")),
+            ("held-out loss (first → final)", first_final(s, "eval_loss")),
+            ("held-out token accuracy", s.get("eval_token_accuracy")),
         ]
     elif step.stage == "dpo":
         rows += [
@@ -133,6 +146,8 @@ def posttrain_rows(step: Artifact, previous: Artifact | None) -> list:
             ("loss (first → final)", first_final(s, "loss")),
             ("preference accuracy (first → final)", first_final(s, "accuracy")),
             ("reward margin (first → final)", first_final(s, "margin")),
+            ("held-out loss (first → final)", first_final(s, "eval_loss")),
+            ("held-out preference accuracy (first → final)", first_final(s, "eval_accuracy")),
             ("rewards chosen / rejected", f"{fmt(s.get('rewards_chosen'))} / {fmt(s.get('rewards_rejected'))}"
              if "rewards_chosen" in s else None),
         ]  # fmt: skip

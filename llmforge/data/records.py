@@ -35,6 +35,26 @@ class Records:
 Validator = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
+def held_out(records: Records, fraction: float, seed: int) -> tuple[Records, Records]:
+    """`records` split into those trained on and a held-out share (at least one), chosen by `seed`; both keep the
+    records' order."""
+    import random
+
+    count = max(1, round(fraction * len(records.items)))
+    if count >= len(records.items):
+        raise InputError(f"--eval-fraction {fraction:g} holds out {count} of {len(records.items)} records, leaving "
+                         "none to train on")  # fmt: skip
+    chosen = set(random.Random(seed).sample(range(len(records.items)), count))
+
+    def part(keep) -> Records:
+        indices = [i for i in range(len(records.items)) if (i in chosen) == keep]
+        return Records(
+            [records.items[i] for i in indices], records.shape, [records.locations[i] for i in indices]
+        )
+
+    return part(False), part(True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmforge.artifacts import Artifact, sha256_file
+from llmforge.artifacts import EVAL_DATA, Artifact, sha256_file
 from llmforge.evaluation.ngram_index import Source
 
 # post-training stages: their raw input files are training data; quality kinds: no training data
@@ -46,8 +46,8 @@ def training_documents(artifacts: list[Artifact]) -> list[Artifact]:
     for artifact in artifacts:
         if artifact.kind == "documents" or artifact.kind in QUALITY_KINDS:  # a classifier trains on no model
             continue
-        for _, parent in artifact.parents():
-            if parent is not None and parent.kind == "documents":
+        for entry, parent in artifact.parents():
+            if parent is not None and parent.kind == "documents" and entry.get("role") != EVAL_DATA:
                 chosen.setdefault(parent.fingerprint, parent)
     return list(chosen.values())
 
@@ -79,7 +79,12 @@ def training_files(artifacts: list[Artifact]) -> tuple[list[Source], list[str]]:
             continue
         for entry, parent in artifact.parents():
             # raw_input entries carry a file count; a base model given as a plain directory is raw too, without one
-            if parent is not None or entry.get("kind") != "raw" or "files" not in entry:
+            if (
+                parent is not None
+                or entry.get("kind") != "raw"
+                or "files" not in entry
+                or entry.get("role") == EVAL_DATA
+            ):
                 continue
             if entry["fingerprint"] in seen:
                 continue

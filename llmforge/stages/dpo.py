@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from llmforge.data.records import Records, check_answer, check_prompt
 from llmforge.errors import InputError
-from llmforge.options import POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
+from llmforge.options import EVAL_FLAGS, POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Stage,
@@ -78,6 +78,12 @@ class Stats(PostTrainStats):
     margin_final: NotRequired[float]
     rewards_chosen: NotRequired[float]
     rewards_rejected: NotRequired[float]
+    eval_loss_first: NotRequired[float]  # on the held-out pairs (--eval-fraction / --eval-data)
+    eval_loss_final: NotRequired[float]
+    eval_accuracy_first: NotRequired[float]
+    eval_accuracy_final: NotRequired[float]
+    eval_margin_first: NotRequired[float]
+    eval_margin_final: NotRequired[float]
 
 
 def validator(config: Config):
@@ -116,15 +122,19 @@ def check(records: Records, tokenizer, config: Config) -> None:
                          f"every label in the dataset is {records.items[0]['label']}")  # fmt: skip
 
 
-def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
-    common = dict(model=model, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-                  callbacks=callbacks)  # fmt: skip
+def make_trainer(
+    config: Config, model, tokenizer, dataset, eval_dataset, peft_config, arguments, callbacks, shape
+):
+    common = dict(model=model, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+                  peft_config=peft_config, callbacks=callbacks)  # fmt: skip
     if config.loss == "kto":
         from trl import KTOConfig, KTOTrainer
         from trl.data_utils import unpair_preference_dataset
 
         if shape == "paired":  # each pair gives one good and one bad completion
             common["train_dataset"] = unpair_preference_dataset(dataset)
+            if eval_dataset is not None:
+                common["eval_dataset"] = unpair_preference_dataset(eval_dataset)
         args = KTOConfig(**arguments, beta=config.beta, max_length=config.max_length)
         return KTOTrainer(args=args, **common)
     if config.loss == "orpo":
@@ -153,7 +163,9 @@ def summarize(history: list[dict]) -> dict[str, Any]:
     """Preference accuracy and reward margins at the first and the last logged step (KTO has no accuracy)."""
     return {**first_final(history, "loss"), **first_final(history, "rewards/accuracies", "accuracy"),
             **first_final(history, "rewards/margins", "margin"), **final_value(history, "rewards/chosen"),
-            **final_value(history, "rewards/rejected")}  # fmt: skip
+            **final_value(history, "rewards/rejected"), **first_final(history, "eval_loss"),
+            **first_final(history, "eval_rewards/accuracies", "eval_accuracy"),
+            **first_final(history, "eval_rewards/margins", "eval_margin")}  # fmt: skip
 
 
 def describe(config: Config) -> list[tuple[str, str]]:
@@ -179,6 +191,7 @@ FLAGS = (
     Flag("beta"),
     Flag("sft_weight"),
     *POSTTRAIN_FLAGS,
+    *EVAL_FLAGS,
 )
 
 

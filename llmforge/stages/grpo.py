@@ -197,7 +197,9 @@ def reward_functions(config: Config):
     return functions
 
 
-def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
+def make_trainer(
+    config: Config, model, tokenizer, dataset, eval_dataset, peft_config, arguments, callbacks, shape
+):
     from trl import GRPOConfig, GRPOTrainer
 
     from llmforge.train.trl_job import RewardFailures

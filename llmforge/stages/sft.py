@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired
 
 from pydantic import Field
 
 from llmforge import machine
 from llmforge.data.records import Records, check_answer, check_messages, check_prompt, check_text
 from llmforge.errors import InputError
-from llmforge.options import POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
+from llmforge.options import EVAL_FLAGS, POSTTRAIN_FLAGS, Flag, TrainedModel, TrainingData, stage_command
 from llmforge.train.posttrain import (
     PostTrainConfig,
     Stage,
@@ -50,6 +50,11 @@ class Stats(PostTrainStats):
     loss_final: float
     token_accuracy: float  # share of the trained tokens predicted right, last logged
     tokens_trained: int  # tokens seen by the loss so far, last logged
+    eval_loss_first: NotRequired[
+        float
+    ]  # on the held-out records (--eval-fraction / --eval-data): first and last
+    eval_loss_final: NotRequired[float]
+    eval_token_accuracy: NotRequired[float]  # share of the held-out trained-on tokens predicted right, last
 
 
 def validator(config: Config):
@@ -112,7 +117,9 @@ def prepare(records: Records, tokenizer, config: Config, template, stop_ids: lis
     return examples
 
 
-def make_trainer(config: Config, model, tokenizer, dataset, peft_config, arguments, callbacks, shape):
+def make_trainer(
+    config: Config, model, tokenizer, dataset, eval_dataset, peft_config, arguments, callbacks, shape
+):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -129,6 +136,7 @@ def make_trainer(config: Config, model, tokenizer, dataset, peft_config, argumen
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
@@ -140,6 +148,8 @@ def summarize(history: list[dict]) -> dict[str, Any]:
         **first_final(history, "loss"),
         **final_value(history, "mean_token_accuracy", "token_accuracy"),
         **final_value(history, "num_tokens", "tokens_trained"),
+        **first_final(history, "eval_loss"),
+        **final_value(history, "eval_mean_token_accuracy", "eval_token_accuracy"),
     }
 
 
@@ -183,6 +193,7 @@ def run(
 FLAGS = (
     Flag("packing"),
     *POSTTRAIN_FLAGS,
+    *EVAL_FLAGS,
 )
 
 

@@ -30,10 +30,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from llmforge import machine
-from llmforge.artifacts import InputRef, run_stage
+from llmforge.artifacts import EVAL_DATA, InputRef, run_stage
 from llmforge.config import StageConfig, runtime_field
 from llmforge.console import log, warn
-from llmforge.data.records import Records, Validator, dataset_ref, read_records
+from llmforge.data.records import Records, Validator, dataset_ref, held_out, read_records
 from llmforge.errors import InputError, LLMForgeError
 from llmforge.files import write_json, write_jsonl
 from llmforge.train import checkpoint as ckpt
@@ -98,6 +98,23 @@ class PostTrainConfig(StageConfig):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm")
     seed: int = Field(0, description="Seed for initialisation of adapters, data order and sampling")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA / QLoRA adapter settings")
+    eval_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="sft, dpo: hold out this share of the records (chosen by --seed, not trained on) and measure "
+        "the loss on them every eval_steps and at the end; 0 = none (or --eval-data)",
+    )
+    eval_data: str | None = runtime_field(
+        None,
+        description="sft, dpo: held-out records of the training data's shape, measured as --eval-fraction's are "
+        "(their content, not their path, is an input of the artifact)",
+    )
+    eval_steps: int | None = runtime_field(
+        None,
+        ge=1,
+        description="Measure the held-out records every N steps (and at the end); none = save_steps",
+    )
     zero: int | None = runtime_field(
         None,
         ge=0,
@@ -123,6 +140,10 @@ class PostTrainConfig(StageConfig):
     save_steps: int = runtime_field(50, ge=1, description="Save a resumable checkpoint every N steps")
     keep_checkpoints: int = runtime_field(2, ge=1, description="Checkpoints kept in OUT/checkpoints")
     logging_steps: int = runtime_field(1, ge=1, description="Log metrics every N steps")
+
+    def evaluates(self) -> bool:
+        """A held-out set is measured during training (--eval-fraction or --eval-data)."""
+        return self.eval_fraction > 0 or self.eval_data is not None
 
     def uses_launcher(self) -> bool:
         """Training runs in worker processes (torchrun or the deepspeed launcher), not in the user's process."""
@@ -178,7 +199,7 @@ class Stage:
     validate: Callable[[PostTrainConfig], Validator]
     make_trainer: Callable[
         ..., Any
-    ]  # (config, model, tokenizer, dataset, peft_config, args, callbacks, shape)
+    ]  # (config, model, tokenizer, dataset, eval_dataset, peft_config, args, callbacks, shape)
     summarize: Callable[[list[dict]], dict[str, Any]]
     default_rates: tuple[float, float]  # learning rate: full fine-tuning, LoRA
     check: Callable[[Records, Any, PostTrainConfig], None] | None = None  # extra checks needing the tokenizer
@@ -199,6 +220,7 @@ class Job:
     work: str
     shape: str
     chat_template: str | None = None  # the template text chats are rendered with (set on the tokenizer)
+    eval_data: str | None = None  # the held-out rows, prepared as the training rows are
 
     def save(self, path: Path) -> None:
         write_json(path, {"kind": JOB_KIND, **asdict(self)})
@@ -244,6 +266,16 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
     inputs = [source.ref(), dataset_ref(data, stage.name)]
     if config.chat_template is not None:
         inputs.append(template_input(config.chat_template))
+    if config.evaluates():
+        if stage.name == "grpo":
+            raise InputError("grpo has no held-out loss (eval_fraction, eval_data): score the model with "
+                             "`llmforge eval`")  # fmt: skip
+        if config.eval_data is not None and config.eval_fraction:
+            raise InputError("--eval-data and --eval-fraction both give held-out records; use one")
+    if config.eval_data is not None:
+        eval_ref = dataset_ref(config.eval_data, stage.name)
+        eval_ref.detail["role"] = EVAL_DATA
+        inputs.append(eval_ref)
     if not dry_run and up_to_date(out, stage.name, config, inputs):  # nothing to validate or load
         return run_stage(stage.name, kind, config, inputs, out, lambda ctx: None, force=force)
     # stdout carries only the output path: libraries that print or log to stdout (DeepSpeed's logger, TRL) are
@@ -262,24 +294,39 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             deepspeed_config(config.zero, config.offload)  # refuses impossible combinations before any work
         config.world_size()  # a hostfile that cannot be used is one line before any work
         records = read_records(data, stage.name, stage.validate(config))
+        evaluated = None
+        if config.eval_data is not None:
+            evaluated = read_records(config.eval_data, stage.name, stage.validate(config))
+            if evaluated.shape != records.shape:
+                raise InputError(f"{evaluated.locations[0]}: --eval-data holds {evaluated.shape!r} records, the "
+                                 f"training data {records.shape!r} ({records.locations[0]})")  # fmt: skip
+        elif config.eval_fraction:
+            records, evaluated = held_out(records, config.eval_fraction, config.seed)
         tokenizer = load_tokenizer(source)
         template = training_template(records, tokenizer, config)
         if template is not None:
             tokenizer.chat_template = template.text
             log(template.note)
+        parts = [records] if evaluated is None else [records, evaluated]
         if stage.check is not None:
-            stage.check(records, tokenizer, config)
-        rows = records.items
-        if stage.prepare is not None:
-            rows = stage.prepare(records, tokenizer, config, template, stop_ids(source, tokenizer, template))
-        log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}; "
+            for part in parts:
+                stage.check(part, tokenizer, config)
+        stops = stop_ids(source, tokenizer, template) if stage.prepare is not None else []
+
+        def prepared(part: Records) -> list[dict]:
+            return stage.prepare(part, tokenizer, config, template, stops) if stage.prepare else part.items
+
+        rows = prepared(records)
+        eval_rows = prepared(evaluated) if evaluated is not None else None
+        held = f" ({len(evaluated.items):,} more held out)" if evaluated is not None else ""
+        log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}{held}; "
             f"{describe_method(config, source)}")  # fmt: skip
         if config.lora.qlora:
             log(f"{stage.name}: the frozen base is held in {qlora_precision()}")
         if dry_run:
             from llmforge.train.posttrain_plan import print_plan
 
-            print_plan(stage, config, source, records, kind)
+            print_plan(stage, config, source, records, kind, evaluated)
             return None
 
         def body(ctx) -> None:
@@ -293,10 +340,13 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
             # the workers resume from this checkpoint, whose files are loaded with pickle: checked here, once
             ckpt.verified_latest(ctx.work / CHECKPOINTS, ckpt.TRAINER_PREFIX)
             write_jsonl(logs / "dataset.jsonl", rows)
+            if evaluated is not None:
+                write_jsonl(logs / "eval.jsonl", eval_rows)
             job = Job(stage=stage.name, module=stage.module, config=config.model_dump(mode="json"),
                       model=_location(source), data=str((logs / "dataset.jsonl").resolve()),
                       work=str(ctx.work.resolve()), shape=records.shape,
-                      chat_template=template.text if template else None)  # fmt: skip
+                      chat_template=template.text if template else None,
+                      eval_data=str((logs / "eval.jsonl").resolve()) if evaluated is not None else None)  # fmt: skip
             job.save(logs / "job.json")
             if config.uses_launcher():
                 launch.launch(logs / "job.json", config.nproc, config.hostfile)
@@ -313,6 +363,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
                 ctx.stats["chat_template"] = template.origin
             if rows is not records.items:
                 ctx.stats["examples"] = len(rows)  # sequences trained on: a chat can give more than one
+            if evaluated is not None:
+                ctx.stats["eval_records"] = len(evaluated.items)
 
     return run_stage(stage.name, kind, config, inputs, out, body, force=force)
 

@@ -104,7 +104,8 @@ def describe_base(config: PostTrainConfig, dtype: str) -> str:
     return f"{dtype} as stored, " + ("frozen" if config.lora.enabled else "every weight trained")
 
 
-def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, kind: str) -> None:
+def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, kind: str,
+               evaluated: Records | None = None) -> None:  # fmt: skip
     from rich.table import Table
 
     from llmforge.console import console
@@ -140,6 +141,10 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
     table.add_row("output", {"adapter": "an adapter artifact (peft directory on the base)",
                              "model": merged if config.lora.merge else "a full model"}[kind])  # fmt: skip
     table.add_row("data", f"{len(records.items):,} {records.shape} records")
+    if evaluated is not None:
+        origin = config.eval_data or f"{config.eval_fraction:g} of the data, chosen by seed {config.seed}"
+        table.add_row("held out", f"{len(evaluated.items):,} records ({origin}), measured every "
+                                  f"{config.eval_steps or config.save_steps} steps and at the end")  # fmt: skip
     # the per-device batch counts sequences; GRPO's counts completions, num_generations of them per prompt
     samples = len(records.items) * getattr(config, "num_generations", 1)
     processes = config.world_size()

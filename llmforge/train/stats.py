@@ -35,7 +35,8 @@ class TrainingSummary(TypedDict):
 class PostTrainStats(TypedDict):
     """What sft, dpo and grpo all write; each stage's own `Stats` adds its summary of the TRL log."""
 
-    records: int  # in the dataset
+    records: int  # trained on: the dataset's, less any held out (--eval-fraction)
+    eval_records: NotRequired[int]  # held out (--eval-fraction) or in --eval-data
     shape: str  # the records' shape (messages, prompt-completion, paired, ...)
     trainable_parameters: int
     total_parameters: int

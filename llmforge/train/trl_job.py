@@ -67,12 +67,13 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
         tokenizer.chat_template = job.chat_template
     model, peft_config = load_policy(source, config)
     dataset = to_dataset(read_jsonl(job.data))
+    eval_dataset = to_dataset(read_jsonl(job.eval_data)) if job.eval_data else None
     checkpoints = work / CHECKPOINTS
     found = ckpt.latest(checkpoints, ckpt.TRAINER_PREFIX)
     last, resumed_step = (str(found[0]), found[1]["step"]) if found else (None, 0)
     display = LiveMetrics(work / METRICS, stage.name, resumed_step)
     trainer = stage.make_trainer(config=config, model=model, tokenizer=tokenizer, dataset=dataset,
-                                 peft_config=peft_config, arguments=arguments,
+                                 eval_dataset=eval_dataset, peft_config=peft_config, arguments=arguments,
                                  callbacks=[display, MarkComplete(), *(callbacks or [])], shape=job.shape)  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # it prints logs to stdout, which carries only the output path
     guard = FiniteGuard(trainer, stage.name, config)
@@ -85,6 +86,8 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=last)
+        if eval_dataset is not None and not measured_at(trainer.state.log_history, trainer.state.global_step):
+            trainer.evaluate()  # the final model's held-out figures, unless the last step measured them
     except RuntimeError as exc:
         if SAMPLING_NON_FINITE in str(exc):  # GRPO's rollouts meet an overflowing policy before its loss does
             guard.stop(arguments["output_dir"], trainer.state.global_step + 1,
@@ -133,6 +136,9 @@ def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
         gradient_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=0,
     )
+    if config.evaluates():
+        arguments.update(eval_strategy="steps", eval_steps=config.eval_steps or config.save_steps,
+                         per_device_eval_batch_size=config.batch_size)  # fmt: skip
     if cpu and config.zero is None and config.uses_launcher():
         arguments["ddp_backend"] = "gloo"
     if config.zero is not None:
@@ -222,6 +228,11 @@ def to_dataset(rows: list[dict]) -> datasets.Dataset:
 # Callbacks: the checkpoint rule, OUT/metrics.jsonl and a live display
 
 
+def measured_at(history: list[dict], step: int) -> bool:
+    """The held-out records were measured at `step` (a log entry of that step with an eval_ figure)."""
+    return any(entry.get("step") == step and any(k.startswith("eval_") for k in entry) for entry in history)
+
+
 class MarkComplete(TrainerCallback):
     """Writes checkpoint-N/complete.json once every process has saved its part of checkpoint N (the rule of
     llmforge.train.checkpoint: a checkpoint without it was cut short and is never resumed from)."""
@@ -237,7 +248,7 @@ class MarkComplete(TrainerCallback):
 class LiveMetrics(TrainerCallback):
     """Appends every log to OUT/metrics.jsonl and shows a progress bar with the latest figures (rank 0)."""
 
-    HEADLINE = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "learning_rate")
+    HEADLINE = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "learning_rate", "eval_loss")
 
     def __init__(self, path: Path, stage: str, resumed_step: int) -> None:
         self.path, self.stage, self.resumed_step = path, stage, resumed_step
