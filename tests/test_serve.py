@@ -185,6 +185,19 @@ def test_seed_max_tokens_and_stop_sequences(client):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
 
 
+def test_vllms_sampling_parameters_are_honoured(client):
+    """top_k 1 (and min_p 1) leave only the likeliest token, so a seeded sample at temperature 1 is the greedy
+    answer; -1 means no top_k, as in vLLM (the penalties' effect: test_serving_engine)."""
+
+    def ask(**extra):
+        return client.completions.create(model="tiny", prompt="the model learns", max_tokens=24, seed=3,
+                                         extra_body={"ignore_eos": True, **extra}).choices[0].text  # fmt: skip
+
+    greedy = ask(temperature=0)
+    assert ask(temperature=1.0, top_k=1) == greedy and ask(temperature=1.0, min_p=1.0) == greedy
+    assert ask(temperature=1.0, top_k=-1) == ask(temperature=1.0) != greedy
+
+
 def test_concurrent_requests_are_answered_correctly_and_batched(server, client):
     prompts = [f"question {i}: what is {i} + {i}?" for i in range(8)]
 
@@ -223,12 +236,13 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         ({**good, "max_tokens": -1}, 400, "invalid_value", "max_tokens"),
         ({**good, "messages": [{"role": "user", "content": "word " * 600}]}, 400, "context_length_exceeded", "messages"),
         ({**good, "max_tokens": 600}, 400, "context_length_exceeded", "max_tokens"),
-        ({**good, "presence_penalty": 0.5}, 400, "unsupported_parameter", "presence_penalty"),
+        ({**good, "presence_penalty": 2.5}, 400, "invalid_value", "presence_penalty"),  # OpenAI's range: -2 to 2
         ({**good, "logit_bias": {"5": 1.0}}, 400, "unsupported_parameter", "logit_bias"),
         ({**good, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "invalid_value", "messages.0.role"),
         ({"model": "tiny", "prompt": "hi", "best_of": 2}, 400, "unsupported_parameter", "best_of"),
-        ({**good, "top_k": 5}, 400, "unsupported_parameter", "top_k"),  # vLLM's extensions it does not implement
-        ({"model": "tiny", "prompt": "hi", "repetition_penalty": 1.3}, 400, "unsupported_parameter", "repetition_penalty"),
+        ({**good, "top_k": -2}, 400, "invalid_value", "top_k"),
+        ({"model": "tiny", "prompt": "hi", "repetition_penalty": 0}, 400, "invalid_value", "repetition_penalty"),
+        ({**good, "length_penalty": 2.0}, 400, "unsupported_parameter", "length_penalty"),  # beam search's
     ]  # fmt: skip
     for body, status, code, param in cases:
         url = f"{server.url}/completions" if isinstance(body, dict) and "prompt" in body else chat
@@ -239,7 +253,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
         assert (error["code"], error["param"], error["type"]) == (code, param, "invalid_request_error")
     assert httpx.post(chat, headers=headers, json=good).status_code == 200
-    neutral = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "unknown_field": 3}  # change nothing
+    neutral = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "length_penalty": 1, "unknown_field": 3}
     assert httpx.post(chat, headers=headers, json={**good, **neutral}).status_code == 200
 
 

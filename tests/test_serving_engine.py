@@ -175,6 +175,104 @@ def test_top_p_and_temperature_shape_the_sampling(peaky):
     assert nucleus == [greedy] * 4 and cold == [greedy] * 4
 
 
+def test_top_k_min_p_and_top_p_weights_are_transformers_warpers(peaky):
+    """Each filter alone keeps exactly the tokens transformers' warper keeps, with the same probabilities; together
+    they apply in vLLM's order (min_p, top_k, then top_p of what is left)."""
+    import torch
+    from transformers import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from llmforge.serving.engine import sampling_weights
+
+    torch.manual_seed(0)
+    logits = torch.randn(300) * 3
+    for params, warper in [
+        (SamplingParams(max_tokens=1, temperature=0.7, top_k=7), TopKLogitsWarper(7)),
+        (SamplingParams(max_tokens=1, temperature=0.7, min_p=0.05), MinPLogitsWarper(0.05)),
+        (SamplingParams(max_tokens=1, temperature=0.7, top_p=0.8), TopPLogitsWarper(0.8)),
+    ]:
+        weights = sampling_weights(logits, params)
+        expected = torch.softmax(warper(None, (logits / 0.7)[None])[0], -1)
+        assert torch.equal(weights > 0, expected > 0), params
+        assert torch.allclose(weights / weights.sum(), expected, atol=1e-6)
+    both = sampling_weights(logits, SamplingParams(max_tokens=1, top_k=20, top_p=0.5))
+    kept = torch.softmax(TopKLogitsWarper(20)(None, logits[None])[0], -1)  # top_p on what top_k leaves
+    assert torch.equal(both > 0, torch.softmax(TopPLogitsWarper(0.5)(None, kept.log()[None])[0], -1) > 0)
+
+
+def test_penalties_change_the_logits_as_vllm_defines_them(peaky):
+    """repetition_penalty: transformers' processor, over prompt and answer tokens; presence and frequency
+    penalties: OpenAI's, over the answer's tokens only."""
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from llmforge.serving.engine import penalized
+
+    torch.manual_seed(0)
+    logits = torch.randn(300) * 3
+    request = GenerationRequest(
+        [5, 6, 7], SamplingParams(max_tokens=4, repetition_penalty=1.3), on_event=print
+    )
+    request.output_ids = [7, 9, 9]
+    seen = torch.tensor([[5, 6, 7, 7, 9, 9]])
+    assert torch.equal(
+        penalized(logits, request), RepetitionPenaltyLogitsProcessor(1.3)(seen, logits[None])[0]
+    )
+    request.params = SamplingParams(max_tokens=4, presence_penalty=0.5, frequency_penalty=0.25)
+    expected = logits.clone()
+    expected[7] -= 0.5 + 0.25
+    expected[9] -= 0.5 + 2 * 0.25
+    assert torch.equal(penalized(logits, request), expected)  # prompt tokens 5 and 6 untouched
+    assert penalized(logits, GenerationRequest([5], SamplingParams(max_tokens=1), on_event=print)) is logits
+
+
+def test_sampling_parameters_reach_the_answers(peaky):
+    """Through the engine: top_k 1 and min_p 1 sample only the likeliest token (the greedy answer); a repetition
+    penalty gives transformers' greedy answer with that penalty, and a frequency penalty keeps the answer from the
+    repeat the greedy one makes."""
+    import torch
+
+    model, tokenizer = peaky
+    greedy = generate_alone(model, tokenizer, PROMPTS[1], 24)
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    penalized_greedy = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                      repetition_penalty=1.5, pad_token_id=tokenizer.pad_token_id)[0, len(ids):]  # fmt: skip
+    engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=8)
+    engine.start()
+    try:
+        prompts = [PROMPTS[1]] * 4
+        params = [SamplingParams(max_tokens=24, temperature=1.0, top_k=1, seed=1, ignore_eos=True),
+                  SamplingParams(max_tokens=24, temperature=1.0, min_p=1.0, seed=2, ignore_eos=True),
+                  SamplingParams(max_tokens=24, temperature=0, repetition_penalty=1.5, ignore_eos=True),
+                  SamplingParams(max_tokens=24, temperature=0, frequency_penalty=2.0, ignore_eos=True)]  # fmt: skip
+        top_k, min_p, repetition, frequency = (
+            r.output_ids for r, _, _ in run(engine, tokenizer, prompts, params)
+        )
+    finally:
+        engine.stop()
+    assert top_k == greedy and min_p == greedy
+    assert repetition == penalized_greedy.tolist() != greedy
+    assert frequency != greedy and max(map(frequency.count, frequency)) < max(map(greedy.count, greedy))
+
+
+def test_sampling_defaults_are_what_the_generation_config_sets():
+    """As vLLM reads generation_config.json: what the file sets (Qwen3 ships top_k 20, min_p 0), not what
+    transformers' GenerationConfig fills in (top_k 50); greedy models sample nothing."""
+    from transformers import GenerationConfig
+
+    from llmforge.serving.embedded import generation_defaults
+
+    qwen = GenerationConfig(
+        do_sample=True, temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, eos_token_id=[1, 2]
+    )
+    defaults, eos = generation_defaults(qwen)
+    assert (defaults.temperature, defaults.top_p, defaults.top_k, defaults.min_p) == (0.6, 0.95, 20, 0.0)
+    assert defaults.repetition_penalty == 1.0 and eos == [1, 2]
+    smol = generation_defaults(GenerationConfig(do_sample=True, temperature=0.7, top_p=0.9))[0]
+    assert (smol.top_k, smol.min_p, smol.repetition_penalty) == (0, 0.0, 1.0)
+    greedy = generation_defaults(GenerationConfig(top_k=5, repetition_penalty=1.1))[0]
+    assert (greedy.temperature, greedy.top_k, greedy.repetition_penalty) == (0.0, 0, 1.1)
+
+
 def test_incremental_decoding_gives_the_whole_answer_decoded_at_once(peaky):
     model, tokenizer = peaky
     engine = Engine(model, tokenizer, [tokenizer.eos_token_id], max_model_len=128, max_batch_size=4)

@@ -105,7 +105,8 @@ class LocalChat:
         params = SamplingParams(
             max_tokens=min(settings.max_tokens or self.defaults.max_tokens, room),
             temperature=self.defaults.temperature if settings.temperature is None else settings.temperature,
-            top_p=self.defaults.top_p, seed=settings.seed,
+            top_p=self.defaults.top_p, seed=settings.seed, top_k=self.defaults.top_k, min_p=self.defaults.min_p,
+            repetition_penalty=self.defaults.repetition_penalty,
         )  # fmt: skip
         events: queue.Queue = queue.Queue()
         self.engine.submit(GenerationRequest(ids, params, on_event=events.put, adapter=self.model.adapter))

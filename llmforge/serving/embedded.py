@@ -69,10 +69,15 @@ def generation_defaults(generation, model_eos: int | list[int] | None = None) ->
     the generation config names no end-of-sequence token."""
     eos = generation.eos_token_id if generation.eos_token_id is not None else model_eos
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    # only what the file sets, as vLLM reads it: transformers' own defaults (top_k 50) are not the model's
+    given = generation.to_diff_dict()
     defaults = Defaults(
         temperature=float(generation.temperature or 1.0) if generation.do_sample else 0.0,
         top_p=float(generation.top_p or 1.0) if generation.do_sample else 1.0,
         max_tokens=int(generation.max_new_tokens or 256),
+        top_k=int(given.get("top_k") or 0) if generation.do_sample else 0,
+        min_p=float(given.get("min_p") or 0.0) if generation.do_sample else 0.0,
+        repetition_penalty=float(given.get("repetition_penalty") or 1.0),
     )
     return defaults, eos_ids
 

@@ -50,6 +50,14 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
+    # vLLM's order: the penalties change the logits first (greedy answers too), then temperature, min_p, top_k, top_p
+    repetition_penalty: float = (
+        1.0  # prompt and answer tokens: positive logits divided by it, negative multiplied
+    )
+    presence_penalty: float = 0.0  # subtracted once from a token the answer holds
+    frequency_penalty: float = 0.0  # subtracted for every time the answer holds it
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
@@ -290,6 +298,7 @@ class Engine:
             if params.ignore_eos or len(request.output_ids) < params.min_tokens:
                 row = row.clone()
                 row[list(self.eos_token_ids)] = float("-inf")
+            row = penalized(row, request)
             if params.constraint is not None:
                 row = params.constraint.mask(row)
             token = self._choose(row, params, request.generator)
@@ -304,14 +313,7 @@ class Engine:
 
         if params.temperature == 0:
             return int(row.argmax())
-        probs = torch.softmax(row / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
-            drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
-            sorted_probs[drop] = 0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=generator))
+        return int(torch.multinomial(sampling_weights(row, params), 1, generator=generator))
 
     def _after_sampling(self, requests: list[GenerationRequest], tokens: list[int], first: int) -> None:
         """Append each row's token, deliver new text, and drop the rows that finished."""
@@ -447,6 +449,50 @@ class Engine:
             self._mask = self._mask[:, start:]
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+
+
+def penalized(row, request: GenerationRequest):
+    """The row's logits after the request's repetition (prompt and answer tokens), presence and frequency
+    (answer tokens) penalties, as vLLM applies them; the row itself when there are none."""
+    import torch
+
+    params = request.params
+    if params.repetition_penalty == 1.0 and not params.presence_penalty and not params.frequency_penalty:
+        return row
+    row = row.clone()
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(request.prompt_ids + request.output_ids, dtype=torch.long).unique()
+        logits = row[seen]
+        row[seen] = torch.where(
+            logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty
+        )
+    if request.output_ids and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(request.output_ids, dtype=torch.long), minlength=row.numel())
+        row -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return row
+
+
+def sampling_weights(row, params: SamplingParams):
+    """What a token is sampled from (weights in proportion to its probability): softmax(logits / temperature),
+    then (vLLM's order) tokens below min_p times the most likely one's probability, outside the top_k and beyond
+    the top_p mass of what is left dropped."""
+    import torch
+
+    probs = torch.softmax(row / params.temperature, dim=-1)
+    left = 1.0  # the mass left after the filters: top_p counts in it
+    if params.min_p > 0:
+        probs = torch.where(probs < params.min_p * probs.max(), 0.0, probs)
+    if 0 < params.top_k < probs.numel():  # ties with the k-th are kept, as in vLLM and transformers
+        probs = torch.where(probs < probs.topk(params.top_k).values[-1], 0.0, probs)
+    if params.min_p > 0 or 0 < params.top_k < probs.numel():
+        left = float(probs.sum())
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the most likely token)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p * left
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return probs
 
 
 def _logprob(scores, token: int, k: int) -> TokenLogprob:

@@ -171,4 +171,8 @@ def sampling(state: ServerState, body: Params, prompt_tokens: int, max_tokens: i
         top_p=defaults.top_p if body.top_p is None else body.top_p,
         stop=stop, seed=None if body.seed is None else body.seed % SEED_SPAN, ignore_eos=body.ignore_eos,
         min_tokens=body.min_tokens,
+        top_k=defaults.top_k if body.top_k is None else max(body.top_k, 0),
+        min_p=defaults.min_p if body.min_p is None else body.min_p,
+        repetition_penalty=defaults.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
+        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
     )  # fmt: skip

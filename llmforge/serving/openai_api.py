@@ -50,6 +50,9 @@ class Defaults:
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 @dataclass

@@ -74,13 +74,23 @@ class Params(BaseModel):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    presence_penalty: float | None = 0
-    frequency_penalty: float | None = 0
+    # OpenAI's penalties on what the answer has generated so far: each token's logit less presence_penalty once
+    # it has appeared, less frequency_penalty for every time it has
+    presence_penalty: float | None = Field(0, ge=-2, le=2)
+    frequency_penalty: float | None = Field(0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # vLLM's extensions, so benchmarks and tests can ask for an exact number of tokens
+    # vLLM's extensions: an exact number of tokens (benchmarks, tests), and its sampling parameters; None: the
+    # artifact's generation config
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
+    top_k: int | None = Field(None, ge=-1)  # the k most likely tokens only; 0 or -1: all
+    min_p: float | None = Field(
+        None, ge=0, le=1
+    )  # tokens at least min_p times as likely as the most likely one
+    repetition_penalty: float | None = Field(
+        None, gt=0, le=10
+    )  # prompt and answer tokens: logits / p (p if < 0)
 
 
 class ChatRequest(Params):
@@ -106,7 +116,7 @@ class CompletionRequest(Params):
 # Sampling parameters of vLLM and other OpenAI-compatible servers that change the answer and that this server does
 # not implement, with the values that change nothing (sent by clients that always send their defaults)
 FOREIGN_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "top_k": (None, 0, -1), "min_p": (None, 0), "repetition_penalty": (None, 1), "length_penalty": (None, 1),
+    "length_penalty": (None, 1),
     "use_beam_search": (None, False), "stop_token_ids": (None, []), "prompt_logprobs": (None, 0),
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     "structured_outputs": (None,), "functions": (None, []), "function_call": (None, "none"),
@@ -119,8 +129,6 @@ def unsupported(body: Params) -> tuple[str, str] | None:
     foreign = [name for name, neutral in FOREIGN_NEUTRAL.items() if extra.get(name) not in neutral]
     checks = [
         *((name, True, f"{name} is not supported by this server") for name in foreign),
-        ("presence_penalty", bool(body.presence_penalty), "presence_penalty is not supported"),
-        ("frequency_penalty", bool(body.frequency_penalty), "frequency_penalty is not supported"),
         ("logit_bias", bool(body.logit_bias), "logit_bias is not supported"),
     ]
     if isinstance(body, ChatRequest):
