@@ -353,6 +353,51 @@ def test_continued_pretraining_starts_from_the_init_model(tmp_path, tokens, pret
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
+def test_continued_pretraining_may_raise_the_rope_base(tmp_path, tokens, pretrained, capsys):
+    """model.rope_theta beside --init-from: the long-context recipe's new RoPE base (no weight depends on it), in
+    the saved config and the plan; left at the from-scratch default, the learning rate is warned about."""
+    data = continued(
+        pretrained, model={"rope_theta": 40000.0}, train_tokens=256 * 2, eval__every=0
+    ).model_dump(exclude_unset=True)
+    del data["optim"]["lr"]
+    out = run(tokens, tmp_path / "theta", Config.model_validate(data))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its weights; RoPE base 10,000 -> 40,000" in err
+    assert f"lr 0.0003 is the from-scratch default; {pretrained} was pretrained at a peak of 0.003" in err
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["rope_parameters"]["rope_theta"] == 40000.0
+    assert json.loads((pretrained / "config.json").read_text())["rope_parameters"]["rope_theta"] == 10000.0
+    # the weights now see other rotations: transformers rebuilds them from the saved base, and step 1's loss is no
+    # longer the one the init model's rotations give (at 32 tokens the slow rotations barely differ)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rotary = AutoModelForCausalLM.from_pretrained(out).model.rotary_emb
+    dims = rotary.inv_freq.numel() * 2
+    assert torch.allclose(rotary.inv_freq, 1 / 40000.0 ** (torch.arange(0, dims, 2).float() / dims))
+    same = run(tokens, tmp_path / "same", continued(pretrained, train_tokens=256 * 2, eval__every=0))
+    assert losses(out)[1] != losses(same)[1]
+
+
+def test_a_rope_base_per_layer_type_is_not_changed_by_one_setting(tmp_path, tokens, tiny_tokenizer_dir):
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gemma = tmp_path / "gemma"
+    config_ = AutoConfig.for_model("gemma3_text", vocab_size=512, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config_).save_pretrained(gemma)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_tokenizer_dir / name, gemma / name)
+    with pytest.raises(
+        InputError, match=r"model.rope_theta: .*'sliding_attention'.* have no single base to change"
+    ):
+        run(tokens, tmp_path / "g", continued(gemma, model={"rope_theta": 40000.0}), dry_run=True)
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
     assert run(tokens, tmp_path / "model", config(distributed__zero=3), dry_run=True) is None
     err = " ".join(capsys.readouterr().err.split())  # the table's cells, rewrapped

@@ -33,6 +33,7 @@ class Plan:
     model_config: Any  # the transformers config (PretrainedConfig) of the model to train
     init: ModelSource | None  # continued pretraining: the model whose weights start the run
     init_context: int | None  # ...and its context length before this run
+    init_rope_theta: float | None  # ...and its RoPE base before this run (model.rope_theta may change it)
     world_size: int  # training processes in all
     accumulation: int  # micro-batches per process per optimizer step
     steps: int  # optimizer steps
@@ -74,9 +75,9 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     from llmforge.train.data import PackedWindows
 
     artifact, shards, tokenizer = _tokens_input(tokens)
-    source, context = None, None
+    source, context, theta = None, None, None
     if config.init_from:
-        source, hf_config, context = init_model(config, artifact, shards)
+        source, hf_config, context, theta = init_model(config, artifact, shards)
     else:
         hf_config = model_config(config, tokenizer)
     dist = config.distributed
@@ -114,7 +115,8 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     compiled, compile_why = resolve_compile(config.compile, zero, kernels)
     if compiled and kernels != "none":
         kernels_why += "; under torch.compile Liger's RMSNorm and SwiGLU measured no faster than without"
-    return Plan(tokens=artifact, model_config=hf_config, init=source, init_context=context, world_size=world,
+    return Plan(tokens=artifact, model_config=hf_config, init=source, init_context=context,
+                init_rope_theta=theta, world_size=world,
                 accumulation=accumulation, steps=steps, warmup=min(warmup, steps), precision=precision,
                 attention=attention, compile=compiled, kernels=kernels,
                 reasons={"attention": attention_why, "compile": compile_why, "kernels": kernels_why},
@@ -145,9 +147,12 @@ def print_plan(plan: Plan, config: Config) -> None:
         context = plan.init_context
         extended = hf.max_position_embeddings != context
         longer = f"; context {context} -> {hf.max_position_embeddings}" if extended else ""
+        theta = rope_theta_of(hf)
+        if plan.init_rope_theta is not None and theta != plan.init_rope_theta:
+            longer += f"; RoPE base {plan.init_rope_theta:,g} -> {theta:,g}"
         table.add_row("init from", f"{init.path} ({init.kind}, {init.fingerprint[:12]}): its weights{longer}")
     name = hf.model_type if init is not None else f"{config.model.arch} {config.model.preset}"
-    theta = getattr(hf, "rope_theta", None) or (getattr(hf, "rope_parameters", None) or {}).get("rope_theta")
+    theta = rope_theta_of(hf)
     table.add_row("model", f"{name}: {hf.num_hidden_layers} layers, "
                   f"hidden {hf.hidden_size}, {hf.num_attention_heads} heads / "
                   f"{getattr(hf, 'num_key_value_heads', None) or hf.num_attention_heads} kv, "
@@ -221,15 +226,22 @@ def _tokens_input(path: str | Path):
     return artifact, shards, tokenizer
 
 
-# Settings that shape the model; an init model brings its own, so they are refused beside --init-from.
+# Settings that shape the model; an init model brings its own, so they are refused beside --init-from. Its RoPE
+# base may change (model.rope_theta): no weight depends on it, and raising it is how long-context training starts.
 ARCHITECTURE_SETTINGS = ("preset", "arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                         "intermediate_size", "tie_embeddings", "rope_theta")  # fmt: skip
+                         "intermediate_size", "tie_embeddings")  # fmt: skip
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
-def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int]:
-    """The model to continue pretraining (`init_from`), its config for this run and the context it had, checked
-    against the tokens' tokenizer."""
+def rope_theta_of(hf_config) -> float | None:
+    """A transformers config's RoPE base (transformers 5 keeps it in `rope_parameters`)."""
+    parameters = getattr(hf_config, "rope_parameters", None) or {}
+    return parameters.get("rope_theta") or getattr(hf_config, "rope_theta", None)
+
+
+def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int, float | None]:
+    """The model to continue pretraining (`init_from`), its config for this run, and the context and RoPE base it
+    had, checked against the tokens' tokenizer."""
     from transformers import AutoConfig
 
     from llmforge.console import warn
@@ -274,7 +286,25 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int]:
              f"the context is extended; pass --seq-len {context} to keep it")  # fmt: skip
     hf_config.max_position_embeddings = max(context, config.seq_len)
     hf_config.use_cache = True
-    return source, hf_config, context
+    theta = rope_theta_of(hf_config)
+    if "rope_theta" in config.model.model_fields_set:
+        parameters = getattr(hf_config, "rope_parameters", None)
+        if theta is None or (
+            parameters and "rope_theta" not in parameters
+        ):  # per layer type (Gemma 3), or none
+            raise InputError(f"model.rope_theta: {config.init_from}'s RoPE settings ({parameters}) have no single "
+                             "base to change")  # fmt: skip
+        if parameters:
+            hf_config.rope_parameters = {**parameters, "rope_theta": config.model.rope_theta}
+        else:
+            hf_config.rope_theta = config.model.rope_theta
+    if "lr" not in config.optim.model_fields_set:
+        trained_at = (source.artifact.config.get("optim", {}).get("lr")
+                      if source.artifact is not None and source.artifact.stage == STAGE else None)  # fmt: skip
+        known = f"; {config.init_from} was pretrained at a peak of {trained_at:g}" if trained_at else ""
+        warn(f"lr {config.optim.lr:g} is the from-scratch default{known}: continued pretraining usually peaks "
+             "lower (a tenth of the original is common); --lr to choose")  # fmt: skip
+    return source, hf_config, context, theta
 
 
 def model_config(config: Config, tokenizer) -> Any:
