@@ -21,9 +21,13 @@ plain side gets the same token ids.
 - n choices: one completion request for `--choices` samples of a long prompt (about 1,200 tokens), wall time, for
   `llmforge serve` (the choices share the prompt's cells, and without prefix caching, each computing it) and for
   llama-cpp-python sampling the choices in turn on one `Llama`, which computes the prompt for the first and reuses it.
+- a shared system prompt: while one client's long answer runs, a second client sends the same long system prompt
+  with another question; its time to the first token with prefix caching on (it shares the running request's
+  cells of the system prompt) and off (it computes them again). llama-cpp-python, one request at a time, would make
+  it wait for the whole first answer.
 
     .venv/bin/python bench/bench_serve_gguf.py [--model DIR] [--method gguf-q8_0] [--requests 32] [--max-tokens 64]
-                                               [--parts throughput,conversation,choices]
+                                               [--parts throughput,conversation,choices,shared]
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--choices", type=int, default=4)
-    parser.add_argument("--parts", default="throughput,conversation,choices")
+    parser.add_argument("--parts", default="throughput,conversation,choices,shared")
     args = parser.parse_args()
     parts = args.parts.split(",")
     from transformers import AutoTokenizer
@@ -119,6 +123,8 @@ def main() -> None:
         conversation(out, args.turns)
     if "choices" in parts:
         choices(out, args.choices, args.max_tokens)
+    if "shared" in parts:
+        shared_system_prompt(out)
 
 
 def throughput(model: Path, out: Path, prompts: list[str], ids: list[list[int]], args) -> None:
@@ -199,9 +205,68 @@ def choices(out: Path, n: int, max_tokens: int, repeats: int = 3) -> None:
         print(f"| {label} | {spread} | {sum(plain) / sum(times):.2f}x |")
 
 
+def streamed_contents(http, url: str, body: dict):
+    """The content deltas of a streamed chat completion, as they arrive."""
+    import json
+
+    with http.stream("POST", f"{url}/chat/completions", json={**body, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and not line.endswith("[DONE]"):
+                choices = json.loads(line.removeprefix("data:"))["choices"]
+                if choices and choices[0]["delta"].get("content"):
+                    yield choices[0]["delta"]["content"]
+
+
+def first_token_seconds(http, url: str, name: str, messages: list[dict]) -> float:
+    """Seconds to the first content token of a short greedy chat answer."""
+    begin = time.perf_counter()
+    next(
+        streamed_contents(http, url, {"model": name, "messages": messages, "max_tokens": 8, "temperature": 0})
+    )
+    return time.perf_counter() - begin
+
+
+def shared_system_prompt(out: Path, repeats: int = 3) -> None:
+    """Time to the first token of a request whose long system prompt a running request has computed."""
+    import threading
+
+    import httpx
+
+    def messages(
+        k: int, question: str
+    ) -> list[dict]:  # a different first word each time: nothing left to reuse
+        return [{"role": "system", "content": f"[{k}] {long_text()}"}, {"role": "user", "content": question}]
+
+    def second_client(url: str) -> list[float]:
+        times = []
+        with httpx.Client(timeout=None) as http:
+            for k in range(repeats):
+                running = threading.Event()
+
+                def long_answer(k=k, running=running):
+                    body = {"model": out.name, "messages": messages(k, "Summarise every paragraph."),
+                            "max_tokens": 200, "temperature": 0, "ignore_eos": True}  # fmt: skip
+                    with httpx.Client(timeout=None) as own:
+                        for _ in streamed_contents(own, url, body):
+                            running.set()
+
+                first = threading.Thread(target=long_answer)
+                first.start()
+                running.wait()
+                times.append(first_token_seconds(http, url, out.name, messages(k, "Which module is first?")))
+                first.join()
+        return times
+
+    results = with_and_without_prefix_caching(out, second_client)
+    print("\n| a second client, same system prompt, while the first answers | time to first token (s) |")
+    print("|---|---|")
+    for label, key in (("prefix caching on (shares the running request's cells)", "on"),
+                       ("--no-prefix-caching (computes the system prompt again)", "off")):  # fmt: skip
+        print(f"| {label} | {' / '.join(f'{t:.3f}' for t in results[key])} |")
+
+
 def conversation(out: Path, turns: int) -> None:
     """Time to the first token, turn by turn, of a conversation whose every prompt extends the one before."""
-    import json
 
     import httpx
     import llama_cpp
@@ -218,25 +283,8 @@ def conversation(out: Path, turns: int) -> None:
             messages = [*messages, {"role": "assistant", "content": "It is the logging module."}]
 
     def first_token_served(url: str) -> list[float]:
-        times = []
         with httpx.Client(timeout=None) as http:
-            for messages in conversations():
-                begin = time.perf_counter()
-                body = {
-                    "model": out.name,
-                    "messages": messages,
-                    "max_tokens": 8,
-                    "temperature": 0,
-                    "stream": True,
-                }
-                with http.stream("POST", f"{url}/chat/completions", json=body) as response:
-                    for line in response.iter_lines():
-                        if line.startswith("data:") and not line.endswith("[DONE]"):
-                            choices = json.loads(line.removeprefix("data:"))["choices"]
-                            if choices and choices[0]["delta"].get("content"):
-                                times.append(time.perf_counter() - begin)
-                                break
-        return times
+            return [first_token_seconds(http, url, out.name, messages) for messages in conversations()]
 
     results = with_and_without_prefix_caching(out, first_token_served)
     llm = llama_cpp.Llama(str(out / "model.gguf"), n_ctx=8192, flash_attn=True, verbose=False,

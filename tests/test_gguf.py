@@ -5,6 +5,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -337,6 +338,64 @@ def test_a_prompt_that_continues_a_finished_one_computes_only_the_rest(f16, tmp_
         assert server.stats()["reused_prompt_tokens"] == 0
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_newcomer_shares_the_start_of_a_running_sequence(f16):
+    """A prompt that starts as a running request's does (a shared system prompt) takes those cells from it while
+    it runs, and prefills only the rest; both answer as llama.cpp does from scratch. Without prefix caching it
+    computes its whole prompt."""
+    import queue
+
+    from transformers import AutoTokenizer
+
+    from llmforge.serving.engine import GenerationRequest, SamplingParams
+    from llmforge.serving.gguf_engine import GgufEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(f16)
+    start = tokenizer(" ".join(sentences(4, seed=2)))["input_ids"][:40]
+    first = start + tokenizer(" but later " + sentences(1, seed=5)[0])["input_ids"][:6]
+    second = start + tokenizer(" and then " + sentences(1, seed=4)[0])["input_ids"][:12]
+    expected = [
+        tokenizer.decode(fresh_llama_greedy(f16 / "model.gguf", p, n))
+        for p, n in ((first, 150), (second, 16))
+    ]
+
+    def serve_both(prefix_caching: bool):
+        # room for both whole: sharing saves computing the start, not cache room (admission counts it for both)
+        engine = GgufEngine(f16 / "model.gguf", tokenizer, [tokenizer.eos_token_id], max_model_len=256,
+                            max_batch_size=2, threads=2, cache_gib=0.01, prefix_caching=prefix_caching)  # fmt: skip
+        assert engine.cache_tokens == 512
+        finished: queue.Queue = queue.Queue()
+        texts = {"first": [], "second": []}
+
+        def submit(name, prompt, count):
+            def on_event(event):
+                texts[name].append(event.text)
+                if event.finish_reason:
+                    finished.put((name, event))
+
+            engine.submit(GenerationRequest(prompt, SamplingParams(max_tokens=count, temperature=0,
+                                                                   ignore_eos=True), on_event=on_event))  # fmt: skip
+
+        engine.start()
+        try:
+            submit("first", first, 150)
+            while not texts["first"]:  # running: its first token is out
+                time.sleep(0.001)
+            submit("second", second, 16)
+            order = [finished.get(timeout=120), finished.get(timeout=120)]
+        finally:
+            engine.stop()
+        assert [name for name, _ in order] == [
+            "second",
+            "first",
+        ]  # the first was running all the second's life
+        assert ["".join(texts["first"]), "".join(texts["second"])] == expected
+        return order[0][1].cached_tokens, engine.stats["reused_prompt_tokens"]
+
+    assert serve_both(prefix_caching=True) == (len(start), len(start))
+    assert serve_both(prefix_caching=False) == (0, 0)
 
 
 def test_a_request_longer_than_its_context_stops_there_rather_than_waiting_for_room(

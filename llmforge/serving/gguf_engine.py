@@ -214,24 +214,35 @@ class GgufEngine(Engine):
 
     # -- batch bookkeeping ----------------------------------------------------------------------------------
     def _take_slot(self, request: GenerationRequest, reuse: bool = True) -> tuple[int, int]:
-        """A sequence id for a newcomer and how many of its prompt tokens it already holds: the idle sequence
-        sharing the longest start with the prompt (all but its last token, whose logits are needed), else a free
-        id, else the least recently used idle one's. `reuse` False: an empty sequence."""
-        prompt, best, reused = request.prompt_ids, None, 0
-        if reuse and request.params.prompt_logprobs is None:
+        """A sequence id for a newcomer and how many of its prompt tokens it already holds. The sequence sharing the
+        longest start with the prompt (all but its last token, whose logits are needed) gives them: an idle one is
+        taken over, a running one's cells of that start are shared with a new id (it keeps writing after them).
+        Otherwise a free id, else the least recently used idle one's. `reuse` False: an empty sequence."""
+        prompt, best, reused, running = request.prompt_ids, None, 0, False
+        if reuse and self.prefix_caching and request.params.prompt_logprobs is None:
             for slot, held in self._idle.items():
                 shared = shared_start(held, prompt[:-1])
                 if shared > reused:
                     best, reused = slot, shared
-        if best is not None:
+            # a running sequence's cells before its position are written, and stay as they are
+            for slot, row, position in zip(self._slots, self._rows, self._positions.tolist(), strict=True):
+                shared = shared_start((row.prompt_ids + row.output_ids)[:position], prompt[:-1])
+                if shared > reused:
+                    best, reused, running = slot, shared, True
+        if best is not None and not running:  # an idle sequence, taken over
             del self._idle[best]
             self.context.kv_cache_seq_rm(best, reused, -1)  # what followed the shared start
+            slot = best
+        else:
+            if not self._free_slots:
+                self._forget(next(iter(self._idle)))
+            slot = self._free_slots.pop()
+            if running:  # its cells of the shared start, shared with the new id (not copied)
+                self.context.kv_cache_seq_cp(best, slot, 0, reused)
+        if reused:
             self.stats["reused_prompt_tokens"] += reused
             request.cached_tokens = reused
-            return best, reused
-        if not self._free_slots:
-            self._forget(next(iter(self._idle)))
-        return self._free_slots.pop(), 0
+        return slot, reused
 
     def _forget(self, slot: int) -> None:
         """Drop an idle sequence: its cells and its id become free."""
