@@ -4,7 +4,7 @@ import gzip
 import json
 
 import pytest
-from helpers import documents_artifact, write_jsonl
+from helpers import documents_artifact, stats_mismatches, write_jsonl
 from warc_factory import near_duplicate, prose
 
 from llmforge.artifacts import Artifact
@@ -181,6 +181,43 @@ def test_short_arithmetic_items_with_numbers_kept(tmp_path, capsys):
         dedup.run([str(corpus)], tmp_path / "kept", [str(items)], dedup.Config.model_validate(settings))
     )
     assert [d["id"] for d in iter_documents(kept)] == ["other"]
+
+
+BOILERPLATE = ("We use cookies to improve your experience on this website and to show you relevant content. "
+               "By continuing to browse the site you agree to our use of cookies and our privacy policy. "
+               "Subscribe to our newsletter to receive the latest stories from our editors every week. "
+               "All rights reserved by the publisher and its partners in every country of the world.")  # fmt: skip
+
+
+def test_sentence_spans_repeated_across_pages_are_removed_after_their_first(tmp_path):
+    """--sentence-dedup: a four-sentence footer on twenty pages stays on the first and is cut from the others; a
+    page that is little more than the footer is dropped once cut (under 50 words); pages are otherwise kept."""
+    records = [{"id": f"page-{i}", "text": "\n\n".join(prose(300 + i, paragraphs=2)) + "\n\n" + BOILERPLATE}
+               for i in range(20)]  # fmt: skip
+    records.append(
+        {"id": "stub", "text": "A short notice about the closing hours of the shop. " + BOILERPLATE}
+    )
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", records)
+    config = dedup.Config(sentences={"enabled": True}, minhash={"enabled": False}, executor={"workers": 1})
+    out = dedup.run([str(corpus)], tmp_path / "dedup", config=config)
+    kept = {d["id"]: d["text"] for d in iter_documents(Artifact.open(out))}
+    assert sorted(kept) == sorted(f"page-{i}" for i in range(20))
+    with_footer = [
+        name for name, text in kept.items() if "We use cookies" in text or "All rights reserved" in text
+    ]
+    assert with_footer == ["page-0"] and kept["page-0"] == records[0]["text"]
+    for i in range(1, 20):
+        assert kept[f"page-{i}"].strip() == "\n\n".join(prose(300 + i, paragraphs=2)).strip()
+    stats = Artifact.open(out).stats
+    counts = {"in": 21, "out": 20, "removed": 1, "sentences": 271, "sentences_removed": 80}
+    assert stats["sentences"] == counts and stats_mismatches(out) == []
+    from llmforge.card import make_card
+
+    card = " ".join(make_card(out).split())
+    assert (
+        "| sentences | 21 | 20 | 1 | spans of 3 sentences seen in an earlier document cut (80 of 271" in card
+    )
+    assert list((out / "removed" / "sentences").rglob("*.jsonl*"))  # the cut pages as they were
 
 
 def test_bad_inputs(tmp_path):

@@ -135,6 +135,10 @@ def dedup_section(md: Markdown, artifact: Artifact, level: int) -> None:
     details = {
         "decontamination": f"{lookup(c, 'decontamination.ngram')}-gram overlap with benchmark items",
         "exact": "identical text",
+        "sentences": (f"spans of {fmt(lookup(c, 'sentences.span'))} sentences seen in an earlier document cut "
+                      f"({fmt(lookup(s, 'sentences.sentences_removed'))} of {fmt(lookup(s, 'sentences.sentences'))} "
+                      f"sentences); documents left under {fmt(lookup(c, 'sentences.min_words'))} words or "
+                      f"{fmt(lookup(c, 'sentences.min_sentences'))} sentences dropped"),
         "minhash": (f"MinHash LSH: Jaccard ≥ {fmt(minhash.get('threshold'))} on {fmt(minhash.get('ngram'))}-gram "
                     f"shingles, {fmt(lookup(s, 'minhash.buckets'))} bands × {fmt(lookup(s, 'minhash.hashes_per_bucket'))} hashes "
                     f"(P(candidate) at the threshold {fmt(lookup(s, 'minhash.p_candidate_at_threshold'))}); "
@@ -146,7 +150,7 @@ def dedup_section(md: Markdown, artifact: Artifact, level: int) -> None:
                 + (f" from {fmt(read.get('artifact_files'))} artifact file(s)" if read.get("artifact_files") else "")
                 + (f" and {fmt(read.get('raw_files'))} raw file(s)" if read.get("raw_files") else "")])  # fmt: skip
     rows = [[name, s[name].get("in"), s[name].get("out"), s[name].get("removed"), details[name]]
-            for name in ("decontamination", "exact", "minhash") if name in s]  # fmt: skip
+            for name in ("decontamination", "exact", "sentences", "minhash") if name in s]  # fmt: skip
     md.table(["step", "documents in", "out", "removed", "how"], rows)
     off = [label for key, label in (("exact", "exact dedup"), ("minhash.enabled", "near-dup dedup"))
            if not lookup(c, key, True)]  # fmt: skip

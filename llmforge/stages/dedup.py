@@ -70,6 +70,23 @@ class MinhashSettings(StageConfig):
         return lsh_shape(self.threshold, self.buckets, self.hashes_per_bucket)
 
 
+class SentenceSettings(StageConfig):
+    enabled: bool = Field(
+        False,
+        description="Remove every span of `span` sentences that an earlier document already has (C4's 3-sentence "
+        "dedup, datatrove's 3 stages): boilerplate repeated across pages; off by default, as in FineWeb",
+    )
+    span: int = Field(3, ge=1, description="Sentences per span (C4: 3)")
+    min_words: int = Field(50, ge=0, description="A trimmed document left with fewer words is dropped")
+    min_sentences: int = Field(3, ge=0, description="A trimmed document left with fewer sentences is dropped")
+
+    def datatrove(self):
+        from datatrove.pipeline.dedup.sentence_dedup import SentDedupConfig
+
+        return SentDedupConfig(n_sentences=self.span, min_doc_words=self.min_words,
+                               min_num_sentences=self.min_sentences)  # fmt: skip
+
+
 class DecontaminationSettings(StageConfig):
     ngram: int = Field(
         13, ge=1, description="A document sharing one word n-gram this long with an item is dropped"
@@ -92,6 +109,9 @@ class DecontaminationSettings(StageConfig):
 class Config(StageConfig):
     input: InputSettings = Field(default_factory=InputSettings, description="How raw corpus files are read")
     exact: bool = Field(True, description="Remove exact copies (same text, by content hash) first")
+    sentences: SentenceSettings = Field(
+        default_factory=SentenceSettings, description="Repeated sentence spans (--sentence-dedup)"
+    )
     minhash: MinhashSettings = Field(default_factory=MinhashSettings, description="Near-duplicates")
     decontamination: DecontaminationSettings = Field(
         default_factory=DecontaminationSettings,
@@ -119,6 +139,11 @@ class DecontaminationCounts(FilterCounts):
     items_too_short: int  # benchmark items with fewer words than one n-gram: they cannot be matched
 
 
+class SentenceCounts(FilterCounts):
+    sentences: int  # in the documents read
+    sentences_removed: int  # in the spans taken out (of kept and dropped documents)
+
+
 class MinhashCounts(FilterCounts):
     clusters: int
     candidate_pairs: int
@@ -133,6 +158,7 @@ class Stats(TypedDict):
     input: InputCounts
     decontamination: NotRequired[DecontaminationCounts]  # with --decontaminate
     exact: NotRequired[FilterCounts]
+    sentences: NotRequired[SentenceCounts]  # with --sentence-dedup
     minhash: NotRequired[MinhashCounts]
     documents: int  # written
     removed: int
@@ -266,8 +292,8 @@ class Benchmarks:
 
 
 def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) -> list:
-    """The datatrove steps, in order: [exact signatures, exact duplicates], [MinHash signatures, buckets,
-    clusters], then the filter that writes the output. Every pipeline reads the inputs the same way and applies the
+    """The datatrove steps, in order: [exact signatures, exact duplicates], [sentence signatures, duplicates],
+    [MinHash signatures, buckets, clusters], then the filter that writes the output. Every pipeline reads the inputs the same way and applies the
     earlier filters first, so document positions agree between a step's signatures and the final filter."""
     from llmforge.console import log
     from llmforge.data.executors import Step
@@ -326,6 +352,13 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
         if config.exact:
             blocks.append(ExactDedupFilter(str(checkpoints / "exact" / "duplicates"), exact_config(),
                                            removed("exact", final)))  # fmt: skip
+        if through == "sentences":
+            return blocks
+        if config.sentences.enabled:
+            from datatrove.pipeline.dedup import SentenceDedupFilter
+
+            blocks.append(SentenceDedupFilter(str(checkpoints / "sentences" / "duplicates"),
+                                              config.sentences.datatrove(), removed("sentences", final)))  # fmt: skip
         if through == "minhash":
             return blocks
         if minhash.enabled:
@@ -351,6 +384,26 @@ def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) 
         steps += [
             Step("exact-signatures", exact_signatures, tasks),
             Step("exact-duplicates", exact_duplicates, 1),
+        ]
+    if config.sentences.enabled:
+
+        def sentence_signatures() -> list:
+            from datatrove.pipeline.dedup import SentenceDedupSignature
+
+            return readers() + filters(False, "sentences") + [
+                SentenceDedupSignature(str(checkpoints / "sentences" / "signatures"),
+                                       config=config.sentences.datatrove())]  # fmt: skip
+
+        def sentence_duplicates() -> list:
+            from datatrove.pipeline.dedup import SentenceFindDedups
+
+            return [SentenceFindDedups(str(checkpoints / "sentences" / "signatures"),
+                                       str(checkpoints / "sentences" / "duplicates"),
+                                       config=config.sentences.datatrove())]  # fmt: skip
+
+        steps += [
+            Step("sentence-signatures", sentence_signatures, tasks),
+            Step("sentence-duplicates", sentence_duplicates, 1),
         ]
     if minhash.enabled:
 
@@ -398,7 +451,7 @@ def run(inputs: list[str], out: str | Path, decontaminate: list[str] | None = No
     config = config or Config()
     if not inputs:
         raise InputError(f"{STAGE} needs at least one documents artifact or corpus file")
-    if not (config.exact or config.minhash.enabled or decontaminate):
+    if not (config.exact or config.sentences.enabled or config.minhash.enabled or decontaminate):
         raise InputError(
             f"{STAGE} has nothing to do: exact and minhash are off and no --decontaminate file is given"
         )
@@ -456,9 +509,8 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
     logs = ctx.work / "logs"
     final = step_stats(logs / "filter")
     labels = ["read"] * len(corpus.groups())
-    labels += (
-        ["decontamination"] * bool(index) + ["exact"] * config.exact + ["minhash"] * config.minhash.enabled
-    )
+    labels += (["decontamination"] * bool(index) + ["exact"] * config.exact
+               + ["sentences"] * config.sentences.enabled + ["minhash"] * config.minhash.enabled)  # fmt: skip
     counters = list(zip(labels + ["write"], final, strict=True))
     read = sum(int(c.get("documents", 0)) for name, c in counters if name == "read")
     stats: dict = {"input": {"documents": read}}
@@ -467,9 +519,16 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
     if corpus.artifact_files:
         stats["input"]["artifact_files"] = len(corpus.artifact_files)
     hit: set[int] = set()
-    for name, counter in counters[len(corpus.groups()) : -1]:
+    for position, (name, counter) in enumerate(
+        counters[len(corpus.groups()) : -1], start=len(corpus.groups())
+    ):
         row = filter_counts(counter)
         row.pop("reasons", None)
+        if name == "sentences":  # not a datatrove filter: what it passes on is what the next block reads
+            row["out"] = int(counters[position + 1][1].get("total", 0))
+            row["removed"] = row["in"] - row["out"]
+            row["sentences"] = int(counter.get("original_sentences", 0))
+            row["sentences_removed"] = int(counter.get("removed_sentences", 0))
         if name == "decontamination":
             hit = {int(k.removeprefix("item_")) for k in counter if k.startswith("item_")}
             row["items_hit"] = len(hit)
@@ -505,6 +564,7 @@ def _dedup(ctx, corpus: Corpus, benchmarks: Benchmarks, config: Config) -> None:
 
 
 FLAGS = (
+    Flag("sentences.enabled", "--sentence-dedup"),
     Flag("minhash.ngram", "--shingle"),
     Flag("minhash.buckets"),
     Flag("minhash.hashes_per_bucket"),
