@@ -398,6 +398,39 @@ def test_a_rope_base_per_layer_type_is_not_changed_by_one_setting(tmp_path, toke
         run(tokens, tmp_path / "g", continued(gemma, model={"rope_theta": 40000.0}), dry_run=True)
 
 
+def test_z_loss_trains_log_z_down_and_leaves_the_logged_cross_entropy_alone(tmp_path, tokens, pretrained,
+                                                                             capsys):  # fmt: skip
+    """stability.z_loss adds z x mean log(Z)^2 to what is backpropagated: the logged loss stays the cross-entropy
+    (step 1, before any update, is the plain run's), log(Z)^2 is logged, and the trained model's is lower."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.train.loop import cross_entropy_and_z, token_cross_entropy
+
+    logits, targets = torch.randn(2, 5, 11) * 4, torch.randint(0, 11, (2, 5))
+    loss, z = cross_entropy_and_z(logits, targets)
+    assert torch.equal(loss, token_cross_entropy(logits, targets))
+    assert torch.allclose(z, (logits.logsumexp(-1) ** 2).mean())
+
+    out = run(tokens, tmp_path / "z", config(stability__z_loss=0.05), dry_run=False)
+    assert "cross-entropy + 0.05 x log(Z)^2 (z-loss)" in capsys.readouterr().err  # the plan
+    logged = read_jsonl(out / "metrics.jsonl")
+    steps = [r for r in logged if "loss" in r and "step" in r]
+    assert steps[0]["step"] == 1 and steps[0]["loss"] == losses(pretrained)[1]
+    assert all(r["z_squared"] > 0 for r in steps) and not any(
+        "z_squared" in r for r in read_jsonl(pretrained / "metrics.jsonl")
+    )
+
+    windows = torch.tensor([list(range(3, 35)), list(range(40, 72))])
+
+    def mean_log_z_squared(model_dir):
+        with torch.no_grad():
+            model_logits = AutoModelForCausalLM.from_pretrained(model_dir)(windows).logits
+        return float((model_logits.logsumexp(-1) ** 2).mean())
+
+    assert mean_log_z_squared(out) < 0.8 * mean_log_z_squared(pretrained)  # measured: 24.8 against 38.7
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tokens, capsys):
     assert run(tokens, tmp_path / "model", config(distributed__zero=3), dry_run=True) is None
     err = " ".join(capsys.readouterr().err.split())  # the table's cells, rewrapped
@@ -521,6 +554,10 @@ def test_attention_compile_and_kernels_settings_on_cpu_and_what_a_gpu_would_get(
         == "rms_norm,swiglu"
     )
     assert pretrain_plan.resolve_kernels("auto", zero=3, model_type="qwen3", compile=False)[0] == "none"
+    # the fused loss computes no z-loss: left out with z_loss too
+    assert pretrain_plan.resolve_kernels("auto", zero=2, model_type="llama", compile=False, z_loss=True) == (
+        "rms_norm,swiglu", "auto: Liger's rms_norm, swiglu; fused_linear_cross_entropy left out with z_loss (it "
+        "computes no z-loss here)")  # fmt: skip
     assert pretrain_plan.resolve_kernels("auto", zero=0, model_type="mistral")[1].startswith(
         "auto: Liger is wired"
     )

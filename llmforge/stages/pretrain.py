@@ -130,6 +130,13 @@ class StabilityConfig(StageConfig):
         50, ge=1, description="Steps in the recent mean; spikes are detected once it is full"
     )
     max_rewinds: int = runtime_field(10, ge=0, description="Give up after this many rewinds in one run")
+    z_loss: float = Field(
+        0.0,
+        ge=0,
+        description="PaLM's z-loss: add z_loss x log(Z)^2 per token (Z: the softmax normaliser of the output "
+        "logits), which keeps the logits from drifting large; 1e-4 in PaLM and OLMo 2; 0 = off. The logged loss "
+        "stays the cross-entropy; the mean log(Z)^2 is logged as z_squared",
+    )
 
 
 class LoggingConfig(StageConfig):

@@ -181,9 +181,12 @@ class Trainer:
         self.vocab_size = spec.model_config["vocab_size"]
         self.flatten = config.document_masking and spec.attention == "flash_attention_2"
         self.fused_loss = FUSED_LOSS in liger_kernels(spec.kernels)  # the model's forward returns the loss
-        self.cross_entropy = token_cross_entropy
+        self.cross_entropy, self.with_z = token_cross_entropy, cross_entropy_and_z
         if spec.compile:  # fused by inductor: no float32 copy of the logits
             self.cross_entropy = torch.compile(token_cross_entropy, backend=config.compile_backend)
+            self.with_z = torch.compile(cross_entropy_and_z, backend=config.compile_backend)
+        self.z_loss = config.stability.z_loss
+        self.last_z_squared: float | None = None  # the last step's mean log(Z)^2, with z_loss
         self.started = time.perf_counter()
 
     def _validation_windows(self) -> PackedWindows | None:
@@ -393,7 +396,8 @@ class Trainer:
             steps_this_run += 1
             last = position.step == spec.steps
             self.reporter.step(position.step, batch, loss, lr, grad_norm, seconds,
-                               log_now=position.step % config.logging.every == 0 or last or position.step == 1)  # fmt: skip
+                               log_now=position.step % config.logging.every == 0 or last or position.step == 1,
+                               z_squared=self.last_z_squared)  # fmt: skip
             if steps_this_run == 1:
                 first_seconds = seconds
             if 2 <= steps_this_run <= 4:  # the first step pays for warm-up (allocations, compilation)
@@ -421,20 +425,29 @@ class Trainer:
         import torch.distributed as dist
 
         spec, config = self.spec, self.config
-        losses, grad_norm = [], None
+        losses, z_squared, grad_norm = [], [], None
         for micro_step in range(spec.accumulation):
-            loss = self.loss(engine, self._tensors(self.train_data.micro_batch(
-                batch, micro_step, self.rank, config.micro_batch_size, spec.accumulation, self.world)))  # fmt: skip
+            tensors = self._tensors(self.train_data.micro_batch(
+                batch, micro_step, self.rank, config.micro_batch_size, spec.accumulation, self.world))  # fmt: skip
+            if self.z_loss:  # the cross-entropy is logged and watched; the z term only trains
+                loss, z = self.with_z(self._logits(engine, tensors), tensors[1])
+                z_squared.append(z.detach())
+                objective = loss + self.z_loss * z
+            else:
+                loss = objective = self.loss(engine, tensors)
             if batch in self.injected:
-                loss = loss * self.injected[batch]
+                loss, objective = loss * self.injected[batch], objective * self.injected[batch]
             losses.append(loss.detach().float())
-            engine.backward(loss)
+            engine.backward(objective)
             if micro_step == spec.accumulation - 1 and not engine.zero_optimization():
                 grad_norm = self._clip(engine)  # ZeRO-0 does not keep the norm it clips with
             engine.step()
-        shared = torch.stack(losses)
+        shared = torch.stack(losses + z_squared)
         dist.all_reduce(shared)
         losses = (shared / self.world).tolist()  # the step's one wait for the GPU
+        if z_squared:
+            losses, z_values = losses[: len(z_squared)], losses[len(z_squared) :]
+            self.last_z_squared = sum(z_values) / len(z_values)
         if engine.zero_optimization():
             grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
@@ -472,14 +485,19 @@ class Trainer:
         return tuple(torch.from_numpy(a) for a in arrays)
 
     def loss(self, engine, tensors, reduction: str = "mean"):
-        from llmforge.model.attention import model_inputs
-
-        input_ids, targets, position_ids = tensors
-        inputs = model_inputs(input_ids, position_ids, self.spec.attention)
         if self.fused_loss and engine.module.training and reduction == "mean":
             # Liger's fused linear cross-entropy: the mean loss straight from the hidden states, no logits
-            return engine(**inputs, shift_labels=targets).loss
-        return self.cross_entropy(engine(**inputs).logits, targets, reduction)
+            return self._forward(engine, tensors, shift_labels=tensors[1]).loss
+        return self.cross_entropy(self._logits(engine, tensors), tensors[1], reduction)
+
+    def _logits(self, engine, tensors):
+        return self._forward(engine, tensors).logits
+
+    def _forward(self, engine, tensors, **extra):
+        from llmforge.model.attention import model_inputs
+
+        input_ids, _, position_ids = tensors
+        return engine(**model_inputs(input_ids, position_ids, self.spec.attention), **extra)
 
     def validate(self, engine) -> float:
         """Mean loss over the first windows of the validation split, dealt evenly to all processes (ZeRO-3 needs
@@ -542,6 +560,15 @@ def token_cross_entropy(logits, targets, reduction: str = "mean"):
     import torch.nn.functional as F
 
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
+
+
+def cross_entropy_and_z(logits, targets):
+    """token_cross_entropy's mean, and the mean log(Z)^2 over the same positions: PaLM's z-loss term, Z the softmax
+    normaliser (log Z is the logsumexp of a position's logits)."""
+    import torch.nn.functional as F
+
+    flat = logits.float().view(-1, logits.size(-1))
+    return F.cross_entropy(flat, targets.view(-1)), flat.logsumexp(-1).pow(2).mean()
 
 
 def first_step_extra(records: list[dict[str, Any]]) -> dict[str, float]:

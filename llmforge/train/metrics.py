@@ -128,7 +128,7 @@ class Reporter:
             self._bar.update(self._task, completed=step * self.batch_tokens)
 
     def step(self, step: int, batch: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
-             log_now: bool) -> None:  # fmt: skip
+             log_now: bool, z_squared: float | None = None) -> None:  # fmt: skip
         if not self.active:
             return
         self._interval.append((loss, seconds))
@@ -152,6 +152,8 @@ class Reporter:
             "mfu": None if mfu is None else round(mfu, 4),
             "memory_gb": memory_gb(),
         }
+        if z_squared is not None:  # with z_loss: the mean log(Z)^2 it keeps down
+            record["z_squared"] = round(z_squared, 6)
         self.write(record)
         self._interval = []
         norm = "n/a" if grad_norm is None or not math.isfinite(grad_norm) else f"{grad_norm:.3f}"

@@ -111,7 +111,8 @@ def make_plan(tokens: str | Path, config: Config) -> Plan:
     if warmup is None:
         warmup = max(1, round(config.optim.warmup_fraction * steps)) if config.optim.warmup_fraction else 0
     attention, attention_why = resolve_attention(config.model.attention, config.document_masking)
-    kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type, config.compile)
+    kernels, kernels_why = resolve_kernels(config.kernels, zero, hf_config.model_type, config.compile,
+                                           z_loss=config.stability.z_loss > 0)  # fmt: skip
     compiled, compile_why = resolve_compile(config.compile, zero, kernels)
     if compiled and kernels != "none":
         kernels_why += "; under torch.compile Liger's RMSNorm and SwiGLU measured no faster than without"
@@ -171,6 +172,8 @@ def print_plan(plan: Plan, config: Config) -> None:
                   f"{config.micro_batch_size} x accumulation {plan.accumulation} x {plan.world_size} processes")  # fmt: skip
     table.add_row("steps", f"{plan.steps:,} ({config.optim.schedule}, peak lr {config.optim.lr:g}, "
                   f"warmup {plan.warmup})")  # fmt: skip
+    if config.stability.z_loss:
+        table.add_row("loss", f"cross-entropy + {config.stability.z_loss:g} x log(Z)^2 (z-loss)")
     zero = numbers.zero
     memory = numbers.memory_per_device[zero]
     offload = f", offload {numbers.offload}" if numbers.offload else ""
@@ -382,7 +385,8 @@ def resolve_compile(compile: bool | None, zero: int, kernels: str = "none") -> t
     return True, "auto: on GPUs (step 1 pays for compiling; the log and metrics.jsonl say how long)"
 
 
-def resolve_kernels(kernels: str, zero: int, model_type: str, compile: bool | None = None) -> tuple[str, str]:
+def resolve_kernels(kernels: str, zero: int, model_type: str, compile: bool | None = None,
+                    z_loss: bool = False) -> tuple[str, str]:  # fmt: skip
     """The Liger kernels to use (none, liger = all three, or a comma-separated subset), and why. They are Triton
     (CUDA GPUs); the fused linear cross-entropy reads the output weights directly, which ZeRO-3 has sharded away,
     so it is left out there. Asked for where they cannot run, the run falls back to PyTorch's kernels and the plan
@@ -410,9 +414,10 @@ def resolve_kernels(kernels: str, zero: int, model_type: str, compile: bool | No
         return "none", f"{kernels}: {missing}; PyTorch's kernels"
     chosen = liger_kernels("liger" if kernels == "auto" else kernels)
     why = f"{kernels}: Liger's {', '.join(chosen)}"
-    if FUSED_LOSS in chosen and zero == 3:
+    if FUSED_LOSS in chosen and (zero == 3 or z_loss):
         chosen = tuple(k for k in chosen if k != FUSED_LOSS)
-        left_out = f"{FUSED_LOSS} left out with ZeRO-3 (it reads the sharded output weights)"
+        left_out = (f"{FUSED_LOSS} left out with ZeRO-3 (it reads the sharded output weights)" if zero == 3
+                    else f"{FUSED_LOSS} left out with z_loss (it computes no z-loss here)")  # fmt: skip
         warn(f"kernels {kernels}: {left_out}")
         why = f"{kernels}: " + (
             f"Liger's {', '.join(chosen)}; {left_out}" if chosen else f"{left_out}; PyTorch's"
