@@ -52,10 +52,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0: every token
     min_p: float = 0.0
-    # vLLM's order: the penalties change the logits first (greedy answers too), then temperature, min_p, top_k, top_p
-    repetition_penalty: float = (
-        1.0  # prompt and answer tokens: positive logits divided by it, negative multiplied
-    )
+    # vLLM's order: the penalties change the logits first (greedy answers too), then temperature, min_p, top_k,
+    # top_p. repetition_penalty: on prompt and answer tokens, positive logits divided by it, negative multiplied
+    repetition_penalty: float = 1.0
     presence_penalty: float = 0.0  # subtracted once from a token the answer holds
     frequency_penalty: float = 0.0  # subtracted for every time the answer holds it
     stop: list[str] = field(default_factory=list)

@@ -84,13 +84,11 @@ class Params(BaseModel):
     # artifact's generation config
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
-    top_k: int | None = Field(None, ge=-1)  # the k most likely tokens only; 0 or -1: all
-    min_p: float | None = Field(
-        None, ge=0, le=1
-    )  # tokens at least min_p times as likely as the most likely one
-    repetition_penalty: float | None = Field(
-        None, gt=0, le=10
-    )  # prompt and answer tokens: logits / p (p if < 0)
+    # top_k: the k most likely tokens only (0 or -1: all); min_p: tokens at least min_p times as likely as the
+    # most likely one; repetition_penalty p: on prompt and answer tokens, positive logits / p, negative ones x p
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
 
 
 class ChatRequest(Params):

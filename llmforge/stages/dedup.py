@@ -293,8 +293,9 @@ class Benchmarks:
 
 def build_steps(corpus: Corpus, config: Config, work: Path, index: Path | None) -> list:
     """The datatrove steps, in order: [exact signatures, exact duplicates], [sentence signatures, duplicates],
-    [MinHash signatures, buckets, clusters], then the filter that writes the output. Every pipeline reads the inputs the same way and applies the
-    earlier filters first, so document positions agree between a step's signatures and the final filter."""
+    [MinHash signatures, buckets, clusters], then the filter that writes the output. Every pipeline reads the
+    inputs the same way and applies the earlier filters first, so document positions agree between a step's
+    signatures and the final filter."""
     from llmforge.console import log
     from llmforge.data.executors import Step
     from llmforge.data.parts import plan_tasks, split_note

@@ -2,9 +2,9 @@
 
 Methods: `w8a16` and `w4a16` (weight-only INT8 / INT4 in groups of input columns, GPTQ calibrated on `--data`, AWQ
 with `--algorithm awq` (scales that protect the channels the calibration activations show matter, then round to
-nearest), or round-to-nearest with `--algorithm rtn`; `--group-size auto` takes the largest of 128/64/32 that divides every
-quantized layer's input width, else one scale per output channel) and `w8a8` (INT8 weights and dynamic per-token
-INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
+nearest), or round-to-nearest with `--algorithm rtn`; `--zero-point` for asymmetric groups; `--group-size auto`
+takes the largest of 128/64/32 that divides every quantized layer's input width, else one scale per output
+channel) and `w8a8` (INT8 weights and dynamic per-token INT8 activations), written by llm-compressor as compressed-tensors checkpoints, the format vLLM serves;
 `torchao-int8` (weight-only) and `torchao-int8-dynamic` (dynamic activations), torchao checkpoints that
 transformers, and so the embedded CPU server, run directly; `gguf-*` (f16, bf16, Q8_0 and the K-quants Q6_K,
 Q5_K_M, Q4_K_M), GGUF files for llama.cpp, Ollama and LM Studio, written by llama.cpp's own converter and
@@ -142,9 +142,9 @@ def run(model: str | Path, data: str | Path, out: str | Path, config: Config | N
         raise InputError(f"--algorithm awq: AWQ scales weights for weight-only quantization (w4a16, w8a16), not "
                          f"{config.method}")  # fmt: skip
     if config.zero_point and config.method not in GROUPED:
-        raise InputError(f"--zero-point: zero points are for w4a16 and w8a16; {config.method} is symmetric per "
-                         "channel" if config.method in LLM_COMPRESSOR_SCHEMES else f"--zero-point: {config.method} "
-                         "has no zero-point setting (w4a16 and w8a16 have)")  # fmt: skip
+        why = ("is symmetric per channel" if config.method in LLM_COMPRESSOR_SCHEMES
+               else "has no zero-point setting")  # fmt: skip
+        raise InputError(f"--zero-point: zero points are for w4a16 and w8a16; {config.method} {why}")
     if config.method in LLM_COMPRESSOR_SCHEMES and importlib.util.find_spec("llmcompressor") is None:
         raise InputError(f"method {config.method} needs llm-compressor: pip install 'llmforge[quantize]' (in an "
                          "environment without vllm: they pin different compressed-tensors)")  # fmt: skip
