@@ -129,15 +129,26 @@ def test_awq_scales_channels_from_calibration_then_rounds(tiny_model, tokens, tm
     """AWQ folds its per-channel scales into the layers before (the norms stay in full precision, and so show
     them) and then rounds to nearest, here with a zero point per group as AWQ checkpoints usually have; round to
     nearest alone leaves the norms as they were. The checkpoint reloads, its perplexity is plain transformers' on
-    it, and a re-run gives the same bytes."""
+    it, and a re-run gives the same bytes, in a process with a torch.distributed group too."""
     import torch
     from safetensors.torch import load_file
 
     from llmforge.artifacts import Artifact
 
-    awq, again = (quantize.run(tiny_model, tokens, tmp_path / name,
-                               quantize.Config(method="w4a16", algorithm="awq", zero_point=True, **SMALL))
-                  for name in ("awq", "again"))  # fmt: skip
+    settings = quantize.Config(method="w4a16", algorithm="awq", zero_point=True, **SMALL)
+    awq = quantize.run(tiny_model, tokens, tmp_path / "awq", settings)
+    # again, in a process with a torch.distributed group of one (an in-process pretrain leaves one): llm-compressor
+    # then all-reduced AWQ's statistics on an accelerator and failed without one
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        again = quantize.run(tiny_model, tokens, tmp_path / "again", settings)
+    finally:
+        if ours:
+            dist.destroy_process_group()
     rtn = quantize.run(
         tiny_model, tokens, tmp_path / "rtn", quantize.Config(method="w4a16", algorithm="rtn", **SMALL)
     )

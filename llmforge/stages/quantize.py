@@ -455,7 +455,7 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
             recipe = [AWQModifier(), QuantizationModifier(ignore=config.ignore, **scheme)]
         else:
             recipe = GPTQModifier(ignore=config.ignore, **scheme)
-        with _pinning_only_with_an_accelerator():
+        with _single_process_without_an_accelerator():
             # in order: llm-compressor's shuffle is unseeded, and gave other weights on every run
             oneshot(model=model, recipe=recipe, dataset=dataset, num_calibration_samples=len(texts.calibration),
                     max_seq_length=max(len(w) for w in texts.calibration), shuffle_calibration_samples=False)  # fmt: skip
@@ -472,22 +472,30 @@ def _llm_compressor(model, texts: Texts, config: Config, group: int | str, work:
 
 
 @contextlib.contextmanager
-def _pinning_only_with_an_accelerator():
-    """llm-compressor 0.14's AWQ pins its cached activations in page-locked memory before each grid search (for
-    faster copies to the GPU), and torch refuses to pin without an accelerator ("Cannot access accelerator device
-    when none is available"). Pinning changes no value: on a machine without one, it is skipped."""
+def _single_process_without_an_accelerator():
+    """Two places where llm-compressor 0.14's AWQ assumes an accelerator, on a machine without one:
+    - it pins its cached activations in page-locked memory before each grid search (for faster copies to the GPU),
+      and torch refuses to pin ("Cannot access accelerator device when none is available"): skipped;
+    - in a process where torch.distributed is initialized (one process: an in-process pretrain before it left its
+      group), it all-reduces its statistics on the accelerator ("'NoneType' object has no attribute 'type'"):
+      with one process the sums are already whole, so compressed-tensors' single-process switch is set.
+    Neither changes a value."""
+    import compressed_tensors.distributed.utils as dist_utils
     import torch
+    import torch.distributed as dist
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     if torch.accelerator.is_available():
         yield
         return
-    pin = IntermediatesCache.pin_memory
+    pin, single = IntermediatesCache.pin_memory, dist_utils._force_single_threaded
     IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() == 1:
+        dist_utils._force_single_threaded = True
     try:
         yield
     finally:
-        IntermediatesCache.pin_memory = pin
+        IntermediatesCache.pin_memory, dist_utils._force_single_threaded = pin, single
 
 
 def _torchao(unquantized_dir: Path, method: str, work: Path) -> None:
