@@ -50,9 +50,8 @@ class Stats(PostTrainStats):
     loss_final: float
     token_accuracy: float  # share of the trained tokens predicted right, last logged
     tokens_trained: int  # tokens seen by the loss so far, last logged
-    eval_loss_first: NotRequired[
-        float
-    ]  # on the held-out records (--eval-fraction / --eval-data): first and last
+    # on the held-out records (--eval-fraction / --eval-data): the loss first and last measured
+    eval_loss_first: NotRequired[float]
     eval_loss_final: NotRequired[float]
     eval_token_accuracy: NotRequired[float]  # share of the held-out trained-on tokens predicted right, last
 

@@ -144,16 +144,15 @@ def print_plan(plan: Plan, config: Config) -> None:
     table.add_column(style="cyan")
     table.add_column()
     init = plan.init
+    theta = rope_theta_of(hf)
     if init is not None:
         context = plan.init_context
         extended = hf.max_position_embeddings != context
         longer = f"; context {context} -> {hf.max_position_embeddings}" if extended else ""
-        theta = rope_theta_of(hf)
         if plan.init_rope_theta is not None and theta != plan.init_rope_theta:
             longer += f"; RoPE base {plan.init_rope_theta:,g} -> {theta:,g}"
         table.add_row("init from", f"{init.path} ({init.kind}, {init.fingerprint[:12]}): its weights{longer}")
     name = hf.model_type if init is not None else f"{config.model.arch} {config.model.preset}"
-    theta = rope_theta_of(hf)
     table.add_row("model", f"{name}: {hf.num_hidden_layers} layers, "
                   f"hidden {hf.hidden_size}, {hf.num_attention_heads} heads / "
                   f"{getattr(hf, 'num_key_value_heads', None) or hf.num_attention_heads} kv, "
@@ -292,9 +291,8 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int, float |
     theta = rope_theta_of(hf_config)
     if "rope_theta" in config.model.model_fields_set:
         parameters = getattr(hf_config, "rope_parameters", None)
-        if theta is None or (
-            parameters and "rope_theta" not in parameters
-        ):  # per layer type (Gemma 3), or none
+        # none to change, or one per layer type (Gemma 3)
+        if theta is None or (parameters and "rope_theta" not in parameters):
             raise InputError(f"model.rope_theta: {config.init_from}'s RoPE settings ({parameters}) have no single "
                              "base to change")  # fmt: skip
         if parameters:
