@@ -111,6 +111,7 @@ OLD_SPELLINGS = {
         (["--algorithm", "unigram"], "algorithm", "unigram"),
         (["--sample-bytes", "1000"], "sample_bytes", 1000),
     ],
+        (["--fim-tokens"], "fim_tokens", True),
     "tokenize encode": [
         (["--target-tokens", "1000"], "target_tokens", 1000),
         (["--val-fraction", "0.1"], "val_fraction", 0.1),
@@ -118,6 +119,7 @@ OLD_SPELLINGS = {
         (["--encoder", "tokenizers"], "encoder", "tokenizers"),
         (["--special-tokens", "control"], "special_tokens", "control"),
     ],
+        (["--fim-rate", "0.5"], "fim_rate", 0.5),
     "pretrain": [
         (["--preset", "tiny"], "model.preset", "tiny"),
         (["--arch", "qwen3"], "model.arch", "qwen3"),

@@ -247,6 +247,95 @@ def test_special_token_strings_in_documents_are_text_unless_asked(bpe, tmp_path)
             assert decoded == sorted(texts)  # the characters kept, as text
 
 
+@pytest.fixture(scope="module")
+def fim_bpe(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fim-bpe") / "tok"
+    return tokenize.train([str(corpus["web"][0]), str(corpus["code"][0])], out,
+                          TrainConfig(vocab_size=512, fim_tokens=True))  # fmt: skip
+
+
+def unscramble(tokenizer, document: tuple[int, ...]) -> tuple[str, str]:
+    """A fill-in-the-middle document's order (PSM or SPM) and the text it was cut from."""
+    from llmforge.data.tokenizer import FIM_TOKENS
+
+    prefix_id, middle_id, suffix_id = tokenizer.convert_tokens_to_ids(FIM_TOKENS)
+    body = list(document[:-1])  # the EOS after the middle ends it
+    assert document[-1] == tokenizer.eos_token_id and body[0] == prefix_id
+    middle_at = body.index(middle_id)
+
+    def text(ids):
+        return tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    if body[1] == suffix_id:  # SPM: <PRE> <SUF> suffix <MID> prefix middle
+        return "spm", text(body[middle_at + 1 :]) + text(body[2:middle_at])
+    suffix_at = body.index(suffix_id)
+    return "psm", text(body[1:suffix_at]) + text(body[middle_at + 1 :]) + text(
+        body[suffix_at + 1 : middle_at]
+    )
+
+
+def test_fill_in_the_middle_rewrites_training_documents_and_keeps_every_character(fim_bpe, corpus, tmp_path):
+    """--fim-rate 1: every training document is cut at two character positions and written in PSM or SPM order
+    with the tokenizer's sentinels, each part tokenized on its own; put back in order, the parts are the document.
+    Validation documents stay whole, and the split and the mix are those of the run without FIM."""
+    from llmforge.card import make_card
+    from llmforge.data.tokenizer import FIM_TOKENS
+
+    inputs = [str(corpus["web"][0]), str(corpus["code"][0])]
+    texts = corpus["web"][1] + corpus["code"][1]
+    config = EncodeConfig(workers=1, val_fraction=0.05, fim_rate=1.0)
+    out = tokenize.encode(inputs, tmp_path / "fim", tokenizer=fim_bpe, config=config)
+    plain = tokenize.encode(
+        inputs, tmp_path / "plain", tokenizer=fim_bpe, config=config.model_copy(update={"fim_rate": 0.0})
+    )
+    tokenizer = load_tokenizer(out / "tokenizer")
+    sentinels = set(tokenizer.convert_tokens_to_ids(FIM_TOKENS))
+    train, val = read_documents(out, "train"), read_documents(out, "val")
+    orders, restored = zip(*(unscramble(tokenizer, doc) for doc in train), strict=True)
+    assert Counter(restored) + Counter(tokenizer.decode(doc[:-1]) for doc in val) == Counter(texts)
+    assert val == read_documents(plain, "val") and not any(sentinels & set(doc) for doc in val)
+    stats = Artifact.open(out).stats["fim"]
+    assert {**stats, "spm": 0} == {
+        "rate": 1.0,
+        "spm_rate": 0.5,
+        "documents": len(train),
+        "spm": 0,
+        "skipped": 0,
+    }
+    # a PSM document cut at its very start reads as SPM (both are <PRE> <SUF> ...): the same text either way
+    assert 0.3 < stats["spm"] / len(train) < 0.7 and stats["spm"] <= orders.count("spm") <= stats["spm"] + 5
+    assert "fill-in-the-middle: " in make_card(out) and "SPM order" in make_card(out)
+    # drawn from a generator of its own: the same run again gives the same shards
+    again = tokenize.encode(inputs, tmp_path / "again", tokenizer=fim_bpe, config=config)
+    assert read_documents(again, "train") == train
+
+
+def test_fill_in_the_middle_at_a_rate_and_refused_without_sentinels(fim_bpe, bpe, corpus, tmp_path):
+    inputs = [str(corpus["web"][0])]
+    out = tokenize.encode(inputs, tmp_path / "half", tokenizer=fim_bpe,
+                          config=EncodeConfig(workers=1, val_fraction=0.0, fim_rate=0.5, fim_spm_rate=0.0))  # fmt: skip
+    tokenizer = load_tokenizer(out / "tokenizer")
+    prefix_id = tokenizer.convert_tokens_to_ids("<|fim_prefix|>")
+    rewritten = [doc for doc in read_documents(out, "train") if doc[0] == prefix_id]
+    assert 70 < len(rewritten) < 130 and {unscramble(tokenizer, doc)[0] for doc in rewritten} == {"psm"}
+    result = llmforge("tokenize", "encode", str(corpus["web"][0]), "--tokenizer", str(bpe), "-o",
+                      str(tmp_path / "no"), "--fim-rate", "0.5", check=False)  # fmt: skip
+    assert result.returncode == 2 and "--fim-rate needs fill-in-the-middle tokens" in result.stderr
+    assert "tokenize train --fim-tokens" in result.stderr and not (tmp_path / "no").exists()
+
+
+def test_fim_sentinels_are_found_as_llmforge_qwen_or_starcoder_spell_them():
+    from llmforge.data.fim import sentinel_ids
+
+    assert sentinel_ids({"<|fim_prefix|>": 5, "<|fim_middle|>": 6, "<|fim_suffix|>": 7}) == (5, 6, 7)
+    assert sentinel_ids({"<fim_prefix>": 1, "<fim_middle>": 2, "<fim_suffix>": 3, "<fim_pad>": 4}) == (
+        1,
+        2,
+        3,
+    )
+    assert sentinel_ids({"<fim_prefix>": 1, "<fim_middle>": 2}) is None
+
+
 def test_mixture_upsamples_a_small_source_to_its_weight(bpe, corpus, tmp_path):
     config = EncodeConfig(workers=1, target_tokens=20_000, shard_tokens=8_000, val_fraction=0.1)
     specs = [f"web={corpus['web'][0]}:0.6", f"code={corpus['code'][0]}:0.4"]

@@ -245,6 +245,9 @@ def tokenize_encode_section(md: Markdown, artifact: Artifact, level: int) -> Non
         f"{fmt(s.get('val_tokens'))} tokens" + (f" in {fmt(val_documents)} documents" if val_documents is not None else ""),
         "mixture: " + (f"target {fmt(c['target_tokens'])} training tokens" if c.get("target_tokens")
                        else "every source at its natural size or weight, no target"),
+        *([f"fill-in-the-middle: {fmt(s['fim']['documents'])} training documents rewritten ({percent(c.get('fim_rate'))}"
+           f" drawn), {fmt(s['fim']['spm'])} of them in SPM order, the rest PSM; validation documents whole"]
+          if s.get("fim") else []),
     ])  # fmt: skip
     md.table(["source", "weight", "share", "tokens", "natural tokens", "passes", "max repeats", "documents",
               "val tokens"],

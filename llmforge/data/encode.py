@@ -9,7 +9,8 @@ Two passes:
   only the rest. tiktoken releases the GIL, so threads share its one encoder and need no texts sent to other
   processes: on 2 busy cores they encoded 1.5x as fast as the same encoder in 2 worker processes (bench/RESULTS.md).
 - `mix`: holds out each source's validation documents, draws the training documents by weight
-  (data/mixture.py: repeated or subsampled), shuffles them across sources and writes `train/` and `val/` shards.
+  (data/mixture.py: repeated or subsampled), shuffles them across sources and writes `train/` and `val/` shards,
+  rewriting a share of the training documents into fill-in-the-middle order where asked (data/fim.py).
 
 Why our own pool rather than datatrove's `DocumentTokenizer` under the data stages' executors: its files have the
 same layout as ours (uint16/uint32 tokens, a uint64 index of document ends; the bench checks its ids equal ours),
@@ -196,9 +197,12 @@ def encode_sources(artifacts: list[Artifact], tokenizer_json: str, dtype: str, e
 
 def mix(root: Path, names: list[str], chunks: list[list[Path]], dtype: str, eos_id: int, *,
         weights: dict[str, float], target_tokens: int | None, val_fraction: float, shard_tokens: int,
-        seed: int) -> tuple[dict[str, list[dict]], dict[str, dict]]:  # fmt: skip
+        seed: int, fim: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        ) -> tuple[dict[str, list[dict]], dict[str, dict]]:  # fmt: skip
     """Write `root/train` (mixed by weight, documents shuffled) and `root/val` from each source's chunks (`names`
-    and `chunks` in the same order); returns the shard lists and what each source contributed."""
+    and `chunks` in the same order); returns the shard lists and what each source contributed (tokens as
+    encoded). `fim` rewrites training documents (each copy drawn on its own, from a generator of its own, so the
+    split and the mix are those of the same run without it)."""
     from llmforge.console import progress, warn
     from llmforge.data.mixture import budgets, draw, hold_out
     from llmforge.data.shards import ShardWriter
@@ -258,6 +262,7 @@ def mix(root: Path, names: list[str], chunks: list[list[Path]], dtype: str, eos_
     splits = {}
     for split in ("train", "val"):
         shutil.rmtree(root / split, ignore_errors=True)  # left by an interrupted run: rewritten whole
+    fim_rng = np.random.default_rng([seed, 1])
     with progress() as bar:
         for split, documents in (("train", order), ("val", np.flatnonzero(is_val))):
             writer = ShardWriter(root, split, dtype, eos_id, shard_tokens=shard_tokens)
@@ -265,7 +270,8 @@ def mix(root: Path, names: list[str], chunks: list[list[Path]], dtype: str, eos_
             for document in documents:
                 start = starts[document]
                 end = start + lengths[document] - 1  # the chunk's EOS; the writer adds it back
-                writer.add(maps[chunk_of[document]][start:end])
+                ids = maps[chunk_of[document]][start:end]
+                writer.add(fim(ids, fim_rng) if fim is not None and split == "train" else ids)
                 bar.advance(task, int(lengths[document]))
             splits[split] = writer.close()
     return splits, mixed

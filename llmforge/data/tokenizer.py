@@ -18,6 +18,10 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 # Control tokens: never produced by ordinary text, removed by decode(skip_special_tokens=True).
 CONTROL_TOKENS = [BOS, EOS, PAD, IM_START, IM_END]
+# Fill-in-the-middle sentinels (Bavarian et al. 2022), spelled as Qwen2.5-Coder spells them; reserved only when
+# asked (`tokenize train --fim-tokens`), so other tokenizers keep their ids.
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
+FIM_TOKENS = [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
 # Tags the model writes as part of its answers: single tokens, but kept when decoding so rewards can read them.
 TAG_TOKENS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
@@ -60,16 +64,19 @@ CHAT_TEMPLATE = (
 ALGORITHMS = ("bpe", "unigram")
 
 
-def build_tokenizer(vocab_size: int, texts: Iterable[str], min_frequency: int = 2, algorithm: str = "bpe"):
+def build_tokenizer(vocab_size: int, texts: Iterable[str], min_frequency: int = 2, algorithm: str = "bpe",
+                    fim: bool = False):  # fmt: skip
     """Train a `tokenizers.Tokenizer` on `texts` (an iterator; streamed, not held in memory).
 
     Both algorithms see the same byte-level alphabet (every byte is a symbol, so nothing is ever unknown), the
     same pre-tokenization and the same reserved tokens: "bpe" merges frequent pairs (GPT/Llama style), "unigram"
-    prunes a large seed vocabulary by likelihood (SentencePiece style).
+    prunes a large seed vocabulary by likelihood (SentencePiece style). `fim` reserves the fill-in-the-middle
+    sentinels too, after the others.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    special = [AddedToken(t, special=True, normalized=False) for t in CONTROL_TOKENS + TAG_TOKENS]
+    reserved = CONTROL_TOKENS + TAG_TOKENS + (FIM_TOKENS if fim else [])
+    special = [AddedToken(t, special=True, normalized=False) for t in reserved]
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if algorithm == "bpe":
         tokenizer = Tokenizer(models.BPE(byte_fallback=False))  # byte-level: every byte is in the alphabet
@@ -111,20 +118,25 @@ def wrap(tokenizer_object, model_max_length: int = 2048):
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
-        additional_special_tokens=[IM_START, IM_END],
+        additional_special_tokens=[
+            IM_START,
+            IM_END,
+            *(t for t in FIM_TOKENS if t in tokenizer_object.get_vocab()),
+        ],
         chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, algorithm: str = "bpe"):
-    return wrap(build_tokenizer(vocab_size, texts, min_frequency, algorithm))
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, algorithm: str = "bpe",
+                    fim: bool = False):  # fmt: skip
+    return wrap(build_tokenizer(vocab_size, texts, min_frequency, algorithm, fim))
 
 
-def minimum_vocab_size() -> int:
+def minimum_vocab_size(fim: bool = False) -> int:
     """The 256 byte symbols plus our reserved tokens: the smallest vocabulary that can be trained."""
-    return 256 + len(CONTROL_TOKENS) + len(TAG_TOKENS)
+    return 256 + len(CONTROL_TOKENS) + len(TAG_TOKENS) + (len(FIM_TOKENS) if fim else 0)
 
 
 def load_tokenizer(path: str | Path):

@@ -66,6 +66,11 @@ class TrainConfig(StageConfig):
         description="Bytes of documents kept out of training to measure fertility (at most a tenth of each input)",
     )
     seed: int = Field(0, description="Seed for drawing the sample and the held-out documents")
+    fim_tokens: bool = Field(
+        False,
+        description="Also reserve the fill-in-the-middle sentinels <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|> "
+        "(for `tokenize encode --fim-rate`: code models)",
+    )
 
 
 class EncodeConfig(StageConfig):
@@ -107,6 +112,16 @@ class EncodeConfig(StageConfig):
         description="Special-token strings found in documents (<|im_start|>, the EOS string): text = encoded as "
         "the text they are, so a crawled page cannot inject control tokens; control = as the special tokens "
         "(documents rendered with the chat template on purpose). Tag tokens such as <think> match either way",
+    )
+    fim_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the training documents rewritten for fill-in-the-middle (code models: 0.5 as in "
+        "StarCoder); needs a tokenizer with FIM tokens (tokenize train --fim-tokens); 0 = off",
+    )
+    fim_spm_rate: float = Field(
+        0.5, ge=0, le=1, description="Of those, the share in SPM order (suffix first) rather than PSM"
     )
 
 
@@ -156,6 +171,15 @@ class EncodeStats(TypedDict):
     sources: dict[str, SourceMix]  # by input name
     encoded_chunks_reused: int  # from an interrupted run
     encoder: str  # tiktoken or tokenizers (the same ids either way)
+    fim: NotRequired[FimStats]  # with --fim-rate
+
+
+class FimStats(TypedDict):
+    rate: float
+    spm_rate: float
+    documents: int  # training documents rewritten (each copy of a repeated one drawn on its own)
+    spm: int  # of them, in SPM order
+    skipped: int  # drawn but left whole: they do not decode back to their own tokens
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +246,7 @@ def train(inputs: list[str], out: str | Path, config: TrainConfig | None = None,
     from llmforge.data.tokenizer import minimum_vocab_size
 
     config = config or TrainConfig()
-    minimum = minimum_vocab_size()
+    minimum = minimum_vocab_size(config.fim_tokens)
     if config.vocab_size < minimum:
         raise InputError(
             f"vocab_size {config.vocab_size} is too small: the 256 byte symbols and {minimum - 256} special "
@@ -283,7 +307,8 @@ def _train(ctx, sources: list[Source], config: TrainConfig) -> None:
 
     log(f"training a {config.algorithm} tokenizer with {config.vocab_size:,} tokens on "
         f"{sum(int((counts[n] * sizes[n]).sum()) for n in sizes):,} bytes")  # fmt: skip
-    tokenizer = build_tokenizer(config.vocab_size, sample(), config.min_frequency, config.algorithm)
+    tokenizer = build_tokenizer(config.vocab_size, sample(), config.min_frequency, config.algorithm,
+                                config.fim_tokens)  # fmt: skip
     wrap(tokenizer).save_pretrained(ctx.work)
     ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
 
@@ -412,6 +437,8 @@ def encode(inputs: list[str], out: str | Path, tokenizer: str | Path | None = No
     config = _with_weights(config, weights)
     if config.encoder == "tiktoken" and Path(tokenizer_source.location).is_dir():  # refused before any output
         _refuse_unmappable(_backend(Path(tokenizer_source.location))[1], tokenizer_source)
+    if config.fim_rate and Path(tokenizer_source.location).is_dir():
+        _fim_sentinels(_backend(Path(tokenizer_source.location))[0], tokenizer_source)
     refs = [s.ref() for s in sources] + tokenizer_source.refs
     return run_stage(ENCODE_STAGE, "tokens", config, refs, out,
                      lambda ctx: _encode(ctx, sources, tokenizer_source, config), force=force)  # fmt: skip
@@ -444,9 +471,24 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     log(f"encoded {encoded.tokens:,} tokens in {seconds:.1f} s ({encoded.tokens / max(seconds, 1e-9):,.0f} "
         f"tokens/s, {encoder})")  # fmt: skip
 
+    fim = None
+    if config.fim_rate:
+        from llmforge.data.encode import make_encoder
+        from llmforge.data.fim import FillInTheMiddle
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+        fim = FillInTheMiddle(decode, make_encoder(tokenizer_json, encoder, control_tokens),
+                              _fim_sentinels(tokenizer, tokenizer_source), config.fim_rate, config.fim_spm_rate)  # fmt: skip
     splits, mixed = mix(ctx.work, [s.name for s in sources], encoded.files, dtype, tokenizer.eos_token_id,
                         weights=config.weights, target_tokens=config.target_tokens,
-                        val_fraction=config.val_fraction, shard_tokens=config.shard_tokens, seed=config.seed)  # fmt: skip
+                        val_fraction=config.val_fraction, shard_tokens=config.shard_tokens, seed=config.seed,
+                        fim=fim)  # fmt: skip
+    if fim is not None:
+        ctx.stats["fim"] = fim.stats()
+        log(f"fill-in-the-middle: {fim.rewritten:,} of {fim.documents:,} training documents rewritten "
+            f"({fim.spm:,} in SPM order)" + (f", {fim.skipped:,} left whole" if fim.skipped else ""))  # fmt: skip
     index = write_index(ctx.work, dtype, len(tokenizer), special_ids_of(tokenizer), splits,
                         sources=mixed, tokenizer_fingerprint=fingerprint)  # fmt: skip
     shutil.rmtree(ctx.work / "checkpoints")  # the shards hold everything now; no second copy in the artifact
@@ -460,6 +502,17 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
     ctx.stats["sources"] = mixed
     ctx.stats["encoded_chunks_reused"] = encoded.reused
     ctx.stats["encoder"] = encoder
+
+
+def _fim_sentinels(tokenizer, tokenizer_source) -> tuple[int, int, int]:
+    from llmforge.data.fim import SPELLINGS, sentinel_ids
+
+    found = sentinel_ids(tokenizer.get_vocab())
+    if found is None:
+        raise InputError(f"{tokenizer_source.location}: --fim-rate needs fill-in-the-middle tokens "
+                         f"({', '.join(SPELLINGS[0])}, or StarCoder's {', '.join(SPELLINGS[1])}); the tokenizer has "
+                         "none: train one with `llmforge tokenize train --fim-tokens`")  # fmt: skip
+    return found
 
 
 def _backend(directory: Path):
@@ -526,13 +579,14 @@ Inputs = Annotated[
         help="Documents artifacts, each as [NAME=]DIR[:WEIGHT], e.g. web=docs/web:0.7 wiki=docs/wiki:0.3."
     ),
 ]
-TRAIN_FLAGS = (Flag("vocab_size"), Flag("algorithm"), Flag("sample_bytes"))
+TRAIN_FLAGS = (Flag("vocab_size"), Flag("algorithm"), Flag("sample_bytes"), Flag("fim_tokens"))
 ENCODE_FLAGS = (
     Flag("target_tokens"),
     Flag("val_fraction"),
     Flag("workers"),
     Flag("encoder"),
     Flag("special_tokens"),
+    Flag("fim_rate"),
 )
 
 
