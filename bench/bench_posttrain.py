@@ -1,4 +1,4 @@
-"""Step time and peak memory: `llmforge sft/dpo/grpo` against the same TRL trainer called directly.
+"""Step time and peak memory: `llmforge sft/dpo/reward/grpo` against the same TRL trainer called directly.
 
 Both sides train the same model (a random Llama of the chosen preset with a tokenizer trained here) on the same
 records with the same settings; each run is its own process, so peak memory (max RSS on CPU, max CUDA memory on a
@@ -6,7 +6,8 @@ GPU) is that run's alone. Step time is the median wall time between optimizer st
 sides run interleaved `--repeat` times and the best step time of each is kept (the machine may be shared); the
 process CPU time per step is reported beside it, as it suffers less from other work on a shared machine.
 
-    .venv/bin/python bench/bench_posttrain.py [--preset small] [--steps 10] [--repeat 3] [--stages sft,dpo,grpo] [--lora]
+    .venv/bin/python bench/bench_posttrain.py [--preset small] [--steps 10] [--repeat 3] [--stages sft,dpo,reward,grpo]
+        [--lora]
 
 Prints one table; the figures go to bench/RESULTS.md.
 """
@@ -61,6 +62,7 @@ def prepare(root: Path, preset: str) -> tuple[Path, dict[str, Path]]:
     model = run_stage("pretrain", "model", RandomInit(preset=preset), [ref], root / "model", body)
     data = {"sft": write_jsonl(root / "sft.jsonl", chat_records(512)),
             "dpo": write_jsonl(root / "dpo.jsonl", [_chat_answers(r) for r in preference_records(512)]),
+            "reward": write_jsonl(root / "reward.jsonl", [_chat_answers(r) for r in preference_records(512)]),
             "grpo": write_jsonl(root / "grpo.jsonl", grpo_records(512))}  # fmt: skip
     return model, data
 
@@ -111,14 +113,18 @@ def run_trl(stage: str, model_dir: Path, data: Path, out: Path, steps: int, lora
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     cpu = not torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if stage == "reward":
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
     dataset = load_dataset("json", data_files=str(data), split="train")
+    task = "SEQ_CLS" if stage == "reward" else "CAUSAL_LM"
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                             task_type="CAUSAL_LM") if lora else None  # fmt: skip
+                             task_type=task) if lora else None  # fmt: skip
     # TRL's configs default to gradient checkpointing; llmforge's default is off. The same seeds and schedule keep
     # GRPO's sampled completions (and so its step time) the same on both sides.
     common = dict(output_dir=str(out), max_steps=steps, per_device_train_batch_size=SETTINGS["batch_size"],
@@ -137,6 +143,12 @@ def run_trl(stage: str, model_dir: Path, data: Path, out: Path, steps: int, lora
         args = DPOConfig(**common, max_length=SETTINGS["max_length"], beta=0.1)
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config, callbacks=[timer])  # fmt: skip
+    elif stage == "reward":
+        from trl import RewardConfig, RewardTrainer
+
+        args = RewardConfig(**common, max_length=SETTINGS["max_length"])
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                peft_config=peft_config, callbacks=[timer])  # fmt: skip
     else:
         from trl import GRPOConfig, GRPOTrainer
 
@@ -175,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--stages", default="sft,dpo,grpo")
+    parser.add_argument("--stages", default="sft,dpo,reward,grpo")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument(
         "--repeat", type=int, default=3, help="interleaved runs per side (best step time kept)"

@@ -35,6 +35,11 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def process_device() -> str:
+    """The device this process trains on: its GPU (torchrun's LOCAL_RANK names it) or the CPU."""
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if has_cuda() else "cpu"
+
+
 def bf16_supported() -> bool:
     """A CUDA GPU that computes in bf16 (on CPU we train in fp32: bf16 autocast there is slower, not faster)."""
     import torch

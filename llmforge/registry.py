@@ -18,7 +18,9 @@ MODEL_KINDS = ("model", "adapter", "quantized-model")  # each loads as a model (
 QUALITY_KINDS = ("quality-classifier", "annotations")
 # A GGUF file for llama.cpp, Ollama and LM Studio (quantize --method gguf-*): `serve` runs it with llama.cpp, the
 # other stages do not load it; `llmforge import` takes it back as a model.
-KINDS = (*DATA_KINDS, *MODEL_KINDS, "gguf", "eval-report", *QUALITY_KINDS)
+# A reward model (`llmforge reward`): a sequence-classification model with one score, which grpo's rewards read;
+# it is not a language model, so the stages that generate text do not load it.
+KINDS = (*DATA_KINDS, *MODEL_KINDS, "gguf", "reward-model", "eval-report", *QUALITY_KINDS)
 # Kinds a stage writes only when asked to: sft, dpo and grpo write an adapter with --lora.
 WRITTEN_WITH = {"adapter": "--lora"}
 
@@ -36,9 +38,11 @@ class Stage:
 
     @property
     def from_model(self) -> bool:
-        """Its output is a model made from the input model (sft, dpo, grpo, quantize), so lineage walks back
-        through it to the pretrained model."""
-        return self.reads[0] in MODEL_KINDS and any(kind in MODEL_KINDS for kind in self.writes)
+        """Its output is a model made from the input model (sft, dpo, grpo, reward, quantize), so lineage walks
+        back through it to the pretrained model."""
+        return self.reads[0] in MODEL_KINDS and any(
+            kind in (*MODEL_KINDS, "reward-model") for kind in self.writes
+        )
 
 
 POSTTRAIN_READS = ("model", "adapter", "raw", "documents")  # a model, then a dataset (files or documents)
@@ -77,6 +81,9 @@ STAGES = (
     Stage("dpo", "dpo", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
           summary="Preference optimisation: align a model to chosen-over-rejected answers (DPO and the losses "
                   "TRL offers beside it)."),
+    Stage("reward", "reward", reads=POSTTRAIN_READS, writes=("reward-model",), post_training=True,
+          summary="Reward modelling: train a model to score answers on chosen-over-rejected pairs (Bradley-Terry), "
+                  "for grpo's --reward."),
     Stage("grpo", "grpo", reads=POSTTRAIN_READS, writes=("model", "adapter"), post_training=True,
           summary="Reinforcement learning with verifiable rewards (GRPO): sample a group of answers per prompt, "
                   "score them, push the policy towards the better ones."),

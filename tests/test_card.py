@@ -187,7 +187,7 @@ def test_cards_read_the_stats_keys_the_stages_write(chain):
     for artifact in chain.values():
         assert stats_mismatches(artifact.path) == [], artifact.stage
     assert set(STATS) - {a.stage for a in chain.values()} == {  # in their own tests
-        "dpo", "grpo", "quantize", "quality train", "quality filter", "quality annotate"}  # fmt: skip
+        "dpo", "grpo", "reward", "quantize", "quality train", "quality filter", "quality annotate"}  # fmt: skip
 
     # a writer renaming a key: its manifest no longer matches the declaration
     renamed = dict(chain["sft"].stats)

@@ -30,6 +30,7 @@ POSITIONAL = {
     "pretrain": ["tokens", "-o", "out"],
     "sft": ["model", "data.jsonl", "-o", "out"],
     "dpo": ["model", "data.jsonl", "-o", "out"],
+    "reward": ["model", "data.jsonl", "-o", "out"],
     "grpo": ["model", "data.jsonl", "-o", "out"],
     "eval": ["model", "-o", "out"],
     "quantize": ["model", "--data", "tokens", "-o", "out"],
@@ -110,16 +111,16 @@ OLD_SPELLINGS = {
         (["--vocab-size", "512"], "vocab_size", 512),
         (["--algorithm", "unigram"], "algorithm", "unigram"),
         (["--sample-bytes", "1000"], "sample_bytes", 1000),
-    ],
         (["--fim-tokens"], "fim_tokens", True),
+    ],
     "tokenize encode": [
         (["--target-tokens", "1000"], "target_tokens", 1000),
         (["--val-fraction", "0.1"], "val_fraction", 0.1),
         (["--workers", "2"], "workers", 2),
         (["--encoder", "tokenizers"], "encoder", "tokenizers"),
         (["--special-tokens", "control"], "special_tokens", "control"),
-    ],
         (["--fim-rate", "0.5"], "fim_rate", 0.5),
+    ],
     "pretrain": [
         (["--preset", "tiny"], "model.preset", "tiny"),
         (["--arch", "qwen3"], "model.arch", "qwen3"),
@@ -153,6 +154,7 @@ OLD_SPELLINGS = {
         (["--beta", "0.2"], "beta", 0.2),
         (["--sft-weight", "1"], "sft_weight", 1.0),
     ],
+    "reward": [*POSTTRAIN, (["--center-rewards", "0.01"], "center_rewards", 0.01)],
     "grpo": [
         *POSTTRAIN,
         (["--reward", "math:1.0", "--reward", "format:0.5"], "rewards", ["math:1.0", "format:0.5"]),
@@ -230,6 +232,7 @@ OTHER_OPTIONS = {
     "pretrain": [*COMMON, "--dry-run"],
     "sft": [*COMMON, "--dry-run"],
     "dpo": [*COMMON, "--dry-run"],
+    "reward": [*COMMON, "--dry-run"],
     "grpo": [*COMMON, "--dry-run"],
     "eval": [*COMMON, "--compare"],
     "quantize": [*COMMON, "--data"],
@@ -240,6 +243,7 @@ OTHER_OPTIONS = {
 CANONICAL = {
     "sft": [(["--micro-batch-size", "16"], "batch_size", 16), (["--seq-len", "256"], "max_length", 256)],
     "dpo": [(["--micro-batch-size", "16"], "batch_size", 16), (["--seq-len", "256"], "max_length", 256)],
+    "reward": [(["--micro-batch-size", "16"], "batch_size", 16), (["--seq-len", "256"], "max_length", 256)],
     "grpo": [(["--micro-batch-size", "16"], "batch_size", 16), (["--seq-len", "256"], "max_length", 256)],
     "serve": [(["--seq-len", "512"], "max_model_len", 512)],
 }
@@ -302,7 +306,7 @@ def test_every_old_spelling_sets_the_same_key_and_value(name):
 def test_chat_template_is_a_file_when_training_and_a_switch_in_eval():
     """sft/dpo/grpo --chat-template FILE: the template to train with; eval --chat-template: lm-eval's
     --apply-chat-template (render the task's prompts with the model's own template), taking no value."""
-    for name in ("sft", "dpo", "grpo"):
+    for name in ("sft", "dpo", "reward", "grpo"):
         assert parse(name, ["--chat-template", "t.jinja"]).chat_template == "t.jinja"
         with pytest.raises(TyperException, match="'--chat-template' requires an argument"):
             parse(name, ["--chat-template"])
@@ -426,8 +430,8 @@ def test_registry_feeds_the_messages_and_the_checks():
 
     assert registry.made_by("tokens") == "`llmforge tokenize encode`"
     assert registry.made_by("adapter") == "`llmforge sft`, `llmforge dpo` or `llmforge grpo` with --lora"
-    assert registry.POSTTRAIN_STAGES == ("sft", "dpo", "grpo") == contamination.POSTTRAIN_STAGES
-    assert registry.FROM_A_MODEL == ("sft", "dpo", "grpo", "quantize")
+    assert registry.POSTTRAIN_STAGES == ("sft", "dpo", "reward", "grpo") == contamination.POSTTRAIN_STAGES
+    assert registry.FROM_A_MODEL == ("sft", "dpo", "reward", "grpo", "quantize")
     assert loading.MODEL_KINDS is registry.MODEL_KINDS
     for stage in registry.STAGES:  # every kind a stage reads is one some stage writes, or files / a hub id
         assert set(stage.reads) <= {*registry.KINDS, "raw", "hub"}, stage.name

@@ -59,14 +59,16 @@ def test_dpo_measures_preference_accuracy_on_held_out_pairs(tmp_path, tiny_model
     stats = Artifact.open(out).stats
     assert (stats["records"], stats["eval_records"]) == (12, 4) and stats_mismatches(out) == []
     measured = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_rewards/accuracies" in r]
-    assert [r["step"] for r in measured] == [3, 6]
-    assert stats["eval_accuracy_final"] == 1.0 and stats["eval_margin_final"] > stats["eval_margin_first"] > 0
+    assert [r["step"] for r in measured] == [0, 3, 6]
+    # measured first on the input model, the reference itself: no margin, no pair ranked right yet
+    assert (stats["eval_accuracy_first"], stats["eval_margin_first"]) == (0.0, 0.0)
+    assert stats["eval_accuracy_final"] == 1.0 and stats["eval_margin_final"] > 0
     card = model_card(Artifact.open(out), None, None)
     assert "| held-out preference accuracy (first → final) |" in card
     kto = dpo.run(
         tiny_model, preferences, tmp_path / "kto", small(loss="kto", max_steps=2, eval_fraction=0.25)
     )
-    assert [r["step"] for r in read_jsonl(kto / "metrics.jsonl") if "eval_loss" in r] == [2]
+    assert [r["step"] for r in read_jsonl(kto / "metrics.jsonl") if "eval_loss" in r] == [0, 2]
 
 
 def test_dpo_stops_at_the_first_non_finite_loss_and_keeps_the_checkpoint_before(

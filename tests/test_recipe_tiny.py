@@ -14,7 +14,7 @@ import pytest
 
 from llmforge.config import load_config
 from llmforge.evaluation.arithmetic import problems
-from llmforge.stages import crawl_filter, dedup, dpo, eval, grpo, pretrain, quantize, sft, tokenize
+from llmforge.stages import crawl_filter, dedup, dpo, eval, grpo, pretrain, quantize, reward, sft, tokenize
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny"
 CONFIGS = {
@@ -25,6 +25,7 @@ CONFIGS = {
     "pretrain.yaml": pretrain.Config,
     "sft.yaml": sft.Config,
     "dpo.yaml": dpo.Config,
+    "reward.yaml": reward.Config,
     "grpo.yaml": grpo.Config,
     "eval.yaml": eval.Config,
     "quantize.yaml": quantize.Config,
@@ -75,8 +76,15 @@ def test_makefile_chains_every_stage(tmp_path):
                              f"PYTHON={sys.executable}"], capture_output=True, text=True, check=True)  # fmt: skip
     commands = [line for line in result.stdout.splitlines() if line.startswith("llmforge ")]
     stages = [re.match(r"llmforge ((?:tokenize )?[a-z-]+)", c).group(1) for c in commands]
-    training = [s for s in stages if s in ("pretrain", "sft", "dpo", "grpo", "quantize")]
-    assert training == ["pretrain", "sft", "dpo", "grpo", "quantize"]
+    training = [s for s in stages if s in ("pretrain", "sft", "dpo", "grpo", "quantize", "reward")]
+    assert training == [
+        "pretrain",
+        "sft",
+        "dpo",
+        "grpo",
+        "quantize",
+        "reward",
+    ]  # the reward model on the side
     assert stages[:4] == ["crawl-filter", "dedup", "tokenize train", "tokenize encode"]
     assert stages.count("eval") == 6  # after each training stage and of the quantized model, then --compare
     assert all("--update -c configs/" in c for c in commands if " --compare " not in c and " card " not in c)

@@ -92,7 +92,7 @@ def test_sft_measures_held_out_records_it_does_not_train_on(tmp_path, tiny_model
     stats = Artifact.open(out).stats
     assert (stats["records"], stats["eval_records"]) == (18, 6) and stats_mismatches(out) == []
     measured = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r]
-    assert [r["step"] for r in measured] == [2, 4, 5]
+    assert [r["step"] for r in measured] == [0, 2, 4, 5]  # the input model first
     first, final = measured[0]["eval_loss"], measured[-1]["eval_loss"]
     assert (stats["eval_loss_first"], stats["eval_loss_final"]) == (round(first, 6), round(final, 6))
     assert stats["eval_loss_final"] < stats["eval_loss_first"]  # the answers' pattern carries over
@@ -118,7 +118,7 @@ def test_sft_eval_data_is_an_input_measured_but_not_training_data(tmp_path, tiny
     out = sft.run(tiny_model, chat_data, tmp_path / "sft", small(max_steps=2, eval_data=str(held)))
     artifact = Artifact.open(out)
     assert (artifact.stats["records"], artifact.stats["eval_records"]) == (24, 5)
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [2]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [0, 2]
     entry = artifact.manifest["inputs"][-1]
     assert entry["role"] == "eval data" and entry["path"] == str(held)
     sources, _ = training_files(lineage(resolve_model(out, "eval")))

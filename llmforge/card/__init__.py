@@ -37,10 +37,10 @@ def make_card(path: str | Path, evals: list[str | Path] | None = None, license: 
         data_card(writer, artifact, level=1)
         return with_front_matter(dataset_card_data(artifact, data_lineage(artifact), license), writer.text(),
                                  DatasetCard)  # fmt: skip
-    if artifact.kind in (*MODEL_KINDS, "gguf"):
+    if artifact.kind in (*MODEL_KINDS, "gguf", "reward-model"):
         return model_card(artifact, evals, license)
     raise InputError(
         f"{path} is {describe_kind(artifact.kind)}; cards describe data (documents, tokenizer, tokens) and models "
-        "(model, adapter, quantized-model, gguf)"
+        "(model, adapter, quantized-model, gguf, reward-model)"
         + (": give an eval report to its model's card with --eval" if artifact.kind == "eval-report" else "")
     )

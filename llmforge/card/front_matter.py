@@ -106,7 +106,7 @@ def model_card_data(artifact: Artifact, chain: list[Artifact], start: Mapping[st
         license=license or source_license(metadata),
         language=languages if isinstance(languages, list) and languages else None,
         library_name={"adapter": "peft", "gguf": "gguf"}.get(artifact.kind, "transformers"),
-        pipeline_tag="text-generation",
+        pipeline_tag="text-classification" if artifact.kind == "reward-model" else "text-generation",
         tags=tags,
         base_model=base,
         base_model_relation=relation(artifact, chain) if base else None,

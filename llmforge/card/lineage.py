@@ -77,7 +77,7 @@ def safetensors_parameters(directory: Path, pattern: str = "*.safetensors") -> i
 def parameters(artifact: Artifact, depth: int = 0) -> int | None:
     """A model's parameter count: its safetensors for a model, its base's for an adapter or a quantized model
     (packed quantized weights do not count parameters)."""
-    if artifact.kind == "model":
+    if artifact.kind in ("model", "reward-model"):
         found = safetensors_parameters(artifact.path, "model*.safetensors")
         if found is None and artifact.stage == "pretrain":
             found = stats_of(artifact).get("parameters")

@@ -40,7 +40,10 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
     elif artifact.kind == "gguf":
         what = f"{an} {arch} model{size} as a GGUF file ({artifact.extra.get('method')}) for llama.cpp"
     else:
-        what = f"{an} {arch} {'quantized model' if artifact.kind == 'quantized-model' else 'model'}{size}"
+        kind = {"quantized-model": "quantized model", "reward-model": "reward model"}.get(
+            artifact.kind, "model"
+        )
+        what = f"{an} {arch} {kind}{size}"
     md.para(f"{what}, made by llmforge: " + " → ".join(a.stage for a in chain)
             + (f", starting from `{start['path']}`" if start else "") + ".")  # fmt: skip
 
@@ -77,6 +80,14 @@ def model_card(artifact: Artifact, evals: list[str | Path] | None, license: str 
 
 
 def how_to_use(md: Markdown, artifact: Artifact) -> None:
+    if artifact.kind == "reward-model":
+        md.para("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                f'model = AutoModelForSequenceClassification.from_pretrained("{show_path(artifact.path)}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{show_path(artifact.path)}")\n'
+                "score = model(**tokenizer.apply_chat_template(chat, return_dict=True, return_tensors=\"pt\")).logits[0, 0]\n```")  # fmt: skip
+        md.para(f"Or as a reward for reinforcement learning: `llmforge grpo POLICY prompts.jsonl --reward "
+                f"{show_path(artifact.path)}`.")  # fmt: skip
+        return
     md.para("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f'model = AutoModelForCausalLM.from_pretrained("{show_path(artifact.path)}")\n'
             f'tokenizer = AutoTokenizer.from_pretrained("{show_path(artifact.path)}")\n```')  # fmt: skip

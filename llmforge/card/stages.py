@@ -7,7 +7,7 @@ from typing import Any
 
 from llmforge.artifacts import Artifact
 from llmforge.card.stats import Declared
-from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quality, quantize, sft, tokenize
+from llmforge.stages import crawl_filter, dedup, dpo, grpo, pretrain, quality, quantize, reward, sft, tokenize
 from llmforge.stages import eval as eval_stage
 
 STATS = {
@@ -22,6 +22,7 @@ STATS = {
     sft.STAGE.name: sft.Stats,
     dpo.STAGE.name: dpo.Stats,
     grpo.STAGE.name: grpo.Stats,
+    reward.STAGE.name: reward.Stats,
     eval_stage.STAGE: eval_stage.Stats,
     quantize.STAGE: quantize.Stats,
 }

@@ -101,7 +101,7 @@ def _method(step: Artifact, previous: Artifact | None) -> str:
             " of the input adapter merged into its base" if previous and previous.kind == "adapter" else ""
         )
     method = "QLoRA (4-bit base)" if lora.get("qlora") else "LoRA"
-    if previous is not None and previous.kind == "adapter":
+    if previous is not None and previous.kind == "adapter" and step.stage != "reward":
         text = f"{method}, continuing the input adapter `{name_of(previous)}`"
     else:
         text = (f"{method} rank {fmt(lora.get('rank'))}, alpha {fmt(lora.get('alpha'))}, dropout "
@@ -150,6 +150,18 @@ def posttrain_rows(step: Artifact, previous: Artifact | None) -> list:
             ("held-out preference accuracy (first → final)", first_final(s, "eval_accuracy")),
             ("rewards chosen / rejected", f"{fmt(s.get('rewards_chosen'))} / {fmt(s.get('rewards_rejected'))}"
              if "rewards_chosen" in s else None),
+        ]  # fmt: skip
+    elif step.stage == "reward":
+        rows += [
+            ("objective", "Bradley-Terry on chosen/rejected pairs" + (f", centring weight {fmt(c['center_rewards'])}"
+                                                                      if c.get("center_rewards") else "")),
+            ("pairs trained on", f"{fmt(s['examples'])} (the rest longer than max length)" if "examples" in s else None),
+            ("loss (first → final)", first_final(s, "loss")),
+            ("preference accuracy (first → final)", first_final(s, "accuracy")),
+            ("score margin (first → final)", first_final(s, "margin")),
+            ("held-out loss (first → final)", first_final(s, "eval_loss")),
+            ("held-out preference accuracy (first → final)", first_final(s, "eval_accuracy")),
+            ("held-out score margin (first → final)", first_final(s, "eval_margin")),
         ]  # fmt: skip
     elif step.stage == "grpo":
         rows += [
@@ -202,4 +214,5 @@ def generic_rows(step: Artifact, previous: Artifact | None) -> list:
 
 
 STAGE_ROWS = {"pretrain": pretrain_rows, "sft": posttrain_rows, "dpo": posttrain_rows, "grpo": posttrain_rows,
+              "reward": posttrain_rows,
               "quantize": quantize_rows}  # fmt: skip

@@ -7,6 +7,7 @@ with `llmforge --online`. Adapters resolve to their base model through the manif
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -72,9 +73,12 @@ def hash_directory(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> ModelSource:
+def resolve_model(
+    path_or_id: str | Path, stage: str, gguf: bool = False, reward: bool = False
+) -> ModelSource:
     """What a model argument points at; errors say what was expected. `gguf`: the stage also runs a gguf artifact
-    or a .gguf file (serve, with llama.cpp)."""
+    or a .gguf file (serve, with llama.cpp); `reward`: it also takes a reward-model artifact (reward, to train one
+    further)."""
     text = str(path_or_id)
     path = Path(text)
     if (path / MANIFEST).is_file():
@@ -85,7 +89,7 @@ def resolve_model(path_or_id: str | Path, stage: str, gguf: bool = False) -> Mod
             raise InputError(f"{path}: a GGUF file for llama.cpp, Ollama or LM Studio (made by `llmforge "
                              f"quantize`); {stage} loads models through transformers: `llmforge import {path} -o "
                              "DIR` takes it back as a model (dequantized)")  # fmt: skip
-        if artifact.kind not in MODEL_KINDS:
+        if artifact.kind not in MODEL_KINDS and not (reward and artifact.kind == "reward-model"):
             raise InputError(
                 f"{stage} needs a model, adapter or quantized-model artifact; {path} is "
                 f"{describe_kind(artifact.kind)} (made by `llmforge {artifact.stage}`)"
@@ -276,26 +280,51 @@ def load_tokenizer(source: ModelSource):
 
 
 def load_model(source: ModelSource, dtype: Any = "auto", device: str | None = None, merge: bool = False,
-               trainable_adapter: bool = False):  # fmt: skip
-    """A transformers causal LM for `source`; adapters are applied on their base (and merged if `merge`)."""
-    from transformers import AutoModelForCausalLM
+               trainable_adapter: bool = False, score_head: bool = False):  # fmt: skip
+    """A transformers causal LM for `source`; adapters are applied on their base (and merged if `merge`).
+    `score_head`: the same decoder under a one-output score head instead of the LM head (a reward model:
+    AutoModelForSequenceClassification, num_labels 1; the head starts random unless the checkpoint has one)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if source.is_adapter:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
-        base = load_model(source.base, dtype=dtype, device=device)
-        model = PeftModel.from_pretrained(base, source.path, is_trainable=trainable_adapter)
+        base = load_model(source.base, dtype=dtype, device=device, score_head=score_head)
+        settings = PeftConfig.from_pretrained(source.path)
+        if score_head:  # a causal LM's adapter on the decoder under a score head: peft's task-free wrapper
+            settings.task_type = None
+        model = PeftModel.from_pretrained(base, source.path, config=settings, is_trainable=trainable_adapter)
         return model.merge_and_unload() if merge else model
     from safetensors import SafetensorError
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+        if score_head:
+            with quiet_new_head():
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source.path, dtype=dtype, num_labels=1
+                )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     except (OSError, SafetensorError) as exc:
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{source.path}: cannot load the model ({detail})") from None
     if device:
         model.to(device)
     return model
+
+
+@contextlib.contextmanager
+def quiet_new_head():
+    """transformers reports the score head a causal LM's checkpoint lacks (and the LM head it leaves unused) as a
+    load problem; for a reward model started from a language model that is the plan, not news."""
+    import transformers
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
 
 
 def save_model_payload(model, tokenizer, directory: Path, generation: dict[str, Any] | None = None) -> None:

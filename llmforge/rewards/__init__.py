@@ -2,7 +2,8 @@
 
 Every reward is a TRL reward function: `f(prompts, completions, **columns) -> list[float]`, one score per
 completion, where `columns` are the dataset's other fields (`answer`, `tests`, `schema`...) repeated per completion.
-A user reward is named `package.module:function` or `path/to/file.py:function`.
+A user reward is named `package.module:function` or `path/to/file.py:function`; a reward model (made by
+`llmforge reward`) by its directory, `runs/rm` or `runs/rm:0.5` (llmforge.rewards.model).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _WEIGHT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 @dataclass(frozen=True)
 class RewardSpec:
-    name: str  # a built-in name, module:function or file.py:function
+    name: str  # a built-in name, module:function, file.py:function or a reward model's directory
     weight: float = 1.0
 
     @property
@@ -40,8 +41,15 @@ class RewardSpec:
         return self.name in BUILTIN
 
     @property
+    def model(self) -> bool:
+        """A reward model, named by its directory."""
+        return not self.builtin and ":" not in self.name
+
+    @property
     def label(self) -> str:
-        """The name TRL logs it under (rewards/<label>/mean)."""
+        """The name TRL logs it under (rewards/<label>/mean): a reward model's is its directory's name."""
+        if self.model:
+            return Path(self.name).name
         return self.name if self.builtin else self.name.rsplit(":", 1)[-1]
 
 
@@ -54,9 +62,10 @@ def parse_spec(text: str) -> RewardSpec:
         name, weight = text.strip(), 1.0
     if not name:
         raise InputError(f"--reward {text!r}: no reward named (built-in: {', '.join(BUILTIN)})")
-    if name not in BUILTIN and ":" not in name:
+    if name not in BUILTIN and ":" not in name and not Path(name).is_dir():
         raise InputError(f"--reward {text!r}: unknown reward {name!r}; built-in rewards are {', '.join(BUILTIN)}, "
-                         "or give your own as module:function or path/to/file.py:function")  # fmt: skip
+                         "or give your own as module:function or path/to/file.py:function, or a reward model "
+                         "as its directory")  # fmt: skip
     return RewardSpec(name=name, weight=weight)
 
 
@@ -71,7 +80,11 @@ def load_reward(spec: RewardSpec, **options) -> Callable:
     instead of stopping the run; the number of such completions goes to TRL's log as
     `rewards/<label>/failures` (through the `log_metric` TRL passes), and the first failure is shown on screen.
     """
-    if spec.builtin:
+    if spec.model:
+        from llmforge.rewards.model import RewardModel
+
+        function = RewardModel(spec.name)
+    elif spec.builtin:
         module_name, function_name, _ = BUILTIN[spec.name]
         function = getattr(importlib.import_module(module_name), function_name)
         if options:

@@ -3,7 +3,8 @@ rewards that check the answer, and push the policy towards the better half of ea
 
 Records hold a `prompt` (string or chat messages) and what the rewards check: `answer` (math, exact), `tests`
 (code), `schema` (json, optional); other fields reach user rewards as keyword arguments. Rewards combine with
-weights: `--reward math:1.0 --reward format:0.2`, or your own as `module:function` / `file.py:function`.
+weights: `--reward math:1.0 --reward format:0.2`, your own as `module:function` / `file.py:function`, or a reward
+model (`llmforge reward`) by its directory, `--reward runs/rm:1.0`.
 Generation runs on transformers (CPU or GPU); `--use-vllm` hands it to vLLM through TRL, on a CUDA GPU only: TRL
 cannot update the weights of vLLM's CPU build (see CPU_VLLM_REFUSAL).
 """
@@ -36,8 +37,8 @@ from llmforge.train.stats import PostTrainStats
 class Config(PostTrainConfig):
     rewards: list[str] = Field(
         default_factory=lambda: ["math:1.0", "format:0.2"],
-        description="Rewards as NAME[:WEIGHT]: math, exact, format, json, code, or module:function / "
-        "file.py:function",
+        description="Rewards as NAME[:WEIGHT]: math, exact, format, json, code, module:function / "
+        "file.py:function, or a reward model's directory (llmforge reward)",
     )
     num_generations: int = Field(8, ge=2, description="Completions sampled per prompt (the group)")
     kl_beta: float = Field(
@@ -156,6 +157,7 @@ CPU_VLLM_REFUSAL = (
 def check(records: Records, tokenizer, config: Config) -> None:
     """User rewards import, and every prompt leaves room for a full completion within max_length."""
     from llmforge.rewards import load_reward
+    from llmforge.rewards.model import check_reward_model
 
     if config.use_vllm and not machine.has_cuda():
         raise InputError(CPU_VLLM_REFUSAL)
@@ -168,7 +170,10 @@ def check(records: Records, tokenizer, config: Config) -> None:
                          f"{config.hostfile} ({completions} completions per step) must be a multiple of "
                          f"num_generations ({config.num_generations})")  # fmt: skip
     for spec in _specs(config):
-        load_reward(spec)
+        if spec.model:  # read, not loaded: each training process loads it
+            check_reward_model(spec.name)
+        else:
+            load_reward(spec)
     room = config.max_length - config.max_completion_length
     for record, location in zip(records.items, records.locations, strict=True):
         prompt = record["prompt"]
@@ -245,8 +250,31 @@ def describe(config: Config) -> list[tuple[str, str]]:
             ("objective", f"KL beta {config.kl_beta:g}, clip epsilon {config.clip_epsilon:g}")]  # fmt: skip
 
 
+def reward_model_inputs(config: Config) -> list:
+    """The reward models among the rewards, as inputs of the artifact: another model's scores give another run."""
+    from llmforge.artifacts import MANIFEST, Artifact, InputRef
+    from llmforge.model.loading import hash_directory
+    from llmforge.rewards.model import check_reward_model
+
+    inputs = []
+    for spec in _specs(config):
+        if not spec.model:
+            continue
+        check_reward_model(spec.name)
+        path = Path(spec.name)
+        if (path / MANIFEST).is_file():
+            ref = Artifact.open(path).ref()
+        else:
+            ref = InputRef(path=str(path), kind="raw", fingerprint=hash_directory(path))
+        ref.detail["role"] = REWARD_MODEL_ROLE
+        inputs.append(ref)
+    return inputs
+
+
+REWARD_MODEL_ROLE = "reward model"
+
 STAGE = Stage(name="grpo", module="grpo", validate=validator, make_trainer=make_trainer, summarize=summarize,
-              default_rates=(1e-6, 1e-5), check=check, describe=describe)  # fmt: skip
+              default_rates=(1e-6, 1e-5), check=check, describe=describe, inputs=reward_model_inputs)  # fmt: skip
 
 
 def run(model: str | Path, data: str | Path, out: str | Path, config: Config | None = None, force: bool = False,
@@ -278,5 +306,6 @@ def command(
     force: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """GRPO with verifiable rewards (math, exact, format, json, sandboxed code, your own), full or LoRA/QLoRA."""
+    """GRPO with verifiable rewards (math, exact, format, json, sandboxed code, your own) or a reward model, full
+    or LoRA/QLoRA."""
     run(model, data, output, config, force=force, dry_run=dry_run)

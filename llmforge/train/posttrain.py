@@ -46,6 +46,7 @@ METRICS = "metrics.jsonl"
 FINAL = "final"  # checkpoints/final: what the trainer saved at the end, turned into the payload afterwards
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 JOB_KIND = "posttrain"  # the worker's name for a Job file
+REWARD_MODEL = "reward-model"  # the kind `llmforge reward` writes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,7 +164,9 @@ def resolve_learning_rate(config: PostTrainConfig, full: float, lora: float) -> 
     )
 
 
-def output_kind(config: PostTrainConfig) -> str:
+def output_kind(config: PostTrainConfig, stage: Stage | None = None) -> str:
+    if stage is not None and stage.score_head:
+        return REWARD_MODEL
     return "adapter" if config.lora.enabled and not config.lora.merge else "model"
 
 
@@ -206,6 +209,10 @@ class Stage:
     describe: Callable[[PostTrainConfig], list[tuple[str, str]]] | None = None  # the stage's rows in the plan
     # the rows the trainer gets, when not the records as validated: (records, tokenizer, config, template, stop ids)
     prepare: Callable[..., list[dict]] | None = None
+    # more inputs of the artifact than the model, the data and the files given for the run (grpo's reward models)
+    inputs: Callable[[PostTrainConfig], list[InputRef]] | None = None
+    # trains a one-output score head on the decoder instead of the LM head: a reward model (llmforge reward)
+    score_head: bool = False
 
 
 @dataclass
@@ -233,10 +240,11 @@ class Job:
 
 
 def open_model(path: str | Path, stage: str):
-    """The model to train: a model or adapter artifact or a Hugging Face directory (hub ids: cached, or with --online)."""
+    """The model to train: a model or adapter artifact or a Hugging Face directory (hub ids: cached, or with
+    --online); for reward also a reward model, trained further."""
     from llmforge.model.loading import resolve_model
 
-    source = resolve_model(path, stage)
+    source = resolve_model(path, stage, reward=stage == "reward")
     if source.kind == "quantized-model":
         raise InputError(f"{stage} trains a model or adapter; {path} is a quantized-model artifact (made by "
                          "`llmforge quantize`): train its source model instead, or use --qlora on it")  # fmt: skip
@@ -262,8 +270,8 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
 
     config = resolve_learning_rate(config, *stage.default_rates)
     source = open_model(model, stage.name)
-    kind = output_kind(config)
-    inputs = [source.ref(), dataset_ref(data, stage.name)]
+    kind = output_kind(config, stage)
+    inputs = [source.ref(), dataset_ref(data, stage.name), *(stage.inputs(config) if stage.inputs else [])]
     if config.chat_template is not None:
         inputs.append(template_input(config.chat_template))
     if config.evaluates():
@@ -283,6 +291,10 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
     with contextlib.redirect_stdout(sys.stderr):
         if config.lora.qlora and (reason := qlora_unavailable()):
             raise InputError(reason)
+        if stage.score_head and config.lora.qlora and source.is_adapter:
+            raise InputError(f"{stage.name} --qlora loads the base in 4 bits, where the input adapter cannot be "
+                             "merged first; merge it (`--lora --merge` on the stage that made it) or leave --qlora "
+                             "off")  # fmt: skip
         if config.lora.merge and source.is_adapter and not config.lora.enabled:
             raise InputError("--merge merges the adapter this stage trains; it needs --lora")
         if callbacks and config.uses_launcher():
@@ -320,7 +332,7 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
         eval_rows = prepared(evaluated) if evaluated is not None else None
         held = f" ({len(evaluated.items):,} more held out)" if evaluated is not None else ""
         log(f"{stage.name}: {len(records.items):,} {records.shape} records from {data}{held}; "
-            f"{describe_method(config, source)}")  # fmt: skip
+            f"{describe_method(config, source, stage)}")  # fmt: skip
         if config.lora.qlora:
             log(f"{stage.name}: the frozen base is held in {qlora_precision()}")
         if dry_run:
@@ -355,7 +367,10 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
 
                 train_job(job, callbacks=callbacks)
             result = json.loads((logs / "result.json").read_text())
-            write_payload(ctx, source, config, kind, template)
+            if stage.score_head:
+                write_reward_model(ctx, source, config, template)
+            else:
+                write_payload(ctx, source, config, kind, template)
             history = result.pop("log_history")
             ctx.stats.update({"records": len(records.items), "shape": records.shape, **result,
                               **stage.summarize(history)})  # fmt: skip
@@ -414,13 +429,16 @@ def up_to_date(out: str | Path, stage: str, config: PostTrainConfig, inputs: lis
     return holds(out, fingerprint_of(stage, config, inputs))
 
 
-def describe_method(config: PostTrainConfig, source) -> str:
+def describe_method(config: PostTrainConfig, source, stage: Stage | None = None) -> str:
     if not config.lora.enabled:
         return "full fine-tuning" + (" of the adapter merged into its base" if source.is_adapter else "")
     method = "QLoRA" if config.lora.qlora else "LoRA"
-    if source.is_adapter:
+    if source.is_adapter and not (stage and stage.score_head):
         return f"{method}: continuing the input adapter on its base"
-    return f"{method} rank {config.lora.rank}, alpha {config.lora.alpha}, dropout {config.lora.dropout}"
+    merged = ", on the input adapter merged into its base" if source.is_adapter else ""
+    return (
+        f"{method} rank {config.lora.rank}, alpha {config.lora.alpha}, dropout {config.lora.dropout}{merged}"
+    )
 
 
 def write_payload(ctx, source, config: PostTrainConfig, kind: str, template=None) -> None:
@@ -474,6 +492,38 @@ def write_payload(ctx, source, config: PostTrainConfig, kind: str, template=None
     expected = source.tokenizer_fingerprint
     if expected and expected != ctx.extra["tokenizer_fingerprint"] and not retemplated:
         warn("the tokenizer written differs from the input model's (fingerprint changed on save)")
+
+
+def write_reward_model(ctx, source, config: PostTrainConfig, template=None) -> None:
+    """checkpoints/final -> a reward model: the decoder with its trained score head, as a Hugging Face
+    sequence-classification directory (`AutoModelForSequenceClassification` loads it; num_labels 1). Trained with
+    LoRA, the adapter (with the score head it trained whole) is merged into the model it started from, so the
+    output is always a full model; its tokenizer has the pad token the score is read before."""
+    import transformers
+    from peft import PeftModel
+
+    from llmforge.data.tokenizer import tokenizer_fingerprint
+    from llmforge.model.loading import load_model, load_tokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    final = ctx.work / CHECKPOINTS / FINAL
+    tokenizer = load_tokenizer(source)
+    if template is not None:
+        tokenizer.chat_template = template.text
+    # as RewardTrainer trained it: the score is read at the last token before the padding
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.lora.enabled:  # the trained head comes back from the adapter (peft's modules_to_save)
+        start = load_model(source, dtype="auto", merge=True, score_head=True)
+        model = PeftModel.from_pretrained(start, final).merge_and_unload()
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(final, dtype="auto")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    refuse_non_finite(model.state_dict().items(), ctx)
+    model.save_pretrained(ctx.work, safe_serialization=True)
+    tokenizer.save_pretrained(ctx.work)
+    shutil.rmtree(final, ignore_errors=True)
+    ctx.extra["tokenizer_fingerprint"] = tokenizer_fingerprint(ctx.work)
 
 
 def non_finite(named_tensors) -> list[str]:

@@ -126,19 +126,21 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
     table.add_column()
     table.add_row("model", f"{source.path} ({source.kind}{', base ' + base.path if source.is_adapter else ''}): "
                   f"{architecture}, {human_count(parameters) if parameters else '?'} parameters")  # fmt: skip
-    method = describe_method(config, source)
+    method = describe_method(config, source, stage)
     added = parameters
-    if config.lora.enabled and not source.is_adapter and shapes:
+    if config.lora.enabled and (stage.score_head or not source.is_adapter) and shapes:
         added = lora_parameters(shapes, config.lora.rank, config.lora.target_modules)
         method += f"; about {human_count(added)} trainable ({100 * added / max(parameters, 1):.2g}%)"
-    elif config.lora.enabled and source.is_adapter:
+    elif config.lora.enabled and source.is_adapter and not stage.score_head:
         added = sum(math.prod(shape) for shape in weight_shapes(source.path).values())
         method += f"; {human_count(added)} trainable" if added else ""
     table.add_row("method", method)
     table.add_row("base", describe_base(config, dtype))
     merged = "a merged full model" + (f" (the adapter merged into the base reloaded un-quantized, {dtype})"
                                       if config.lora.qlora else "")  # fmt: skip
-    table.add_row("output", {"adapter": "an adapter artifact (peft directory on the base)",
+    reward = "a reward model (the decoder and its score head" + (", the adapter merged)" if config.lora.enabled
+                                                                 else ")")  # fmt: skip
+    table.add_row("output", {"adapter": "an adapter artifact (peft directory on the base)", "reward-model": reward,
                              "model": merged if config.lora.merge else "a full model"}[kind])  # fmt: skip
     table.add_row("data", f"{len(records.items):,} {records.shape} records")
     if evaluated is not None:

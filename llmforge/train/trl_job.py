@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -65,12 +64,17 @@ def train_job(job: Job, callbacks: list | None = None) -> None:
     tokenizer = load_tokenizer(source)
     if job.chat_template is not None:  # the user's, or a default for a model without one: TRL renders with it
         tokenizer.chat_template = job.chat_template
-    model, peft_config = load_policy(source, config)
+    # a new score head (reward) starts from seeded weights: the same run gives the same model
+    transformers.set_seed(config.seed)
+    model, peft_config = load_policy(source, config, score_head=stage.score_head)
     dataset = to_dataset(read_jsonl(job.data))
     eval_dataset = to_dataset(read_jsonl(job.eval_data)) if job.eval_data else None
     checkpoints = work / CHECKPOINTS
     found = ckpt.latest(checkpoints, ckpt.TRAINER_PREFIX)
     last, resumed_step = (str(found[0]), found[1]["step"]) if found else (None, 0)
+    # the held-out records are measured before the first step too (the input model's figures, which training is
+    # compared with); a resumed run has them in the checkpoint's log already
+    arguments["eval_on_start"] = config.evaluates() and last is None
     display = LiveMetrics(work / METRICS, stage.name, resumed_step)
     trainer = stage.make_trainer(config=config, model=model, tokenizer=tokenizer, dataset=dataset,
                                  eval_dataset=eval_dataset, peft_config=peft_config, arguments=arguments,
@@ -148,15 +152,21 @@ def training_arguments(config: PostTrainConfig, work: Path) -> dict[str, Any]:
     return arguments
 
 
-def lora_config(config: PostTrainConfig) -> LoraConfig:
+def lora_config(config: PostTrainConfig, score_head: bool = False) -> LoraConfig:
+    # SEQ_CLS: peft trains the new score head whole beside the adapters (modules_to_save) and saves it with them
     return LoraConfig(r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                      target_modules=config.lora.target_modules, task_type="CAUSAL_LM", bias="none")  # fmt: skip
+                      target_modules=config.lora.target_modules, task_type="SEQ_CLS" if score_head else "CAUSAL_LM",
+                      bias="none")  # fmt: skip
 
 
-def load_policy(source, config: PostTrainConfig):
-    """(model, peft_config): what the trainer gets for this source and these settings."""
+def load_policy(source, config: PostTrainConfig, score_head: bool = False):
+    """(model, peft_config): what the trainer gets for this source and these settings. `score_head`: a reward
+    model's start, the decoder under a new one-output head (an adapter input merged into its base first)."""
     if config.lora.qlora:
-        return _load_4bit(source, config)
+        return _load_4bit(source, config, score_head)
+    if score_head:
+        model = load_model(source, merge=True, score_head=True).requires_grad_(True)
+        return model, (lora_config(config, score_head=True) if config.lora.enabled else None)
     if source.is_adapter:
         if config.lora.enabled:  # continue training the adapter itself
             return load_model(source, trainable_adapter=True), None
@@ -164,22 +174,27 @@ def load_policy(source, config: PostTrainConfig):
     return load_model(source), (lora_config(config) if config.lora.enabled else None)
 
 
-def _load_4bit(source, config: PostTrainConfig):
+def _load_4bit(source, config: PostTrainConfig, score_head: bool = False):
     """QLoRA: the frozen base in 4-bit NF4 with double quantization (bitsandbytes' Linear4bit, on CPU or the
     process's GPU), its other weights upcast to float32 by peft, and LoRA (or the input adapter) on top."""
+    from transformers import AutoModelForSequenceClassification
+
+    from llmforge.model.loading import quiet_new_head
+
     compute = getattr(torch, qlora_compute_dtype())
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute)  # fmt: skip
-    # each process quantizes onto its own device (under torchrun LOCAL_RANK names it)
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if machine.has_cuda() else "cpu"
+    device = machine.process_device()  # each process quantizes onto its own device
     base = source.base if source.is_adapter else source
-    model = AutoModelForCausalLM.from_pretrained(
-        base.path, quantization_config=quantization, dtype=compute, device_map={"": device}
-    )
+    head = {"num_labels": 1} if score_head else {}
+    with quiet_new_head():
+        model = (AutoModelForSequenceClassification if score_head else AutoModelForCausalLM).from_pretrained(
+            base.path, quantization_config=quantization, dtype=compute, device_map={"": device}, **head
+        )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     if source.is_adapter:
         return PeftModel.from_pretrained(model, source.path, is_trainable=True), None
-    return model, lora_config(config)
+    return model, lora_config(config, score_head)
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -248,7 +263,8 @@ class MarkComplete(TrainerCallback):
 class LiveMetrics(TrainerCallback):
     """Appends every log to OUT/metrics.jsonl and shows a progress bar with the latest figures (rank 0)."""
 
-    HEADLINE = ("loss", "reward", "rewards/accuracies", "rewards/margins", "kl", "learning_rate", "eval_loss")
+    HEADLINE = ("loss", "reward", "rewards/accuracies", "rewards/margins", "accuracy", "margin", "kl", "learning_rate",
+                "eval_loss")  # fmt: skip
 
     def __init__(self, path: Path, stage: str, resumed_step: int) -> None:
         self.path, self.stage, self.resumed_step = path, stage, resumed_step

@@ -8,8 +8,9 @@ its identity. A fixed hash of that identity puts each problem on one side for go
 their arithmetic with a training problem, whatever the names, items or seed, and the held-out set is the same for
 every seed (tasks/smol_arith.jsonl). The seed only draws which training problems are used, and in what order.
 
-Writes OUT_DIR/sft.jsonl (prompt + worked solution in <think>/<answer> tags) and OUT_DIR/grpo.jsonl (prompt +
-answer, for the verifier rewards).
+Writes OUT_DIR/sft.jsonl (prompt + worked solution in <think>/<answer> tags), OUT_DIR/grpo.jsonl (prompt +
+answer, for the verifier rewards) and OUT_DIR/prefs.jsonl (prompt, the worked solution chosen over one whose last
+step is miscomputed, for `llmforge reward`).
 """
 
 from __future__ import annotations
@@ -106,6 +107,21 @@ def solution(problem: dict) -> str:
     return f"<think>{problem['steps']}</think>\n<answer>{problem['answer']}</answer>"
 
 
+def miscomputed(problem: dict, rng: random.Random) -> str:
+    """The worked solution with its last result wrong by a small slip (1, 2 or 10 either way, never negative),
+    carried into the answer: it reads like the right one, only the arithmetic tells them apart."""
+    answer = int(problem["answer"])
+    wrong = answer + rng.choice([d for d in (-10, -2, -1, 1, 2, 10) if answer + d >= 0])
+    head, _, _ = problem["steps"].rpartition(f"= {answer}")
+    return solution({**problem, "steps": f"{head}= {wrong}", "answer": str(wrong)})
+
+
+def preference_pairs(problems: list[dict], seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": [{"role": "user", "content": p["question"]}], "chosen": solution(p),
+             "rejected": miscomputed(p, rng)} for p in problems]  # fmt: skip
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -128,6 +144,7 @@ def main() -> None:
     write_jsonl(args.out / "sft.jsonl", [{"prompt": prompt(p), "completion": [
         {"role": "assistant", "content": solution(p)}]} for p in train])  # fmt: skip
     write_jsonl(args.out / "grpo.jsonl", [{"prompt": prompt(p), "answer": p["answer"]} for p in train])
+    write_jsonl(args.out / "prefs.jsonl", preference_pairs(train, args.seed))
 
 
 if __name__ == "__main__":
