@@ -239,12 +239,18 @@ def test_reward_warns_about_pairs_too_long_and_leaves_them_out(tiny_model, tmp_p
     assert (stats["records"], stats["examples"]) == (9, 8)
 
 
-def test_grpo_refuses_a_reward_that_is_not_a_reward_model(tiny_model, tmp_path):
+def test_grpo_refuses_a_reward_that_is_not_a_reward_model(tiny_model, reward_model, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Hi"}])
-    for reward_arg, message in ((str(tiny_model), "LlamaForCausalLM is not a sequence-classification model"),
-                                (str(tmp_path / "missing"), "unknown reward")):  # fmt: skip
-        result = llmforge("grpo", str(tiny_model), str(prompts), "-o", str(tmp_path / "rl"), "--reward",
-                          reward_arg, "--dry-run", check=False)  # fmt: skip
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"prompt": [{"role": "user", "content": "Hi"}]}])
+    untemplated = shutil.copytree(reward_model, tmp_path / "rm")
+    (untemplated / "chat_template.jinja").unlink()
+    for data, reward_arg, message in (
+        (prompts, tiny_model, "LlamaForCausalLM is not a sequence-classification model"),
+        (prompts, tmp_path / "missing", "unknown reward"),
+        (chats, untemplated, "the prompts are chats, and the reward model's tokenizer has no chat template"),
+    ):
+        result = llmforge("grpo", str(tiny_model), str(data), "-o", str(tmp_path / "rl"), "--reward",
+                          str(reward_arg), "--dry-run", check=False)  # fmt: skip
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 

@@ -31,8 +31,9 @@ def reward_input_ids(tokenizer, prompt: str | list[dict] | None, answer: str | l
     return list(tokenizer(text=text)["input_ids"])
 
 
-def check_reward_model(path: str | Path) -> None:
-    """A directory holding a reward model: a sequence-classification config with one output (read, not loaded)."""
+def check_reward_model(path: str | Path, chats: bool = False) -> None:
+    """A directory holding a reward model: a sequence-classification config with one output (read, not loaded);
+    for `chats` (chat prompts), a chat template to render them with."""
     directory = Path(path)
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -47,6 +48,17 @@ def check_reward_model(path: str | Path) -> None:
     labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
     if labels != 1:
         raise InputError(f"--reward {path}: the model has {labels} outputs; a reward model has one score")
+    if chats and not has_chat_template(directory):
+        raise InputError(f"--reward {path}: the prompts are chats, and the reward model's tokenizer has no chat "
+                         "template to render them with")  # fmt: skip
+
+
+def has_chat_template(directory: Path) -> bool:
+    """The tokenizer files in `directory` carry a chat template (its own file, or in tokenizer_config.json)."""
+    if (directory / "chat_template.jinja").is_file():
+        return True
+    config = directory / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
 
 
 class RewardModel:

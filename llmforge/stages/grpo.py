@@ -171,7 +171,7 @@ def check(records: Records, tokenizer, config: Config) -> None:
                          f"num_generations ({config.num_generations})")  # fmt: skip
     for spec in _specs(config):
         if spec.model:  # read, not loaded: each training process loads it
-            check_reward_model(spec.name)
+            check_reward_model(spec.name, chats=records.shape == "chat prompts")
         else:
             load_reward(spec)
     room = config.max_length - config.max_completion_length
