@@ -296,3 +296,20 @@ def test_the_same_reward_run_gives_the_same_model(tiny_model, tmp_path):
     other = reward.run(tiny_model, data, tmp_path / "c", small(max_steps=1, seed=1))
     weights = [(path / "model.safetensors").read_bytes() for path in (first, second, other)]
     assert weights[0] == weights[1] != weights[2]
+
+
+@pytest.mark.slow
+def test_reward_under_deepspeed_zero3_with_two_cpu_processes(tiny_model, pairs, tmp_path):
+    """ZeRO-3 partitions the decoder and the new head between two processes; the artifact gathers the whole
+    reward model, the score head included, and it ranks the held-out pairs as trained."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = small(batch_size=4, max_steps=3, zero=3, nproc=2, eval_fraction=0.25)
+    out = reward.run(tiny_model, pairs, tmp_path / "zero3", config)
+    stats = Artifact.open(out).stats
+    assert (
+        stats["total_parameters"] == Artifact.open(tiny_model).stats["parameters"] + 128
+    )  # the head: hidden x 1
+    assert stats_mismatches(out) == [] and stats["eval_accuracy_final"] > stats["eval_accuracy_first"]
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert tuple(model.score.weight.shape) == (1, 128) and not list(out.glob("*.pt"))
