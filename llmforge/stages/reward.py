@@ -31,6 +31,11 @@ class Config(PostTrainConfig):
         gt=0,
         description="Passes over the pairs (InstructGPT trained its reward model for one: it overfits)",
     )
+    max_length: int = Field(
+        1024,
+        ge=8,
+        description="Longest chosen or rejected sequence in tokens; a longer pair is left out (said)",
+    )
     center_rewards: float = Field(
         0.0,
         ge=0,
