@@ -45,9 +45,8 @@ class FillInTheMiddle:
                  sentinels: tuple[int, int, int], rate: float, spm_rate: float) -> None:  # fmt: skip
         self.decode, self.encode, self.rate, self.spm_rate = decode, encode, rate, spm_rate
         self.prefix_id, self.middle_id, self.suffix_id = sentinels
-        self.leading = [
-            int(i) for i in encode([""])[0]
-        ]  # what the tokenizer puts before any text (BOS): kept once
+        # what the tokenizer puts before any text (BOS): kept once, at the start
+        self.leading = [int(i) for i in encode([""])[0]]
         self.documents = self.rewritten = self.spm = self.skipped = 0
 
     def __call__(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -103,16 +103,13 @@ def _whole(value: Any, name: str) -> str | list[dict]:
 
 
 def check(records: Records, tokenizer, config: Config) -> None:
+    # TRL's collator reads a margin from every pair of a batch or from none
     margins = sum("margin" in record for record in records.items)
-    if (
-        0 < margins < len(records.items)
-    ):  # TRL's collator reads a margin from every pair of a batch or from none
-        first = next(
-            loc for r, loc in zip(records.items, records.locations, strict=True) if "margin" not in r
-        )
-        raise InputError(
-            f"{first}: no 'margin', where other pairs have one; give every pair a margin or none"
-        )
+    if 0 < margins < len(records.items):
+        first = next(loc for r, loc in zip(records.items, records.locations, strict=True)
+                     if "margin" not in r)  # fmt: skip
+        raise InputError(f"{first}: no 'margin', where other pairs have one; give every pair a margin or "
+                         "none")  # fmt: skip
 
 
 def within_length(records: Records, tokenizer, config: Config, template, stops) -> list[dict]:

@@ -476,9 +476,8 @@ def _encode(ctx, sources: list[Source], tokenizer_source: TokenizerSource, confi
         from llmforge.data.encode import make_encoder
         from llmforge.data.fim import FillInTheMiddle
 
-        def decode(
-            ids: list[int],
-        ) -> str:  # the backend's own: transformers' decode around it takes twice as long
+        # the backend's own decode: transformers' around it takes twice as long
+        def decode(ids: list[int]) -> str:
             return tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=False)
 
         fim = FillInTheMiddle(decode, make_encoder(tokenizer_json, encoder, control_tokens),
