@@ -435,10 +435,12 @@ def encode(inputs: list[str], out: str | Path, tokenizer: str | Path | None = No
     tokenizer_source = resolve_tokenizer(tokenizer, model)
     sources, weights = open_sources(inputs, config.weights, ENCODE_STAGE)
     config = _with_weights(config, weights)
-    if config.encoder == "tiktoken" and Path(tokenizer_source.location).is_dir():  # refused before any output
-        _refuse_unmappable(_backend(Path(tokenizer_source.location))[1], tokenizer_source)
-    if config.fim_rate and Path(tokenizer_source.location).is_dir():
-        _fim_sentinels(_backend(Path(tokenizer_source.location))[0], tokenizer_source)
+    if (config.encoder == "tiktoken" or config.fim_rate) and Path(tokenizer_source.location).is_dir():
+        loaded, tokenizer_json = _backend(Path(tokenizer_source.location))  # loaded once for both checks
+        if config.encoder == "tiktoken":  # refused before any output
+            _refuse_unmappable(tokenizer_json, tokenizer_source)
+        if config.fim_rate:
+            _fim_sentinels(loaded, tokenizer_source)
     refs = [s.ref() for s in sources] + tokenizer_source.refs
     return run_stage(ENCODE_STAGE, "tokens", config, refs, out,
                      lambda ctx: _encode(ctx, sources, tokenizer_source, config), force=force)  # fmt: skip
