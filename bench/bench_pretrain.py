@@ -85,9 +85,10 @@ def tokens_artifact(root: Path, vocab_size: int, megabytes: float) -> Path:
 
 
 def settings(preset: str, seq_len: int, micro: int, accumulation: int, steps: int, processes: int = 1,
-             attention: str = "sdpa", compile: bool = False, **extra) -> dict:  # fmt: skip
+             attention: str = "sdpa", compile: bool = False, experts: int = 0, **extra) -> dict:  # fmt: skip
     batch = seq_len * micro * accumulation * processes
-    return {"model": {"preset": preset, "attention": attention}, "compile": compile, "kernels": "none",
+    return {"model": {"preset": preset, "attention": attention, "num_experts": experts}, "compile": compile,
+            "kernels": "none",
             "seq_len": seq_len, "micro_batch_size": micro, "batch_tokens": batch,
             "train_tokens": batch * steps, "optim": {"lr": 1e-3, "warmup_steps": 2},
             "checkpoint": {"every": 0}, "eval": {"every": 0}, "logging": {"every": 1, "tensorboard": False},
@@ -127,7 +128,7 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
 
     from llmforge.model.attention import model_inputs
     from llmforge.model.estimate import ModelShape, device_peak_flops
-    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.llama import build_config, build_model, router_aux_coefficient, special_ids_of
     from llmforge.train.data import PackedWindows
     from llmforge.train.schedule import Schedule
 
@@ -140,7 +141,8 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
     accumulation = config["batch_tokens"] // (seq_len * micro)
     steps = config["train_tokens"] // config["batch_tokens"]
     model_config = build_config(config["model"]["preset"], len(tokenizer), special_ids_of(tokenizer),
-                                max_position_embeddings=seq_len)  # fmt: skip
+                                max_position_embeddings=seq_len, num_experts=config["model"].get("num_experts", 0))  # fmt: skip
+    moe = router_aux_coefficient(model_config.to_dict())  # a mixture of experts: add transformers' balance loss
     model_config.use_cache = False
     attention = config["model"].get("attention", "sdpa")
     model_config._attn_implementation = attention
@@ -166,10 +168,11 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
             ids, targets, positions = (torch.from_numpy(a).to(device) for a in
                                        (batch.input_ids, batch.targets, batch.position_ids))  # fmt: skip
             with autocast:
-                logits = model(**model_inputs(ids, positions, attention)).logits
-            loss = cross_entropy(logits, targets) / accumulation
-            loss.backward()
-            losses.append(loss.detach())
+                outputs = model(**model_inputs(ids, positions, attention), output_router_logits=bool(moe))
+            loss = cross_entropy(outputs.logits, targets) / accumulation
+            objective = loss + moe * outputs.aux_loss / accumulation if moe else loss
+            objective.backward()
+            losses.append(loss.detach())  # the cross-entropy, as llmforge logs it
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
@@ -330,6 +333,7 @@ def main() -> None:
         "--attention", default="sdpa", help="llmforge vs plain: attention (sdpa, flex_attention)"
     )
     parser.add_argument("--compile", action="store_true", help="llmforge vs plain: torch.compile both")
+    parser.add_argument("--experts", type=int, default=0, help="llmforge vs plain: a mixture of this many experts")
     parser.add_argument("--sweep", help="presets for the sweep instead, e.g. 125m,350m,1b (sizes 0, 1, 2)")
     parser.add_argument("--variants", help="sweep only these variants (comma-separated names of VARIANTS)")
     parser.add_argument("--sweep-steps", type=int, default=20, help="steps per sweep run")
@@ -355,7 +359,7 @@ def main() -> None:
         return
     rows = []
     config = settings(args.preset, args.seq_len, args.micro, 2, args.steps, attention=args.attention,
-                      compile=args.compile)  # fmt: skip
+                      compile=args.compile, experts=args.experts)  # fmt: skip
     for _ in range(2):  # interleaved, best of two: the machine is shared
         rows.append(
             ("llmforge pretrain (ZeRO-0, 1 process)", llmforge_run(tokens, root / "llmforge", config))
@@ -366,9 +370,9 @@ def main() -> None:
         if name not in best or result["tokens_per_s"] > best[name]["tokens_per_s"]:
             best[name] = result
     plain = best["plain PyTorch loop"]["tokens_per_s"]
-    print(
-        f"\n{args.preset} model, seq {args.seq_len}, micro-batch {args.micro} x 2 accumulation, {args.steps} steps"
-    )
+    sparse = f" with {args.experts} experts (top-2)" if args.experts else ""
+    print(f"\n{args.preset} model{sparse}, seq {args.seq_len}, micro-batch {args.micro} x 2 accumulation, "
+          f"{args.steps} steps")  # fmt: skip
     print("| what | tokens/s (steady) | vs plain | MFU | peak memory (GB) | whole run (s) | final loss |\n"
           "|---|---|---|---|---|---|---|")  # fmt: skip
     for name, result in best.items():

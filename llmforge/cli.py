@@ -200,6 +200,8 @@ def estimate(
     kv_heads: Annotated[int | None, typer.Option(help="Explicit key/value heads (default: heads).")] = None,
     intermediate: Annotated[int | None, typer.Option(help="Explicit SwiGLU width.")] = None,
     tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Shared input/output embeddings.")] = None,
+    experts: Annotated[int | None, typer.Option(help="Mixture of experts: experts per layer, each --intermediate wide (0 = dense).")] = None,
+    experts_per_token: Annotated[int | None, typer.Option(help="Mixture of experts: experts each token is routed to (default 2).")] = None,
     tokens: Annotated[str | None, typer.Option(help="Training tokens, e.g. 300B (default: Chinchilla, 20 per parameter).")] = None,
     seq_len: Annotated[int, typer.Option(help="Sequence length for FLOPs/token, activations and KV cache.")] = 2048,
     gpus: Annotated[int, typer.Option(help="Devices the training is spread over.")] = 1,
@@ -221,7 +223,18 @@ def estimate(
 
     from llmforge.model import estimate as math
 
-    shape = math.resolve_shape(model, vocab, hidden, layers, heads, kv_heads, intermediate, tied)
+    shape = math.resolve_shape(
+        model,
+        vocab,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        tied,
+        num_experts=experts,
+        experts_per_token=experts_per_token,
+    )
     count = math.parse_count(params, "--params") if params is not None else None
     result = math.estimate(params=count, shape=shape, tokens=math.parse_count(tokens, "--tokens") if tokens else None,
                            devices=gpus, zero=zero, precision=precision, offload=offload, seq_len=seq_len,

@@ -119,25 +119,31 @@ def family_tokenizer(name: str, byte_level_dir: Path) -> tuple[PreTrainedTokeniz
     return tokenizer, tokenizer.convert_tokens_to_ids(family.stops)
 
 
-# family -> transformers model type and its settings beyond the common ones (Gemma 3's window is shorter than a
-# chat prompt, so an answer runs through its sliding-window cache)
+# model -> its family (tokenizer and template), transformers model type and settings beyond the common ones (Gemma
+# 3's window is shorter than a chat prompt, so an answer runs through its sliding-window cache; Qwen3-MoE as
+# Qwen3-30B-A3B is built, on 4 experts)
 ARCHITECTURES = {
-    "llama3.1": ("llama", {}),
-    "qwen3": ("qwen3", {}),
-    "gemma3": ("gemma3_text", {"sliding_window": 8, "query_pre_attn_scalar": 32}),
-    "phi3.5": ("phi3", {}),
+    "llama3.1": ("llama3.1", "llama", {}),
+    "qwen3": ("qwen3", "qwen3", {}),
+    "qwen3-moe": (
+        "qwen3",
+        "qwen3_moe",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128, "norm_topk_prob": True},
+    ),
+    "gemma3": ("gemma3", "gemma3_text", {"sliding_window": 8, "query_pre_attn_scalar": 32}),
+    "phi3.5": ("phi3.5", "phi3", {}),
 }
 
 
-def family_model(family: str, byte_level_dir: Path, out: Path) -> tuple[Path, str]:
+def family_model(name: str, byte_level_dir: Path, out: Path) -> tuple[Path, str]:
     """A Hugging Face directory as the family ships one, tiny: random weights of its architecture, its tokenizer,
     chat template and stop tokens; returns it and the model class's name. Heads of 32 dimensions, the smallest
     vLLM's CPU attention takes."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+    family, model_type, extra = ARCHITECTURES[name]
     tokenizer, stops = family_tokenizer(family, byte_level_dir)
-    model_type, extra = ARCHITECTURES[family]
     config = AutoConfig.for_model(
         model_type, vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,

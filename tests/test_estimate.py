@@ -61,6 +61,36 @@ def test_shapes_count_parameters_kv_cache_and_flops_like_the_published_models():
     assert gqa.kv_cache_bytes(4096) == llama2.kv_cache_bytes(4096) / 4
 
 
+def test_a_mixture_of_experts_counts_all_its_parameters_and_computes_with_the_active_ones():
+    """Mixtral 8x7B (8 experts, top-2) and Qwen3-30B-A3B (128 experts of 768, top-8, 128-dimension heads) from
+    their config.json: the totals and active counts their model cards give (Qwen's rounds 3.35B down to 3.3B)."""
+    mixtral = ModelShape.from_hf_config(dict(
+        model_type="mixtral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, intermediate_size=14336, num_local_experts=8, num_experts_per_tok=2))  # fmt: skip
+    assert (mixtral.parameters(), mixtral.parameters(active=True)) == (46_702_792_704, 12_879_925_248)
+    qwen = ModelShape.from_hf_config(dict(
+        model_type="qwen3_moe", vocab_size=151936, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+        num_experts_per_tok=8))  # fmt: skip
+    assert round(qwen.parameters() / 1e9, 1) == 30.5 and round(qwen.parameters(active=True) / 1e9, 2) == 3.35
+    # training FLOPs follow the active parameters, memory all of them
+    numbers = estimate(shape=mixtral, tokens=1e12)
+    assert numbers.training_flops == 6 * 12_879_925_248 * 1e12
+    assert numbers.memory_per_device[0]["weights"] == 2 * 46_702_792_704
+    assert mixtral.flops_per_token(2048) == pytest.approx(
+        6 * (mixtral.parameters(active=True) - 32000 * 4096) + 12 * 32 * 4096 * 2048
+    )
+    # the command line: a preset or explicit dimensions made sparse
+    table = llmforge("estimate", "--hidden", "4096", "--layers", "32", "--heads", "32", "--kv-heads", "8",
+                     "--intermediate", "14336", "--untied", "--experts", "8", "--experts-per-token", "2")  # fmt: skip
+    assert "│ parameters " in table.stderr and "46.7B" in table.stderr and "12.9B" in table.stderr
+    sparse = json.loads(llmforge("estimate", "tiny", "--vocab", "512", "--experts", "4", "--json").stdout)
+    assert (
+        sparse["parameters"] == 2_624_640 and sparse["active_parameters"] == 1_444_992
+    )  # as pretrain counts
+    assert llmforge("estimate", "tiny", "--experts-per-token", "2", check=False).returncode == 2
+
+
 def test_gpu_hours_and_cost():
     result = estimate(params=7e9, gpu="NVIDIA H100 80GB HBM3", mfu=0.4, price_per_gpu_hour=2.0)
     hours = 6 * 7e9 * 140e9 / (989e12 * 0.4) / 3600

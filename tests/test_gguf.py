@@ -149,6 +149,44 @@ def test_a_model_with_its_own_tokenizer_becomes_the_same_model_in_llama_cpp(
     assert abs(m["stats"]["perplexity_delta_pct"]) < 0.1 and m["stats"]["within_budget"]
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_mixture_of_experts_becomes_the_same_model_in_llama_cpp(arch, tiny_tokenizer_dir, tokens, tmp_path):
+    """A mixture of experts as pretrain writes one (Mixtral; Qwen3-MoE) converts with its experts and router:
+    llama.cpp routes every token to the same experts and computes the logits transformers does."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import save_model_payload
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch=arch, num_experts=4,
+                          max_position_embeddings=512)  # fmt: skip
+    save_model_payload(build_model(config, seed=4), tokenizer, tmp_path / "moe")
+    out = quantize.run(
+        tmp_path / "moe", tokens, tmp_path / "f16", quantize.Config(method="gguf-f16", **SMALL)
+    )
+    fields = GGUFReader(str(out / "model.gguf")).fields
+    architecture = bytes(fields["general.architecture"].parts[-1]).decode()
+    assert architecture == {"llama": "llama", "qwen3": "qwen3moe"}[arch]  # llama.cpp runs Mixtral as llama
+    assert [int(fields[f"{architecture}.{key}"].parts[-1][0]) for key in ("expert_count", "expert_used_count")] == [
+        4, 2]  # fmt: skip
+
+    window = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)(" ".join(sentences(20, seed=1)))["input_ids"][
+        :200
+    ]
+    llm = llama(out / "model.gguf")
+    llm.eval(window)
+    theirs = torch.from_numpy(llm.scores[: len(window)]).float()
+    llm.close()
+    with torch.inference_mode():
+        ours = AutoModelForCausalLM.from_pretrained(tmp_path / "moe").eval()(torch.tensor([window])).logits[0]
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.97
+    assert float(torch.nn.functional.cosine_similarity(theirs.flatten(), ours.flatten(), dim=0)) > 0.999
+
+
 def test_k_quants_are_made_by_llama_cpp_and_import_takes_them_back(tiny_model, tokens, tmp_path):
     """Q4_K_M through llama.cpp's quantizer from the converter's f16 file (not kept): smaller than Q8_0, with
     its perplexity measured by llama.cpp; `llmforge import` reads the artifact back as a model."""

@@ -13,6 +13,7 @@ from helpers import chat_records, write_jsonl
 from test_serve import start_server
 
 from llmforge.artifacts import Artifact
+from llmforge.errors import InputError
 from llmforge.stages import import_model, sft
 from llmforge.train.posttrain import LoraSettings
 
@@ -62,4 +63,28 @@ def test_a_family_imports_fine_tunes_and_answers_through_the_server(family, tiny
     assert reply.usage.prompt_tokens == len(prompt) and reply.usage.completion_tokens == 8
     assert reply.choices[0].message.content == tokenizer.decode(
         output[0, len(prompt) :], skip_special_tokens=True
+    )
+
+
+def test_lora_on_a_mixture_of_experts_takes_no_dropout(tiny_tokenizer_dir, tmp_path, capsys):
+    """peft's LoRA on expert tensors takes no dropout: the default becomes 0 (and is recorded so); a dropout asked
+    for is one line before any work."""
+    source, _ = family_model("qwen3-moe", tiny_tokenizer_dir, tmp_path / "qwen3-moe")
+    chats = write_jsonl(tmp_path / "chats.jsonl", chat_records(8))
+    asked = sft.Config(
+        lora=LoraSettings(enabled=True, dropout=0.1), max_steps=1, batch_size=4, max_length=192
+    )
+    with pytest.raises(InputError, match=r"lora.dropout 0.1: peft's LoRA on the experts and router of .* takes no "
+                                         "dropout; set lora.dropout=0"):  # fmt: skip
+        sft.run(source, chats, tmp_path / "refused", asked)
+    assert not (tmp_path / "refused").exists()
+    config = sft.Config(lora=LoraSettings(enabled=True), max_steps=1, batch_size=4, max_length=192)
+    adapter = sft.run(source, chats, tmp_path / "sft", config)
+    assert "lora.dropout 0:" in capsys.readouterr().err
+    assert Artifact.open(adapter).config["lora"]["dropout"] == 0.0
+    # attention projections only: LoRA's usual dropout
+    attention = sft.Config(lora=LoraSettings(enabled=True, target_modules=["q_proj", "v_proj"]), max_steps=1,
+                           batch_size=4, max_length=192)  # fmt: skip
+    assert (
+        Artifact.open(sft.run(source, chats, tmp_path / "attn", attention)).config["lora"]["dropout"] == 0.05
     )

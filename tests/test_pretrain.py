@@ -885,3 +885,100 @@ def test_zero_0_clips_in_the_loop_as_deepspeeds_zero_optimizer_does_and_nothing_
     for ours, theirs in zip(steps_0, steps_1, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
         assert ours["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_mixture_of_experts_trains_its_router_and_saves_what_the_hub_reads(tmp_path, tokens, arch, capsys):
+    """model.num_experts replaces every layer's MLP with experts and a top-k router (Mixtral for llama, Qwen3-MoE
+    for qwen3): the loop adds the router's load-balancing loss and logs it, the plan and the stats count the active
+    parameters apart from all of them, and the saved weights are one tensor per expert, as published MoE models
+    are (llama.cpp and vLLM read those)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from llmforge.card import make_card
+
+    settings = config(model__arch=arch, model__num_experts=4, model__experts_per_token=2)
+    out = run(tokens, tmp_path / "moe", settings)
+    plan = capsys.readouterr().err
+    assert "4 experts of ffn 384, top-2 routing" in plan
+    assert "cross-entropy + 0.01 x the router's load-balancing loss" in plan
+    stats = Artifact.open(out).stats
+    assert stats_mismatches(out) == []
+    assert (stats["experts"], stats["experts_per_token"]) == (4, 2)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == {"llama": "MixtralForCausalLM", "qwen3": "Qwen3MoeForCausalLM"}[arch]
+    assert stats["parameters"] == sum(p.numel() for p in model.parameters())  # the plan's count
+    # a token passes through 2 of the 4 experts: 2 experts' SwiGLU (3 x 128 x 384) fewer per layer, 4 layers
+    assert stats["active_parameters"] == stats["parameters"] - 4 * 2 * 3 * 128 * 384
+    assert stats["training_flops"] == 6 * stats["active_parameters"] * stats["tokens"]
+    assert stats["loss_final"] < stats["loss_first"] - 1.0
+    # logged every step; 2 (the top-k) when tokens are spread evenly, up to 4 when all go to the same 2 experts
+    balance = [r["router_balance"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert len(balance) == STEPS and all(1.8 < value < 2.5 for value in balance)  # measured: 1.95-2.19
+    assert stats["router_balance_final"] == balance[-1]
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        names = set(weights.keys())
+    expert = {"llama": "model.layers.0.block_sparse_moe.experts.3.w1.weight",
+              "qwen3": "model.layers.0.mlp.experts.3.gate_proj.weight"}[arch]  # fmt: skip
+    assert expert in names and not any("gate_up_proj" in name for name in names)
+    card = make_card(out, None, None)
+    assert (
+        f"4 experts a layer, 2 per token: {stats['active_parameters']:,} parameters active per token" in card
+    )
+
+
+def test_moe_settings_that_cannot_work_are_refused_and_a_moe_model_is_continued(tmp_path, tokens, pretrained,
+                                                                                 capsys):  # fmt: skip
+    from transformers import AutoConfig
+
+    for changes, message in (({"model__num_experts": 1}, "num_experts 1 is a dense MLP with a router"),
+                             ({"model__num_experts": 4, "model__experts_per_token": 5},
+                              "experts_per_token 5 is more than num_experts 4")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            config(**changes)
+    refused = llmforge("pretrain", tokens, "-o", tmp_path / "cli", "--num-experts", "1", check=False)
+    assert refused.returncode == 2 and "num_experts 1 is a dense MLP" in refused.stderr
+    with pytest.raises(
+        InputError, match="model.router_aux_loss: a dense model has no router; set model.num_experts"
+    ):
+        run(tokens, tmp_path / "a", config(model__router_aux_loss=0.1))
+    with pytest.raises(InputError, match="model.router_aux_loss: .* is a dense llama; it has no router"):
+        run(tokens, tmp_path / "b", continued(pretrained, model={"router_aux_loss": 0.1}))
+    with pytest.raises(InputError, match="the architecture comes from that model; drop model.num_experts"):
+        run(tokens, tmp_path / "c", continued(pretrained, model={"num_experts": 4}))
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+    # continuing a mixture of experts keeps its router's coefficient unless one is given
+    moe = run(tokens, tmp_path / "moe", config(model__num_experts=4, train_tokens=256 * 4, eval__every=0))
+    capsys.readouterr()
+    run(tokens, tmp_path / "same", continued(moe, train_tokens=256 * 2, eval__every=0), dry_run=True)
+    assert "cross-entropy + 0.01 x the router's load-balancing loss" in capsys.readouterr().err
+    out = run(tokens, tmp_path / "more", continued(moe, train_tokens=256 * 2, eval__every=0,
+                                                   model={"router_aux_loss": 0.05}))  # fmt: skip
+    assert "cross-entropy + 0.05 x the router's load-balancing loss" in capsys.readouterr().err
+    saved = AutoConfig.from_pretrained(out)
+    assert saved.model_type == "mixtral" and saved.router_aux_loss_coef == 0.05
+    assert Artifact.open(out).stats["experts"] == 4 and "router_balance_final" in Artifact.open(out).stats
+
+
+def test_the_moe_objective_is_transformers_own():
+    """What the loop trains a mixture of experts on is transformers' MoE loss: the cross-entropy plus the
+    coefficient times its load-balancing loss over every layer's router logits."""
+    import torch
+
+    from llmforge.model.llama import build_config, build_model
+    from llmforge.train.loop import token_cross_entropy
+
+    model = build_model(build_config("tiny", 512, {}, num_experts=4, router_aux_loss=0.1), seed=0)
+    trainer = Trainer.__new__(Trainer)  # only what `objective` reads
+    trainer.spec = type("Spec", (), {"attention": "sdpa"})()
+    trainer.z_loss, trainer.router_aux, trainer.cross_entropy = 0.0, 0.1, token_cross_entropy
+    window = torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0))
+    inputs, targets = window[:, :-1].contiguous(), window[:, 1:].contiguous()  # as the loop's batches are
+    positions = torch.arange(32).expand(2, 32)
+    loss, objective, terms = trainer.objective(model, (inputs, targets, positions))
+    theirs = model(inputs, labels=targets, shift_labels=targets, output_router_logits=True)
+    assert torch.allclose(objective, theirs.loss) and torch.allclose(terms["router_balance"], theirs.aux_loss)
+    assert torch.allclose(loss, token_cross_entropy(theirs.logits, targets))
+    assert objective > loss  # the balance term is in what is backpropagated

@@ -331,6 +331,51 @@ def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_mod
     assert answers["tiny"].headers["x-llmforge-fingerprint"] == manifest(tiny_model)["fingerprint"]
 
 
+def test_adapters_of_a_mixture_of_experts_are_served_one_at_a_time(tiny_tokenizer_dir, tmp_path):
+    """peft adapts a mixture of experts' expert tensors through a wrapper that cannot mix adapters in one batch:
+    the engine then runs one adapter (or the base) at a time, and every answer is still its own model's."""
+    import torch
+    from openai import OpenAI
+
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import load_model, resolve_model, save_model_payload
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch="qwen3", num_experts=4,
+                          max_position_embeddings=256)  # fmt: skip
+    base = tmp_path / "moe"
+    save_model_payload(build_model(config, seed=3), tokenizer, base)
+    adapters = {name: random_adapter_artifact(tmp_path / name, base, seed=seed) for name, seed in
+                (("first", 1), ("second", 2))}  # fmt: skip
+    prompt = "the model learns from"
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    expected = {}
+    for name, path in (("first", adapters["first"]), ("moe", base), ("second", adapters["second"])):
+        model = load_model(resolve_model(path, "serve"))
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert len(set(expected.values())) == 3  # each adapter changes the answer
+
+    server = start_server(adapters["first"], "--adapter", f"second={adapters['second']}", log_dir=tmp_path)
+    try:
+        client = OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        answers = {}
+
+        def ask(name):
+            answers[name] = client.completions.create(model=name, prompt=prompt, max_tokens=8, temperature=0,
+                                                      extra_body={"ignore_eos": True}).choices[0].text  # fmt: skip
+
+        threads = [threading.Thread(target=ask, args=(name,)) for name in [*expected, *expected]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert answers == expected
+    finally:
+        server.stop()
+
+
 def test_sigterm_lets_requests_in_flight_finish_then_exits(tiny_model, tmp_path):
     from openai import OpenAI
 

@@ -176,6 +176,29 @@ def test_vllm_serves_gemma3s_sliding_window_layers_greedy_like_the_embedded_serv
     assert any(text for text, _ in answers["vllm"]) and answers["vllm"] == answers["embedded"]
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_vllm_serves_a_mixture_of_experts_greedy_like_the_embedded_server(arch, tiny_tokenizer_dir, tmp_path):
+    """A mixture of experts as pretrain writes one (Mixtral; Qwen3-MoE, 4 experts, top-2): vLLM's fused-MoE
+    kernels route and answer as transformers does (weights drawn wide, so that answers vary)."""
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import save_model_payload
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch=arch, num_experts=4,
+                          initializer_range=0.3, max_position_embeddings=256)  # fmt: skip
+    source = tmp_path / "moe"
+    save_model_payload(build_model(config, seed=5), tokenizer, source)
+    started = {backend: Server(source, "--backend", backend, log=tmp_path / f"{backend}.log")
+               for backend in ("vllm", "embedded")}  # fmt: skip
+    try:
+        answers = {backend: greedy(server.wait().client(), "moe") for backend, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+    assert any(text for text, _ in answers["vllm"]) and answers["vllm"] == answers["embedded"]
+
+
 def test_logprobs_n_and_echo_answer_alike_from_vllm_and_the_embedded_server(servers):
     """The OpenAI surface beyond plain chat, the same calls against both: log-probabilities of the greedy tokens
     and their top alternatives (the model's own log-softmax in both), `n` choices, and prompt scoring with `echo`

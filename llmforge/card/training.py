@@ -91,6 +91,10 @@ def pretrain_rows(step: Artifact, previous: Artifact | None) -> list:
         ("training FLOPs", s.get("training_flops")),
         ("throughput", f"{fmt(s['tokens_per_s'])} tokens/s" if s.get("tokens_per_s") else None),
         ("parameters", s.get("parameters")),
+        ("mixture of experts", f"{fmt(s['experts'])} experts a layer, {fmt(s.get('experts_per_token'))} per token: "
+                               f"{fmt(s.get('active_parameters'))} parameters active per token; router balance "
+                               f"{first_final(s, 'router_balance')} ({fmt(s.get('experts_per_token'))} = even)"
+                               if s.get("experts") else None),
     ]  # fmt: skip
 
 

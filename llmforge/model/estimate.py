@@ -167,7 +167,10 @@ def device_peak_flops(name: str) -> float | None:
 
 @dataclass
 class ModelShape:
-    """The dimensions that decide parameters, FLOPs and KV-cache size of a Llama-style decoder."""
+    """The dimensions that decide parameters, FLOPs and KV-cache size of a Llama-style decoder; with `num_experts`
+    every layer's MLP is a mixture of that many SwiGLU experts of `intermediate_size`, `experts_per_token` of which
+    each token passes through (shared experts and dense layers between sparse ones, as some MoE models have, are
+    not counted)."""
 
     vocab_size: int
     hidden_size: int
@@ -178,6 +181,8 @@ class ModelShape:
     tie_embeddings: bool = True
     head_dim: int | None = None
     qk_norm: bool = False  # Qwen3: RMSNorm on queries and keys
+    num_experts: int = 0  # 0: a dense MLP
+    experts_per_token: int = 0
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -195,17 +200,23 @@ class ModelShape:
 
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> ModelShape:
+        from llmforge.model.llama import experts_of
+
         heads = config["num_attention_heads"]
+        experts, per_token = experts_of(config)
         return cls(
             vocab_size=config["vocab_size"],
             hidden_size=config["hidden_size"],
             num_layers=config["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=config.get("num_key_value_heads") or heads,
-            intermediate_size=config["intermediate_size"],
+            intermediate_size=(experts and config.get("moe_intermediate_size"))
+            or config["intermediate_size"],
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            qk_norm=config.get("model_type") == "qwen3",
+            qk_norm=config.get("model_type") in ("qwen3", "qwen3_moe"),
+            num_experts=experts,
+            experts_per_token=per_token,
         )
 
     @classmethod
@@ -224,6 +235,8 @@ class ModelShape:
             intermediate_size=dims["intermediate_size"],
             tie_embeddings=dims["tie_word_embeddings"],
             qk_norm=bool(overrides.get("qk_norm")),
+            num_experts=dims.get("num_local_experts") or 0,
+            experts_per_token=(dims.get("num_experts_per_tok") or 2) if dims.get("num_local_experts") else 0,
         )
 
     @classmethod
@@ -247,29 +260,35 @@ class ModelShape:
     def attention_width(self) -> int:
         return self.num_heads * self.head_dim
 
-    def layer_parameters(self) -> int:
+    def layer_parameters(self, active: bool = False) -> int:
+        """A layer's weights: all of them, or (`active`) those one token is multiplied by (its experts only)."""
         kv_width = self.num_kv_heads * self.head_dim
         attention = (
             self.hidden_size * self.attention_width * 2 + self.hidden_size * kv_width * 2
         )  # q, o, k, v
         mlp = 3 * self.hidden_size * self.intermediate_size  # SwiGLU: gate, up, down
+        if self.num_experts:  # the router's linear layer, and the experts (all, or the token's)
+            mlp = self.hidden_size * self.num_experts + mlp * (
+                self.experts_per_token if active else self.num_experts
+            )
         norms = 2 * self.hidden_size + (2 * self.head_dim if self.qk_norm else 0)
         return attention + mlp + norms
 
     def embedding_parameters(self) -> int:
         return self.vocab_size * self.hidden_size
 
-    def parameters(self) -> int:
+    def parameters(self, active: bool = False) -> int:
+        """Every weight, or (`active`) those one token uses: a mixture of experts' chosen experts only."""
         head = 0 if self.tie_embeddings else self.embedding_parameters()
-        return (
-            self.embedding_parameters() + head + self.num_layers * self.layer_parameters() + self.hidden_size
-        )
+        layers = self.num_layers * self.layer_parameters(active)
+        return self.embedding_parameters() + head + layers + self.hidden_size
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 x every weight a token is multiplied by (all layers and the output
         projection; the input embedding is a lookup), plus attention scores and mixing over the context:
-        12 x layers x attention width x context (PaLM, Chowdhery et al. 2022, appendix B)."""
-        matmul_weights = self.num_layers * self.layer_parameters() + self.embedding_parameters()
+        12 x layers x attention width x context (PaLM, Chowdhery et al. 2022, appendix B). A mixture of experts
+        counts the experts a token is routed to, not the others."""
+        matmul_weights = self.num_layers * self.layer_parameters(active=True) + self.embedding_parameters()
         return 6.0 * matmul_weights + 12.0 * self.num_layers * self.attention_width * seq_len
 
     def kv_cache_bytes(self, seq_len: int, batch: int = 1, bytes_per_value: float = 2) -> float:
@@ -343,6 +362,7 @@ class Estimate:
     """Everything `llmforge estimate` and the pretrain plan report, in plain numbers."""
 
     parameters: float
+    active_parameters: float  # per token: all of them but for a mixture of experts
     tokens: float
     chinchilla_tokens: float
     tokens_per_parameter: float
@@ -379,20 +399,24 @@ def estimate(params: float | None = None, shape: ModelShape | None = None, token
              peak_tflops: float | None = None, mfu: float = 0.4, price_per_gpu_hour: float | None = None,
              kv_batch: int = 1) -> Estimate:  # fmt: skip
     """The numbers for a model of `params` parameters (or of `shape`) trained on `tokens` tokens
-    (default: the Chinchilla-optimal 20 per parameter)."""
+    (default: the Chinchilla-optimal 20 per parameter). A mixture of experts' FLOPs count its active parameters,
+    its memory and the tokens per parameter all of them."""
     if params is None:
         if shape is None:
             raise InputError(
                 "estimate needs a parameter count, a preset, explicit dimensions or a model directory"
             )
         params = float(shape.parameters())
+        active = float(shape.parameters(active=True))
+    else:
+        active = params
     if devices < 1:
         raise InputError(f"devices {devices}: must be at least 1")
     if not 0 < mfu <= 1:
         raise InputError(f"MFU {mfu}: must be a fraction in (0, 1]")
     optimal = chinchilla_tokens(params)
     tokens = optimal if tokens is None else tokens
-    flops = training_flops(params, tokens)
+    flops = training_flops(active, tokens)
     peak = peak_tflops * 1e12 if peak_tflops else (device_peak_flops(gpu) if gpu else None)
     if gpu and peak is None:
         known = ", ".join(PEAK_BF16_TFLOPS)
@@ -400,6 +424,7 @@ def estimate(params: float | None = None, shape: ModelShape | None = None, token
     hours = gpu_hours(flops, peak, mfu) if peak else None
     result = Estimate(
         parameters=params,
+        active_parameters=active,
         tokens=tokens,
         chinchilla_tokens=optimal,
         tokens_per_parameter=tokens / params,
@@ -448,6 +473,11 @@ def report_rows(result: Estimate) -> list[tuple[str, str]]:
     """The estimate as (what, value) rows for a table."""
     rows = [
         ("parameters", human_count(result.parameters)),
+        *(
+            [("active parameters per token", human_count(result.active_parameters))]
+            if result.active_parameters != result.parameters
+            else []
+        ),
         ("training tokens", human_count(result.tokens)),
         ("Chinchilla-optimal tokens (20/param)", human_count(result.chinchilla_tokens)),
         ("tokens per parameter", f"{result.tokens_per_parameter:.3g} (Chinchilla ~20)"),
@@ -489,15 +519,19 @@ def report_rows(result: Estimate) -> list[tuple[str, str]]:
 def resolve_shape(model: str | None, vocab_size: int = 32000, hidden_size: int | None = None,
                   num_layers: int | None = None, num_heads: int | None = None, num_kv_heads: int | None = None,
                   intermediate_size: int | None = None, tie_embeddings: bool | None = None,
-                  qk_norm: bool = False) -> ModelShape | None:  # fmt: skip
+                  qk_norm: bool = False, num_experts: int | None = None,
+                  experts_per_token: int | None = None) -> ModelShape | None:  # fmt: skip
     """The shape named by `model` (a preset, a model artifact or a Hugging Face directory) with explicit
     dimensions overriding it, or built from explicit dimensions alone; None when nothing describes a shape."""
     from llmforge.model.llama import PRESETS
 
     dims = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
             "num_key_value_heads": num_kv_heads, "intermediate_size": intermediate_size,
-            "tie_word_embeddings": tie_embeddings}  # fmt: skip
+            "tie_word_embeddings": tie_embeddings, "num_local_experts": num_experts,
+            "num_experts_per_tok": experts_per_token}  # fmt: skip
     given = {k: v for k, v in dims.items() if v is not None}
+    if experts_per_token and not (num_experts or (model and Path(model).is_dir())):
+        raise InputError("--experts-per-token needs --experts (a mixture of experts)")
     if model is not None and Path(model).is_dir():
         shape = ModelShape.from_directory(model)
         if given:
@@ -520,11 +554,14 @@ def resolve_shape(model: str | None, vocab_size: int = 32000, hidden_size: int |
                       num_heads=given["num_attention_heads"],
                       num_kv_heads=given.get("num_key_value_heads", given["num_attention_heads"]),
                       intermediate_size=given["intermediate_size"],
-                      tie_embeddings=given.get("tie_word_embeddings", False), qk_norm=qk_norm)  # fmt: skip
+                      tie_embeddings=given.get("tie_word_embeddings", False), qk_norm=qk_norm,
+                      num_experts=given.get("num_local_experts", 0),
+                      experts_per_token=given.get("num_experts_per_tok", 2) if given.get("num_local_experts") else 0)  # fmt: skip
 
 
 def _hf_dims(shape: ModelShape) -> dict[str, Any]:
     return {"vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size, "num_hidden_layers": shape.num_layers,
             "num_attention_heads": shape.num_heads, "num_key_value_heads": shape.num_kv_heads,
             "intermediate_size": shape.intermediate_size, "tie_word_embeddings": shape.tie_embeddings,
-            "head_dim": shape.head_dim, "model_type": "qwen3" if shape.qk_norm else "llama"}  # fmt: skip
+            "head_dim": shape.head_dim, "model_type": "qwen3" if shape.qk_norm else "llama",
+            "num_local_experts": shape.num_experts, "num_experts_per_tok": shape.experts_per_token}  # fmt: skip

@@ -124,6 +124,11 @@ class Engine:
         self.max_model_len, self.max_batch_size = max_model_len, max_batch_size
         self.log_batches = log_batches
         self.is_peft = hasattr(model, "peft_config")
+        # peft's LoRA on a mixture of experts' expert tensors (its ParamWrapper) cannot serve several adapters in one
+        # batch: such a model runs one adapter (or the base) at a time, newcomers for another waiting their turn
+        self.mixed_adapters = not (
+            self.is_peft and any(type(m).__name__ == "ParamWrapper" for m in model.modules())
+        )
         self.prefix_caching = False  # usage reports cached prompt tokens only for an engine that caches them
         # the logits' width
         self.vocab_size = vocab_size or model.get_output_embeddings().weight.shape[0]
@@ -210,7 +215,7 @@ class Engine:
             if request.cancelled.is_set():
                 self._finish_cancelled(request)
                 continue
-            if not self._fits(request, taken):
+            if not (self._fits(request, taken) and self._same_adapter(request, taken)):
                 self._held = request  # first in line: it starts once running rows have finished
                 break
             taken.append(request)
@@ -221,11 +226,23 @@ class Engine:
         an engine with a fixed cache says no until there is room for it."""
         return True
 
+    def _same_adapter(self, request: GenerationRequest, taken: list[GenerationRequest]) -> bool:
+        """Whether `request` may join the batch: always, unless the model serves one adapter at a time."""
+        return self.mixed_adapters or all(r.adapter == request.adapter for r in [*self._rows, *taken])
+
     def _forward(self, input_ids, mask, positions, cache, adapters: list[str]):
-        # always name the adapters: without the list, peft would apply its active adapter to base-model rows too
-        kwargs = {"adapter_names": adapters} if self.is_peft else {}
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                          use_cache=True, **kwargs)  # fmt: skip
+        inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                      use_cache=True)  # fmt: skip
+        if not self.is_peft:
+            return self.model(**inputs)
+        if self.mixed_adapters:
+            # always name the adapters: without the list, peft would apply its active adapter to base-model rows too
+            return self.model(**inputs, adapter_names=adapters)
+        if adapters[0] == BASE_ADAPTER:  # one adapter in the whole batch (_same_adapter)
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        self.model.set_adapter(adapters[0])
+        return self.model(**inputs)
 
     def _prefill(self, requests: list[GenerationRequest]) -> None:
         import torch

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal, NotRequired
 
 import typer
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmforge.config import StageConfig, runtime_field
 from llmforge.errors import InputError
@@ -42,6 +42,20 @@ class ModelConfig(StageConfig):
     tie_embeddings: bool | None = Field(
         None, description="Share input and output embeddings; none = the preset's"
     )
+    num_experts: int = Field(
+        0,
+        ge=0,
+        description="Mixture of experts: this many SwiGLU experts (each intermediate_size wide) replace every "
+        "layer's MLP, and a router picks experts_per_token of them per token (llama becomes Mixtral, qwen3 "
+        "Qwen3-MoE); 0 = dense",
+    )
+    experts_per_token: int = Field(2, ge=1, description="MoE: experts each token is routed to (top-k)")
+    router_aux_loss: float | None = Field(
+        None,
+        ge=0,
+        description="MoE: weight of the router's load-balancing loss (Switch Transformers), which keeps tokens "
+        "spread over the experts; none = 0.01 for a new model, the init model's own when continuing one",
+    )
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base (Llama 2: 10,000; Llama 3: 500,000)")
     vocab_size: int | None = Field(
         None,
@@ -53,6 +67,16 @@ class ModelConfig(StageConfig):
         description="Attention kernel; auto = flash_attention_2 on GPUs with flash-attn installed, else "
         "flex_attention on GPUs when document masking is on (block masks, no dense mask), else sdpa",
     )
+
+    @model_validator(mode="after")
+    def _experts_fit(self) -> ModelConfig:
+        if self.num_experts == 1:
+            raise ValueError("num_experts 1 is a dense MLP with a router; use 0 (dense) or 2 or more")
+        if self.num_experts and self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"experts_per_token {self.experts_per_token} is more than num_experts {self.num_experts}"
+            )
+        return self
 
     @field_validator("preset")
     @classmethod
@@ -227,6 +251,9 @@ class Stats(TrainingSummary):
     did, and the losses summarised from metrics.jsonl (`train.stats`)."""
 
     parameters: int
+    active_parameters: NotRequired[int]  # a mixture of experts: those one token uses
+    experts: NotRequired[int]  # a mixture of experts: per layer
+    experts_per_token: NotRequired[int]
     tokens: int  # trained on: steps x batch_tokens
     tokens_per_parameter: float
     steps: int
@@ -270,6 +297,7 @@ def _train(ctx, config: Config, plan) -> None:
 
     from llmforge.data.tokenizer import tokenizer_fingerprint
     from llmforge.files import read_jsonl
+    from llmforge.model.llama import experts_of
     from llmforge.train import checkpoint as ckpt
     from llmforge.train.launch import launch
     from llmforge.train.loop import StoppedEarly, first_step_extra, train
@@ -310,6 +338,10 @@ def _train(ctx, config: Config, plan) -> None:
     if plan.init is not None:
         init = plan.init
         ctx.extra["init_from"] = {"path": spec.init_from, "kind": init.kind, "fingerprint": init.fingerprint}
+    experts, per_token = experts_of(plan.model_config.to_dict())
+    if experts:
+        ctx.stats.update({"active_parameters": int(numbers.active_parameters), "experts": experts,
+                          "experts_per_token": per_token})  # fmt: skip
     ctx.stats.update({
         "parameters": int(numbers.parameters),
         "tokens": plan.steps * config.batch_tokens,
@@ -333,6 +365,8 @@ def _train(ctx, config: Config, plan) -> None:
 FLAGS = (
     Flag("model.preset"),
     Flag("model.arch"),
+    Flag("model.num_experts"),
+    Flag("model.experts_per_token"),
     Flag("init_from", "--init-from"),
     Flag("seq_len"),
     Flag("batch_tokens"),

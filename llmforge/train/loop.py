@@ -30,6 +30,7 @@ from llmforge import machine
 from llmforge.errors import LLMForgeError
 from llmforge.files import write_json
 from llmforge.model.kernels import FUSED_LOSS, liger_kernels
+from llmforge.model.llama import router_aux_coefficient
 from llmforge.train import checkpoint as ckpt
 from llmforge.train.data import PackedWindows
 from llmforge.train.schedule import Schedule
@@ -186,7 +187,9 @@ class Trainer:
             self.cross_entropy = torch.compile(token_cross_entropy, backend=config.compile_backend)
             self.with_z = torch.compile(cross_entropy_and_z, backend=config.compile_backend)
         self.z_loss = config.stability.z_loss
-        self.last_z_squared: float | None = None  # the last step's mean log(Z)^2, with z_loss
+        self.router_aux = router_aux_coefficient(spec.model_config)  # > 0: a mixture of experts
+        # the last step's mean of each extra objective term: log(Z)^2 with z_loss, the router's balance with MoE
+        self.last_terms: dict[str, float] = {}
         self.started = time.perf_counter()
 
     def _validation_windows(self) -> PackedWindows | None:
@@ -397,7 +400,7 @@ class Trainer:
             last = position.step == spec.steps
             self.reporter.step(position.step, batch, loss, lr, grad_norm, seconds,
                                log_now=position.step % config.logging.every == 0 or last or position.step == 1,
-                               z_squared=self.last_z_squared)  # fmt: skip
+                               terms=self.last_terms)  # fmt: skip
             if steps_this_run == 1:
                 first_seconds = seconds
             if 2 <= steps_this_run <= 4:  # the first step pays for warm-up (allocations, compilation)
@@ -425,16 +428,13 @@ class Trainer:
         import torch.distributed as dist
 
         spec, config = self.spec, self.config
-        losses, z_squared, grad_norm = [], [], None
+        losses, terms, grad_norm = [], {}, None
         for micro_step in range(spec.accumulation):
             tensors = self._tensors(self.train_data.micro_batch(
                 batch, micro_step, self.rank, config.micro_batch_size, spec.accumulation, self.world))  # fmt: skip
-            if self.z_loss:  # the cross-entropy is logged and watched; the z term only trains
-                loss, z = self.with_z(self._logits(engine, tensors), tensors[1])
-                z_squared.append(z.detach())
-                objective = loss + self.z_loss * z
-            else:
-                loss = objective = self.loss(engine, tensors)
+            loss, objective, extra = self.objective(engine, tensors)
+            for name, value in extra.items():
+                terms.setdefault(name, []).append(value.detach().float())
             if batch in self.injected:
                 loss, objective = loss * self.injected[batch], objective * self.injected[batch]
             losses.append(loss.detach().float())
@@ -442,12 +442,11 @@ class Trainer:
             if micro_step == spec.accumulation - 1 and not engine.zero_optimization():
                 grad_norm = self._clip(engine)  # ZeRO-0 does not keep the norm it clips with
             engine.step()
-        shared = torch.stack(losses + z_squared)
+        shared = torch.stack(losses + [value for values in terms.values() for value in values])
         dist.all_reduce(shared)
-        losses = (shared / self.world).tolist()  # the step's one wait for the GPU
-        if z_squared:
-            losses, z_values = losses[: len(z_squared)], losses[len(z_squared) :]
-            self.last_z_squared = sum(z_values) / len(z_values)
+        shared = (shared / self.world).tolist()  # the step's one wait for the GPU
+        losses, n = shared[: len(losses)], len(losses)
+        self.last_terms = {name: sum(shared[n * i + n : n * i + 2 * n]) / n for i, name in enumerate(terms)}
         if engine.zero_optimization():
             grad_norm = engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
@@ -483,6 +482,29 @@ class Trainer:
         if self.device.type == "cuda":  # from pinned memory the copy is queued, not waited for
             return tuple(torch.from_numpy(a).pin_memory().to(self.device, non_blocking=True) for a in arrays)
         return tuple(torch.from_numpy(a) for a in arrays)
+
+    def objective(self, engine, tensors):
+        """(the cross-entropy, logged and watched for spikes; the objective trained on; its extra terms, logged by
+        name). The extra terms only train: PaLM's z-loss, and a mixture of experts' load-balancing loss, which
+        transformers computes from every layer's router logits (Switch Transformers' fraction-of-tokens x
+        mean-probability sum, `experts_per_token` when perfectly balanced, the number of experts when collapsed
+        onto `experts_per_token` of them)."""
+        if not (self.z_loss or self.router_aux):
+            loss = self.loss(engine, tensors)
+            return loss, loss, {}
+        outputs = self._forward(
+            engine, tensors, **({"output_router_logits": True} if self.router_aux else {})
+        )
+        terms = {}
+        if self.z_loss:
+            loss, terms["z_squared"] = self.with_z(outputs.logits, tensors[1])
+            objective = loss + self.z_loss * terms["z_squared"]
+        else:
+            loss = objective = self.cross_entropy(outputs.logits, tensors[1])
+        if self.router_aux:
+            terms["router_balance"] = outputs.aux_loss
+            objective = objective + self.router_aux * outputs.aux_loss
+        return loss, objective, terms
 
     def loss(self, engine, tensors, reduction: str = "mean"):
         if self.fused_loss and engine.module.training and reduction == "mean":

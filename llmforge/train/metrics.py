@@ -128,7 +128,9 @@ class Reporter:
             self._bar.update(self._task, completed=step * self.batch_tokens)
 
     def step(self, step: int, batch: int, loss: float, lr: float, grad_norm: float | None, seconds: float,
-             log_now: bool, z_squared: float | None = None) -> None:  # fmt: skip
+             log_now: bool, terms: dict[str, float] | None = None) -> None:  # fmt: skip
+        """One training step; `terms` are the extra objective terms' means (z_squared with z_loss, router_balance
+        for a mixture of experts), logged beside the loss."""
         if not self.active:
             return
         self._interval.append((loss, seconds))
@@ -152,13 +154,15 @@ class Reporter:
             "mfu": None if mfu is None else round(mfu, 4),
             "memory_gb": memory_gb(),
         }
-        if z_squared is not None:  # with z_loss: the mean log(Z)^2 it keeps down
-            record["z_squared"] = round(z_squared, 6)
+        record.update({name: round(value, 6) for name, value in (terms or {}).items()})
         self.write(record)
         self._interval = []
         norm = "n/a" if grad_norm is None or not math.isfinite(grad_norm) else f"{grad_norm:.3f}"
         mfu_text = f"{mfu:.1%}" if mfu is not None else f"n/a ({human(flops_per_s)}FLOP/s)"
-        log(f"step {step}/{self.total_steps}  loss {loss:.4f}  lr {lr:.3g}  grad norm {norm}  "
+        balance = (
+            f"  router balance {terms['router_balance']:.3f}" if terms and "router_balance" in terms else ""
+        )
+        log(f"step {step}/{self.total_steps}  loss {loss:.4f}{balance}  lr {lr:.3g}  grad norm {norm}  "
             f"{human(tokens_per_s)} tokens/s  MFU {mfu_text}  memory {record['memory_gb']} GB")  # fmt: skip
 
     def validation(self, step: int, loss: float) -> None:
@@ -167,20 +171,23 @@ class Reporter:
             log(f"step {step}/{self.total_steps}  [bold]val loss {loss:.4f}[/]")
 
 
+SUMMARISED = ("loss", "val_loss", "z_squared", "router_balance")  # the series with a first and a final value
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline numbers for the manifest (`train.stats.TrainingSummary`); a step logged twice (replayed after a
     rewind or resume) counts once, with its latest value."""
-    losses: dict[int, float] = {}
-    val: dict[int, float] = {}
+    series: dict[str, dict[int, float]] = {name: {} for name in SUMMARISED}
     speeds = []
     for record in records:
         if "loss" in record:
-            losses[record["step"]] = record["loss"]
             speeds.append(record)
-        if "val_loss" in record:
-            val[record["step"]] = record["val_loss"]
-    summary: dict[str, Any] = {**first_and_final([losses[step] for step in sorted(losses)], "loss"),
-                               **first_and_final([val[step] for step in sorted(val)], "val_loss")}  # fmt: skip
+        for name, values in series.items():
+            if name in record:
+                values[record["step"]] = record[name]
+    summary: dict[str, Any] = {}
+    for name, values in series.items():
+        summary.update(first_and_final([values[step] for step in sorted(values)], name))
     if speeds:
         summary["tokens_per_s"] = round(sum(r["tokens_per_s"] for r in speeds) / len(speeds), 1)
         mfus = [r["mfu"] for r in speeds if r.get("mfu") is not None]

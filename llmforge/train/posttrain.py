@@ -164,6 +164,47 @@ def resolve_learning_rate(config: PostTrainConfig, full: float, lora: float) -> 
     )
 
 
+# the MLP's names in transformers' decoders and Mixtral's original checkpoints: targeting them (or all-linear) on a
+# mixture of experts puts LoRA on its expert tensors
+MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
+
+
+def resolve_lora_dropout(config: PostTrainConfig, source, new_adapter: bool) -> PostTrainConfig:
+    """LoRA's dropout for this model (`new_adapter`: false when an input adapter is trained on with its own). On a mixture of experts peft adapts the experts (3-D tensors in transformers
+    5) and the router through its parameter wrapper, which takes no dropout, so there the default becomes 0 (and
+    the artifact records 0); a dropout asked for is refused in one line instead of failing in peft."""
+    from llmforge.model.llama import experts_of
+
+    lora = config.lora
+    targets = lora.target_modules
+    mlp = targets == "all-linear" or bool(
+        MLP_MODULES & set([targets] if isinstance(targets, str) else targets)
+    )
+    if not (lora.enabled and lora.dropout and mlp and new_adapter):
+        return config
+    base = source.base or source
+    if not experts_of(model_config_of(base))[0]:
+        return config
+    if "dropout" in lora.model_fields_set:
+        raise InputError(f"lora.dropout {lora.dropout:g}: peft's LoRA on the experts and router of {base.path} (a "
+                         "mixture of experts) takes no dropout; set lora.dropout=0, or lora.target_modules to "
+                         "the attention projections")  # fmt: skip
+    log(
+        f"lora.dropout 0: {base.path} is a mixture of experts, and peft's LoRA on expert weights takes no dropout"
+    )
+    return config.model_copy(update={"lora": lora.model_copy(update={"dropout": 0.0})})
+
+
+def model_config_of(source) -> dict[str, Any]:
+    """A model's config.json as a dict (a hub model's from the local cache)."""
+    path = Path(source.path) / "config.json"
+    if source.kind != "hub" and path.is_file():
+        return json.loads(path.read_text())
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(source.path).to_dict()
+
+
 def output_kind(config: PostTrainConfig, stage: Stage | None = None) -> str:
     if stage is not None and stage.score_head:
         return REWARD_MODEL
@@ -268,8 +309,10 @@ def run_posttrain(stage: Stage, config: PostTrainConfig, model: str | Path, data
     `dry_run` validates everything and prints the plan, then stops (nothing loaded or written; returns None)."""
     from llmforge.model.loading import load_tokenizer
 
-    config = resolve_learning_rate(config, *stage.default_rates)
     source = open_model(model, stage.name)
+    # before the rate: it re-validates the config, after which every setting counts as given
+    config = resolve_lora_dropout(config, source, new_adapter=not source.is_adapter or stage.score_head)
+    config = resolve_learning_rate(config, *stage.default_rates)
     kind = output_kind(config, stage)
     inputs = [source.ref(), dataset_ref(data, stage.name), *(stage.inputs(config) if stage.inputs else [])]
     if config.chat_template is not None:

@@ -136,6 +136,7 @@ def print_plan(plan: Plan, config: Config) -> None:
         measured_mfu,
         mfu_setting,
     )
+    from llmforge.model.llama import router_aux_coefficient
 
     numbers = plan.estimate
     hf = plan.model_config
@@ -156,23 +157,35 @@ def print_plan(plan: Plan, config: Config) -> None:
     table.add_row("model", f"{name}: {hf.num_hidden_layers} layers, "
                   f"hidden {hf.hidden_size}, {hf.num_attention_heads} heads / "
                   f"{getattr(hf, 'num_key_value_heads', None) or hf.num_attention_heads} kv, "
-                  f"ffn {hf.intermediate_size}, vocab {hf.vocab_size}"
+                  f"{moe_description(hf)}, vocab {hf.vocab_size}"
                   f"{f', rope theta {theta:g}' if theta else ''}"
                   f"{', tied embeddings' if hf.tie_word_embeddings else ''}")  # fmt: skip
-    table.add_row("parameters", human_count(numbers.parameters))
+    active = numbers.active_parameters
+    table.add_row(
+        "parameters",
+        human_count(numbers.parameters)
+        + (f" ({human_count(active)} active per token)" if active != numbers.parameters else ""),
+    )
     table.add_row(
         "tokens",
         f"{human_count(numbers.tokens)} ({passes:.2f} passes over {human_count(plan.available_tokens)})",
     )
     table.add_row("tokens per parameter", f"{numbers.tokens_per_parameter:.3g} (Chinchilla-optimal ~20: "
                   f"{human_count(numbers.chinchilla_tokens)} tokens)")  # fmt: skip
-    table.add_row("training FLOPs (6ND)", f"{numbers.training_flops:.3g}")
+    table.add_row(
+        "training FLOPs (6ND)",
+        f"{numbers.training_flops:.3g}"
+        + (" (N: the active parameters)" if active != numbers.parameters else ""),
+    )
     table.add_row("batch", f"{config.batch_tokens:,} tokens = seq {config.seq_len} x micro-batch "
                   f"{config.micro_batch_size} x accumulation {plan.accumulation} x {plan.world_size} processes")  # fmt: skip
     table.add_row("steps", f"{plan.steps:,} ({config.optim.schedule}, peak lr {config.optim.lr:g}, "
                   f"warmup {plan.warmup})")  # fmt: skip
-    if config.stability.z_loss:
-        table.add_row("loss", f"cross-entropy + {config.stability.z_loss:g} x log(Z)^2 (z-loss)")
+    terms = [f"{config.stability.z_loss:g} x log(Z)^2 (z-loss)"] if config.stability.z_loss else []
+    if router_aux_coefficient(hf.to_dict()):
+        terms.append(f"{router_aux_coefficient(hf.to_dict()):g} x the router's load-balancing loss")
+    if terms:
+        table.add_row("loss", " + ".join(["cross-entropy", *terms]))
     zero = numbers.zero
     memory = numbers.memory_per_device[zero]
     offload = f", offload {numbers.offload}" if numbers.offload else ""
@@ -231,8 +244,19 @@ def _tokens_input(path: str | Path):
 # Settings that shape the model; an init model brings its own, so they are refused beside --init-from. Its RoPE
 # base may change (model.rope_theta): no weight depends on it, and raising it is how long-context training starts.
 ARCHITECTURE_SETTINGS = ("preset", "arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                         "intermediate_size", "tie_embeddings")  # fmt: skip
+                         "intermediate_size", "tie_embeddings", "num_experts", "experts_per_token")  # fmt: skip
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def moe_description(hf_config) -> str:
+    """The MLP part of the plan's model line: its width, and for a mixture of experts how many and how routed."""
+    from llmforge.model.llama import experts_of
+
+    experts, per_token = experts_of(hf_config.to_dict())
+    if not experts:
+        return f"ffn {hf_config.intermediate_size}"
+    width = getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size
+    return f"{experts} experts of ffn {width}, top-{per_token} routing"
 
 
 def rope_theta_of(hf_config) -> float | None:
@@ -248,6 +272,7 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int, float |
 
     from llmforge.console import warn
     from llmforge.data.tokenizer import tokenizer_fingerprint
+    from llmforge.model.llama import experts_of
     from llmforge.model.loading import resolve_model
 
     given = sorted(f"model.{name}" for name in config.model.model_fields_set & set(ARCHITECTURE_SETTINGS))
@@ -299,6 +324,13 @@ def init_model(config: Config, artifact, shards) -> tuple[Any, Any, int, float |
             hf_config.rope_parameters = {**parameters, "rope_theta": config.model.rope_theta}
         else:
             hf_config.rope_theta = config.model.rope_theta
+    if (
+        config.model.router_aux_loss is not None
+    ):  # a training setting, kept in the config the model is saved with
+        if not experts_of(hf_config.to_dict())[0]:
+            raise InputError(f"model.router_aux_loss: {config.init_from} is a dense {hf_config.model_type}; it has "
+                             "no router")  # fmt: skip
+        hf_config.router_aux_loss_coef = config.model.router_aux_loss
     if "lr" not in config.optim.model_fields_set:
         trained_at = (source.artifact.config.get("optim", {}).get("lr")
                       if source.artifact is not None and source.artifact.stage == STAGE else None)  # fmt: skip
@@ -316,8 +348,12 @@ def model_config(config: Config, tokenizer) -> Any:
         raise InputError(f"model.vocab_size {config.model.vocab_size} does not match the tokenizer's vocabulary "
                          f"of {vocab} tokens; leave it unset to use the tokenizer's")  # fmt: skip
     m = config.model
+    if m.router_aux_loss is not None and not m.num_experts:
+        raise InputError("model.router_aux_loss: a dense model has no router; set model.num_experts too")
+    moe = {} if m.router_aux_loss is None else {"router_aux_loss": m.router_aux_loss}
     hf_config = build_config(m.preset, vocab, special_ids_of(tokenizer), arch=m.arch,
                              max_position_embeddings=config.seq_len, rope_theta=m.rope_theta,
+                             num_experts=m.num_experts, experts_per_token=m.experts_per_token, **moe,
                              hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                              num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads,
                              intermediate_size=m.intermediate_size, tie_word_embeddings=m.tie_embeddings)  # fmt: skip

@@ -27,6 +27,11 @@ class TrainingSummary(TypedDict):
     loss_final: float
     val_loss_first: NotRequired[float]  # with validation (eval.every > 0 and a validation split)
     val_loss_final: NotRequired[float]
+    z_squared_first: NotRequired[float]  # with z_loss: the mean log(Z)^2
+    z_squared_final: NotRequired[float]
+    # a mixture of experts: the load-balancing loss (experts_per_token = balanced, experts = collapsed)
+    router_balance_first: NotRequired[float]
+    router_balance_final: NotRequired[float]
     tokens_per_s: float  # mean over the logged steps
     mfu: float | None  # mean model FLOPs utilisation; none without a known peak (CPU)
     peak_memory_gb: float
