@@ -142,7 +142,8 @@ def plain_run(tokens: Path, out: Path, config: dict) -> dict:
     steps = config["train_tokens"] // config["batch_tokens"]
     model_config = build_config(config["model"]["preset"], len(tokenizer), special_ids_of(tokenizer),
                                 max_position_embeddings=seq_len, num_experts=config["model"].get("num_experts", 0))  # fmt: skip
-    moe = router_aux_coefficient(model_config.to_dict())  # a mixture of experts: add transformers' balance loss
+    # a mixture of experts: add the router's balance loss, as transformers computes it
+    moe = router_aux_coefficient(model_config.to_dict())
     model_config.use_cache = False
     attention = config["model"].get("attention", "sdpa")
     model_config._attn_implementation = attention
@@ -333,7 +334,9 @@ def main() -> None:
         "--attention", default="sdpa", help="llmforge vs plain: attention (sdpa, flex_attention)"
     )
     parser.add_argument("--compile", action="store_true", help="llmforge vs plain: torch.compile both")
-    parser.add_argument("--experts", type=int, default=0, help="llmforge vs plain: a mixture of this many experts")
+    parser.add_argument(
+        "--experts", type=int, default=0, help="llmforge vs plain: a mixture of this many experts"
+    )
     parser.add_argument("--sweep", help="presets for the sweep instead, e.g. 125m,350m,1b (sizes 0, 1, 2)")
     parser.add_argument("--variants", help="sweep only these variants (comma-separated names of VARIANTS)")
     parser.add_argument("--sweep-steps", type=int, default=20, help="steps per sweep run")
