@@ -15,6 +15,7 @@ Usage: python make_tasks.py OUT_DIR
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,7 +34,9 @@ def write(path: Path, records: list[dict]) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder for sft.jsonl, dpo.jsonl and grpo.jsonl")
+    out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
     train = problems("train")
     write(out / "sft.jsonl", [{"messages": p.messages()} for p in train])
