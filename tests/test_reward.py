@@ -164,6 +164,12 @@ def test_reward_with_lora_merges_adapter_and_head_and_starts_from_an_sft_adapter
                      lora=LoraSettings(enabled=True)))  # fmt: skip
     artifact = Artifact.open(out)
     assert artifact.kind == "reward-model" and artifact.stats["trainable_share"] < 0.5
+    # the frozen model, and what trains (the adapter and the head); not the head's untrained copy peft keeps
+    stats = artifact.stats
+    assert (
+        stats["total_parameters"]
+        == Artifact.open(tiny_model).stats["parameters"] + stats["trainable_parameters"]
+    )
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
     assert (
         artifact.stats["accuracy_final"] == 1.0

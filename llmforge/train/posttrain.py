@@ -170,16 +170,16 @@ MLP_MODULES = {"gate_proj", "up_proj", "down_proj", "w1", "w2", "w3"}
 
 
 def resolve_lora_dropout(config: PostTrainConfig, source, new_adapter: bool) -> PostTrainConfig:
-    """LoRA's dropout for this model (`new_adapter`: false when an input adapter is trained on with its own). On a mixture of experts peft adapts the experts (3-D tensors in transformers
-    5) and the router through its parameter wrapper, which takes no dropout, so there the default becomes 0 (and
-    the artifact records 0); a dropout asked for is refused in one line instead of failing in peft."""
+    """LoRA's dropout for this model (`new_adapter`: false when an input adapter trains on with its own). On a
+    mixture of experts peft adapts the experts (3-D tensors in transformers 5) and the router through its parameter
+    wrapper, which takes no dropout, so there the default becomes 0 (and the artifact records 0); a dropout asked
+    for is refused in one line instead of failing in peft."""
     from llmforge.model.llama import experts_of
 
     lora = config.lora
     targets = lora.target_modules
-    mlp = targets == "all-linear" or bool(
-        MLP_MODULES & set([targets] if isinstance(targets, str) else targets)
-    )
+    names = {targets} if isinstance(targets, str) else set(targets)
+    mlp = targets == "all-linear" or bool(MLP_MODULES & names)
     if not (lora.enabled and lora.dropout and mlp and new_adapter):
         return config
     base = source.base or source
@@ -189,9 +189,7 @@ def resolve_lora_dropout(config: PostTrainConfig, source, new_adapter: bool) -> 
         raise InputError(f"lora.dropout {lora.dropout:g}: peft's LoRA on the experts and router of {base.path} (a "
                          "mixture of experts) takes no dropout; set lora.dropout=0, or lora.target_modules to "
                          "the attention projections")  # fmt: skip
-    log(
-        f"lora.dropout 0: {base.path} is a mixture of experts, and peft's LoRA on expert weights takes no dropout"
-    )
+    log(f"lora.dropout 0: {base.path} is a mixture of experts (peft's LoRA on its experts takes no dropout)")
     return config.model_copy(update={"lora": lora.model_copy(update={"dropout": 0.0})})
 
 

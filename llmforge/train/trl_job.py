@@ -200,10 +200,11 @@ def _load_4bit(source, config: PostTrainConfig, score_head: bool = False):
 def parameter_counts(model) -> tuple[int, int]:
     """(trainable, total) of the policy. ZeRO-3 partitions parameters (their full size is then in ds_numel);
     a 4-bit weight packs two values a byte (its own shape is in quant_state); the frozen copy TRL keeps of a
-    continued adapter (adapter "ref") is the reference, not the policy."""
+    continued adapter (adapter "ref") is the reference, not the policy, and the untrained copy peft keeps of a
+    module it trains whole (`modules_to_save`: a reward model's head) is not the model's either."""
     trainable = total = 0
     for name, parameter in model.named_parameters():
-        if ".ref." in name:
+        if ".ref." in name or ".original_module." in name:
             continue
         quantized = getattr(parameter, "quant_state", None)
         count = (
