@@ -223,18 +223,8 @@ def estimate(
 
     from llmforge.model import estimate as math
 
-    shape = math.resolve_shape(
-        model,
-        vocab,
-        hidden,
-        layers,
-        heads,
-        kv_heads,
-        intermediate,
-        tied,
-        num_experts=experts,
-        experts_per_token=experts_per_token,
-    )
+    shape = math.resolve_shape(model, vocab, hidden, layers, heads, kv_heads, intermediate, tied,
+                               num_experts=experts, experts_per_token=experts_per_token)  # fmt: skip
     count = math.parse_count(params, "--params") if params is not None else None
     result = math.estimate(params=count, shape=shape, tokens=math.parse_count(tokens, "--tokens") if tokens else None,
                            devices=gpus, zero=zero, precision=precision, offload=offload, seq_len=seq_len,

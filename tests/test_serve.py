@@ -301,19 +301,29 @@ def test_chat_repl_on_an_artifact_in_process(tiny_model):
     assert neither.returncode == 2 and "needs a model artifact or --url" in neither.stderr
 
 
-def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_model, adapters):
+def greedy_answers(models: dict[str, Path], prompt: str) -> dict[str, str]:
+    """Each model's (or adapter's) 8 greedy tokens after `prompt` in transformers, by name."""
     import torch
 
     from llmforge.model.loading import load_model, load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model(tiny_model, "serve"))
+    answers = {}
+    for name, path in models.items():
+        source = resolve_model(path, "serve")
+        tokenizer = load_tokenizer(source)
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        out = load_model(source).generate(
+            ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        )
+        answers[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return answers
+
+
+def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_model, adapters):
     prompt = "the model learns from"
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    expected = {}
-    for name, path in (("first", adapters["first"]), ("tiny", tiny_model), ("second", adapters["second"])):
-        model = load_model(resolve_model(path, "serve"))
-        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    expected = greedy_answers(
+        {"first": adapters["first"], "tiny": tiny_model, "second": adapters["second"]}, prompt
+    )
     assert len(set(expected.values())) == 3  # each adapter changes the answer
     answers = {}
 
@@ -334,12 +344,11 @@ def test_adapters_are_served_by_name_in_one_mixed_batch(server, client, tiny_mod
 def test_adapters_of_a_mixture_of_experts_are_served_one_at_a_time(tiny_tokenizer_dir, tmp_path):
     """peft adapts a mixture of experts' expert tensors through a wrapper that cannot mix adapters in one batch:
     the engine then runs one adapter (or the base) at a time, and every answer is still its own model's."""
-    import torch
     from openai import OpenAI
 
     from llmforge.data.tokenizer import load_tokenizer
     from llmforge.model.llama import build_config, build_model, special_ids_of
-    from llmforge.model.loading import load_model, resolve_model, save_model_payload
+    from llmforge.model.loading import save_model_payload
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     config = build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch="qwen3", num_experts=4,
@@ -349,12 +358,7 @@ def test_adapters_of_a_mixture_of_experts_are_served_one_at_a_time(tiny_tokenize
     adapters = {name: random_adapter_artifact(tmp_path / name, base, seed=seed) for name, seed in
                 (("first", 1), ("second", 2))}  # fmt: skip
     prompt = "the model learns from"
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    expected = {}
-    for name, path in (("first", adapters["first"]), ("moe", base), ("second", adapters["second"])):
-        model = load_model(resolve_model(path, "serve"))
-        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
-        expected[name] = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    expected = greedy_answers({"first": adapters["first"], "moe": base, "second": adapters["second"]}, prompt)
     assert len(set(expected.values())) == 3  # each adapter changes the answer
 
     server = start_server(adapters["first"], "--adapter", f"second={adapters['second']}", log_dir=tmp_path)

@@ -182,8 +182,8 @@ def print_plan(plan: Plan, config: Config) -> None:
     table.add_row("steps", f"{plan.steps:,} ({config.optim.schedule}, peak lr {config.optim.lr:g}, "
                   f"warmup {plan.warmup})")  # fmt: skip
     terms = [f"{config.stability.z_loss:g} x log(Z)^2 (z-loss)"] if config.stability.z_loss else []
-    if router_aux_coefficient(hf.to_dict()):
-        terms.append(f"{router_aux_coefficient(hf.to_dict()):g} x the router's load-balancing loss")
+    if router_aux := router_aux_coefficient(hf.to_dict()):
+        terms.append(f"{router_aux:g} x the router's load-balancing loss")
     if terms:
         table.add_row("loss", " + ".join(["cross-entropy", *terms]))
     zero = numbers.zero
