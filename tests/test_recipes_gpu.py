@@ -111,17 +111,39 @@ def test_plans_print_with_dry_run(tmp_path, stand_ins):
     assert not list(tmp_path.iterdir())  # a plan writes nothing
 
 
-def test_plan_counts_the_lora_parameters_peft_adds(tiny_model):
+def test_plan_counts_the_lora_parameters_peft_adds(tiny_model, tiny_tokenizer_dir, tmp_path):
+    """The plan's trainable count is what the run trains: on a dense model, on a mixture of experts (whose fused
+    expert tensors peft adapts its own way) and for a reward model's new head."""
     from peft import LoraConfig, get_peft_model
 
-    from llmforge.model.loading import load_model, resolve_model
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import load_model, resolve_model, save_model_payload
+    from llmforge.stages import sft
+    from llmforge.train.posttrain import LoraSettings
     from llmforge.train.posttrain_plan import lora_parameters, weight_shapes
 
     shapes = weight_shapes(tiny_model)
     model = load_model(resolve_model(tiny_model, "sft"))
     assert sum(math.prod(s) for s in shapes.values()) == sum(p.numel() for p in model.parameters())
-    for targets in ("all-linear", ["q_proj", "v_proj"]):
-        peft = get_peft_model(model if targets == "all-linear" else load_model(resolve_model(tiny_model, "sft")),
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    moe = tmp_path / "moe"
+    save_model_payload(build_model(build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch="qwen3",
+                                                num_experts=4)), tokenizer, moe)  # fmt: skip
+    counted = {}
+    for base, targets in (
+        (tiny_model, "all-linear"),
+        (tiny_model, ["q_proj", "v_proj"]),
+        (moe, "all-linear"),
+    ):
+        peft = get_peft_model(load_model(resolve_model(base, "sft")),
                               LoraConfig(r=8, target_modules=targets, task_type="CAUSAL_LM"))  # fmt: skip
         trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
-        assert lora_parameters(shapes, 8, targets) == trainable
+        config = sft.Config(lora=LoraSettings(enabled=True, rank=8, target_modules=targets, dropout=0.0))
+        counted[base.name, str(targets)] = lora_parameters(resolve_model(base, "sft"), config)
+        assert counted[base.name, str(targets)] == trainable
+    # a reward model trains its new head (hidden x 1) whole beside the same adapter
+    config = sft.Config(lora=LoraSettings(enabled=True, rank=8))
+    assert lora_parameters(resolve_model(tiny_model, "sft"), config, score_head=True) == (
+        counted[tiny_model.name, "all-linear"] + 128
+    )

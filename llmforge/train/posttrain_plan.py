@@ -1,6 +1,7 @@
 """What `llmforge sft|dpo|grpo --dry-run` prints once every record is checked: the model, the method, the data, the
 steps, the batch, where it runs, the base's precision and the memory per process. Nothing is loaded: parameter
-counts, dtypes and the memory estimate come from the safetensors headers and config.json."""
+counts, dtypes and the memory estimate come from the safetensors headers and config.json, and a LoRA run's
+trainable count from peft on the model's weightless skeleton."""
 
 from __future__ import annotations
 
@@ -44,17 +45,25 @@ def decoder_linear(name: str, shape: list[int]) -> bool:
     return len(shape) == 2 and name.endswith(".weight") and ".layers." in name
 
 
-def lora_parameters(shapes: dict[str, list[int]], rank: int, targets: str | list[str]) -> int:
-    """Parameters LoRA adds: rank x (in + out) per targeted linear layer; all-linear is every 2-D weight of
-    the decoder layers (peft leaves the output head alone)."""
-    total = 0
-    for name, shape in shapes.items():
-        if not decoder_linear(name, shape):
-            continue
-        module = name.removesuffix(".weight").rsplit(".", 1)[-1]
-        if targets == "all-linear" or module in targets:
-            total += rank * (shape[0] + shape[1])
-    return total
+def lora_parameters(base, config: PostTrainConfig, score_head: bool = False) -> int:
+    """Parameters the LoRA run trains on `base` (with `score_head`, the new head too), counted by peft itself on
+    the model's skeleton: built on the meta device from its config, so no weight is read or allocated. Every
+    architecture counts as it will train: a mixture of experts' experts are fused 3-D tensors in transformers 5,
+    which peft adapts differently from the per-expert matrices its checkpoint stores."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from llmforge.train.trl_job import lora_config
+
+    hf_config = AutoConfig.from_pretrained(base.path)
+    if score_head:
+        hf_config.num_labels = 1
+    model_class = AutoModelForSequenceClassification if score_head else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = model_class.from_config(hf_config)
+    adapted = get_peft_model(model, lora_config(config, score_head))
+    return sum(parameter.numel() for parameter in adapted.parameters() if parameter.requires_grad)
 
 
 def stored_dtype(header: dict[str, tuple[list[int], str]]) -> str:
@@ -129,8 +138,8 @@ def print_plan(stage: Stage, config: PostTrainConfig, source, records: Records, 
     method = describe_method(config, source, stage)
     added = parameters
     if config.lora.enabled and (stage.score_head or not source.is_adapter) and shapes:
-        added = lora_parameters(shapes, config.lora.rank, config.lora.target_modules)
-        method += f"; about {human_count(added)} trainable ({100 * added / max(parameters, 1):.2g}%)"
+        added = lora_parameters(base, config, bool(stage.score_head))
+        method += f"; {human_count(added)} trainable ({100 * added / max(parameters, 1):.2g}%)"
     elif config.lora.enabled and source.is_adapter and not stage.score_head:
         added = sum(math.prod(shape) for shape in weight_shapes(source.path).values())
         method += f"; {human_count(added)} trainable" if added else ""
