@@ -95,3 +95,25 @@ def test_the_plan_says_4bit_and_sizes_the_base_as_bitsandbytes_holds_it(tmp_path
     model, _ = load_policy(resolve_model(tiny_model, "sft"), small())  # the base as training holds it
     assert abs(qlora / model.get_memory_footprint() - 1) < 0.1
     assert qlora < 0.3 * lora
+
+
+def test_the_plan_sizes_a_mixture_of_experts_4bit_base_as_bitsandbytes_holds_it(tmp_path, tiny_tokenizer_dir):
+    """bitsandbytes quantizes linear layers; transformers 5 holds a mixture of experts' experts as fused 3-D
+    tensors, which it leaves in their dtype: the plan counts them so, not as the matrices the checkpoint stores."""
+    import torch
+
+    from llmforge.data.tokenizer import load_tokenizer
+    from llmforge.model.llama import build_config, build_model, special_ids_of
+    from llmforge.model.loading import resolve_model, save_model_payload
+    from llmforge.train.posttrain_plan import training_memory, weight_header
+    from llmforge.train.trl_job import load_policy
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    base = tmp_path / "moe"
+    save_model_payload(build_model(build_config("tiny", len(tokenizer), special_ids_of(tokenizer), arch="qwen3",
+                                                num_experts=4)), tokenizer, base)  # fmt: skip
+    model, _ = load_policy(resolve_model(base, "sft"), small())
+    experts = model.model.layers[0].mlp.experts
+    assert all(parameter.dtype == torch.float32 for parameter in experts.parameters())  # not 4-bit
+    planned = training_memory(small(), weight_header(base), 0, base)["frozen"]
+    assert abs(planned / model.get_memory_footprint() - 1) < 0.1

@@ -39,10 +39,11 @@ def weight_shapes(directory: str | Path) -> dict[str, list[int]]:
     return {name: shape for name, (shape, _) in weight_header(directory).items()}
 
 
-def decoder_linear(name: str, shape: list[int]) -> bool:
-    """A linear layer's weight inside the decoder layers: what LoRA's all-linear targets and what bitsandbytes
-    quantizes (every linear layer but the output head)."""
-    return len(shape) == 2 and name.endswith(".weight") and ".layers." in name
+def quantized_in_4bit(name: str, shape: list[int]) -> bool:
+    """A checkpoint weight bitsandbytes holds in 4 bits: a linear layer's inside the decoder layers (not the output
+    head). A mixture of experts stores its experts as matrices too, but transformers 5 loads them fused into 3-D
+    tensors, which are no linear layers: bitsandbytes leaves them in their dtype (checked on a Qwen3-MoE)."""
+    return len(shape) == 2 and name.endswith(".weight") and ".layers." in name and ".experts." not in name
 
 
 def lora_parameters(base, config: PostTrainConfig, score_head: bool = False) -> int:
@@ -95,7 +96,7 @@ def training_memory(config: PostTrainConfig, header: dict[str, tuple[list[int], 
         memory = {"frozen": 0.0, "trained": state}
     else:
         if config.lora.qlora:
-            frozen = sum(math.prod(shape) * (NF4_BYTES if decoder_linear(name, shape) else 4)
+            frozen = sum(math.prod(shape) * (NF4_BYTES if quantized_in_4bit(name, shape) else 4)
                          for name, (shape, _) in header.items())  # fmt: skip
         else:
             frozen = stored / (config.world_size() if config.zero == 3 else 1)
