@@ -69,7 +69,8 @@ if $FETCH_WHEELS; then
           annotated-doc==0.0.7 tqdm==4.70.1 packaging==26.3 transformers==5.17.0 huggingface-hub==1.33.0
           safetensors==0.8.0 filelock==4.3.2 fsspec==2026.9.0 ninja==1.13.2 tokenizers==0.23.3 hf-xet==1.8.0 psutil==7.2.2
           Jinja2==3.1.6 httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 certifi==2026.10.18 idna==3.20"
-    COMPILED="pydantic-core==2.50.4 msgpack==1.2.4 PyYAML==6.0.3 regex==2026.11.15 orjson==3.13.0 MarkupSafe==3.0.4"
+    COMPILED="pydantic-core==2.50.4 msgpack==1.2.4 PyYAML==6.0.3 regex==2026.11.15 orjson==3.13.0 MarkupSafe==3.0.4
+              zstandard==0.25.0"
     PLATFORMS="--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64"
     python3 -m pip download -q --no-deps --only-binary=:all: --dest .whl $PLATFORMS --python-version 3.12 $PURE ||
         exit 1

@@ -66,6 +66,10 @@ MEASURED_MFU: dict[tuple[str, str, str], tuple[float, ...]] = {
     # 2026-11-23, H100 80GB HBM3 (SXM), torch 2.11, DeepSpeed ZeRO-2 on one process
     ("125m", "H100", "eager, SDPA with a dense document mask"): (0.159,),
     ("125m", "H100", "torch.compile, SDPA with a dense document mask"): (0.258,),
+    # 2026-12-05, H100 80GB HBM3 (SXM), torch 2.11, ZeRO-0: bench/bench_gpu.sh's sweep, seeds 0-2
+    ("125m", "H100", COMPILED_FLEX): (0.365, 0.365, 0.364),
+    ("350m", "H100", COMPILED_FLEX): (0.423, 0.424, 0.422),
+    ("1b", "H100", COMPILED_FLEX): (0.520, 0.520, 0.520),
     # 2026-12-04, H200 (141 GB), torch 2.11, ZeRO-0: bench/bench_pretrain.py --sweep on two leases (the first
     # figure is the first lease's; the rest seeds 0-2 on the second)
     ("125m", "H200", COMPILED_FLEX): (0.360, 0.331, 0.331, 0.334),
@@ -86,9 +90,11 @@ MEASURED_MFU: dict[tuple[str, str, str], tuple[float, ...]] = {
 }
 MEASURED_WHERE = "bench/RESULTS.md; seq 2048, vocabulary 32,768"
 # Step 1's time beyond a steady step with torch.compile on (compiling, and FlexAttention's kernels), in seconds,
-# by (preset, GPU name key); the same runs as MEASURED_MFU (H100: SDPA; H200: FlexAttention)
+# by (preset, GPU name key); the same runs as MEASURED_MFU (H100: SDPA, then FlexAttention; H200: FlexAttention)
 MEASURED_COMPILE_SECONDS: dict[tuple[str, str], tuple[float, ...]] = {
-    ("125m", "H100"): (45.0,),
+    ("125m", "H100"): (45.0, 37.5),
+    ("350m", "H100"): (48.9,),
+    ("1b", "H100"): (33.4,),
     ("125m", "H200"): (34.2, 53.1),  # a fresh compile on each lease (the seeds after the first hit its cache)
     ("350m", "H200"): (50.3, 67.6),
     ("1b", "H200"): (56.2,),
